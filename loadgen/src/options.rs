@@ -1,0 +1,553 @@
+//! A run's validated settings, and the SLO spec.
+//!
+//! The binary turns its command line into [`Options`] (`main.rs`); tests build them with
+//! [`Options::new`] and set fields. [`Options::validate`] checks everything once and
+//! resolves the URL, so that the run itself never meets a bad setting.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::header;
+use crate::transport::Endpoint;
+use crate::Error;
+
+/// What the run does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// Clients in rooms of `room_size`, every client sends to its room.
+    Relay,
+    /// One sender per room, big rooms; also latency to the last member.
+    Fanout,
+    /// A connection storm at `connect_rate`: handshake latency and failures.
+    Connect,
+    /// Hold connections open; server memory per connection.
+    Idle,
+    /// Relay for a long time with a progress line every `interval`; memory drift.
+    Soak,
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Relay => "relay",
+            Self::Fanout => "fanout",
+            Self::Connect => "connect",
+            Self::Idle => "idle",
+            Self::Soak => "soak",
+        })
+    }
+}
+
+/// Wire protocol of the clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// corelay's native protocol (`ws://host:port/ws`), through `corelay::client`.
+    Native,
+    /// Socket.IO v4 over a WebSocket (`ws://host:port/socket.io/`).
+    #[value(name = "socketio")]
+    #[serde(rename = "socketio")]
+    SocketIo,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Native => "native",
+            Self::SocketIo => "socketio",
+        })
+    }
+}
+
+/// How progress is shown while the run goes on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgressMode {
+    /// Nothing (library use, tests).
+    Off,
+    /// One line rewritten in place with `\r` (a terminal).
+    Overwrite,
+    /// One new line per update (logs, pipes).
+    Lines,
+}
+
+/// Everything a run needs to know.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// What to run.
+    pub scenario: Scenario,
+    /// Client protocol.
+    pub protocol: Protocol,
+    /// Server URL: `ws://127.0.0.1:7700/ws` (native), `ws://127.0.0.1:3000/socket.io/`.
+    pub url: String,
+    /// Number of clients (connections).
+    pub clients: usize,
+    /// Members per room; 0 in `connect`/`idle` means no room is joined.
+    pub room_size: usize,
+    /// Messages per second per sending client.
+    pub rate: f64,
+    /// Payload size in bytes (at least the timing header: 24 native, 48 socket.io).
+    pub payload: usize,
+    /// Length of the measured window. For `connect`, zero means "until every connection
+    /// has been attempted" (`clients / connect_rate`).
+    pub duration: Duration,
+    /// Time before the measured window whose results are discarded.
+    pub warmup: Duration,
+    /// Number of glommio executors (threads).
+    pub threads: usize,
+    /// CPUs to pin the executors to, round-robin; `None` leaves them unbound.
+    pub cpus: Option<Vec<usize>>,
+    /// Connections per second in `connect` (and in `idle` when set above zero).
+    pub connect_rate: f64,
+    /// Progress interval: every line in `soak`, the interval percentiles elsewhere.
+    pub interval: Duration,
+    /// Server process to watch in `/proc` (CPU, memory).
+    pub server_pid: Option<u32>,
+    /// How long to wait for in-flight messages after the last send.
+    pub drain: Duration,
+    /// Limit for one connect or join.
+    pub connect_timeout: Duration,
+    /// Spread client source addresses over 127.0.0.1-250 when the server is on loopback.
+    pub spread_source_addresses: bool,
+    /// Progress display.
+    pub progress: ProgressMode,
+    /// Name of the run in plots; defaults to a summary of the settings.
+    pub label: Option<String>,
+    /// Largest message accepted from the server.
+    pub max_message_size: usize,
+}
+
+impl Options {
+    /// Defaults for `scenario` (documented in loadgen/README.md).
+    pub fn new(scenario: Scenario, protocol: Protocol, url: impl Into<String>) -> Self {
+        let (clients, room_size, warmup, duration) = match scenario {
+            Scenario::Relay => (100, 10, 2.0, 10.0),
+            Scenario::Fanout => (1000, 100, 2.0, 10.0),
+            Scenario::Connect => (1000, 0, 0.0, 0.0),
+            Scenario::Idle => (1000, 0, 0.0, 10.0),
+            Scenario::Soak => (100, 10, 10.0, 600.0),
+        };
+        Self {
+            scenario,
+            protocol,
+            url: url.into(),
+            clients,
+            room_size,
+            rate: 10.0,
+            payload: 64,
+            duration: Duration::from_secs_f64(duration),
+            warmup: Duration::from_secs_f64(warmup),
+            threads: 1,
+            cpus: None,
+            connect_rate: if scenario == Scenario::Connect { 1000.0 } else { 0.0 },
+            interval: Duration::from_secs(if scenario == Scenario::Soak { 10 } else { 1 }),
+            server_pid: None,
+            drain: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(10),
+            spread_source_addresses: true,
+            progress: ProgressMode::Off,
+            label: None,
+            max_message_size: 1 << 20,
+        }
+    }
+
+    /// Does the scenario send messages?
+    pub fn sends(&self) -> bool {
+        matches!(
+            self.scenario,
+            Scenario::Relay | Scenario::Fanout | Scenario::Soak
+        )
+    }
+
+    /// Number of rooms (0 when no room is joined).
+    pub fn rooms(&self) -> usize {
+        if self.room_size == 0 {
+            0
+        } else {
+            self.clients.div_ceil(self.room_size)
+        }
+    }
+
+    /// Room of client `index`, if it joins one. Rooms are consecutive blocks of clients.
+    pub fn room_of(&self, index: usize) -> Option<usize> {
+        (self.room_size > 0).then(|| index / self.room_size)
+    }
+
+    /// Does client `index` send? (In `fanout` only the first member of each room.)
+    pub fn is_sender(&self, index: usize) -> bool {
+        match self.scenario {
+            Scenario::Relay | Scenario::Soak => true,
+            Scenario::Fanout => self.room_size > 0 && index % self.room_size == 0,
+            Scenario::Connect | Scenario::Idle => false,
+        }
+    }
+
+    /// Number of sending clients.
+    pub fn senders(&self) -> usize {
+        (0..self.clients).filter(|&i| self.is_sender(i)).count()
+    }
+
+    /// Position of sender `index` among the senders (its slot in the schedule).
+    pub fn sender_slot(&self, index: usize) -> usize {
+        match self.scenario {
+            Scenario::Fanout => index / self.room_size.max(1),
+            _ => index,
+        }
+    }
+
+    /// The length of the measured window for this run.
+    pub fn window(&self) -> Duration {
+        if self.scenario == Scenario::Connect && self.duration.is_zero() {
+            Duration::from_secs_f64(self.clients as f64 / self.connect_rate)
+        } else {
+            self.duration
+        }
+    }
+
+    /// File descriptors the run needs: one per client plus a margin for the executors'
+    /// rings, eventfds and timers, stdio and /proc reads.
+    pub fn fds_needed(&self) -> u64 {
+        self.clients as u64 + 64 + 16 * self.threads as u64
+    }
+
+    /// Checks every setting and resolves the URL.
+    pub fn validate(&self) -> Result<Endpoint, Error> {
+        let invalid = |m: String| Err(Error::InvalidOptions(m));
+        if self.clients == 0 {
+            return invalid("--clients must be at least 1".into());
+        }
+        if self.threads == 0 {
+            return invalid("--threads must be at least 1".into());
+        }
+        if self.sends() {
+            if self.room_size < 2 {
+                return invalid("--room-size must be at least 2 for a scenario that sends".into());
+            }
+            if !(self.rate.is_finite() && self.rate > 0.0) {
+                return invalid(format!("--rate must be a positive number, not {}", self.rate));
+            }
+            if self.duration.is_zero() {
+                return invalid("--duration must be above zero".into());
+            }
+            let min = match self.protocol {
+                Protocol::Native => header::BINARY_LEN,
+                Protocol::SocketIo => header::TEXT_LEN,
+            };
+            if self.payload < min {
+                return invalid(format!(
+                    "--payload must be at least {min} bytes for {} (the timing header)",
+                    self.protocol
+                ));
+            }
+            if self.payload > self.max_message_size / 2 {
+                return invalid(format!("--payload {} is too large", self.payload));
+            }
+        }
+        if self.scenario == Scenario::Connect
+            && !(self.connect_rate.is_finite() && self.connect_rate > 0.0)
+        {
+            return invalid("--connect-rate must be a positive number".into());
+        }
+        if !(self.connect_rate.is_finite() && self.connect_rate >= 0.0) {
+            return invalid("--connect-rate must not be negative".into());
+        }
+        if self.interval.is_zero() {
+            return invalid("--interval must be above zero".into());
+        }
+        if let Some(cpus) = &self.cpus {
+            if cpus.is_empty() {
+                return invalid("--cpus needs at least one CPU".into());
+            }
+        }
+        let (soft, _hard) = crate::procfs::fd_limits().map_err(Error::Io)?;
+        if self.fds_needed() > soft {
+            return Err(Error::FdLimit {
+                needed: self.fds_needed(),
+                limit: soft,
+            });
+        }
+        self.endpoint()
+    }
+
+    /// Parses and resolves the URL.
+    fn endpoint(&self) -> Result<Endpoint, Error> {
+        let bad = |why: &str| Error::InvalidOptions(format!("--url {}: {why}", self.url));
+        let rest = self
+            .url
+            .strip_prefix("ws://")
+            .ok_or_else(|| bad("only ws:// URLs are supported"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let default_path = match self.protocol {
+            Protocol::Native => "/ws",
+            Protocol::SocketIo => "/socket.io/",
+        };
+        let path = if path == "/" { default_path } else { path };
+        let with_port = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+            authority.to_string()
+        } else {
+            format!("{authority}:80")
+        };
+        let addr = with_port
+            .to_socket_addrs()
+            .map_err(|e| bad(&e.to_string()))?
+            .next()
+            .ok_or_else(|| bad("host has no address"))?;
+        Ok(Endpoint {
+            protocol: self.protocol,
+            url: self.url.clone(),
+            addr,
+            host: authority.to_string(),
+            path: path.to_string(),
+            max_message_size: self.max_message_size,
+        })
+    }
+
+    /// Source address for client `index`: 127.0.0.(1 + index % 250) when the server is on
+    /// IPv4 loopback, so that each source address needs only 1/250 of the ephemeral ports.
+    pub fn source_address(&self, endpoint: &Endpoint, index: usize) -> Option<IpAddr> {
+        if !self.spread_source_addresses {
+            return None;
+        }
+        match endpoint.addr.ip() {
+            IpAddr::V4(v4) if v4.is_loopback() => Some(IpAddr::V4(Ipv4Addr::new(
+                127,
+                0,
+                0,
+                1 + (index % 250) as u8,
+            ))),
+            _ => None,
+        }
+    }
+
+    /// The run's label for plots and tables.
+    pub fn label(&self) -> String {
+        self.label.clone().unwrap_or_else(|| match self.scenario {
+            Scenario::Connect | Scenario::Idle => {
+                format!("{} {} {} clients", self.scenario, self.protocol, self.clients)
+            }
+            _ => format!(
+                "{} {} {}x{} @{}/s {}B",
+                self.scenario, self.protocol, self.clients, self.room_size, self.rate, self.payload
+            ),
+        })
+    }
+}
+
+/// The address of a [`SocketAddr`] for messages.
+pub fn display_addr(addr: &SocketAddr) -> String {
+    addr.to_string()
+}
+
+/// A latency or loss objective.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Objective {
+    /// The given percentile (0-100) must be at most `limit_us`.
+    Percentile {
+        /// The percentile, e.g. 99.9.
+        percentile: f64,
+        /// Largest acceptable value, µs.
+        limit_us: f64,
+    },
+    /// The largest value must be at most `limit_us`.
+    Max {
+        /// Largest acceptable value, µs.
+        limit_us: f64,
+    },
+    /// At most this many lost deliveries (failed connections in `connect`/`idle`).
+    LossCount(u64),
+    /// At most this fraction (0-1) of the expected deliveries lost.
+    LossFraction(f64),
+}
+
+/// A service-level objective: `p99=2ms,p99.9=5ms,max=20ms,loss=0` (`loss=0.1%` for a
+/// fraction). Durations take `ns`, `us`/`µs`, `ms` or `s`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Slo {
+    /// The spec as given.
+    pub spec: String,
+    /// Its objectives.
+    pub objectives: Vec<Objective>,
+}
+
+impl std::str::FromStr for Slo {
+    type Err = String;
+
+    fn from_str(spec: &str) -> Result<Self, String> {
+        let mut objectives = Vec::new();
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("`{part}`: expected key=value"))?;
+            let key = key.trim().to_ascii_lowercase();
+            let value = value.trim();
+            let objective = if key == "loss" {
+                if let Some(pct) = value.strip_suffix('%') {
+                    let f: f64 = pct
+                        .trim()
+                        .parse()
+                        .map_err(|_| format!("`{part}`: bad percentage"))?;
+                    if !(0.0..=100.0).contains(&f) {
+                        return Err(format!("`{part}`: percentage out of range"));
+                    }
+                    Objective::LossFraction(f / 100.0)
+                } else {
+                    Objective::LossCount(
+                        value
+                            .parse()
+                            .map_err(|_| format!("`{part}`: loss is a count or a percentage"))?,
+                    )
+                }
+            } else if key == "max" {
+                Objective::Max {
+                    limit_us: parse_duration_us(value).map_err(|e| format!("`{part}`: {e}"))?,
+                }
+            } else if let Some(p) = key.strip_prefix('p') {
+                let percentile: f64 = p.parse().map_err(|_| format!("`{part}`: bad percentile"))?;
+                if !(0.0..=100.0).contains(&percentile) {
+                    return Err(format!("`{part}`: percentile out of range"));
+                }
+                Objective::Percentile {
+                    percentile,
+                    limit_us: parse_duration_us(value).map_err(|e| format!("`{part}`: {e}"))?,
+                }
+            } else {
+                return Err(format!("`{part}`: unknown key (use pNN, max or loss)"));
+            };
+            objectives.push(objective);
+        }
+        if objectives.is_empty() {
+            return Err("empty SLO".into());
+        }
+        Ok(Self {
+            spec: spec.to_string(),
+            objectives,
+        })
+    }
+}
+
+/// `2ms`, `500us`, `1.5s`, `800ns` -> microseconds.
+pub fn parse_duration_us(text: &str) -> Result<f64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("`{text}` needs a unit (ns, us, ms, s)"))?;
+    let (number, unit) = text.split_at(split);
+    let n: f64 = number.parse().map_err(|_| format!("bad number `{number}`"))?;
+    let scale = match unit.trim() {
+        "ns" => 1e-3,
+        "us" | "µs" => 1.0,
+        "ms" => 1e3,
+        "s" => 1e6,
+        other => return Err(format!("unknown unit `{other}` (ns, us, ms, s)")),
+    };
+    Ok(n * scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slo_parses_percentiles_max_and_loss() {
+        let slo: Slo = "p99=2ms, p99.9=5ms,max=1s,loss=0".parse().unwrap();
+        assert_eq!(
+            slo.objectives,
+            vec![
+                Objective::Percentile {
+                    percentile: 99.0,
+                    limit_us: 2000.0
+                },
+                Objective::Percentile {
+                    percentile: 99.9,
+                    limit_us: 5000.0
+                },
+                Objective::Max { limit_us: 1e6 },
+                Objective::LossCount(0),
+            ]
+        );
+        let slo: Slo = "P50=800us,loss=0.5%".parse().unwrap();
+        assert_eq!(
+            slo.objectives,
+            vec![
+                Objective::Percentile {
+                    percentile: 50.0,
+                    limit_us: 800.0
+                },
+                Objective::LossFraction(0.005),
+            ]
+        );
+        let slo: Slo = "p99=250µs,p90=1500ns".parse().unwrap();
+        assert_eq!(
+            slo.objectives[1],
+            Objective::Percentile {
+                percentile: 90.0,
+                limit_us: 1.5
+            }
+        );
+    }
+
+    #[test]
+    fn slo_rejects_nonsense() {
+        for bad in [
+            "", "p99", "p99=2", "p99=2 parsecs", "p101=1ms", "q99=1ms", "loss=-1", "loss=lots",
+            "loss=200%", "pxx=1ms",
+        ] {
+            assert!(bad.parse::<Slo>().is_err(), "{bad} should not parse");
+        }
+    }
+
+    #[test]
+    fn rooms_and_senders() {
+        let mut o = Options::new(Scenario::Relay, Protocol::Native, "ws://127.0.0.1:1/ws");
+        o.clients = 23;
+        o.room_size = 5;
+        assert_eq!(o.rooms(), 5);
+        assert_eq!(o.room_of(22), Some(4));
+        assert_eq!(o.senders(), 23);
+        o.scenario = Scenario::Fanout;
+        assert_eq!(o.senders(), 5);
+        assert!(o.is_sender(20) && !o.is_sender(21));
+        assert_eq!(o.sender_slot(20), 4);
+    }
+
+    #[test]
+    fn url_resolution_and_source_addresses() {
+        let o = Options::new(Scenario::Relay, Protocol::SocketIo, "ws://127.0.0.1:3000");
+        let e = o.validate().unwrap();
+        assert_eq!(e.path, "/socket.io/");
+        assert_eq!(e.host, "127.0.0.1:3000");
+        assert_eq!(o.source_address(&e, 0), Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(o.source_address(&e, 251), Some("127.0.0.2".parse().unwrap()));
+        let o = Options::new(Scenario::Relay, Protocol::Native, "http://x/ws");
+        assert!(o.validate().is_err());
+    }
+
+    #[test]
+    fn payload_must_hold_the_header() {
+        let mut o = Options::new(Scenario::Relay, Protocol::SocketIo, "ws://127.0.0.1:3000");
+        o.payload = 40;
+        assert!(o.validate().is_err());
+        o.protocol = Protocol::Native;
+        assert!(o.validate().is_ok());
+    }
+
+    #[test]
+    fn too_many_clients_for_the_fd_limit_fail_early() {
+        let (soft, _) = crate::procfs::fd_limits().unwrap();
+        let mut o = Options::new(Scenario::Idle, Protocol::Native, "ws://127.0.0.1:1/ws");
+        o.clients = soft as usize;
+        match o.validate() {
+            Err(Error::FdLimit { needed, limit }) => {
+                assert_eq!(limit, soft);
+                assert!(needed > soft);
+            }
+            other => panic!("expected an fd limit error, got {other:?}"),
+        }
+    }
+}

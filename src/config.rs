@@ -1,0 +1,277 @@
+//! One [`Config`], built in one place: defaults < TOML file < `CORELAY_*` environment
+//! variables < command-line flags. Every limit the server enforces is a field here with its
+//! default and the reason for it; `tuning/README.md` says which an operator may change.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The server's settings. Field names are also the TOML keys and, upper-cased after
+/// `CORELAY_`, the environment variables.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address every shard listens on (SO_REUSEPORT). Default `0.0.0.0:7700`.
+    pub listen: SocketAddr,
+    /// Number of shards; 0 means one per available CPU.
+    pub shards: usize,
+    /// CPUs to pin shards to, in order (`"0-3,6"` or `[0, 1]`); empty means the CPUs this
+    /// process may run on. Shard i runs on `cpus[i % len]`.
+    #[serde(deserialize_with = "cpu_list")]
+    pub cpus: Vec<usize>,
+    /// Largest WebSocket message or frame accepted, in bytes (larger: close 1009). 64 KiB is
+    /// far above any game message and bounds the memory one peer can make us hold.
+    pub max_message_size: usize,
+    /// Largest HTTP request head, in bytes (larger: 400).
+    pub max_head_size: usize,
+    /// Time allowed from accept to a complete upgrade (and, on `/ws`, to `Hello`), in ms.
+    pub handshake_timeout_ms: u64,
+    /// Interval between server pings on idle connections, in ms.
+    pub ping_interval_ms: u64,
+    /// A connection that sends nothing (not even a pong) for `ping_interval_ms +
+    /// ping_timeout_ms` is closed with 1008.
+    pub ping_timeout_ms: u64,
+    /// Most frames queued for one connection before it counts as a slow consumer.
+    pub outbound_queue_frames: usize,
+    /// Most bytes queued for one connection before it counts as a slow consumer.
+    pub outbound_queue_bytes: usize,
+    /// After a slow consumer's queue overflows, time given to its close frame before the
+    /// socket is shut, in ms.
+    pub slow_consumer_grace_ms: u64,
+    /// Longest room or event name, in bytes.
+    pub max_name_len: usize,
+    /// Most rooms one connection may be in.
+    pub max_rooms_per_connection: usize,
+    /// Capacity of each cross-shard queue (one per ordered pair of shards), in messages;
+    /// when full, the sending shard buffers locally instead of dropping.
+    pub mesh_queue: usize,
+    /// On SIGINT/SIGTERM, time given to close frames to go out before exit, in ms.
+    pub shutdown_grace_ms: u64,
+    /// Period at which each shard publishes its latency histogram for readers, in ms.
+    pub stats_publish_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([0, 0, 0, 0], 7700)),
+            shards: 0,
+            cpus: Vec::new(),
+            max_message_size: 64 * 1024,
+            max_head_size: 8 * 1024,
+            handshake_timeout_ms: 5_000,
+            ping_interval_ms: 15_000,
+            ping_timeout_ms: 10_000,
+            // 4096 frames or 1 MiB: seconds of traffic for a game client, a few ms of a
+            // loaded server's fan-out; past that the client is not keeping up.
+            outbound_queue_frames: 4096,
+            outbound_queue_bytes: 1 << 20,
+            slow_consumer_grace_ms: 1_000,
+            max_name_len: 128,
+            max_rooms_per_connection: 64,
+            mesh_queue: 4096,
+            shutdown_grace_ms: 1_000,
+            stats_publish_ms: 500,
+        }
+    }
+}
+
+/// Why a configuration was refused. The binary prints it and exits non-zero.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read: fix the path.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// A value has the wrong type or an unknown key was given: fix the named setting.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Keys that may be set; used to map `CORELAY_*` variables.
+const KEYS: &[&str] = &[
+    "listen",
+    "shards",
+    "cpus",
+    "max_message_size",
+    "max_head_size",
+    "handshake_timeout_ms",
+    "ping_interval_ms",
+    "ping_timeout_ms",
+    "outbound_queue_frames",
+    "outbound_queue_bytes",
+    "slow_consumer_grace_ms",
+    "max_name_len",
+    "max_rooms_per_connection",
+    "mesh_queue",
+    "shutdown_grace_ms",
+    "stats_publish_ms",
+];
+
+impl Config {
+    /// Builds the configuration from an optional TOML file, environment variables
+    /// (`CORELAY_<KEY>`), and `overrides` (flags, as `key`, `value` pairs of TOML text or
+    /// bare strings), each layer winning over the previous one.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[(&str, String)],
+    ) -> Result<Config, ConfigError> {
+        let mut table = toml::Table::new();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            table = text
+                .parse::<toml::Table>()
+                .map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))?;
+        }
+        for (name, value) in env {
+            let Some(key) = name.strip_prefix("CORELAY_") else {
+                continue;
+            };
+            let key = key.to_ascii_lowercase();
+            if KEYS.contains(&key.as_str()) {
+                table.insert(key, scalar(&value));
+            }
+        }
+        for (key, value) in overrides {
+            table.insert((*key).to_owned(), scalar(value));
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_owned()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("max_message_size", self.max_message_size),
+            ("max_head_size", self.max_head_size),
+            ("outbound_queue_frames", self.outbound_queue_frames),
+            ("outbound_queue_bytes", self.outbound_queue_bytes),
+            ("max_name_len", self.max_name_len),
+            ("max_rooms_per_connection", self.max_rooms_per_connection),
+            ("mesh_queue", self.mesh_queue),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(ConfigError::Invalid(format!("{name} must be positive")));
+            }
+        }
+        if self.ping_interval_ms == 0 || self.handshake_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "ping_interval_ms and handshake_timeout_ms must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The shard count to run: `shards`, or one per CPU in `cpus`.
+    pub fn shard_count(&self, available_cpus: &[usize]) -> usize {
+        if self.shards > 0 {
+            self.shards
+        } else if !self.cpus.is_empty() {
+            self.cpus.len()
+        } else {
+            available_cpus.len().max(1)
+        }
+    }
+}
+
+/// A value given as text (environment, flag): a TOML scalar if it parses as one (numbers,
+/// booleans, arrays), else the string itself.
+fn scalar(text: &str) -> toml::Value {
+    format!("v = {text}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(text.to_owned()))
+}
+
+/// Parses `"0-3,6"` into `[0, 1, 2, 3, 6]`.
+pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, String> {
+    let mut cpus = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let num = |s: &str| {
+            s.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("bad cpu `{s}` in `{text}`"))
+        };
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (num(a)?, num(b)?);
+                if a > b {
+                    return Err(format!("bad cpu range `{part}`"));
+                }
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(num(part)?),
+        }
+    }
+    Ok(cpus)
+}
+
+fn cpu_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<usize>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Cpus {
+        List(Vec<usize>),
+        Text(String),
+        One(usize),
+    }
+    match Cpus::deserialize(d)? {
+        Cpus::List(v) => Ok(v),
+        Cpus::One(c) => Ok(vec![c]),
+        Cpus::Text(t) => parse_cpu_list(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order_flags_last() {
+        let dir = std::env::temp_dir().join(format!("corelay-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "shards = 3\nmax_message_size = 1000\ncpus = \"0-1\"\n").unwrap();
+        let env = vec![
+            ("CORELAY_SHARDS".to_owned(), "5".to_owned()),
+            ("CORELAY_LISTEN".to_owned(), "127.0.0.1:9000".to_owned()),
+            ("OTHER".to_owned(), "x".to_owned()),
+        ];
+        let c = Config::load(Some(&file), env, &[("listen", "127.0.0.1:9100".into())]).unwrap();
+        assert_eq!(c.shards, 5);
+        assert_eq!(c.max_message_size, 1000);
+        assert_eq!(c.cpus, vec![0, 1]);
+        assert_eq!(c.listen, "127.0.0.1:9100".parse().unwrap());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let dir = std::env::temp_dir().join(format!("corelay-config-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "shardz = 3\n").unwrap();
+        assert!(Config::load(Some(&file), vec![], &[]).is_err());
+        assert!(Config::load(None, vec![], &[("shards", "many".into())]).is_err());
+        assert!(Config::load(None, vec![], &[("max_message_size", "0".into())]).is_err());
+        assert!(Config::load(Some(Path::new("/nonexistent/x.toml")), vec![], &[]).is_err());
+    }
+
+    #[test]
+    fn cpu_lists_parse() {
+        assert_eq!(parse_cpu_list("0-2,5").unwrap(), vec![0, 1, 2, 5]);
+        assert!(parse_cpu_list("2-1").is_err());
+        assert!(parse_cpu_list("x").is_err());
+    }
+}

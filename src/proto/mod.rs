@@ -1,0 +1,6 @@
+//! Wire formats, sans-IO: bytes in, frames and events out. Nothing here touches a socket,
+//! a clock or an executor, so every decoder is unit-tested and fuzzed on plain bytes.
+
+pub mod engineio;
+pub mod native;
+pub mod socketio;

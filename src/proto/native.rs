@@ -1,0 +1,392 @@
+//! The native protocol: one rkyv-archived frame per WebSocket binary message on `/ws`.
+//!
+//! Frames are validated with bytecheck and read in place ([`access_client`],
+//! [`access_server`]): the hot path never deserializes into owned copies. The crate enables
+//! rkyv's `unaligned` format, so a frame can be read wherever the WebSocket layer left its
+//! bytes, with no realigning copy. docs/PROTOCOL.md is the reference for every frame and
+//! error code.
+
+use bytes::Bytes;
+use rkyv::rancor;
+
+/// Protocol version a client announces in `Hello`. Bumped on any incompatible change.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// How a payload should be read by receivers: raw bytes or JSON text.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug, PartialEq, Eq), compare(PartialEq))]
+#[repr(u8)]
+pub enum PayloadKind {
+    /// Opaque bytes; socket.io clients receive a Buffer/ArrayBuffer.
+    Binary,
+    /// UTF-8 JSON text; socket.io clients receive the parsed value.
+    Json,
+}
+
+impl From<&ArchivedPayloadKind> for PayloadKind {
+    fn from(kind: &ArchivedPayloadKind) -> Self {
+        match kind {
+            ArchivedPayloadKind::Binary => PayloadKind::Binary,
+            ArchivedPayloadKind::Json => PayloadKind::Json,
+        }
+    }
+}
+
+/// Why a member left a room, as told to the others.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug, PartialEq, Eq))]
+#[repr(u8)]
+pub enum LeaveReason {
+    /// The member asked to leave.
+    Left,
+    /// The member's connection closed.
+    Disconnected,
+}
+
+/// A frame sent by a client. Every request carries `req`, which the answer (or the Error
+/// frame) echoes; 0 means the client does not care to match it.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug), attr(allow(missing_docs)))]
+pub enum ClientFrame {
+    /// First frame of a session. Answered by `Welcome`.
+    Hello {
+        /// Request id.
+        req: u32,
+        /// Must equal [`PROTOCOL_VERSION`].
+        version: u16,
+        /// Bearer token, checked when the server has auth enabled.
+        token: Option<String>,
+    },
+    /// Enter a room (created on first join). Answered by `Joined`.
+    Join {
+        /// Request id.
+        req: u32,
+        /// Room name, 1..=max_name_len bytes.
+        room: String,
+    },
+    /// Leave a room. Answered by `Left`.
+    Leave {
+        /// Request id.
+        req: u32,
+        /// Room name.
+        room: String,
+    },
+    /// Broadcast to every other member of a room. Not answered unless it fails.
+    Send {
+        /// Request id, echoed only by an Error frame.
+        req: u32,
+        /// A room the sender is a member of.
+        room: String,
+        /// Application event name.
+        event: String,
+        /// Opaque payload, relayed untouched.
+        payload: Bytes,
+        /// How receivers should read the payload.
+        kind: PayloadKind,
+    },
+    /// Liveness and round-trip probe. Answered by `Pong` with the same `t`.
+    Ping {
+        /// Request id.
+        req: u32,
+        /// Client's timestamp, echoed.
+        t: u64,
+    },
+}
+
+/// A frame sent by the server.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug), attr(allow(missing_docs)))]
+pub enum ServerFrame {
+    /// Answer to `Hello`.
+    Welcome {
+        /// Echoed request id.
+        req: u32,
+        /// This connection's player id, unique on the server.
+        player: u64,
+        /// The shard (core) serving this connection.
+        shard: u32,
+    },
+    /// Answer to `Join`.
+    Joined {
+        /// Echoed request id.
+        req: u32,
+        /// Room joined.
+        room: String,
+        /// Member count after the join.
+        members: u32,
+    },
+    /// Answer to `Leave`.
+    Left {
+        /// Echoed request id.
+        req: u32,
+        /// Room left.
+        room: String,
+    },
+    /// A message another member sent to a room.
+    Event {
+        /// Room it was sent to.
+        room: String,
+        /// Sender's player id.
+        from: u64,
+        /// Application event name.
+        event: String,
+        /// The payload, untouched.
+        payload: Bytes,
+        /// How to read the payload.
+        kind: PayloadKind,
+    },
+    /// Someone joined a room this connection is in.
+    MemberJoined {
+        /// The room.
+        room: String,
+        /// The new member.
+        player: u64,
+        /// Member count after the join.
+        members: u32,
+    },
+    /// Someone left a room this connection is in.
+    MemberLeft {
+        /// The room.
+        room: String,
+        /// The member who left.
+        player: u64,
+        /// Member count after the departure.
+        members: u32,
+        /// Whether they left or disconnected.
+        reason: LeaveReason,
+    },
+    /// Answer to `Ping`.
+    Pong {
+        /// Echoed request id.
+        req: u32,
+        /// Echoed client timestamp.
+        t: u64,
+    },
+    /// A request failed; see docs/PROTOCOL.md for the codes.
+    Error {
+        /// Request id of the failed request (0 if unknown).
+        req: u32,
+        /// Machine-readable code, one of [`ErrorCode`].
+        code: u16,
+        /// Human-readable detail.
+        message: String,
+    },
+}
+
+/// Error codes carried by `ServerFrame::Error`. Stable: clients match on the number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// The bytes are not a valid frame (bad rkyv data, unknown frame). The connection closes (1007).
+    InvalidFrame = 1,
+    /// A text message was sent on `/ws`. The connection closes (1003).
+    TextFrame = 2,
+    /// `Hello.version` is not supported. The connection closes.
+    UnsupportedVersion = 3,
+    /// A frame other than `Hello` came first, or `Hello` came twice.
+    NotWelcomed = 4,
+    /// The token was rejected. The connection closes.
+    Unauthorized = 5,
+    /// `Send` or `Leave` names a room the connection is not in (or that does not exist).
+    NotMember = 10,
+    /// A room or event name is empty or longer than the configured limit.
+    InvalidName = 11,
+    /// The connection is already in the maximum number of rooms.
+    TooManyRooms = 12,
+    /// The server is shutting down; reconnect elsewhere.
+    ShuttingDown = 13,
+}
+
+impl ErrorCode {
+    /// The stable short name, used by socket.io acks (`{"error": name}`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidFrame => "invalid_frame",
+            ErrorCode::TextFrame => "text_frame",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::NotWelcomed => "not_welcomed",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::NotMember => "not_member",
+            ErrorCode::InvalidName => "invalid_name",
+            ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::ShuttingDown => "shutting_down",
+        }
+    }
+
+    /// Looks a code up by number.
+    pub fn from_code(code: u16) -> Option<ErrorCode> {
+        Some(match code {
+            1 => ErrorCode::InvalidFrame,
+            2 => ErrorCode::TextFrame,
+            3 => ErrorCode::UnsupportedVersion,
+            4 => ErrorCode::NotWelcomed,
+            5 => ErrorCode::Unauthorized,
+            10 => ErrorCode::NotMember,
+            11 => ErrorCode::InvalidName,
+            12 => ErrorCode::TooManyRooms,
+            13 => ErrorCode::ShuttingDown,
+            _ => return None,
+        })
+    }
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The bytes failed validation. The peer is broken or hostile: answer with an Error
+    /// frame (`InvalidFrame`) and close the connection with 1007.
+    #[error("invalid frame: {0}")]
+    Invalid(String),
+}
+
+/// Validates `bytes` as a client frame and returns a view of it, read in place.
+pub fn access_client(bytes: &[u8]) -> Result<&ArchivedClientFrame, DecodeError> {
+    rkyv::access::<ArchivedClientFrame, rancor::Error>(bytes)
+        .map_err(|e| DecodeError::Invalid(e.to_string()))
+}
+
+/// Validates `bytes` as a server frame and returns a view of it, read in place.
+pub fn access_server(bytes: &[u8]) -> Result<&ArchivedServerFrame, DecodeError> {
+    rkyv::access::<ArchivedServerFrame, rancor::Error>(bytes)
+        .map_err(|e| DecodeError::Invalid(e.to_string()))
+}
+
+/// Encodes a client frame into the body of a WebSocket binary message.
+pub fn encode_client(frame: &ClientFrame) -> Vec<u8> {
+    // Serializing plain owned data into a Vec cannot fail: the only errors rkyv reports are
+    // allocation failures (which abort) and shared-pointer cycles (none in these types).
+    rkyv::to_bytes::<rancor::Error>(frame)
+        .map(|v| v.into_vec())
+        .expect("serializing a ClientFrame cannot fail")
+}
+
+/// Encodes a server frame into the body of a WebSocket binary message.
+pub fn encode_server(frame: &ServerFrame) -> Vec<u8> {
+    encode_server_after(frame, Vec::new())
+}
+
+/// Encodes a server frame after whatever `prefix` already holds, so that a caller can reserve
+/// room for a WebSocket header and build the whole outgoing frame in one allocation. All rkyv
+/// pointers are relative and the format is unaligned, so the frame is valid from
+/// `prefix.len()` on.
+pub fn encode_server_after(frame: &ServerFrame, prefix: Vec<u8>) -> Vec<u8> {
+    // See encode_client for why this cannot fail.
+    rkyv::api::high::to_bytes_in::<_, rancor::Error>(frame, prefix)
+        .expect("serializing a ServerFrame cannot fail")
+}
+
+/// Copies an archived string out; used off the hot path (names are short).
+pub fn owned(s: &rkyv::string::ArchivedString) -> String {
+    s.as_str().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip_client(frame: ClientFrame) {
+        let bytes = encode_client(&frame);
+        let archived = access_client(&bytes).expect("valid");
+        let back: ClientFrame =
+            rkyv::deserialize::<ClientFrame, rancor::Error>(archived).expect("deserialize");
+        assert_eq!(back, frame);
+    }
+
+    #[test]
+    fn client_frames_roundtrip() {
+        roundtrip_client(ClientFrame::Hello {
+            req: 1,
+            version: PROTOCOL_VERSION,
+            token: Some("t".into()),
+        });
+        roundtrip_client(ClientFrame::Join {
+            req: 2,
+            room: "lobby".into(),
+        });
+        roundtrip_client(ClientFrame::Leave {
+            req: 3,
+            room: "lobby".into(),
+        });
+        roundtrip_client(ClientFrame::Send {
+            req: 0,
+            room: "lobby".into(),
+            event: "move".into(),
+            payload: Bytes::from_static(b"\x00\x01\x02"),
+            kind: PayloadKind::Binary,
+        });
+        roundtrip_client(ClientFrame::Ping { req: 4, t: 99 });
+    }
+
+    #[test]
+    fn server_frame_after_prefix_is_readable_in_place() {
+        let frame = ServerFrame::Event {
+            room: "r".into(),
+            from: 7,
+            event: "e".into(),
+            payload: Bytes::from_static(b"{}"),
+            kind: PayloadKind::Json,
+        };
+        let bytes = encode_server_after(&frame, vec![0xAA; 10]);
+        match access_server(&bytes[10..]).expect("valid") {
+            ArchivedServerFrame::Event {
+                room,
+                from,
+                payload,
+                kind,
+                ..
+            } => {
+                assert_eq!(room.as_str(), "r");
+                assert_eq!(from.to_native(), 7);
+                assert_eq!(payload.as_slice(), b"{}");
+                assert_eq!(PayloadKind::from(kind), PayloadKind::Json);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn misaligned_buffers_are_read_in_place() {
+        let bytes = encode_client(&ClientFrame::Ping { req: 1, t: 2 });
+        let mut shifted = vec![0u8; 1];
+        shifted.extend_from_slice(&bytes);
+        assert!(access_client(&shifted[1..]).is_ok());
+    }
+
+    #[test]
+    fn garbage_is_rejected_without_panic() {
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let valid = encode_client(&ClientFrame::Join {
+            req: 9,
+            room: "some-room".into(),
+        });
+        for i in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let mut bytes = if i % 2 == 0 {
+                valid.clone()
+            } else {
+                vec![0; (seed % 64) as usize]
+            };
+            if !bytes.is_empty() {
+                let at = (seed >> 8) as usize % bytes.len();
+                bytes[at] = (seed >> 16) as u8;
+            }
+            let _ = access_client(&bytes);
+            let _ = access_server(&bytes);
+        }
+        assert!(access_client(b"").is_err());
+        assert!(access_client(&[0xFF; 3]).is_err());
+    }
+
+    #[test]
+    fn error_codes_are_stable() {
+        for code in 0..100u16 {
+            if let Some(c) = ErrorCode::from_code(code) {
+                assert_eq!(c as u16, code);
+                assert!(!c.name().is_empty());
+            }
+        }
+        assert_eq!(ErrorCode::NotMember as u16, 10);
+    }
+}

@@ -1,0 +1,280 @@
+//! Starting and stopping a server: [`Server::start`] binds, spawns one pinned shard per core
+//! and returns once every shard is serving.
+
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use glommio::channels::shared_channel;
+use glommio::{LocalExecutorBuilder, Placement};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::Config;
+use crate::shard::{self, Control, ShardSeed};
+use crate::stats::{Stats, StatsRegistry};
+
+/// Connections waiting in the kernel to be accepted, per shard. Raised further by
+/// net.core.somaxconn on the host (tuning/sysctl.conf).
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Memory glommio registers with io_uring for its own buffers, per shard. corelay does socket
+/// IO only (no DMA files), so a small area suffices, and several shards fit under a low
+/// RLIMIT_MEMLOCK (8 MiB here; see tuning/limits.conf for production).
+const IO_MEMORY: usize = 256 * 1024;
+
+/// Why the server could not start. The binary prints it as one line and exits non-zero.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Binding the listen address failed (in use, not local, no permission): pick another.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A CPU to pin to does not exist or is not allowed for this process: fix `cpus`.
+    #[error("cpu {0} is not available to this process (allowed: {1:?})")]
+    Cpu(usize, Vec<usize>),
+    /// A shard's executor could not start: io_uring unavailable or the locked-memory limit
+    /// too low (raise it, see tuning/limits.conf).
+    #[error("shard {shard} could not start: {reason}")]
+    Shard {
+        /// Which shard.
+        shard: usize,
+        /// glommio's reason.
+        reason: String,
+    },
+    /// A shard thread panicked.
+    #[error("shard thread failed: {0}")]
+    Panicked(String),
+}
+
+/// A running server. Dropping it does not stop it; call [`Server::shutdown`] then
+/// [`Server::join`].
+#[derive(Debug)]
+pub struct Server {
+    addr: SocketAddr,
+    cpus: Vec<usize>,
+    threads: Vec<JoinHandle<()>>,
+    control: Arc<Control>,
+    stats: StatsRegistry,
+}
+
+impl Server {
+    /// Binds, starts every shard and waits until each is serving.
+    pub fn start(config: Config) -> Result<Server, ServerError> {
+        let allowed = allowed_cpus();
+        let shards = config.shard_count(&allowed);
+        let pin_to: Vec<usize> = if config.cpus.is_empty() {
+            allowed.clone()
+        } else {
+            for &cpu in &config.cpus {
+                if !allowed.contains(&cpu) {
+                    return Err(ServerError::Cpu(cpu, allowed));
+                }
+            }
+            config.cpus.clone()
+        };
+        let cpus: Vec<usize> = (0..shards).map(|i| pin_to[i % pin_to.len()]).collect();
+
+        // Bind every shard's socket here, so that "address in use" is reported before any
+        // thread starts; with port 0 the first bind picks the port the others share.
+        let mut listeners = Vec::with_capacity(shards);
+        let mut addr = config.listen;
+        for _ in 0..shards {
+            let socket = bind_reuseport(addr).map_err(|source| ServerError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+            if addr.port() == 0 {
+                // The socket was just bound to an IP address, so it has one.
+                addr = socket
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_socket())
+                    .unwrap_or(addr);
+            }
+            // SAFETY: into_raw_fd hands over sole ownership of an open socket.
+            listeners.push(unsafe { OwnedFd::from_raw_fd(socket.into_raw_fd()) });
+        }
+
+        // One SPSC queue per ordered pair of shards.
+        let mut tx: Vec<Vec<Option<_>>> = (0..shards).map(|_| (0..shards).map(|_| None).collect()).collect();
+        let mut rx: Vec<Vec<Option<_>>> = (0..shards).map(|_| (0..shards).map(|_| None).collect()).collect();
+        for from in 0..shards {
+            for to in 0..shards {
+                if from != to {
+                    let (s, r) = shared_channel::new_bounded(config.mesh_queue);
+                    tx[from][to] = Some(s);
+                    rx[to][from] = Some(r);
+                }
+            }
+        }
+
+        let config = Arc::new(config);
+        let control = Arc::new(Control::default());
+        let stats = StatsRegistry::new(shards);
+        let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();
+        let mut threads = Vec::with_capacity(shards);
+        for (id, (listener, (mesh_tx, mesh_rx))) in listeners
+            .into_iter()
+            .zip(tx.into_iter().zip(rx))
+            .enumerate()
+        {
+            let seed = ShardSeed {
+                id,
+                shards,
+                listener,
+                config: Arc::clone(&config),
+                stats: stats.shard(id),
+                control: Arc::clone(&control),
+                mesh_tx,
+                mesh_rx,
+            };
+            let cpu = cpus[id];
+            let ready = ready_tx.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("corelay-shard-{id}"))
+                .spawn(move || {
+                    let executor = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+                        .name(&format!("shard-{id}"))
+                        .io_memory(IO_MEMORY)
+                        .make();
+                    match executor {
+                        Ok(ex) => {
+                            let _ = ready.send((id, Ok(())));
+                            ex.run(shard::run(seed));
+                        }
+                        Err(e) => {
+                            let _ = ready.send((id, Err(e.to_string())));
+                        }
+                    }
+                })
+                .map_err(|e| ServerError::Shard {
+                    shard: id,
+                    reason: e.to_string(),
+                })?;
+            threads.push(thread);
+        }
+        drop(ready_tx);
+
+        let mut failure = None;
+        for _ in 0..shards {
+            match ready_rx.recv() {
+                Ok((_, Ok(()))) => {}
+                Ok((shard, Err(reason))) => {
+                    failure.get_or_insert(ServerError::Shard { shard, reason });
+                }
+                Err(_) => {
+                    failure.get_or_insert(ServerError::Panicked("a shard thread died at start".into()));
+                    break;
+                }
+            }
+        }
+        let server = Server {
+            addr,
+            cpus,
+            threads,
+            control,
+            stats,
+        };
+        if let Some(err) = failure {
+            server.shutdown();
+            let _ = server.join();
+            return Err(err);
+        }
+        Ok(server)
+    }
+
+    /// The address the server listens on (with the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The CPU each shard is pinned to, by shard.
+    pub fn cpus(&self) -> &[usize] {
+        &self.cpus
+    }
+
+    /// Number of shards.
+    pub fn shards(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// Merged statistics of every shard.
+    pub fn stats(&self) -> Stats {
+        self.stats.snapshot()
+    }
+
+    /// A handle to read stats from another thread.
+    pub fn stats_registry(&self) -> StatsRegistry {
+        self.stats.clone()
+    }
+
+    /// Starts a graceful shutdown: stop accepting, close every client with 1001, stop.
+    pub fn shutdown(&self) {
+        self.control.request_shutdown();
+    }
+
+    /// A handle that can request shutdown from anywhere (e.g. a signal thread).
+    pub fn control(&self) -> Arc<Control> {
+        Arc::clone(&self.control)
+    }
+
+    /// Waits for every shard to stop.
+    pub fn join(self) -> Result<(), ServerError> {
+        let mut result = Ok(());
+        for t in self.threads {
+            if let Err(panic) = t.join() {
+                let msg = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_default();
+                result = Err(ServerError::Panicked(msg));
+            }
+        }
+        result
+    }
+
+    /// Shuts down and waits, at most `timeout` per shard being a guideline for callers.
+    pub fn stop(self) -> Result<(), ServerError> {
+        self.shutdown();
+        self.join()
+    }
+}
+
+fn bind_reuseport(addr: SocketAddr) -> std::io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket)
+}
+
+/// The CPUs this process may run on (its affinity mask).
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+            return (0..n).collect();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// How long [`Server::join`] should take at most after [`Server::shutdown`]: the
+/// configured grace plus one tick. Exposed for callers that enforce the 2 s exit budget.
+pub fn shutdown_budget(config: &Config) -> Duration {
+    Duration::from_millis(config.shutdown_grace_ms + 200)
+}

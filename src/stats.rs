@@ -1,0 +1,322 @@
+//! Per-shard statistics, kept without locks and merged on demand.
+//!
+//! Counters are atomics with a single writer (their shard) and relaxed ordering: a reader
+//! on another thread may see a slightly stale value, never a torn one. The relay-latency
+//! histogram lives in its shard and is published every stats tick into a one-slot
+//! lock-free mailbox (crossbeam's `ArrayQueue`), from which readers merge it; so latency
+//! figures are at most one tick (`stats_publish_ms`) old.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use crossbeam_queue::ArrayQueue;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Why a connection closed, for the `closes` counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum CloseReason {
+    /// The peer closed (close frame or EOF).
+    Peer,
+    /// The server shut down (1001).
+    Shutdown,
+    /// RFC 6455 violation (1002).
+    Protocol,
+    /// Text frame on the binary-only endpoint (1003).
+    Unsupported,
+    /// Invalid frame or UTF-8 (1007).
+    Invalid,
+    /// Message over the size limit (1009).
+    TooBig,
+    /// Outbound queue overflowed (1008).
+    SlowConsumer,
+    /// The peer stopped answering pings (1008).
+    Idle,
+    /// Handshake not completed in time.
+    HandshakeTimeout,
+    /// Malformed HTTP, bad upgrade, unknown path (400/404).
+    BadRequest,
+    /// Socket error.
+    Io,
+}
+
+impl CloseReason {
+    /// Every reason, in counter order.
+    pub const ALL: [CloseReason; 11] = [
+        CloseReason::Peer,
+        CloseReason::Shutdown,
+        CloseReason::Protocol,
+        CloseReason::Unsupported,
+        CloseReason::Invalid,
+        CloseReason::TooBig,
+        CloseReason::SlowConsumer,
+        CloseReason::Idle,
+        CloseReason::HandshakeTimeout,
+        CloseReason::BadRequest,
+        CloseReason::Io,
+    ];
+
+    /// Stable name used in logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            CloseReason::Peer => "peer",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Protocol => "protocol",
+            CloseReason::Unsupported => "unsupported",
+            CloseReason::Invalid => "invalid",
+            CloseReason::TooBig => "too_big",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::Idle => "idle",
+            CloseReason::HandshakeTimeout => "handshake_timeout",
+            CloseReason::BadRequest => "bad_request",
+            CloseReason::Io => "io",
+        }
+    }
+}
+
+/// Relay latency is recorded in microseconds up to 60 s with 3 significant digits: enough
+/// to tell 10 µs from 11 µs and still fit one histogram in ~40 KiB per shard.
+pub fn new_latency_histogram() -> Histogram<u64> {
+    // The bounds are constants that hdrhistogram accepts.
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// One shard's counters. Written by its shard only.
+#[derive(Debug)]
+pub struct ShardStats {
+    /// Open connections.
+    pub connections: AtomicU64,
+    /// Connections accepted since start.
+    pub accepted: AtomicU64,
+    /// Rooms homed on this shard.
+    pub rooms: AtomicU64,
+    /// Messages received from clients.
+    pub messages_in: AtomicU64,
+    /// Messages queued to clients (one per recipient).
+    pub messages_out: AtomicU64,
+    /// Bytes read from sockets.
+    pub bytes_in: AtomicU64,
+    /// Bytes written to sockets.
+    pub bytes_out: AtomicU64,
+    /// Messages carried over the mesh from this shard.
+    pub mesh_out: AtomicU64,
+    /// Accept errors (e.g. out of file descriptors); accepting goes on.
+    pub accept_errors: AtomicU64,
+    closes: [AtomicU64; CloseReason::ALL.len()],
+    latency: ArrayQueue<Histogram<u64>>,
+}
+
+impl Default for ShardStats {
+    fn default() -> Self {
+        ShardStats {
+            connections: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            rooms: AtomicU64::new(0),
+            messages_in: AtomicU64::new(0),
+            messages_out: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            mesh_out: AtomicU64::new(0),
+            accept_errors: AtomicU64::new(0),
+            closes: Default::default(),
+            latency: ArrayQueue::new(1),
+        }
+    }
+}
+
+/// Adds to a single-writer counter.
+#[inline]
+pub fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Relaxed);
+}
+
+impl ShardStats {
+    /// Counts a closed connection.
+    pub fn count_close(&self, reason: CloseReason) {
+        add(&self.closes[reason as usize], 1);
+    }
+
+    /// Publishes the shard's latest latency histogram, replacing the previous one.
+    pub fn publish_latency(&self, histogram: Histogram<u64>) {
+        self.latency.force_push(histogram);
+    }
+
+    fn latency_snapshot(&self) -> Option<Histogram<u64>> {
+        let h = self.latency.pop()?;
+        let copy = h.clone();
+        // Put it back unless the shard published a newer one meanwhile.
+        let _ = self.latency.push(h);
+        Some(copy)
+    }
+}
+
+/// The shared handles to every shard's stats, readable from any thread.
+#[derive(Debug, Clone, Default)]
+pub struct StatsRegistry {
+    shards: Vec<Arc<ShardStats>>,
+}
+
+impl StatsRegistry {
+    /// One stats block per shard.
+    pub fn new(shards: usize) -> StatsRegistry {
+        StatsRegistry {
+            shards: (0..shards).map(|_| Arc::default()).collect(),
+        }
+    }
+
+    /// The stats block of one shard.
+    pub fn shard(&self, i: usize) -> Arc<ShardStats> {
+        Arc::clone(&self.shards[i])
+    }
+
+    /// Merges every shard into one snapshot.
+    pub fn snapshot(&self) -> Stats {
+        let mut s = Stats {
+            shards: self.shards.len(),
+            ..Stats::default()
+        };
+        let mut latency = new_latency_histogram();
+        for shard in &self.shards {
+            let l = |c: &AtomicU64| c.load(Relaxed);
+            s.connections += l(&shard.connections);
+            s.accepted += l(&shard.accepted);
+            s.rooms += l(&shard.rooms);
+            s.messages_in += l(&shard.messages_in);
+            s.messages_out += l(&shard.messages_out);
+            s.bytes_in += l(&shard.bytes_in);
+            s.bytes_out += l(&shard.bytes_out);
+            s.mesh_out += l(&shard.mesh_out);
+            s.accept_errors += l(&shard.accept_errors);
+            for (i, reason) in CloseReason::ALL.iter().enumerate() {
+                let n = l(&shard.closes[i]);
+                if n > 0 {
+                    match s.closes.iter_mut().find(|(name, _)| name == reason.name()) {
+                        Some((_, total)) => *total += n,
+                        None => s.closes.push((reason.name().to_owned(), n)),
+                    }
+                }
+            }
+            if let Some(h) = shard.latency_snapshot() {
+                // Histograms built by new_latency_histogram share bounds, so adding works.
+                let _ = latency.add(&h);
+            }
+        }
+        s.latency = LatencySummary::from_histogram(&latency);
+        s
+    }
+}
+
+/// Relay latency percentiles in microseconds (ingress to enqueue on the recipient's shard).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct LatencySummary {
+    /// Samples recorded.
+    pub count: u64,
+    /// Median.
+    pub p50_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// 99.9th percentile.
+    pub p999_us: u64,
+    /// Largest sample.
+    pub max_us: u64,
+}
+
+impl LatencySummary {
+    /// Summarizes a histogram.
+    pub fn from_histogram(h: &Histogram<u64>) -> LatencySummary {
+        LatencySummary {
+            count: h.len(),
+            p50_us: h.value_at_quantile(0.5),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+        }
+    }
+}
+
+/// A merged snapshot of every shard.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Stats {
+    /// Number of shards.
+    pub shards: usize,
+    /// Open connections.
+    pub connections: u64,
+    /// Connections accepted since start.
+    pub accepted: u64,
+    /// Rooms with at least one member.
+    pub rooms: u64,
+    /// Messages received from clients.
+    pub messages_in: u64,
+    /// Messages queued to recipients.
+    pub messages_out: u64,
+    /// Bytes read.
+    pub bytes_in: u64,
+    /// Bytes written.
+    pub bytes_out: u64,
+    /// Messages that crossed between shards.
+    pub mesh_out: u64,
+    /// Accept errors.
+    pub accept_errors: u64,
+    /// Closed connections by reason (only reasons seen).
+    pub closes: Vec<(String, u64)>,
+    /// Server-side relay latency.
+    pub latency: LatencySummary,
+}
+
+impl Stats {
+    /// Closes counted for one reason.
+    pub fn closes_for(&self, reason: CloseReason) -> u64 {
+        self.closes
+            .iter()
+            .find(|(n, _)| n == reason.name())
+            .map_or(0, |(_, c)| *c)
+    }
+}
+
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "conns={} rooms={} in={} out={} bytes_in={} bytes_out={} mesh={} latency_us p50={} p99={} p999={} max={}",
+            self.connections,
+            self.rooms,
+            self.messages_in,
+            self.messages_out,
+            self.bytes_in,
+            self.bytes_out,
+            self.mesh_out,
+            self.latency.p50_us,
+            self.latency.p99_us,
+            self.latency.p999_us,
+            self.latency.max_us
+        )?;
+        for (reason, n) in &self.closes {
+            write!(f, " close.{reason}={n}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_merges_counters_and_histograms() {
+        let reg = StatsRegistry::new(2);
+        add(&reg.shard(0).messages_in, 3);
+        add(&reg.shard(1).messages_in, 4);
+        reg.shard(1).count_close(CloseReason::SlowConsumer);
+        let mut h = new_latency_histogram();
+        h.record(100).unwrap();
+        reg.shard(0).publish_latency(h.clone());
+        reg.shard(1).publish_latency(h);
+        let s = reg.snapshot();
+        assert_eq!(s.messages_in, 7);
+        assert_eq!(s.closes_for(CloseReason::SlowConsumer), 1);
+        assert_eq!(s.latency.count, 2);
+        // A second read sees the same published histograms.
+        assert_eq!(reg.snapshot().latency.count, 2);
+    }
+}
