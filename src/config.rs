@@ -243,7 +243,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("corelay-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("c.toml");
-        std::fs::write(&file, "shards = 3\nmax_message_size = 1000\ncpus = \"0-1\"\n").unwrap();
+        std::fs::write(
+            &file,
+            "shards = 3\nmax_message_size = 1000\ncpus = \"0-1\"\n",
+        )
+        .unwrap();
         let env = vec![
             ("CORELAY_SHARDS".to_owned(), "5".to_owned()),
             ("CORELAY_LISTEN".to_owned(), "127.0.0.1:9000".to_owned()),
@@ -253,7 +257,7 @@ mod tests {
         assert_eq!(c.shards, 5);
         assert_eq!(c.max_message_size, 1000);
         assert_eq!(c.cpus, vec![0, 1]);
-        assert_eq!(c.listen, "127.0.0.1:9100".parse().unwrap());
+        assert_eq!(c.listen, "127.0.0.1:9100".parse::<SocketAddr>().unwrap());
     }
 
     #[test]

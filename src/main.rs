@@ -11,7 +11,11 @@ use corelay::{Config, Server};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "corelay", version, about = "Thread-per-core real-time relay server for multiplayer games")]
+#[command(
+    name = "corelay",
+    version,
+    about = "Thread-per-core real-time relay server for multiplayer games"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -94,8 +98,11 @@ fn serve(
     );
 
     let control = server.control();
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
-        .context("cannot install signal handlers")?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .context("cannot install signal handlers")?;
     std::thread::spawn(move || {
         if signals.forever().next().is_some() {
             control.request_shutdown();

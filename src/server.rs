@@ -103,8 +103,12 @@ impl Server {
         }
 
         // One SPSC queue per ordered pair of shards.
-        let mut tx: Vec<Vec<Option<_>>> = (0..shards).map(|_| (0..shards).map(|_| None).collect()).collect();
-        let mut rx: Vec<Vec<Option<_>>> = (0..shards).map(|_| (0..shards).map(|_| None).collect()).collect();
+        let mut tx: Vec<Vec<Option<_>>> = (0..shards)
+            .map(|_| (0..shards).map(|_| None).collect())
+            .collect();
+        let mut rx: Vec<Vec<Option<_>>> = (0..shards)
+            .map(|_| (0..shards).map(|_| None).collect())
+            .collect();
         for from in 0..shards {
             for to in 0..shards {
                 if from != to {
@@ -170,7 +174,9 @@ impl Server {
                     failure.get_or_insert(ServerError::Shard { shard, reason });
                 }
                 Err(_) => {
-                    failure.get_or_insert(ServerError::Panicked("a shard thread died at start".into()));
+                    failure.get_or_insert(ServerError::Panicked(
+                        "a shard thread died at start".into(),
+                    ));
                     break;
                 }
             }

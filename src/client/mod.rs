@@ -171,7 +171,10 @@ fn parse_url(url: &str) -> Result<(String, String), ClientError> {
     Ok((host.to_owned(), path.to_owned()))
 }
 
-async fn with_deadline<T>(deadline: Instant, fut: impl std::future::Future<Output = Result<T, ClientError>>) -> Result<T, ClientError> {
+async fn with_deadline<T>(
+    deadline: Instant,
+    fut: impl std::future::Future<Output = Result<T, ClientError>>,
+) -> Result<T, ClientError> {
     let timer = async {
         glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
         Err(ClientError::Timeout)
@@ -186,7 +189,11 @@ pub async fn tcp_connect(addr: SocketAddr, bind: Option<IpAddr>) -> std::io::Res
         Some(ip) => {
             // glommio has no bind-before-connect; a blocking connect on loopback completes
             // at once (the handshake runs in the kernel), so it is done here directly.
-            let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+            let socket = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::STREAM,
+                None,
+            )?;
             socket.bind(&SocketAddr::new(ip, 0).into())?;
             socket.connect(&addr.into())?;
             socket.set_nonblocking(true)?;
@@ -209,7 +216,9 @@ pub async fn upgrade(stream: &Stream, host: &str, path: &str) -> Result<Vec<u8>,
     let end = loop {
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
-            return Err(ClientError::Handshake("connection closed during upgrade".into()));
+            return Err(ClientError::Handshake(
+                "connection closed during upgrade".into(),
+            ));
         }
         head.extend_from_slice(&chunk[..n]);
         if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -226,7 +235,9 @@ pub async fn upgrade(stream: &Stream, host: &str, path: &str) -> Result<Vec<u8>,
     }
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let ok = text.lines().any(|l| {
-        l.split_once(':').is_some_and(|(n, v)| n.trim().eq_ignore_ascii_case("sec-websocket-accept") && v.trim() == accept)
+        l.split_once(':').is_some_and(|(n, v)| {
+            n.trim().eq_ignore_ascii_case("sec-websocket-accept") && v.trim() == accept
+        })
     });
     if !ok {
         return Err(ClientError::Handshake("wrong Sec-WebSocket-Accept".into()));
@@ -244,7 +255,10 @@ impl Client {
             .map_err(|e| ClientError::Url(format!("{host}: {e}")))?
             .next()
             .ok_or_else(|| ClientError::Url(format!("{host}: no address")))?;
-        let tcp = with_deadline(deadline, async { Ok(tcp_connect(addr, config.bind).await?) }).await?;
+        let tcp = with_deadline(deadline, async {
+            Ok(tcp_connect(addr, config.bind).await?)
+        })
+        .await?;
         let _ = tcp.set_nodelay(true);
         let stream = Stream::new(tcp);
         let leftover = with_deadline(deadline, upgrade(&stream, &host, &path)).await?;
@@ -254,8 +268,15 @@ impl Client {
             frames: 1 << 16,
             bytes: 64 << 20,
         }));
-        glommio::spawn_local(crate::net::write_loop(stream.clone(), Rc::clone(&outbox), None)).detach();
-        let seed = (addr.port() as u64) << 32 ^ Instant::now().elapsed().as_nanos() as u64 ^ 0x9E37_79B9_7F4A_7C15;
+        glommio::spawn_local(crate::net::write_loop(
+            stream.clone(),
+            Rc::clone(&outbox),
+            None,
+        ))
+        .detach();
+        let seed = (addr.port() as u64) << 32
+            ^ Instant::now().elapsed().as_nanos() as u64
+            ^ 0x9E37_79B9_7F4A_7C15;
         let tx = ClientSender {
             outbox: Rc::clone(&outbox),
             mask: Rc::new(Cell::new(seed | 1)),
@@ -277,9 +298,16 @@ impl Client {
             token: config.token.clone(),
         })?;
         match with_deadline(deadline, rx.answer(req)).await? {
-            Answer::Welcome { player, shard } => Ok(Client { tx, rx, player, shard }),
+            Answer::Welcome { player, shard } => Ok(Client {
+                tx,
+                rx,
+                player,
+                shard,
+            }),
             Answer::Error { code, message } => Err(ClientError::Server { code, message }),
-            other => Err(ClientError::Protocol(format!("expected Welcome, got {other:?}"))),
+            other => Err(ClientError::Protocol(format!(
+                "expected Welcome, got {other:?}"
+            ))),
         }
     }
 
@@ -295,26 +323,42 @@ impl Client {
 
     /// Joins `room`; returns the member count after the join.
     pub async fn join(&mut self, room: &str) -> Result<u32, ClientError> {
-        let req = self.tx.request(|req| ClientFrame::Join { req, room: room.to_owned() })?;
+        let req = self.tx.request(|req| ClientFrame::Join {
+            req,
+            room: room.to_owned(),
+        })?;
         match self.rx.answer(req).await? {
             Answer::Joined { members } => Ok(members),
             Answer::Error { code, message } => Err(ClientError::Server { code, message }),
-            other => Err(ClientError::Protocol(format!("expected Joined, got {other:?}"))),
+            other => Err(ClientError::Protocol(format!(
+                "expected Joined, got {other:?}"
+            ))),
         }
     }
 
     /// Leaves `room`.
     pub async fn leave(&mut self, room: &str) -> Result<(), ClientError> {
-        let req = self.tx.request(|req| ClientFrame::Leave { req, room: room.to_owned() })?;
+        let req = self.tx.request(|req| ClientFrame::Leave {
+            req,
+            room: room.to_owned(),
+        })?;
         match self.rx.answer(req).await? {
             Answer::Left => Ok(()),
             Answer::Error { code, message } => Err(ClientError::Server { code, message }),
-            other => Err(ClientError::Protocol(format!("expected Left, got {other:?}"))),
+            other => Err(ClientError::Protocol(format!(
+                "expected Left, got {other:?}"
+            ))),
         }
     }
 
     /// Sends to every other member of `room`.
-    pub async fn send(&mut self, room: &str, event: &str, payload: &[u8], kind: PayloadKind) -> Result<(), ClientError> {
+    pub async fn send(
+        &mut self,
+        room: &str,
+        event: &str,
+        payload: &[u8],
+        kind: PayloadKind,
+    ) -> Result<(), ClientError> {
         self.tx.send(room, event, payload, kind).await
     }
 
@@ -324,7 +368,9 @@ impl Client {
         let req = self.tx.request(|req| ClientFrame::Ping { req, t: 0 })?;
         match self.rx.answer(req).await? {
             Answer::Pong => Ok(start.elapsed()),
-            other => Err(ClientError::Protocol(format!("expected Pong, got {other:?}"))),
+            other => Err(ClientError::Protocol(format!(
+                "expected Pong, got {other:?}"
+            ))),
         }
     }
 
@@ -402,7 +448,13 @@ impl ClientSender {
     }
 
     /// Sends to every other member of `room`.
-    pub async fn send(&self, room: &str, event: &str, payload: &[u8], kind: PayloadKind) -> Result<(), ClientError> {
+    pub async fn send(
+        &self,
+        room: &str,
+        event: &str,
+        payload: &[u8],
+        kind: PayloadKind,
+    ) -> Result<(), ClientError> {
         let frame = ClientFrame::Send {
             req: 0,
             room: room.to_owned(),
@@ -493,7 +545,8 @@ impl ClientReceiver {
     }
 
     fn handle(&mut self, bytes: &Bytes) -> Result<(), ClientError> {
-        let frame = native::access_server(bytes).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let frame =
+            native::access_server(bytes).map_err(|e| ClientError::Protocol(e.to_string()))?;
         match frame {
             ArchivedServerFrame::Welcome { req, player, shard } => self.answers.push_back((
                 req.to_native(),
@@ -502,11 +555,18 @@ impl ClientReceiver {
                     shard: shard.to_native(),
                 },
             )),
-            ArchivedServerFrame::Joined { req, members, .. } => self
-                .answers
-                .push_back((req.to_native(), Answer::Joined { members: members.to_native() })),
-            ArchivedServerFrame::Left { req, .. } => self.answers.push_back((req.to_native(), Answer::Left)),
-            ArchivedServerFrame::Pong { req, .. } => self.answers.push_back((req.to_native(), Answer::Pong)),
+            ArchivedServerFrame::Joined { req, members, .. } => self.answers.push_back((
+                req.to_native(),
+                Answer::Joined {
+                    members: members.to_native(),
+                },
+            )),
+            ArchivedServerFrame::Left { req, .. } => {
+                self.answers.push_back((req.to_native(), Answer::Left))
+            }
+            ArchivedServerFrame::Pong { req, .. } => {
+                self.answers.push_back((req.to_native(), Answer::Pong))
+            }
             ArchivedServerFrame::Error { req, code, message } => self.answers.push_back((
                 req.to_native(),
                 Answer::Error {
@@ -514,33 +574,42 @@ impl ClientReceiver {
                     message: message.as_str().to_owned(),
                 },
             )),
-            ArchivedServerFrame::Event { room, from, event, payload, kind } => {
-                self.events.push_back(ServerEvent::Message {
-                    room: room.as_str().to_owned(),
-                    from: from.to_native(),
-                    event: event.as_str().to_owned(),
-                    payload: bytes.slice_ref(payload.as_slice()),
-                    kind: PayloadKind::from(kind),
-                })
-            }
-            ArchivedServerFrame::MemberJoined { room, player, members } => {
-                self.events.push_back(ServerEvent::MemberJoined {
-                    room: room.as_str().to_owned(),
-                    player: player.to_native(),
-                    members: members.to_native(),
-                })
-            }
-            ArchivedServerFrame::MemberLeft { room, player, members, reason } => {
-                self.events.push_back(ServerEvent::MemberLeft {
-                    room: room.as_str().to_owned(),
-                    player: player.to_native(),
-                    members: members.to_native(),
-                    reason: match reason {
-                        native::ArchivedLeaveReason::Left => LeaveReason::Left,
-                        native::ArchivedLeaveReason::Disconnected => LeaveReason::Disconnected,
-                    },
-                })
-            }
+            ArchivedServerFrame::Event {
+                room,
+                from,
+                event,
+                payload,
+                kind,
+            } => self.events.push_back(ServerEvent::Message {
+                room: room.as_str().to_owned(),
+                from: from.to_native(),
+                event: event.as_str().to_owned(),
+                payload: bytes.slice_ref(payload.as_slice()),
+                kind: PayloadKind::from(kind),
+            }),
+            ArchivedServerFrame::MemberJoined {
+                room,
+                player,
+                members,
+            } => self.events.push_back(ServerEvent::MemberJoined {
+                room: room.as_str().to_owned(),
+                player: player.to_native(),
+                members: members.to_native(),
+            }),
+            ArchivedServerFrame::MemberLeft {
+                room,
+                player,
+                members,
+                reason,
+            } => self.events.push_back(ServerEvent::MemberLeft {
+                room: room.as_str().to_owned(),
+                player: player.to_native(),
+                members: members.to_native(),
+                reason: match reason {
+                    native::ArchivedLeaveReason::Left => LeaveReason::Left,
+                    native::ArchivedLeaveReason::Disconnected => LeaveReason::Disconnected,
+                },
+            }),
         }
         Ok(())
     }
@@ -576,5 +645,14 @@ impl Client {
             }
             self.rx.read_more().await?;
         }
+    }
+}
+
+impl Drop for ClientReceiver {
+    /// Dropping the receiver drops the connection: the socket is shut at once (the server
+    /// sees a disconnect, not a close handshake) and the writer task ends.
+    fn drop(&mut self) {
+        self.outbox.finish();
+        self.stream.shutdown(std::net::Shutdown::Both);
     }
 }

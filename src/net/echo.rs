@@ -9,9 +9,9 @@ use std::time::Duration;
 use glommio::net::TcpListener;
 use tungstenite::protocol::Role;
 
+use super::http;
 use super::io::{read_head, write_loop, HeadError, Stream};
 use super::ws::{Incoming, WsCodec};
-use super::http;
 use crate::relay::{Outbox, OutboxLimits};
 
 /// Settings of the echo server.
@@ -48,7 +48,10 @@ pub fn run(addr: SocketAddr, config: EchoConfig) -> std::io::Result<()> {
         .map_err(std::io::Error::from)?;
     ex.run(async move {
         let listener = TcpListener::bind(addr).map_err(std::io::Error::from)?;
-        eprintln!("ws_echo listening on {}", listener.local_addr().map_err(std::io::Error::from)?);
+        eprintln!(
+            "ws_echo listening on {}",
+            listener.local_addr().map_err(std::io::Error::from)?
+        );
         serve(listener, config).await;
         Ok(())
     })
@@ -72,7 +75,11 @@ async fn connection(stream: Stream, config: Rc<EchoConfig>) {
             return;
         }
     };
-    if stream.write_all(&http::upgrade_response(&key)).await.is_err() {
+    if stream
+        .write_all(&http::upgrade_response(&key))
+        .await
+        .is_err()
+    {
         return;
     }
     // The echo peer is trusted to read what it sends, so the outbox is generous.

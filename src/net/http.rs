@@ -232,10 +232,7 @@ mod tests {
         let (req, _) = parse_request(b"GET /ws HTTP/1.1\r\nHost: a\r\n\r\n", 8192)
             .unwrap()
             .unwrap();
-        assert!(matches!(
-            req.websocket_key(),
-            Err(HttpError::BadUpgrade(_))
-        ));
+        assert!(matches!(req.websocket_key(), Err(HttpError::BadUpgrade(_))));
     }
 
     #[test]

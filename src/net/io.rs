@@ -47,7 +47,11 @@ impl Stream {
 
     /// Reads some bytes, giving up after `timeout` (then `Ok(None)`). Cancelling a read is
     /// safe: no byte is taken from the socket until the read completes.
-    pub async fn read_timeout(&self, buf: &mut [u8], timeout: Duration) -> io::Result<Option<usize>> {
+    pub async fn read_timeout(
+        &self,
+        buf: &mut [u8],
+        timeout: Duration,
+    ) -> io::Result<Option<usize>> {
         let read = async { Some(self.read(buf).await) };
         let timer = async {
             glommio::timer::sleep(timeout).await;
@@ -70,7 +74,7 @@ impl Stream {
 
     /// Shuts one or both directions down. A pending read or write on the other task then
     /// completes (with end-of-stream or an error).
-    pub async fn shutdown(&self, how: Shutdown) {
+    pub fn shutdown(&self, how: Shutdown) {
         let how = match how {
             Shutdown::Read => libc::SHUT_RD,
             Shutdown::Write => libc::SHUT_WR,
@@ -86,7 +90,7 @@ impl Stream {
 
     /// Sends FIN, then reads and discards until the peer closes too (or [`LINGER`] passes).
     pub async fn close_lingering(&self) {
-        self.shutdown(Shutdown::Write).await;
+        self.shutdown(Shutdown::Write);
         let mut sink = [0u8; 1024];
         let deadline = std::time::Instant::now() + LINGER;
         loop {
@@ -111,7 +115,11 @@ pub enum HeadError {
 }
 
 /// Reads a request head within `timeout`. Returns it with the bytes read past it.
-pub async fn read_head(stream: &Stream, max: usize, timeout: Duration) -> Result<(Request, Vec<u8>), HeadError> {
+pub async fn read_head(
+    stream: &Stream,
+    max: usize,
+    timeout: Duration,
+) -> Result<(Request, Vec<u8>), HeadError> {
     let deadline = std::time::Instant::now() + timeout;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
@@ -135,7 +143,11 @@ pub async fn read_head(stream: &Stream, max: usize, timeout: Duration) -> Result
 
 /// Drains `outbox` into the socket until a close is requested, then writes the close frame
 /// (if any) and half-closes. Returns when the writer is done.
-pub async fn write_loop(stream: Stream, outbox: Rc<Outbox>, stats: Option<std::sync::Arc<ShardStats>>) {
+pub async fn write_loop(
+    stream: Stream,
+    outbox: Rc<Outbox>,
+    stats: Option<std::sync::Arc<ShardStats>>,
+) {
     let mut frames: Vec<Bytes> = Vec::new();
     let mut buf: Vec<u8> = Vec::new();
     loop {
@@ -144,9 +156,11 @@ pub async fn write_loop(stream: Stream, outbox: Rc<Outbox>, stats: Option<std::s
             Drained::Frames => write_frames(&stream, &frames, &mut buf).await,
             Drained::Close(close) => {
                 if let Some((code, reason)) = close {
-                    let _ = stream.write_all(&super::ws::close_frame(code, &reason)).await;
+                    let _ = stream
+                        .write_all(&super::ws::close_frame(code, &reason))
+                        .await;
                 }
-                stream.shutdown(Shutdown::Write).await;
+                stream.shutdown(Shutdown::Write);
                 return;
             }
         };

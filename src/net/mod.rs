@@ -50,14 +50,14 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let (request, leftover) = match head {
         Ok(v) => v,
         Err(io::HeadError::Http(err)) => {
+            shard.stats.count_close(CloseReason::BadRequest);
             let _ = stream.write_all(&http::error_response(&err)).await;
             stream.close_lingering().await;
-            shard.stats.count_close(CloseReason::BadRequest);
             return;
         }
         Err(io::HeadError::Timeout) => {
-            stream.close_lingering().await;
             shard.stats.count_close(CloseReason::HandshakeTimeout);
+            stream.close_lingering().await;
             return;
         }
         Err(io::HeadError::Closed) => {
@@ -69,23 +69,27 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     if request.path == NATIVE_PATH {
         match request.websocket_key() {
             Ok(key) => {
-                if stream.write_all(&http::upgrade_response(key)).await.is_err() {
+                if stream
+                    .write_all(&http::upgrade_response(key))
+                    .await
+                    .is_err()
+                {
                     shard.stats.count_close(CloseReason::Io);
                     return;
                 }
                 native::serve(shard, stream, leftover, accepted_at).await;
             }
             Err(err) => {
+                shard.stats.count_close(CloseReason::BadRequest);
                 let _ = stream.write_all(&http::error_response(&err)).await;
                 stream.close_lingering().await;
-                shard.stats.count_close(CloseReason::BadRequest);
             }
         }
     } else {
+        shard.stats.count_close(CloseReason::BadRequest);
         let _ = stream
             .write_all(&http::error_response(&http::HttpError::NotFound))
             .await;
         stream.close_lingering().await;
-        shard.stats.count_close(CloseReason::BadRequest);
     }
 }

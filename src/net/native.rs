@@ -34,7 +34,12 @@ struct Session {
 }
 
 /// Serves one upgraded connection until it closes.
-pub(super) async fn serve(shard: Rc<Shard>, stream: Stream, leftover: Vec<u8>, accepted_at: Instant) {
+pub(super) async fn serve(
+    shard: Rc<Shard>,
+    stream: Stream,
+    leftover: Vec<u8>,
+    accepted_at: Instant,
+) {
     let player = shard.next_player_id();
     let outbox = Rc::new(Outbox::new(shard.outbox_limits()));
     shard.register(player, Rc::clone(&outbox));
@@ -52,7 +57,7 @@ pub(super) async fn serve(shard: Rc<Shard>, stream: Stream, leftover: Vec<u8>, a
             poll_fn(|cx| outbox.poll_overflow(cx)).await;
             // Give the close frame a chance to reach a merely slow peer; a dead one is cut.
             glommio::timer::sleep(grace).await;
-            stream.shutdown(Shutdown::Both).await;
+            stream.shutdown(Shutdown::Both);
         })
     };
 
@@ -69,6 +74,7 @@ pub(super) async fn serve(shard: Rc<Shard>, stream: Stream, leftover: Vec<u8>, a
     } else if shard.shutting_down() && reason == CloseReason::Peer {
         reason = CloseReason::Shutdown;
     }
+    shard.stats.count_close(reason);
 
     if session.welcomed {
         shard.relay.borrow_mut().disconnect(player, Instant::now());
@@ -76,20 +82,26 @@ pub(super) async fn serve(shard: Rc<Shard>, stream: Stream, leftover: Vec<u8>, a
     }
     outbox.finish();
     let linger = Duration::from_millis(shard.config.shutdown_grace_ms.max(100));
-    let wrote = futures_lite::future::or(async {
-        writer.await;
-        true
-    }, async {
-        glommio::timer::sleep(linger).await;
-        false
-    })
+    let wrote = futures_lite::future::or(
+        async {
+            writer.await;
+            true
+        },
+        async {
+            glommio::timer::sleep(linger).await;
+            false
+        },
+    )
     .await;
     if wrote && server_closed {
         // We sent a close frame: read until the peer's FIN so it is not cut by a reset.
         let mut sink = [0u8; 512];
         let deadline = Instant::now() + linger;
         while let Ok(Some(n)) = stream
-            .read_timeout(&mut sink, deadline.saturating_duration_since(Instant::now()))
+            .read_timeout(
+                &mut sink,
+                deadline.saturating_duration_since(Instant::now()),
+            )
             .await
         {
             if n == 0 || Instant::now() >= deadline {
@@ -97,16 +109,23 @@ pub(super) async fn serve(shard: Rc<Shard>, stream: Stream, leftover: Vec<u8>, a
             }
         }
     }
-    stream.shutdown(Shutdown::Both).await;
+    stream.shutdown(Shutdown::Both);
     watchdog.cancel().await;
     shard.unregister(player);
-    shard.stats.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    shard.stats.count_close(reason);
+    shard
+        .stats
+        .connections
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 impl Session {
     /// Reads until the connection ends. Returns why, and whether the server started the close.
-    async fn run(&mut self, stream: &Stream, leftover: &[u8], accepted_at: Instant) -> (CloseReason, bool) {
+    async fn run(
+        &mut self,
+        stream: &Stream,
+        leftover: &[u8],
+        accepted_at: Instant,
+    ) -> (CloseReason, bool) {
         let config = Rc::clone(&self.shard).config.clone();
         let handshake_deadline = accepted_at + Duration::from_millis(config.handshake_timeout_ms);
         let interval = Duration::from_millis(config.ping_interval_ms);
@@ -171,7 +190,11 @@ impl Session {
                     }
                 }
                 Ok(Some(Incoming::Message(_))) => {
-                    self.error(0, ErrorCode::TextFrame, "text messages are not accepted on /ws; send binary frames");
+                    self.error(
+                        0,
+                        ErrorCode::TextFrame,
+                        "text messages are not accepted on /ws; send binary frames",
+                    );
                     self.outbox.close(close::UNSUPPORTED, "text frame");
                     break Some(CloseReason::Unsupported);
                 }
@@ -213,12 +236,20 @@ impl Session {
                 if self.welcomed {
                     self.error(req, ErrorCode::NotWelcomed, "Hello was already received");
                 } else if version.to_native() != PROTOCOL_VERSION {
-                    self.error(req, ErrorCode::UnsupportedVersion, &format!("this server speaks version {PROTOCOL_VERSION}"));
+                    self.error(
+                        req,
+                        ErrorCode::UnsupportedVersion,
+                        &format!("this server speaks version {PROTOCOL_VERSION}"),
+                    );
                     self.outbox.close(close::POLICY, "unsupported version");
                     return Err(CloseReason::Protocol);
                 } else {
                     self.welcomed = true;
-                    shard.relay.borrow_mut().connect(self.player, Wire::Native, Rc::clone(&self.outbox));
+                    shard.relay.borrow_mut().connect(
+                        self.player,
+                        Wire::Native,
+                        Rc::clone(&self.outbox),
+                    );
                     let _ = self.outbox.push(native_frame(&ServerFrame::Welcome {
                         req,
                         player: self.player,
@@ -227,23 +258,43 @@ impl Session {
                 }
             }
             _ if !self.welcomed => {
-                self.error(request_id(frame), ErrorCode::NotWelcomed, "send Hello first");
+                self.error(
+                    request_id(frame),
+                    ErrorCode::NotWelcomed,
+                    "send Hello first",
+                );
             }
             ArchivedClientFrame::Join { req, room } => {
                 let req = req.to_native();
-                let result = shard.relay.borrow_mut().join(self.player, Some(u64::from(req)), room.as_str(), now);
+                let result = shard.relay.borrow_mut().join(
+                    self.player,
+                    Some(u64::from(req)),
+                    room.as_str(),
+                    now,
+                );
                 if let Err(code) = result {
                     self.error(req, code, "join refused");
                 }
             }
             ArchivedClientFrame::Leave { req, room } => {
                 let req = req.to_native();
-                let result = shard.relay.borrow_mut().leave(self.player, Some(u64::from(req)), room.as_str(), now);
+                let result = shard.relay.borrow_mut().leave(
+                    self.player,
+                    Some(u64::from(req)),
+                    room.as_str(),
+                    now,
+                );
                 if let Err(code) = result {
                     self.error(req, code, "leave refused");
                 }
             }
-            ArchivedClientFrame::Send { req, room, event, payload, kind } => {
+            ArchivedClientFrame::Send {
+                req,
+                room,
+                event,
+                payload,
+                kind,
+            } => {
                 let req = req.to_native();
                 if event.is_empty() || event.len() > shard.config.max_name_len {
                     self.error(req, ErrorCode::InvalidName, "bad event name");
@@ -256,7 +307,10 @@ impl Session {
                     payload: bytes.slice_ref(payload.as_slice()),
                     kind: PayloadKind::from(kind),
                 };
-                let result = shard.relay.borrow_mut().send(self.player, room.as_str(), body, now);
+                let result = shard
+                    .relay
+                    .borrow_mut()
+                    .send(self.player, room.as_str(), body, now);
                 if let Err(code) = result {
                     self.error(req, code, "send refused");
                 }

@@ -144,9 +144,7 @@ impl WsCodec {
                     )))
                 }
                 // Pings are answered by the context (the pong lands in the output).
-                Ok(Message::Ping(_)) | Ok(Message::Pong(_)) | Ok(Message::Frame(_)) => {
-                    continue
-                }
+                Ok(Message::Ping(_)) | Ok(Message::Pong(_)) | Ok(Message::Frame(_)) => continue,
                 Ok(msg) => return Ok(Some(Incoming::Message(msg))),
                 Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
                 Err(WsError::ConnectionClosed) | Err(WsError::AlreadyClosed) => {
@@ -306,7 +304,9 @@ mod tests {
     #[test]
     fn client_frames_reach_a_server_codec_byte_by_byte() {
         let mut client = WsCodec::new(Role::Client, 1 << 20);
-        client.write(Message::Binary(Bytes::from_static(b"abc"))).unwrap();
+        client
+            .write(Message::Binary(Bytes::from_static(b"abc")))
+            .unwrap();
         let wire = client.take_output().unwrap();
         let mut server = WsCodec::new(Role::Server, 1 << 20);
         for (i, b) in wire.iter().enumerate() {
@@ -315,7 +315,9 @@ mod tests {
             if i + 1 < wire.len() {
                 assert!(m.is_none());
             } else {
-                assert!(matches!(m, Some(Incoming::Message(Message::Binary(ref b))) if b.as_ref() == b"abc"));
+                assert!(
+                    matches!(m, Some(Incoming::Message(Message::Binary(ref b))) if b.as_ref() == b"abc")
+                );
             }
         }
     }
@@ -323,7 +325,9 @@ mod tests {
     #[test]
     fn oversized_messages_are_rejected_with_1009() {
         let mut client = WsCodec::new(Role::Client, 1 << 20);
-        client.write(Message::Binary(vec![0u8; 2000].into())).unwrap();
+        client
+            .write(Message::Binary(vec![0u8; 2000].into()))
+            .unwrap();
         let mut server = WsCodec::new(Role::Server, 1000);
         server.feed(&client.take_output().unwrap());
         let err = server.poll_message().unwrap_err();
@@ -333,11 +337,16 @@ mod tests {
     #[test]
     fn pings_are_answered_and_close_is_echoed() {
         let mut client = WsCodec::new(Role::Client, 1 << 20);
-        client.write(Message::Ping(Bytes::from_static(b"p"))).unwrap();
+        client
+            .write(Message::Ping(Bytes::from_static(b"p")))
+            .unwrap();
         client.close(close::NORMAL, "bye");
         let mut server = WsCodec::new(Role::Server, 1 << 20);
         server.feed(&client.take_output().unwrap());
-        assert!(matches!(server.poll_message().unwrap(), Some(Incoming::Closed(Some((1000, _))))));
+        assert!(matches!(
+            server.poll_message().unwrap(),
+            Some(Incoming::Closed(Some((1000, _))))
+        ));
         let reply = server.take_output().unwrap();
         // A pong (2 + 1 bytes) and the close echo follow.
         assert_eq!(reply[0], 0x8A);

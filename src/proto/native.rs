@@ -6,7 +6,6 @@
 //! bytes, with no realigning copy. docs/PROTOCOL.md is the reference for every frame and
 //! error code.
 
-use bytes::Bytes;
 use rkyv::rancor;
 
 /// Protocol version a client announces in `Hello`. Bumped on any incompatible change.
@@ -43,134 +42,145 @@ pub enum LeaveReason {
     Disconnected,
 }
 
-/// A frame sent by a client. Every request carries `req`, which the answer (or the Error
-/// frame) echoes; 0 means the client does not care to match it.
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
-#[rkyv(derive(Debug), attr(allow(missing_docs)))]
-pub enum ClientFrame {
-    /// First frame of a session. Answered by `Welcome`.
-    Hello {
-        /// Request id.
-        req: u32,
-        /// Must equal [`PROTOCOL_VERSION`].
-        version: u16,
-        /// Bearer token, checked when the server has auth enabled.
-        token: Option<String>,
-    },
-    /// Enter a room (created on first join). Answered by `Joined`.
-    Join {
-        /// Request id.
-        req: u32,
-        /// Room name, 1..=max_name_len bytes.
-        room: String,
-    },
-    /// Leave a room. Answered by `Left`.
-    Leave {
-        /// Request id.
-        req: u32,
-        /// Room name.
-        room: String,
-    },
-    /// Broadcast to every other member of a room. Not answered unless it fails.
-    Send {
-        /// Request id, echoed only by an Error frame.
-        req: u32,
-        /// A room the sender is a member of.
-        room: String,
-        /// Application event name.
-        event: String,
-        /// Opaque payload, relayed untouched.
-        payload: Bytes,
-        /// How receivers should read the payload.
-        kind: PayloadKind,
-    },
-    /// Liveness and round-trip probe. Answered by `Pong` with the same `t`.
-    Ping {
-        /// Request id.
-        req: u32,
-        /// Client's timestamp, echoed.
-        t: u64,
-    },
-}
+pub use frames::*;
 
-/// A frame sent by the server.
-#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
-#[rkyv(derive(Debug), attr(allow(missing_docs)))]
-pub enum ServerFrame {
-    /// Answer to `Hello`.
-    Welcome {
-        /// Echoed request id.
-        req: u32,
-        /// This connection's player id, unique on the server.
-        player: u64,
-        /// The shard (core) serving this connection.
-        shard: u32,
-    },
-    /// Answer to `Join`.
-    Joined {
-        /// Echoed request id.
-        req: u32,
-        /// Room joined.
-        room: String,
-        /// Member count after the join.
-        members: u32,
-    },
-    /// Answer to `Leave`.
-    Left {
-        /// Echoed request id.
-        req: u32,
-        /// Room left.
-        room: String,
-    },
-    /// A message another member sent to a room.
-    Event {
-        /// Room it was sent to.
-        room: String,
-        /// Sender's player id.
-        from: u64,
-        /// Application event name.
-        event: String,
-        /// The payload, untouched.
-        payload: Bytes,
-        /// How to read the payload.
-        kind: PayloadKind,
-    },
-    /// Someone joined a room this connection is in.
-    MemberJoined {
-        /// The room.
-        room: String,
-        /// The new member.
-        player: u64,
-        /// Member count after the join.
-        members: u32,
-    },
-    /// Someone left a room this connection is in.
-    MemberLeft {
-        /// The room.
-        room: String,
-        /// The member who left.
-        player: u64,
-        /// Member count after the departure.
-        members: u32,
-        /// Whether they left or disconnected.
-        reason: LeaveReason,
-    },
-    /// Answer to `Ping`.
-    Pong {
-        /// Echoed request id.
-        req: u32,
-        /// Echoed client timestamp.
-        t: u64,
-    },
-    /// A request failed; see docs/PROTOCOL.md for the codes.
-    Error {
-        /// Request id of the failed request (0 if unknown).
-        req: u32,
-        /// Machine-readable code, one of [`ErrorCode`].
-        code: u16,
-        /// Human-readable detail.
-        message: String,
-    },
+/// The frame enums. rkyv derives archived twins and resolvers next to each; those generated
+/// items carry no docs of their own, hence the module-level allow (the enums above them are
+/// documented field by field).
+mod frames {
+    #![allow(missing_docs)]
+    use super::{LeaveReason, PayloadKind};
+    use bytes::Bytes;
+
+    /// A frame sent by a client. Every request carries `req`, which the answer (or the Error
+    /// frame) echoes; 0 means the client does not care to match it.
+    #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
+    #[rkyv(derive(Debug))]
+    pub enum ClientFrame {
+        /// First frame of a session. Answered by `Welcome`.
+        Hello {
+            /// Request id.
+            req: u32,
+            /// Must equal [`PROTOCOL_VERSION`].
+            version: u16,
+            /// Bearer token, checked when the server has auth enabled.
+            token: Option<String>,
+        },
+        /// Enter a room (created on first join). Answered by `Joined`.
+        Join {
+            /// Request id.
+            req: u32,
+            /// Room name, 1..=max_name_len bytes.
+            room: String,
+        },
+        /// Leave a room. Answered by `Left`.
+        Leave {
+            /// Request id.
+            req: u32,
+            /// Room name.
+            room: String,
+        },
+        /// Broadcast to every other member of a room. Not answered unless it fails.
+        Send {
+            /// Request id, echoed only by an Error frame.
+            req: u32,
+            /// A room the sender is a member of.
+            room: String,
+            /// Application event name.
+            event: String,
+            /// Opaque payload, relayed untouched.
+            payload: Bytes,
+            /// How receivers should read the payload.
+            kind: PayloadKind,
+        },
+        /// Liveness and round-trip probe. Answered by `Pong` with the same `t`.
+        Ping {
+            /// Request id.
+            req: u32,
+            /// Client's timestamp, echoed.
+            t: u64,
+        },
+    }
+
+    /// A frame sent by the server.
+    #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
+    #[rkyv(derive(Debug))]
+    pub enum ServerFrame {
+        /// Answer to `Hello`.
+        Welcome {
+            /// Echoed request id.
+            req: u32,
+            /// This connection's player id, unique on the server.
+            player: u64,
+            /// The shard (core) serving this connection.
+            shard: u32,
+        },
+        /// Answer to `Join`.
+        Joined {
+            /// Echoed request id.
+            req: u32,
+            /// Room joined.
+            room: String,
+            /// Member count after the join.
+            members: u32,
+        },
+        /// Answer to `Leave`.
+        Left {
+            /// Echoed request id.
+            req: u32,
+            /// Room left.
+            room: String,
+        },
+        /// A message another member sent to a room.
+        Event {
+            /// Room it was sent to.
+            room: String,
+            /// Sender's player id.
+            from: u64,
+            /// Application event name.
+            event: String,
+            /// The payload, untouched.
+            payload: Bytes,
+            /// How to read the payload.
+            kind: PayloadKind,
+        },
+        /// Someone joined a room this connection is in.
+        MemberJoined {
+            /// The room.
+            room: String,
+            /// The new member.
+            player: u64,
+            /// Member count after the join.
+            members: u32,
+        },
+        /// Someone left a room this connection is in.
+        MemberLeft {
+            /// The room.
+            room: String,
+            /// The member who left.
+            player: u64,
+            /// Member count after the departure.
+            members: u32,
+            /// Whether they left or disconnected.
+            reason: LeaveReason,
+        },
+        /// Answer to `Ping`.
+        Pong {
+            /// Echoed request id.
+            req: u32,
+            /// Echoed client timestamp.
+            t: u64,
+        },
+        /// A request failed; see docs/PROTOCOL.md for the codes.
+        Error {
+            /// Request id of the failed request (0 if unknown).
+            req: u32,
+            /// Machine-readable code, one of [`ErrorCode`].
+            code: u16,
+            /// Human-readable detail.
+            message: String,
+        },
+    }
 }
 
 /// Error codes carried by `ServerFrame::Error`. Stable: clients match on the number.
@@ -283,6 +293,7 @@ pub fn owned(s: &rkyv::string::ArchivedString) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn roundtrip_client(frame: ClientFrame) {
         let bytes = encode_client(&frame);

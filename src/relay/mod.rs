@@ -132,7 +132,12 @@ pub struct Relay {
 
 impl Relay {
     /// The relay of shard `shard` out of `shards`.
-    pub fn new(shard: ShardId, shards: usize, limits: RelayLimits, stats: Arc<ShardStats>) -> Relay {
+    pub fn new(
+        shard: ShardId,
+        shards: usize,
+        limits: RelayLimits,
+        stats: Arc<ShardStats>,
+    ) -> Relay {
         Relay {
             shard,
             shards,
@@ -180,13 +185,26 @@ impl Relay {
 
     /// Adds `player` to `room`. The `Joined` reply reaches the player's outbox once the home
     /// shard has counted the join; joining a room twice answers again and changes nothing.
-    pub fn join(&mut self, player: PlayerId, req: Option<u64>, room: &str, now: Instant) -> Result<(), ErrorCode> {
+    pub fn join(
+        &mut self,
+        player: PlayerId,
+        req: Option<u64>,
+        room: &str,
+        now: Instant,
+    ) -> Result<(), ErrorCode> {
         self.check_name(room)?;
-        let p = self.players.get_mut(&player).ok_or(ErrorCode::NotWelcomed)?;
+        let p = self
+            .players
+            .get_mut(&player)
+            .ok_or(ErrorCode::NotWelcomed)?;
         if p.rooms.iter().any(|r| r == room) {
             // Already in: answer with the last count this shard heard of, change nothing.
             let members = self.rooms.get(room).map_or(0, |r| r.total);
-            self.reply(player, req, |req| Reply::Joined { req, room: room.to_owned(), members });
+            self.reply(player, req, |req| Reply::Joined {
+                req,
+                room: room.to_owned(),
+                members,
+            });
             return Ok(());
         }
         if p.rooms.len() >= self.limits.max_rooms_per_connection {
@@ -198,29 +216,53 @@ impl Relay {
             wire: p.wire,
             outbox: Rc::clone(&p.outbox),
         };
-        self.rooms.entry(room.to_owned()).or_default().members.push(member);
+        self.rooms
+            .entry(room.to_owned())
+            .or_default()
+            .members
+            .push(member);
         let home = home_shard(room, self.shards);
         if home == self.shard {
             self.home_join(self.shard, room, player, req, now);
         } else {
-            self.send_mesh(home, MeshMsg::Join { room: room.to_owned(), player, req });
+            self.send_mesh(
+                home,
+                MeshMsg::Join {
+                    room: room.to_owned(),
+                    player,
+                    req,
+                },
+            );
         }
         Ok(())
     }
 
     /// Removes `player` from `room` and answers `Left`.
-    pub fn leave(&mut self, player: PlayerId, req: Option<u64>, room: &str, now: Instant) -> Result<(), ErrorCode> {
+    pub fn leave(
+        &mut self,
+        player: PlayerId,
+        req: Option<u64>,
+        room: &str,
+        now: Instant,
+    ) -> Result<(), ErrorCode> {
         if !self.is_member(player, room) {
             return Err(ErrorCode::NotMember);
         }
         self.remove_member(player, room, LeaveReason::Left, now);
-        self.reply(player, req, |req| Reply::Left { req, room: room.to_owned() });
+        self.reply(player, req, |req| Reply::Left {
+            req,
+            room: room.to_owned(),
+        });
         Ok(())
     }
 
     /// Forgets a disconnected player and tells its rooms.
     pub fn disconnect(&mut self, player: PlayerId, now: Instant) {
-        let rooms = self.players.get_mut(&player).map(|p| std::mem::take(&mut p.rooms)).unwrap_or_default();
+        let rooms = self
+            .players
+            .get_mut(&player)
+            .map(|p| std::mem::take(&mut p.rooms))
+            .unwrap_or_default();
         for room in rooms {
             self.remove_member(player, &room, LeaveReason::Disconnected, now);
         }
@@ -241,12 +283,25 @@ impl Relay {
         if home == self.shard {
             self.home_leave(self.shard, room, player, reason, now);
         } else {
-            self.send_mesh(home, MeshMsg::Leave { room: room.to_owned(), player, reason });
+            self.send_mesh(
+                home,
+                MeshMsg::Leave {
+                    room: room.to_owned(),
+                    player,
+                    reason,
+                },
+            );
         }
     }
 
     /// Broadcasts a member's message to the rest of `room`.
-    pub fn send(&mut self, player: PlayerId, room: &str, body: Body, now: Instant) -> Result<(), ErrorCode> {
+    pub fn send(
+        &mut self,
+        player: PlayerId,
+        room: &str,
+        body: Body,
+        now: Instant,
+    ) -> Result<(), ErrorCode> {
         if !self.is_member(player, room) {
             return Err(ErrorCode::NotMember);
         }
@@ -266,13 +321,22 @@ impl Relay {
     pub fn handle_mesh(&mut self, from: ShardId, msg: MeshMsg, now: Instant) {
         match msg {
             MeshMsg::Join { room, player, req } => self.home_join(from, &room, player, req, now),
-            MeshMsg::Joined { room, player, req, members } => {
+            MeshMsg::Joined {
+                room,
+                player,
+                req,
+                members,
+            } => {
                 self.note_total(&room, members);
                 if self.is_member(player, &room) {
                     self.reply(player, req, |req| Reply::Joined { req, room, members });
                 }
             }
-            MeshMsg::Leave { room, player, reason } => self.home_leave(from, &room, player, reason, now),
+            MeshMsg::Leave {
+                room,
+                player,
+                reason,
+            } => self.home_leave(from, &room, player, reason, now),
             MeshMsg::Relay(bcast) => {
                 self.deliver_local(&bcast, now);
                 self.forward_from_home(&bcast, Some(from));
@@ -296,12 +360,22 @@ impl Relay {
         self.rooms.len()
     }
 
-    fn home_join(&mut self, origin: ShardId, room: &str, player: PlayerId, req: Option<u64>, now: Instant) {
+    fn home_join(
+        &mut self,
+        origin: ShardId,
+        room: &str,
+        player: PlayerId,
+        req: Option<u64>,
+        now: Instant,
+    ) {
         let shards = self.shards;
-        let home = self.homes.entry(room.to_owned()).or_insert_with(|| HomeRoom {
-            per_shard: vec![0; shards],
-            total: 0,
-        });
+        let home = self
+            .homes
+            .entry(room.to_owned())
+            .or_insert_with(|| HomeRoom {
+                per_shard: vec![0; shards],
+                total: 0,
+            });
         if home.total == 0 {
             add(&self.stats.rooms, 1);
         }
@@ -310,26 +384,63 @@ impl Relay {
         let members = home.total;
         self.note_total(room, members);
         if origin == self.shard {
-            self.reply(player, req, |req| Reply::Joined { req, room: room.to_owned(), members });
+            self.reply(player, req, |req| Reply::Joined {
+                req,
+                room: room.to_owned(),
+                members,
+            });
         } else {
-            self.send_mesh(origin, MeshMsg::Joined { room: room.to_owned(), player, req, members });
+            self.send_mesh(
+                origin,
+                MeshMsg::Joined {
+                    room: room.to_owned(),
+                    player,
+                    req,
+                    members,
+                },
+            );
         }
-        let bcast = Arc::new(Broadcast::new(room.to_owned(), player, Body::MemberJoined { player, members }, now));
+        let bcast = Arc::new(Broadcast::new(
+            room.to_owned(),
+            player,
+            Body::MemberJoined { player, members },
+            now,
+        ));
         self.deliver_local(&bcast, now);
         self.forward_from_home(&bcast, None);
     }
 
-    fn home_leave(&mut self, origin: ShardId, room: &str, player: PlayerId, reason: LeaveReason, now: Instant) {
-        let Some(home) = self.homes.get_mut(room) else { return };
+    fn home_leave(
+        &mut self,
+        origin: ShardId,
+        room: &str,
+        player: PlayerId,
+        reason: LeaveReason,
+        now: Instant,
+    ) {
+        let Some(home) = self.homes.get_mut(room) else {
+            return;
+        };
         home.per_shard[origin] = home.per_shard[origin].saturating_sub(1);
         home.total = home.total.saturating_sub(1);
         let members = home.total;
         if members == 0 {
             self.homes.remove(room);
-            self.stats.rooms.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            self.stats
+                .rooms
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             return;
         }
-        let bcast = Arc::new(Broadcast::new(room.to_owned(), player, Body::MemberLeft { player, members, reason }, now));
+        let bcast = Arc::new(Broadcast::new(
+            room.to_owned(),
+            player,
+            Body::MemberLeft {
+                player,
+                members,
+                reason,
+            },
+            now,
+        ));
         self.deliver_local(&bcast, now);
         self.forward_from_home(&bcast, None);
     }
@@ -337,7 +448,9 @@ impl Relay {
     /// On the home shard: sends `bcast` once to every other shard with members, except the
     /// shard it came from (which delivered locally already).
     fn forward_from_home(&mut self, bcast: &Arc<Broadcast>, came_from: Option<ShardId>) {
-        let Some(home) = self.homes.get(&bcast.room) else { return };
+        let Some(home) = self.homes.get(&bcast.room) else {
+            return;
+        };
         for (shard, &count) in home.per_shard.iter().enumerate() {
             if count > 0 && shard != self.shard && Some(shard) != came_from {
                 self.mesh.push((shard, MeshMsg::Deliver(Arc::clone(bcast))));
@@ -346,7 +459,9 @@ impl Relay {
     }
 
     fn deliver_local(&mut self, bcast: &Broadcast, now: Instant) {
-        let Some(room) = self.rooms.get_mut(&bcast.room) else { return };
+        let Some(room) = self.rooms.get_mut(&bcast.room) else {
+            return;
+        };
         if let Body::MemberJoined { members, .. } | Body::MemberLeft { members, .. } = bcast.body {
             room.total = members;
         }
@@ -370,7 +485,9 @@ impl Relay {
     }
 
     fn reply(&self, player: PlayerId, req: Option<u64>, make: impl FnOnce(u64) -> Reply) {
-        let (Some(req), Some(p)) = (req, self.players.get(&player)) else { return };
+        let (Some(req), Some(p)) = (req, self.players.get(&player)) else {
+            return;
+        };
         let _ = p.outbox.push(make(req).frame(p.wire));
     }
 

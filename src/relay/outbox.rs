@@ -201,10 +201,19 @@ mod tests {
         outbox.push(Bytes::from_static(b"a")).unwrap();
         outbox.push(Bytes::from_static(b"b")).unwrap();
         outbox.close(1001, "bye");
-        assert_eq!(outbox.push(Bytes::from_static(b"c")), Err(PushError::Closed));
+        assert_eq!(
+            outbox.push(Bytes::from_static(b"c")),
+            Err(PushError::Closed)
+        );
         let mut out = Vec::new();
-        assert!(matches!(outbox.poll_drain(&mut cx(), &mut out), Poll::Ready(Drained::Frames)));
-        assert_eq!(out, vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]);
+        assert!(matches!(
+            outbox.poll_drain(&mut cx(), &mut out),
+            Poll::Ready(Drained::Frames)
+        ));
+        assert_eq!(
+            out,
+            vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]
+        );
         assert!(matches!(
             outbox.poll_drain(&mut cx(), &mut out),
             Poll::Ready(Drained::Close(Some((1001, _))))
@@ -213,10 +222,16 @@ mod tests {
 
     #[test]
     fn overflow_drops_the_queue_and_closes_with_1008() {
-        let outbox = Outbox::new(OutboxLimits { frames: 2, bytes: 1000 });
+        let outbox = Outbox::new(OutboxLimits {
+            frames: 2,
+            bytes: 1000,
+        });
         outbox.push(Bytes::from_static(b"a")).unwrap();
         outbox.push(Bytes::from_static(b"b")).unwrap();
-        assert_eq!(outbox.push(Bytes::from_static(b"c")), Err(PushError::Overflow));
+        assert_eq!(
+            outbox.push(Bytes::from_static(b"c")),
+            Err(PushError::Overflow)
+        );
         assert!(outbox.overflowed());
         assert!(outbox.poll_overflow(&mut cx()).is_ready());
         let mut out = Vec::new();
@@ -229,8 +244,14 @@ mod tests {
 
     #[test]
     fn byte_bound_counts_too() {
-        let outbox = Outbox::new(OutboxLimits { frames: 100, bytes: 3 });
+        let outbox = Outbox::new(OutboxLimits {
+            frames: 100,
+            bytes: 3,
+        });
         outbox.push(Bytes::from_static(b"ab")).unwrap();
-        assert_eq!(outbox.push(Bytes::from_static(b"cd")), Err(PushError::Overflow));
+        assert_eq!(
+            outbox.push(Bytes::from_static(b"cd")),
+            Err(PushError::Overflow)
+        );
     }
 }

@@ -1,0 +1,165 @@
+//! The `corelay` binary: start line, signals, startup failures, stats logging, `tune`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_corelay");
+
+struct Running {
+    child: Child,
+    addr: SocketAddr,
+    lines: mpsc::Receiver<String>,
+}
+
+fn serve(args: &[&str]) -> Running {
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("start line");
+    // "corelay listening on 127.0.0.1:PORT with N shards on cpus [..]"
+    let addr = first
+        .split_whitespace()
+        .nth(3)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected start line: {first}"));
+    Running {
+        child,
+        addr,
+        lines: rx,
+    }
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn sigterm_closes_clients_with_1001_and_exits_zero_within_two_seconds() {
+    let mut srv = serve(&["--listen", "127.0.0.1:0", "--shards", "2"]);
+    let addr = srv.addr;
+    let pid = srv.child.id() as i32;
+    let (tx, rx) = mpsc::channel();
+    let clients = std::thread::spawn(move || {
+        common::run(move || async move {
+            let mut a = common::connect(addr).await;
+            let mut b = common::connect(addr).await;
+            a.ping().await.unwrap();
+            tx.send(()).unwrap();
+            assert_eq!(a.closed().await.map(|c| c.0), Some(1001));
+            assert_eq!(b.closed().await.map(|c| c.0), Some(1001));
+        })
+    });
+    rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    let signalled = Instant::now();
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = wait_exit(&mut srv.child, Duration::from_secs(5));
+    assert!(status.success(), "{status:?}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        signalled.elapsed()
+    );
+    clients.join().unwrap();
+}
+
+#[test]
+fn a_taken_port_fails_with_one_line_and_non_zero() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("cannot listen"), "{err}");
+}
+
+#[test]
+fn bad_configuration_fails_with_one_line_and_non_zero() {
+    for args in [
+        vec!["serve", "--config", "/nonexistent/corelay.toml"],
+        vec!["serve", "--listen", "not-an-address"],
+        vec!["serve", "--listen", "127.0.0.1:0", "--cpus", "999"],
+    ] {
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+    }
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("CORELAY_MAX_MESSAGE_SIZE", "zero")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn stats_interval_logs_merged_stats() {
+    let mut srv = serve(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        "1",
+        "--stats-interval",
+        "1",
+    ]);
+    let line = srv
+        .lines
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a stats line");
+    assert!(line.starts_with("stats conns="), "{line}");
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(srv.child.id() as i32, libc::SIGINT) };
+    assert!(wait_exit(&mut srv.child, Duration::from_secs(5)).success());
+}
+
+#[test]
+fn tune_prints_a_table_and_strict_reflects_the_host() {
+    let out = Command::new(BIN).arg("tune").output().unwrap();
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("fs.nr_open") || table.contains("nofile"),
+        "{table}"
+    );
+    let strict = Command::new(BIN)
+        .args(["tune", "--strict"])
+        .output()
+        .unwrap();
+    let all_met = corelay::tune::all_met(&corelay::tune::inspect());
+    assert_eq!(strict.status.success(), all_met);
+}

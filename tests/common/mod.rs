@@ -1,0 +1,87 @@
+//! Shared test harness: an in-process server on 127.0.0.1:0 and a bounded glommio runner.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use corelay::client::{Client, ClientConfig};
+use corelay::{Config, Server};
+
+/// Every test body gets this long before it fails instead of hanging.
+pub const TEST_BUDGET: Duration = Duration::from_secs(60);
+
+/// A server with `shards` shards on an ephemeral port, tweaked by `tweak`.
+pub fn server(shards: usize, tweak: impl FnOnce(&mut Config)) -> Server {
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        shards,
+        ..Config::default()
+    };
+    tweak(&mut config);
+    Server::start(config).expect("server starts")
+}
+
+/// Runs `body` on a fresh glommio executor; fails the test if it takes over [`TEST_BUDGET`].
+pub fn run<F, Fut>(body: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let handle = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .spawn(move || async move {
+            glommio::timer::timeout(TEST_BUDGET, async move {
+                body().await;
+                Ok(())
+            })
+            .await
+            .expect("test exceeded its time budget");
+        })
+        .expect("executor starts");
+    handle.join().expect("test body panicked");
+}
+
+/// The native endpoint URL of a server.
+pub fn url(addr: SocketAddr) -> String {
+    format!("ws://{addr}/ws")
+}
+
+/// A connected, welcomed client.
+pub async fn connect(addr: SocketAddr) -> Client {
+    Client::connect(&ClientConfig::new(url(addr)))
+        .await
+        .expect("client connects")
+}
+
+/// Connects until a client lands on `shard` (the kernel spreads connections over the
+/// SO_REUSEPORT listeners by hash, so a few tries suffice).
+pub async fn connect_on_shard(addr: SocketAddr, shard: u32) -> Client {
+    for _ in 0..200 {
+        let c = connect(addr).await;
+        if c.shard() == shard {
+            return c;
+        }
+        let _ = c.close().await;
+    }
+    panic!("no connection landed on shard {shard} in 200 tries");
+}
+
+/// Asserts the server still serves: a new client connects and gets a pong.
+pub async fn still_serving(addr: SocketAddr) {
+    let mut c = connect(addr).await;
+    c.ping().await.expect("pong from a healthy server");
+    let _ = c.close().await;
+}
+
+/// Waits (bounded) until the server's stats satisfy `cond`; stats are counted by the shard
+/// as it closes a connection, a moment after the client saw the close.
+pub fn wait_for_stats(srv: &Server, cond: impl Fn(&corelay::Stats) -> bool) -> corelay::Stats {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let stats = srv.stats();
+        if cond(&stats) || std::time::Instant::now() > deadline {
+            return stats;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

@@ -1,0 +1,293 @@
+//! The relay over real sockets: cross-shard rooms, ordering, notifications, scale, shutdown.
+
+mod common;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use common::{connect, connect_on_shard, run, server, still_serving};
+use corelay::client::{PayloadKind, ServerEvent};
+use corelay::proto::native::LeaveReason;
+
+/// (receiver index, sender id, sequence) -> times delivered.
+type Deliveries = HashMap<(usize, u64, u32), u32>;
+
+async fn next_message(c: &mut corelay::client::Client) -> (u64, bytes::Bytes) {
+    loop {
+        match c.next_event().await.expect("event") {
+            ServerEvent::Message { from, payload, .. } => return (from, payload),
+            _ => continue,
+        }
+    }
+}
+
+#[test]
+fn members_on_two_shards_exchange_messages_in_order_with_nothing_lost() {
+    let srv = server(2, |_| {});
+    let addr = srv.local_addr();
+    run(move || async move {
+        let mut a = connect_on_shard(addr, 0).await;
+        let mut b = connect_on_shard(addr, 1).await;
+        assert_ne!(a.shard(), b.shard(), "members sit on different shards");
+        // Several rooms so that both home shards are exercised.
+        for room in ["arena-1", "arena-2", "arena-3"] {
+            assert_eq!(a.join(room).await.unwrap(), 1);
+            assert_eq!(b.join(room).await.unwrap(), 2);
+            const N: u32 = 300;
+            for i in 0..N {
+                a.send(room, "move", &i.to_le_bytes(), PayloadKind::Binary)
+                    .await
+                    .unwrap();
+                b.send(room, "move", &(N + i).to_le_bytes(), PayloadKind::Binary)
+                    .await
+                    .unwrap();
+            }
+            for i in 0..N {
+                let (from, p) = next_message(&mut b).await;
+                assert_eq!(from, a.player());
+                assert_eq!(
+                    u32::from_le_bytes(p[..].try_into().unwrap()),
+                    i,
+                    "b sees a's order"
+                );
+                let (from, p) = next_message(&mut a).await;
+                assert_eq!(from, b.player());
+                assert_eq!(
+                    u32::from_le_bytes(p[..].try_into().unwrap()),
+                    N + i,
+                    "a sees b's order"
+                );
+            }
+        }
+    });
+    let stats = srv.stats();
+    assert!(stats.messages_in >= 1800, "{stats}");
+    assert!(
+        stats.mesh_out > 0,
+        "cross-shard traffic went over the mesh: {stats}"
+    );
+    srv.stop().unwrap();
+}
+
+#[test]
+fn sender_never_receives_its_own_message_and_json_kind_is_kept() {
+    let srv = server(1, |_| {});
+    let addr = srv.local_addr();
+    run(move || async move {
+        let mut a = connect(addr).await;
+        let mut b = connect(addr).await;
+        a.join("r").await.unwrap();
+        b.join("r").await.unwrap();
+        a.send("r", "chat", br#"{"hi":1}"#, PayloadKind::Json)
+            .await
+            .unwrap();
+        b.send("r", "marker", b"", PayloadKind::Binary)
+            .await
+            .unwrap();
+        match b.next_event().await.unwrap() {
+            ServerEvent::Message {
+                event,
+                payload,
+                kind,
+                room,
+                ..
+            } => {
+                assert_eq!((event.as_str(), room.as_str()), ("chat", "r"));
+                assert_eq!(&payload[..], br#"{"hi":1}"#);
+                assert_eq!(kind, PayloadKind::Json);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // a's next message is b's marker, not its own chat.
+        loop {
+            match a.next_event().await.unwrap() {
+                ServerEvent::Message { event, .. } => {
+                    assert_eq!(event, "marker");
+                    break;
+                }
+                ServerEvent::MemberJoined { .. } => continue,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    });
+    srv.stop().unwrap();
+}
+
+#[test]
+fn members_are_told_of_joins_leaves_and_disconnects_across_shards() {
+    let srv = server(2, |_| {});
+    let addr = srv.local_addr();
+    run(move || async move {
+        let mut watcher = connect_on_shard(addr, 0).await;
+        watcher.join("lobby").await.unwrap();
+        let mut b = connect_on_shard(addr, 1).await;
+        assert_eq!(b.join("lobby").await.unwrap(), 2);
+        assert_eq!(
+            watcher.next_event().await.unwrap(),
+            ServerEvent::MemberJoined {
+                room: "lobby".into(),
+                player: b.player(),
+                members: 2
+            }
+        );
+        b.leave("lobby").await.unwrap();
+        assert_eq!(
+            watcher.next_event().await.unwrap(),
+            ServerEvent::MemberLeft {
+                room: "lobby".into(),
+                player: b.player(),
+                members: 1,
+                reason: LeaveReason::Left
+            }
+        );
+        let mut c = connect_on_shard(addr, 1).await;
+        c.join("lobby").await.unwrap();
+        let c_id = c.player();
+        assert!(
+            matches!(watcher.next_event().await.unwrap(), ServerEvent::MemberJoined { player, .. } if player == c_id)
+        );
+        drop(c); // the socket closes without a close frame
+        assert_eq!(
+            watcher.next_event().await.unwrap(),
+            ServerEvent::MemberLeft {
+                room: "lobby".into(),
+                player: c_id,
+                members: 1,
+                reason: LeaveReason::Disconnected
+            }
+        );
+        // Leaving a room one is not in is an error, not a crash.
+        assert!(b.leave("lobby").await.is_err());
+    });
+    srv.stop().unwrap();
+}
+
+#[test]
+fn a_thousand_clients_in_a_hundred_rooms_get_every_message_exactly_once() {
+    const CLIENTS: usize = 1000;
+    const ROOM: usize = 10;
+    const MSGS: u32 = 5;
+    let srv = server(2, |_| {});
+    let addr = srv.local_addr();
+    run(move || async move {
+        let mut senders = Vec::new();
+        let mut receivers = Vec::new();
+        for i in 0..CLIENTS {
+            let mut c = connect(addr).await;
+            c.join(&format!("room-{}", i / ROOM)).await.unwrap();
+            let id = c.player();
+            let (tx, rx) = c.split();
+            senders.push((id, tx));
+            receivers.push(rx);
+        }
+        // Everyone in; wait for each receiver to see the MemberJoined of those after it so
+        // that all joins are counted before sending.
+        let expected_per_client = (ROOM as u32 - 1) * MSGS;
+        let seen: Rc<RefCell<Deliveries>> = Rc::default();
+        let mut tasks = Vec::new();
+        for (i, mut rx) in receivers.into_iter().enumerate() {
+            let seen = Rc::clone(&seen);
+            tasks.push(glommio::spawn_local(async move {
+                let mut got = 0;
+                while got < expected_per_client {
+                    if let ServerEvent::Message { from, payload, .. } =
+                        rx.next_event().await.unwrap()
+                    {
+                        let seq = u32::from_le_bytes(payload[..4].try_into().unwrap());
+                        *seen.borrow_mut().entry((i, from, seq)).or_default() += 1;
+                        got += 1;
+                    }
+                }
+            }));
+        }
+        for seq in 0..MSGS {
+            for (i, (_, tx)) in senders.iter().enumerate() {
+                tx.send(
+                    &format!("room-{}", i / ROOM),
+                    "tick",
+                    &seq.to_le_bytes(),
+                    PayloadKind::Binary,
+                )
+                .await
+                .unwrap();
+            }
+        }
+        for t in tasks {
+            t.await;
+        }
+        let seen = seen.borrow();
+        assert_eq!(
+            seen.len(),
+            CLIENTS * expected_per_client as usize,
+            "every delivery distinct"
+        );
+        assert!(seen.values().all(|&n| n == 1), "no duplicates");
+        for ((i, from, _), _) in seen.iter() {
+            let sender = senders.iter().position(|(id, _)| id == from).unwrap();
+            assert_eq!(sender / ROOM, i / ROOM, "delivered only within the room");
+            assert_ne!(sender, *i, "never back to the sender");
+        }
+    });
+    let stats = srv.stats();
+    assert_eq!(stats.messages_in, (CLIENTS as u64) * u64::from(MSGS));
+    srv.stop().unwrap();
+}
+
+#[test]
+fn shutdown_closes_every_client_with_1001() {
+    let srv = server(2, |_| {});
+    let addr = srv.local_addr();
+    let control = srv.control();
+    let joined = std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        run(move || async move {
+            let mut clients = Vec::new();
+            for _ in 0..10 {
+                clients.push(connect(addr).await);
+            }
+            still_serving(addr).await;
+            control.request_shutdown();
+            for mut c in clients {
+                let close = c.closed().await;
+                assert_eq!(close.map(|(code, _)| code), Some(1001));
+            }
+        });
+        started.elapsed()
+    });
+    let elapsed = joined.join().unwrap();
+    assert!(elapsed < std::time::Duration::from_secs(10));
+    srv.join().unwrap();
+}
+
+#[test]
+fn stats_count_connections_messages_and_latency() {
+    let srv = server(1, |c| c.stats_publish_ms = 10);
+    let addr = srv.local_addr();
+    run(move || async move {
+        let mut a = connect(addr).await;
+        let mut b = connect(addr).await;
+        a.join("s").await.unwrap();
+        b.join("s").await.unwrap();
+        for i in 0u32..50 {
+            a.send("s", "e", &i.to_le_bytes(), PayloadKind::Binary)
+                .await
+                .unwrap();
+        }
+        for _ in 0..50 {
+            next_message(&mut b).await;
+        }
+    });
+    // The latency histogram is published every 10 ms; wait for a publication.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut stats = srv.stats();
+    while stats.latency.count < 50 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        stats = srv.stats();
+    }
+    assert_eq!(stats.messages_in, 50);
+    assert!(stats.messages_out >= 50);
+    assert!(stats.latency.count >= 50, "{stats}");
+    assert!(stats.accepted >= 2);
+    srv.stop().unwrap();
+}
