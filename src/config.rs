@@ -50,6 +50,23 @@ pub struct Config {
     pub shutdown_grace_ms: u64,
     /// Period at which each shard publishes its latency histogram for readers, in ms.
     pub stats_publish_ms: u64,
+    /// Path of the Engine.IO / Socket.IO endpoint.
+    pub socketio_path: String,
+    /// Engine.IO `pingInterval`: the server pings every this many ms.
+    pub engineio_ping_interval_ms: u64,
+    /// Engine.IO `pingTimeout`: a session whose pong does not come back in this many ms
+    /// is closed.
+    pub engineio_ping_timeout_ms: u64,
+    /// Engine.IO `maxPayload`: largest long-polling body or WebSocket message, in bytes.
+    pub engineio_max_payload: usize,
+    /// Socket.IO `connectTimeout`: a session that joins no namespace in this many ms is
+    /// closed.
+    pub socketio_connect_timeout_ms: u64,
+    /// Origins allowed by CORS on the Engine.IO endpoint; `"*"` allows any.
+    pub cors_origins: Vec<String>,
+    /// Namespaces besides `/` that socket.io clients may connect to (with no behaviour of
+    /// their own unless application code adds it).
+    pub socketio_namespaces: Vec<String>,
 }
 
 impl Default for Config {
@@ -73,6 +90,14 @@ impl Default for Config {
             mesh_queue: 4096,
             shutdown_grace_ms: 1_000,
             stats_publish_ms: 500,
+            socketio_path: "/socket.io/".to_owned(),
+            // socket.io's own defaults, so that clients behave as they do elsewhere.
+            engineio_ping_interval_ms: 25_000,
+            engineio_ping_timeout_ms: 20_000,
+            engineio_max_payload: 1_000_000,
+            socketio_connect_timeout_ms: 45_000,
+            cors_origins: vec!["*".to_owned()],
+            socketio_namespaces: Vec::new(),
         }
     }
 }
@@ -111,6 +136,13 @@ const KEYS: &[&str] = &[
     "mesh_queue",
     "shutdown_grace_ms",
     "stats_publish_ms",
+    "socketio_path",
+    "engineio_ping_interval_ms",
+    "engineio_ping_timeout_ms",
+    "engineio_max_payload",
+    "socketio_connect_timeout_ms",
+    "cors_origins",
+    "socketio_namespaces",
 ];
 
 impl Config {
@@ -160,11 +192,22 @@ impl Config {
             ("max_name_len", self.max_name_len),
             ("max_rooms_per_connection", self.max_rooms_per_connection),
             ("mesh_queue", self.mesh_queue),
+            ("engineio_max_payload", self.engineio_max_payload),
         ];
         for (name, v) in positive {
             if v == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be positive")));
             }
+        }
+        if !self.socketio_path.starts_with('/') {
+            return Err(ConfigError::Invalid(
+                "socketio_path must start with /".into(),
+            ));
+        }
+        if self.engineio_ping_interval_ms == 0 || self.engineio_ping_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "engine.io ping timers must be positive".into(),
+            ));
         }
         if self.ping_interval_ms == 0 || self.handshake_timeout_ms == 0 {
             return Err(ConfigError::Invalid(

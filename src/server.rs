@@ -14,6 +14,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
 use crate::shard::{self, Control, ShardSeed};
+use crate::socketio::{Namespace, SocketIo};
 use crate::stats::{Stats, StatsRegistry};
 
 /// Connections waiting in the kernel to be accepted, per shard. Raised further by
@@ -65,8 +66,19 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds, starts every shard and waits until each is serving.
+    /// Binds, starts every shard and waits until each is serving, with the default
+    /// Socket.IO service (the relay convention on `/`, plus `socketio_namespaces`).
     pub fn start(config: Config) -> Result<Server, ServerError> {
+        let mut app = SocketIo::relay();
+        for nsp in &config.socketio_namespaces {
+            app = app.namespace(nsp, Namespace::new());
+        }
+        Server::start_with(config, app)
+    }
+
+    /// Like [`Server::start`], with application code on the Socket.IO endpoint.
+    pub fn start_with(config: Config, app: SocketIo) -> Result<Server, ServerError> {
+        let app = Arc::new(app);
         let allowed = allowed_cpus();
         let shards = config.shard_count(&allowed);
         let pin_to: Vec<usize> = if config.cpus.is_empty() {
@@ -138,6 +150,7 @@ impl Server {
                 control: Arc::clone(&control),
                 mesh_tx,
                 mesh_rx,
+                app: Arc::clone(&app),
             };
             let cpu = cpus[id];
             let ready = ready_tx.clone();

@@ -58,15 +58,16 @@ pub fn run(addr: SocketAddr, config: EchoConfig) -> std::io::Result<()> {
 }
 
 async fn connection(stream: Stream, config: Rc<EchoConfig>) {
-    let (request, leftover) = match read_head(&stream, 16 * 1024, config.handshake_timeout).await {
-        Ok(v) => v,
-        Err(HeadError::Http(e)) => {
-            let _ = stream.write_all(&http::error_response(&e)).await;
-            stream.close_lingering().await;
-            return;
-        }
-        Err(_) => return,
-    };
+    let (request, leftover, _) =
+        match read_head(&stream, Vec::new(), 16 * 1024, config.handshake_timeout).await {
+            Ok(v) => v,
+            Err(HeadError::Http(e)) => {
+                let _ = stream.write_all(&http::error_response(&e)).await;
+                stream.close_lingering().await;
+                return;
+            }
+            Err(_) => return,
+        };
     let key = match request.websocket_key() {
         Ok(k) => k.to_owned(),
         Err(e) => {

@@ -88,6 +88,15 @@ impl Stream {
         }
     }
 
+    /// A duplicate of the socket's descriptor, to hand the connection to another shard
+    /// (this `Stream` then closes only its own copy).
+    pub fn dup_fd(&self) -> io::Result<std::os::fd::OwnedFd> {
+        let fd = self.0.borrow().as_raw_fd();
+        // SAFETY: borrowing a descriptor that the TcpStream keeps open for this call.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        borrowed.try_clone_to_owned()
+    }
+
     /// Sends FIN, then reads and discards until the peer closes too (or [`LINGER`] passes).
     pub async fn close_lingering(&self) {
         self.shutdown(Shutdown::Write);
@@ -114,15 +123,23 @@ pub enum HeadError {
     Closed,
 }
 
-/// Reads a request head within `timeout`. Returns it with the bytes read past it.
+/// Reads a request head within `timeout`, starting with bytes already read (`buf`).
+/// Returns the request, the bytes read past it, and everything read (for a handoff).
 pub async fn read_head(
     stream: &Stream,
+    mut buf: Vec<u8>,
     max: usize,
     timeout: Duration,
-) -> Result<(Request, Vec<u8>), HeadError> {
+) -> Result<(Request, Vec<u8>, Vec<u8>), HeadError> {
     let deadline = std::time::Instant::now() + timeout;
-    let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
+    if !buf.is_empty() {
+        match http::parse_request(&buf, max) {
+            Ok(Some((req, len))) => return Ok((req, buf[len..].to_vec(), buf)),
+            Ok(None) => {}
+            Err(e) => return Err(HeadError::Http(e)),
+        }
+    }
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
@@ -134,7 +151,7 @@ pub async fn read_head(
             Ok(Some(n)) => buf.extend_from_slice(&chunk[..n]),
         }
         match http::parse_request(&buf, max) {
-            Ok(Some((req, len))) => return Ok((req, buf.split_off(len))),
+            Ok(Some((req, len))) => return Ok((req, buf[len..].to_vec(), buf)),
             Ok(None) => continue,
             Err(e) => return Err(HeadError::Http(e)),
         }

@@ -6,7 +6,9 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::net::ws;
+use crate::proto::engineio::{encode_base64_into, RECORD_SEPARATOR};
 use crate::proto::native::{LeaveReason, PayloadKind, ServerFrame};
+use crate::proto::socketio::{self, encode_relay_event, Arg, RelayPayload};
 
 /// A player id, unique on the server: the shard number in the top 16 bits, a per-shard
 /// counter below (so ids are allocated without coordination).
@@ -17,6 +19,31 @@ pub type PlayerId = u64;
 pub enum Wire {
     /// Native protocol over WebSocket: one rkyv frame per binary message.
     Native,
+    /// Socket.IO over an Engine.IO WebSocket: a text frame, then one binary frame per
+    /// attachment.
+    SioWs,
+    /// Socket.IO over Engine.IO long-polling: packets as text (`b<base64>` for binary),
+    /// joined with the record separator when a poll collects them.
+    SioPolling,
+}
+
+/// The relay's key for a room of namespace `nsp`: the name itself on the main namespace
+/// (shared with native clients), `nsp` NUL `room` elsewhere. Names never hold control
+/// characters (the relay refuses them), so keys of two namespaces never collide.
+pub fn room_key(nsp: &str, room: &str) -> String {
+    if nsp == socketio::MAIN_NAMESPACE {
+        room.to_owned()
+    } else {
+        format!("{nsp}\0{room}")
+    }
+}
+
+/// Splits a room key into namespace and room name.
+pub fn split_room_key(key: &str) -> (&str, &str) {
+    match key.split_once('\0') {
+        Some((nsp, room)) => (nsp, room),
+        None => (socketio::MAIN_NAMESPACE, key),
+    }
 }
 
 /// The content of a broadcast.
@@ -49,6 +76,13 @@ pub enum Body {
         /// Why.
         reason: LeaveReason,
     },
+    /// An application emit (socket.io API) to a room: any arguments, from the server.
+    Emit {
+        /// Event name.
+        event: String,
+        /// Arguments.
+        args: Vec<Arg>,
+    },
 }
 
 /// One fan-out to a room. Shared (`Arc`) by every shard that delivers it; each wire
@@ -64,6 +98,8 @@ pub struct Broadcast {
     /// When the origin shard received it (for the relay-latency histogram).
     pub received_at: Instant,
     native: OnceLock<Bytes>,
+    sio_ws: OnceLock<Bytes>,
+    sio_polling: OnceLock<Bytes>,
 }
 
 impl Broadcast {
@@ -75,6 +111,8 @@ impl Broadcast {
             body,
             received_at,
             native: OnceLock::new(),
+            sio_ws: OnceLock::new(),
+            sio_polling: OnceLock::new(),
         }
     }
 
@@ -82,6 +120,74 @@ impl Broadcast {
     pub fn frame(&self, wire: Wire) -> Bytes {
         match wire {
             Wire::Native => self.native.get_or_init(|| self.encode_native()).clone(),
+            Wire::SioWs => self
+                .sio_ws
+                .get_or_init(|| {
+                    let (text, attachments) = self.encode_socketio();
+                    sio_ws_frames(&text, &attachments)
+                })
+                .clone(),
+            Wire::SioPolling => self
+                .sio_polling
+                .get_or_init(|| {
+                    let (text, attachments) = self.encode_socketio();
+                    sio_polling_text(&text, &attachments)
+                })
+                .clone(),
+        }
+    }
+
+    /// The Engine.IO message text (`4...`) and attachments for socket.io recipients.
+    fn encode_socketio(&self) -> (String, Vec<Bytes>) {
+        let (nsp, room) = split_room_key(&self.room);
+        let notice = |event: &str, data: serde_json::Value| {
+            let packet = socketio::Packet::event(nsp, event, [Arg::Json(data)]);
+            (packet.encode_engineio(), Vec::new())
+        };
+        match &self.body {
+            Body::Event {
+                from,
+                event,
+                payload,
+                kind,
+            } => {
+                let from = from.to_string();
+                let json = match kind {
+                    // A native client's JSON is checked here, once per broadcast: invalid
+                    // text would make every socket.io recipient drop its connection, so it
+                    // travels as binary instead.
+                    PayloadKind::Json => std::str::from_utf8(payload)
+                        .ok()
+                        .filter(|t| serde_json::from_str::<serde::de::IgnoredAny>(t).is_ok()),
+                    PayloadKind::Binary => None,
+                };
+                let encoded = match json {
+                    Some(text) => encode_relay_event(nsp, event, RelayPayload::Json(text), &from),
+                    None => encode_relay_event(nsp, event, RelayPayload::Binary(payload), &from),
+                };
+                (encoded.frame, encoded.attachment.into_iter().collect())
+            }
+            Body::MemberJoined { player, members } => notice(
+                "member_joined",
+                serde_json::json!({"room": room, "player": player.to_string(), "members": members}),
+            ),
+            Body::MemberLeft {
+                player,
+                members,
+                reason,
+            } => notice(
+                "member_left",
+                serde_json::json!({
+                    "room": room,
+                    "player": player.to_string(),
+                    "members": members,
+                    "reason": match reason { LeaveReason::Left => "left", LeaveReason::Disconnected => "disconnected" },
+                }),
+            ),
+            Body::Emit { event, args } => {
+                let packet = socketio::Packet::event(nsp, event, args.iter().cloned());
+                (packet.encode_engineio(), packet.attachments)
+            }
         }
     }
 
@@ -115,9 +221,79 @@ impl Broadcast {
                 members: *members,
                 reason: *reason,
             },
+            Body::Emit { event, args } => {
+                let (payload, kind) = match args.as_slice() {
+                    [Arg::Binary(bytes)] => (bytes.clone(), PayloadKind::Binary),
+                    [Arg::Json(value)] => (Bytes::from(value.to_string()), PayloadKind::Json),
+                    many => {
+                        let values: Vec<serde_json::Value> = many
+                            .iter()
+                            .map(|a| match a {
+                                Arg::Json(v) => v.clone(),
+                                // Binary inside several arguments has no native form; it
+                                // travels as base64 text.
+                                Arg::Binary(b) => {
+                                    let mut text = String::new();
+                                    encode_base64_into(b, &mut text);
+                                    serde_json::Value::String(text)
+                                }
+                            })
+                            .collect();
+                        (
+                            Bytes::from(serde_json::Value::Array(values).to_string()),
+                            PayloadKind::Json,
+                        )
+                    }
+                };
+                ServerFrame::Event {
+                    room,
+                    from: 0,
+                    event: event.clone(),
+                    payload,
+                    kind,
+                }
+            }
         };
         native_frame(&frame)
     }
+}
+
+/// An Engine.IO message and its attachments as WebSocket frames, back to back in one buffer.
+pub fn sio_ws_frames(text: &str, attachments: &[Bytes]) -> Bytes {
+    let first = ws::text_frame(|mut v| {
+        v.extend_from_slice(text.as_bytes());
+        v
+    });
+    if attachments.is_empty() {
+        return first;
+    }
+    let mut all = first.to_vec();
+    for a in attachments {
+        all.extend_from_slice(&ws::binary_frame(|mut v| {
+            v.extend_from_slice(a);
+            v
+        }));
+    }
+    Bytes::from(all)
+}
+
+/// An Engine.IO message and its attachments as long-polling payload text (a fragment that
+/// a poll joins to others with the record separator).
+pub fn sio_polling_text(text: &str, attachments: &[Bytes]) -> Bytes {
+    let mut out = String::with_capacity(
+        text.len()
+            + attachments
+                .iter()
+                .map(|a| a.len() * 4 / 3 + 4)
+                .sum::<usize>(),
+    );
+    out.push_str(text);
+    for a in attachments {
+        out.push(char::from(RECORD_SEPARATOR));
+        out.push('b');
+        encode_base64_into(a, &mut out);
+    }
+    Bytes::from(out)
 }
 
 /// A whole WebSocket binary frame carrying one native server frame.
@@ -158,7 +334,21 @@ pub enum Reply {
 impl Reply {
     /// The frame answering the request on `wire`.
     pub fn frame(&self, wire: Wire) -> Bytes {
+        let ack = |req: u64, data: serde_json::Value| {
+            // Relay-convention acks are on the main namespace.
+            socketio::Packet::ack(socketio::MAIN_NAMESPACE, req, [Arg::Json(data)])
+                .encode_engineio()
+        };
+        let sio_text = || match self {
+            Reply::Joined { req, room, members } => {
+                ack(*req, serde_json::json!({"room": room, "members": members}))
+            }
+            Reply::Left { req, room } => ack(*req, serde_json::json!({"room": room})),
+            Reply::Error { req, code, .. } => ack(*req, serde_json::json!({"error": code.name()})),
+        };
         match wire {
+            Wire::SioWs => sio_ws_frames(&sio_text(), &[]),
+            Wire::SioPolling => Bytes::from(sio_text()),
             Wire::Native => native_frame(&match self.clone() {
                 Reply::Joined { req, room, members } => ServerFrame::Joined {
                     req: req as u32,

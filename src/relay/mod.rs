@@ -20,7 +20,10 @@ use std::time::Instant;
 
 use hdrhistogram::Histogram;
 
-pub use broadcast::{native_frame, Body, Broadcast, PlayerId, Reply, Wire};
+pub use broadcast::{
+    native_frame, room_key, sio_polling_text, sio_ws_frames, split_room_key, Body, Broadcast,
+    PlayerId, Reply, Wire,
+};
 pub use outbox::{Drained, Outbox, OutboxLimits, PushError};
 
 use crate::proto::native::{ErrorCode, LeaveReason};
@@ -176,7 +179,11 @@ impl Relay {
     }
 
     fn check_name(&self, name: &str) -> Result<(), ErrorCode> {
-        if name.is_empty() || name.len() > self.limits.max_name_len {
+        // Control characters are refused: they separate namespaces in room keys.
+        if name.is_empty()
+            || name.len() > self.limits.max_name_len
+            || name.chars().any(char::is_control)
+        {
             Err(ErrorCode::InvalidName)
         } else {
             Ok(())
@@ -305,8 +312,15 @@ impl Relay {
         if !self.is_member(player, room) {
             return Err(ErrorCode::NotMember);
         }
+        self.broadcast(player, room, body, now);
+        Ok(())
+    }
+
+    /// Emits `body` to `room` (a room key) from the server or an application handler,
+    /// skipping `exclude`; membership is not required. Used by the socket.io API.
+    pub fn broadcast(&mut self, exclude: PlayerId, room: &str, body: Body, now: Instant) {
         add(&self.stats.messages_in, 1);
-        let bcast = Arc::new(Broadcast::new(room.to_owned(), player, body, now));
+        let bcast = Arc::new(Broadcast::new(room.to_owned(), exclude, body, now));
         self.deliver_local(&bcast, now);
         let home = home_shard(room, self.shards);
         if home == self.shard {
@@ -314,7 +328,24 @@ impl Relay {
         } else {
             self.send_mesh(home, MeshMsg::Relay(bcast));
         }
-        Ok(())
+    }
+
+    /// Moves a player to another transport (socket.io upgrade from long-polling to
+    /// WebSocket): later frames go to `outbox`, encoded for `wire`.
+    pub fn rewire(&mut self, player: PlayerId, wire: Wire, outbox: Rc<Outbox>) {
+        let Some(p) = self.players.get_mut(&player) else {
+            return;
+        };
+        p.wire = wire;
+        p.outbox = Rc::clone(&outbox);
+        for room in &p.rooms {
+            if let Some(local) = self.rooms.get_mut(room) {
+                for m in local.members.iter_mut().filter(|m| m.player == player) {
+                    m.wire = wire;
+                    m.outbox = Rc::clone(&outbox);
+                }
+            }
+        }
     }
 
     /// Handles a message from shard `from`.

@@ -17,11 +17,26 @@ use glommio::channels::shared_channel::{
 use crate::relay::{MeshMsg, ShardId};
 
 /// What travels on the mesh.
-pub type MeshMsgOf = MeshMsg;
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// Rooms and fan-out, for the relay.
+    Relay(MeshMsg),
+    /// A client connection whose Engine.IO session lives on the receiving shard, with the
+    /// bytes already read from it (the request head and whatever followed).
+    Handoff {
+        /// The socket.
+        fd: std::os::fd::OwnedFd,
+        /// Bytes read so far, to be parsed again by the owner.
+        read: Vec<u8>,
+    },
+}
+
+/// Kept for the shard module's seed types.
+pub type MeshMsgOf = ShardMsg;
 
 struct Link {
-    tx: ConnectedSender<MeshMsg>,
-    backlog: RefCell<VecDeque<MeshMsg>>,
+    tx: ConnectedSender<ShardMsg>,
+    backlog: RefCell<VecDeque<ShardMsg>>,
     pumping: Cell<bool>,
 }
 
@@ -34,9 +49,9 @@ impl Mesh {
     /// Connects this shard's ends. All shards connect concurrently (a connect may wait for
     /// the peer), so this is awaited from each shard's run loop at start.
     pub(crate) async fn connect(
-        tx: Vec<Option<SharedSender<MeshMsg>>>,
-        rx: Vec<Option<SharedReceiver<MeshMsg>>>,
-    ) -> (Mesh, Vec<(ShardId, ConnectedReceiver<MeshMsg>)>) {
+        tx: Vec<Option<SharedSender<ShardMsg>>>,
+        rx: Vec<Option<SharedReceiver<ShardMsg>>>,
+    ) -> (Mesh, Vec<(ShardId, ConnectedReceiver<ShardMsg>)>) {
         let senders: Vec<_> = tx
             .into_iter()
             .map(|s| glommio::spawn_local(async move { Some(s?.connect().await) }))
@@ -65,7 +80,7 @@ impl Mesh {
     }
 
     /// Sends `msg` to shard `to`, in order with everything sent before.
-    pub fn send(&self, to: ShardId, msg: MeshMsg) {
+    pub fn send(&self, to: ShardId, msg: ShardMsg) {
         let Some(Some(link)) = self.links.get(to) else {
             return;
         };

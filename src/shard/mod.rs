@@ -22,7 +22,9 @@ use crate::config::Config;
 use crate::relay::{Outbox, OutboxLimits, PlayerId, Relay, RelayLimits, ShardId};
 use crate::stats::ShardStats;
 
-use self::mesh::{Mesh, MeshMsgOf};
+use self::mesh::{Mesh, MeshMsgOf, ShardMsg};
+use crate::net::engineio::{Handler, Sessions};
+use crate::socketio::{SioSession, SocketIo};
 
 /// State shared by all shards and the thread that started them.
 #[derive(Debug, Default)]
@@ -52,6 +54,7 @@ pub(crate) struct ShardSeed {
     pub control: Arc<Control>,
     pub mesh_tx: Vec<Option<SharedSender<MeshMsgOf>>>,
     pub mesh_rx: Vec<Option<SharedReceiver<MeshMsgOf>>>,
+    pub app: Arc<SocketIo>,
 }
 
 /// One core's share of the server. Lives on its thread only.
@@ -70,6 +73,9 @@ pub struct Shard {
     mesh: Mesh,
     next_player: Cell<u64>,
     conns: RefCell<HashMap<PlayerId, Rc<Outbox>>>,
+    /// Engine.IO sessions owned by this shard.
+    pub(crate) engine: Sessions,
+    app: Arc<SocketIo>,
 }
 
 impl Shard {
@@ -104,13 +110,29 @@ impl Shard {
         self.control.shutting_down()
     }
 
+    /// The handler for a new Engine.IO session.
+    pub(crate) fn new_engine_handler(&self) -> Option<Handler> {
+        if self.app.engine_echo {
+            Some(Handler::Echo)
+        } else {
+            Some(Handler::SocketIo(Box::new(SioSession::new(Arc::clone(
+                &self.app,
+            )))))
+        }
+    }
+
+    /// Passes a client connection to the shard that owns its Engine.IO session.
+    pub(crate) fn hand_off(&self, to: ShardId, fd: OwnedFd, read: Vec<u8>) {
+        self.mesh.send(to, ShardMsg::Handoff { fd, read });
+    }
+
     /// Carries whatever the relay queued for other shards. Call after each batch of relay
     /// calls.
     pub fn flush_mesh(&self) {
         let mut relay = self.relay.borrow_mut();
         for (to, msg) in relay.drain_mesh() {
             crate::stats::add(&self.stats.mesh_out, 1);
-            self.mesh.send(to, msg);
+            self.mesh.send(to, ShardMsg::Relay(msg));
         }
     }
 }
@@ -137,6 +159,8 @@ pub(crate) async fn run(seed: ShardSeed) {
         mesh,
         next_player: Cell::new(0),
         conns: RefCell::new(HashMap::new()),
+        engine: Sessions::default(),
+        app: seed.app,
     });
 
     for (from, rx) in receivers {
@@ -145,9 +169,20 @@ pub(crate) async fn run(seed: ShardSeed) {
             // recv() returns at once while the queue holds messages, so a backlog is drained
             // in one go; the executor parks this task only when the queue is empty.
             while let Some(msg) = rx.recv().await {
-                let now = Instant::now();
-                shard.relay.borrow_mut().handle_mesh(from, msg, now);
-                shard.flush_mesh();
+                match msg {
+                    ShardMsg::Relay(msg) => {
+                        let now = Instant::now();
+                        shard.relay.borrow_mut().handle_mesh(from, msg, now);
+                        shard.flush_mesh();
+                    }
+                    ShardMsg::Handoff { fd, read } => {
+                        // SAFETY: the fd is a connected TCP socket handed over whole.
+                        let stream =
+                            unsafe { glommio::net::TcpStream::from_raw_fd(fd.into_raw_fd()) };
+                        glommio::spawn_local(crate::net::serve(Rc::clone(&shard), stream, read))
+                            .detach();
+                    }
+                }
             }
         })
         .detach();
@@ -182,6 +217,10 @@ pub(crate) async fn run(seed: ShardSeed) {
     for outbox in outboxes {
         outbox.close(crate::net::ws::close::GOING_AWAY, "server shutting down");
     }
+    for session in shard.engine.all() {
+        session.shut_down();
+    }
+    shard.flush_mesh();
     let deadline = Instant::now() + Duration::from_millis(shard.config.shutdown_grace_ms);
     while !shard.conns.borrow().is_empty() && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(5)).await;

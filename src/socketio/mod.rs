@@ -1,0 +1,321 @@
+//! Socket.IO v5 on corelay: the application API and the per-session protocol state.
+//!
+//! With no application code the main namespace runs the relay convention of DESIGN.md
+//! (`join`, `leave`, `to`), in the same rooms as native clients. Application code is
+//! written the way socket.io servers are: a [`Namespace`] with an authorization check, a
+//! connection handler, handlers per event (with an [`Ack`]), and a disconnect handler; a
+//! [`Socket`] can `emit`, `join`, `leave`, emit `to` a room and `disconnect`.
+//!
+//! Handlers are shared by every shard (`Send + Sync`) and run on the shard that serves the
+//! connection, with a shard-local [`Socket`].
+//!
+//! ```no_run
+//! use corelay::socketio::{Namespace, SocketIo};
+//! use corelay::proto::socketio::Arg;
+//!
+//! let app = SocketIo::relay().namespace(
+//!     "/chat",
+//!     Namespace::new()
+//!         .on_connect(|socket| socket.emit("welcome", [Arg::Json(socket.auth().clone())]))
+//!         .on("say", |socket, args, ack| {
+//!             socket.to("lobby").emit("said", args.clone());
+//!             if let Some(ack) = ack {
+//!                 ack.send(args);
+//!             }
+//!         }),
+//! );
+//! let server = corelay::Server::start_with(corelay::Config::default(), app).unwrap();
+//! # drop(server);
+//! ```
+
+mod session;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::Value;
+
+use crate::net::engineio::Session;
+use crate::proto::native::ErrorCode;
+use crate::proto::socketio::{Arg, Packet};
+use crate::relay::{room_key, Body, PlayerId};
+use crate::shard::Shard;
+
+pub(crate) use session::SioSession;
+
+type AuthorizeFn = dyn Fn(&Value) -> Result<(), Value> + Send + Sync;
+type ConnectFn = dyn Fn(&Socket) + Send + Sync;
+type EventFn = dyn Fn(&Socket, Vec<Arg>, Option<Ack>) + Send + Sync;
+type DisconnectFn = dyn Fn(&Socket, &str) + Send + Sync;
+
+/// The Socket.IO service of a server: its namespaces and their handlers.
+#[derive(Clone)]
+pub struct SocketIo {
+    pub(crate) namespaces: HashMap<String, Arc<Namespace>>,
+    pub(crate) engine_echo: bool,
+}
+
+impl Default for SocketIo {
+    fn default() -> Self {
+        SocketIo::relay()
+    }
+}
+
+impl SocketIo {
+    /// The main namespace with the relay convention, nothing else: corelay's behaviour
+    /// with no application code.
+    pub fn relay() -> SocketIo {
+        SocketIo::empty().namespace("/", Namespace::relay())
+    }
+
+    /// No namespace at all; add them with [`SocketIo::namespace`].
+    pub fn empty() -> SocketIo {
+        SocketIo {
+            namespaces: HashMap::new(),
+            engine_echo: false,
+        }
+    }
+
+    /// No Socket.IO at all: every Engine.IO message is echoed back (the Engine.IO
+    /// reference server of the protocol's test suite).
+    pub fn engine_echo() -> SocketIo {
+        SocketIo {
+            namespaces: HashMap::new(),
+            engine_echo: true,
+        }
+    }
+
+    /// Adds (or replaces) namespace `name` (e.g. `"/"`, `"/admin"`).
+    pub fn namespace(mut self, name: &str, namespace: Namespace) -> SocketIo {
+        let name = if name.starts_with('/') {
+            name.to_owned()
+        } else {
+            format!("/{name}")
+        };
+        self.namespaces.insert(name, Arc::new(namespace));
+        self
+    }
+
+    pub(crate) fn lookup(&self, nsp: &str) -> Option<Arc<Namespace>> {
+        self.namespaces.get(nsp).cloned()
+    }
+}
+
+/// One namespace's behaviour.
+#[derive(Default)]
+pub struct Namespace {
+    relay_convention: bool,
+    authorize: Option<Arc<AuthorizeFn>>,
+    on_connect: Option<Arc<ConnectFn>>,
+    events: HashMap<String, Arc<EventFn>>,
+    on_disconnect: Option<Arc<DisconnectFn>>,
+}
+
+impl Namespace {
+    /// A namespace with no behaviour; add handlers.
+    pub fn new() -> Namespace {
+        Namespace::default()
+    }
+
+    /// A namespace that runs the relay convention (`join`, `leave`, `to`) for events that
+    /// have no handler of their own. Only meaningful on the main namespace, whose rooms are
+    /// shared with native clients.
+    pub fn relay() -> Namespace {
+        Namespace {
+            relay_convention: true,
+            ..Namespace::default()
+        }
+    }
+
+    /// Checks the handshake's auth payload before the connection is accepted; `Err(data)`
+    /// refuses it with a CONNECT_ERROR carrying `data` (e.g. `{"message": "bad token"}`).
+    pub fn authorize(
+        mut self,
+        f: impl Fn(&Value) -> Result<(), Value> + Send + Sync + 'static,
+    ) -> Namespace {
+        self.authorize = Some(Arc::new(f));
+        self
+    }
+
+    /// Runs after a connection is accepted (the client already has its CONNECT answer).
+    pub fn on_connect(mut self, f: impl Fn(&Socket) + Send + Sync + 'static) -> Namespace {
+        self.on_connect = Some(Arc::new(f));
+        self
+    }
+
+    /// Handles event `name`; the [`Ack`] is there when the client asked for one.
+    pub fn on(
+        mut self,
+        name: &str,
+        f: impl Fn(&Socket, Vec<Arg>, Option<Ack>) + Send + Sync + 'static,
+    ) -> Namespace {
+        self.events.insert(name.to_owned(), Arc::new(f));
+        self
+    }
+
+    /// Runs when a socket leaves, with the socket.io disconnect reason (`"client namespace
+    /// disconnect"`, `"server namespace disconnect"`, `"transport close"`, `"transport
+    /// error"`, `"ping timeout"`, `"parse error"`, `"server shutting down"`).
+    pub fn on_disconnect(mut self, f: impl Fn(&Socket, &str) + Send + Sync + 'static) -> Namespace {
+        self.on_disconnect = Some(Arc::new(f));
+        self
+    }
+}
+
+pub(crate) struct SocketCore {
+    id: String,
+    player: PlayerId,
+    nsp: String,
+    auth: Value,
+    shard: Rc<Shard>,
+    session: Weak<Session>,
+    connected: Cell<bool>,
+    next_ack: Cell<u64>,
+    #[allow(clippy::type_complexity)]
+    acks: RefCell<HashMap<u64, Box<dyn FnOnce(Vec<Arg>)>>>,
+}
+
+/// One client's connection to one namespace, as application handlers see it.
+#[derive(Clone)]
+pub struct Socket {
+    core: Rc<SocketCore>,
+}
+
+impl Socket {
+    /// The socket id (also the player id the relay reports as `from`).
+    pub fn id(&self) -> &str {
+        &self.core.id
+    }
+
+    /// The relay's player id of this socket.
+    pub fn player(&self) -> u64 {
+        self.core.player
+    }
+
+    /// The namespace, e.g. `"/"`.
+    pub fn namespace(&self) -> &str {
+        &self.core.nsp
+    }
+
+    /// The auth payload the client sent with CONNECT (`{}` when none).
+    pub fn auth(&self) -> &Value {
+        &self.core.auth
+    }
+
+    /// Whether the socket is still connected.
+    pub fn connected(&self) -> bool {
+        self.core.connected.get()
+    }
+
+    /// Emits `event` to this client.
+    pub fn emit(&self, event: &str, args: impl IntoIterator<Item = Arg>) {
+        self.send(Packet::event(&self.core.nsp, event, args));
+    }
+
+    /// Emits `event` to this client and calls `on_ack` with the client's answer.
+    pub fn emit_with_ack(
+        &self,
+        event: &str,
+        args: impl IntoIterator<Item = Arg>,
+        on_ack: impl FnOnce(Vec<Arg>) + 'static,
+    ) {
+        let id = self.core.next_ack.get();
+        self.core.next_ack.set(id + 1);
+        self.core.acks.borrow_mut().insert(id, Box::new(on_ack));
+        self.send(Packet::event(&self.core.nsp, event, args).with_ack_id(id));
+    }
+
+    fn send(&self, packet: Packet) {
+        if !self.connected() {
+            return;
+        }
+        if let Some(session) = self.core.session.upgrade() {
+            session.send(&packet.encode_engineio(), &packet.attachments);
+        }
+    }
+
+    /// Joins a room of this namespace (shared with native clients on the main namespace).
+    pub fn join(&self, room: &str) -> Result<(), ErrorCode> {
+        let key = room_key(&self.core.nsp, room);
+        let result =
+            self.core
+                .shard
+                .relay
+                .borrow_mut()
+                .join(self.core.player, None, &key, Instant::now());
+        self.core.shard.flush_mesh();
+        result
+    }
+
+    /// Leaves a room of this namespace.
+    pub fn leave(&self, room: &str) -> Result<(), ErrorCode> {
+        let key = room_key(&self.core.nsp, room);
+        let result =
+            self.core
+                .shard
+                .relay
+                .borrow_mut()
+                .leave(self.core.player, None, &key, Instant::now());
+        self.core.shard.flush_mesh();
+        result
+    }
+
+    /// Emits to every member of `room` except this socket (`socket.to(room).emit(..)`).
+    pub fn to(&self, room: &str) -> RoomEmitter {
+        RoomEmitter {
+            shard: Rc::clone(&self.core.shard),
+            exclude: self.core.player,
+            key: room_key(&self.core.nsp, room),
+        }
+    }
+
+    /// Disconnects this socket from the namespace (`"server namespace disconnect"`).
+    pub fn disconnect(&self) {
+        if let Some(session) = self.core.session.upgrade() {
+            self.send(Packet::disconnect(&self.core.nsp));
+            session.disconnect_socket(&self.core.nsp);
+        }
+    }
+}
+
+/// Emits to a room, from [`Socket::to`].
+pub struct RoomEmitter {
+    shard: Rc<Shard>,
+    exclude: PlayerId,
+    key: String,
+}
+
+impl RoomEmitter {
+    /// Emits `event` with `args` to the room, encoded once per wire format.
+    pub fn emit(&self, event: &str, args: impl IntoIterator<Item = Arg>) {
+        let body = Body::Emit {
+            event: event.to_owned(),
+            args: args.into_iter().collect(),
+        };
+        self.shard
+            .relay
+            .borrow_mut()
+            .broadcast(self.exclude, &self.key, body, Instant::now());
+        self.shard.flush_mesh();
+    }
+}
+
+/// The acknowledgement a client asked for; answer it once with [`Ack::send`].
+pub struct Ack {
+    session: Weak<Session>,
+    nsp: String,
+    id: u64,
+}
+
+impl Ack {
+    /// Sends the acknowledgement with `args`.
+    pub fn send(self, args: impl IntoIterator<Item = Arg>) {
+        if let Some(session) = self.session.upgrade() {
+            let packet = Packet::ack(&self.nsp, self.id, args);
+            session.send(&packet.encode_engineio(), &packet.attachments);
+        }
+    }
+}

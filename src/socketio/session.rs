@@ -1,0 +1,318 @@
+//! One Engine.IO session's Socket.IO state: its namespace sockets, binary reassembly, and
+//! the dispatch of packets to handlers or to the relay convention.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use super::{Ack, Namespace, Socket, SocketCore, SocketIo};
+use crate::net::engineio::Session;
+use crate::proto::native::{ErrorCode, PayloadKind};
+use crate::proto::socketio::{Arg, ArgRef, BinaryAssembler, Packet, PacketType, MAIN_NAMESPACE};
+use crate::relay::Body;
+use crate::stats::CloseReason;
+
+/// Most binary attachments one packet may announce: official clients send one per binary
+/// argument, and each is bounded by the message size limit.
+const MAX_ATTACHMENTS: usize = 16;
+
+pub(crate) struct SioSession {
+    app: Arc<SocketIo>,
+    sockets: HashMap<String, (Rc<SocketCore>, Arc<Namespace>)>,
+    assembler: BinaryAssembler,
+    ever_connected: Rc<Cell<bool>>,
+}
+
+impl SioSession {
+    pub fn new(app: Arc<SocketIo>) -> SioSession {
+        SioSession {
+            app,
+            sockets: HashMap::new(),
+            assembler: BinaryAssembler::new(MAX_ATTACHMENTS),
+            ever_connected: Rc::new(Cell::new(false)),
+        }
+    }
+
+    /// Arms the connect timeout: a session that connects no namespace in time is closed.
+    pub fn start(&self, session: &Rc<Session>) {
+        let timeout = Duration::from_millis(session.shard.config.socketio_connect_timeout_ms);
+        let (weak, connected) = (Rc::downgrade(session), Rc::clone(&self.ever_connected));
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(timeout).await;
+            if let Some(session) = weak.upgrade() {
+                if !connected.get() {
+                    session.close("connect timeout", CloseReason::HandshakeTimeout);
+                }
+            }
+        })
+        .detach();
+    }
+
+    pub fn on_text(&mut self, session: &Rc<Session>, text: &str) -> Result<(), CloseReason> {
+        match self.assembler.push_text(text) {
+            Ok(Some(packet)) => self.dispatch(session, packet),
+            Ok(None) => Ok(()),
+            Err(_) => Err(CloseReason::Invalid),
+        }
+    }
+
+    pub fn on_binary(&mut self, session: &Rc<Session>, data: Bytes) -> Result<(), CloseReason> {
+        match self.assembler.push_binary(data) {
+            Ok(Some(packet)) => self.dispatch(session, packet),
+            Ok(None) => Ok(()),
+            Err(_) => Err(CloseReason::Invalid),
+        }
+    }
+
+    /// The session ended: every socket disconnects with `reason`.
+    pub fn on_close(&mut self, session: &Rc<Session>, reason: &str) {
+        let names: Vec<String> = self.sockets.keys().cloned().collect();
+        for nsp in names {
+            self.remove(session, &nsp, reason);
+        }
+    }
+
+    /// The session changed transport: the relay sends to the new one.
+    pub fn rewire(&self, session: &Rc<Session>) {
+        let (outbox, wire) = session.transport();
+        let mut relay = session.shard.relay.borrow_mut();
+        for (core, _) in self.sockets.values() {
+            relay.rewire(core.player, wire, Rc::clone(&outbox));
+        }
+    }
+
+    /// Disconnects one namespace socket on the server's initiative.
+    pub fn disconnect(&mut self, session: &Rc<Session>, nsp: &str) {
+        self.remove(session, nsp, "server namespace disconnect");
+    }
+
+    fn remove(&mut self, session: &Rc<Session>, nsp: &str, reason: &str) {
+        let Some((core, namespace)) = self.sockets.remove(nsp) else {
+            return;
+        };
+        core.connected.set(false);
+        session
+            .shard
+            .relay
+            .borrow_mut()
+            .disconnect(core.player, Instant::now());
+        session.shard.flush_mesh();
+        if let Some(f) = &namespace.on_disconnect {
+            f(&Socket { core }, reason);
+        }
+    }
+
+    fn dispatch(&mut self, session: &Rc<Session>, packet: Packet) -> Result<(), CloseReason> {
+        match packet.packet_type {
+            PacketType::Connect => self.connect(session, packet),
+            PacketType::Disconnect => {
+                self.remove(session, &packet.nsp, "client namespace disconnect");
+                Ok(())
+            }
+            PacketType::Event | PacketType::BinaryEvent => {
+                self.event(session, packet);
+                self.sweep(session);
+                Ok(())
+            }
+            PacketType::Ack | PacketType::BinaryAck => {
+                if let (Some((core, _)), Some(id)) = (self.sockets.get(&packet.nsp), packet.ack_id)
+                {
+                    let callback = core.acks.borrow_mut().remove(&id);
+                    if let Some(callback) = callback {
+                        callback(owned_args(&packet));
+                    }
+                }
+                self.sweep(session);
+                Ok(())
+            }
+            // A server never receives CONNECT_ERROR.
+            PacketType::ConnectError => Err(CloseReason::Protocol),
+        }
+    }
+
+    /// Removes sockets that application code disconnected during a handler.
+    fn sweep(&mut self, session: &Rc<Session>) {
+        let gone: Vec<String> = self
+            .sockets
+            .iter()
+            .filter(|(_, (core, _))| !core.connected.get())
+            .map(|(nsp, _)| nsp.clone())
+            .collect();
+        for nsp in gone {
+            self.disconnect(session, &nsp);
+        }
+    }
+
+    fn connect(&mut self, session: &Rc<Session>, packet: Packet) -> Result<(), CloseReason> {
+        let nsp = packet.nsp.clone();
+        let Some(namespace) = self.app.lookup(&nsp) else {
+            let refusal = Packet::connect_error(&nsp, "Invalid namespace");
+            session.send(&refusal.encode_engineio(), &[]);
+            return Ok(());
+        };
+        if self.sockets.contains_key(&nsp) {
+            // Already connected: a broken client; the reference server ignores it too.
+            return Ok(());
+        }
+        let auth = packet.data.clone().unwrap_or_else(|| json!({}));
+        if let Some(check) = &namespace.authorize {
+            if let Err(data) = check(&auth) {
+                let refusal = Packet {
+                    packet_type: PacketType::ConnectError,
+                    nsp: nsp.clone(),
+                    ack_id: None,
+                    data: Some(data),
+                    attachments: Vec::new(),
+                };
+                session.send(&refusal.encode_engineio(), &[]);
+                return Ok(());
+            }
+        }
+        let shard = Rc::clone(&session.shard);
+        let player = shard.next_player_id();
+        let core = Rc::new(SocketCore {
+            id: player.to_string(),
+            player,
+            nsp: nsp.clone(),
+            auth,
+            shard: Rc::clone(&shard),
+            session: Rc::downgrade(session),
+            connected: Cell::new(true),
+            next_ack: Cell::new(0),
+            acks: RefCell::new(HashMap::new()),
+        });
+        let (outbox, wire) = session.transport();
+        shard.relay.borrow_mut().connect(player, wire, outbox);
+        self.ever_connected.set(true);
+        let answer = Packet::connect(&nsp, Some(json!({ "sid": core.id })));
+        session.send(&answer.encode_engineio(), &[]);
+        self.sockets
+            .insert(nsp, (Rc::clone(&core), Arc::clone(&namespace)));
+        if let Some(f) = &namespace.on_connect {
+            f(&Socket { core });
+        }
+        self.sweep(session);
+        Ok(())
+    }
+
+    fn event(&mut self, session: &Rc<Session>, packet: Packet) {
+        let Some((core, namespace)) = self.sockets.get(&packet.nsp).cloned() else {
+            // Not connected to that namespace: the reference server ignores such packets.
+            return;
+        };
+        let Some(name) = packet.event_name().map(str::to_owned) else {
+            return;
+        };
+        let ack = packet.ack_id.map(|id| Ack {
+            session: Rc::downgrade(session),
+            nsp: packet.nsp.clone(),
+            id,
+        });
+        let socket = Socket { core };
+        if let Some(handler) = namespace.events.get(&name) {
+            handler(&socket, owned_args(&packet), ack);
+            return;
+        }
+        if namespace.relay_convention && packet.nsp == MAIN_NAMESPACE {
+            relay_convention(session, &socket, &name, &packet, ack);
+            return;
+        }
+        answer_error(&socket, ack, "unknown_event", &name);
+    }
+}
+
+fn owned_args(packet: &Packet) -> Vec<Arg> {
+    packet
+        .args()
+        .map(|a| match a {
+            ArgRef::Json(v) => Arg::Json(v.clone()),
+            ArgRef::Binary(b) => Arg::Binary(b.clone()),
+        })
+        .collect()
+}
+
+/// Errors go back as an ack `{"error": code}` when the client asked for one, else as an
+/// `error` event `{"error": code, "event": name}`: never a silent drop.
+fn answer_error(socket: &Socket, ack: Option<Ack>, code: &str, event: &str) {
+    match ack {
+        Some(ack) => ack.send([Arg::Json(json!({ "error": code }))]),
+        None => socket.emit(
+            "error",
+            [Arg::Json(json!({ "error": code, "event": event }))],
+        ),
+    }
+}
+
+/// `join`, `leave` and `to` on the main namespace (DESIGN.md, "The relay convention").
+fn relay_convention(
+    session: &Rc<Session>,
+    socket: &Socket,
+    name: &str,
+    packet: &Packet,
+    ack: Option<Ack>,
+) {
+    let args: Vec<ArgRef<'_>> = packet.args().collect();
+    let text = |i: usize| match args.get(i) {
+        Some(ArgRef::Json(Value::String(s))) => Some(s.as_str()),
+        _ => None,
+    };
+    let shard = Rc::clone(&session.shard);
+    let player = socket.player();
+    let now = Instant::now();
+    let outcome: Result<(), ErrorCode> = match name {
+        "join" | "leave" => {
+            let Some(room) = text(0) else {
+                return answer_error(socket, ack, "bad_arguments", name);
+            };
+            let req = ack.as_ref().map(|a| a.id);
+            let result = if name == "join" {
+                shard.relay.borrow_mut().join(player, req, room, now)
+            } else {
+                shard.relay.borrow_mut().leave(player, req, room, now)
+            };
+            // On success the relay answers the ack itself (once the home shard counted).
+            if result.is_ok() {
+                shard.flush_mesh();
+                return;
+            }
+            result
+        }
+        "to" => {
+            let (Some(room), Some(event)) = (text(0), text(1)) else {
+                return answer_error(socket, ack, "bad_arguments", name);
+            };
+            if event.is_empty() || event.len() > shard.config.max_name_len {
+                return answer_error(socket, ack, ErrorCode::InvalidName.name(), name);
+            }
+            let (payload, kind) = match args.get(2) {
+                Some(ArgRef::Binary(b)) => ((*b).clone(), PayloadKind::Binary),
+                Some(ArgRef::Json(v)) => (Bytes::from(v.to_string()), PayloadKind::Json),
+                None => (Bytes::from_static(b"null"), PayloadKind::Json),
+            };
+            let body = Body::Event {
+                from: player,
+                event: event.to_owned(),
+                payload,
+                kind,
+            };
+            let result = shard.relay.borrow_mut().send(player, room, body, now);
+            shard.flush_mesh();
+            if result.is_ok() {
+                if let Some(ack) = ack {
+                    ack.send([Arg::Json(json!({ "room": room }))]);
+                }
+                return;
+            }
+            result
+        }
+        _ => return answer_error(socket, ack, "unknown_event", name),
+    };
+    if let Err(code) = outcome {
+        answer_error(socket, ack, code.name(), name);
+    }
+}
