@@ -1,0 +1,352 @@
+//! Engine.IO v4 at the HTTP level: handshake, long-polling, upgrade, heartbeat, the
+//! spec's error answers, CORS and maxPayload, with raw requests (no client library).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{run, server, wait_for_stats};
+use corelay::net::ws::{masked_binary_frame, Incoming, WsCodec};
+use corelay::net::Stream;
+use corelay::stats::CloseReason;
+use tungstenite::protocol::Role;
+use tungstenite::Message;
+
+struct Response {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    extra: &str,
+    body: &str,
+) -> Response {
+    let s = Stream::new(glommio::net::TcpStream::connect(addr).await.unwrap());
+    let req = format!(
+        "{method} {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n{extra}\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&all).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Response {
+        status,
+        head: head.to_owned(),
+        body: body.to_owned(),
+    }
+}
+
+fn sid_of(open: &str) -> String {
+    assert!(open.starts_with('0'), "{open}");
+    let v: serde_json::Value = serde_json::from_str(&open[1..]).unwrap();
+    v["sid"].as_str().unwrap().to_owned()
+}
+
+const EIO: &str = "/socket.io/?EIO=4&transport=polling";
+
+fn engine_server(shards: usize) -> corelay::Server {
+    server(shards, |c| {
+        c.engineio_ping_interval_ms = 300;
+        c.engineio_ping_timeout_ms = 200;
+        c.socketio_connect_timeout_ms = 10_000;
+        c.engineio_max_payload = 1000;
+        c.cors_origins = vec!["https://game.example".into()];
+    })
+}
+
+#[test]
+fn handshake_answers_the_open_packet_and_bad_queries_get_the_spec_errors() {
+    let srv = engine_server(1);
+    let addr = srv.local_addr();
+    run(move || async move {
+        let open = request(addr, "GET", EIO, "", "").await;
+        assert_eq!(open.status, 200);
+        let v: serde_json::Value = serde_json::from_str(&open.body[1..]).unwrap();
+        assert_eq!(v["upgrades"], serde_json::json!(["websocket"]));
+        assert_eq!(v["pingInterval"], 300);
+        assert_eq!(v["pingTimeout"], 200);
+        assert_eq!(v["maxPayload"], 1000);
+
+        let cases = [
+            ("GET", "/socket.io/?transport=polling", 5),
+            ("GET", "/socket.io/?EIO=3&transport=polling", 5),
+            ("GET", "/socket.io/?EIO=4", 0),
+            ("GET", "/socket.io/?EIO=4&transport=carrier-pigeon", 0),
+            (
+                "GET",
+                "/socket.io/?EIO=4&transport=polling&sid=00nonexistent",
+                1,
+            ),
+            ("POST", EIO, 2),
+            ("PUT", EIO, 2),
+        ];
+        for (method, target, code) in cases {
+            let r = request(addr, method, target, "", "").await;
+            assert_eq!(r.status, 400, "{method} {target}");
+            let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+            assert_eq!(body["code"], code, "{method} {target}: {}", r.body);
+            assert!(body["message"].is_string());
+        }
+    });
+    srv.stop().unwrap();
+}
+
+#[test]
+fn cors_allows_configured_origins_only_and_answers_preflight() {
+    let srv = engine_server(1);
+    let addr = srv.local_addr();
+    run(move || async move {
+        let ok = request(addr, "GET", EIO, "Origin: https://game.example\r\n", "").await;
+        assert!(
+            ok.head
+                .contains("Access-Control-Allow-Origin: https://game.example"),
+            "{}",
+            ok.head
+        );
+        assert!(ok.head.contains("Access-Control-Allow-Credentials: true"));
+        let other = request(addr, "GET", EIO, "Origin: https://evil.example\r\n", "").await;
+        assert!(
+            !other.head.contains("Access-Control-Allow-Origin"),
+            "{}",
+            other.head
+        );
+        let pre = request(
+            addr,
+            "OPTIONS",
+            EIO,
+            "Origin: https://game.example\r\nAccess-Control-Request-Headers: content-type\r\n",
+            "",
+        )
+        .await;
+        assert_eq!(pre.status, 204);
+        assert!(pre.head.contains("Access-Control-Allow-Methods"));
+        assert!(pre
+            .head
+            .contains("Access-Control-Allow-Headers: content-type"));
+    });
+    srv.stop().unwrap();
+}
+
+#[test]
+fn polling_carries_socketio_packets_both_ways_and_closes_on_bad_input() {
+    // Two shards: requests land on either, the owner serves them (handoff).
+    let srv = engine_server(2);
+    let addr = srv.local_addr();
+    run(move || async move {
+        let sid = sid_of(&request(addr, "GET", EIO, "", "").await.body);
+        let target = format!("{EIO}&sid={sid}");
+        // Socket.IO CONNECT, then join with an ack, in one payload.
+        let post = request(addr, "POST", &target, "", "40\u{1e}420[\"join\",\"lobby\"]").await;
+        assert_eq!((post.status, post.body.as_str()), (200, "ok"));
+        let poll = request(addr, "GET", &target, "", "").await;
+        assert_eq!(poll.status, 200);
+        let packets: Vec<&str> = poll.body.split('\u{1e}').collect();
+        assert!(packets[0].starts_with("40{\"sid\":"), "{packets:?}");
+        assert_eq!(packets[1], r#"430[{"members":1,"room":"lobby"}]"#);
+        // Binary from the client, base64 in the payload, relayed to... nobody else; the
+        // send is acked.
+        let bin = request(
+            addr,
+            "POST",
+            &target,
+            "",
+            "451-1[\"to\",\"lobby\",\"e\",{\"_placeholder\":true,\"num\":0}]\u{1e}bAQID",
+        )
+        .await;
+        assert_eq!(bin.status, 200);
+        let ack = request(addr, "GET", &target, "", "").await;
+        assert_eq!(ack.body, r#"431[{"room":"lobby"}]"#);
+        // An invalid packet closes the session: 400, then the sid is unknown.
+        let bad = request(addr, "POST", &target, "", "abc").await;
+        assert_eq!(bad.status, 400);
+        let after = request(addr, "GET", &target, "", "").await;
+        assert_eq!(after.status, 400);
+    });
+    srv.stop().unwrap();
+}
+
+#[test]
+fn oversized_polling_payloads_get_413_and_end_the_session() {
+    let srv = engine_server(1);
+    let addr = srv.local_addr();
+    run(move || async move {
+        let sid = sid_of(&request(addr, "GET", EIO, "", "").await.body);
+        let target = format!("{EIO}&sid={sid}");
+        let big = format!("4{}", "x".repeat(2000));
+        assert_eq!(request(addr, "POST", &target, "", &big).await.status, 413);
+        assert_eq!(request(addr, "GET", &target, "", "").await.status, 400);
+    });
+    assert!(
+        wait_for_stats(&srv, |s| s.closes_for(CloseReason::TooBig) >= 1)
+            .closes_for(CloseReason::TooBig)
+            >= 1
+    );
+    srv.stop().unwrap();
+}
+
+#[test]
+fn a_session_that_misses_its_pong_is_closed() {
+    let srv = engine_server(1);
+    let addr = srv.local_addr();
+    run(move || async move {
+        let sid = sid_of(&request(addr, "GET", EIO, "", "").await.body);
+        let target = format!("{EIO}&sid={sid}");
+        // The server pings after 300 ms ...
+        let ping = request(addr, "GET", &target, "", "").await;
+        assert_eq!(ping.body, "2");
+        // ... and, with no pong within 200 ms, ends the session: the next poll returns
+        // nothing to read and the sid is forgotten.
+        let next = request(addr, "GET", &target, "", "").await;
+        assert_eq!(next.status, 400, "{}", next.body);
+    });
+    assert!(
+        wait_for_stats(&srv, |s| s.closes_for(CloseReason::Idle) >= 1)
+            .closes_for(CloseReason::Idle)
+            >= 1
+    );
+    srv.stop().unwrap();
+}
+
+#[test]
+fn a_pong_keeps_the_session_alive() {
+    let srv = engine_server(1);
+    let addr = srv.local_addr();
+    run(move || async move {
+        let sid = sid_of(&request(addr, "GET", EIO, "", "").await.body);
+        let target = format!("{EIO}&sid={sid}");
+        for _ in 0..3 {
+            assert_eq!(request(addr, "GET", &target, "", "").await.body, "2");
+            assert_eq!(request(addr, "POST", &target, "", "3").await.status, 200);
+        }
+    });
+    srv.stop().unwrap();
+}
+
+async fn ws_connect(addr: SocketAddr, target: &str) -> (Stream, WsCodec) {
+    let s = Stream::new(glommio::net::TcpStream::connect(addr).await.unwrap());
+    let leftover = corelay::client::upgrade(&s, "test", target).await.unwrap();
+    let mut codec = WsCodec::new(Role::Client, 1 << 20);
+    codec.feed(&leftover);
+    (s, codec)
+}
+
+async fn ws_send(s: &Stream, text: &str) {
+    let mut frame = masked_binary_frame(text.as_bytes(), [1, 2, 3, 4]).to_vec();
+    frame[0] = 0x81;
+    s.write_all(&frame).await.unwrap();
+}
+
+async fn ws_recv(s: &Stream, codec: &mut WsCodec) -> Option<String> {
+    let mut buf = [0u8; 4096];
+    loop {
+        match codec.poll_message() {
+            Ok(Some(Incoming::Message(Message::Text(t)))) => return Some(t.to_string()),
+            Ok(Some(Incoming::Message(_))) => continue,
+            Ok(Some(Incoming::Closed(_))) | Err(_) => return None,
+            Ok(None) => {}
+        }
+        match glommio::timer::timeout(Duration::from_secs(5), async { Ok(s.read(&mut buf).await) })
+            .await
+        {
+            Ok(Ok(n)) if n > 0 => codec.feed(&buf[..n]),
+            _ => return None,
+        }
+    }
+}
+
+#[test]
+fn polling_upgrades_to_websocket_without_losing_or_repeating_packets() {
+    let srv = engine_server(2);
+    let addr = srv.local_addr();
+    run(move || async move {
+        let sid = sid_of(&request(addr, "GET", EIO, "", "").await.body);
+        let target = format!("{EIO}&sid={sid}");
+        request(addr, "POST", &target, "", "40\u{1e}420[\"join\",\"up\"]").await;
+        let (ws, mut codec) = ws_connect(
+            addr,
+            &format!("/socket.io/?EIO=4&transport=websocket&sid={sid}"),
+        )
+        .await;
+        ws_send(&ws, "2probe").await;
+        assert_eq!(ws_recv(&ws, &mut codec).await.as_deref(), Some("3probe"));
+        // The pending packets and a noop end the polling side.
+        let poll = request(addr, "GET", &target, "", "").await;
+        let packets: Vec<&str> = poll.body.split('\u{1e}').collect();
+        assert!(packets[0].starts_with("40"), "{packets:?}");
+        assert_eq!(packets.last(), Some(&"6"));
+        ws_send(&ws, "5").await;
+        // After the switch the socket works over WebSocket, and polling is refused.
+        ws_send(&ws, "421[\"join\",\"up2\"]").await;
+        assert_eq!(
+            ws_recv(&ws, &mut codec).await.as_deref(),
+            Some(r#"431[{"members":1,"room":"up2"}]"#)
+        );
+        assert_eq!(request(addr, "GET", &target, "", "").await.status, 400);
+        // A second WebSocket for the same sid is refused.
+        let again = request(addr, "GET", &format!("/socket.io/?EIO=4&transport=websocket&sid={sid}"), "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "").await;
+        assert_eq!(again.status, 400);
+    });
+    srv.stop().unwrap();
+}
+
+#[test]
+fn websocket_sessions_handshake_ping_and_close_on_invalid_packets() {
+    let srv = engine_server(1);
+    let addr = srv.local_addr();
+    run(move || async move {
+        let (ws, mut codec) = ws_connect(addr, "/socket.io/?EIO=4&transport=websocket").await;
+        let open = ws_recv(&ws, &mut codec).await.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&open[1..]).unwrap();
+        assert_eq!(v["upgrades"], serde_json::json!([]));
+        assert_eq!(
+            ws_recv(&ws, &mut codec).await.as_deref(),
+            Some("2"),
+            "server ping"
+        );
+        ws_send(&ws, "3").await;
+        ws_send(&ws, "abc").await;
+        assert_eq!(
+            ws_recv(&ws, &mut codec).await,
+            None,
+            "closed on an invalid packet"
+        );
+        // A socket.io session that never connects a namespace is closed after connectTimeout.
+    });
+    srv.stop().unwrap();
+}
+
+#[test]
+fn sessions_without_a_namespace_are_closed_after_the_connect_timeout() {
+    let srv = server(1, |c| c.socketio_connect_timeout_ms = 200);
+    let addr = srv.local_addr();
+    run(move || async move {
+        let (ws, mut codec) = ws_connect(addr, "/socket.io/?EIO=4&transport=websocket").await;
+        assert!(ws_recv(&ws, &mut codec).await.unwrap().starts_with('0'));
+        assert_eq!(ws_recv(&ws, &mut codec).await, None);
+        // Unknown namespaces get CONNECT_ERROR.
+        let (ws, mut codec) = ws_connect(addr, "/socket.io/?EIO=4&transport=websocket").await;
+        ws_recv(&ws, &mut codec).await.unwrap();
+        ws_send(&ws, "40/nope,").await;
+        let refusal = ws_recv(&ws, &mut codec).await.unwrap();
+        assert!(refusal.starts_with("44/nope,"), "{refusal}");
+    });
+    srv.stop().unwrap();
+}
