@@ -241,4 +241,24 @@ mod tests {
         assert!(r.starts_with("HTTP/1.1 404 Not Found\r\n"));
         assert!(r.contains("Content-Length: 10\r\n"));
     }
+
+    #[test]
+    fn random_bytes_never_panic_the_parser() {
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        for i in 0..20_000 {
+            let mut bytes = UPGRADE.to_vec();
+            for _ in 0..(i % 8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let at = (x as usize) % bytes.len();
+                bytes[at] = (x >> 32) as u8;
+            }
+            bytes.truncate((x >> 40) as usize % (bytes.len() + 1));
+            if let Ok(Some((req, len))) = parse_request(&bytes, 8192) {
+                assert!(len <= bytes.len());
+                let _ = req.websocket_key();
+            }
+        }
+    }
 }

@@ -351,4 +351,34 @@ mod tests {
         // A pong (2 + 1 bytes) and the close echo follow.
         assert_eq!(reply[0], 0x8A);
     }
+
+    #[test]
+    fn random_bytes_never_panic_the_server_codec() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..2_000 {
+            let mut codec = WsCodec::new(Role::Server, 4096);
+            let mut bytes = Vec::new();
+            for _ in 0..64 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                bytes.push((x >> 24) as u8);
+            }
+            // Often start with a plausible masked binary header so deeper states are reached.
+            if x % 2 == 0 {
+                bytes[0] = 0x82;
+                bytes[1] = 0x80 | (bytes[1] & 0x3f);
+            }
+            for chunk in bytes.chunks(5) {
+                codec.feed(chunk);
+                match codec.poll_message() {
+                    Ok(_) => {}
+                    Err(e) => {
+                        assert!([close::PROTOCOL, close::INVALID, close::TOO_BIG].contains(&e.close_code()));
+                        break;
+                    }
+                }
+            }
+        }
+    }
 }

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The one test command (README.md, .ci/run): installs what the tests need, builds, lints,
+# and runs every test — unit, integration over real sockets, and interop with the real
+# socket.io clients (npm socket.io-client, PyPI python-socketio).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n== %s\n' "$*"; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+say "system packages"
+missing=()
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+command -v python3 >/dev/null || missing+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+if [ ${#missing[@]} -gt 0 ]; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+
+say "interop clients (npm socket.io-client, PyPI python-socketio)"
+npm ci --prefix tests/interop --no-audit --no-fund --loglevel=error
+python3 -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
+
+say "build"
+cargo build --workspace --all-targets --locked
+cargo build --examples --locked
+
+say "format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+say "tests"
+cargo test --workspace --locked
