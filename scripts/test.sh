@@ -31,6 +31,7 @@ cargo build --examples --locked
 say "format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p corelay --locked
 
 say "tests"
 cargo test --workspace --locked

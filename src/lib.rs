@@ -17,7 +17,7 @@
 //! - [`proto`]: wire formats, sans-IO; [`proto::native`] is the rkyv protocol on `/ws`.
 //! - [`relay`]: rooms, membership, fan-out and the per-connection [`relay::Outbox`], sans-IO.
 //! - [`stats`]: per-shard counters and latency, merged on demand.
-//! - [`socketio`]: Socket.IO v5 on Engine.IO v4 ([`net::engineio`]): the relay convention
+//! - [`socketio`]: Socket.IO v5 on Engine.IO v4 (`net::engineio`): the relay convention
 //!   and the application API ([`socketio::SocketIo`], [`socketio::Namespace`]).
 //! - [`client`]: an async Rust client of the native protocol (tests, loadgen, games).
 //! - [`tune`]: `corelay tune`, the host inspection.

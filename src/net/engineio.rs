@@ -328,6 +328,10 @@ async fn heartbeat(session: Rc<Session>) {
         if session.is_closed() {
             return;
         }
+        if session.polling.overflowed() {
+            session.close("transport error", CloseReason::SlowConsumer);
+            return;
+        }
         session.pong.set(false);
         session.send("2", &[]);
         glommio::timer::sleep(timeout).await;
@@ -543,6 +547,10 @@ async fn poll(
     let mut frames = Vec::new();
     let drained = poll_fn(|cx| session.polling.poll_drain(cx, &mut frames)).await;
     session.polling_get.set(false);
+    if session.polling.overflowed() {
+        // The client polls slower than its packets arrive: a slow consumer.
+        session.close("transport error", CloseReason::SlowConsumer);
+    }
     if frames.is_empty() {
         debug_assert!(matches!(drained, Drained::Close(_)));
         return fail(shard, stream, request, EngineError::UnknownSid).await;

@@ -97,7 +97,7 @@ impl Stream {
         borrowed.try_clone_to_owned()
     }
 
-    /// Sends FIN, then reads and discards until the peer closes too (or [`LINGER`] passes).
+    /// Sends FIN, then reads and discards until the peer closes too (or the linger time passes).
     pub async fn close_lingering(&self) {
         self.shutdown(Shutdown::Write);
         let mut sink = [0u8; 1024];

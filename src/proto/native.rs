@@ -61,7 +61,7 @@ mod frames {
         Hello {
             /// Request id.
             req: u32,
-            /// Must equal [`PROTOCOL_VERSION`].
+            /// Must equal [`super::PROTOCOL_VERSION`].
             version: u16,
             /// Bearer token, checked when the server has auth enabled.
             token: Option<String>,
@@ -175,7 +175,7 @@ mod frames {
         Error {
             /// Request id of the failed request (0 if unknown).
             req: u32,
-            /// Machine-readable code, one of [`ErrorCode`].
+            /// Machine-readable code, one of [`super::ErrorCode`].
             code: u16,
             /// Human-readable detail.
             message: String,
