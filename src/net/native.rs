@@ -143,7 +143,12 @@ impl Session {
                 return (CloseReason::Peer, true);
             }
             let wait = if self.welcomed {
-                interval
+                // Wake for the next ping (every `interval` of silence) or the idle limit,
+                // whichever comes first, so the close lands at the configured time.
+                let silent = last_rx.elapsed();
+                let to_ping = interval.saturating_sub(silent);
+                let to_ping = if to_ping.is_zero() { interval } else { to_ping };
+                to_ping.min(idle_limit.saturating_sub(silent))
             } else {
                 handshake_deadline.saturating_duration_since(Instant::now())
             };
@@ -155,11 +160,14 @@ impl Session {
                     return (CloseReason::HandshakeTimeout, true);
                 }
                 Ok(None) => {
-                    if last_rx.elapsed() >= idle_limit {
+                    let silent = last_rx.elapsed();
+                    if silent >= idle_limit {
                         self.outbox.close(close::POLICY, "ping timeout");
                         return (CloseReason::Idle, true);
                     }
-                    let _ = self.outbox.push(Bytes::from_static(PING));
+                    if silent >= interval {
+                        let _ = self.outbox.push(Bytes::from_static(PING));
+                    }
                 }
                 Ok(Some(n)) => {
                     last_rx = Instant::now();
@@ -296,7 +304,7 @@ impl Session {
                 kind,
             } => {
                 let req = req.to_native();
-                if event.is_empty() || event.len() > shard.config.max_name_len {
+                if !crate::relay::valid_name(event.as_str(), shard.config.max_name_len) {
                     self.error(req, ErrorCode::InvalidName, "bad event name");
                     return Ok(());
                 }

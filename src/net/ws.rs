@@ -374,7 +374,8 @@ mod tests {
                 match codec.poll_message() {
                     Ok(_) => {}
                     Err(e) => {
-                        assert!([close::PROTOCOL, close::INVALID, close::TOO_BIG].contains(&e.close_code()));
+                        assert!([close::PROTOCOL, close::INVALID, close::TOO_BIG]
+                            .contains(&e.close_code()));
                         break;
                     }
                 }

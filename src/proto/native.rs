@@ -63,7 +63,7 @@ mod frames {
             req: u32,
             /// Must equal [`super::PROTOCOL_VERSION`].
             version: u16,
-            /// Bearer token, checked when the server has auth enabled.
+            /// Bearer token. Reserved for authentication (a later roadmap item); ignored today.
             token: Option<String>,
         },
         /// Enter a room (created on first join). Answered by `Joined`.

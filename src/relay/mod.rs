@@ -43,6 +43,12 @@ pub fn home_shard(room: &str, shards: usize) -> ShardId {
     (h % shards as u64) as ShardId
 }
 
+/// Whether `name` is a valid room or event name: 1..=`max` bytes, no control characters
+/// (they separate namespaces in room keys and have no place in names).
+pub fn valid_name(name: &str, max: usize) -> bool {
+    !name.is_empty() && name.len() <= max && !name.chars().any(char::is_control)
+}
+
 /// Limits the relay enforces on requests.
 #[derive(Debug, Clone, Copy)]
 pub struct RelayLimits {

@@ -286,7 +286,7 @@ fn relay_convention(
             let (Some(room), Some(event)) = (text(0), text(1)) else {
                 return answer_error(socket, ack, "bad_arguments", name);
             };
-            if event.is_empty() || event.len() > shard.config.max_name_len {
+            if !crate::relay::valid_name(event, shard.config.max_name_len) {
                 return answer_error(socket, ack, ErrorCode::InvalidName.name(), name);
             }
             let (payload, kind) = match args.get(2) {
