@@ -350,3 +350,42 @@ fn sessions_without_a_namespace_are_closed_after_the_connect_timeout() {
     });
     srv.stop().unwrap();
 }
+
+#[test]
+fn a_socketio_client_that_stops_reading_is_dropped_as_a_slow_consumer() {
+    let srv = server(1, |c| {
+        c.outbound_queue_frames = 64;
+        c.outbound_queue_bytes = 128 * 1024;
+        c.slow_consumer_grace_ms = 100;
+    });
+    let addr = srv.local_addr();
+    run(move || async move {
+        let (ws, mut codec) = ws_connect(addr, "/socket.io/?EIO=4&transport=websocket").await;
+        ws_recv(&ws, &mut codec).await.unwrap();
+        ws_send(&ws, "40").await;
+        assert!(ws_recv(&ws, &mut codec).await.unwrap().starts_with("40"));
+        ws_send(&ws, "421[\"join\",\"flood\"]").await;
+        assert!(ws_recv(&ws, &mut codec).await.unwrap().starts_with("431"));
+        // From here the socket.io client reads nothing.
+        let mut sender = common::connect(addr).await;
+        sender.join("flood").await.unwrap();
+        let payload = vec![7u8; 8 * 1024];
+        for _ in 0..2000 {
+            sender
+                .send(
+                    "flood",
+                    "blob",
+                    &payload,
+                    corelay::client::PayloadKind::Binary,
+                )
+                .await
+                .unwrap();
+        }
+        // The sender stays served while the reader is cut.
+        sender.ping().await.unwrap();
+        common::still_serving(addr).await;
+    });
+    let stats = wait_for_stats(&srv, |s| s.closes_for(CloseReason::SlowConsumer) >= 1);
+    assert_eq!(stats.closes_for(CloseReason::SlowConsumer), 1, "{stats}");
+    srv.stop().unwrap();
+}
