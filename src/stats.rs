@@ -278,8 +278,10 @@ impl std::fmt::Display for Stats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "conns={} rooms={} in={} out={} bytes_in={} bytes_out={} mesh={} latency_us p50={} p99={} p999={} max={}",
+            "conns={} accepted={} accept_errors={} rooms={} in={} out={} bytes_in={} bytes_out={} mesh={} latency_us p50={} p99={} p999={} max={}",
             self.connections,
+            self.accepted,
+            self.accept_errors,
             self.rooms,
             self.messages_in,
             self.messages_out,

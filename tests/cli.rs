@@ -163,3 +163,69 @@ fn tune_prints_a_table_and_strict_reflects_the_host() {
     let all_met = corelay::tune::all_met(&corelay::tune::inspect());
     assert_eq!(strict.status.success(), all_met);
 }
+
+#[test]
+fn out_of_file_descriptors_accept_keeps_serving_and_counts_refusals() {
+    // A server limited to 64 descriptors, flooded with 150 silent connections.
+    let script = format!(
+        "ulimit -n 64 && exec {BIN} serve --listen 127.0.0.1:0 --shards 1 --stats-interval 1"
+    );
+    let mut child = Command::new("sh")
+        .args(["-c", &script])
+        .env("CORELAY_HANDSHAKE_TIMEOUT_MS", "500")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("start line");
+    let addr: SocketAddr = first.split_whitespace().nth(3).unwrap().parse().unwrap();
+    let (done_tx, done_rx) = mpsc::channel();
+    let clients = std::thread::spawn(move || {
+        common::run(move || async move {
+            let mut player = common::connect(addr).await;
+            let mut flood = Vec::new();
+            for _ in 0..150 {
+                if let Ok(s) = glommio::net::TcpStream::connect(addr).await {
+                    flood.push(s);
+                }
+            }
+            // The connected player is still served while accept fails for the flood.
+            player.ping().await.expect("served during the flood");
+            done_tx.send(()).unwrap();
+            drop(flood);
+            // Once descriptors free up (silent connections time out), new clients get in.
+            let mut late = common::connect(addr).await;
+            late.ping()
+                .await
+                .expect("a new client is served after the flood");
+        })
+    });
+    done_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut refused = 0u64;
+    while Instant::now() < deadline && refused == 0 {
+        if let Ok(line) = rx.recv_timeout(Duration::from_secs(2)) {
+            refused = line
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix("accept_errors="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    clients.join().unwrap();
+    assert!(refused > 0, "accept errors were counted");
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(wait_exit(&mut child, Duration::from_secs(5)).success());
+}
