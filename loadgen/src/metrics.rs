@@ -75,7 +75,10 @@ impl Histograms {
             (&mut self.last_member, &other.last_member),
             (&mut self.pacing_lag, &other.pacing_lag),
             (&mut self.handshake, &other.handshake),
-            (&mut self.handshake_uncorrected, &other.handshake_uncorrected),
+            (
+                &mut self.handshake_uncorrected,
+                &other.handshake_uncorrected,
+            ),
         ];
         for (into, from) in pairs {
             merge_into(into, from);
@@ -186,7 +189,11 @@ pub fn write_hgrm(h: &Histogram<u64>, out: &mut impl Write) -> io::Result<()> {
                 1.0 / (1.0 - quantile)
             )?;
         } else {
-            writeln!(out, "{value:>12.digits$} {quantile:>2.12} {:>10}", p.total_count)?;
+            writeln!(
+                out,
+                "{value:>12.digits$} {quantile:>2.12} {:>10}",
+                p.total_count
+            )?;
         }
     }
     let (mean, stddev) = if h.is_empty() {
@@ -295,9 +302,16 @@ mod tests {
             .all(|r| r.split_whitespace().count() == 4));
         // Footer.
         let footer = &lines[lines.len() - 3..];
-        assert!(footer[0].starts_with("#[Mean    =        5.00"), "{}", footer[0]);
+        assert!(
+            footer[0].starts_with("#[Mean    =        5.00"),
+            "{}",
+            footer[0]
+        );
         assert!(footer[0].contains(", StdDeviation   = "));
-        assert_eq!(footer[1], "#[Max     =       10.007, Total count    =         1000]");
+        assert_eq!(
+            footer[1],
+            "#[Max     =       10.007, Total count    =         1000]"
+        );
         assert!(footer[2].starts_with("#[Buckets = "));
         assert!(footer[2].ends_with("SubBuckets     =         2048]"));
     }

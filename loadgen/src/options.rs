@@ -5,7 +5,7 @@
 //! resolves the URL, so that the run itself never meets a bad setting.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -118,6 +118,8 @@ pub struct Options {
     pub label: Option<String>,
     /// Largest message accepted from the server.
     pub max_message_size: usize,
+    /// Objectives to check at the end (`--slo`).
+    pub slo: Option<Slo>,
 }
 
 impl Options {
@@ -142,7 +144,11 @@ impl Options {
             warmup: Duration::from_secs_f64(warmup),
             threads: 1,
             cpus: None,
-            connect_rate: if scenario == Scenario::Connect { 1000.0 } else { 0.0 },
+            connect_rate: if scenario == Scenario::Connect {
+                1000.0
+            } else {
+                0.0
+            },
             interval: Duration::from_secs(if scenario == Scenario::Soak { 10 } else { 1 }),
             server_pid: None,
             drain: Duration::from_secs(2),
@@ -151,6 +157,7 @@ impl Options {
             progress: ProgressMode::Off,
             label: None,
             max_message_size: 1 << 20,
+            slo: None,
         }
     }
 
@@ -227,7 +234,10 @@ impl Options {
                 return invalid("--room-size must be at least 2 for a scenario that sends".into());
             }
             if !(self.rate.is_finite() && self.rate > 0.0) {
-                return invalid(format!("--rate must be a positive number, not {}", self.rate));
+                return invalid(format!(
+                    "--rate must be a positive number, not {}",
+                    self.rate
+                ));
             }
             if self.duration.is_zero() {
                 return invalid("--duration must be above zero".into());
@@ -288,7 +298,10 @@ impl Options {
             Protocol::SocketIo => "/socket.io/",
         };
         let path = if path == "/" { default_path } else { path };
-        let with_port = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+        let with_port = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
             authority.to_string()
         } else {
             format!("{authority}:80")
@@ -329,7 +342,10 @@ impl Options {
     pub fn label(&self) -> String {
         self.label.clone().unwrap_or_else(|| match self.scenario {
             Scenario::Connect | Scenario::Idle => {
-                format!("{} {} {} clients", self.scenario, self.protocol, self.clients)
+                format!(
+                    "{} {} {} clients",
+                    self.scenario, self.protocol, self.clients
+                )
             }
             _ => format!(
                 "{} {} {}x{} @{}/s {}B",
@@ -337,11 +353,6 @@ impl Options {
             ),
         })
     }
-}
-
-/// The address of a [`SocketAddr`] for messages.
-pub fn display_addr(addr: &SocketAddr) -> String {
-    addr.to_string()
 }
 
 /// A latency or loss objective.
@@ -438,7 +449,9 @@ pub fn parse_duration_us(text: &str) -> Result<f64, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .ok_or_else(|| format!("`{text}` needs a unit (ns, us, ms, s)"))?;
     let (number, unit) = text.split_at(split);
-    let n: f64 = number.parse().map_err(|_| format!("bad number `{number}`"))?;
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("bad number `{number}`"))?;
     let scale = match unit.trim() {
         "ns" => 1e-3,
         "us" | "µs" => 1.0,
@@ -495,8 +508,16 @@ mod tests {
     #[test]
     fn slo_rejects_nonsense() {
         for bad in [
-            "", "p99", "p99=2", "p99=2 parsecs", "p101=1ms", "q99=1ms", "loss=-1", "loss=lots",
-            "loss=200%", "pxx=1ms",
+            "",
+            "p99",
+            "p99=2",
+            "p99=2 parsecs",
+            "p101=1ms",
+            "q99=1ms",
+            "loss=-1",
+            "loss=lots",
+            "loss=200%",
+            "pxx=1ms",
         ] {
             assert!(bad.parse::<Slo>().is_err(), "{bad} should not parse");
         }
@@ -523,7 +544,10 @@ mod tests {
         assert_eq!(e.path, "/socket.io/");
         assert_eq!(e.host, "127.0.0.1:3000");
         assert_eq!(o.source_address(&e, 0), Some("127.0.0.1".parse().unwrap()));
-        assert_eq!(o.source_address(&e, 251), Some("127.0.0.2".parse().unwrap()));
+        assert_eq!(
+            o.source_address(&e, 251),
+            Some("127.0.0.2".parse().unwrap())
+        );
         let o = Options::new(Scenario::Relay, Protocol::Native, "http://x/ws");
         assert!(o.validate().is_err());
     }

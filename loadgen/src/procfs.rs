@@ -31,7 +31,10 @@ pub fn sample(pid: Option<u32>) -> io::Result<ProcSample> {
 }
 
 fn bad_data(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("unexpected /proc {what} format"))
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("unexpected /proc {what} format"),
+    )
 }
 
 /// `utime + stime` in clock ticks from the text of `/proc/PID/stat`.
@@ -79,7 +82,8 @@ pub fn fd_limits() -> io::Result<(u64, u64)> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok((lim.rlim_cur as u64, lim.rlim_max as u64))
+    // rlim_t is u64 on Linux.
+    Ok((lim.rlim_cur, lim.rlim_max))
 }
 
 /// Number of CPUs this process may run on (its affinity mask), at least 1.

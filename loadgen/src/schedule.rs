@@ -97,9 +97,7 @@ mod tests {
         // 7 senders at 3 msg/s: neither the period nor the offsets are whole numbers.
         let s = Schedule::new(3.0, 7, 1_000, 1_000_000_000);
         for i in 0..7 {
-            let brute = (0..100)
-                .filter(|&k| s.intended_ns(i, k) < s.end_ns)
-                .count() as u64;
+            let brute = (0..100).filter(|&k| s.intended_ns(i, k) < s.end_ns).count() as u64;
             assert_eq!(s.messages_for(i), brute);
         }
         let empty = Schedule::new(1.0, 2, 10, 10);

@@ -335,10 +335,8 @@ impl Reader {
                         _ => continue,
                     }
                 }
-                Message::Binary(bytes) => {
-                    if std::mem::take(&mut self.awaiting_attachment) {
-                        return Ok(Packet::Msg(Payload { bytes, text: false }));
-                    }
+                Message::Binary(bytes) if std::mem::take(&mut self.awaiting_attachment) => {
+                    return Ok(Packet::Msg(Payload { bytes, text: false }));
                 }
                 _ => {}
             }
@@ -371,7 +369,9 @@ fn parse_socketio(p: &Bytes) -> Result<Packet, SocketIoError> {
     }
     let digits = p[i..].iter().take_while(|c| c.is_ascii_digit()).count();
     let ack_id: Option<u64> = if digits > 0 {
-        std::str::from_utf8(&p[i..i + digits]).ok().and_then(|s| s.parse().ok())
+        std::str::from_utf8(&p[i..i + digits])
+            .ok()
+            .and_then(|s| s.parse().ok())
     } else {
         None
     };
@@ -550,7 +550,12 @@ pub struct SocketIoSender {
 impl SocketIoSender {
     /// `emit("to", room, event, payload)` with a JSON string payload. `payload` must need no
     /// JSON escaping (the load generator's payloads are hex and letters).
-    pub async fn send_to(&self, room: &str, event: &str, payload: &str) -> Result<(), SocketIoError> {
+    pub async fn send_to(
+        &self,
+        room: &str,
+        event: &str,
+        payload: &str,
+    ) -> Result<(), SocketIoError> {
         let mut text = String::with_capacity(payload.len() + room.len() + event.len() + 16);
         text.push_str("42[\"to\",");
         text.push_str(&json_string(room));
@@ -592,15 +597,22 @@ impl SocketIoReceiver {
 /// A non-blocking TCP connect (optionally from `bind`), handed to glommio. The connection
 /// completes in the background; the first write waits for it.
 fn connect_tcp(addr: SocketAddr, bind: Option<IpAddr>) -> Result<TcpStream, SocketIoError> {
-    let domain = if addr.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
-    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP)).map_err(SocketIoError::Connect)?;
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let socket =
+        Socket::new(domain, Type::STREAM, Some(Protocol::TCP)).map_err(SocketIoError::Connect)?;
     socket.set_nodelay(true).map_err(SocketIoError::Connect)?;
     if let Some(ip) = bind {
         socket
             .bind(&SockAddr::from(SocketAddr::new(ip, 0)))
             .map_err(SocketIoError::Connect)?;
     }
-    socket.set_nonblocking(true).map_err(SocketIoError::Connect)?;
+    socket
+        .set_nonblocking(true)
+        .map_err(SocketIoError::Connect)?;
     match socket.connect(&SockAddr::from(addr)) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
@@ -612,7 +624,10 @@ fn connect_tcp(addr: SocketAddr, bind: Option<IpAddr>) -> Result<TcpStream, Sock
 
 /// Writes the HTTP upgrade request and reads the `101` response. Returns the bytes that
 /// followed the response head (the start of the WebSocket stream).
-async fn upgrade(mut stream: SharedStream, config: &SocketIoConfig) -> Result<Vec<u8>, SocketIoError> {
+async fn upgrade(
+    mut stream: SharedStream,
+    config: &SocketIoConfig,
+) -> Result<Vec<u8>, SocketIoError> {
     let key = tungstenite::handshake::client::generate_key();
     let separator = if config.path.contains('?') { '&' } else { '?' };
     let request = format!(
@@ -631,7 +646,9 @@ async fn upgrade(mut stream: SharedStream, config: &SocketIoConfig) -> Result<Ve
     loop {
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
-            return Err(SocketIoError::Upgrade("connection closed during the upgrade".into()));
+            return Err(SocketIoError::Upgrade(
+                "connection closed during the upgrade".into(),
+            ));
         }
         head.extend_from_slice(&chunk[..n]);
         let mut headers = [httparse::EMPTY_HEADER; 32];
@@ -725,7 +742,10 @@ mod tests {
             packet(r#"51-["msg",{"_placeholder":true,"num":0},7]"#),
             Packet::MsgAwaitingAttachment
         );
-        assert_eq!(packet(r#"/admin,2["msg","x",1]"#), packet(r#"2["msg","x",1]"#));
+        assert_eq!(
+            packet(r#"2/admin,["msg","x",1]"#),
+            packet(r#"2["msg","x",1]"#)
+        );
         assert!(parse_socketio(&Bytes::from_static(b"9")).is_err());
         assert!(parse_socketio(&Bytes::from_static(b"5x-[]")).is_err());
     }
@@ -741,7 +761,10 @@ mod tests {
         let mut client = WebSocketContext::new(Role::Client, None);
         let mut wire = Vec::new();
         client
-            .write(&mut Sink(&mut wire), Message::text("42[\"to\",\"r\",\"msg\",\"x\"]"))
+            .write(
+                &mut Sink(&mut wire),
+                Message::text("42[\"to\",\"r\",\"msg\",\"x\"]"),
+            )
             .unwrap();
         client.flush(&mut Sink(&mut wire)).unwrap();
         let mut server = WebSocketContext::new(Role::Server, None);

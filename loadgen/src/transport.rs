@@ -5,7 +5,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use corelay::client::{Client, ClientConfig, ClientReceiver, ClientSender, PayloadKind, ServerEvent};
+use corelay::client::{
+    Client, ClientConfig, ClientReceiver, ClientSender, PayloadKind, ServerEvent,
+};
 
 use crate::header::TimingHeader;
 use crate::options::Protocol;
@@ -87,7 +89,10 @@ pub enum Connection {
 
 impl Connection {
     /// Connects and completes the protocol handshake.
-    pub async fn connect(endpoint: &Endpoint, bind: Option<IpAddr>) -> Result<Self, TransportError> {
+    pub async fn connect(
+        endpoint: &Endpoint,
+        bind: Option<IpAddr>,
+    ) -> Result<Self, TransportError> {
         match endpoint.protocol {
             Protocol::Native => {
                 let mut config = ClientConfig::new(endpoint.url.clone());
@@ -185,12 +190,19 @@ impl Receiver {
     pub async fn next_header(&mut self) -> Result<Option<TimingHeader>, TransportError> {
         match self {
             Self::Native(rx) => match rx.next_event().await? {
-                ServerEvent::Message { event, payload, kind, .. } if event == EVENT => {
+                ServerEvent::Message {
+                    event,
+                    payload,
+                    kind,
+                    ..
+                } if event == EVENT => {
                     Ok(match kind {
                         PayloadKind::Binary => TimingHeader::from_bytes(&payload),
                         // A socket.io sender's text payload reaches native clients as JSON
                         // text: a quoted string.
-                        PayloadKind::Json => TimingHeader::from_hex(payload.strip_prefix(b"\"").unwrap_or(&payload)),
+                        PayloadKind::Json => {
+                            TimingHeader::from_hex(payload.strip_prefix(b"\"").unwrap_or(&payload))
+                        }
                     })
                 }
                 _ => Ok(None),

@@ -1,0 +1,1182 @@
+//! Running a scenario: load threads, phases, the main thread's watch, the report.
+//!
+//! Threads: `--threads` glommio executors, clients dealt round-robin (client `i` lives on
+//! thread `i % threads`). Each thread owns its clients, histograms and counts outright;
+//! the only things shared are atomics (the load start time, the stop flag, progress
+//! counters, each room's live member count) and, once per interval, a copy of the
+//! thread's interval histogram sent to the main thread.
+//!
+//! Phases of a run, driven by the main thread:
+//!
+//! 1. setup: every thread connects (and joins) its clients; receivers start at once.
+//! 2. load: when every thread is set up, the main thread publishes the load start time;
+//!    senders follow their [`Schedule`] from there (warm-up, then the measured window).
+//!    `connect` has no setup: its connections *are* the load.
+//! 3. drain: after the last send, wait for in-flight messages until every owed delivery
+//!    has arrived or `drain` has passed.
+//! 4. stop: threads cancel their tasks, close their connections and hand back their
+//!    histograms and counts, which the main thread merges into the [`Report`].
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{IsTerminal, Write};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam::channel::{Receiver as ChannelReceiver, Sender as ChannelSender, TryRecvError};
+use crossbeam::utils::CachePadded;
+use futures_lite::future;
+use glommio::sync::Semaphore;
+use glommio::timer::sleep;
+use glommio::{LocalExecutorBuilder, Placement, Task};
+use hdrhistogram::Histogram;
+
+use crate::accounting::{Arrival, SeqWindow, Tally};
+use crate::header::TimingHeader;
+use crate::metrics::{self, distribution, record_ns, Histograms, LatencySummary};
+use crate::options::{Options, ProgressMode, Scenario};
+use crate::procfs::{self, ProcSample};
+use crate::report::{
+    format_us, Connections, GeneratorReport, IntervalRow, Messages, Report, RssSample,
+    ServerReport, Settings,
+};
+use crate::schedule::Schedule;
+use crate::transport::{reason, Connection, Endpoint, Receiver, Sender, TransportError};
+use crate::Error;
+
+/// Connections a thread opens at once when not paced: enough to keep the server's accept
+/// loop busy, few enough not to overflow a default listen backlog (4096) with 8 threads.
+const SETUP_CONCURRENCY: u64 = 256;
+/// How often the main thread looks at the run (phase changes, memory peak sampling).
+const WATCH_TICK: Duration = Duration::from_millis(20);
+/// How often a thread checks the stop flag while it waits.
+const THREAD_POLL: Duration = Duration::from_millis(5);
+/// Lead time between publishing the load start and the first send, so that every thread
+/// sees the start time before it is due.
+const START_LEAD: Duration = Duration::from_millis(50);
+/// Extra time past the drain before the main thread stops a run whose senders are stuck
+/// (a server that stopped reading): every run ends by itself.
+const STUCK_GRACE: Duration = Duration::from_secs(5);
+/// Limit for closing all of a thread's connections at the end.
+const CLOSE_LIMIT: Duration = Duration::from_secs(2);
+/// p99 pacing lag above which the generator is suspected of being late.
+const LAG_WARNING_US: u64 = 1_000;
+/// Generator CPU use (fraction of its cores) above which it may be the bottleneck.
+const CPU_WARNING: f64 = 0.9;
+
+/// A finished run: the report and the merged histograms (for `--hgrm`).
+#[derive(Debug)]
+pub struct Outcome {
+    /// Every figure of the run.
+    pub report: Report,
+    /// The merged histograms.
+    pub histograms: Histograms,
+}
+
+impl Outcome {
+    /// The histogram the report's distribution, `--hgrm` and `--slo` use.
+    pub fn primary(&self) -> &Histogram<u64> {
+        primary(&self.report.scenario, &self.histograms)
+    }
+}
+
+fn primary<'a>(scenario: &str, h: &'a Histograms) -> &'a Histogram<u64> {
+    match scenario {
+        "connect" | "idle" => &h.handshake,
+        _ => &h.latency,
+    }
+}
+
+/// Per-thread progress counters, read by the main thread.
+#[derive(Default)]
+struct Counters {
+    attempted: AtomicU64,
+    established: AtomicU64,
+    failed: AtomicU64,
+    sent: AtomicU64,
+    expected: AtomicU64,
+    delivered: AtomicU64,
+    setup_done: AtomicBool,
+    sending_done: AtomicBool,
+}
+
+/// What all threads share.
+struct Shared {
+    opts: Options,
+    endpoint: Endpoint,
+    epoch: Instant,
+    /// Load start, ns since `epoch`; `u64::MAX` until published.
+    load_start_ns: AtomicU64,
+    stop: AtomicBool,
+    counters: Vec<CachePadded<Counters>>,
+    /// Connected members of each room.
+    room_live: Vec<AtomicU32>,
+    warmup_ns: u64,
+    window_ns: u64,
+}
+
+impl Shared {
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    fn load_start(&self) -> Option<u64> {
+        match self.load_start_ns.load(Ordering::Acquire) {
+            u64::MAX => None,
+            t => Some(t),
+        }
+    }
+
+    /// Is a message (or connection) due at `intended_ns` part of the measured window?
+    fn in_window(&self, intended_ns: u64) -> bool {
+        self.load_start().is_some_and(|start| {
+            let from = start + self.warmup_ns;
+            intended_ns >= from && intended_ns < from + self.window_ns
+        })
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+}
+
+/// What one thread records; owned by the thread, shared by its tasks.
+struct ThreadState {
+    hist: Histograms,
+    interval: Histogram<u64>,
+    tally: Tally,
+    failures: BTreeMap<String, u64>,
+    drops: BTreeMap<String, u64>,
+    /// Fan-out, per room: per seq (latest arrival ns after intended, arrivals).
+    fanout_arrivals: HashMap<usize, Vec<(u64, u32)>>,
+    /// Fan-out, per room of a local sender: per seq, deliveries owed (`u32::MAX`: not
+    /// measured).
+    fanout_expected: HashMap<usize, Vec<u32>>,
+}
+
+/// What a thread hands back.
+struct ThreadResult {
+    hist: Histograms,
+    tally: Tally,
+    failures: BTreeMap<String, u64>,
+    drops: BTreeMap<String, u64>,
+    fanout_arrivals: HashMap<usize, Vec<(u64, u32)>>,
+    fanout_expected: HashMap<usize, Vec<u32>>,
+}
+
+/// A thread's interval histogram, sent to the main thread every interval.
+struct Snapshot {
+    tick: u64,
+    hist: Histogram<u64>,
+}
+
+/// One open connection of a thread.
+struct Open {
+    sender: Rc<Sender>,
+    alive: Rc<Cell<bool>>,
+}
+
+/// Runs the scenario described by `opts` and returns its report. Blocks until the run
+/// is over; prints progress to stderr as `opts.progress` says.
+pub fn run(opts: &Options) -> Result<Outcome, Error> {
+    let endpoint = opts.validate()?;
+    let started_unix_s = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    // Read the server once up front: a wrong pid fails before any load is made.
+    let server_before = match opts.server_pid {
+        Some(pid) => Some(procfs::sample(Some(pid)).map_err(|e| Error::ServerPid(pid, e))?),
+        None => None,
+    };
+
+    let threads = opts.threads;
+    let shared = Arc::new(Shared {
+        opts: opts.clone(),
+        endpoint,
+        epoch: Instant::now(),
+        load_start_ns: AtomicU64::new(u64::MAX),
+        stop: AtomicBool::new(false),
+        counters: (0..threads)
+            .map(|_| CachePadded::new(Counters::default()))
+            .collect(),
+        room_live: (0..opts.rooms()).map(|_| AtomicU32::new(0)).collect(),
+        warmup_ns: opts.warmup.as_nanos() as u64,
+        window_ns: opts.window().as_nanos() as u64,
+    });
+    let (snap_tx, snap_rx) = crossbeam::channel::unbounded();
+
+    let mut handles = Vec::with_capacity(threads);
+    for t in 0..threads {
+        let placement = match &opts.cpus {
+            Some(cpus) => Placement::Fixed(cpus[t % cpus.len()]),
+            None => Placement::Unbound,
+        };
+        let thread_shared = shared.clone();
+        let snap_tx = snap_tx.clone();
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("loadgen-{t}"))
+            .spawn(move || thread_main(thread_shared, t, snap_tx))
+            .map_err(|e| Error::Executor(e.to_string()));
+        match handle {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                shared.stop.store(true, Ordering::Release);
+                return Err(e);
+            }
+        }
+    }
+    drop(snap_tx);
+
+    let watch = watch(&shared, &snap_rx, server_before);
+
+    let mut results = Vec::with_capacity(threads);
+    for h in handles {
+        results.push(h.join().map_err(|e| Error::Executor(e.to_string()))?);
+    }
+    Ok(build_report(opts, &shared, started_unix_s, watch, results))
+}
+
+/// What the main thread saw while it watched the run.
+struct Watch {
+    server_start: Option<ProcSample>,
+    server_end: Option<ProcSample>,
+    server_peak_kib: u64,
+    server_samples: Vec<RssSample>,
+    server_lost: bool,
+    self_start: Option<ProcSample>,
+    self_end: Option<ProcSample>,
+    intervals: Vec<IntervalRow>,
+    drain: Duration,
+}
+
+fn total(shared: &Shared, f: impl Fn(&Counters) -> u64) -> u64 {
+    shared.counters.iter().map(|c| f(c)).sum()
+}
+
+fn all(shared: &Shared, f: impl Fn(&Counters) -> bool) -> bool {
+    shared.counters.iter().all(|c| f(c))
+}
+
+/// The main thread's part: publish the start, take the window's samples, print progress,
+/// decide when the drain is over.
+fn watch(
+    shared: &Shared,
+    snaps: &ChannelReceiver<Snapshot>,
+    server_before: Option<ProcSample>,
+) -> Watch {
+    let opts = &shared.opts;
+    let pid = opts.server_pid;
+    let mut w = Watch {
+        server_start: None,
+        server_end: None,
+        server_peak_kib: 0,
+        server_samples: Vec::new(),
+        server_lost: false,
+        self_start: None,
+        self_end: None,
+        intervals: Vec::new(),
+        drain: Duration::ZERO,
+    };
+    let mut progress = Progress::new(opts.progress, opts.scenario);
+    let interval_ns = opts.interval.as_nanos() as u64;
+    let mut pending: BTreeMap<u64, (usize, Histogram<u64>)> = BTreeMap::new();
+    let mut drain_start: Option<Instant> = None;
+    let mut last_setup_line = Instant::now();
+
+    if opts.scenario == Scenario::Connect {
+        publish_start(shared);
+    }
+    loop {
+        std::thread::sleep(WATCH_TICK);
+        let now = shared.now_ns();
+        // Threads drop their snapshot senders when they stop: then the run is over.
+        let mut threads_gone = false;
+        loop {
+            match snaps.try_recv() {
+                Ok(snap) => {
+                    let entry = pending
+                        .entry(snap.tick)
+                        .or_insert_with(|| (0, metrics::histogram()));
+                    entry.0 += 1;
+                    metrics::merge_into(&mut entry.1, &snap.hist);
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    threads_gone = true;
+                    break;
+                }
+            }
+        }
+
+        let Some(start) = shared.load_start() else {
+            if all(shared, |c| c.setup_done.load(Ordering::Acquire)) {
+                publish_start(shared);
+            } else if last_setup_line.elapsed() >= Duration::from_secs(1) {
+                last_setup_line = Instant::now();
+                progress.line(&format!(
+                    "connecting: {}/{} established, {} failed",
+                    total(shared, |c| c.established.load(Ordering::Relaxed)),
+                    opts.clients,
+                    total(shared, |c| c.failed.load(Ordering::Relaxed)),
+                ));
+            }
+            continue;
+        };
+        let window_from = start + shared.warmup_ns;
+        let window_to = window_from + shared.window_ns;
+
+        // Window samples: server and self, at the window's edges; server RSS peak inside.
+        if w.self_start.is_none() && now >= window_from {
+            w.self_start = procfs::sample(None).ok();
+            // In idle, memory growth counts from before the first connection.
+            w.server_start = if opts.scenario == Scenario::Idle {
+                server_before
+            } else {
+                sample_server(pid, &mut w.server_lost)
+            };
+            if let Some(s) = w.server_start {
+                w.server_peak_kib = s.rss_kib;
+            }
+        }
+        if w.self_start.is_some() && w.self_end.is_none() {
+            if let Some(s) = sample_server(pid, &mut w.server_lost) {
+                w.server_peak_kib = w.server_peak_kib.max(s.rss_kib);
+                if now >= window_to {
+                    w.server_end = Some(s);
+                }
+            }
+            if now >= window_to {
+                w.self_end = procfs::sample(None).ok();
+            }
+        }
+
+        // Interval rows, once every thread has sent its histogram for that interval.
+        while let Some(entry) = pending.first_entry() {
+            if entry.get().0 < opts.threads {
+                break;
+            }
+            let (tick, (_, hist)) = entry.remove_entry();
+            let t_s = (tick * interval_ns) as f64 / 1e9;
+            let rss = sample_server(pid, &mut w.server_lost).map(|s| s.rss_kib);
+            if let Some(rss_kib) = rss {
+                w.server_samples.push(RssSample {
+                    t_s: t_s - shared.warmup_ns as f64 / 1e9,
+                    rss_kib,
+                });
+            }
+            let row = IntervalRow {
+                t_s,
+                sent: total(shared, |c| c.sent.load(Ordering::Relaxed)),
+                expected: total(shared, |c| c.expected.load(Ordering::Relaxed)),
+                delivered: total(shared, |c| c.delivered.load(Ordering::Relaxed)),
+                p50_us: hist.value_at_quantile(0.5),
+                p99_us: hist.value_at_quantile(0.99),
+                max_us: hist.max(),
+                server_rss_kib: rss,
+            };
+            progress.line(&row_text(shared, &row));
+            w.intervals.push(row);
+        }
+
+        if threads_gone {
+            break;
+        }
+        if shared.stopped() {
+            continue;
+        }
+
+        // When to stop.
+        let everyone_done = all(shared, |c| c.sending_done.load(Ordering::Acquire));
+        let stop = match opts.scenario {
+            Scenario::Idle => now >= window_to,
+            Scenario::Connect => everyone_done,
+            Scenario::Relay | Scenario::Fanout | Scenario::Soak => {
+                if everyone_done {
+                    let since = *drain_start.get_or_insert_with(Instant::now);
+                    let delivered = total(shared, |c| c.delivered.load(Ordering::Relaxed));
+                    let expected = total(shared, |c| c.expected.load(Ordering::Relaxed));
+                    w.drain = since.elapsed();
+                    delivered >= expected || w.drain >= opts.drain
+                } else {
+                    // Senders stuck on a server that stopped reading.
+                    now >= window_to + (opts.drain + STUCK_GRACE).as_nanos() as u64
+                }
+            }
+        };
+        if stop {
+            if w.self_end.is_none() {
+                w.self_end = procfs::sample(None).ok();
+                w.server_end = sample_server(pid, &mut w.server_lost);
+            }
+            shared.stop.store(true, Ordering::Release);
+        }
+    }
+    progress.finish();
+    w
+}
+
+fn publish_start(shared: &Shared) {
+    let start = shared.now_ns() + START_LEAD.as_nanos() as u64;
+    shared.load_start_ns.store(start, Ordering::Release);
+}
+
+fn sample_server(pid: Option<u32>, lost: &mut bool) -> Option<ProcSample> {
+    let pid = pid?;
+    if *lost {
+        return None;
+    }
+    match procfs::sample(Some(pid)) {
+        Ok(s) => Some(s),
+        Err(_) => {
+            *lost = true;
+            None
+        }
+    }
+}
+
+fn row_text(shared: &Shared, row: &IntervalRow) -> String {
+    let opts = &shared.opts;
+    let phase = if row.t_s * 1e9 <= shared.warmup_ns as f64 {
+        "warm-up "
+    } else {
+        ""
+    };
+    let mut text = match opts.scenario {
+        Scenario::Connect | Scenario::Idle => format!(
+            "t={:>6.1}s {phase}established {} failed {} handshake p50 {} p99 {} max {}",
+            row.t_s,
+            total(shared, |c| c.established.load(Ordering::Relaxed)),
+            total(shared, |c| c.failed.load(Ordering::Relaxed)),
+            format_us(row.p50_us as f64),
+            format_us(row.p99_us as f64),
+            format_us(row.max_us as f64),
+        ),
+        _ => format!(
+            "t={:>6.1}s {phase}sent {} delivered {}/{} p50 {} p99 {} max {}",
+            row.t_s,
+            row.sent,
+            row.delivered,
+            row.expected,
+            format_us(row.p50_us as f64),
+            format_us(row.p99_us as f64),
+            format_us(row.max_us as f64),
+        ),
+    };
+    if let Some(rss) = row.server_rss_kib {
+        text.push_str(&format!(" server rss {:.1} MiB", rss as f64 / 1024.0));
+    }
+    text
+}
+
+/// The progress display on stderr.
+struct Progress {
+    mode: ProgressMode,
+    dirty: bool,
+}
+
+impl Progress {
+    fn new(mode: ProgressMode, scenario: Scenario) -> Self {
+        let mode = match mode {
+            // A soak's lines are its record: keep them all.
+            ProgressMode::Overwrite if scenario == Scenario::Soak => ProgressMode::Lines,
+            ProgressMode::Overwrite if !std::io::stderr().is_terminal() => ProgressMode::Lines,
+            m => m,
+        };
+        Self { mode, dirty: false }
+    }
+
+    fn line(&mut self, text: &str) {
+        let mut err = std::io::stderr().lock();
+        let _ = match self.mode {
+            ProgressMode::Off => return,
+            ProgressMode::Lines => writeln!(err, "{text}"),
+            ProgressMode::Overwrite => {
+                self.dirty = true;
+                write!(err, "\r\x1b[2K{text}")
+            }
+        };
+        let _ = err.flush();
+    }
+
+    fn finish(&mut self) {
+        if self.dirty {
+            eprintln!();
+            self.dirty = false;
+        }
+    }
+}
+
+/// Runs for `d`, or returns `Err(timeout)` first.
+async fn within<T>(
+    d: Duration,
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, TransportError>>,
+) -> Result<T, TransportError> {
+    future::or(fut, async {
+        sleep(d).await;
+        Err(TransportError(format!("{what} timed out")))
+    })
+    .await
+}
+
+async fn wait_until(shared: &Shared, mut ready: impl FnMut() -> bool) {
+    while !ready() && !shared.stopped() {
+        sleep(THREAD_POLL).await;
+    }
+}
+
+async fn sleep_until_ns(shared: &Shared, at_ns: u64) {
+    let now = shared.now_ns();
+    if at_ns > now {
+        sleep(Duration::from_nanos(at_ns - now)).await;
+    }
+}
+
+/// One load thread.
+async fn thread_main(
+    shared: Arc<Shared>,
+    t: usize,
+    snaps: ChannelSender<Snapshot>,
+) -> ThreadResult {
+    let opts = &shared.opts;
+    let state = Rc::new(RefCell::new(ThreadState {
+        hist: Histograms::new(),
+        interval: metrics::histogram(),
+        tally: Tally::default(),
+        failures: BTreeMap::new(),
+        drops: BTreeMap::new(),
+        fanout_arrivals: HashMap::new(),
+        fanout_expected: HashMap::new(),
+    }));
+    let local: Vec<usize> = (t..opts.clients).step_by(opts.threads).collect();
+    let opened: Rc<RefCell<Vec<(usize, Open)>>> = Rc::new(RefCell::new(Vec::new()));
+    let receivers: Rc<RefCell<Vec<Task<()>>>> = Rc::new(RefCell::new(Vec::new()));
+    let paced = opts.connect_rate > 0.0;
+    let ticker = glommio::spawn_local(ticker(shared.clone(), state.clone(), snaps));
+
+    // Setup (connect: the storm itself).
+    let mut connecting = Vec::with_capacity(local.len());
+    // Paced connections are due from the load start in `connect` (and stop at the end of
+    // its window), from the thread's start in `idle`.
+    let (pace_origin, pace_end) = if opts.scenario == Scenario::Connect {
+        wait_until(&shared, || shared.load_start().is_some()).await;
+        let start = shared.load_start().unwrap_or(0);
+        (start, start + shared.warmup_ns + shared.window_ns)
+    } else {
+        (shared.now_ns(), u64::MAX)
+    };
+    let limit = Rc::new(Semaphore::new(SETUP_CONCURRENCY));
+    for &index in &local {
+        let (shared, state, opened, receivers, limit) = (
+            shared.clone(),
+            state.clone(),
+            opened.clone(),
+            receivers.clone(),
+            limit.clone(),
+        );
+        connecting.push(glommio::spawn_local(async move {
+            let intended = if paced {
+                let due = pace_origin + (index as f64 * 1e9 / shared.opts.connect_rate) as u64;
+                if due >= pace_end {
+                    return;
+                }
+                sleep_until_ns(&shared, due).await;
+                Some(due)
+            } else {
+                None
+            };
+            let _permit = if paced {
+                None
+            } else {
+                match limit.acquire_permit(1).await {
+                    Ok(p) => Some(p),
+                    Err(_) => return,
+                }
+            };
+            if shared.stopped() {
+                return;
+            }
+            if let Some(open) = open_client(&shared, t, index, intended, &state, &receivers).await {
+                opened.borrow_mut().push((index, open));
+            }
+        }));
+    }
+    for task in connecting {
+        task.await;
+    }
+    shared.counters[t].setup_done.store(true, Ordering::Release);
+
+    // Load.
+    wait_until(&shared, || shared.load_start().is_some()).await;
+    let mut senders = Vec::new();
+    let running = Rc::new(Cell::new(0usize));
+    if opts.sends() {
+        if let Some(start) = shared.load_start() {
+            let schedule = Schedule::new(
+                opts.rate,
+                opts.senders() as u64,
+                start,
+                start + shared.warmup_ns + shared.window_ns,
+            );
+            for (index, open) in opened.borrow().iter() {
+                if !opts.is_sender(*index) {
+                    continue;
+                }
+                running.set(running.get() + 1);
+                senders.push(glommio::spawn_local(send_loop(
+                    shared.clone(),
+                    t,
+                    *index,
+                    schedule,
+                    open.sender.clone(),
+                    open.alive.clone(),
+                    state.clone(),
+                    running.clone(),
+                )));
+            }
+        }
+    }
+    wait_until(&shared, || running.get() == 0).await;
+    shared.counters[t]
+        .sending_done
+        .store(true, Ordering::Release);
+
+    // Drain (the main thread decides when it is over), then stop.
+    wait_until(&shared, || false).await;
+    for task in senders {
+        task.cancel().await;
+    }
+    let receivers = std::mem::take(&mut *receivers.borrow_mut());
+    for task in receivers {
+        task.cancel().await;
+    }
+    ticker.cancel().await;
+    let opened = std::mem::take(&mut *opened.borrow_mut());
+    future::or(
+        async {
+            for (_, open) in &opened {
+                if open.alive.get() {
+                    let _ = open.sender.close().await;
+                }
+            }
+        },
+        sleep(CLOSE_LIMIT),
+    )
+    .await;
+    drop(opened);
+
+    let state = Rc::try_unwrap(state)
+        .map(RefCell::into_inner)
+        .unwrap_or_else(|rc| {
+            // Every task holding the state was cancelled above; copy it if one lingers.
+            let s = rc.borrow();
+            ThreadState {
+                hist: s.hist.clone(),
+                interval: s.interval.clone(),
+                tally: s.tally,
+                failures: s.failures.clone(),
+                drops: s.drops.clone(),
+                fanout_arrivals: s.fanout_arrivals.clone(),
+                fanout_expected: s.fanout_expected.clone(),
+            }
+        });
+    ThreadResult {
+        hist: state.hist,
+        tally: state.tally,
+        failures: state.failures,
+        drops: state.drops,
+        fanout_arrivals: state.fanout_arrivals,
+        fanout_expected: state.fanout_expected,
+    }
+}
+
+/// Connects client `index` (and joins its room), starts its receiver. `None` on failure.
+async fn open_client(
+    shared: &Arc<Shared>,
+    t: usize,
+    index: usize,
+    intended: Option<u64>,
+    state: &Rc<RefCell<ThreadState>>,
+    receivers: &Rc<RefCell<Vec<Task<()>>>>,
+) -> Option<Open> {
+    let opts = &shared.opts;
+    let counters = &shared.counters[t];
+    counters.attempted.fetch_add(1, Ordering::Relaxed);
+    let bind = opts.source_address(&shared.endpoint, index);
+    let started = shared.now_ns();
+    let intended = intended.unwrap_or(started);
+    let fail = |e: TransportError| {
+        counters.failed.fetch_add(1, Ordering::Relaxed);
+        *state.borrow_mut().failures.entry(reason(&e.0)).or_default() += 1;
+    };
+    let mut conn = match within(
+        opts.connect_timeout,
+        "connect",
+        Connection::connect(&shared.endpoint, bind),
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            fail(e);
+            return None;
+        }
+    };
+    let ready = shared.now_ns();
+    {
+        // Connect records only its window; the other scenarios record all their setup.
+        let measured = opts.scenario != Scenario::Connect || shared.in_window(intended);
+        if measured {
+            let mut st = state.borrow_mut();
+            record_ns(&mut st.hist.handshake, ready.saturating_sub(intended));
+            record_ns(&mut st.hist.handshake_uncorrected, ready - started);
+            if !opts.sends() {
+                // The interval histogram shows what the scenario measures.
+                record_ns(&mut st.interval, ready.saturating_sub(intended));
+            }
+        }
+    }
+    let room = opts.room_of(index);
+    if let Some(room) = room {
+        let name = room_name(room);
+        if let Err(e) = within(opts.connect_timeout, "join", conn.join(&name)).await {
+            fail(e);
+            return None;
+        }
+        shared.room_live[room].fetch_add(1, Ordering::AcqRel);
+    }
+    counters.established.fetch_add(1, Ordering::Relaxed);
+    let (sender, receiver) = conn.split();
+    let alive = Rc::new(Cell::new(true));
+    receivers
+        .borrow_mut()
+        .push(glommio::spawn_local(receive_loop(
+            shared.clone(),
+            t,
+            index,
+            receiver,
+            alive.clone(),
+            state.clone(),
+        )));
+    Some(Open {
+        sender: Rc::new(sender),
+        alive,
+    })
+}
+
+/// Room names carry the process id so that runs against a long-lived server never meet
+/// the rooms of an earlier run.
+fn room_name(room: usize) -> String {
+    format!("lg{}-{room}", std::process::id())
+}
+
+/// Marks a connection broken (once) and counts why.
+fn mark_dropped(
+    shared: &Shared,
+    index: usize,
+    alive: &Cell<bool>,
+    state: &RefCell<ThreadState>,
+    error: &TransportError,
+) {
+    if !alive.replace(false) || shared.stopped() {
+        return;
+    }
+    if let Some(room) = shared.opts.room_of(index) {
+        shared.room_live[room].fetch_sub(1, Ordering::AcqRel);
+    }
+    *state
+        .borrow_mut()
+        .drops
+        .entry(reason(&error.0))
+        .or_default() += 1;
+}
+
+/// One sender: its schedule, open loop, until the end of the window.
+#[allow(clippy::too_many_arguments)]
+async fn send_loop(
+    shared: Arc<Shared>,
+    t: usize,
+    index: usize,
+    schedule: Schedule,
+    sender: Rc<Sender>,
+    alive: Rc<Cell<bool>>,
+    state: Rc<RefCell<ThreadState>>,
+    running: Rc<Cell<usize>>,
+) {
+    let opts = &shared.opts;
+    let counters = &shared.counters[t];
+    let slot = opts.sender_slot(index) as u64;
+    let room = opts.room_of(index).unwrap_or(0);
+    let name = room_name(room);
+    let mut buf = Vec::with_capacity(opts.payload);
+    let fanout = opts.scenario == Scenario::Fanout;
+    for seq in 0..schedule.messages_for(slot) {
+        let intended = schedule.intended_ns(slot, seq);
+        sleep_until_ns(&shared, intended).await;
+        if shared.stopped() || !alive.get() {
+            break;
+        }
+        let owed = shared.room_live[room]
+            .load(Ordering::Acquire)
+            .saturating_sub(1);
+        let sent_ns = shared.now_ns();
+        let header = TimingHeader {
+            intended_ns: intended,
+            sent_ns,
+            sender: index as u32,
+            seq: seq as u32,
+        };
+        if let Err(e) = sender.send(&name, &header, opts.payload, &mut buf).await {
+            mark_dropped(&shared, index, &alive, &state, &e);
+            break;
+        }
+        let measured = shared.in_window(intended);
+        let mut st = state.borrow_mut();
+        if measured {
+            st.tally.sent += 1;
+            st.tally.expected += u64::from(owed);
+            record_ns(&mut st.hist.pacing_lag, sent_ns.saturating_sub(intended));
+            counters.sent.fetch_add(1, Ordering::Relaxed);
+            counters
+                .expected
+                .fetch_add(u64::from(owed), Ordering::Relaxed);
+        }
+        if fanout {
+            let owed_list = st.fanout_expected.entry(room).or_default();
+            let seq = seq as usize;
+            if owed_list.len() <= seq {
+                owed_list.resize(seq + 1, u32::MAX);
+            }
+            owed_list[seq] = if measured { owed } else { u32::MAX };
+        }
+    }
+    running.set(running.get() - 1);
+}
+
+/// One receiver: records every load message until cancelled or disconnected.
+async fn receive_loop(
+    shared: Arc<Shared>,
+    t: usize,
+    index: usize,
+    mut receiver: Receiver,
+    alive: Rc<Cell<bool>>,
+    state: Rc<RefCell<ThreadState>>,
+) {
+    let opts = &shared.opts;
+    let counters = &shared.counters[t];
+    let room = opts.room_of(index);
+    let room_first = room.map_or(0, |r| r * opts.room_size);
+    let room_end = room.map_or(0, |r| ((r + 1) * opts.room_size).min(opts.clients));
+    let fanout = opts.scenario == Scenario::Fanout;
+    let mut windows: HashMap<u32, SeqWindow> = HashMap::new();
+    loop {
+        let header = match receiver.next_header().await {
+            Ok(Some(h)) => h,
+            Ok(None) => continue,
+            Err(e) => {
+                mark_dropped(&shared, index, &alive, &state, &e);
+                return;
+            }
+        };
+        let now = shared.now_ns();
+        let mut st = state.borrow_mut();
+        st.tally.received_total += 1;
+        let sender = header.sender as usize;
+        // Only messages of this run's room members count (a shared server may carry
+        // other traffic with the same event name).
+        if !(room_first..room_end).contains(&sender) || sender == index {
+            continue;
+        }
+        if !shared.in_window(header.intended_ns) {
+            continue;
+        }
+        let arrival = windows
+            .entry(header.sender)
+            .or_default()
+            .observe(header.seq);
+        st.tally.record(arrival);
+        if arrival == Arrival::Duplicate {
+            continue;
+        }
+        counters.delivered.fetch_add(1, Ordering::Relaxed);
+        let corrected = now.saturating_sub(header.intended_ns);
+        record_ns(&mut st.hist.latency, corrected);
+        record_ns(
+            &mut st.hist.latency_uncorrected,
+            now.saturating_sub(header.sent_ns),
+        );
+        record_ns(&mut st.interval, corrected);
+        if fanout {
+            if let Some(room) = room {
+                let per_seq = st.fanout_arrivals.entry(room).or_default();
+                let seq = header.seq as usize;
+                if per_seq.len() <= seq {
+                    per_seq.resize(seq + 1, (0, 0));
+                }
+                let slot = &mut per_seq[seq];
+                slot.0 = slot.0.max(corrected);
+                slot.1 += 1;
+            }
+        }
+    }
+}
+
+/// Sends the thread's interval histogram to the main thread at every interval boundary
+/// (counted from the load start).
+async fn ticker(
+    shared: Arc<Shared>,
+    state: Rc<RefCell<ThreadState>>,
+    snaps: ChannelSender<Snapshot>,
+) {
+    wait_until(&shared, || shared.load_start().is_some()).await;
+    let Some(start) = shared.load_start() else {
+        return;
+    };
+    let interval = shared.opts.interval.as_nanos() as u64;
+    for tick in 1.. {
+        sleep_until_ns(&shared, start + tick * interval).await;
+        let hist = {
+            let mut st = state.borrow_mut();
+            let h = st.interval.clone();
+            st.interval.reset();
+            h
+        };
+        if snaps.send(Snapshot { tick, hist }).is_err() {
+            return;
+        }
+    }
+}
+
+fn build_report(
+    opts: &Options,
+    shared: &Shared,
+    started_unix_s: u64,
+    w: Watch,
+    results: Vec<ThreadResult>,
+) -> Outcome {
+    let mut hist = Histograms::new();
+    let mut tally = Tally::default();
+    let mut failures: BTreeMap<String, u64> = BTreeMap::new();
+    let mut drops: BTreeMap<String, u64> = BTreeMap::new();
+    let mut fanout_arrivals: HashMap<usize, Vec<(u64, u32)>> = HashMap::new();
+    let mut fanout_expected: HashMap<usize, Vec<u32>> = HashMap::new();
+    for r in results {
+        hist.merge(&r.hist);
+        tally.merge(&r.tally);
+        for (k, v) in r.failures {
+            *failures.entry(k).or_default() += v;
+        }
+        for (k, v) in r.drops {
+            *drops.entry(k).or_default() += v;
+        }
+        for (room, per_seq) in r.fanout_arrivals {
+            let into = fanout_arrivals.entry(room).or_default();
+            if into.len() < per_seq.len() {
+                into.resize(per_seq.len(), (0, 0));
+            }
+            for (i, (max, n)) in per_seq.into_iter().enumerate() {
+                into[i].0 = into[i].0.max(max);
+                into[i].1 += n;
+            }
+        }
+        // A room has one sender, on one thread.
+        fanout_expected.extend(r.fanout_expected);
+    }
+
+    // Fan-out: a message's last-member latency counts once every owed member got it.
+    let (mut complete, mut incomplete) = (0u64, 0u64);
+    for (room, owed) in &fanout_expected {
+        let got = fanout_arrivals.get(room);
+        for (seq, &n) in owed.iter().enumerate() {
+            if n == u32::MAX || n == 0 {
+                continue;
+            }
+            match got.and_then(|g| g.get(seq)) {
+                Some(&(max, arrived)) if arrived >= n => {
+                    complete += 1;
+                    record_ns(&mut hist.last_member, max);
+                }
+                _ => incomplete += 1,
+            }
+        }
+    }
+
+    let window_s = opts.window().as_secs_f64();
+    let per_s = |n: u64| {
+        if window_s > 0.0 {
+            n as f64 / window_s
+        } else {
+            0.0
+        }
+    };
+    let attempted = total(shared, |c| c.attempted.load(Ordering::Relaxed));
+    let established = total(shared, |c| c.established.load(Ordering::Relaxed));
+    let failed = total(shared, |c| c.failed.load(Ordering::Relaxed));
+
+    let server = match (opts.server_pid, w.server_start, w.server_end) {
+        (Some(pid), Some(a), Some(b)) => {
+            let cpu_s = (b.cpu_s - a.cpu_s).max(0.0);
+            Some(ServerReport {
+                pid,
+                cpu_s,
+                cpu_cores: if window_s > 0.0 {
+                    cpu_s / window_s
+                } else {
+                    0.0
+                },
+                deliveries_per_cpu_s: if cpu_s > 0.0 {
+                    tally.delivered as f64 / cpu_s
+                } else {
+                    0.0
+                },
+                rss_start_kib: a.rss_kib,
+                rss_end_kib: b.rss_kib,
+                rss_peak_kib: w.server_peak_kib.max(b.rss_kib),
+                hwm_kib: b.hwm_kib,
+                rss_growth_kib: b.rss_kib as i64 - a.rss_kib as i64,
+                rss_per_connection_bytes: (opts.scenario == Scenario::Idle && established > 0)
+                    .then(|| (b.rss_kib as f64 - a.rss_kib as f64) * 1024.0 / established as f64),
+                samples: w.server_samples.clone(),
+            })
+        }
+        _ => None,
+    };
+
+    let cores = opts
+        .cpus
+        .as_ref()
+        .map_or(procfs::usable_cpus(), |c| c.len())
+        .min(opts.threads)
+        .max(1);
+    let generator = match (w.self_start, w.self_end) {
+        (Some(a), Some(b)) => {
+            let cpu_s = (b.cpu_s - a.cpu_s).max(0.0);
+            GeneratorReport {
+                cpu_s,
+                cores,
+                utilization: if window_s > 0.0 {
+                    cpu_s / (window_s * cores as f64)
+                } else {
+                    0.0
+                },
+            }
+        }
+        _ => GeneratorReport {
+            cores,
+            ..GeneratorReport::default()
+        },
+    };
+
+    let mut warnings = Vec::new();
+    let lag = LatencySummary::of(&hist.pacing_lag);
+    if lag.p99_us > LAG_WARNING_US {
+        warnings.push(format!(
+            "the generator sent late: pacing lag p99 {} (> {}); latencies include its own delay",
+            format_us(lag.p99_us as f64),
+            format_us(LAG_WARNING_US as f64)
+        ));
+    }
+    if generator.utilization > CPU_WARNING {
+        warnings.push(format!(
+            "the generator used {:.0}% of its {} core(s): it may be the bottleneck (add --threads or CPUs)",
+            generator.utilization * 100.0,
+            generator.cores
+        ));
+    }
+    if failed > 0 {
+        warnings.push(format!("{failed} connection(s) failed"));
+    }
+    if tally.stale > 0 {
+        warnings.push(format!(
+            "{} arrivals were too far out of order to check for duplicates",
+            tally.stale
+        ));
+    }
+    if opts.server_pid.is_some() && w.server_lost {
+        warnings.push("the server process could not be read until the end".into());
+    }
+    if opts.server_pid.is_some() && server.is_none() {
+        warnings.push("no server figures: the measured window was never reached".into());
+    }
+
+    let distribution_of = match opts.scenario {
+        Scenario::Connect | Scenario::Idle => "handshake",
+        _ => "latency",
+    };
+    let scenario = opts.scenario.to_string();
+    let main_hist = primary(&scenario, &hist);
+    let (loss, loss_base) = match opts.scenario {
+        Scenario::Connect | Scenario::Idle => (failed, attempted),
+        _ => (tally.lost(), tally.expected),
+    };
+    let slo = opts
+        .slo
+        .as_ref()
+        .map(|s| s.evaluate(main_hist, loss, loss_base));
+
+    let report = Report {
+        loadgen_version: env!("CARGO_PKG_VERSION").to_string(),
+        label: opts.label(),
+        scenario,
+        protocol: opts.protocol.to_string(),
+        url: opts.url.clone(),
+        started_unix_s,
+        settings: Settings {
+            clients: opts.clients,
+            room_size: opts.room_size,
+            rooms: opts.rooms(),
+            senders: opts.senders(),
+            rate: if opts.sends() { opts.rate } else { 0.0 },
+            payload: if opts.sends() { opts.payload } else { 0 },
+            duration_s: window_s,
+            warmup_s: opts.warmup.as_secs_f64(),
+            threads: opts.threads,
+            cpus: opts.cpus.clone(),
+            connect_rate: opts.connect_rate,
+            interval_s: opts.interval.as_secs_f64(),
+            drain_limit_s: opts.drain.as_secs_f64(),
+        },
+        connections: Connections {
+            attempted,
+            established,
+            failed,
+            failures,
+            dropped: drops.values().sum(),
+            drops,
+        },
+        messages: Messages {
+            sent: tally.sent,
+            expected: tally.expected,
+            delivered: tally.delivered,
+            lost: tally.lost(),
+            duplicated: tally.duplicated,
+            out_of_order: tally.out_of_order,
+            stale: tally.stale,
+            received_total: tally.received_total,
+            sent_per_s: per_s(tally.sent),
+            delivered_per_s: per_s(tally.delivered),
+            drain_s: w.drain.as_secs_f64(),
+            fanout_complete: complete,
+            fanout_incomplete: incomplete,
+        },
+        latency: LatencySummary::of(&hist.latency),
+        latency_uncorrected: LatencySummary::of(&hist.latency_uncorrected),
+        last_member: LatencySummary::of(&hist.last_member),
+        pacing_lag: lag,
+        handshake: LatencySummary::of(&hist.handshake),
+        handshake_uncorrected: LatencySummary::of(&hist.handshake_uncorrected),
+        distribution_of: distribution_of.to_string(),
+        distribution: distribution(main_hist),
+        server,
+        generator,
+        intervals: w.intervals,
+        slo,
+        warnings,
+    };
+    Outcome {
+        report,
+        histograms: hist,
+    }
+}

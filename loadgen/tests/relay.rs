@@ -1,0 +1,286 @@
+//! End-to-end: the load generator against an in-process corelay on 127.0.0.1:0.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use corelay::{Config, Server};
+use corelay_loadgen::{Options, Outcome, Protocol, Scenario};
+
+/// Every run here ends by itself within a few seconds; this is the point at which a
+/// hang is declared a failure.
+const BUDGET: Duration = Duration::from_secs(60);
+
+fn server() -> Server {
+    Server::start(Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        shards: 1,
+        ..Config::default()
+    })
+    .expect("server starts")
+}
+
+/// Runs the load generator on its own thread and fails if it outlives [`BUDGET`].
+fn run_bounded(opts: Options) -> Outcome {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(corelay_loadgen::run(&opts));
+    });
+    rx.recv_timeout(BUDGET)
+        .expect("the run ended within its budget")
+        .expect("the run succeeded")
+}
+
+fn options(scenario: Scenario, server: &Server) -> Options {
+    let mut o = Options::new(
+        scenario,
+        Protocol::Native,
+        format!("ws://{}/ws", server.local_addr()),
+    );
+    // The server runs in this process, so its /proc figures are ours; that is enough to
+    // check that they are read and reported.
+    o.server_pid = Some(std::process::id());
+    // The drain ends as soon as every owed delivery has arrived; the long limit only keeps
+    // a loaded CI machine from turning slowness into loss.
+    o.drain = Duration::from_secs(10);
+    o
+}
+
+fn keys(v: &serde_json::Value) -> Vec<String> {
+    v.as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn relay_run_delivers_everything_and_reports_every_figure() {
+    let server = server();
+    let mut o = options(Scenario::Relay, &server);
+    o.clients = 20;
+    o.room_size = 5;
+    o.rate = 20.0;
+    o.payload = 64;
+    o.warmup = Duration::from_millis(500);
+    o.duration = Duration::from_secs(2);
+    o.slo = Some("p99=500ms,loss=0".parse().unwrap());
+    let outcome = run_bounded(o);
+    let r = &outcome.report;
+
+    // 20 senders x 20 msg/s x 2 s, each owed to the 4 other members of its room.
+    assert_eq!(r.connections.established, 20);
+    assert_eq!(r.connections.failed, 0);
+    assert_eq!(r.messages.sent, 800);
+    assert_eq!(r.messages.expected, 800 * 4);
+    assert_eq!(r.messages.delivered, r.messages.expected);
+    assert_eq!(r.messages.lost, 0);
+    assert_eq!(r.messages.duplicated, 0);
+    assert_eq!(r.latency.count, r.messages.delivered);
+    assert_eq!(r.latency_uncorrected.count, r.messages.delivered);
+    assert_eq!(r.pacing_lag.count, 800);
+    assert!(r.latency.p50_us <= r.latency.p99_us && r.latency.p99_us <= r.latency.max_us);
+    assert!(r.latency_uncorrected.p50_us <= r.latency.p50_us);
+    assert!(r.slo.as_ref().is_some_and(|s| s.passed), "{:?}", r.slo);
+    assert!(!r.distribution.is_empty());
+    let server_report = r.server.as_ref().expect("server figures with --server-pid");
+    assert!(server_report.rss_end_kib > 0);
+    assert!(r.table().contains("intended -> arrival"));
+
+    // Every figure is in the JSON, and the JSON reads back.
+    let dir = std::env::temp_dir().join(format!("corelay-loadgen-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json_path = dir.join("relay.json");
+    corelay_loadgen::write_json(r, &json_path).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    for key in [
+        "loadgen_version",
+        "label",
+        "scenario",
+        "protocol",
+        "url",
+        "started_unix_s",
+        "settings",
+        "connections",
+        "messages",
+        "latency",
+        "latency_uncorrected",
+        "last_member",
+        "pacing_lag",
+        "handshake",
+        "handshake_uncorrected",
+        "distribution_of",
+        "distribution",
+        "server",
+        "generator",
+        "intervals",
+        "slo",
+        "warnings",
+    ] {
+        assert!(json.get(key).is_some(), "JSON lacks {key}");
+    }
+    for key in [
+        "sent",
+        "expected",
+        "delivered",
+        "lost",
+        "duplicated",
+        "out_of_order",
+        "stale",
+        "received_total",
+        "sent_per_s",
+        "delivered_per_s",
+        "drain_s",
+        "fanout_complete",
+        "fanout_incomplete",
+    ] {
+        assert!(
+            keys(&json["messages"]).contains(&key.to_string()),
+            "messages lacks {key}"
+        );
+    }
+    for key in [
+        "count",
+        "min_us",
+        "p50_us",
+        "p90_us",
+        "p99_us",
+        "p999_us",
+        "p9999_us",
+        "max_us",
+        "mean_us",
+        "stddev_us",
+    ] {
+        assert!(
+            keys(&json["latency"]).contains(&key.to_string()),
+            "latency lacks {key}"
+        );
+    }
+    for key in [
+        "pid",
+        "cpu_s",
+        "cpu_cores",
+        "deliveries_per_cpu_s",
+        "rss_start_kib",
+        "rss_end_kib",
+        "rss_peak_kib",
+        "hwm_kib",
+        "rss_growth_kib",
+        "rss_per_connection_bytes",
+        "samples",
+    ] {
+        assert!(
+            keys(&json["server"]).contains(&key.to_string()),
+            "server lacks {key}"
+        );
+    }
+    for key in [
+        "attempted",
+        "established",
+        "failed",
+        "failures",
+        "dropped",
+        "drops",
+    ] {
+        assert!(
+            keys(&json["connections"]).contains(&key.to_string()),
+            "connections lacks {key}"
+        );
+    }
+    for key in ["cpu_s", "cores", "utilization"] {
+        assert!(
+            keys(&json["generator"]).contains(&key.to_string()),
+            "generator lacks {key}"
+        );
+    }
+    let back = corelay_loadgen::read_json(&json_path).unwrap();
+    assert_eq!(back.messages.delivered, r.messages.delivered);
+
+    // The other outputs.
+    let hgrm_path = dir.join("relay.hgrm");
+    corelay_loadgen::write_hgrm(&outcome, &hgrm_path).unwrap();
+    let hgrm = std::fs::read_to_string(&hgrm_path).unwrap();
+    assert!(hgrm.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)"));
+    assert!(hgrm.contains(&format!("Total count    = {:>12}]", r.messages.delivered)));
+    let svg_path = dir.join("relay.svg");
+    corelay_loadgen::write_plot(&[back.clone(), back], &svg_path).unwrap();
+    let svg = std::fs::read_to_string(&svg_path).unwrap();
+    assert_eq!(svg.matches("<polyline").count(), 2);
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    server.shutdown();
+    server.join().unwrap();
+}
+
+#[test]
+fn fanout_reports_latency_to_the_last_member() {
+    let server = server();
+    let mut o = options(Scenario::Fanout, &server);
+    o.server_pid = None;
+    o.clients = 20;
+    o.room_size = 10;
+    o.rate = 20.0;
+    o.warmup = Duration::from_millis(200);
+    o.duration = Duration::from_secs(1);
+    let r = run_bounded(o).report;
+    // Two rooms, one sender each, 20 messages each in the window, 9 receivers each.
+    assert_eq!(r.settings.senders, 2);
+    assert_eq!(r.messages.sent, 40);
+    assert_eq!(r.messages.expected, 40 * 9);
+    assert_eq!(r.messages.lost, 0);
+    assert_eq!(r.messages.fanout_complete, 40);
+    assert_eq!(r.messages.fanout_incomplete, 0);
+    assert_eq!(r.last_member.count, 40);
+    assert!(r.last_member.max_us >= r.latency.p50_us);
+    server.shutdown();
+    server.join().unwrap();
+}
+
+#[test]
+fn connect_storm_and_idle_hold() {
+    let server = server();
+    let mut o = options(Scenario::Connect, &server);
+    o.clients = 50;
+    o.connect_rate = 500.0;
+    let r = run_bounded(o).report;
+    assert_eq!(r.connections.attempted, 50);
+    assert_eq!(r.connections.established, 50);
+    assert_eq!(r.handshake.count, 50);
+    assert_eq!(r.distribution_of, "handshake");
+    assert!(r.handshake.p50_us <= r.handshake.max_us);
+
+    let mut o = options(Scenario::Idle, &server);
+    o.clients = 30;
+    o.room_size = 5;
+    o.duration = Duration::from_millis(500);
+    let r = run_bounded(o).report;
+    assert_eq!(r.connections.established, 30);
+    let s = r.server.expect("server figures");
+    assert!(s.rss_per_connection_bytes.is_some());
+    server.shutdown();
+    server.join().unwrap();
+}
+
+#[test]
+fn a_refused_connection_is_counted_with_its_reason() {
+    // Bind a port, then free it: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut o = Options::new(
+        Scenario::Connect,
+        Protocol::Native,
+        format!("ws://127.0.0.1:{port}/ws"),
+    );
+    o.clients = 5;
+    o.connect_rate = 1000.0;
+    let r = run_bounded(o).report;
+    assert_eq!(r.connections.attempted, 5);
+    assert_eq!(r.connections.failed, 5);
+    assert_eq!(
+        r.connections.failures.get("connection refused"),
+        Some(&5),
+        "{:?}",
+        r.connections.failures
+    );
+}
