@@ -14,7 +14,6 @@ missing=()
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 command -v python3 >/dev/null || missing+=(python3)
-python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 if [ ${#missing[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
@@ -22,7 +21,14 @@ fi
 
 say "interop clients (npm socket.io-client, PyPI python-socketio)"
 npm ci --prefix tests/interop --no-audit --no-fund --loglevel=error
-python3 -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
+if [ ! -x tests/interop/.venv/bin/python ]; then
+  python3 -m venv tests/interop/.venv 2>/dev/null || {
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+    python3 -m venv tests/interop/.venv
+  }
+fi
+tests/interop/.venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
 
 say "build"
 cargo build --workspace --all-targets --locked

@@ -389,3 +389,69 @@ fn a_socketio_client_that_stops_reading_is_dropped_as_a_slow_consumer() {
     assert_eq!(stats.closes_for(CloseReason::SlowConsumer), 1, "{stats}");
     srv.stop().unwrap();
 }
+
+#[test]
+fn a_polling_client_that_vanishes_mid_poll_leaves_its_rooms_at_once() {
+    // Heartbeats far beyond the test budget: only noticing the closed poll can end it.
+    let srv = server(1, |c| {
+        c.engineio_ping_interval_ms = 120_000;
+        c.engineio_ping_timeout_ms = 120_000;
+    });
+    let addr = srv.local_addr();
+    run(move || async move {
+        let mut watcher = common::connect(addr).await;
+        watcher.join("r").await.unwrap();
+        let sid = sid_of(&request(addr, "GET", EIO, "", "").await.body);
+        let target = format!("{EIO}&sid={sid}");
+        request(addr, "POST", &target, "", "40\u{1e}420[\"join\",\"r\"]").await;
+        request(addr, "GET", &target, "", "").await; // CONNECT answer and join ack
+        let joined = watcher.next_event().await.unwrap();
+        assert!(
+            matches!(joined, corelay::client::ServerEvent::MemberJoined { .. }),
+            "{joined:?}"
+        );
+        // A poll is pending when the client disappears.
+        let s = Stream::new(glommio::net::TcpStream::connect(addr).await.unwrap());
+        s.write_all(format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        s.shutdown(std::net::Shutdown::Both);
+        drop(s);
+        match watcher.next_event().await.unwrap() {
+            corelay::client::ServerEvent::MemberLeft { reason, .. } => {
+                assert_eq!(reason, corelay::proto::native::LeaveReason::Disconnected)
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    });
+    srv.stop().unwrap();
+}
+
+#[test]
+fn a_poll_answer_carries_at_most_sixteen_packets() {
+    let srv = engine_server(1);
+    let addr = srv.local_addr();
+    run(move || async move {
+        let sid = sid_of(&request(addr, "GET", EIO, "", "").await.body);
+        let target = format!("{EIO}&sid={sid}");
+        let mut body = String::from("40");
+        for i in 0..40 {
+            body.push_str(&format!("\u{1e}42{i}[\"join\",\"r{i}\"]"));
+        }
+        // 40 joins over a limit of 64 rooms per connection: all acked.
+        request(addr, "POST", &target, "", &body).await;
+        let mut packets = 0;
+        while packets < 41 {
+            let poll = request(addr, "GET", &target, "", "").await;
+            let n = poll
+                .body
+                .split('\u{1e}')
+                .filter(|p| !p.starts_with('2'))
+                .count();
+            assert!(poll.body.split('\u{1e}').count() <= 16, "{}", poll.body);
+            packets += n;
+        }
+        assert_eq!(packets, 41);
+    });
+    srv.stop().unwrap();
+}

@@ -528,6 +528,18 @@ async fn fail(shard: &Shard, stream: &Stream, request: &Request, err: EngineErro
     Next::Done
 }
 
+/// Most packets one poll answer carries. Engine.IO sets no limit, but python-engineio's
+/// client refuses payloads of more than 16 packets; the rest goes in the next poll.
+const MAX_PACKETS_PER_POLL: usize = 16;
+
+/// Packets in one queued polling fragment (a binary event carries its attachments).
+fn packet_count(fragment: &Bytes) -> usize {
+    1 + fragment
+        .iter()
+        .filter(|&&b| b == engineio::RECORD_SEPARATOR)
+        .count()
+}
+
 /// A long-polling GET: answer with what is queued, or wait until something is.
 async fn poll(
     shard: &Rc<Shard>,
@@ -545,7 +557,57 @@ async fn poll(
         return fail(shard, stream, request, EngineError::BadRequest).await;
     }
     let mut frames = Vec::new();
-    let drained = poll_fn(|cx| session.polling.poll_drain(cx, &mut frames)).await;
+    let mut leftover = leftover;
+    let drained = loop {
+        // Wait for packets, watching the connection: a client that goes away while its
+        // poll is pending has left, and its session ends now rather than at the ping
+        // timeout.
+        let drain = async {
+            Some(
+                poll_fn(|cx| {
+                    session.polling.poll_drain_within(
+                        cx,
+                        &mut frames,
+                        MAX_PACKETS_PER_POLL,
+                        packet_count,
+                    )
+                })
+                .await,
+            )
+        };
+        let mut probe = [0u8; 1024];
+        let watch = async {
+            let read = stream.read(&mut probe).await;
+            match read {
+                Ok(n) if n > 0 => Err(n),
+                _ => Ok(None),
+            }
+        };
+        match futures_lite::future::or(async { Ok(drain.await) }, watch).await {
+            Ok(Some(drained)) => break drained,
+            Ok(None) => {
+                session.polling_get.set(false);
+                if session.phase.get() == Phase::Polling {
+                    session.close("transport close", CloseReason::Peer);
+                }
+                return Next::Done;
+            }
+            // Bytes of a pipelined request: keep them for after this answer.
+            Err(n) => {
+                leftover.extend_from_slice(&probe[..n]);
+                let drained = poll_fn(|cx| {
+                    session.polling.poll_drain_within(
+                        cx,
+                        &mut frames,
+                        MAX_PACKETS_PER_POLL,
+                        packet_count,
+                    )
+                })
+                .await;
+                break drained;
+            }
+        }
+    };
     session.polling_get.set(false);
     if session.polling.overflowed() {
         // The client polls slower than its packets arrive: a slow consumer.

@@ -217,6 +217,53 @@ pub enum Arg {
     Json(Value),
     /// A binary buffer (a `Buffer` or `ArrayBuffer` on the JavaScript side).
     Binary(Bytes),
+    /// JSON with binary buffers inside (e.g. `{"frame": <Buffer>}`): each buffer is a
+    /// placeholder numbered from 0 into `attachments`.
+    Tree {
+        /// The JSON, with placeholders `{"_placeholder":true,"num":i}`.
+        value: Value,
+        /// The buffers, `attachments[i]` for placeholder `i`.
+        attachments: Vec<Bytes>,
+    },
+}
+
+impl Arg {
+    /// The argument as plain JSON, buffers as base64 strings (for peers without binary).
+    pub fn to_plain_json(&self) -> Value {
+        match self {
+            Arg::Json(v) => v.clone(),
+            Arg::Binary(b) => Value::String(base64(b)),
+            Arg::Tree { value, attachments } => {
+                let mut v = value.clone();
+                replace_placeholders(&mut v, &mut |i| {
+                    attachments.get(i).map(|b| Value::String(base64(b)))
+                });
+                v
+            }
+        }
+    }
+}
+
+fn base64(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len() * 4 / 3 + 4);
+    engineio::encode_base64_into(data, &mut out);
+    out
+}
+
+/// Replaces every placeholder inside `value` (at any depth) by what `with` returns for its
+/// number; placeholders for which it returns `None` stay.
+fn replace_placeholders(value: &mut Value, with: &mut impl FnMut(usize) -> Option<Value>) {
+    if let Some(i) = placeholder_index(value) {
+        if let Some(new) = with(i) {
+            *value = new;
+        }
+        return;
+    }
+    match value {
+        Value::Array(items) => items.iter_mut().for_each(|v| replace_placeholders(v, with)),
+        Value::Object(map) => map.values_mut().for_each(|v| replace_placeholders(v, with)),
+        _ => {}
+    }
 }
 
 impl From<Value> for Arg {
@@ -433,6 +480,35 @@ impl Packet {
         items.iter().map(|value| self.resolve(value))
     }
 
+    /// The arguments as owned values: a top-level buffer as [`Arg::Binary`], JSON with
+    /// buffers inside as [`Arg::Tree`] (placeholders renumbered into its own attachments),
+    /// anything else as [`Arg::Json`].
+    pub fn owned_args(&self) -> Vec<Arg> {
+        self.args()
+            .map(|arg| match arg {
+                ArgRef::Binary(b) => Arg::Binary(b.clone()),
+                ArgRef::Json(v) if self.attachments.is_empty() => Arg::Json(v.clone()),
+                ArgRef::Json(v) => {
+                    let mut value = v.clone();
+                    let mut own = Vec::new();
+                    replace_placeholders(&mut value, &mut |i| {
+                        let bytes = self.attachments.get(i)?;
+                        own.push(bytes.clone());
+                        Some(placeholder(own.len() - 1))
+                    });
+                    if own.is_empty() {
+                        Arg::Json(value)
+                    } else {
+                        Arg::Tree {
+                            value,
+                            attachments: own,
+                        }
+                    }
+                }
+            })
+            .collect()
+    }
+
     /// `value` as an argument: the attachment its placeholder stands for, or JSON. A
     /// packet without attachments resolves everything to JSON, so a placeholder-looking
     /// object in a plain `EVENT` stays the JSON the peer sent.
@@ -488,6 +564,15 @@ fn push_args(args: impl IntoIterator<Item = Arg>, items: &mut Vec<Value>) -> Vec
             Arg::Binary(bytes) => {
                 items.push(placeholder(attachments.len()));
                 attachments.push(bytes);
+            }
+            Arg::Tree {
+                mut value,
+                attachments: own,
+            } => {
+                let offset = attachments.len();
+                replace_placeholders(&mut value, &mut |i| Some(placeholder(offset + i)));
+                items.push(value);
+                attachments.extend(own);
             }
         }
     }
@@ -1396,5 +1481,54 @@ mod tests {
                 assembler.push_text(&text)
             };
         }
+    }
+
+    #[test]
+    fn nested_buffers_survive_a_round_trip_through_owned_args() {
+        let text = r#"52-["ev",{"_placeholder":true,"num":0},{"nested":[{"_placeholder":true,"num":1}]},{"_placeholder":true,"num":2}]"#;
+        let mut assembler = BinaryAssembler::new(4);
+        assert!(assembler.push_text(text).unwrap().is_none());
+        assert!(assembler
+            .push_binary(Bytes::from_static(b"\x01"))
+            .unwrap()
+            .is_none());
+        assert!(assembler
+            .push_binary(Bytes::from_static(b"\x02"))
+            .unwrap()
+            .is_none());
+        let packet = assembler
+            .push_binary(Bytes::from_static(b"\x03"))
+            .unwrap()
+            .unwrap();
+        let args = packet.owned_args();
+        assert_eq!(args[0], Arg::Binary(Bytes::from_static(b"\x01")));
+        match &args[1] {
+            Arg::Tree { value, attachments } => {
+                assert_eq!(value["nested"][0], placeholder(0));
+                assert_eq!(attachments, &vec![Bytes::from_static(b"\x02")]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Re-encoding numbers the placeholders in argument order.
+        let again = Packet::event("/", "back", args);
+        assert_eq!(
+            again.attachments,
+            vec![
+                Bytes::from_static(b"\x01"),
+                Bytes::from_static(b"\x02"),
+                Bytes::from_static(b"\x03")
+            ]
+        );
+        let data = again.data.unwrap();
+        assert_eq!(data[2]["nested"][0], placeholder(1));
+        assert_eq!(data[3], placeholder(2));
+        assert_eq!(
+            Arg::Tree {
+                value: serde_json::json!({"b": placeholder(0)}),
+                attachments: vec![Bytes::from_static(b"hi")]
+            }
+            .to_plain_json(),
+            serde_json::json!({"b": "aGk="})
+        );
     }
 }

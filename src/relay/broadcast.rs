@@ -76,6 +76,18 @@ pub enum Body {
         /// Why.
         reason: LeaveReason,
     },
+    /// A socket.io member's message whose JSON payload holds binary buffers (placeholders
+    /// into `attachments`); native recipients get it as JSON with the buffers in base64.
+    Nested {
+        /// Sender.
+        from: PlayerId,
+        /// Application event name.
+        event: String,
+        /// The JSON with placeholders.
+        value: serde_json::Value,
+        /// The buffers.
+        attachments: Vec<Bytes>,
+    },
     /// An application emit (socket.io API) to a room: any arguments, from the server.
     Emit {
         /// Event name.
@@ -167,6 +179,20 @@ impl Broadcast {
                 };
                 (encoded.frame, encoded.attachment.into_iter().collect())
             }
+            Body::Nested {
+                from,
+                event,
+                value,
+                attachments,
+            } => {
+                let tree = Arg::Tree {
+                    value: value.clone(),
+                    attachments: attachments.clone(),
+                };
+                let packet =
+                    socketio::Packet::event(nsp, event, [tree, Arg::Json(from.to_string().into())]);
+                (packet.encode_engineio(), packet.attachments)
+            }
             Body::MemberJoined { player, members } => notice(
                 "member_joined",
                 serde_json::json!({"room": room, "player": player.to_string(), "members": members}),
@@ -206,6 +232,24 @@ impl Broadcast {
                 payload: payload.clone(),
                 kind: *kind,
             },
+            Body::Nested {
+                from,
+                event,
+                value,
+                attachments,
+            } => {
+                let tree = Arg::Tree {
+                    value: value.clone(),
+                    attachments: attachments.clone(),
+                };
+                ServerFrame::Event {
+                    room,
+                    from: *from,
+                    event: event.clone(),
+                    payload: Bytes::from(tree.to_plain_json().to_string()),
+                    kind: PayloadKind::Json,
+                }
+            }
             Body::MemberJoined { player, members } => ServerFrame::MemberJoined {
                 room,
                 player: *player,
@@ -224,20 +268,16 @@ impl Broadcast {
             Body::Emit { event, args } => {
                 let (payload, kind) = match args.as_slice() {
                     [Arg::Binary(bytes)] => (bytes.clone(), PayloadKind::Binary),
-                    [Arg::Json(value)] => (Bytes::from(value.to_string()), PayloadKind::Json),
+                    [single @ (Arg::Json(_) | Arg::Tree { .. })] => (
+                        Bytes::from(single.to_plain_json().to_string()),
+                        PayloadKind::Json,
+                    ),
                     many => {
                         let values: Vec<serde_json::Value> = many
                             .iter()
-                            .map(|a| match a {
-                                Arg::Json(v) => v.clone(),
-                                // Binary inside several arguments has no native form; it
-                                // travels as base64 text.
-                                Arg::Binary(b) => {
-                                    let mut text = String::new();
-                                    encode_base64_into(b, &mut text);
-                                    serde_json::Value::String(text)
-                                }
-                            })
+                            // Binary inside several arguments has no native form; it
+                            // travels as base64 text.
+                            .map(Arg::to_plain_json)
                             .collect();
                         (
                             Bytes::from(serde_json::Value::Array(values).to_string()),

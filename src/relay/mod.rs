@@ -514,7 +514,7 @@ impl Relay {
         }
         if delivered > 0 {
             add(&self.stats.messages_out, delivered);
-            if let Body::Event { .. } = bcast.body {
+            if let Body::Event { .. } | Body::Nested { .. } = bcast.body {
                 let micros = now.saturating_duration_since(bcast.received_at).as_micros() as u64;
                 self.latency.saturating_record(micros.max(1));
             }

@@ -165,6 +165,34 @@ impl Outbox {
         }
     }
 
+    /// Like [`Outbox::poll_drain`], but takes frames only while their summed `cost` stays
+    /// within `budget` (always at least one frame); the rest waits for the next drain.
+    pub fn poll_drain_within(
+        &self,
+        cx: &mut Context<'_>,
+        out: &mut Vec<Bytes>,
+        budget: usize,
+        cost: impl Fn(&Bytes) -> usize,
+    ) -> Poll<Drained> {
+        let mut inner = self.inner.borrow_mut();
+        if !inner.queue.is_empty() {
+            let mut spent = 0;
+            while let Some(front) = inner.queue.front() {
+                let c = cost(front);
+                if !out.is_empty() && spent + c > budget {
+                    break;
+                }
+                spent += c;
+                let frame = inner.queue.pop_front().expect("front exists");
+                inner.queued_bytes -= frame.len();
+                out.push(frame);
+            }
+            return Poll::Ready(Drained::Frames);
+        }
+        drop(inner);
+        self.poll_drain(cx, out)
+    }
+
     /// Watchdog side: ready once the queue has overflowed.
     pub fn poll_overflow(&self, cx: &mut Context<'_>) -> Poll<()> {
         let mut inner = self.inner.borrow_mut();

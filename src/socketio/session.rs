@@ -227,13 +227,7 @@ impl SioSession {
 }
 
 fn owned_args(packet: &Packet) -> Vec<Arg> {
-    packet
-        .args()
-        .map(|a| match a {
-            ArgRef::Json(v) => Arg::Json(v.clone()),
-            ArgRef::Binary(b) => Arg::Binary(b.clone()),
-        })
-        .collect()
+    packet.owned_args()
 }
 
 /// Errors go back as an ack `{"error": code}` when the client asked for one, else as an
@@ -289,16 +283,31 @@ fn relay_convention(
             if !crate::relay::valid_name(event, shard.config.max_name_len) {
                 return answer_error(socket, ack, ErrorCode::InvalidName.name(), name);
             }
-            let (payload, kind) = match args.get(2) {
-                Some(ArgRef::Binary(b)) => ((*b).clone(), PayloadKind::Binary),
-                Some(ArgRef::Json(v)) => (Bytes::from(v.to_string()), PayloadKind::Json),
-                None => (Bytes::from_static(b"null"), PayloadKind::Json),
-            };
-            let body = Body::Event {
-                from: player,
-                event: event.to_owned(),
-                payload,
-                kind,
+            let body = match packet.owned_args().into_iter().nth(2) {
+                Some(Arg::Binary(payload)) => Body::Event {
+                    from: player,
+                    event: event.to_owned(),
+                    payload,
+                    kind: PayloadKind::Binary,
+                },
+                Some(Arg::Json(v)) => Body::Event {
+                    from: player,
+                    event: event.to_owned(),
+                    payload: Bytes::from(v.to_string()),
+                    kind: PayloadKind::Json,
+                },
+                Some(Arg::Tree { value, attachments }) => Body::Nested {
+                    from: player,
+                    event: event.to_owned(),
+                    value,
+                    attachments,
+                },
+                None => Body::Event {
+                    from: player,
+                    event: event.to_owned(),
+                    payload: Bytes::from_static(b"null"),
+                    kind: PayloadKind::Json,
+                },
             };
             let result = shard.relay.borrow_mut().send(player, room, body, now);
             shard.flush_mesh();

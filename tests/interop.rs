@@ -1,0 +1,412 @@
+//! Interoperability with the official Socket.IO clients.
+//!
+//! Runs the Node (`socket.io-client`) and Python (`python-socketio`) test suites of
+//! `tests/interop/` against the `corelay` binary and the `socketio_reference` example, one
+//! `#[test]` per suite, and checks that a native client and a socket.io client in one room
+//! see each other's messages (`mixed_room_*`).
+//!
+//! Prerequisites (the README's interop test command):
+//!
+//! ```text
+//! npm ci --prefix tests/interop
+//! python3 -m venv tests/interop/.venv
+//! tests/interop/.venv/bin/pip install -r tests/interop/requirements.txt
+//! cargo build --examples && cargo test --test interop
+//! ```
+//!
+//! A missing prerequisite fails the tests (it does not skip them).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use corelay::client::{PayloadKind, ServerEvent};
+use serde_json::{json, Value};
+
+const SETUP: &str =
+    "run the README's interop test command first: `npm ci --prefix tests/interop`, \
+     `python3 -m venv tests/interop/.venv && tests/interop/.venv/bin/pip install -r \
+     tests/interop/requirements.txt`, then `cargo build --examples && cargo test --test interop`";
+
+/// Longest a whole suite may run before it is killed and fails.
+const SUITE_BUDGET: Duration = Duration::from_secs(120);
+
+fn interop_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("interop")
+}
+
+fn corelay_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_corelay"))
+}
+
+/// target/<profile>/examples/socketio_reference, next to the corelay binary.
+fn reference_bin() -> PathBuf {
+    let bin = corelay_bin()
+        .parent()
+        .expect("corelay binary has a directory")
+        .join("examples")
+        .join("socketio_reference");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it with `cargo build --examples` ({SETUP})",
+        bin.display()
+    );
+    bin
+}
+
+fn node() -> Command {
+    let dir = interop_dir();
+    assert!(
+        dir.join("node_modules").join("socket.io-client").is_dir(),
+        "{} has no node_modules/socket.io-client ({SETUP})",
+        dir.display()
+    );
+    let ok = Command::new("node")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(ok, "`node` is not on PATH ({SETUP})");
+    let mut cmd = Command::new("node");
+    cmd.current_dir(&dir)
+        .env("CORELAY_BIN", corelay_bin())
+        .env("SOCKETIO_REFERENCE_BIN", reference_bin());
+    cmd
+}
+
+/// The venv's python when there is one, else `python3`; it must have the test packages.
+fn python() -> Command {
+    let venv = interop_dir().join(".venv").join("bin").join("python");
+    let python = if venv.is_file() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    };
+    let ok = Command::new(&python)
+        .args([
+            "-c",
+            "import socketio, engineio, websocket, requests, pytest",
+        ])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "{} lacks python-socketio[client]/pytest ({SETUP})",
+        python.display()
+    );
+    let mut cmd = Command::new(python);
+    cmd.current_dir(interop_dir())
+        .env("CORELAY_BIN", corelay_bin());
+    cmd
+}
+
+/// Runs `cmd` to completion within [`SUITE_BUDGET`] and fails with its output unless it
+/// exits 0.
+fn run_suite(name: &str, mut cmd: Command) {
+    let started = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{name}: cannot start {cmd:?}: {e}"));
+    let stdout = drain(child.stdout.take().expect("piped stdout"));
+    let stderr = drain(child.stderr.take().expect("piped stderr"));
+    let status = wait_bounded(&mut child, SUITE_BUDGET);
+    let out = stdout.join().expect("stdout reader");
+    let err = stderr.join().expect("stderr reader");
+    let elapsed = started.elapsed();
+    match status {
+        Some(s) if s.success() => {
+            eprintln!("{name}: passed in {elapsed:.1?}");
+        }
+        _ => panic!(
+            "{name} failed ({}) after {elapsed:.1?}\n--- stdout ---\n{out}\n--- stderr ---\n{err}",
+            status.map_or_else(|| "timed out, killed".to_owned(), |s| s.to_string())
+        ),
+    }
+}
+
+fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut text = String::new();
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        text.push_str(&String::from_utf8_lossy(&bytes));
+        text
+    })
+}
+
+/// Waits for `child` at most `budget`; kills it and returns `None` past that.
+fn wait_bounded(child: &mut Child, budget: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + budget;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn node_suite(file: &str) {
+    let mut cmd = node();
+    cmd.args(["--test", "--test-reporter=spec", file]);
+    run_suite(file, cmd);
+}
+
+#[test]
+fn node_transports() {
+    node_suite("transports.test.js");
+}
+
+#[test]
+fn node_reference_app() {
+    node_suite("reference.test.js");
+}
+
+#[test]
+fn node_relay() {
+    node_suite("relay.test.js");
+}
+
+#[test]
+fn node_reconnect() {
+    node_suite("reconnect.test.js");
+}
+
+#[test]
+fn node_500_clients() {
+    node_suite("load.test.js");
+}
+
+#[test]
+fn python_client() {
+    let mut cmd = python();
+    cmd.args([
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "test_python_client.py",
+    ]);
+    run_suite("test_python_client.py", cmd);
+}
+
+/// The Node side of the mixed-room test, its stdout lines as parsed JSON.
+struct MixedPeer {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<Value>,
+    stderr: Option<thread::JoinHandle<String>>,
+}
+
+impl MixedPeer {
+    fn spawn(url: &str, room: &str, transport: &str) -> MixedPeer {
+        let mut child = node()
+            .args(["mixed_peer.js", url, room, transport])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("node mixed_peer.js starts");
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = drain(child.stderr.take().expect("piped stderr"));
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("mixed_peer printed non-JSON {line:?}: {e}"));
+                if tx.send(value).is_err() {
+                    break;
+                }
+            }
+        });
+        MixedPeer {
+            child,
+            stdin,
+            lines,
+            stderr: Some(stderr),
+        }
+    }
+
+    /// Its stderr so far (once it has exited).
+    fn stderr(&mut self) -> String {
+        self.stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default()
+    }
+
+    /// The next line, within 10 s. It polls the reader thread's channel without blocking
+    /// the executor, whose tasks (the native client's writer) must keep running.
+    async fn next(&mut self) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.lines.try_recv() {
+                Ok(v) => return v,
+                Err(mpsc::TryRecvError::Empty) if Instant::now() < deadline => {
+                    glommio::timer::sleep(Duration::from_millis(2)).await;
+                }
+                Err(e) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    panic!(
+                        "no line from mixed_peer.js ({e:?}); its stderr:\n{}",
+                        self.stderr()
+                    );
+                }
+            }
+        }
+    }
+
+    /// The next `event` line for event `name` (member events and others are skipped).
+    async fn next_event(&mut self, name: &str) -> Value {
+        loop {
+            let line = self.next().await;
+            if line["type"] == "event" && line["event"] == name {
+                return line;
+            }
+        }
+    }
+
+    /// Closes its stdin (it disconnects and exits 0) and checks that it did.
+    fn finish(mut self) {
+        drop(self.stdin.take());
+        let status = wait_bounded(&mut self.child, Duration::from_secs(10));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "mixed_peer.js ended with {status:?}; stderr:\n{}",
+            self.stderr()
+        );
+    }
+}
+
+impl Drop for MixedPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A native client and a socket.io client (over `transport`) in one room of an in-process
+/// server: JSON and binary payloads each way keep their kind.
+fn mixed_room(transport: &'static str) {
+    let server = common::server(2, |_| {});
+    let addr = server.local_addr();
+    // Check the prerequisites before entering the executor, for a clear failure.
+    drop(node());
+    common::run(move || async move {
+        let room = format!("mixed-{transport}");
+        let mut native = common::connect(addr).await;
+        assert_eq!(native.join(&room).await.expect("native joins"), 1);
+        let native_id = native.player().to_string();
+
+        let mut peer = MixedPeer::spawn(&format!("http://{addr}"), &room, transport);
+        let joined = peer.next().await;
+        assert_eq!(joined["type"], "joined", "first line: {joined}");
+        assert_eq!(joined["members"], 2, "{joined}");
+        let sio_id: u64 = joined["id"]
+            .as_str()
+            .and_then(|id| id.parse().ok())
+            .unwrap_or_else(|| panic!("socket.io id is a player id: {joined}"));
+
+        // Native side: the socket.io client joins, then its object and its Buffer arrive.
+        let mut messages = Vec::new();
+        while messages.len() < 2 {
+            match native.next_event().await.expect("native event") {
+                ServerEvent::MemberJoined {
+                    room: r,
+                    player,
+                    members,
+                } => {
+                    assert_eq!((r.as_str(), player, members), (room.as_str(), sio_id, 2));
+                    assert!(messages.is_empty(), "member_joined comes first");
+                }
+                ServerEvent::Message {
+                    room: r,
+                    from,
+                    event,
+                    payload,
+                    kind,
+                } => {
+                    assert_eq!((r.as_str(), from), (room.as_str(), sio_id));
+                    messages.push((event, payload, kind));
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let (event, payload, kind) = &messages[0];
+        assert_eq!(event, "from_sio_json");
+        assert_eq!(*kind, PayloadKind::Json);
+        let value: Value = serde_json::from_slice(payload).expect("JSON text");
+        assert_eq!(value, json!({"b": 2, "list": [1, "x"]}));
+        let (event, payload, kind) = &messages[1];
+        assert_eq!(event, "from_sio_bin");
+        assert_eq!(*kind, PayloadKind::Binary);
+        assert_eq!(&payload[..], &[1, 2, 3, 255]);
+
+        // Socket.IO side: binary arrives as a Buffer, JSON as an object, both from us.
+        native
+            .send(
+                &room,
+                "from_native_bin",
+                &[0, 1, 2, 254, 255],
+                PayloadKind::Binary,
+            )
+            .await
+            .expect("native sends binary");
+        native
+            .send(&room, "from_native_json", br#"{"a":1}"#, PayloadKind::Json)
+            .await
+            .expect("native sends JSON");
+        let bin = peer.next_event("from_native_bin").await;
+        assert_eq!(bin["binary"], true, "{bin}");
+        assert_eq!(
+            bin["payload"],
+            json!({"buffer": [0, 1, 2, 254, 255]}),
+            "{bin}"
+        );
+        assert_eq!(bin["from"], native_id.as_str(), "{bin}");
+        let obj = peer.next_event("from_native_json").await;
+        assert_eq!(obj["binary"], false, "{obj}");
+        assert_eq!(obj["payload"], json!({"a": 1}), "{obj}");
+        assert_eq!(obj["from"], native_id.as_str(), "{obj}");
+
+        peer.finish();
+        // The socket.io client's departure reaches the native member at once.
+        match native.next_event().await.expect("native event") {
+            ServerEvent::MemberLeft {
+                player, members, ..
+            } => assert_eq!((player, members), (sio_id, 1)),
+            other => panic!("unexpected {other:?}"),
+        }
+        let _ = native.close().await;
+    });
+    server.stop().expect("server stops");
+}
+
+#[test]
+fn mixed_room_websocket() {
+    mixed_room("websocket");
+}
+
+#[test]
+fn mixed_room_polling() {
+    mixed_room("polling");
+}

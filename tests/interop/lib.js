@@ -1,0 +1,192 @@
+// Shared helpers of the Node interop tests: spawning the servers, bounded waits.
+'use strict';
+
+const { spawn } = require('node:child_process');
+const net = require('node:net');
+const path = require('node:path');
+const readline = require('node:readline');
+
+const ROOT = path.resolve(__dirname, '..', '..');
+
+/** Path of the `corelay` binary: $CORELAY_BIN, else target/debug/corelay. */
+const CORELAY_BIN = process.env.CORELAY_BIN || path.join(ROOT, 'target', 'debug', 'corelay');
+
+/** Path of the socketio_reference example: $SOCKETIO_REFERENCE_BIN, else target/debug/examples. */
+const REFERENCE_BIN =
+  process.env.SOCKETIO_REFERENCE_BIN ||
+  path.join(path.dirname(CORELAY_BIN), 'examples', 'socketio_reference');
+
+const live = new Set();
+process.on('exit', () => {
+  for (const child of live) child.kill('SIGKILL');
+});
+
+/**
+ * Spawns `bin args...` and resolves once its stdout prints a line matching `ready`
+ * (a regexp whose group 1 is the port). Rejects if it exits first or takes over `ms`.
+ */
+function spawnServer(bin, args, { env = {}, ready, ms = 10000 } = {}) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(bin, args, {
+      env: { ...process.env, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    live.add(child);
+    let stderr = '';
+    child.stderr.on('data', (d) => {
+      stderr += d;
+      if (process.env.INTEROP_VERBOSE) process.stderr.write(d);
+    });
+    const exited = new Promise((res) => {
+      child.on('exit', (code, signal) => {
+        live.delete(child);
+        res({ code, signal });
+      });
+    });
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`${bin} did not print its listening line within ${ms} ms; stderr:\n${stderr}`));
+    }, ms);
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      reject(new Error(`cannot start ${bin}: ${e.message}`));
+    });
+    exited.then(({ code, signal }) => {
+      clearTimeout(timer);
+      reject(new Error(`${bin} exited early (code ${code}, signal ${signal}); stderr:\n${stderr}`));
+    });
+    const lines = readline.createInterface({ input: child.stdout });
+    lines.once('line', (line) => {
+      const m = ready.exec(line);
+      clearTimeout(timer);
+      if (!m) {
+        child.kill('SIGKILL');
+        reject(new Error(`unexpected first line from ${bin}: ${line}`));
+        return;
+      }
+      const port = Number(m[1]);
+      resolve({
+        port,
+        url: `http://127.0.0.1:${port}`,
+        child,
+        exited,
+        stderr: () => stderr,
+        /** SIGTERM (SIGKILL after `ms`); resolves with {code, signal}. */
+        async stop(sig = 'SIGTERM', ms = 5000) {
+          if (child.exitCode !== null || child.signalCode !== null) return exited;
+          child.kill(sig);
+          const t = setTimeout(() => child.kill('SIGKILL'), ms);
+          const result = await exited;
+          clearTimeout(t);
+          return result;
+        },
+      });
+    });
+  });
+}
+
+/** `corelay serve` on `port` (0: ephemeral) with `shards` shards and extra CORELAY_* env. */
+function startCorelay({ port = 0, shards = 2, env = {} } = {}) {
+  return spawnServer(CORELAY_BIN, ['serve', '--listen', `127.0.0.1:${port}`, '--shards', String(shards)], {
+    env,
+    ready: /^corelay listening on 127\.0\.0\.1:(\d+) /,
+  });
+}
+
+/** The socketio_reference example on an ephemeral port. */
+function startReference() {
+  return spawnServer(REFERENCE_BIN, ['--port', '0'], {
+    ready: /^socketio_reference listening on 127\.0\.0\.1:(\d+)$/,
+  });
+}
+
+/** A currently free TCP port on 127.0.0.1. */
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Rejects with `what` after `ms`, else resolves/rejects like `promise`. */
+function within(ms, what, promise) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+/** The arguments of the next `event` on `emitter` (an array), within `ms`. */
+function once(emitter, event, ms = 5000) {
+  let handler;
+  return within(
+    ms,
+    `event "${event}"`,
+    new Promise((resolve) => {
+      handler = (...args) => resolve(args);
+      emitter.once(event, handler);
+    }),
+  ).catch((e) => {
+    emitter.off(event, handler);
+    throw e;
+  });
+}
+
+/** Resolves when `socket` (socket.io-client) is connected; rejects on connect_error/timeout. */
+function connected(socket, ms = 5000) {
+  if (socket.connected) return Promise.resolve();
+  let onConnect;
+  let onError;
+  return within(
+    ms,
+    'connect',
+    new Promise((resolve, reject) => {
+      onConnect = () => resolve();
+      onError = (err) => reject(new Error(`connect_error: ${err.message}`));
+      socket.once('connect', onConnect);
+      socket.once('connect_error', onError);
+    }),
+  ).finally(() => {
+    socket.off('connect', onConnect);
+    socket.off('connect_error', onError);
+  });
+}
+
+/** `socket.emitWithAck(...)` bounded by `ms`. */
+function ack(socket, ms, ...args) {
+  return within(ms, `ack of ${JSON.stringify(args[0])}`, socket.timeout(ms).emitWithAck(...args));
+}
+
+/** Resolves once `cond()` holds, re-checked whenever `emitter` emits `event`. */
+function until(emitter, event, cond, ms, what) {
+  if (cond()) return Promise.resolve();
+  let handler;
+  return within(
+    ms,
+    what,
+    new Promise((resolve) => {
+      handler = () => {
+        if (cond()) resolve();
+      };
+      emitter.on(event, handler);
+    }),
+  ).finally(() => emitter.off(event, handler));
+}
+
+module.exports = {
+  CORELAY_BIN,
+  REFERENCE_BIN,
+  startCorelay,
+  startReference,
+  freePort,
+  within,
+  once,
+  connected,
+  ack,
+  until,
+};

@@ -1,0 +1,158 @@
+"""python-socketio's synchronous client against `corelay serve` (the relay convention).
+
+Run: tests/interop/.venv/bin/python -m pytest tests/interop/test_python_client.py
+The server binary is $CORELAY_BIN, else target/debug/corelay.
+"""
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+import socketio
+from engineio.payload import Payload
+
+# python-engineio decodes at most 16 packets per long-polling payload (its Payload default,
+# a known limit of that library, miguelgrinberg/python-engineio#142) and drops the
+# connection on more. The JS server batches every queued packet into one poll response, as
+# corelay does, so a burst of 17+ messages to a polling python client needs a higher limit.
+Payload.max_decode_packets = 1000
+
+ROOT = Path(__file__).resolve().parents[2]
+CORELAY_BIN = os.environ.get("CORELAY_BIN", str(ROOT / "target" / "debug" / "corelay"))
+WAIT = 5  # seconds, for every bounded wait
+
+
+@pytest.fixture(scope="module")
+def server_url():
+    proc = subprocess.Popen(
+        [CORELAY_BIN, "serve", "--listen", "127.0.0.1:0", "--shards", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines = queue.Queue()
+    threading.Thread(target=lambda: lines.put(proc.stdout.readline()), daemon=True).start()
+    try:
+        first = lines.get(timeout=10)
+    except queue.Empty:
+        proc.kill()
+        pytest.fail("corelay did not print its listening line within 10 s")
+    match = re.match(r"corelay listening on (127\.0\.0\.1:\d+) ", first)
+    if not match:
+        proc.kill()
+        pytest.fail(f"unexpected first line from corelay: {first!r}; stderr: {proc.stderr.read()}")
+    yield f"http://{match.group(1)}"
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("corelay did not stop within 5 s of SIGTERM")
+    assert code == 0, f"corelay exited {code}"
+
+
+class Peer:
+    """A connected socketio.Client that records the events it gets."""
+
+    def __init__(self, url, transports):
+        self.sio = socketio.Client(reconnection=False)
+        self.events = queue.Queue()
+        self.seen = []
+        self.sio.on("*", lambda event, *args: self.events.put((event, list(args))))
+        self.sio.connect(url, transports=transports, wait_timeout=WAIT)
+
+    @property
+    def sid(self):
+        return self.sio.get_sid("/")
+
+    def call(self, *args):
+        return self.sio.call(args[0], args[1:] if len(args) > 2 else args[1], timeout=WAIT)
+
+    def next(self, event):
+        """The args of the next `event` (other events are skipped), within WAIT seconds."""
+        while True:
+            try:
+                name, args = self.events.get(timeout=WAIT)
+            except queue.Empty:
+                raise AssertionError(f"no {event!r} within {WAIT} s; seen: {self.seen}") from None
+            self.seen.append(name)
+            if name == event:
+                return args
+
+    def close(self):
+        self.sio.disconnect()
+
+
+@pytest.fixture
+def peers(server_url):
+    made = []
+
+    def make(transports=("websocket",)):
+        peer = Peer(server_url, list(transports))
+        made.append(peer)
+        return peer
+
+    yield make
+    for peer in made:
+        peer.close()
+
+
+def test_connect_websocket(peers):
+    peer = peers(["websocket"])
+    assert peer.sio.connected
+    assert peer.sio.transport() == "websocket"
+    assert peer.sid and peer.sid.isdigit(), peer.sid
+
+
+def test_join_ack_and_errors(peers):
+    peer = peers(["websocket"])
+    assert peer.call("join", "py-ack") == {"room": "py-ack", "members": 1}
+    assert peer.call("to", ("py-ack", "ev", {"x": 1})) == {"room": "py-ack"}
+    assert peer.call("to", ("py-elsewhere", "ev", 1)) == {"error": "not_member"}
+    assert peer.call("join", 5) == {"error": "bad_arguments"}
+    assert peer.call("leave", "py-ack") == {"room": "py-ack"}
+    # Without an ack the error comes as an `error` event.
+    peer.sio.emit("to", ("py-ack", "ev", 1))
+    assert peer.next("error") == [{"error": "not_member", "event": "to"}]
+
+
+def test_two_clients_in_a_room(peers):
+    a = peers(["websocket"])
+    b = peers(["websocket"])
+    assert a.call("join", "py-room") == {"room": "py-room", "members": 1}
+    assert b.call("join", "py-room") == {"room": "py-room", "members": 2}
+    assert a.next("member_joined") == [{"room": "py-room", "player": b.sid, "members": 2}]
+
+    a.sio.emit("to", ("py-room", "chat", {"text": "hi", "n": [1, 2]}))
+    assert b.next("chat") == [{"text": "hi", "n": [1, 2]}, a.sid]
+
+    b.sio.emit("to", ("py-room", "blob", b"\x00\x01\xfe\xff"))
+    payload, sender = a.next("blob")
+    assert isinstance(payload, bytes) and payload == b"\x00\x01\xfe\xff"
+    assert sender == b.sid
+
+    b_sid = b.sid
+    b.close()
+    left = a.next("member_left")[0]
+    assert left["room"] == "py-room" and left["player"] == b_sid and left["members"] == 1
+
+
+def test_polling_client_with_a_websocket_client(peers):
+    poller = peers(["polling"])
+    assert poller.sio.transport() == "polling"
+    ws = peers(["websocket"])
+    assert poller.call("join", "py-mixed") == {"room": "py-mixed", "members": 1}
+    assert ws.call("join", "py-mixed") == {"room": "py-mixed", "members": 2}
+
+    # A burst: several of these arrive in one poll response.
+    for i in range(50):
+        ws.sio.emit("to", ("py-mixed", "seq", i))
+    assert [poller.next("seq") for _ in range(50)] == [[i, ws.sid] for i in range(50)]
+
+    poller.sio.emit("to", ("py-mixed", "back", "from polling"))
+    assert ws.next("back") == ["from polling", poller.sid]
