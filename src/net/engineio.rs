@@ -558,54 +558,49 @@ async fn poll(
     }
     let mut frames = Vec::new();
     let mut leftover = leftover;
-    let drained = loop {
-        // Wait for packets, watching the connection: a client that goes away while its
-        // poll is pending has left, and its session ends now rather than at the ping
-        // timeout.
-        let drain = async {
-            Some(
-                poll_fn(|cx| {
-                    session.polling.poll_drain_within(
-                        cx,
-                        &mut frames,
-                        MAX_PACKETS_PER_POLL,
-                        packet_count,
-                    )
-                })
-                .await,
-            )
-        };
-        let mut probe = [0u8; 1024];
-        let watch = async {
-            let read = stream.read(&mut probe).await;
-            match read {
-                Ok(n) if n > 0 => Err(n),
-                _ => Ok(None),
+    // Wait for packets, watching the connection: a client that goes away while its poll
+    // is pending has left, and its session ends now rather than at the ping timeout.
+    let drain = async {
+        Some(
+            poll_fn(|cx| {
+                session.polling.poll_drain_within(
+                    cx,
+                    &mut frames,
+                    MAX_PACKETS_PER_POLL,
+                    packet_count,
+                )
+            })
+            .await,
+        )
+    };
+    let mut probe = [0u8; 1024];
+    let watch = async {
+        match stream.read(&mut probe).await {
+            Ok(n) if n > 0 => Err(n),
+            _ => Ok(None),
+        }
+    };
+    let drained = match futures_lite::future::or(async { Ok(drain.await) }, watch).await {
+        Ok(Some(drained)) => drained,
+        Ok(None) => {
+            session.polling_get.set(false);
+            if session.phase.get() == Phase::Polling {
+                session.close("transport close", CloseReason::Peer);
             }
-        };
-        match futures_lite::future::or(async { Ok(drain.await) }, watch).await {
-            Ok(Some(drained)) => break drained,
-            Ok(None) => {
-                session.polling_get.set(false);
-                if session.phase.get() == Phase::Polling {
-                    session.close("transport close", CloseReason::Peer);
-                }
-                return Next::Done;
-            }
-            // Bytes of a pipelined request: keep them for after this answer.
-            Err(n) => {
-                leftover.extend_from_slice(&probe[..n]);
-                let drained = poll_fn(|cx| {
-                    session.polling.poll_drain_within(
-                        cx,
-                        &mut frames,
-                        MAX_PACKETS_PER_POLL,
-                        packet_count,
-                    )
-                })
-                .await;
-                break drained;
-            }
+            return Next::Done;
+        }
+        // Bytes of a pipelined request: keep them for after this answer.
+        Err(n) => {
+            leftover.extend_from_slice(&probe[..n]);
+            poll_fn(|cx| {
+                session.polling.poll_drain_within(
+                    cx,
+                    &mut frames,
+                    MAX_PACKETS_PER_POLL,
+                    packet_count,
+                )
+            })
+            .await
         }
     };
     session.polling_get.set(false);
