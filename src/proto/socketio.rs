@@ -1485,7 +1485,7 @@ mod tests {
 
     #[test]
     fn nested_buffers_survive_a_round_trip_through_owned_args() {
-        let text = r#"52-["ev",{"_placeholder":true,"num":0},{"nested":[{"_placeholder":true,"num":1}]},{"_placeholder":true,"num":2}]"#;
+        let text = r#"53-["ev",{"_placeholder":true,"num":0},{"nested":[{"_placeholder":true,"num":1}]},{"_placeholder":true,"num":2}]"#;
         let mut assembler = BinaryAssembler::new(4);
         assert!(assembler.push_text(text).unwrap().is_none());
         assert!(assembler
