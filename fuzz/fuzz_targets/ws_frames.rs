@@ -1,7 +1,7 @@
 //! WebSocket framing as the server reads it, fed in arbitrary chunks.
 #![no_main]
 
-use corelay::net::ws::WsCodec;
+use corelay::net::ws::{Incoming, WsCodec};
 use libfuzzer_sys::fuzz_target;
 use tungstenite::protocol::Role;
 
@@ -11,9 +11,10 @@ fuzz_target!(|data: &[u8]| {
         codec.feed(chunk);
         loop {
             match codec.poll_message() {
-                Ok(Some(_)) => continue,
+                Ok(Some(Incoming::Message(_))) => continue,
                 Ok(None) => break,
-                Err(_) => return,
+                // The session ends here, as it does in the server.
+                Ok(Some(Incoming::Closed(_))) | Err(_) => return,
             }
         }
         let _ = codec.take_output();
