@@ -50,6 +50,10 @@ pub struct Config {
     pub shutdown_grace_ms: u64,
     /// Period at which each shard publishes its latency histogram for readers, in ms.
     pub stats_publish_ms: u64,
+    /// Microseconds a shard spins before it sleeps when idle. 0 (the default) sleeps at
+    /// once; a few hundred keep the core awake between bursts, trading idle CPU for
+    /// latency (busy polling, see tuning/README.md).
+    pub spin_before_park_us: u64,
     /// Path of the Engine.IO / Socket.IO endpoint.
     pub socketio_path: String,
     /// Engine.IO `pingInterval`: the server pings every this many ms.
@@ -90,6 +94,7 @@ impl Default for Config {
             mesh_queue: 4096,
             shutdown_grace_ms: 1_000,
             stats_publish_ms: 500,
+            spin_before_park_us: 0,
             socketio_path: "/socket.io/".to_owned(),
             // socket.io's own defaults, so that clients behave as they do elsewhere.
             engineio_ping_interval_ms: 25_000,
@@ -136,6 +141,7 @@ const KEYS: &[&str] = &[
     "mesh_queue",
     "shutdown_grace_ms",
     "stats_publish_ms",
+    "spin_before_park_us",
     "socketio_path",
     "engineio_ping_interval_ms",
     "engineio_ping_timeout_ms",

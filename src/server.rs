@@ -153,14 +153,18 @@ impl Server {
                 app: Arc::clone(&app),
             };
             let cpu = cpus[id];
+            let spin = config.spin_before_park_us;
             let ready = ready_tx.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("corelay-shard-{id}"))
                 .spawn(move || {
-                    let executor = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+                    let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                         .name(&format!("shard-{id}"))
-                        .io_memory(IO_MEMORY)
-                        .make();
+                        .io_memory(IO_MEMORY);
+                    if spin > 0 {
+                        builder = builder.spin_before_park(Duration::from_micros(spin));
+                    }
+                    let executor = builder.make();
                     match executor {
                         Ok(ex) => {
                             let _ = ready.send((id, Ok(())));

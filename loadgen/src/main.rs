@@ -76,6 +76,10 @@ struct Common {
     /// Pin the threads to these CPUs, round-robin (e.g. 1 or 2,3).
     #[arg(long, value_delimiter = ',')]
     cpus: Option<Vec<usize>>,
+    /// Spin this many microseconds before a load thread sleeps: keeps its core awake so
+    /// that a delivery does not cost the server an inter-processor wake-up.
+    #[arg(long, default_value_t = 0)]
+    spin_us: u64,
     /// Connections per second (connect; idle when given).
     #[arg(long)]
     connect_rate: Option<f64>,
@@ -152,6 +156,7 @@ impl Common {
         o.drain = secs(self.drain, "drain")?;
         o.threads = self.threads;
         o.cpus = self.cpus;
+        o.spin = std::time::Duration::from_micros(self.spin_us);
         o.server_pid = self.server_pid;
         o.label = self.label;
         o.slo = self.slo;

@@ -100,6 +100,8 @@ pub struct Options {
     pub threads: usize,
     /// CPUs to pin the executors to, round-robin; `None` leaves them unbound.
     pub cpus: Option<Vec<usize>>,
+    /// How long an idle load thread spins before it sleeps (0: sleep at once).
+    pub spin: Duration,
     /// Connections per second in `connect` (and in `idle` when set above zero).
     pub connect_rate: f64,
     /// Progress interval: every line in `soak`, the interval percentiles elsewhere.
@@ -144,6 +146,7 @@ impl Options {
             warmup: Duration::from_secs_f64(warmup),
             threads: 1,
             cpus: None,
+            spin: Duration::ZERO,
             connect_rate: if scenario == Scenario::Connect {
                 1000.0
             } else {

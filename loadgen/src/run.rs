@@ -215,8 +215,11 @@ pub fn run(opts: &Options) -> Result<Outcome, Error> {
         };
         let thread_shared = shared.clone();
         let snap_tx = snap_tx.clone();
-        let handle = LocalExecutorBuilder::new(placement)
-            .name(&format!("loadgen-{t}"))
+        let mut builder = LocalExecutorBuilder::new(placement).name(&format!("loadgen-{t}"));
+        if !opts.spin.is_zero() {
+            builder = builder.spin_before_park(opts.spin);
+        }
+        let handle = builder
             .spawn(move || thread_main(thread_shared, t, snap_tx))
             .map_err(|e| Error::Executor(e.to_string()));
         match handle {
