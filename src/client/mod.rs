@@ -268,10 +268,12 @@ impl Client {
             frames: 1 << 16,
             bytes: 64 << 20,
         }));
+        // A client's writer is cut only if its own queue overflows and stays stuck a minute.
         glommio::spawn_local(crate::net::write_loop(
             stream.clone(),
             Rc::clone(&outbox),
             None,
+            Duration::from_secs(60),
         ))
         .detach();
         let seed = (addr.port() as u64) << 32

@@ -88,7 +88,13 @@ async fn connection(stream: Stream, config: Rc<EchoConfig>) {
         frames: 1 << 16,
         bytes: 256 << 20,
     }));
-    let writer = glommio::spawn_local(write_loop(stream.clone(), Rc::clone(&outbox), None));
+    // An echo peer that stops reading is cut after a minute.
+    let writer = glommio::spawn_local(write_loop(
+        stream.clone(),
+        Rc::clone(&outbox),
+        None,
+        Duration::from_secs(60),
+    ));
     let mut codec = WsCodec::new(Role::Server, config.max_message_size);
     codec.feed(&leftover);
     let mut buf = vec![0u8; 64 * 1024];

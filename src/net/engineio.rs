@@ -712,6 +712,7 @@ async fn websocket(
         stream.clone(),
         Rc::clone(&outbox),
         Some(std::sync::Arc::clone(&shard.stats)),
+        Duration::from_millis(shard.config.slow_consumer_grace_ms),
     ));
     let session = match upgrading {
         Some(s) => s,
@@ -727,18 +728,9 @@ async fn websocket(
             s
         }
     };
-    let watchdog = {
-        let (outbox, stream) = (Rc::clone(&outbox), stream.clone());
-        let grace = Duration::from_millis(shard.config.slow_consumer_grace_ms);
-        glommio::spawn_local(async move {
-            poll_fn(|cx| outbox.poll_overflow(cx)).await;
-            glommio::timer::sleep(grace).await;
-            stream.shutdown(Shutdown::Both);
-        })
-    };
     let mut codec = WsCodec::new(Role::Server, shard.config.engineio_max_payload.max(1024));
     codec.feed(&leftover);
-    let mut buf = vec![0u8; 16 * 1024];
+    let mut buf = super::io::ReadBuf::default();
     let mut reason = ("transport close", CloseReason::Peer);
     'read: loop {
         loop {
@@ -789,11 +781,12 @@ async fn websocket(
         if session.is_closed() || !outbox.is_open() {
             break;
         }
-        match stream.read(&mut buf).await {
+        match stream.read(buf.space()).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 add(&shard.stats.bytes_in, n as u64);
-                codec.feed(&buf[..n]);
+                codec.feed(buf.filled(n));
+                buf.adapt(n);
             }
         }
     }
@@ -817,5 +810,4 @@ async fn websocket(
     let linger = Duration::from_millis(shard.config.shutdown_grace_ms.max(100));
     futures_lite::future::or(writer, glommio::timer::sleep(linger)).await;
     stream.shutdown(Shutdown::Both);
-    watchdog.cancel().await;
 }

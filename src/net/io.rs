@@ -100,7 +100,7 @@ impl Stream {
     /// Sends FIN, then reads and discards until the peer closes too (or the linger time passes).
     pub async fn close_lingering(&self) {
         self.shutdown(Shutdown::Write);
-        let mut sink = [0u8; 1024];
+        let mut sink = [0u8; 64];
         let deadline = std::time::Instant::now() + LINGER;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -108,6 +108,52 @@ impl Stream {
                 Ok(Some(n)) if n > 0 && !left.is_zero() => continue,
                 _ => break,
             }
+        }
+    }
+}
+
+/// A socket read buffer sized by use: it starts small, grows while reads fill it, and is
+/// shrunk back when the connection goes quiet. An idle connection then holds
+/// [`ReadBuf::MIN`] bytes, while a busy one reads up to [`ReadBuf::MAX`] per syscall.
+pub struct ReadBuf {
+    buf: Vec<u8>,
+}
+
+impl Default for ReadBuf {
+    fn default() -> Self {
+        ReadBuf {
+            buf: vec![0; Self::MIN],
+        }
+    }
+}
+
+impl ReadBuf {
+    /// Smallest size: a few typical game messages.
+    pub const MIN: usize = 512;
+    /// Largest size: a burst of messages per read.
+    pub const MAX: usize = 64 * 1024;
+
+    /// The space to read into.
+    pub fn space(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+
+    /// The first `n` bytes read.
+    pub fn filled(&self, n: usize) -> &[u8] {
+        &self.buf[..n]
+    }
+
+    /// After a read of `n` bytes: a full buffer means more was waiting, so grow.
+    pub fn adapt(&mut self, n: usize) {
+        if n == self.buf.len() && self.buf.len() < Self::MAX {
+            self.buf = vec![0; (self.buf.len() * 4).min(Self::MAX)];
+        }
+    }
+
+    /// Back to the smallest size (the connection is idle).
+    pub fn shrink(&mut self) {
+        if self.buf.len() > Self::MIN {
+            self.buf = vec![0; Self::MIN];
         }
     }
 }
@@ -132,7 +178,6 @@ pub async fn read_head(
     timeout: Duration,
 ) -> Result<(Request, Vec<u8>, Vec<u8>), HeadError> {
     let deadline = std::time::Instant::now() + timeout;
-    let mut chunk = [0u8; 2048];
     if !buf.is_empty() {
         match http::parse_request(&buf, max) {
             Ok(Some((req, len))) => return Ok((req, buf[len..].to_vec(), buf)),
@@ -145,10 +190,15 @@ pub async fn read_head(
         if left.is_zero() {
             return Err(HeadError::Timeout);
         }
-        match stream.read_timeout(&mut chunk, left).await {
+        // Read straight into the head buffer: no scratch array lives in this future (it
+        // would weigh on every connection's task).
+        let filled = buf.len();
+        buf.resize(filled + 1024, 0);
+        let read = stream.read_timeout(&mut buf[filled..], left).await;
+        match read {
             Ok(Some(0)) | Err(_) => return Err(HeadError::Closed),
             Ok(None) => return Err(HeadError::Timeout),
-            Ok(Some(n)) => buf.extend_from_slice(&chunk[..n]),
+            Ok(Some(n)) => buf.truncate(filled + n),
         }
         match http::parse_request(&buf, max) {
             Ok(Some((req, len))) => return Ok((req, buf[len..].to_vec(), buf)),
@@ -160,24 +210,43 @@ pub async fn read_head(
 
 /// Drains `outbox` into the socket until a close is requested, then writes the close frame
 /// (if any) and half-closes. Returns when the writer is done.
+///
+/// A write that is still stuck `slow_grace` after the outbox overflowed belongs to a slow
+/// consumer that is not reading at all: the socket is shut, which also ends the reader.
+/// (This replaces a watchdog task per connection: one task fewer for every idle client.)
 pub async fn write_loop(
     stream: Stream,
     outbox: Rc<Outbox>,
     stats: Option<std::sync::Arc<ShardStats>>,
+    slow_grace: Duration,
 ) {
     let mut frames: Vec<Bytes> = Vec::new();
     let mut buf: Vec<u8> = Vec::new();
+    let stalled = || async {
+        poll_fn(|cx| outbox.poll_overflow(cx)).await;
+        glommio::timer::sleep(slow_grace).await;
+        Err(io::Error::from(io::ErrorKind::TimedOut))
+    };
     loop {
         let drained = poll_fn(|cx| outbox.poll_drain(cx, &mut frames)).await;
         let written = match drained {
-            Drained::Frames => write_frames(&stream, &frames, &mut buf).await,
+            Drained::Frames => {
+                futures_lite::future::or(write_frames(&stream, &frames, &mut buf), stalled()).await
+            }
             Drained::Close(close) => {
                 if let Some((code, reason)) = close {
-                    let _ = stream
-                        .write_all(&super::ws::close_frame(code, &reason))
-                        .await;
+                    let frame = super::ws::close_frame(code, &reason);
+                    let _ = futures_lite::future::or(
+                        async { stream.write_all(&frame).await.map(|_| 0) },
+                        stalled(),
+                    )
+                    .await;
                 }
-                stream.shutdown(Shutdown::Write);
+                stream.shutdown(if outbox.overflowed() {
+                    Shutdown::Both
+                } else {
+                    Shutdown::Write
+                });
                 return;
             }
         };
@@ -188,7 +257,9 @@ pub async fn write_loop(
                 }
             }
             Err(_) => {
-                // The socket is gone; the reader notices too. Refuse further frames.
+                // The socket is gone (or was cut as a slow consumer); the reader notices
+                // too. Refuse further frames.
+                stream.shutdown(Shutdown::Both);
                 outbox.finish();
                 return;
             }

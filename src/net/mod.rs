@@ -17,7 +17,7 @@ use glommio::net::{TcpListener, TcpStream};
 use crate::shard::Shard;
 use crate::stats::{add, CloseReason};
 
-pub use io::Stream;
+pub use io::{ReadBuf, Stream};
 
 /// Path of the native protocol endpoint.
 pub const NATIVE_PATH: &str = "/ws";
@@ -84,14 +84,15 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, initial: Vec<u8>)
             }
         }
         add(&shard.stats.bytes_in, leftover.len() as u64);
+        drop(raw);
         if request.path == NATIVE_PATH {
             match request.websocket_key() {
                 Ok(key) => {
-                    if stream
-                        .write_all(&http::upgrade_response(key))
-                        .await
-                        .is_err()
-                    {
+                    let answer = http::upgrade_response(key);
+                    // The request is not needed past the upgrade; free it before the
+                    // connection's long life.
+                    drop(request);
+                    if stream.write_all(&answer).await.is_err() {
                         shard.stats.count_close(CloseReason::Io);
                         return;
                     }

@@ -1,15 +1,15 @@
 //! A native-protocol session on `/ws`: rkyv frames in, relay calls, frames out.
 
-use std::future::poll_fn;
 use std::net::Shutdown;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tungstenite::protocol::Role;
 use tungstenite::Message;
 
-use super::io::{write_loop, Stream};
+use super::io::{write_loop, ReadBuf, Stream};
 use super::ws::{close, Incoming, WsCodec};
 use crate::proto::native::{
     access_client, ArchivedClientFrame, ErrorCode, PayloadKind, ServerFrame, PROTOCOL_VERSION,
@@ -20,10 +20,6 @@ use crate::stats::{add, CloseReason};
 
 /// A WebSocket ping with an empty payload; sent on idle connections.
 const PING: &[u8] = &[0x89, 0x00];
-
-/// Size of the socket read buffer: a few typical messages per read without holding much
-/// memory per idle connection (the buffer lives only while the session task runs).
-const READ_BUF: usize = 16 * 1024;
 
 struct Session {
     shard: Rc<Shard>,
@@ -45,21 +41,13 @@ pub(super) async fn serve(
     shard.register(player, Rc::clone(&outbox));
     add(&shard.stats.connections, 1);
 
+    let grace = Duration::from_millis(shard.config.slow_consumer_grace_ms);
     let writer = glommio::spawn_local(write_loop(
         stream.clone(),
         Rc::clone(&outbox),
-        Some(Rc::clone(&shard).stats.clone()),
+        Some(Arc::clone(&shard.stats)),
+        grace,
     ));
-    let grace = Duration::from_millis(shard.config.slow_consumer_grace_ms);
-    let watchdog = {
-        let (outbox, stream) = (Rc::clone(&outbox), stream.clone());
-        glommio::spawn_local(async move {
-            poll_fn(|cx| outbox.poll_overflow(cx)).await;
-            // Give the close frame a chance to reach a merely slow peer; a dead one is cut.
-            glommio::timer::sleep(grace).await;
-            stream.shutdown(Shutdown::Both);
-        })
-    };
 
     let mut session = Session {
         codec: WsCodec::new(Role::Server, shard.config.max_message_size),
@@ -95,7 +83,7 @@ pub(super) async fn serve(
     .await;
     if wrote && server_closed {
         // We sent a close frame: read until the peer's FIN so it is not cut by a reset.
-        let mut sink = [0u8; 512];
+        let mut sink = [0u8; 64];
         let deadline = Instant::now() + linger;
         while let Ok(Some(n)) = stream
             .read_timeout(
@@ -110,7 +98,6 @@ pub(super) async fn serve(
         }
     }
     stream.shutdown(Shutdown::Both);
-    watchdog.cancel().await;
     shard.unregister(player);
     shard
         .stats
@@ -131,7 +118,7 @@ impl Session {
         let interval = Duration::from_millis(config.ping_interval_ms);
         let idle_limit = interval + Duration::from_millis(config.ping_timeout_ms);
         let mut last_rx = Instant::now();
-        let mut buf = vec![0u8; READ_BUF];
+        let mut buf = ReadBuf::default();
 
         self.codec.feed(leftover);
         if let Some(reason) = self.process() {
@@ -152,7 +139,7 @@ impl Session {
             } else {
                 handshake_deadline.saturating_duration_since(Instant::now())
             };
-            match stream.read_timeout(&mut buf, wait).await {
+            match stream.read_timeout(buf.space(), wait).await {
                 Ok(Some(0)) => return (CloseReason::Peer, false),
                 Err(_) => return (CloseReason::Io, false),
                 Ok(None) if !self.welcomed => {
@@ -160,6 +147,9 @@ impl Session {
                     return (CloseReason::HandshakeTimeout, true);
                 }
                 Ok(None) => {
+                    // Quiet: give back buffer memory an earlier burst took.
+                    buf.shrink();
+                    self.codec.shrink();
                     let silent = last_rx.elapsed();
                     if silent >= idle_limit {
                         self.outbox.close(close::POLICY, "ping timeout");
@@ -172,7 +162,8 @@ impl Session {
                 Ok(Some(n)) => {
                     last_rx = Instant::now();
                     add(&self.shard.stats.bytes_in, n as u64);
-                    self.codec.feed(&buf[..n]);
+                    self.codec.feed(buf.filled(n));
+                    buf.adapt(n);
                     if let Some(reason) = self.process() {
                         let server_closed = reason != CloseReason::Peer;
                         return (reason, server_closed);

@@ -121,12 +121,21 @@ impl WsCodec {
         let config = WebSocketConfig::default()
             .max_message_size(Some(max_message))
             .max_frame_size(Some(max_message))
-            // Reads are fed from our own buffer; tungstenite's copy stays small.
-            .read_buffer_size(16 * 1024);
+            // Reads are fed from our own buffer; tungstenite's copy starts small (it grows
+            // for large messages) so that an idle connection holds little memory.
+            .read_buffer_size(256);
         WsCodec {
             ctx: WebSocketContext::new(role, Some(config)),
             io: Buffers::default(),
         }
+    }
+
+    /// Releases buffered capacity (call when the connection is idle).
+    pub fn shrink(&mut self) {
+        if self.io.input.is_empty() {
+            self.io.input = Vec::new();
+        }
+        self.io.output.shrink_to_fit();
     }
 
     /// Appends bytes read from the socket.

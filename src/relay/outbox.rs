@@ -54,7 +54,7 @@ struct Inner {
     state: State,
     overflowed: bool,
     writer: Option<Waker>,
-    watchdog: Option<Waker>,
+    stalled_writer: Option<Waker>,
 }
 
 /// One connection's outbound queue. Shard-local (`Rc`), never shared across threads.
@@ -75,7 +75,7 @@ impl Outbox {
                 state: State::Open,
                 overflowed: false,
                 writer: None,
-                watchdog: None,
+                stalled_writer: None,
             }),
         }
     }
@@ -98,7 +98,7 @@ impl Outbox {
                 "slow consumer".into(),
             )));
             wake(&mut inner.writer);
-            wake(&mut inner.watchdog);
+            wake(&mut inner.stalled_writer);
             return Err(PushError::Overflow);
         }
         inner.queued_bytes += frame.len();
@@ -193,13 +193,13 @@ impl Outbox {
         self.poll_drain(cx, out)
     }
 
-    /// Watchdog side: ready once the queue has overflowed.
+    /// Ready once the queue has overflowed (the writer races its writes against this).
     pub fn poll_overflow(&self, cx: &mut Context<'_>) -> Poll<()> {
         let mut inner = self.inner.borrow_mut();
         if inner.overflowed {
             Poll::Ready(())
         } else {
-            inner.watchdog = Some(cx.waker().clone());
+            inner.stalled_writer = Some(cx.waker().clone());
             Poll::Pending
         }
     }
