@@ -171,7 +171,7 @@ impl Server {
                             ex.run(shard::run(seed));
                         }
                         Err(e) => {
-                            let _ = ready.send((id, Err(e.to_string())));
+                            let _ = ready.send((id, Err(explain_executor_error(&e.to_string()))));
                         }
                     }
                 })
@@ -268,6 +268,19 @@ impl Server {
     pub fn stop(self) -> Result<(), ServerError> {
         self.shutdown();
         self.join()
+    }
+}
+
+/// Turns glommio's start-up errors into what an operator should do about them.
+fn explain_executor_error(raw: &str) -> String {
+    if raw.contains("MemLock") {
+        format!(
+            "the locked-memory limit (RLIMIT_MEMLOCK) is too low for io_uring ({raw}); raise it to at least 512 KiB, see tuning/limits.conf"
+        )
+    } else if raw.contains("Operation not permitted") || raw.contains("Function not implemented") {
+        format!("io_uring is unavailable on this host ({raw}); check kernel.io_uring_disabled and seccomp, see tuning/README.md")
+    } else {
+        raw.to_owned()
     }
 }
 

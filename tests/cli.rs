@@ -229,3 +229,14 @@ fn out_of_file_descriptors_accept_keeps_serving_and_counts_refusals() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(wait_exit(&mut child, Duration::from_secs(5)).success());
 }
+
+#[test]
+fn a_locked_memory_limit_too_low_for_io_uring_fails_with_one_line() {
+    // glommio needs at least 512 KiB of locked memory per process; 64 KiB is refused.
+    let script = format!("ulimit -l 64 && exec {BIN} serve --listen 127.0.0.1:0 --shards 1");
+    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("memlock") || err.contains("locked"), "{err}");
+}
