@@ -17,9 +17,14 @@ struct Running {
 }
 
 fn serve(args: &[&str]) -> Running {
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .args(args)
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve").args(args);
+    spawn(cmd)
+}
+
+/// Starts a server command and reads its start line for the address.
+fn spawn(mut cmd: Command) -> Running {
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -170,26 +175,14 @@ fn out_of_file_descriptors_accept_keeps_serving_and_counts_refusals() {
     let script = format!(
         "ulimit -n 64 && exec {BIN} serve --listen 127.0.0.1:0 --shards 1 --stats-interval 1"
     );
-    let mut child = Command::new("sh")
-        .args(["-c", &script])
-        .env("CORELAY_HANDSHAKE_TIMEOUT_MS", "500")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let first = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("start line");
-    let addr: SocketAddr = first.split_whitespace().nth(3).unwrap().parse().unwrap();
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", &script])
+        .env("CORELAY_HANDSHAKE_TIMEOUT_MS", "500");
+    let Running {
+        mut child,
+        addr,
+        lines: rx,
+    } = spawn(cmd);
     let (done_tx, done_rx) = mpsc::channel();
     let clients = std::thread::spawn(move || {
         common::run(move || async move {

@@ -560,49 +560,34 @@ async fn poll(
     let mut leftover = leftover;
     // Wait for packets, watching the connection: a client that goes away while its poll
     // is pending has left, and its session ends now rather than at the ping timeout.
-    let drain = async {
-        Some(
-            poll_fn(|cx| {
-                session.polling.poll_drain_within(
-                    cx,
-                    &mut frames,
-                    MAX_PACKETS_PER_POLL,
-                    packet_count,
-                )
-            })
-            .await,
-        )
-    };
-    let mut probe = [0u8; 1024];
+    let mut drain = std::pin::pin!(poll_fn(|cx| {
+        session
+            .polling
+            .poll_drain_within(cx, &mut frames, MAX_PACKETS_PER_POLL, packet_count)
+    }));
+    let mut probe = [0u8; 64];
     let watch = async {
         match stream.read(&mut probe).await {
             Ok(n) if n > 0 => Err(n),
             _ => Ok(None),
         }
     };
-    let drained = match futures_lite::future::or(async { Ok(drain.await) }, watch).await {
-        Ok(Some(drained)) => drained,
-        Ok(None) => {
-            session.polling_get.set(false);
-            if session.phase.get() == Phase::Polling {
-                session.close("transport close", CloseReason::Peer);
+    let drained =
+        match futures_lite::future::or(async { Ok(Some((&mut drain).await)) }, watch).await {
+            Ok(Some(drained)) => drained,
+            Ok(None) => {
+                session.polling_get.set(false);
+                if session.phase.get() == Phase::Polling {
+                    session.close("transport close", CloseReason::Peer);
+                }
+                return Next::Done;
             }
-            return Next::Done;
-        }
-        // Bytes of a pipelined request: keep them for after this answer.
-        Err(n) => {
-            leftover.extend_from_slice(&probe[..n]);
-            poll_fn(|cx| {
-                session.polling.poll_drain_within(
-                    cx,
-                    &mut frames,
-                    MAX_PACKETS_PER_POLL,
-                    packet_count,
-                )
-            })
-            .await
-        }
-    };
+            // Bytes of a pipelined request: keep them for after this answer, and go on waiting.
+            Err(n) => {
+                leftover.extend_from_slice(&probe[..n]);
+                drain.await
+            }
+        };
     session.polling_get.set(false);
     if session.polling.overflowed() {
         // The client polls slower than its packets arrive: a slow consumer.

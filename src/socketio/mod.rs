@@ -41,7 +41,7 @@ use serde_json::Value;
 use crate::net::engineio::Session;
 use crate::proto::native::ErrorCode;
 use crate::proto::socketio::{Arg, Packet};
-use crate::relay::{room_key, Body, PlayerId};
+use crate::relay::{room_key, Body, PlayerId, Relay};
 use crate::shard::Shard;
 
 pub(crate) use session::SioSession;
@@ -50,6 +50,9 @@ type AuthorizeFn = dyn Fn(&Value) -> Result<(), Value> + Send + Sync;
 type ConnectFn = dyn Fn(&Socket) + Send + Sync;
 type EventFn = dyn Fn(&Socket, Vec<Arg>, Option<Ack>) + Send + Sync;
 type DisconnectFn = dyn Fn(&Socket, &str) + Send + Sync;
+/// `Relay::join` or `Relay::leave`.
+type MembershipChange =
+    fn(&mut Relay, PlayerId, Option<u64>, &str, Instant) -> Result<(), ErrorCode>;
 
 /// The Socket.IO service of a server: its namespaces and their handlers.
 #[derive(Clone)]
@@ -239,27 +242,27 @@ impl Socket {
 
     /// Joins a room of this namespace (shared with native clients on the main namespace).
     pub fn join(&self, room: &str) -> Result<(), ErrorCode> {
-        let key = room_key(&self.core.nsp, room);
-        let result =
-            self.core
-                .shard
-                .relay
-                .borrow_mut()
-                .join(self.core.player, None, &key, Instant::now());
-        self.core.shard.flush_mesh();
-        result
+        self.with_relay(room, Relay::join)
     }
 
     /// Leaves a room of this namespace.
     pub fn leave(&self, room: &str) -> Result<(), ErrorCode> {
+        self.with_relay(room, Relay::leave)
+    }
+
+    /// Runs a membership change of the relay for this socket, with no reply (application
+    /// code gets the result instead), and carries what it sends to other shards.
+    fn with_relay(&self, room: &str, change: MembershipChange) -> Result<(), ErrorCode> {
         let key = room_key(&self.core.nsp, room);
-        let result =
-            self.core
-                .shard
-                .relay
-                .borrow_mut()
-                .leave(self.core.player, None, &key, Instant::now());
-        self.core.shard.flush_mesh();
+        let shard = &self.core.shard;
+        let result = change(
+            &mut shard.relay.borrow_mut(),
+            self.core.player,
+            None,
+            &key,
+            Instant::now(),
+        );
+        shard.flush_mesh();
         result
     }
 
