@@ -265,6 +265,14 @@ pub async fn write_loop(
             }
         }
         frames.clear();
+        // A burst may have grown the coalescing buffer; do not let every connection keep
+        // up to COALESCE bytes it no longer needs.
+        if buf.capacity() > COALESCE / 8 {
+            buf = Vec::new();
+        }
+        if frames.capacity() > 64 {
+            frames = Vec::new();
+        }
     }
 }
 

@@ -152,6 +152,10 @@ impl Outbox {
         if !inner.queue.is_empty() {
             out.extend(inner.queue.drain(..));
             inner.queued_bytes = 0;
+            // A burst may have grown the ring; idle connections keep only a small one.
+            if inner.queue.capacity() > 64 {
+                inner.queue.shrink_to(16);
+            }
             return Poll::Ready(Drained::Frames);
         }
         match std::mem::replace(&mut inner.state, State::Done) {
