@@ -264,7 +264,7 @@ impl Server {
         result
     }
 
-    /// Shuts down and waits, at most `timeout` per shard being a guideline for callers.
+    /// Shuts down and waits for every shard (within `shutdown_grace_ms` and a tick).
     pub fn stop(self) -> Result<(), ServerError> {
         self.shutdown();
         self.join()
@@ -307,10 +307,4 @@ pub fn allowed_cpus() -> Vec<usize> {
             .filter(|&c| libc::CPU_ISSET(c, &set))
             .collect()
     }
-}
-
-/// How long [`Server::join`] should take at most after [`Server::shutdown`]: the
-/// configured grace plus one tick. Exposed for callers that enforce the 2 s exit budget.
-pub fn shutdown_budget(config: &Config) -> Duration {
-    Duration::from_millis(config.shutdown_grace_ms + 200)
 }

@@ -179,11 +179,6 @@ impl Relay {
             .is_some_and(|p| p.rooms.iter().any(|r| r == room))
     }
 
-    /// Rooms `player` is in.
-    pub fn rooms_of(&self, player: PlayerId) -> &[String] {
-        self.players.get(&player).map_or(&[], |p| &p.rooms)
-    }
-
     fn check_name(&self, name: &str) -> Result<(), ErrorCode> {
         // Control characters are refused: they separate namespaces in room keys.
         if name.is_empty()
@@ -390,11 +385,6 @@ impl Relay {
     /// The latency histogram recorded so far (for publication by the shard).
     pub fn latency(&self) -> &Histogram<u64> {
         &self.latency
-    }
-
-    /// Rooms with members on this shard.
-    pub fn local_rooms(&self) -> usize {
-        self.rooms.len()
     }
 
     fn home_join(

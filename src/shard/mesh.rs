@@ -31,9 +31,6 @@ pub enum ShardMsg {
     },
 }
 
-/// Kept for the shard module's seed types.
-pub type MeshMsgOf = ShardMsg;
-
 struct Link {
     tx: ConnectedSender<ShardMsg>,
     backlog: RefCell<VecDeque<ShardMsg>>,

@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::relay::{Outbox, OutboxLimits, PlayerId, Relay, RelayLimits, ShardId};
 use crate::stats::ShardStats;
 
-use self::mesh::{Mesh, MeshMsgOf, ShardMsg};
+use self::mesh::{Mesh, ShardMsg};
 use crate::net::engineio::{Handler, Sessions};
 use crate::socketio::{SioSession, SocketIo};
 
@@ -52,8 +52,8 @@ pub(crate) struct ShardSeed {
     pub config: Arc<Config>,
     pub stats: Arc<ShardStats>,
     pub control: Arc<Control>,
-    pub mesh_tx: Vec<Option<SharedSender<MeshMsgOf>>>,
-    pub mesh_rx: Vec<Option<SharedReceiver<MeshMsgOf>>>,
+    pub mesh_tx: Vec<Option<SharedSender<ShardMsg>>>,
+    pub mesh_rx: Vec<Option<SharedReceiver<ShardMsg>>>,
     pub app: Arc<SocketIo>,
 }
 
