@@ -76,17 +76,15 @@ pub enum Body {
         /// Why.
         reason: LeaveReason,
     },
-    /// A socket.io member's message whose JSON payload holds binary buffers (placeholders
-    /// into `attachments`); native recipients get it as JSON with the buffers in base64.
+    /// A socket.io member's message whose JSON payload holds binary buffers (an
+    /// [`Arg::Tree`]); native recipients get it as JSON with the buffers in base64.
     Nested {
         /// Sender.
         from: PlayerId,
         /// Application event name.
         event: String,
-        /// The JSON with placeholders.
-        value: serde_json::Value,
-        /// The buffers.
-        attachments: Vec<Bytes>,
+        /// The payload.
+        payload: Arg,
     },
     /// An application emit (socket.io API) to a room: any arguments, from the server.
     Emit {
@@ -182,15 +180,10 @@ impl Broadcast {
             Body::Nested {
                 from,
                 event,
-                value,
-                attachments,
+                payload,
             } => {
-                let tree = Arg::Tree {
-                    value: value.clone(),
-                    attachments: attachments.clone(),
-                };
-                let packet =
-                    socketio::Packet::event(nsp, event, [tree, Arg::Json(from.to_string().into())]);
+                let args = [payload.clone(), Arg::Json(from.to_string().into())];
+                let packet = socketio::Packet::event(nsp, event, args);
                 (packet.encode_engineio(), packet.attachments)
             }
             Body::MemberJoined { player, members } => notice(
@@ -235,21 +228,14 @@ impl Broadcast {
             Body::Nested {
                 from,
                 event,
-                value,
-                attachments,
-            } => {
-                let tree = Arg::Tree {
-                    value: value.clone(),
-                    attachments: attachments.clone(),
-                };
-                ServerFrame::Event {
-                    room,
-                    from: *from,
-                    event: event.clone(),
-                    payload: Bytes::from(tree.to_plain_json().to_string()),
-                    kind: PayloadKind::Json,
-                }
-            }
+                payload,
+            } => ServerFrame::Event {
+                room,
+                from: *from,
+                event: event.clone(),
+                payload: Bytes::from(payload.to_plain_json().to_string()),
+                kind: PayloadKind::Json,
+            },
             Body::MemberJoined { player, members } => ServerFrame::MemberJoined {
                 room,
                 player: *player,

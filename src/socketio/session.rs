@@ -296,11 +296,10 @@ fn relay_convention(
                     payload: Bytes::from(v.to_string()),
                     kind: PayloadKind::Json,
                 },
-                Some(Arg::Tree { value, attachments }) => Body::Nested {
+                Some(tree @ Arg::Tree { .. }) => Body::Nested {
                     from: player,
                     event: event.to_owned(),
-                    value,
-                    attachments,
+                    payload: tree,
                 },
                 None => Body::Event {
                     from: player,
