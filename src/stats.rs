@@ -103,6 +103,8 @@ pub struct ShardStats {
     pub mesh_out: AtomicU64,
     /// Accept errors (e.g. out of file descriptors); accepting goes on.
     pub accept_errors: AtomicU64,
+    /// Connections handed to the shard that owns their Engine.IO session.
+    pub handoffs: AtomicU64,
     closes: [AtomicU64; CloseReason::ALL.len()],
     latency: ArrayQueue<Histogram<u64>>,
 }
@@ -119,6 +121,7 @@ impl Default for ShardStats {
             bytes_out: AtomicU64::new(0),
             mesh_out: AtomicU64::new(0),
             accept_errors: AtomicU64::new(0),
+            handoffs: AtomicU64::new(0),
             closes: Default::default(),
             latency: ArrayQueue::new(1),
         }
@@ -188,6 +191,7 @@ impl StatsRegistry {
             s.bytes_out += l(&shard.bytes_out);
             s.mesh_out += l(&shard.mesh_out);
             s.accept_errors += l(&shard.accept_errors);
+            s.handoffs += l(&shard.handoffs);
             for (i, reason) in CloseReason::ALL.iter().enumerate() {
                 let n = l(&shard.closes[i]);
                 if n > 0 {
@@ -258,6 +262,8 @@ pub struct Stats {
     pub mesh_out: u64,
     /// Accept errors.
     pub accept_errors: u64,
+    /// Connections handed to another shard (Engine.IO sessions live on one shard).
+    pub handoffs: u64,
     /// Closed connections by reason (only reasons seen).
     pub closes: Vec<(String, u64)>,
     /// Server-side relay latency.

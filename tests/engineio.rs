@@ -178,12 +178,20 @@ fn polling_carries_socketio_packets_both_ways_and_closes_on_bad_input() {
         assert_eq!(bin.status, 200);
         let ack = request(addr, "GET", &target, "", "").await;
         assert_eq!(ack.body, r#"431[{"room":"lobby"}]"#);
+        // Noops on 24 fresh connections: some land on the other shard (the kernel hashes
+        // each connection), which hands them to the owner; all are answered.
+        for _ in 0..24 {
+            assert_eq!(request(addr, "POST", &target, "", "6").await.body, "ok");
+        }
         // An invalid packet closes the session: 400, then the sid is unknown.
         let bad = request(addr, "POST", &target, "", "abc").await;
         assert_eq!(bad.status, 400);
         let after = request(addr, "GET", &target, "", "").await;
         assert_eq!(after.status, 400);
     });
+    // Each request is a new connection that the kernel spreads over both shards: the ones
+    // that landed on the wrong shard were handed to the session's owner.
+    assert!(srv.stats().handoffs > 0, "{:?}", srv.stats());
     srv.stop().unwrap();
 }
 

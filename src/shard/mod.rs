@@ -123,6 +123,7 @@ impl Shard {
 
     /// Passes a client connection to the shard that owns its Engine.IO session.
     pub(crate) fn hand_off(&self, to: ShardId, fd: OwnedFd, read: Vec<u8>) {
+        crate::stats::add(&self.stats.handoffs, 1);
         self.mesh.send(to, ShardMsg::Handoff { fd, read });
     }
 
