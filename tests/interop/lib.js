@@ -178,8 +178,29 @@ function until(emitter, event, cond, ms, what) {
   ).finally(() => emitter.off(event, handler));
 }
 
+/**
+ * Registers a `corelay serve` for the current test file: started before its tests, stopped
+ * after them (asserting a clean exit on SIGTERM), with every socket in `ctx.sockets`
+ * disconnected first. Returns `ctx`, whose `server` is set once started.
+ */
+function useCorelay(options) {
+  const { before, after } = require('node:test');
+  const assert = require('node:assert/strict');
+  const ctx = { server: null, sockets: [] };
+  before(async () => {
+    ctx.server = await startCorelay(options);
+  });
+  after(async () => {
+    for (const s of ctx.sockets) s.disconnect();
+    const { code } = await ctx.server.stop();
+    assert.equal(code, 0, 'corelay exits 0 on SIGTERM');
+  });
+  return ctx;
+}
+
 module.exports = {
   CORELAY_BIN,
+  useCorelay,
   REFERENCE_BIN,
   startCorelay,
   startReference,

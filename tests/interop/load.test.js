@@ -3,28 +3,18 @@
 // WebSocket.
 'use strict';
 
-const { test, before, after } = require('node:test');
+const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const { io } = require('socket.io-client');
-const { startCorelay, within, ack } = require('./lib');
+const { useCorelay, within, ack } = require('./lib');
 
 const CLIENTS = Number(process.env.INTEROP_CLIENTS || 500);
 const ROOM_SIZE = 10;
 const MESSAGES = 3;
 const BUDGET_MS = 55_000;
 
-let server;
-const sockets = [];
-
-before(async () => {
-  server = await startCorelay();
-});
-
-after(async () => {
-  for (const s of sockets) s.disconnect();
-  const { code } = await server.stop();
-  assert.equal(code, 0, 'corelay exits 0 on SIGTERM');
-});
+const ctx = useCorelay();
+const sockets = ctx.sockets;
 
 /** Runs `fn` over `items` with at most `limit` in flight. */
 async function pool(items, limit, fn) {
@@ -60,7 +50,7 @@ test(`${CLIENTS} clients in rooms of ${ROOM_SIZE}, ${MESSAGES} messages each, ea
 
   await within(BUDGET_MS, 'all clients connected and joined', (async () => {
     await pool(clients, 100, async (c) => {
-      const socket = io(server.url, {
+      const socket = io(ctx.server.url, {
         transports: c.polling ? ['polling'] : ['websocket'],
         reconnection: false,
         forceNew: true,

@@ -2,27 +2,17 @@
 // types (JSON and Buffer) through `to`, member events, several rooms.
 'use strict';
 
-const { test, before, after } = require('node:test');
+const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const { io } = require('socket.io-client');
-const { startCorelay, connected, ack, once, until } = require('./lib');
+const { useCorelay, connected, ack, once, until } = require('./lib');
 
-let server;
-const sockets = [];
-
-before(async () => {
-  server = await startCorelay();
-});
-
-after(async () => {
-  for (const s of sockets) s.disconnect();
-  const { code } = await server.stop();
-  assert.equal(code, 0, 'corelay exits 0 on SIGTERM');
-});
+const ctx = useCorelay();
+const sockets = ctx.sockets;
 
 async function pair(room, transportsA, transportsB) {
-  const a = io(server.url, { transports: transportsA, reconnection: false, forceNew: true });
-  const b = io(server.url, { transports: transportsB, reconnection: false, forceNew: true });
+  const a = io(ctx.server.url, { transports: transportsA, reconnection: false, forceNew: true });
+  const b = io(ctx.server.url, { transports: transportsB, reconnection: false, forceNew: true });
   sockets.push(a, b);
   await Promise.all([connected(a), connected(b)]);
   await ack(a, 3000, 'join', room);

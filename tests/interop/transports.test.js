@@ -2,26 +2,16 @@
 // HTTP long-polling only, and polling upgraded to WebSocket with traffic across the upgrade.
 'use strict';
 
-const { test, before, after } = require('node:test');
+const { test } = require('node:test');
 const assert = require('node:assert/strict');
 const { io } = require('socket.io-client');
-const { startCorelay, connected, ack, once, until } = require('./lib');
+const { useCorelay, connected, ack, once, until } = require('./lib');
 
-let server;
-const sockets = [];
-
-before(async () => {
-  server = await startCorelay();
-});
-
-after(async () => {
-  for (const s of sockets) s.disconnect();
-  const { code } = await server.stop();
-  assert.equal(code, 0, 'corelay exits 0 on SIGTERM');
-});
+const ctx = useCorelay();
+const sockets = ctx.sockets;
 
 function client(opts) {
-  const socket = io(server.url, { reconnection: false, forceNew: true, ...opts });
+  const socket = io(ctx.server.url, { reconnection: false, forceNew: true, ...opts });
   sockets.push(socket);
   return socket;
 }
