@@ -8,7 +8,6 @@
 use std::hint::black_box;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -50,12 +49,11 @@ fn event_body(from: PlayerId, payload: &Bytes) -> Body {
 
 /// Empties every outbox, as the connections' writers would, and checks none overflowed.
 fn drain(outboxes: &[Rc<Outbox>], scratch: &mut Vec<Bytes>) {
-    let mut cx = Context::from_waker(Waker::noop());
     for outbox in outboxes {
         assert!(!outbox.overflowed(), "a bench outbox overflowed");
-        match outbox.poll_drain(&mut cx, scratch) {
-            Poll::Ready(Drained::Frames) | Poll::Pending => {}
-            Poll::Ready(Drained::Close(_)) => panic!("a bench outbox closed"),
+        match outbox.drain(scratch) {
+            Drained::Frames | Drained::Empty => {}
+            Drained::Close(_) => panic!("a bench outbox closed"),
         }
         scratch.clear();
     }

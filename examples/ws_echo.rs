@@ -1,5 +1,5 @@
-//! A plain WebSocket echo server (text and binary, any path) on corelay's own transport and
-//! framing, for RFC 6455 conformance suites: `cargo run --release --example ws_echo -- --port 9001`.
+//! A plain WebSocket echo server (text and binary, any path) on corelay's own runtime,
+//! front and WebSocket driver, for RFC 6455 conformance suites: `cargo run --release --example ws_echo -- --port 9001`.
 
 use std::net::SocketAddr;
 
@@ -19,10 +19,20 @@ fn main() {
             _ => usage(),
         }
     }
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    if let Err(e) = echo::run(addr, EchoConfig::default()) {
-        eprintln!("ws_echo: {e}");
-        std::process::exit(1);
+    let config = EchoConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        ..EchoConfig::default()
+    };
+    match echo::start(config) {
+        Ok(server) => {
+            eprintln!("ws_echo listening on {}", server.local_addr());
+            // Runs until the process is killed.
+            let _ = server.join();
+        }
+        Err(e) => {
+            eprintln!("ws_echo: {e}");
+            std::process::exit(1);
+        }
     }
 }
 

@@ -46,13 +46,30 @@ pub struct Config {
     /// Capacity of each cross-shard queue (one per ordered pair of shards), in messages;
     /// when full, the sending shard buffers locally instead of dropping.
     pub mesh_queue: usize,
+    /// Most messages a shard keeps in its local backlog for other shards (when their queues
+    /// are full) before it stops reading its own clients until the backlog drains.
+    pub mesh_backlog: usize,
+    /// Entries of each shard's io_uring submission queue (its completion queue has four
+    /// times as many): the most sends one turn submits before an extra kernel entry.
+    pub ring_entries: u32,
+    /// Provided receive buffers per shard (a power of two), shared by all its connections.
+    pub recv_buffers: u16,
+    /// Bytes per receive buffer.
+    pub recv_buffer_size: u32,
+    /// A shard with nothing to do sleeps at least this long (µs) once something arrives, so
+    /// that arrivals close together are handled in one turn (one wake-up per batch instead
+    /// of per packet). Adds at most this much latency; 0 wakes at the first arrival.
+    pub batch_wait_us: u64,
+    /// Completions that end the batch wait early.
+    pub batch_wait_count: u32,
     /// On SIGINT/SIGTERM, time given to close frames to go out before exit, in ms.
     pub shutdown_grace_ms: u64,
     /// Period at which each shard publishes its latency histogram for readers, in ms.
     pub stats_publish_ms: u64,
-    /// Microseconds a shard spins before it sleeps when idle. 0 (the default) sleeps at
-    /// once; a few hundred keep the core awake between bursts, trading idle CPU for
-    /// latency (busy polling, see tuning/README.md).
+    /// Microseconds a shard spins before it sleeps when idle, while its recent sleeps were
+    /// this short or shorter. 0 (the default) sleeps at once; a few hundred keep a busy core
+    /// awake between arrivals, trading CPU for latency (busy polling, see
+    /// tuning/README.md). A shard that mostly sleeps long never spins.
     pub spin_before_park_us: u64,
     /// Path of the Engine.IO / Socket.IO endpoint.
     pub socketio_path: String,
@@ -92,6 +109,17 @@ impl Default for Config {
             max_name_len: 128,
             max_rooms_per_connection: 64,
             mesh_queue: 4096,
+            // 64 Ki messages: a few ms of a loaded shard's cross-shard traffic.
+            mesh_backlog: 65_536,
+            // 4096 sends per kernel entry; rings are accounted to the memory cgroup, not to
+            // the locked-memory limit.
+            ring_entries: 4096,
+            // 1024 x 4 KiB = 4 MiB per shard: a turn's worth of arrivals from thousands of
+            // connections; a connection holds a buffer only until the turn copies it out.
+            recv_buffers: 1024,
+            recv_buffer_size: 4096,
+            batch_wait_us: 0,
+            batch_wait_count: 64,
             shutdown_grace_ms: 1_000,
             stats_publish_ms: 500,
             spin_before_park_us: 0,
@@ -139,6 +167,12 @@ const KEYS: &[&str] = &[
     "max_name_len",
     "max_rooms_per_connection",
     "mesh_queue",
+    "mesh_backlog",
+    "ring_entries",
+    "recv_buffers",
+    "recv_buffer_size",
+    "batch_wait_us",
+    "batch_wait_count",
     "shutdown_grace_ms",
     "stats_publish_ms",
     "spin_before_park_us",
@@ -198,12 +232,20 @@ impl Config {
             ("max_name_len", self.max_name_len),
             ("max_rooms_per_connection", self.max_rooms_per_connection),
             ("mesh_queue", self.mesh_queue),
+            ("mesh_backlog", self.mesh_backlog),
+            ("ring_entries", self.ring_entries as usize),
+            ("recv_buffer_size", self.recv_buffer_size as usize),
             ("engineio_max_payload", self.engineio_max_payload),
         ];
         for (name, v) in positive {
             if v == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be positive")));
             }
+        }
+        if !self.recv_buffers.is_power_of_two() {
+            return Err(ConfigError::Invalid(
+                "recv_buffers must be a power of two".into(),
+            ));
         }
         if !self.socketio_path.starts_with('/') {
             return Err(ConfigError::Invalid(

@@ -9,22 +9,39 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: one [`Config`] from defaults, a TOML file, `CORELAY_*` variables and flags.
-//! - [`server`]: [`Server::start`] spawns the shards and hands back a handle.
-//! - `shard/`: executors, CPU placement, the cross-shard mesh and the shard's run loop.
-//! - `net/`: accept loop, HTTP/1.1 heads ([`net::http`]), WebSocket framing ([`net::ws`]),
-//!   the per-connection tasks.
-//! - [`proto`]: wire formats, sans-IO; [`proto::native`] is the rkyv protocol on `/ws`.
+//! From the wire up; each layer uses only the ones above it in this list.
+//!
+//! - [`proto`]: wire formats, sans-IO: HTTP/1.1 heads ([`proto::http`]), WebSocket framing
+//!   ([`proto::ws`]), the native rkyv protocol ([`proto::native`]), Engine.IO and
+//!   Socket.IO packets.
 //! - [`relay`]: rooms, membership, fan-out and the per-connection [`relay::Outbox`], sans-IO.
-//! - [`stats`]: per-shard counters and latency, merged on demand.
-//! - [`socketio`]: Socket.IO v5 on Engine.IO v4 (`net::engineio`): the relay convention
-//!   and the application API ([`socketio::SocketIo`], [`socketio::Namespace`]).
-//! - [`client`]: an async Rust client of the native protocol (tests, loadgen, games).
+//! - [`timer`]: the timer wheel every shard keeps its deadlines in.
+//! - `engineio` (crate-private) and [`socketio`]: the Engine.IO session machine (packets
+//!   and `now` in, packets, events and its next deadline out) and Socket.IO on top of it:
+//!   namespaces, acks, the relay convention and the application API
+//!   ([`socketio::SocketIo`], [`socketio::Namespace`]).
+//! - [`net`]: the endpoints, which give bytes their meaning: the HTTP front
+//!   ([`net::front`]) that routes every accepted connection by path, the one WebSocket
+//!   driver ([`net::websocket`]) and its applications (native on `/ws`, the Engine.IO
+//!   transport, echo), and Engine.IO long-polling ([`net::engineio`]).
+//! - [`shard`]: the runtime, which knows no protocol. Per core: a glommio executor running
+//!   one driver that owns the shard's io_uring (multishot receives into provided buffers,
+//!   every send of a turn submitted in one batch, sleeps with a timeout and a batch wait),
+//!   the shard's connections and their [`shard::Connection`] handlers, the timer wheel, and
+//!   the mesh to other shards ([`shard::mesh`]). Endpoints are registered with it
+//!   ([`shard::Endpoint`]); a connection handed to another shard names the endpoint it is
+//!   for.
+//! - [`server`]: [`Server::start`] binds, registers the endpoints and spawns the shards;
+//!   [`config`] builds the one [`Config`]; [`stats`] merges per-shard counters.
+//! - [`client`]: an async Rust client of the native protocol (tests, loadgen, games),
+//!   sharing the framing with the server and its WebSocket client side with the load
+//!   generator.
 //! - [`tune`]: `corelay tune`, the host inspection.
 #![warn(missing_docs)]
 
 pub mod client;
 pub mod config;
+mod engineio;
 pub mod net;
 pub mod proto;
 pub mod relay;
@@ -32,6 +49,7 @@ pub mod server;
 pub mod shard;
 pub mod socketio;
 pub mod stats;
+pub mod timer;
 pub mod tune;
 
 pub use config::Config;

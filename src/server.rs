@@ -6,14 +6,20 @@ use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
-use glommio::channels::shared_channel;
+use std::rc::Rc;
+
 use glommio::{LocalExecutorBuilder, Placement};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::Config;
-use crate::shard::{self, Control, ShardSeed};
+use crate::net::engineio::EngineEndpoint;
+use crate::net::front::{Front, PathMatch, Routes};
+use crate::net::native::{NativeRoute, NATIVE_PATH};
+use crate::shard::driver::{self, ShardSeed};
+use crate::shard::mesh::MeshQueues;
+use crate::shard::ring::{Ring, RingSizes};
+use crate::shard::{Control, Endpoint, EndpointFactory, Shard};
 use crate::socketio::{Namespace, SocketIo};
 use crate::stats::{Stats, StatsRegistry};
 
@@ -21,10 +27,14 @@ use crate::stats::{Stats, StatsRegistry};
 /// net.core.somaxconn on the host (tuning/sysctl.conf).
 const LISTEN_BACKLOG: i32 = 4096;
 
-/// Memory glommio registers with io_uring for its own buffers, per shard. corelay does socket
-/// IO only (no DMA files), so a small area suffices, and several shards fit under a low
-/// RLIMIT_MEMLOCK (8 MiB here; see tuning/limits.conf for production).
+/// Memory glommio registers with io_uring for its own buffers, per shard. corelay's socket
+/// IO goes through the shard's own ring, so glommio needs only a small area, and several
+/// shards fit under a low RLIMIT_MEMLOCK (8 MiB here; see tuning/limits.conf for
+/// production).
 const IO_MEMORY: usize = 256 * 1024;
+
+/// The Engine.IO endpoint's index in the default endpoint table (after the front).
+const ENGINE_ENDPOINT: u16 = 1;
 
 /// Why the server could not start. The binary prints it as one line and exits non-zero.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +89,29 @@ impl Server {
     /// Like [`Server::start`], with application code on the Socket.IO endpoint.
     pub fn start_with(config: Config, app: SocketIo) -> Result<Server, ServerError> {
         let app = Arc::new(app);
+        let socketio_path = config.socketio_path.clone();
+        let endpoints = move |_shard: &Rc<Shard>| {
+            let engine = EngineEndpoint::new(Arc::clone(&app), ENGINE_ENDPOINT);
+            let routes = Routes::new()
+                .route(
+                    PathMatch::Exact(NATIVE_PATH.to_owned()),
+                    Rc::new(NativeRoute),
+                )
+                .route(PathMatch::Exact(socketio_path.clone()), engine.clone());
+            vec![
+                Rc::new(Front::new(routes)) as Rc<dyn Endpoint>,
+                engine as Rc<dyn Endpoint>,
+            ]
+        };
+        Server::start_endpoints(config, Arc::new(endpoints))
+    }
+
+    /// Starts shards serving the endpoints `endpoints` builds on each shard; the first one
+    /// gets every accepted connection (an HTTP front, normally).
+    pub fn start_endpoints(
+        config: Config,
+        endpoints: Arc<EndpointFactory>,
+    ) -> Result<Server, ServerError> {
         let allowed = allowed_cpus();
         let shards = config.shard_count(&allowed);
         let pin_to: Vec<usize> = if config.cpus.is_empty() {
@@ -114,33 +147,26 @@ impl Server {
             listeners.push(unsafe { OwnedFd::from_raw_fd(socket.into_raw_fd()) });
         }
 
-        // One SPSC queue per ordered pair of shards.
-        let mut tx: Vec<Vec<Option<_>>> = (0..shards)
-            .map(|_| (0..shards).map(|_| None).collect())
-            .collect();
-        let mut rx: Vec<Vec<Option<_>>> = (0..shards)
-            .map(|_| (0..shards).map(|_| None).collect())
-            .collect();
-        for from in 0..shards {
-            for to in 0..shards {
-                if from != to {
-                    let (s, r) = shared_channel::new_bounded(config.mesh_queue);
-                    tx[from][to] = Some(s);
-                    rx[to][from] = Some(r);
-                }
-            }
-        }
-
-        let config = Arc::new(config);
+        // One queue per ordered pair of shards, and one doorbell per shard.
+        let mesh = MeshQueues::new(shards, config.mesh_queue).map_err(|e| ServerError::Shard {
+            shard: 0,
+            reason: format!("cannot create the cross-shard doorbells: {e}"),
+        })?;
         let control = Arc::new(Control::default());
+        for bell in mesh.doorbells() {
+            control.add_doorbell(Arc::clone(bell));
+        }
+        let sizes = RingSizes {
+            submissions: config.ring_entries,
+            completions: config.ring_entries.saturating_mul(4),
+            buffers: config.recv_buffers,
+            buffer_size: config.recv_buffer_size,
+        };
+        let config = Arc::new(config);
         let stats = StatsRegistry::new(shards);
         let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<(), String>)>();
         let mut threads = Vec::with_capacity(shards);
-        for (id, (listener, (mesh_tx, mesh_rx))) in listeners
-            .into_iter()
-            .zip(tx.into_iter().zip(rx))
-            .enumerate()
-        {
+        for (id, listener) in listeners.into_iter().enumerate() {
             let seed = ShardSeed {
                 id,
                 shards,
@@ -148,32 +174,35 @@ impl Server {
                 config: Arc::clone(&config),
                 stats: stats.shard(id),
                 control: Arc::clone(&control),
-                mesh_tx,
-                mesh_rx,
-                app: Arc::clone(&app),
+                mesh: mesh.mesh_for(id, config.mesh_backlog),
+                endpoints: Arc::clone(&endpoints),
             };
             let cpu = cpus[id];
-            let spin = config.spin_before_park_us;
             let ready = ready_tx.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("corelay-shard-{id}"))
                 .spawn(move || {
-                    let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+                    let executor = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                         .name(&format!("shard-{id}"))
-                        .io_memory(IO_MEMORY);
-                    if spin > 0 {
-                        builder = builder.spin_before_park(Duration::from_micros(spin));
-                    }
-                    let executor = builder.make();
-                    match executor {
-                        Ok(ex) => {
-                            let _ = ready.send((id, Ok(())));
-                            ex.run(shard::run(seed));
-                        }
+                        .io_memory(IO_MEMORY)
+                        .make();
+                    let ex = match executor {
+                        Ok(ex) => ex,
                         Err(e) => {
                             let _ = ready.send((id, Err(explain_executor_error(&e.to_string()))));
+                            return;
                         }
-                    }
+                    };
+                    // The ring is made on the thread that will use it (single issuer).
+                    let ring = match Ring::new(sizes) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            let _ = ready.send((id, Err(explain_ring_error(&e))));
+                            return;
+                        }
+                    };
+                    let _ = ready.send((id, Ok(())));
+                    ex.run(driver::run(seed, ring));
                 })
                 .map_err(|e| ServerError::Shard {
                     shard: id,
@@ -271,6 +300,22 @@ impl Server {
     }
 }
 
+/// Turns the shard ring's start-up errors into what an operator should do about them.
+fn explain_ring_error(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::ENOSYS) => format!(
+            "io_uring is unavailable on this host ({e}); check kernel.io_uring_disabled and seccomp, see tuning/README.md"
+        ),
+        Some(libc::EINVAL) => format!(
+            "the kernel refused the shard's io_uring setup ({e}); corelay needs Linux 6.1 or later (single-issuer rings with deferred task work), see tuning/README.md"
+        ),
+        Some(libc::ENOMEM) => format!(
+            "not enough memory for the shard's io_uring ({e}); lower ring_entries or recv_buffers, or raise RLIMIT_MEMLOCK (tuning/limits.conf)"
+        ),
+        _ => format!("cannot create the shard's io_uring: {e}"),
+    }
+}
+
 /// Turns glommio's start-up errors into what an operator should do about them.
 fn explain_executor_error(raw: &str) -> String {
     if raw.contains("MemLock") {
@@ -288,7 +333,8 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
+    // Blocking: accepts go through io_uring, which waits by itself.
+    socket.set_nonblocking(false)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(socket)

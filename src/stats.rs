@@ -105,6 +105,11 @@ pub struct ShardStats {
     pub accept_errors: AtomicU64,
     /// Connections handed to the shard that owns their Engine.IO session.
     pub handoffs: AtomicU64,
+    /// Messages for other shards waiting in this shard's local backlog because their queue
+    /// was full (a gauge, updated every stats tick).
+    pub mesh_backlog: AtomicU64,
+    /// Kernel entries of the shard's ring (submit, collect, sleep), for efficiency figures.
+    pub ring_enters: AtomicU64,
     closes: [AtomicU64; CloseReason::ALL.len()],
     latency: ArrayQueue<Histogram<u64>>,
 }
@@ -122,6 +127,8 @@ impl Default for ShardStats {
             mesh_out: AtomicU64::new(0),
             accept_errors: AtomicU64::new(0),
             handoffs: AtomicU64::new(0),
+            mesh_backlog: AtomicU64::new(0),
+            ring_enters: AtomicU64::new(0),
             closes: Default::default(),
             latency: ArrayQueue::new(1),
         }
@@ -135,9 +142,19 @@ pub fn add(counter: &AtomicU64, n: u64) {
 }
 
 impl ShardStats {
+    /// Sets a gauge (single writer: its shard).
+    pub fn set(&self, gauge: &AtomicU64, value: u64) {
+        gauge.store(value, Relaxed);
+    }
+
     /// Counts a closed connection.
     pub fn count_close(&self, reason: CloseReason) {
         add(&self.closes[reason as usize], 1);
+    }
+
+    /// Closes counted for `reason` on this shard.
+    pub fn closes(&self, reason: CloseReason) -> u64 {
+        self.closes[reason as usize].load(Relaxed)
     }
 
     /// Publishes the shard's latest latency histogram, replacing the previous one.
@@ -192,6 +209,8 @@ impl StatsRegistry {
             s.mesh_out += l(&shard.mesh_out);
             s.accept_errors += l(&shard.accept_errors);
             s.handoffs += l(&shard.handoffs);
+            s.mesh_backlog += l(&shard.mesh_backlog);
+            s.ring_enters += l(&shard.ring_enters);
             for (i, reason) in CloseReason::ALL.iter().enumerate() {
                 let n = l(&shard.closes[i]);
                 if n > 0 {
@@ -264,6 +283,10 @@ pub struct Stats {
     pub accept_errors: u64,
     /// Connections handed to another shard (Engine.IO sessions live on one shard).
     pub handoffs: u64,
+    /// Cross-shard messages waiting in local backlogs (their queues were full).
+    pub mesh_backlog: u64,
+    /// Kernel entries of the shards' rings.
+    pub ring_enters: u64,
     /// Closed connections by reason (only reasons seen).
     pub closes: Vec<(String, u64)>,
     /// Server-side relay latency.
@@ -284,7 +307,7 @@ impl std::fmt::Display for Stats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "conns={} accepted={} accept_errors={} rooms={} in={} out={} bytes_in={} bytes_out={} mesh={} latency_us p50={} p99={} p999={} max={}",
+            "conns={} accepted={} accept_errors={} rooms={} in={} out={} bytes_in={} bytes_out={} mesh={} mesh_backlog={} enters={} latency_us p50={} p99={} p999={} max={}",
             self.connections,
             self.accepted,
             self.accept_errors,
@@ -294,6 +317,8 @@ impl std::fmt::Display for Stats {
             self.bytes_in,
             self.bytes_out,
             self.mesh_out,
+            self.mesh_backlog,
+            self.ring_enters,
             self.latency.p50_us,
             self.latency.p99_us,
             self.latency.p999_us,

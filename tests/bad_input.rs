@@ -8,10 +8,10 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use common::{connect, run, server, still_serving, wait_for_stats};
+use corelay::client::Stream;
 use corelay::client::{PayloadKind, ServerEvent};
-use corelay::net::ws::{masked_binary_frame, Incoming, WsCodec};
-use corelay::net::Stream;
 use corelay::proto::native::{encode_client, ClientFrame, ErrorCode, PROTOCOL_VERSION};
+use corelay::proto::ws::{masked_binary_frame, Incoming, WsCodec};
 use corelay::stats::CloseReason;
 use tungstenite::protocol::Role;
 use tungstenite::Message;

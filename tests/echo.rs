@@ -6,32 +6,26 @@ mod common;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
+use corelay::client::Stream;
 use corelay::net::echo::{self, EchoConfig};
-use corelay::net::ws::{Incoming, WsCodec};
-use corelay::net::Stream;
+use corelay::proto::ws::{Incoming, WsCodec};
 use tungstenite::protocol::frame::coding::{Data, OpCode};
 use tungstenite::protocol::frame::{Frame, FrameHeader};
 use tungstenite::protocol::Role;
 use tungstenite::Message;
 
-/// Starts an echo server on its own executor thread; returns its address.
+/// Starts an echo server; returns its address. The server stops with the test process.
 fn echo_server() -> SocketAddr {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .make()
-            .unwrap();
-        ex.run(async move {
-            let listener = glommio::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            let config = EchoConfig {
-                max_message_size: 1 << 16,
-                ..EchoConfig::default()
-            };
-            echo::serve(listener, config).await;
-        });
-    });
-    rx.recv().unwrap()
+    let server = echo::start(EchoConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        max_message_size: 1 << 16,
+        ..EchoConfig::default()
+    })
+    .expect("echo server starts");
+    let addr = server.local_addr();
+    // Left running: each test binary's process ends when its tests do.
+    std::mem::forget(server);
+    addr
 }
 
 async fn connect(addr: SocketAddr) -> (Stream, WsCodec) {

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{run, server, wait_for_stats};
-use corelay::net::ws::{masked_binary_frame, Incoming, WsCodec};
-use corelay::net::Stream;
+use corelay::client::Stream;
+use corelay::proto::ws::{masked_binary_frame, Incoming, WsCodec};
 use corelay::stats::CloseReason;
 use tungstenite::protocol::Role;
 use tungstenite::Message;

@@ -1,7 +1,7 @@
 //! HTTP request heads: need-more, a request, or an error; never a crash.
 #![no_main]
 
-use corelay::net::http::parse_request;
+use corelay::proto::http::parse_request;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

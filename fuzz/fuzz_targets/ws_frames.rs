@@ -1,7 +1,7 @@
 //! WebSocket framing as the server reads it, fed in arbitrary chunks.
 #![no_main]
 
-use corelay::net::ws::{Incoming, WsCodec};
+use corelay::proto::ws::{Incoming, WsCodec};
 use libfuzzer_sys::fuzz_target;
 use tungstenite::protocol::Role;
 

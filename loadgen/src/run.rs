@@ -17,7 +17,7 @@
 //! 4. stop: threads cancel their tasks, close their connections and hand back their
 //!    histograms and counts, which the main thread merges into the [`Report`].
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal, Write};
 use std::rc::Rc;
@@ -30,11 +30,10 @@ use crossbeam::utils::CachePadded;
 use futures_lite::future;
 use glommio::sync::Semaphore;
 use glommio::timer::sleep;
-use glommio::{LocalExecutorBuilder, Placement, Task};
+use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 
-use crate::accounting::{Arrival, SeqWindow, Tally};
-use crate::header::TimingHeader;
+use crate::accounting::Tally;
 use crate::metrics::{self, distribution, record_ns, Histograms, LatencySummary};
 use crate::options::{Options, ProgressMode, Scenario};
 use crate::procfs::{self, ProcSample};
@@ -43,8 +42,10 @@ use crate::report::{
     ServerReport, Settings,
 };
 use crate::schedule::Schedule;
-use crate::transport::{reason, Connection, Endpoint, Receiver, Sender, TransportError};
+use crate::transport::{reason, Connection, Endpoint, TransportError};
 use crate::Error;
+
+mod load;
 
 /// Connections a thread opens at once when not paced: enough to keep the server's accept
 /// loop busy, few enough not to overflow a default listen backlog (4096) with 8 threads.
@@ -59,8 +60,6 @@ const START_LEAD: Duration = Duration::from_millis(50);
 /// Extra time past the drain before the main thread stops a run whose senders are stuck
 /// (a server that stopped reading): every run ends by itself.
 const STUCK_GRACE: Duration = Duration::from_secs(5);
-/// Limit for closing all of a thread's connections at the end.
-const CLOSE_LIMIT: Duration = Duration::from_secs(2);
 /// p99 pacing lag above which the generator is suspected of being late.
 const LAG_WARNING_US: u64 = 1_000;
 /// Generator CPU use (fraction of its cores) above which it may be the bottleneck.
@@ -170,12 +169,6 @@ struct ThreadResult {
 struct Snapshot {
     tick: u64,
     hist: Histogram<u64>,
-}
-
-/// One open connection of a thread.
-struct Open {
-    sender: Rc<Sender>,
-    alive: Rc<Cell<bool>>,
 }
 
 /// Runs the scenario described by `opts` and returns its report. Blocks until the run
@@ -554,10 +547,9 @@ async fn thread_main(
         fanout_expected: HashMap::new(),
     }));
     let local: Vec<usize> = (t..opts.clients).step_by(opts.threads).collect();
-    let opened: Rc<RefCell<Vec<(usize, Open)>>> = Rc::new(RefCell::new(Vec::new()));
-    let receivers: Rc<RefCell<Vec<Task<()>>>> = Rc::new(RefCell::new(Vec::new()));
+    let opened: Rc<RefCell<Vec<(usize, Connection)>>> = Rc::new(RefCell::new(Vec::new()));
     let paced = opts.connect_rate > 0.0;
-    let ticker = glommio::spawn_local(ticker(shared.clone(), state.clone(), snaps));
+    let ticker = glommio::spawn_local(ticker(shared.clone(), state.clone(), snaps.clone()));
 
     // Setup (connect: the storm itself).
     let mut connecting = Vec::with_capacity(local.len());
@@ -572,13 +564,8 @@ async fn thread_main(
     };
     let limit = Rc::new(Semaphore::new(SETUP_CONCURRENCY));
     for &index in &local {
-        let (shared, state, opened, receivers, limit) = (
-            shared.clone(),
-            state.clone(),
-            opened.clone(),
-            receivers.clone(),
-            limit.clone(),
-        );
+        let (shared, state, opened, limit) =
+            (shared.clone(), state.clone(), opened.clone(), limit.clone());
         connecting.push(glommio::spawn_local(async move {
             let intended = if paced {
                 let due = pace_origin + (index as f64 * 1e9 / shared.opts.connect_rate) as u64;
@@ -601,8 +588,8 @@ async fn thread_main(
             if shared.stopped() {
                 return;
             }
-            if let Some(open) = open_client(&shared, t, index, intended, &state, &receivers).await {
-                opened.borrow_mut().push((index, open));
+            if let Some(conn) = open_client(&shared, t, index, intended, &state).await {
+                opened.borrow_mut().push((index, conn));
             }
         }));
     }
@@ -611,69 +598,49 @@ async fn thread_main(
     }
     shared.counters[t].setup_done.store(true, Ordering::Release);
 
-    // Load.
+    // The load phase runs on the thread's own ring: take every connection apart.
     wait_until(&shared, || shared.load_start().is_some()).await;
-    let mut senders = Vec::new();
-    let running = Rc::new(Cell::new(0usize));
-    if opts.sends() {
-        if let Some(start) = shared.load_start() {
-            let schedule = Schedule::new(
+    let opened = std::mem::take(&mut *opened.borrow_mut());
+    let mut parts = Vec::with_capacity(opened.len());
+    for (index, conn) in opened {
+        match conn.into_parts().await {
+            Ok(p) => parts.push((index, p)),
+            Err(e) => {
+                if let Some(room) = opts.room_of(index) {
+                    shared.room_live[room].fetch_sub(1, Ordering::AcqRel);
+                }
+                *state.borrow_mut().drops.entry(reason(&e.0)).or_default() += 1;
+            }
+        }
+    }
+    let schedule = if opts.sends() {
+        shared.load_start().map(|start| {
+            Schedule::new(
                 opts.rate,
                 opts.senders() as u64,
                 start,
                 start + shared.warmup_ns + shared.window_ns,
-            );
-            for (index, open) in opened.borrow().iter() {
-                if !opts.is_sender(*index) {
-                    continue;
-                }
-                running.set(running.get() + 1);
-                senders.push(glommio::spawn_local(send_loop(
-                    shared.clone(),
-                    t,
-                    *index,
-                    schedule,
-                    open.sender.clone(),
-                    open.alive.clone(),
-                    state.clone(),
-                    running.clone(),
-                )));
-            }
+            )
+        })
+    } else {
+        None
+    };
+    // From here the loop takes the interval snapshots.
+    ticker.cancel().await;
+    {
+        let mut st = state.borrow_mut();
+        if let Err(e) = load::run(&shared, t, parts, schedule, &mut st, &snaps) {
+            eprintln!("corelay-loadgen: thread {t}: {e}");
+            shared.counters[t]
+                .sending_done
+                .store(true, Ordering::Release);
         }
     }
-    wait_until(&shared, || running.get() == 0).await;
-    shared.counters[t]
-        .sending_done
-        .store(true, Ordering::Release);
-
-    // Drain (the main thread decides when it is over), then stop.
-    wait_until(&shared, || false).await;
-    for task in senders {
-        task.cancel().await;
-    }
-    let receivers = std::mem::take(&mut *receivers.borrow_mut());
-    for task in receivers {
-        task.cancel().await;
-    }
-    ticker.cancel().await;
-    let opened = std::mem::take(&mut *opened.borrow_mut());
-    future::or(
-        async {
-            for (_, open) in &opened {
-                if open.alive.get() {
-                    let _ = open.sender.close().await;
-                }
-            }
-        },
-        sleep(CLOSE_LIMIT),
-    )
-    .await;
-    drop(opened);
 
     let state = Rc::try_unwrap(state)
         .map(RefCell::into_inner)
         .unwrap_or_else(|rc| {
-            // Every task holding the state was cancelled above; copy it if one lingers.
+            // Every task holding the state has ended above; copy it if one lingers.
             let s = rc.borrow();
             ThreadState {
                 hist: s.hist.clone(),
@@ -695,15 +662,14 @@ async fn thread_main(
     }
 }
 
-/// Connects client `index` (and joins its room), starts its receiver. `None` on failure.
+/// Connects client `index` (and joins its room). `None` on failure.
 async fn open_client(
     shared: &Arc<Shared>,
     t: usize,
     index: usize,
     intended: Option<u64>,
     state: &Rc<RefCell<ThreadState>>,
-    receivers: &Rc<RefCell<Vec<Task<()>>>>,
-) -> Option<Open> {
+) -> Option<Connection> {
     let opts = &shared.opts;
     let counters = &shared.counters[t];
     counters.attempted.fetch_add(1, Ordering::Relaxed);
@@ -751,179 +717,13 @@ async fn open_client(
         shared.room_live[room].fetch_add(1, Ordering::AcqRel);
     }
     counters.established.fetch_add(1, Ordering::Relaxed);
-    let (sender, receiver) = conn.split();
-    let alive = Rc::new(Cell::new(true));
-    receivers
-        .borrow_mut()
-        .push(glommio::spawn_local(receive_loop(
-            shared.clone(),
-            t,
-            index,
-            receiver,
-            alive.clone(),
-            state.clone(),
-        )));
-    Some(Open {
-        sender: Rc::new(sender),
-        alive,
-    })
+    Some(conn)
 }
 
 /// Room names carry the process id so that runs against a long-lived server never meet
 /// the rooms of an earlier run.
 fn room_name(room: usize) -> String {
     format!("lg{}-{room}", std::process::id())
-}
-
-/// Marks a connection broken (once) and counts why.
-fn mark_dropped(
-    shared: &Shared,
-    index: usize,
-    alive: &Cell<bool>,
-    state: &RefCell<ThreadState>,
-    error: &TransportError,
-) {
-    if !alive.replace(false) || shared.stopped() {
-        return;
-    }
-    if let Some(room) = shared.opts.room_of(index) {
-        shared.room_live[room].fetch_sub(1, Ordering::AcqRel);
-    }
-    *state
-        .borrow_mut()
-        .drops
-        .entry(reason(&error.0))
-        .or_default() += 1;
-}
-
-/// One sender: its schedule, open loop, until the end of the window.
-#[allow(clippy::too_many_arguments)]
-async fn send_loop(
-    shared: Arc<Shared>,
-    t: usize,
-    index: usize,
-    schedule: Schedule,
-    sender: Rc<Sender>,
-    alive: Rc<Cell<bool>>,
-    state: Rc<RefCell<ThreadState>>,
-    running: Rc<Cell<usize>>,
-) {
-    let opts = &shared.opts;
-    let counters = &shared.counters[t];
-    let slot = opts.sender_slot(index) as u64;
-    let room = opts.room_of(index).unwrap_or(0);
-    let name = room_name(room);
-    let mut buf = Vec::with_capacity(opts.payload);
-    let fanout = opts.scenario == Scenario::Fanout;
-    for seq in 0..schedule.messages_for(slot) {
-        let intended = schedule.intended_ns(slot, seq);
-        sleep_until_ns(&shared, intended).await;
-        if shared.stopped() || !alive.get() {
-            break;
-        }
-        let owed = shared.room_live[room]
-            .load(Ordering::Acquire)
-            .saturating_sub(1);
-        let sent_ns = shared.now_ns();
-        let header = TimingHeader {
-            intended_ns: intended,
-            sent_ns,
-            sender: index as u32,
-            seq: seq as u32,
-        };
-        if let Err(e) = sender.send(&name, &header, opts.payload, &mut buf).await {
-            mark_dropped(&shared, index, &alive, &state, &e);
-            break;
-        }
-        let measured = shared.in_window(intended);
-        let mut st = state.borrow_mut();
-        if measured {
-            st.tally.sent += 1;
-            st.tally.expected += u64::from(owed);
-            record_ns(&mut st.hist.pacing_lag, sent_ns.saturating_sub(intended));
-            counters.sent.fetch_add(1, Ordering::Relaxed);
-            counters
-                .expected
-                .fetch_add(u64::from(owed), Ordering::Relaxed);
-        }
-        if fanout {
-            let owed_list = st.fanout_expected.entry(room).or_default();
-            let seq = seq as usize;
-            if owed_list.len() <= seq {
-                owed_list.resize(seq + 1, u32::MAX);
-            }
-            owed_list[seq] = if measured { owed } else { u32::MAX };
-        }
-    }
-    running.set(running.get() - 1);
-}
-
-/// One receiver: records every load message until cancelled or disconnected.
-async fn receive_loop(
-    shared: Arc<Shared>,
-    t: usize,
-    index: usize,
-    mut receiver: Receiver,
-    alive: Rc<Cell<bool>>,
-    state: Rc<RefCell<ThreadState>>,
-) {
-    let opts = &shared.opts;
-    let counters = &shared.counters[t];
-    let room = opts.room_of(index);
-    let room_first = room.map_or(0, |r| r * opts.room_size);
-    let room_end = room.map_or(0, |r| ((r + 1) * opts.room_size).min(opts.clients));
-    let fanout = opts.scenario == Scenario::Fanout;
-    let mut windows: HashMap<u32, SeqWindow> = HashMap::new();
-    loop {
-        let header = match receiver.next_header().await {
-            Ok(Some(h)) => h,
-            Ok(None) => continue,
-            Err(e) => {
-                mark_dropped(&shared, index, &alive, &state, &e);
-                return;
-            }
-        };
-        let now = shared.now_ns();
-        let mut st = state.borrow_mut();
-        st.tally.received_total += 1;
-        let sender = header.sender as usize;
-        // Only messages of this run's room members count (a shared server may carry
-        // other traffic with the same event name).
-        if !(room_first..room_end).contains(&sender) || sender == index {
-            continue;
-        }
-        if !shared.in_window(header.intended_ns) {
-            continue;
-        }
-        let arrival = windows
-            .entry(header.sender)
-            .or_default()
-            .observe(header.seq);
-        st.tally.record(arrival);
-        if arrival == Arrival::Duplicate {
-            continue;
-        }
-        counters.delivered.fetch_add(1, Ordering::Relaxed);
-        let corrected = now.saturating_sub(header.intended_ns);
-        record_ns(&mut st.hist.latency, corrected);
-        record_ns(
-            &mut st.hist.latency_uncorrected,
-            now.saturating_sub(header.sent_ns),
-        );
-        record_ns(&mut st.interval, corrected);
-        if fanout {
-            if let Some(room) = room {
-                let per_seq = st.fanout_arrivals.entry(room).or_default();
-                let seq = header.seq as usize;
-                if per_seq.len() <= seq {
-                    per_seq.resize(seq + 1, (0, 0));
-                }
-                let slot = &mut per_seq[seq];
-                slot.0 = slot.0.max(corrected);
-                slot.1 += 1;
-            }
-        }
-    }
 }
 
 /// Sends the thread's interval histogram to the main thread at every interval boundary

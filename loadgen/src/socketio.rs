@@ -5,18 +5,11 @@
 //! measure corelay's socket.io side and any socket.io server implementing the convention
 //! (see `loadgen/reference/socketio-relay.js`).
 //!
-//! How it is built:
-//! - TCP: a `socket2` socket, optionally bound to a source address, connected without
-//!   blocking and handed to glommio as a `TcpStream`. The first write (the HTTP upgrade
-//!   request) waits until the connection is established, or fails with its error.
-//! - WebSocket handshake: done by hand (write the `GET ... Upgrade: websocket` request, read
-//!   the `101` response, check `Sec-WebSocket-Accept` with tungstenite's helper).
-//! - WebSocket framing: tungstenite's sans-IO [`WebSocketContext`] in client role, one per
-//!   direction, fed from in-memory buffers that glommio fills and drains. The read side's
-//!   automatic replies (pong, close) are forwarded to the write side.
-//! - The reader and the writer share one socket through [`SharedStream`]; writes are made
-//!   whole-frame under a one-permit semaphore, so frames from the sending task and ping
-//!   answers from the receiving task never interleave.
+//! The WebSocket is corelay's client side ([`corelay::client::ws`]): the same upgrade,
+//! framing and codec as the native client and the server. What is here is the Engine.IO
+//! and Socket.IO layer, split into a sans-IO [`SioDecoder`] (text and binary messages in,
+//! packets and the replies to send out) that the load phase's event loop also uses, and
+//! the async client for the setup (connect, namespace, join).
 //!
 //! Wire summary (text frames): `0{open}` from the server, `40` from us, `40{"sid":..}` back;
 //! `2` ping -> `3` pong; `421["join","room"]` -> `431[{"room":..,"members":N}]`;
@@ -24,42 +17,24 @@
 //! `451-["msg",{"_placeholder":true,"num":0},<from>]` followed by one binary frame when the
 //! sender's payload was binary.
 
-use std::cell::RefCell;
-use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{FromRawFd, IntoRawFd};
-use std::pin::Pin;
-use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::os::fd::OwnedFd;
+use std::time::Duration;
 
 use bytes::Bytes;
-use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use glommio::net::TcpStream;
-use glommio::sync::Semaphore;
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
+use corelay::client::{ws, ClientError, WsReceiver, WsSender};
+use corelay::proto::ws::WsCodec;
 use tungstenite::Message;
 
-/// Largest HTTP upgrade response accepted; real ones are ~200 bytes.
-const MAX_RESPONSE_HEAD: usize = 8 * 1024;
-/// Socket read size: one syscall takes many small relay messages at once.
-const READ_CHUNK: usize = 64 * 1024;
+/// Time allowed for TCP connect and the WebSocket upgrade.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Errors of the socket.io client.
 #[derive(Debug, thiserror::Error)]
 pub enum SocketIoError {
-    /// The TCP connection could not be made (refused, unreachable, no source port...).
-    #[error("tcp connect: {0}")]
-    Connect(io::Error),
-    /// The socket failed after connecting.
-    #[error("i/o: {0}")]
-    Io(#[from] io::Error),
-    /// The server did not answer the WebSocket upgrade with a valid `101`.
-    #[error("websocket upgrade: {0}")]
-    Upgrade(String),
-    /// Bad WebSocket framing from the server.
-    #[error("websocket: {0}")]
-    WebSocket(#[from] tungstenite::Error),
+    /// The WebSocket failed: connect, upgrade, framing or the socket.
+    #[error("{0}")]
+    WebSocket(#[from] ClientError),
     /// An Engine.IO or Socket.IO packet that this client does not understand.
     #[error("protocol: {0}")]
     Protocol(String),
@@ -89,136 +64,6 @@ pub struct SocketIoConfig {
     pub max_message_size: usize,
 }
 
-/// A socket shared by the reading and the writing half of one connection.
-///
-/// glommio keeps separate read and write readiness for a stream, so the two halves may be
-/// polled from different tasks; each poll borrows the stream only for its own duration.
-#[derive(Clone)]
-pub struct SharedStream(Rc<RefCell<TcpStream>>);
-
-impl AsyncRead for SharedStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for SharedStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_write(cx, buf)
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_flush(cx)
-    }
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.0.borrow_mut()).poll_close(cx)
-    }
-}
-
-/// A byte sink for tungstenite's encoder: collects frames, never blocks.
-struct Sink<'a>(&'a mut Vec<u8>);
-
-impl Read for Sink<'_> {
-    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
-        Err(io::ErrorKind::WouldBlock.into())
-    }
-}
-
-impl Write for Sink<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Bytes received from the socket, lent to tungstenite's decoder; automatic replies that
-/// it writes are collected for the write side.
-struct Feed<'a> {
-    input: &'a [u8],
-    replies: &'a mut Vec<u8>,
-}
-
-impl Read for Feed<'_> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.input.is_empty() {
-            // Never Ok(0): that would mean end of stream to tungstenite.
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let n = out.len().min(self.input.len());
-        out[..n].copy_from_slice(&self.input[..n]);
-        self.input = &self.input[n..];
-        Ok(n)
-    }
-}
-
-impl Write for Feed<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.replies.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The writing side of a connection; shared by the sender and the receiver (for pongs).
-struct Writer {
-    stream: SharedStream,
-    ctx: RefCell<WebSocketContext>,
-    /// One permit: a frame is written whole before the next one starts.
-    turn: Semaphore,
-    scratch: RefCell<Vec<u8>>,
-}
-
-impl Writer {
-    async fn send_text(&self, text: String) -> Result<(), SocketIoError> {
-        let frame = {
-            let mut out = std::mem::take(&mut *self.scratch.borrow_mut());
-            out.clear();
-            let mut ctx = self.ctx.borrow_mut();
-            let mut sink = Sink(&mut out);
-            ctx.write(&mut sink, Message::text(text))?;
-            ctx.flush(&mut sink)?;
-            out
-        };
-        let result = self.send_raw(&frame).await;
-        *self.scratch.borrow_mut() = frame;
-        result
-    }
-
-    async fn send_close(&self) -> Result<(), SocketIoError> {
-        let mut out = Vec::new();
-        {
-            let mut ctx = self.ctx.borrow_mut();
-            let mut sink = Sink(&mut out);
-            ctx.write(&mut sink, Message::Close(None))?;
-            ctx.flush(&mut sink)?;
-        }
-        self.send_raw(&out).await
-    }
-
-    async fn send_raw(&self, frame: &[u8]) -> Result<(), SocketIoError> {
-        let _turn = self
-            .turn
-            .acquire_permit(1)
-            .await
-            .map_err(|_| SocketIoError::Closed)?;
-        let mut stream = self.stream.clone();
-        stream.write_all(frame).await?;
-        Ok(())
-    }
-}
-
 /// A payload received in a `msg` event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Payload {
@@ -231,7 +76,7 @@ pub struct Payload {
 
 /// A Socket.IO packet, as far as this client cares.
 #[derive(Debug, PartialEq, Eq)]
-enum Packet {
+pub enum Packet {
     /// A `msg` event with its payload.
     Msg(Payload),
     /// A `msg` binary event whose payload comes in the next binary frame(s).
@@ -239,109 +84,18 @@ enum Packet {
     /// Any other event.
     OtherEvent,
     /// An ack with its id and JSON arguments.
-    Ack { id: u64, args: String },
+    Ack {
+        /// The ack id.
+        id: u64,
+        /// The arguments, as JSON text.
+        args: String,
+    },
     /// Namespace connected, with its JSON data.
     Connected(String),
     /// Namespace connect refused, with its JSON data.
     ConnectError(String),
     /// Namespace disconnected by the server.
     Disconnect,
-}
-
-/// Reads Engine.IO and Socket.IO packets; answers pings through the writer.
-struct Reader {
-    stream: SharedStream,
-    ctx: WebSocketContext,
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
-    replies: Vec<u8>,
-    writer: Rc<Writer>,
-    awaiting_attachment: bool,
-}
-
-impl Reader {
-    async fn next_ws_message(&mut self) -> Result<Message, SocketIoError> {
-        loop {
-            let mut feed = Feed {
-                input: &self.buf[self.start..self.end],
-                replies: &mut self.replies,
-            };
-            let before = feed.input.len();
-            let result = self.ctx.read(&mut feed);
-            let left = feed.input.len();
-            self.start += before - left;
-            if !self.replies.is_empty() {
-                let replies = std::mem::take(&mut self.replies);
-                // A failed pong or close reply surfaces on the next read anyway.
-                let _ = self.writer.send_raw(&replies).await;
-            }
-            match result {
-                Ok(message) => return Ok(message),
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.start = 0;
-                    self.end = 0;
-                    let n = self.stream.read(&mut self.buf).await?;
-                    if n == 0 {
-                        return Err(SocketIoError::Closed);
-                    }
-                    self.end = n;
-                }
-                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-                    return Err(SocketIoError::Closed)
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-
-    /// The next Engine.IO message (pings answered here), as text or binary.
-    async fn next_engine_message(&mut self) -> Result<Message, SocketIoError> {
-        loop {
-            match self.next_ws_message().await? {
-                Message::Text(text) => match text.as_bytes().first() {
-                    Some(b'2') => {
-                        // Engine.IO heartbeat: the server pings, the client pongs with the
-                        // same payload (usually none).
-                        self.writer.send_text(format!("3{}", &text[1..])).await?;
-                    }
-                    Some(b'1') => return Err(SocketIoError::Closed),
-                    Some(b'3' | b'6') => {}
-                    Some(_) => return Ok(Message::Text(text)),
-                    None => return Err(SocketIoError::Protocol("empty packet".into())),
-                },
-                Message::Binary(b) => return Ok(Message::Binary(b)),
-                Message::Close(_) => return Err(SocketIoError::Closed),
-                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
-            }
-        }
-    }
-
-    async fn next_packet(&mut self) -> Result<Packet, SocketIoError> {
-        loop {
-            match self.next_engine_message().await? {
-                Message::Text(text) => {
-                    let bytes = Bytes::from(text);
-                    match bytes.first() {
-                        Some(b'4') => {
-                            let packet = parse_socketio(&bytes.slice(1..))?;
-                            if packet == Packet::MsgAwaitingAttachment {
-                                self.awaiting_attachment = true;
-                                continue;
-                            }
-                            return Ok(packet);
-                        }
-                        // An unexpected open or upgrade packet: ignore.
-                        _ => continue,
-                    }
-                }
-                Message::Binary(bytes) if std::mem::take(&mut self.awaiting_attachment) => {
-                    return Ok(Packet::Msg(Payload { bytes, text: false }));
-                }
-                _ => {}
-            }
-        }
-    }
 }
 
 /// Parses a Socket.IO packet (the text after Engine.IO's `4`).
@@ -431,10 +185,79 @@ fn json_string(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
 }
 
+/// What a message from the server means, from [`SioDecoder::on_message`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// A Socket.IO packet.
+    Packet(Packet),
+    /// Send this text message back (the Engine.IO pong to a ping).
+    Reply(String),
+    /// Nothing to do (an Engine.IO pong or noop, or half of a binary event).
+    Nothing,
+    /// The server closed the session.
+    Closed,
+}
+
+/// The Engine.IO and Socket.IO layer of one connection, sans-IO.
+#[derive(Debug, Default)]
+pub struct SioDecoder {
+    awaiting_attachment: bool,
+}
+
+impl SioDecoder {
+    /// Decodes one WebSocket message from the server.
+    pub fn on_message(&mut self, msg: Message) -> Result<Decoded, SocketIoError> {
+        match msg {
+            Message::Text(text) => {
+                let bytes = Bytes::from(text);
+                match bytes.first() {
+                    // Engine.IO heartbeat: the server pings, the client pongs with the same
+                    // payload (usually none).
+                    Some(b'2') => Ok(Decoded::Reply(format!(
+                        "3{}",
+                        String::from_utf8_lossy(&bytes[1..])
+                    ))),
+                    Some(b'1') => Ok(Decoded::Closed),
+                    Some(b'4') => {
+                        let packet = parse_socketio(&bytes.slice(1..))?;
+                        if packet == Packet::MsgAwaitingAttachment {
+                            self.awaiting_attachment = true;
+                            return Ok(Decoded::Nothing);
+                        }
+                        Ok(Decoded::Packet(packet))
+                    }
+                    Some(_) => Ok(Decoded::Nothing),
+                    None => Err(SocketIoError::Protocol("empty packet".into())),
+                }
+            }
+            Message::Binary(bytes) if std::mem::take(&mut self.awaiting_attachment) => {
+                Ok(Decoded::Packet(Packet::Msg(Payload { bytes, text: false })))
+            }
+            Message::Close(_) => Ok(Decoded::Closed),
+            _ => Ok(Decoded::Nothing),
+        }
+    }
+}
+
+/// `emit("to", room, event, payload)` with a JSON string payload, as Engine.IO message
+/// text. `payload` must need no JSON escaping (the load generator's payloads are hex and
+/// letters).
+pub fn to_room_text(room: &str, event: &str, payload: &str, out: &mut String) {
+    out.clear();
+    out.push_str("42[\"to\",");
+    out.push_str(&json_string(room));
+    out.push(',');
+    out.push_str(&json_string(event));
+    out.push_str(",\"");
+    out.push_str(payload);
+    out.push_str("\"]");
+}
+
 /// A connected Socket.IO client (main namespace).
 pub struct SocketIoClient {
-    reader: Reader,
-    writer: Rc<Writer>,
+    tx: WsSender,
+    rx: WsReceiver,
+    decoder: SioDecoder,
     sid: String,
     next_ack: u64,
 }
@@ -442,34 +265,19 @@ pub struct SocketIoClient {
 impl SocketIoClient {
     /// Connects: TCP, WebSocket upgrade, Engine.IO open, Socket.IO namespace connect.
     pub async fn connect(config: &SocketIoConfig) -> Result<Self, SocketIoError> {
-        let stream = connect_tcp(config.addr, config.bind)?;
-        let stream = SharedStream(Rc::new(RefCell::new(stream)));
-        let leftover = upgrade(stream.clone(), config).await?;
-
-        let ws_config = WebSocketConfig::default()
-            .max_message_size(Some(config.max_message_size))
-            .max_frame_size(Some(config.max_message_size));
-        let writer = Rc::new(Writer {
-            stream: stream.clone(),
-            ctx: RefCell::new(WebSocketContext::new(Role::Client, Some(ws_config))),
-            turn: Semaphore::new(1),
-            scratch: RefCell::new(Vec::new()),
-        });
-        let mut buf = vec![0u8; READ_CHUNK.max(leftover.len())];
-        buf[..leftover.len()].copy_from_slice(&leftover);
-        let mut reader = Reader {
-            stream,
-            ctx: WebSocketContext::new(Role::Client, Some(ws_config)),
-            end: leftover.len(),
-            buf,
-            start: 0,
-            replies: Vec::new(),
-            writer: writer.clone(),
-            awaiting_attachment: false,
-        };
-
+        let separator = if config.path.contains('?') { '&' } else { '?' };
+        let path = format!("{}{separator}EIO=4&transport=websocket", config.path);
+        let (tx, mut rx) = ws::connect(
+            config.addr,
+            &config.host,
+            &path,
+            config.bind,
+            config.max_message_size,
+            CONNECT_TIMEOUT,
+        )
+        .await?;
         // Engine.IO open packet: 0{"sid":..,"pingInterval":..,...}
-        match reader.next_ws_message().await? {
+        match rx.next_message().await? {
             Message::Text(t) if t.starts_with('0') => {}
             other => {
                 return Err(SocketIoError::Protocol(format!(
@@ -477,9 +285,16 @@ impl SocketIoClient {
                 )))
             }
         }
-        writer.send_text("40".into()).await?;
-        let sid = loop {
-            match reader.next_packet().await? {
+        tx.send_text("40")?;
+        let mut client = Self {
+            tx,
+            rx,
+            decoder: SioDecoder::default(),
+            sid: String::new(),
+            next_ack: 1,
+        };
+        client.sid = loop {
+            match client.next_packet().await? {
                 Packet::Connected(data) => {
                     break serde_json::from_str::<serde_json::Value>(&data)
                         .ok()
@@ -491,12 +306,19 @@ impl SocketIoClient {
                 _ => {}
             }
         };
-        Ok(Self {
-            reader,
-            writer,
-            sid,
-            next_ack: 1,
-        })
+        Ok(client)
+    }
+
+    async fn next_packet(&mut self) -> Result<Packet, SocketIoError> {
+        loop {
+            let msg = self.rx.next_message().await?;
+            match self.decoder.on_message(msg)? {
+                Decoded::Packet(p) => return Ok(p),
+                Decoded::Reply(text) => self.tx.send_text(&text)?,
+                Decoded::Nothing => {}
+                Decoded::Closed => return Err(SocketIoError::Closed),
+            }
+        }
     }
 
     /// The Socket.IO session id the server gave this client.
@@ -509,11 +331,10 @@ impl SocketIoClient {
     pub async fn join(&mut self, room: &str) -> Result<u32, SocketIoError> {
         let id = self.next_ack;
         self.next_ack += 1;
-        self.writer
-            .send_text(format!("42{id}[\"join\",{}]", json_string(room)))
-            .await?;
+        self.tx
+            .send_text(&format!("42{id}[\"join\",{}]", json_string(room)))?;
         loop {
-            match self.reader.next_packet().await? {
+            match self.next_packet().await? {
                 Packet::Ack { id: got, args } if got == id => {
                     let value: serde_json::Value = serde_json::from_str(&args)
                         .map_err(|e| SocketIoError::Protocol(format!("join ack {args}: {e}")))?;
@@ -529,156 +350,29 @@ impl SocketIoClient {
         }
     }
 
-    /// Splits into a sending and a receiving half that may live in different tasks.
-    pub fn split(self) -> (SocketIoSender, SocketIoReceiver) {
-        (
-            SocketIoSender {
-                writer: self.writer,
-            },
-            SocketIoReceiver {
-                reader: self.reader,
-            },
-        )
-    }
-}
-
-/// The sending half.
-pub struct SocketIoSender {
-    writer: Rc<Writer>,
-}
-
-impl SocketIoSender {
-    /// `emit("to", room, event, payload)` with a JSON string payload. `payload` must need no
-    /// JSON escaping (the load generator's payloads are hex and letters).
-    pub async fn send_to(
-        &self,
-        room: &str,
-        event: &str,
-        payload: &str,
-    ) -> Result<(), SocketIoError> {
+    /// `emit("to", room, event, payload)` (see [`to_room_text`]).
+    pub fn send_to(&self, room: &str, event: &str, payload: &str) -> Result<(), SocketIoError> {
         let mut text = String::with_capacity(payload.len() + room.len() + event.len() + 16);
-        text.push_str("42[\"to\",");
-        text.push_str(&json_string(room));
-        text.push(',');
-        text.push_str(&json_string(event));
-        text.push_str(",\"");
-        text.push_str(payload);
-        text.push_str("\"]");
-        self.writer.send_text(text).await
+        to_room_text(room, event, payload, &mut text);
+        Ok(self.tx.send_text(&text)?)
     }
 
-    /// Sends a WebSocket close frame and shuts the socket's write side.
-    pub async fn close(&self) -> Result<(), SocketIoError> {
-        let result = self.writer.send_close().await;
-        let mut stream = self.writer.stream.clone();
-        let _ = stream.close().await;
-        result
-    }
-}
-
-/// The receiving half.
-pub struct SocketIoReceiver {
-    reader: Reader,
-}
-
-impl SocketIoReceiver {
     /// The payload of the next `msg` event; other packets are skipped, pings answered.
     pub async fn next_msg(&mut self) -> Result<Payload, SocketIoError> {
         loop {
-            match self.reader.next_packet().await? {
+            match self.next_packet().await? {
                 Packet::Msg(payload) => return Ok(payload),
                 Packet::Disconnect => return Err(SocketIoError::Closed),
                 _ => {}
             }
         }
     }
-}
 
-/// A non-blocking TCP connect (optionally from `bind`), handed to glommio. The connection
-/// completes in the background; the first write waits for it.
-fn connect_tcp(addr: SocketAddr, bind: Option<IpAddr>) -> Result<TcpStream, SocketIoError> {
-    let domain = if addr.is_ipv6() {
-        Domain::IPV6
-    } else {
-        Domain::IPV4
-    };
-    let socket =
-        Socket::new(domain, Type::STREAM, Some(Protocol::TCP)).map_err(SocketIoError::Connect)?;
-    socket.set_nodelay(true).map_err(SocketIoError::Connect)?;
-    if let Some(ip) = bind {
-        socket
-            .bind(&SockAddr::from(SocketAddr::new(ip, 0)))
-            .map_err(SocketIoError::Connect)?;
-    }
-    socket
-        .set_nonblocking(true)
-        .map_err(SocketIoError::Connect)?;
-    match socket.connect(&SockAddr::from(addr)) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(SocketIoError::Connect(e)),
-    }
-    // SAFETY: the fd comes from `into_raw_fd`, so glommio becomes its only owner.
-    Ok(unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) })
-}
-
-/// Writes the HTTP upgrade request and reads the `101` response. Returns the bytes that
-/// followed the response head (the start of the WebSocket stream).
-async fn upgrade(
-    mut stream: SharedStream,
-    config: &SocketIoConfig,
-) -> Result<Vec<u8>, SocketIoError> {
-    let key = tungstenite::handshake::client::generate_key();
-    let separator = if config.path.contains('?') { '&' } else { '?' };
-    let request = format!(
-        "GET {}{separator}EIO=4&transport=websocket HTTP/1.1\r\nHost: {}\r\n\
-         Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n\
-         Sec-WebSocket-Version: 13\r\n\r\n",
-        config.path, config.host
-    );
-    stream.write_all(request.as_bytes()).await.map_err(|e| {
-        // The first write is where a refused or failed TCP connect shows up.
-        SocketIoError::Connect(e)
-    })?;
-
-    let mut head = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(SocketIoError::Upgrade(
-                "connection closed during the upgrade".into(),
-            ));
-        }
-        head.extend_from_slice(&chunk[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut response = httparse::Response::new(&mut headers);
-        match response.parse(&head) {
-            Ok(httparse::Status::Complete(len)) => {
-                if response.code != Some(101) {
-                    return Err(SocketIoError::Upgrade(format!(
-                        "HTTP {} {}",
-                        response.code.unwrap_or(0),
-                        response.reason.unwrap_or("")
-                    )));
-                }
-                let expected = tungstenite::handshake::derive_accept_key(key.as_bytes());
-                let accept = response
-                    .headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case("sec-websocket-accept"))
-                    .map(|h| h.value);
-                if accept != Some(expected.as_bytes()) {
-                    return Err(SocketIoError::Upgrade("wrong Sec-WebSocket-Accept".into()));
-                }
-                return Ok(head[len..].to_vec());
-            }
-            Ok(httparse::Status::Partial) if head.len() < MAX_RESPONSE_HEAD => {}
-            Ok(httparse::Status::Partial) => {
-                return Err(SocketIoError::Upgrade("response head too large".into()))
-            }
-            Err(e) => return Err(SocketIoError::Upgrade(format!("bad HTTP response: {e}"))),
-        }
+    /// Takes the connection apart for the load phase's event loop: the socket, the codec,
+    /// and the Socket.IO decoder state.
+    pub async fn into_parts(self) -> Result<(OwnedFd, WsCodec, SioDecoder), SocketIoError> {
+        let (fd, codec) = self.rx.into_parts().await?;
+        Ok((fd, codec, self.decoder))
     }
 }
 
@@ -756,32 +450,37 @@ mod tests {
     }
 
     #[test]
-    fn tungstenite_frames_round_trip_through_buffers() {
-        // Encode as a client (masked), decode as a server: proves the Sink/Feed adapters.
-        let mut client = WebSocketContext::new(Role::Client, None);
-        let mut wire = Vec::new();
-        client
-            .write(
-                &mut Sink(&mut wire),
-                Message::text("42[\"to\",\"r\",\"msg\",\"x\"]"),
-            )
-            .unwrap();
-        client.flush(&mut Sink(&mut wire)).unwrap();
-        let mut server = WebSocketContext::new(Role::Server, None);
-        let mut replies = Vec::new();
-        // Fed one byte at a time: WouldBlock between bytes must keep the partial frame.
-        let mut got = None;
-        for i in 0..wire.len() {
-            let mut feed = Feed {
-                input: &wire[i..i + 1],
-                replies: &mut replies,
-            };
-            match server.read(&mut feed) {
-                Ok(m) => got = Some(m),
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => panic!("{e}"),
-            }
-        }
-        assert_eq!(got, Some(Message::text("42[\"to\",\"r\",\"msg\",\"x\"]")));
+    fn the_decoder_answers_pings_and_joins_binary_events_with_their_attachment() {
+        let mut d = SioDecoder::default();
+        assert_eq!(
+            d.on_message(Message::text("2")).unwrap(),
+            Decoded::Reply("3".into())
+        );
+        assert_eq!(d.on_message(Message::text("3")).unwrap(), Decoded::Nothing);
+        assert_eq!(
+            d.on_message(Message::text(
+                r#"451-["msg",{"_placeholder":true,"num":0},7]"#
+            ))
+            .unwrap(),
+            Decoded::Nothing
+        );
+        assert_eq!(
+            d.on_message(Message::Binary(Bytes::from_static(b"\x01\x02")))
+                .unwrap(),
+            Decoded::Packet(Packet::Msg(Payload {
+                bytes: Bytes::from_static(b"\x01\x02"),
+                text: false
+            }))
+        );
+        // A binary message with no announcement is nothing.
+        assert_eq!(
+            d.on_message(Message::Binary(Bytes::from_static(b"x")))
+                .unwrap(),
+            Decoded::Nothing
+        );
+        assert_eq!(d.on_message(Message::text("1")).unwrap(), Decoded::Closed);
+        let mut text = String::new();
+        to_room_text("r", "msg", "00ff", &mut text);
+        assert_eq!(text, r#"42["to","r","msg","00ff"]"#);
     }
 }

@@ -1,18 +1,23 @@
-//! One interface over the two client protocols: connect, join, send, receive, close.
+//! One interface over the two client protocols: connect and join during the setup (async,
+//! on glommio), then, for the load phase's event loop, the connection taken apart
+//! ([`Parts`]) with sans-IO encoding of load messages and decoding of what arrives.
 //!
 //! Enums rather than trait objects: the set is closed, and the futures stay `!Send`
 //! glommio futures without boxing.
 
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::OwnedFd;
 
-use corelay::client::{
-    Client, ClientConfig, ClientReceiver, ClientSender, PayloadKind, ServerEvent,
-};
+use bytes::Bytes;
+use corelay::client::{Client, ClientConfig, PayloadKind};
+use corelay::proto::native::{self, ArchivedServerFrame, ClientFrame};
+use corelay::proto::ws::{self, WsCodec};
+use tungstenite::Message;
 
 use crate::header::TimingHeader;
 use crate::options::Protocol;
 use crate::socketio::{
-    SocketIoClient, SocketIoConfig, SocketIoError, SocketIoReceiver, SocketIoSender,
+    to_room_text, Decoded, Packet, SioDecoder, SocketIoClient, SocketIoConfig, SocketIoError,
 };
 
 /// The event name load messages are sent under.
@@ -69,6 +74,7 @@ pub fn reason(error: &str) -> String {
         ("address already in use", "no source address/port"),
         ("too many open files", "fd limit"),
         ("upgrade", "websocket upgrade"),
+        ("handshake", "websocket upgrade"),
         ("closed", "closed by server"),
     ];
     for (needle, reason) in known {
@@ -79,7 +85,7 @@ pub fn reason(error: &str) -> String {
     error.chars().take(60).collect()
 }
 
-/// A connected client before it is split.
+/// A connected client, during the setup.
 pub enum Connection {
     /// corelay's native protocol.
     Native(Client),
@@ -121,100 +127,130 @@ impl Connection {
         }
     }
 
-    /// Splits into halves for a sending and a receiving task.
-    pub fn split(self) -> (Sender, Receiver) {
+    /// Takes the connection apart for the load phase.
+    pub async fn into_parts(self) -> Result<Parts, TransportError> {
         match self {
             Self::Native(c) => {
-                let (tx, rx) = c.split();
-                (Sender::Native(tx), Receiver::Native(rx))
+                let (fd, codec) = c.into_parts().await?;
+                Ok(Parts {
+                    fd,
+                    codec,
+                    wire: Wire::Native,
+                })
             }
             Self::SocketIo(c) => {
-                let (tx, rx) = c.split();
-                (Sender::SocketIo(tx), Receiver::SocketIo(rx))
+                let (fd, codec, decoder) = c.into_parts().await?;
+                Ok(Parts {
+                    fd,
+                    codec,
+                    wire: Wire::SocketIo(decoder),
+                })
             }
         }
     }
 }
 
-/// The sending half of a connection.
-pub enum Sender {
-    /// Native.
-    Native(ClientSender),
-    /// Socket.IO.
-    SocketIo(SocketIoSender),
+/// A connection taken apart: its socket, its WebSocket codec, its protocol state.
+pub struct Parts {
+    /// The socket (blocking mode, for io_uring).
+    pub fd: OwnedFd,
+    /// The client codec, with whatever it has buffered.
+    pub codec: WsCodec,
+    /// The protocol.
+    pub wire: Wire,
 }
 
-impl Sender {
-    /// Sends one load message of `size` bytes with `header` to `room`; `buf` is scratch.
-    pub async fn send(
+/// A protocol's encoding of load messages and decoding of what arrives, sans-IO.
+pub enum Wire {
+    /// Native: rkyv frames in binary messages.
+    Native,
+    /// Socket.IO: Engine.IO text packets, binary attachments.
+    SocketIo(SioDecoder),
+}
+
+impl Wire {
+    /// Appends the masked WebSocket frame of one load message (`header`, `size` bytes) to
+    /// `room` to `out`; `scratch` and `text` are reused buffers.
+    #[allow(clippy::too_many_arguments)]
+    pub fn encode_send(
         &self,
         room: &str,
         header: &TimingHeader,
         size: usize,
-        buf: &mut Vec<u8>,
-    ) -> Result<(), TransportError> {
+        mask: [u8; 4],
+        scratch: &mut Vec<u8>,
+        text: &mut String,
+        out: &mut Vec<u8>,
+    ) {
         match self {
-            Self::Native(tx) => {
-                header.write_binary(size, buf);
-                Ok(tx.send(room, EVENT, buf, PayloadKind::Binary).await?)
+            Wire::Native => {
+                header.write_binary(size, scratch);
+                let frame = ClientFrame::Send {
+                    req: 0,
+                    room: room.to_owned(),
+                    event: EVENT.to_owned(),
+                    payload: Bytes::copy_from_slice(scratch),
+                    kind: PayloadKind::Binary,
+                };
+                ws::write_masked_frame(false, &native::encode_client(&frame), mask, out);
             }
-            Self::SocketIo(tx) => {
-                header.write_text(size, buf);
-                // write_text produces ASCII only.
-                let text = std::str::from_utf8(buf).map_err(|e| TransportError(e.to_string()))?;
-                Ok(tx.send_to(room, EVENT, text).await?)
+            Wire::SocketIo(_) => {
+                header.write_text(size, scratch);
+                // write_text produces ASCII hex and filler letters only.
+                let payload = std::str::from_utf8(scratch).unwrap_or_default();
+                to_room_text(room, EVENT, payload, text);
+                ws::write_masked_frame(true, text.as_bytes(), mask, out);
             }
         }
     }
 
-    /// Closes the connection politely.
-    pub async fn close(&self) -> Result<(), TransportError> {
+    /// Decodes one message from the server: the timing header of a load message, or
+    /// `None` for anything else. An Engine.IO ping's pong goes into `reply` (text to send).
+    pub fn decode(
+        &mut self,
+        msg: Message,
+        reply: &mut Option<String>,
+    ) -> Result<Option<TimingHeader>, TransportError> {
         match self {
-            Self::Native(tx) => Ok(tx.close().await?),
-            Self::SocketIo(tx) => Ok(tx.close().await?),
-        }
-    }
-}
-
-/// The receiving half of a connection.
-pub enum Receiver {
-    /// Native.
-    Native(ClientReceiver),
-    /// Socket.IO.
-    SocketIo(SocketIoReceiver),
-}
-
-impl Receiver {
-    /// The timing header of the next load message; `Ok(None)` for an event that is not
-    /// one (membership changes, foreign messages).
-    pub async fn next_header(&mut self) -> Result<Option<TimingHeader>, TransportError> {
-        match self {
-            Self::Native(rx) => match rx.next_event().await? {
-                ServerEvent::Message {
-                    event,
-                    payload,
-                    kind,
-                    ..
-                } if event == EVENT => {
-                    Ok(match kind {
-                        PayloadKind::Binary => TimingHeader::from_bytes(&payload),
+            Wire::Native => {
+                let Message::Binary(bytes) = msg else {
+                    return Ok(None);
+                };
+                let frame = native::access_server(&bytes)
+                    .map_err(|e| TransportError(format!("protocol: {e}")))?;
+                Ok(match frame {
+                    ArchivedServerFrame::Event {
+                        event,
+                        payload,
+                        kind,
+                        ..
+                    } if event.as_str() == EVENT => match PayloadKind::from(kind) {
+                        PayloadKind::Binary => TimingHeader::from_bytes(payload.as_slice()),
                         // A socket.io sender's text payload reaches native clients as JSON
                         // text: a quoted string.
                         PayloadKind::Json => {
-                            TimingHeader::from_hex(payload.strip_prefix(b"\"").unwrap_or(&payload))
+                            let p = payload.as_slice();
+                            TimingHeader::from_hex(p.strip_prefix(b"\"").unwrap_or(p))
                         }
-                    })
-                }
-                _ => Ok(None),
-            },
-            Self::SocketIo(rx) => {
-                let payload = rx.next_msg().await?;
-                Ok(if payload.text {
+                    },
+                    _ => None,
+                })
+            }
+            Wire::SocketIo(decoder) => match decoder.on_message(msg)? {
+                Decoded::Packet(Packet::Msg(payload)) => Ok(if payload.text {
                     TimingHeader::from_hex(&payload.bytes)
                 } else {
                     TimingHeader::from_bytes(&payload.bytes)
-                })
-            }
+                }),
+                Decoded::Packet(Packet::Disconnect) | Decoded::Closed => {
+                    Err(TransportError("connection closed by the server".into()))
+                }
+                Decoded::Reply(text) => {
+                    *reply = Some(text);
+                    Ok(None)
+                }
+                Decoded::Packet(_) | Decoded::Nothing => Ok(None),
+            },
         }
     }
 }

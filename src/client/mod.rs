@@ -1,27 +1,28 @@
 //! An async Rust client of the native protocol, for tests, the load generator and Rust games.
 //!
 //! It runs inside a glommio executor (its futures are `!Send`, like everything shard-local).
-//! Writes go through the same [`Outbox`] and writer task as the server's, so the sending
-//! half ([`ClientSender`]) never blocks on the socket and the receiving half
+//! It shares the WebSocket framing with the server ([`crate::proto::ws`]) and its client
+//! side with the load generator ([`ws`]): the sending half ([`ClientSender`]) queues frames
+//! for a writer task and never blocks on the socket, and the receiving half
 //! ([`ClientReceiver`]) answers pings while it reads.
+
+mod stream;
+pub mod ws;
 
 use std::cell::Cell;
 use std::collections::VecDeque;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::net::{IpAddr, ToSocketAddrs};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use glommio::net::TcpStream;
-use tungstenite::protocol::Role;
 use tungstenite::Message;
 
-use crate::net::ws::{masked_binary_frame, masked_close_frame, Incoming, WsCodec};
-use crate::net::Stream;
 use crate::proto::native::{self, ArchivedServerFrame, ClientFrame, LeaveReason, PROTOCOL_VERSION};
-use crate::relay::{Outbox, OutboxLimits};
+use crate::proto::ws::WsCodec;
 
+pub use self::stream::Stream;
+pub use self::ws::{upgrade, WsReceiver, WsSender};
 pub use crate::proto::native::PayloadKind;
 
 /// Where and how to connect.
@@ -141,20 +142,15 @@ pub struct Client {
 /// The sending half: fire-and-forget frames.
 #[derive(Clone)]
 pub struct ClientSender {
-    outbox: Rc<Outbox>,
-    mask: Rc<Cell<u64>>,
+    ws: WsSender,
     next_req: Rc<Cell<u32>>,
 }
 
 /// The receiving half: events in arrival order.
 pub struct ClientReceiver {
-    stream: Stream,
-    codec: WsCodec,
-    outbox: Rc<Outbox>,
-    buf: Vec<u8>,
+    ws: WsReceiver,
     events: VecDeque<ServerEvent>,
     answers: VecDeque<(u32, Answer)>,
-    closed: Option<Option<(u16, String)>>,
 }
 
 fn parse_url(url: &str) -> Result<(String, String), ClientError> {
@@ -171,80 +167,6 @@ fn parse_url(url: &str) -> Result<(String, String), ClientError> {
     Ok((host.to_owned(), path.to_owned()))
 }
 
-async fn with_deadline<T>(
-    deadline: Instant,
-    fut: impl std::future::Future<Output = Result<T, ClientError>>,
-) -> Result<T, ClientError> {
-    let timer = async {
-        glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
-        Err(ClientError::Timeout)
-    };
-    futures_lite::future::or(fut, timer).await
-}
-
-/// Opens a TCP connection, from `bind` if given.
-pub async fn tcp_connect(addr: SocketAddr, bind: Option<IpAddr>) -> std::io::Result<TcpStream> {
-    match bind {
-        None => TcpStream::connect(addr).await.map_err(std::io::Error::from),
-        Some(ip) => {
-            // glommio has no bind-before-connect; a blocking connect on loopback completes
-            // at once (the handshake runs in the kernel), so it is done here directly.
-            let socket = socket2::Socket::new(
-                socket2::Domain::for_address(addr),
-                socket2::Type::STREAM,
-                None,
-            )?;
-            socket.bind(&SocketAddr::new(ip, 0).into())?;
-            socket.connect(&addr.into())?;
-            socket.set_nonblocking(true)?;
-            // SAFETY: into_raw_fd hands over sole ownership of a connected TCP socket.
-            Ok(unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) })
-        }
-    }
-}
-
-/// Performs the client side of the WebSocket upgrade on `stream` for `host` and `path`;
-/// returns bytes read past the response head.
-pub async fn upgrade(stream: &Stream, host: &str, path: &str) -> Result<Vec<u8>, ClientError> {
-    let key = tungstenite::handshake::client::generate_key();
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut head = Vec::new();
-    let mut chunk = [0u8; 1024];
-    let end = loop {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(ClientError::Handshake(
-                "connection closed during upgrade".into(),
-            ));
-        }
-        head.extend_from_slice(&chunk[..n]);
-        if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        if head.len() > 16 * 1024 {
-            return Err(ClientError::Handshake("response head too large".into()));
-        }
-    };
-    let text = String::from_utf8_lossy(&head[..end]).into_owned();
-    let status = text.lines().next().unwrap_or_default().to_owned();
-    if !status.starts_with("HTTP/1.1 101") {
-        return Err(ClientError::Handshake(status));
-    }
-    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
-    let ok = text.lines().any(|l| {
-        l.split_once(':').is_some_and(|(n, v)| {
-            n.trim().eq_ignore_ascii_case("sec-websocket-accept") && v.trim() == accept
-        })
-    });
-    if !ok {
-        return Err(ClientError::Handshake("wrong Sec-WebSocket-Accept".into()));
-    }
-    Ok(head.split_off(end))
-}
-
 impl Client {
     /// Connects, upgrades and exchanges `Hello`/`Welcome`.
     pub async fn connect(config: &ClientConfig) -> Result<Client, ClientError> {
@@ -255,51 +177,30 @@ impl Client {
             .map_err(|e| ClientError::Url(format!("{host}: {e}")))?
             .next()
             .ok_or_else(|| ClientError::Url(format!("{host}: no address")))?;
-        let tcp = with_deadline(deadline, async {
-            Ok(tcp_connect(addr, config.bind).await?)
-        })
+        let (ws_tx, ws_rx) = ws::connect(
+            addr,
+            &host,
+            &path,
+            config.bind,
+            config.max_message_size,
+            config.connect_timeout,
+        )
         .await?;
-        let _ = tcp.set_nodelay(true);
-        let stream = Stream::new(tcp);
-        let leftover = with_deadline(deadline, upgrade(&stream, &host, &path)).await?;
-
-        // A client's own queue only bounds runaway senders; it is generous.
-        let outbox = Rc::new(Outbox::new(OutboxLimits {
-            frames: 1 << 16,
-            bytes: 64 << 20,
-        }));
-        // A client's writer is cut only if its own queue overflows and stays stuck a minute.
-        glommio::spawn_local(crate::net::write_loop(
-            stream.clone(),
-            Rc::clone(&outbox),
-            None,
-            Duration::from_secs(60),
-        ))
-        .detach();
-        let seed = (addr.port() as u64) << 32
-            ^ Instant::now().elapsed().as_nanos() as u64
-            ^ 0x9E37_79B9_7F4A_7C15;
         let tx = ClientSender {
-            outbox: Rc::clone(&outbox),
-            mask: Rc::new(Cell::new(seed | 1)),
+            ws: ws_tx,
             next_req: Rc::new(Cell::new(1)),
         };
         let mut rx = ClientReceiver {
-            stream,
-            codec: WsCodec::new(Role::Client, config.max_message_size),
-            outbox,
-            buf: vec![0u8; 16 * 1024],
+            ws: ws_rx,
             events: VecDeque::new(),
             answers: VecDeque::new(),
-            closed: None,
         };
-        rx.codec.feed(&leftover);
         let req = tx.request(|req| ClientFrame::Hello {
             req,
             version: PROTOCOL_VERSION,
             token: config.token.clone(),
         })?;
-        match with_deadline(deadline, rx.answer(req)).await? {
+        match ws::with_deadline(deadline, rx.answer(req)).await? {
             Answer::Welcome { player, shard } => Ok(Client {
                 tx,
                 rx,
@@ -388,10 +289,7 @@ impl Client {
 
     /// Sends a text message (which `/ws` refuses; for tests).
     pub fn send_text(&self, text: &str) -> Result<(), ClientError> {
-        let mask = self.tx.next_mask();
-        let mut frame = masked_binary_frame(text.as_bytes(), mask).to_vec();
-        frame[0] = 0x81; // FIN + text opcode
-        self.tx.push(Bytes::from(frame))
+        self.tx.ws.send_text(text)
     }
 
     /// Waits until the server closes the connection; returns its close code and reason.
@@ -416,26 +314,33 @@ impl Client {
     pub fn split(self) -> (ClientSender, ClientReceiver) {
         (self.tx, self.rx)
     }
+
+    /// Takes the connection apart to drive it from another event loop (the load
+    /// generator's): the socket and the codec, once everything queued is written. Events
+    /// already read and not taken are dropped.
+    pub async fn into_parts(self) -> Result<(std::os::fd::OwnedFd, WsCodec), ClientError> {
+        self.rx.ws.into_parts().await
+    }
+
+    /// Errors the server answered to requests nobody awaited (e.g. a send to a room we
+    /// are not in): `(request id, code)`.
+    pub fn take_errors(&mut self) -> Vec<(u32, u16)> {
+        self.rx.take_errors()
+    }
+
+    /// Reads until the server answers an error to a request without an awaited answer
+    /// (request id 0, as `send` uses); returns its code.
+    pub async fn next_error(&mut self) -> Result<u16, ClientError> {
+        loop {
+            if let Some((_, code)) = self.rx.take_errors().into_iter().next() {
+                return Ok(code);
+            }
+            self.rx.read_more().await?;
+        }
+    }
 }
 
 impl ClientSender {
-    fn next_mask(&self) -> [u8; 4] {
-        // xorshift: masks need not be secret from the client itself, only unpredictable to
-        // intermediaries (RFC 6455 section 10.3); this client talks to its own server.
-        let mut x = self.mask.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.mask.set(x);
-        (x as u32).to_le_bytes()
-    }
-
-    fn push(&self, frame: Bytes) -> Result<(), ClientError> {
-        self.outbox
-            .push(frame)
-            .map_err(|_| ClientError::Closed(None))
-    }
-
     fn request(&self, make: impl FnOnce(u32) -> ClientFrame) -> Result<u32, ClientError> {
         let req = self.next_req.get();
         self.next_req.set(req.wrapping_add(1).max(1));
@@ -445,8 +350,7 @@ impl ClientSender {
 
     /// Sends raw bytes as one binary message.
     pub fn send_raw(&self, body: &[u8]) -> Result<(), ClientError> {
-        let mask = self.next_mask();
-        self.push(masked_binary_frame(body, mask))
+        self.ws.send_binary(body)
     }
 
     /// Sends to every other member of `room`.
@@ -469,14 +373,12 @@ impl ClientSender {
 
     /// Starts the close handshake (1000).
     pub async fn close(&self) -> Result<(), ClientError> {
-        let mask = self.next_mask();
-        self.push(masked_close_frame(1000, "", mask))?;
-        Ok(())
+        self.ws.send_close(1000)
     }
 
     /// Frames queued but not yet written.
     pub fn queued(&self) -> usize {
-        self.outbox.len()
+        self.ws.queued()
     }
 }
 
@@ -502,47 +404,9 @@ impl ClientReceiver {
     }
 
     async fn read_more(&mut self) -> Result<(), ClientError> {
-        if let Some(closed) = &self.closed {
-            return Err(ClientError::Closed(closed.clone()));
-        }
-        loop {
-            let mut progressed = false;
-            loop {
-                match self.codec.poll_message() {
-                    Ok(None) => break,
-                    Ok(Some(Incoming::Message(Message::Binary(bytes)))) => {
-                        self.handle(&bytes)?;
-                        progressed = true;
-                    }
-                    Ok(Some(Incoming::Message(_))) => {
-                        return Err(ClientError::Protocol("unexpected text message".into()))
-                    }
-                    Ok(Some(Incoming::Closed(close))) => {
-                        if let Some(out) = self.codec.take_output() {
-                            let _ = self.outbox.push(out);
-                        }
-                        self.outbox.finish();
-                        self.closed = Some(close.clone());
-                        if progressed {
-                            return Ok(());
-                        }
-                        return Err(ClientError::Closed(close));
-                    }
-                    Err(e) => return Err(ClientError::Protocol(e.to_string())),
-                }
-            }
-            if let Some(out) = self.codec.take_output() {
-                let _ = self.outbox.push(out);
-            }
-            if progressed {
-                return Ok(());
-            }
-            let n = self.stream.read(&mut self.buf).await?;
-            if n == 0 {
-                self.closed = Some(None);
-                return Err(ClientError::Closed(None));
-            }
-            self.codec.feed(&self.buf[..n]);
+        match self.ws.next_message().await? {
+            Message::Binary(bytes) => self.handle(&bytes),
+            _ => Err(ClientError::Protocol("unexpected text message".into())),
         }
     }
 
@@ -628,33 +492,5 @@ impl ClientReceiver {
             _ => true,
         });
         out
-    }
-}
-
-impl Client {
-    /// Errors the server answered to requests nobody awaited (e.g. a send to a room we
-    /// are not in): `(request id, code)`.
-    pub fn take_errors(&mut self) -> Vec<(u32, u16)> {
-        self.rx.take_errors()
-    }
-
-    /// Reads until the server answers an error to a request without an awaited answer
-    /// (request id 0, as `send` uses); returns its code.
-    pub async fn next_error(&mut self) -> Result<u16, ClientError> {
-        loop {
-            if let Some((_, code)) = self.rx.take_errors().into_iter().next() {
-                return Ok(code);
-            }
-            self.rx.read_more().await?;
-        }
-    }
-}
-
-impl Drop for ClientReceiver {
-    /// Dropping the receiver drops the connection: the socket is shut at once (the server
-    /// sees a disconnect, not a close handshake) and the writer task ends.
-    fn drop(&mut self) {
-        self.outbox.finish();
-        self.stream.shutdown(std::net::Shutdown::Both);
     }
 }

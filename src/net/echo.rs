@@ -1,22 +1,28 @@
-//! A plain WebSocket echo server on corelay's own transport and framing (the same accept,
-//! HTTP head, [`WsCodec`] and writer task that the relay uses), so that RFC 6455 conformance
-//! suites test the code the relay runs. `cargo run --release --example ws_echo`.
+//! A plain WebSocket echo server on corelay's own runtime, front and WebSocket driver (the
+//! code the relay runs), so that RFC 6455 conformance suites test that code.
+//! `cargo run --release --example ws_echo`.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
-use glommio::net::TcpListener;
-use tungstenite::protocol::Role;
+use bytes::Bytes;
+use tungstenite::Message;
 
-use super::http;
-use super::io::{read_head, write_loop, HeadError, Stream};
-use super::ws::{Incoming, WsCodec};
-use crate::relay::{Outbox, OutboxLimits};
+use super::front::{refuse, Front, Head, PathMatch, Route, Routes};
+use super::websocket::{Flow, WebSocket, WsApp};
+use crate::proto::http::{self, Request};
+use crate::proto::ws;
+use crate::shard::{Cx, Endpoint, Shard, Step};
+use crate::stats::CloseReason;
+use crate::{Config, Server, ServerError};
 
 /// Settings of the echo server.
 #[derive(Debug, Clone)]
 pub struct EchoConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
     /// Largest message echoed (Autobahn's largest case is 16 MiB).
     pub max_message_size: usize,
     /// Time allowed for the upgrade.
@@ -26,112 +32,72 @@ pub struct EchoConfig {
 impl Default for EchoConfig {
     fn default() -> Self {
         EchoConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9001)),
             max_message_size: 64 << 20,
             handshake_timeout: Duration::from_secs(10),
         }
     }
 }
 
-/// Serves echo on `listener` forever (run inside a glommio executor).
-pub async fn serve(listener: TcpListener, config: EchoConfig) {
-    let config = Rc::new(config);
-    while let Ok(stream) = listener.accept().await {
-        let _ = stream.set_nodelay(true);
-        glommio::spawn_local(connection(Stream::new(stream), Rc::clone(&config))).detach();
-    }
-}
-
-/// Binds `addr` and serves echo on the current thread until the process ends.
-pub fn run(addr: SocketAddr, config: EchoConfig) -> std::io::Result<()> {
-    let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .make()
-        .map_err(std::io::Error::from)?;
-    ex.run(async move {
-        let listener = TcpListener::bind(addr).map_err(std::io::Error::from)?;
-        eprintln!(
-            "ws_echo listening on {}",
-            listener.local_addr().map_err(std::io::Error::from)?
-        );
-        serve(listener, config).await;
-        Ok(())
-    })
-}
-
-async fn connection(stream: Stream, config: Rc<EchoConfig>) {
-    let (request, leftover, _) =
-        match read_head(&stream, Vec::new(), 16 * 1024, config.handshake_timeout).await {
-            Ok(v) => v,
-            Err(HeadError::Http(e)) => {
-                let _ = stream.write_all(&http::error_response(&e)).await;
-                stream.close_lingering().await;
-                return;
-            }
-            Err(_) => return,
-        };
-    let key = match request.websocket_key() {
-        Ok(k) => k.to_owned(),
-        Err(e) => {
-            let _ = stream.write_all(&http::error_response(&e)).await;
-            stream.close_lingering().await;
-            return;
-        }
+/// Starts an echo server on one shard: every path upgrades, every message comes back.
+pub fn start(echo: EchoConfig) -> Result<Server, ServerError> {
+    let config = Config {
+        listen: echo.listen,
+        shards: 1,
+        max_message_size: echo.max_message_size,
+        handshake_timeout_ms: echo.handshake_timeout.as_millis() as u64,
+        // The echo peer is trusted to read what it sends, so its queue is generous; a peer
+        // that stops reading is cut after a minute.
+        outbound_queue_frames: 1 << 16,
+        outbound_queue_bytes: 256 << 20,
+        slow_consumer_grace_ms: 60_000,
+        ..Config::default()
     };
-    if stream
-        .write_all(&http::upgrade_response(&key))
-        .await
-        .is_err()
-    {
-        return;
-    }
-    // The echo peer is trusted to read what it sends, so the outbox is generous.
-    let outbox = Rc::new(Outbox::new(OutboxLimits {
-        frames: 1 << 16,
-        bytes: 256 << 20,
-    }));
-    // An echo peer that stops reading is cut after a minute.
-    let writer = glommio::spawn_local(write_loop(
-        stream.clone(),
-        Rc::clone(&outbox),
-        None,
-        Duration::from_secs(60),
-    ));
-    let mut codec = WsCodec::new(Role::Server, config.max_message_size);
-    codec.feed(&leftover);
-    let mut buf = vec![0u8; 64 * 1024];
-    'session: loop {
-        loop {
-            match codec.poll_message() {
-                Ok(None) => break,
-                Ok(Some(Incoming::Message(msg))) => {
-                    if codec.write(msg).is_err() {
-                        break 'session;
-                    }
-                }
-                Ok(Some(Incoming::Closed(_))) => {
-                    if let Some(out) = codec.take_output() {
-                        let _ = outbox.push(out);
-                    }
-                    outbox.finish();
-                    break 'session;
-                }
-                Err(e) => {
-                    if let Some(out) = codec.take_output() {
-                        let _ = outbox.push(out);
-                    }
-                    outbox.close(e.close_code(), "");
-                    break 'session;
-                }
+    let max = echo.max_message_size;
+    Server::start_endpoints(
+        config,
+        Arc::new(move |_shard: &Rc<Shard>| {
+            let routes = Routes::new().route(PathMatch::Any, Rc::new(EchoRoute { max }));
+            vec![Rc::new(Front::new(routes)) as Rc<dyn Endpoint>]
+        }),
+    )
+}
+
+struct EchoRoute {
+    max: usize,
+}
+
+impl Route for EchoRoute {
+    fn serve(&self, cx: &mut Cx<'_>, request: Request, head: Head<'_>) -> Step {
+        match request.websocket_key() {
+            Ok(key) => {
+                let _ = cx.out.push(Bytes::from(http::upgrade_response(key)));
+                Step::Upgrade(Box::new(WebSocket::new(Echo, self.max)), head.leftover)
             }
-        }
-        if let Some(out) = codec.take_output() {
-            let _ = outbox.push(out);
-        }
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => codec.feed(&buf[..n]),
+            Err(e) => refuse(cx, &e),
         }
     }
-    outbox.finish();
-    let _ = writer.await;
-    stream.close_lingering().await;
+}
+
+/// Sends every message back as it came.
+struct Echo;
+
+impl WsApp for Echo {
+    fn on_message(&mut self, cx: &mut Cx<'_>, msg: Message) -> Flow {
+        let frame = match msg {
+            Message::Text(text) => ws::text_frame(|mut v| {
+                v.extend_from_slice(text.as_bytes());
+                v
+            }),
+            Message::Binary(data) => ws::binary_frame(|mut v| {
+                v.extend_from_slice(&data);
+                v
+            }),
+            _ => return Flow::Continue,
+        };
+        let _ = cx.out.push(frame);
+        Flow::Continue
+    }
+
+    fn on_close(&mut self, _cx: &mut Cx<'_>, _why: CloseReason) {}
 }

@@ -2,5 +2,7 @@
 //! a clock or an executor, so every decoder is unit-tested and fuzzed on plain bytes.
 
 pub mod engineio;
+pub mod http;
 pub mod native;
 pub mod socketio;
+pub mod ws;

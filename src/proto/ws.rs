@@ -206,21 +206,28 @@ pub fn binary_frame(body: impl FnOnce(Vec<u8>) -> Vec<u8>) -> Bytes {
 
 /// A masked (client-to-server) binary frame around `body`, in one allocation.
 pub fn masked_binary_frame(body: &[u8], mask: [u8; 4]) -> Bytes {
+    let mut out = Vec::with_capacity(body.len() + 14);
+    write_masked_frame(false, body, mask, &mut out);
+    Bytes::from(out)
+}
+
+/// Appends a masked (client-to-server) data frame around `body` to `out`: text when
+/// `text`, else binary.
+pub fn write_masked_frame(text: bool, body: &[u8], mask: [u8; 4], out: &mut Vec<u8>) {
     let header = FrameHeader {
-        opcode: OpCode::Data(Data::Binary),
+        opcode: OpCode::Data(if text { Data::Text } else { Data::Binary }),
         mask: Some(mask),
         ..FrameHeader::default()
     };
     let len = body.len() as u64;
-    let mut out = Vec::with_capacity(header.len(len) + body.len());
+    out.reserve(header.len(len) + body.len());
     // Formatting into a Vec cannot fail.
-    header.format(len, &mut out).expect("format into Vec");
+    header.format(len, out).expect("format into Vec");
     let start = out.len();
     out.extend_from_slice(body);
     for (i, b) in out[start..].iter_mut().enumerate() {
         *b ^= mask[i & 3];
     }
-    Bytes::from(out)
 }
 
 /// A masked close frame, as a client sends it.

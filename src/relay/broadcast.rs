@@ -5,10 +5,10 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::net::ws;
 use crate::proto::engineio::{encode_base64_into, RECORD_SEPARATOR};
 use crate::proto::native::{LeaveReason, PayloadKind, ServerFrame};
 use crate::proto::socketio::{self, encode_relay_event, Arg, RelayPayload};
+use crate::proto::ws;
 
 /// A player id, unique on the server: the shard number in the top 16 bits, a per-shard
 /// counter below (so ids are allocated without coordination).

@@ -24,7 +24,7 @@ pub use broadcast::{
     native_frame, room_key, sio_polling_text, sio_ws_frames, split_room_key, Body, Broadcast,
     PlayerId, Reply, Wire,
 };
-pub use outbox::{Drained, Outbox, OutboxLimits, PushError};
+pub use outbox::{Drained, Outbox, OutboxLimits, PushError, ReadyQueue};
 
 use crate::proto::native::{ErrorCode, LeaveReason};
 use crate::stats::{add, new_latency_histogram, ShardStats};

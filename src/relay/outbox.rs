@@ -1,14 +1,21 @@
 //! A connection's bounded outbound queue.
 //!
-//! Fan-out pushes shared frames here without blocking; the connection's writer drains it.
-//! A consumer that cannot keep up overflows its own queue and is closed, so it never grows
-//! memory nor slows its room (DESIGN.md, "slow consumer").
+//! Fan-out pushes shared frames here without blocking; the shard runtime drains it into the
+//! socket once per turn. A consumer that cannot keep up overflows its own queue and is
+//! closed, so it never grows memory nor slows its room (slow consumer).
+//!
+//! The queue knows nothing of sockets or executors. Whoever drains it registers a
+//! [`ReadyQueue`] and a token with [`Outbox::notify_to`]; the first push after a drain (and
+//! a close request) appends the token there once, so the runtime learns which queues have
+//! something to send without scanning them all.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::task::{Context, Poll, Waker};
+use std::rc::Rc;
 
 use bytes::Bytes;
+
+use crate::proto::ws;
 
 /// Bounds of one outbound queue (config: `outbound_queue_frames`, `outbound_queue_bytes`).
 #[derive(Debug, Clone, Copy)]
@@ -28,22 +35,49 @@ pub enum PushError {
     Closed,
 }
 
-/// What the writer should do next.
-#[derive(Debug)]
+/// What a drain found.
+#[derive(Debug, PartialEq, Eq)]
 pub enum Drained {
-    /// Write these frames (moved into the caller's Vec), then come back.
+    /// Nothing queued, the queue is open.
+    Empty,
+    /// Frames were moved into the caller's Vec; come back for more.
     Frames,
-    /// Write a close frame with this code and reason (none when the close was already
-    /// answered through the codec), then shut the socket.
-    Close(Option<(u16, String)>),
+    /// Everything queued before the close has been taken: write this last frame (a
+    /// WebSocket close frame, or nothing when the close was already answered through the
+    /// codec), then shut the socket.
+    Close(Option<Bytes>),
+}
+
+/// Opaque tokens of queues that have become ready, appended by [`Outbox`]es and taken by
+/// the runtime once per turn.
+#[derive(Debug, Default)]
+pub struct ReadyQueue {
+    tokens: RefCell<Vec<u64>>,
+}
+
+impl ReadyQueue {
+    /// Appends a token.
+    pub fn push(&self, token: u64) {
+        self.tokens.borrow_mut().push(token);
+    }
+
+    /// Moves every token into `out`, in the order they became ready.
+    pub fn take(&self, out: &mut Vec<u64>) {
+        out.append(&mut self.tokens.borrow_mut());
+    }
+
+    /// Whether no token is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.tokens.borrow().is_empty()
+    }
 }
 
 #[derive(Debug)]
 enum State {
     Open,
     /// A close was requested; frames queued before it still go out first.
-    Closing(Option<(u16, String)>),
-    /// The writer took the close; nothing more is accepted.
+    Closing(Option<Bytes>),
+    /// The close was taken by the drainer; nothing more is accepted.
     Done,
 }
 
@@ -53,8 +87,9 @@ struct Inner {
     queued_bytes: usize,
     state: State,
     overflowed: bool,
-    writer: Option<Waker>,
-    stalled_writer: Option<Waker>,
+    notify: Option<(Rc<ReadyQueue>, u64)>,
+    /// The token is in the ready queue and not drained since.
+    notified: bool,
 }
 
 /// One connection's outbound queue. Shard-local (`Rc`), never shared across threads.
@@ -74,9 +109,29 @@ impl Outbox {
                 queued_bytes: 0,
                 state: State::Open,
                 overflowed: false,
-                writer: None,
-                stalled_writer: None,
+                notify: None,
+                notified: false,
             }),
+        }
+    }
+
+    /// Appends `token` to `ready` whenever this queue becomes ready (now too, if it is).
+    /// `None` stops notifications.
+    pub fn notify_to(&self, target: Option<(Rc<ReadyQueue>, u64)>) {
+        let mut inner = self.inner.borrow_mut();
+        inner.notify = target;
+        inner.notified = false;
+        if !inner.queue.is_empty() || matches!(inner.state, State::Closing(_)) {
+            Self::signal(&mut inner);
+        }
+    }
+
+    fn signal(inner: &mut Inner) {
+        if !inner.notified {
+            if let Some((ready, token)) = &inner.notify {
+                ready.push(*token);
+                inner.notified = true;
+            }
         }
     }
 
@@ -90,39 +145,36 @@ impl Outbox {
             || inner.queued_bytes + frame.len() > self.limits.bytes
         {
             // What is queued would reach the peer too late to matter; free it now.
-            inner.queue.clear();
+            inner.queue = VecDeque::new();
             inner.queued_bytes = 0;
             inner.overflowed = true;
-            inner.state = State::Closing(Some((
-                crate::net::ws::close::POLICY,
-                "slow consumer".into(),
-            )));
-            wake(&mut inner.writer);
-            wake(&mut inner.stalled_writer);
+            inner.state = State::Closing(Some(ws::close_frame(ws::close::POLICY, "slow consumer")));
+            Self::signal(&mut inner);
             return Err(PushError::Overflow);
         }
         inner.queued_bytes += frame.len();
         inner.queue.push_back(frame);
-        wake(&mut inner.writer);
+        Self::signal(&mut inner);
         Ok(())
     }
 
-    /// Asks the writer to send a close frame after what is already queued.
+    /// Asks for a WebSocket close frame with `code` and `reason` after what is already
+    /// queued, then the end of the connection.
     pub fn close(&self, code: u16, reason: &str) {
-        self.finish_with(Some((code, reason.to_owned())));
+        self.finish_with(Some(ws::close_frame(code, reason)));
     }
 
-    /// Asks the writer to shut the socket after what is already queued, with no close
-    /// frame of its own (the close reply is already queued).
+    /// Asks for the end of the connection after what is already queued, with no frame of
+    /// its own (an HTTP answer, or a close reply already queued by the codec).
     pub fn finish(&self) {
         self.finish_with(None);
     }
 
-    fn finish_with(&self, close: Option<(u16, String)>) {
+    fn finish_with(&self, last: Option<Bytes>) {
         let mut inner = self.inner.borrow_mut();
         if matches!(inner.state, State::Open) {
-            inner.state = State::Closing(close);
-            wake(&mut inner.writer);
+            inner.state = State::Closing(last);
+            Self::signal(&mut inner);
         }
     }
 
@@ -136,9 +188,19 @@ impl Outbox {
         matches!(self.inner.borrow().state, State::Open)
     }
 
+    /// Whether the close has been taken by the drainer.
+    pub fn is_done(&self) -> bool {
+        matches!(self.inner.borrow().state, State::Done)
+    }
+
     /// Frames queued now.
     pub fn len(&self) -> usize {
         self.inner.borrow().queue.len()
+    }
+
+    /// Bytes queued now.
+    pub fn queued_bytes(&self) -> usize {
+        self.inner.borrow().queued_bytes
     }
 
     /// Whether nothing is queued.
@@ -146,90 +208,68 @@ impl Outbox {
         self.len() == 0
     }
 
-    /// Writer side: moves queued frames into `out`, or reports the close to send.
-    pub fn poll_drain(&self, cx: &mut Context<'_>, out: &mut Vec<Bytes>) -> Poll<Drained> {
-        let mut inner = self.inner.borrow_mut();
-        if !inner.queue.is_empty() {
-            out.extend(inner.queue.drain(..));
-            inner.queued_bytes = 0;
-            // A burst may have grown the ring; idle connections keep only a small one.
-            if inner.queue.capacity() > 64 {
-                inner.queue.shrink_to(16);
-            }
-            return Poll::Ready(Drained::Frames);
-        }
-        match std::mem::replace(&mut inner.state, State::Done) {
-            State::Closing(close) => Poll::Ready(Drained::Close(close)),
-            State::Done => Poll::Ready(Drained::Close(None)),
-            State::Open => {
-                inner.state = State::Open;
-                inner.writer = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        }
+    /// Moves every queued frame into `out`, or reports the close once everything before it
+    /// has been taken. Re-arms the notification.
+    pub fn drain(&self, out: &mut Vec<Bytes>) -> Drained {
+        self.drain_within(out, usize::MAX, |_| 0)
     }
 
-    /// Like [`Outbox::poll_drain`], but takes frames only while their summed `cost` stays
-    /// within `budget` (always at least one frame); the rest waits for the next drain.
-    pub fn poll_drain_within(
+    /// Like [`Outbox::drain`], but takes frames only while their summed `cost` stays within
+    /// `budget` (always at least one frame); the rest waits for the next drain.
+    pub fn drain_within(
         &self,
-        cx: &mut Context<'_>,
         out: &mut Vec<Bytes>,
         budget: usize,
         cost: impl Fn(&Bytes) -> usize,
-    ) -> Poll<Drained> {
+    ) -> Drained {
         let mut inner = self.inner.borrow_mut();
+        inner.notified = false;
         if !inner.queue.is_empty() {
-            let mut spent = 0;
+            let mut spent: usize = 0;
+            let before = out.len();
             while let Some(front) = inner.queue.front() {
                 let c = cost(front);
-                if !out.is_empty() && spent + c > budget {
+                if out.len() > before && spent.saturating_add(c) > budget {
                     break;
                 }
-                spent += c;
-                let frame = inner.queue.pop_front().expect("front exists");
+                spent = spent.saturating_add(c);
+                let Some(frame) = inner.queue.pop_front() else {
+                    break;
+                };
                 inner.queued_bytes -= frame.len();
                 out.push(frame);
             }
-            return Poll::Ready(Drained::Frames);
+            if !inner.queue.is_empty() {
+                // More is left for the next drain: stay in the ready queue.
+                Self::signal(&mut inner);
+            } else if inner.queue.capacity() > 64 {
+                // A burst may have grown the ring; idle connections keep only a small one.
+                inner.queue = VecDeque::new();
+            }
+            return Drained::Frames;
         }
-        drop(inner);
-        self.poll_drain(cx, out)
-    }
-
-    /// Ready once the queue has overflowed (the writer races its writes against this).
-    pub fn poll_overflow(&self, cx: &mut Context<'_>) -> Poll<()> {
-        let mut inner = self.inner.borrow_mut();
-        if inner.overflowed {
-            Poll::Ready(())
-        } else {
-            inner.stalled_writer = Some(cx.waker().clone());
-            Poll::Pending
+        match std::mem::replace(&mut inner.state, State::Done) {
+            State::Closing(last) => Drained::Close(last),
+            State::Done => Drained::Close(None),
+            State::Open => {
+                inner.state = State::Open;
+                Drained::Empty
+            }
         }
-    }
-}
-
-fn wake(waker: &mut Option<Waker>) {
-    if let Some(w) = waker.take() {
-        w.wake();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::task::Waker;
 
-    fn cx() -> Context<'static> {
-        Context::from_waker(Waker::noop())
+    fn outbox(frames: usize, bytes: usize) -> Outbox {
+        Outbox::new(OutboxLimits { frames, bytes })
     }
 
     #[test]
     fn frames_drain_in_order_then_close_follows() {
-        let outbox = Outbox::new(OutboxLimits {
-            frames: 10,
-            bytes: 1000,
-        });
+        let outbox = outbox(10, 1000);
         outbox.push(Bytes::from_static(b"a")).unwrap();
         outbox.push(Bytes::from_static(b"b")).unwrap();
         outbox.close(1001, "bye");
@@ -238,26 +278,25 @@ mod tests {
             Err(PushError::Closed)
         );
         let mut out = Vec::new();
-        assert!(matches!(
-            outbox.poll_drain(&mut cx(), &mut out),
-            Poll::Ready(Drained::Frames)
-        ));
+        assert_eq!(outbox.drain(&mut out), Drained::Frames);
         assert_eq!(
             out,
             vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]
         );
-        assert!(matches!(
-            outbox.poll_drain(&mut cx(), &mut out),
-            Poll::Ready(Drained::Close(Some((1001, _))))
-        ));
+        match outbox.drain(&mut out) {
+            Drained::Close(Some(frame)) => {
+                // FIN + close opcode, then the code 1001.
+                assert_eq!(frame[0], 0x88);
+                assert_eq!(&frame[2..4], &1001u16.to_be_bytes());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(outbox.is_done());
     }
 
     #[test]
     fn overflow_drops_the_queue_and_closes_with_1008() {
-        let outbox = Outbox::new(OutboxLimits {
-            frames: 2,
-            bytes: 1000,
-        });
+        let outbox = outbox(2, 1000);
         outbox.push(Bytes::from_static(b"a")).unwrap();
         outbox.push(Bytes::from_static(b"b")).unwrap();
         assert_eq!(
@@ -265,25 +304,60 @@ mod tests {
             Err(PushError::Overflow)
         );
         assert!(outbox.overflowed());
-        assert!(outbox.poll_overflow(&mut cx()).is_ready());
         let mut out = Vec::new();
-        assert!(matches!(
-            outbox.poll_drain(&mut cx(), &mut out),
-            Poll::Ready(Drained::Close(Some((1008, _))))
-        ));
+        match outbox.drain(&mut out) {
+            Drained::Close(Some(frame)) => assert_eq!(&frame[2..4], &1008u16.to_be_bytes()),
+            other => panic!("{other:?}"),
+        }
         assert!(out.is_empty());
     }
 
     #[test]
     fn byte_bound_counts_too() {
-        let outbox = Outbox::new(OutboxLimits {
-            frames: 100,
-            bytes: 3,
-        });
+        let outbox = outbox(100, 3);
         outbox.push(Bytes::from_static(b"ab")).unwrap();
         assert_eq!(
             outbox.push(Bytes::from_static(b"cd")),
             Err(PushError::Overflow)
         );
+    }
+
+    #[test]
+    fn the_token_is_queued_once_until_drained() {
+        let ready = Rc::new(ReadyQueue::default());
+        let outbox = outbox(10, 1000);
+        outbox.notify_to(Some((Rc::clone(&ready), 7)));
+        assert!(ready.is_empty());
+        outbox.push(Bytes::from_static(b"a")).unwrap();
+        outbox.push(Bytes::from_static(b"b")).unwrap();
+        let mut tokens = Vec::new();
+        ready.take(&mut tokens);
+        assert_eq!(tokens, vec![7]);
+        let mut out = Vec::new();
+        assert_eq!(outbox.drain(&mut out), Drained::Frames);
+        assert_eq!(outbox.drain(&mut out), Drained::Empty);
+        outbox.push(Bytes::from_static(b"c")).unwrap();
+        outbox.close(1000, "");
+        tokens.clear();
+        ready.take(&mut tokens);
+        assert_eq!(tokens, vec![7]);
+    }
+
+    #[test]
+    fn a_partial_drain_stays_ready() {
+        let ready = Rc::new(ReadyQueue::default());
+        let outbox = outbox(10, 1000);
+        outbox.notify_to(Some((Rc::clone(&ready), 1)));
+        for _ in 0..5 {
+            outbox.push(Bytes::from_static(b"x")).unwrap();
+        }
+        let mut tokens = Vec::new();
+        ready.take(&mut tokens);
+        let mut out = Vec::new();
+        assert_eq!(outbox.drain_within(&mut out, 2, |_| 1), Drained::Frames);
+        assert_eq!(out.len(), 2);
+        tokens.clear();
+        ready.take(&mut tokens);
+        assert_eq!(tokens, vec![1], "the rest still waits to be drained");
     }
 }

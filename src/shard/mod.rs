@@ -1,63 +1,92 @@
-//! The thread-per-core runtime: one [`Shard`] per core, each a glommio executor pinned to
-//! its CPU, owning its listener, connections, rooms and buffers.
+//! The thread-per-core runtime: one shard per core, each a glommio executor pinned to its
+//! CPU, owning its listener, connections, rooms and buffers.
 //!
-//! Shards talk only through the [`mesh`]: one bounded single-producer single-consumer
-//! queue per ordered pair of shards. A `Shard` is `!Send` (`Rc`, `RefCell`): the types say
-//! that everything in it belongs to one thread.
+//! The runtime knows no protocol. It accepts sockets, moves bytes between them and the
+//! shard's io_uring ([`ring`]), keeps one timer wheel for every deadline of the shard, and
+//! carries messages between shards ([`mesh`]). What the bytes mean is up to the
+//! [`Endpoint`]s registered with it (the HTTP front, the native protocol, Engine.IO, echo),
+//! whose [`Connection`] handlers it calls with input and `now` and which answer with a
+//! [`Step`] and their next deadline.
+//!
+//! One turn of a shard (`driver`): handle every completion that arrived (input first),
+//! then every message from other shards, then due timers; then flush every connection with
+//! pending output in one batch of sends, carry what the relay queued for other shards, and
+//! enter the kernel once to submit it all and to wait for the next batch.
+//!
+//! A [`Shard`] is `!Send` (`Rc`, `RefCell`): the types say that everything in it belongs to
+//! one thread.
 
+pub(crate) mod driver;
 pub mod mesh;
+pub mod ring;
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
-use glommio::net::TcpListener;
+use std::time::Instant;
 
 use crate::config::Config;
-use crate::relay::{Outbox, OutboxLimits, PlayerId, Relay, RelayLimits, ShardId};
+use crate::relay::{Outbox, OutboxLimits, PlayerId, ReadyQueue, Relay, ShardId};
 use crate::stats::ShardStats;
+use crate::timer::TimerWheel;
 
-use self::mesh::{Mesh, ShardMsg};
-use crate::net::engineio::{Handler, Sessions};
-use crate::socketio::{SioSession, SocketIo};
+use self::mesh::Doorbell;
 
 /// State shared by all shards and the thread that started them.
 #[derive(Debug, Default)]
 pub struct Control {
     shutdown: AtomicBool,
+    doorbells: std::sync::Mutex<Vec<Arc<Doorbell>>>,
 }
 
 impl Control {
     /// Asks every shard to drain and stop.
     pub fn request_shutdown(&self) {
         self.shutdown.store(true, Ordering::Release);
+        // Only at shutdown, never on the hot path: a lock is fine here.
+        if let Ok(doorbells) = self.doorbells.lock() {
+            for bell in doorbells.iter() {
+                bell.ring_always();
+            }
+        }
     }
 
     /// Whether shutdown was requested.
     pub fn shutting_down(&self) -> bool {
         self.shutdown.load(Ordering::Acquire)
     }
+
+    pub(crate) fn add_doorbell(&self, bell: Arc<Doorbell>) {
+        if let Ok(mut doorbells) = self.doorbells.lock() {
+            doorbells.push(bell);
+        }
+    }
 }
 
-/// What a shard thread is handed at start. `Send`: it crosses to the shard's thread once.
-pub(crate) struct ShardSeed {
-    pub id: ShardId,
-    pub shards: usize,
-    pub listener: OwnedFd,
-    pub config: Arc<Config>,
-    pub stats: Arc<ShardStats>,
-    pub control: Arc<Control>,
-    pub mesh_tx: Vec<Option<SharedSender<ShardMsg>>>,
-    pub mesh_rx: Vec<Option<SharedReceiver<ShardMsg>>>,
-    pub app: Arc<SocketIo>,
+/// Identifies a connection on its shard: slot in the low 32 bits, the slot's generation
+/// above, so an id never names a later connection that reuses the slot.
+pub type ConnId = u64;
+
+/// Index of an endpoint in the shard's table; 0 is the one accepted connections start in.
+pub type EndpointId = u16;
+
+/// What a timer is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimerKey {
+    /// A connection's deadline, with the sequence number of the entry (an entry whose
+    /// number the connection no longer holds is stale and ignored).
+    Conn(ConnId, u32),
+    /// An endpoint's own timer (e.g. an Engine.IO session's heartbeat), with its key.
+    Endpoint(EndpointId, u64),
+    /// The runtime's periodic work (stats publication).
+    Tick,
+    /// Accepting again after running out of file descriptors.
+    Accept,
 }
 
-/// One core's share of the server. Lives on its thread only.
+/// One core's share of the server, as connection handlers see it: configuration, counters,
+/// rooms, timers. Lives on its thread only.
 pub struct Shard {
     /// This shard's index.
     pub id: ShardId,
@@ -67,18 +96,38 @@ pub struct Shard {
     pub config: Arc<Config>,
     /// This shard's counters.
     pub stats: Arc<ShardStats>,
-    /// Rooms and fan-out.
+    /// Rooms and fan-out. What it queues for other shards is carried by the runtime at the
+    /// end of the turn.
     pub relay: RefCell<Relay>,
+    /// Queues that became ready to send, or whose waiter must be woken.
+    pub(crate) ready: Rc<ReadyQueue>,
+    pub(crate) timers: RefCell<TimerWheel<TimerKey>>,
     control: Arc<Control>,
-    mesh: Mesh,
     next_player: Cell<u64>,
-    conns: RefCell<HashMap<PlayerId, Rc<Outbox>>>,
-    /// Engine.IO sessions owned by this shard.
-    pub(crate) engine: Sessions,
-    app: Arc<SocketIo>,
 }
 
 impl Shard {
+    pub(crate) fn new(
+        id: ShardId,
+        shards: usize,
+        config: Arc<Config>,
+        stats: Arc<ShardStats>,
+        relay: Relay,
+        control: Arc<Control>,
+    ) -> Shard {
+        Shard {
+            id,
+            shards,
+            config,
+            stats,
+            relay: RefCell::new(relay),
+            ready: Rc::new(ReadyQueue::default()),
+            timers: RefCell::new(TimerWheel::new(Instant::now())),
+            control,
+            next_player: Cell::new(0),
+        }
+    }
+
     /// A fresh player id: shard number in the top 16 bits, so ids never collide across
     /// shards and need no coordination.
     pub fn next_player_id(&self) -> PlayerId {
@@ -95,138 +144,154 @@ impl Shard {
         }
     }
 
-    /// Tracks a live connection so that shutdown can close it.
-    pub fn register(&self, id: PlayerId, outbox: Rc<Outbox>) {
-        self.conns.borrow_mut().insert(id, outbox);
-    }
-
-    /// Forgets a closed connection.
-    pub fn unregister(&self, id: PlayerId) {
-        self.conns.borrow_mut().remove(&id);
-    }
-
     /// Whether the server is draining.
     pub fn shutting_down(&self) -> bool {
         self.control.shutting_down()
     }
 
-    /// The handler for a new Engine.IO session.
-    pub(crate) fn new_engine_handler(&self) -> Option<Handler> {
-        if self.app.engine_echo {
-            Some(Handler::Echo)
-        } else {
-            Some(Handler::SocketIo(Box::new(SioSession::new(Arc::clone(
-                &self.app,
-            )))))
-        }
+    /// Schedules an endpoint timer: the endpoint's [`Endpoint::on_timer`] is called with
+    /// `key` at `at` (or soon after). Timers are not cancelled: an endpoint checks when
+    /// called whether the deadline still holds.
+    pub fn set_timer(&self, endpoint: EndpointId, key: u64, at: Instant) {
+        self.timers
+            .borrow_mut()
+            .insert(at, TimerKey::Endpoint(endpoint, key));
     }
 
-    /// Passes a client connection to the shard that owns its Engine.IO session.
-    pub(crate) fn hand_off(&self, to: ShardId, fd: OwnedFd, read: Vec<u8>) {
-        crate::stats::add(&self.stats.handoffs, 1);
-        self.mesh.send(to, ShardMsg::Handoff { fd, read });
+    /// Makes `queue` wake connection `conn` (its [`Connection::on_wake`]) whenever it has
+    /// something queued, until `stop_waking` is called.
+    pub fn wake_on(&self, queue: &Outbox, conn: ConnId) {
+        queue.notify_to(Some((Rc::clone(&self.ready), wake_token(conn))));
     }
 
-    /// Carries whatever the relay queued for other shards. Call after each batch of relay
-    /// calls.
-    pub fn flush_mesh(&self) {
-        let mut relay = self.relay.borrow_mut();
-        for (to, msg) in relay.drain_mesh() {
-            crate::stats::add(&self.stats.mesh_out, 1);
-            self.mesh.send(to, ShardMsg::Relay(msg));
-        }
+    /// Undoes [`Shard::wake_on`].
+    pub fn stop_waking(&self, queue: &Outbox) {
+        queue.notify_to(None);
     }
 }
 
-/// Runs a shard to completion on the current thread (already pinned by the caller).
-pub(crate) async fn run(seed: ShardSeed) {
-    let relay = Relay::new(
-        seed.id,
-        seed.shards,
-        RelayLimits {
-            max_name_len: seed.config.max_name_len,
-            max_rooms_per_connection: seed.config.max_rooms_per_connection,
-        },
-        Arc::clone(&seed.stats),
-    );
-    let (mesh, receivers) = Mesh::connect(seed.mesh_tx, seed.mesh_rx).await;
-    let shard = Rc::new(Shard {
-        id: seed.id,
-        shards: seed.shards,
-        config: seed.config,
-        stats: seed.stats,
-        relay: RefCell::new(relay),
-        control: seed.control,
-        mesh,
-        next_player: Cell::new(0),
-        conns: RefCell::new(HashMap::new()),
-        engine: Sessions::default(),
-        app: seed.app,
-    });
-
-    for (from, rx) in receivers {
-        let shard = Rc::clone(&shard);
-        glommio::spawn_local(async move {
-            // recv() returns at once while the queue holds messages, so a backlog is drained
-            // in one go; the executor parks this task only when the queue is empty.
-            while let Some(msg) = rx.recv().await {
-                match msg {
-                    ShardMsg::Relay(msg) => {
-                        let now = Instant::now();
-                        shard.relay.borrow_mut().handle_mesh(from, msg, now);
-                        shard.flush_mesh();
-                    }
-                    ShardMsg::Handoff { fd, read } => {
-                        // SAFETY: the fd is a connected TCP socket handed over whole.
-                        let stream =
-                            unsafe { glommio::net::TcpStream::from_raw_fd(fd.into_raw_fd()) };
-                        glommio::spawn_local(crate::net::serve(Rc::clone(&shard), stream, read))
-                            .detach();
-                    }
-                }
-            }
-        })
-        .detach();
-    }
-
-    // The listener was bound (SO_REUSEPORT) by the starting thread so that errors such as
-    // "address in use" are reported before any shard runs.
-    // SAFETY: the fd is an open, listening TCP socket that this shard now owns alone.
-    let listener = unsafe { TcpListener::from_raw_fd(seed.listener.into_raw_fd()) };
-    let accept = glommio::spawn_local(crate::net::accept_loop(Rc::clone(&shard), listener));
-
-    let tick = Duration::from_millis(shard.config.stats_publish_ms.clamp(10, 50));
-    let publish_every = Duration::from_millis(shard.config.stats_publish_ms);
-    let mut last_publish = Instant::now();
-    loop {
-        glommio::timer::sleep(tick).await;
-        if last_publish.elapsed() >= publish_every {
-            shard
-                .stats
-                .publish_latency(shard.relay.borrow().latency().clone());
-            last_publish = Instant::now();
-        }
-        if shard.shutting_down() {
-            break;
-        }
-    }
-
-    // Drain: stop accepting, tell every client we are going away, give the close frames a
-    // moment to leave, then stop.
-    accept.cancel().await;
-    let outboxes: Vec<Rc<Outbox>> = shard.conns.borrow().values().cloned().collect();
-    for outbox in outboxes {
-        outbox.close(crate::net::ws::close::GOING_AWAY, "server shutting down");
-    }
-    for session in shard.engine.all() {
-        session.shut_down();
-    }
-    shard.flush_mesh();
-    let deadline = Instant::now() + Duration::from_millis(shard.config.shutdown_grace_ms);
-    while !shard.conns.borrow().is_empty() && Instant::now() < deadline {
-        glommio::timer::sleep(Duration::from_millis(5)).await;
-    }
-    shard
-        .stats
-        .publish_latency(shard.relay.borrow().latency().clone());
+/// The ready-queue token that asks the runtime to send what a connection's own queue holds.
+pub(crate) fn transmit_token(conn: ConnId) -> u64 {
+    conn
 }
+
+/// The ready-queue token that asks the runtime to call a connection's `on_wake`.
+pub(crate) fn wake_token(conn: ConnId) -> u64 {
+    conn | 1 << 63
+}
+
+/// What a handler lends from the runtime for one call: the clock, its connection's id and
+/// outbound queue, the shard, and its deadline.
+pub struct Cx<'a> {
+    /// The time of this turn.
+    pub now: Instant,
+    /// This connection.
+    pub id: ConnId,
+    /// This connection's outbound queue: what is pushed here is sent at the end of the turn.
+    pub out: &'a Rc<Outbox>,
+    /// The shard.
+    pub shard: &'a Rc<Shard>,
+    pub(crate) deadline: &'a mut Option<Instant>,
+}
+
+impl Cx<'_> {
+    /// Asks for [`Connection::on_timeout`] at `at` (replacing any earlier request); `None`
+    /// for no timeout.
+    pub fn set_deadline(&mut self, at: Option<Instant>) {
+        *self.deadline = at;
+    }
+
+    /// The deadline asked for.
+    pub fn deadline(&self) -> Option<Instant> {
+        *self.deadline
+    }
+}
+
+/// Why a connection ended, as the runtime tells its handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The handler asked for it (a [`Step::Close`]).
+    Handler,
+    /// The peer closed its side or reset the connection.
+    Peer,
+    /// Writing failed.
+    Io,
+    /// The outbound queue overflowed: a slow consumer.
+    SlowConsumer,
+    /// The socket moved to another shard.
+    HandedOff,
+}
+
+/// What the runtime should do after a handler call.
+pub enum Step {
+    /// Keep going.
+    Continue,
+    /// Replace this connection's handler (after an upgrade) and feed it `read`, bytes
+    /// that arrived past what the old handler consumed.
+    Upgrade(Box<dyn Connection>, Vec<u8>),
+    /// End the connection: send what is queued (the queue's close frame last), then, with
+    /// `linger`, half-close and read until the peer closes too (so it reads everything
+    /// rather than a reset), else shut the socket at once.
+    Close {
+        /// Wait for the peer's FIN (bounded).
+        linger: bool,
+    },
+    /// Pass the socket to `endpoint` on shard `shard` with the bytes read so far (the
+    /// Engine.IO session it names lives there).
+    Handoff {
+        /// The shard.
+        shard: ShardId,
+        /// The endpoint there.
+        endpoint: EndpointId,
+        /// Everything read from the socket so far.
+        read: Vec<u8>,
+    },
+}
+
+/// A connection's protocol state, driven by the runtime. Every call gets a [`Cx`] and
+/// returns what to do next.
+pub trait Connection {
+    /// The connection starts (after accept, a handoff or an upgrade): set the first
+    /// deadline, queue a greeting.
+    fn on_open(&mut self, _cx: &mut Cx<'_>) -> Step {
+        Step::Continue
+    }
+
+    /// Bytes arrived.
+    fn on_data(&mut self, cx: &mut Cx<'_>, data: &[u8]) -> Step;
+
+    /// The deadline set with [`Cx::set_deadline`] has passed.
+    fn on_timeout(&mut self, cx: &mut Cx<'_>) -> Step;
+
+    /// A queue this connection waits on (see [`Shard::wake_on`]) has something.
+    fn on_wake(&mut self, _cx: &mut Cx<'_>) -> Step {
+        Step::Continue
+    }
+
+    /// The peer sent its FIN (or the socket failed); no more data will come.
+    fn on_eof(&mut self, cx: &mut Cx<'_>) -> Step;
+
+    /// The server is shutting down: say goodbye (the runtime waits `shutdown_grace_ms`).
+    fn on_shutdown(&mut self, cx: &mut Cx<'_>) -> Step;
+
+    /// The connection has ended; release what it holds. Called once, last.
+    fn on_close(&mut self, cx: &mut Cx<'_>, why: Ended);
+}
+
+/// Something registered with the runtime that opens connections: the HTTP front for
+/// accepted sockets (id 0), or an endpoint that receives sockets handed over by other
+/// shards.
+pub trait Endpoint {
+    /// A handler for a new socket; the runtime then calls its `on_open`, and `on_data`
+    /// with any bytes already read from the socket (by another shard, before a handoff).
+    fn open(&self, shard: &Rc<Shard>) -> Box<dyn Connection>;
+
+    /// A timer set with [`Shard::set_timer`] came due.
+    fn on_timer(&self, _shard: &Rc<Shard>, _key: u64, _now: Instant) {}
+
+    /// The server is shutting down (after every connection was told).
+    fn on_shutdown(&self, _shard: &Rc<Shard>) {}
+}
+
+/// Builds the endpoints of one shard, on that shard's thread; index = [`EndpointId`].
+pub type EndpointFactory = dyn Fn(&Rc<Shard>) -> Vec<Rc<dyn Endpoint>> + Send + Sync;

@@ -38,7 +38,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-use crate::net::engineio::Session;
+use crate::engineio::Session;
 use crate::proto::native::ErrorCode;
 use crate::proto::socketio::{Arg, Packet};
 use crate::relay::{room_key, Body, PlayerId, Relay};
@@ -251,19 +251,18 @@ impl Socket {
     }
 
     /// Runs a membership change of the relay for this socket, with no reply (application
-    /// code gets the result instead), and carries what it sends to other shards.
+    /// code gets the result instead); what it sends to other shards leaves at the end of the
+    /// shard's turn.
     fn with_relay(&self, room: &str, change: MembershipChange) -> Result<(), ErrorCode> {
         let key = room_key(&self.core.nsp, room);
         let shard = &self.core.shard;
-        let result = change(
+        change(
             &mut shard.relay.borrow_mut(),
             self.core.player,
             None,
             &key,
             Instant::now(),
-        );
-        shard.flush_mesh();
-        result
+        )
     }
 
     /// Emits to every member of `room` except this socket (`socket.to(room).emit(..)`).
@@ -302,7 +301,6 @@ impl RoomEmitter {
             .relay
             .borrow_mut()
             .broadcast(self.exclude, &self.key, body, Instant::now());
-        self.shard.flush_mesh();
     }
 }
 

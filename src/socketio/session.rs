@@ -11,7 +11,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use super::{Ack, Namespace, Socket, SocketCore, SocketIo};
-use crate::net::engineio::Session;
+use crate::engineio::Session;
 use crate::proto::native::{ErrorCode, PayloadKind};
 use crate::proto::socketio::{Arg, ArgRef, BinaryAssembler, Packet, PacketType, MAIN_NAMESPACE};
 use crate::relay::Body;
@@ -25,7 +25,9 @@ pub(crate) struct SioSession {
     app: Arc<SocketIo>,
     sockets: HashMap<String, (Rc<SocketCore>, Arc<Namespace>)>,
     assembler: BinaryAssembler,
-    ever_connected: Rc<Cell<bool>>,
+    ever_connected: bool,
+    /// A session that connects no namespace by then is closed (`connectTimeout`).
+    connect_deadline: Option<Instant>,
 }
 
 impl SioSession {
@@ -34,23 +36,23 @@ impl SioSession {
             app,
             sockets: HashMap::new(),
             assembler: BinaryAssembler::new(MAX_ATTACHMENTS),
-            ever_connected: Rc::new(Cell::new(false)),
+            ever_connected: false,
+            connect_deadline: None,
         }
     }
 
     /// Arms the connect timeout: a session that connects no namespace in time is closed.
-    pub fn start(&self, session: &Rc<Session>) {
-        let timeout = Duration::from_millis(session.shard.config.socketio_connect_timeout_ms);
-        let (weak, connected) = (Rc::downgrade(session), Rc::clone(&self.ever_connected));
-        glommio::spawn_local(async move {
-            glommio::timer::sleep(timeout).await;
-            if let Some(session) = weak.upgrade() {
-                if !connected.get() {
-                    session.close("connect timeout", CloseReason::HandshakeTimeout);
-                }
-            }
-        })
-        .detach();
+    pub fn start(&mut self, now: Instant, timeout: Duration) {
+        self.connect_deadline = Some(now + timeout);
+    }
+
+    /// The connect deadline, while no namespace has connected.
+    pub fn deadline(&self) -> Option<Instant> {
+        if self.ever_connected {
+            None
+        } else {
+            self.connect_deadline
+        }
     }
 
     pub fn on_text(&mut self, session: &Rc<Session>, text: &str) -> Result<(), CloseReason> {
@@ -101,7 +103,6 @@ impl SioSession {
             .relay
             .borrow_mut()
             .disconnect(core.player, Instant::now());
-        session.shard.flush_mesh();
         if let Some(f) = &namespace.on_disconnect {
             f(&Socket { core }, reason);
         }
@@ -188,7 +189,7 @@ impl SioSession {
         });
         let (outbox, wire) = session.transport();
         shard.relay.borrow_mut().connect(player, wire, outbox);
-        self.ever_connected.set(true);
+        self.ever_connected = true;
         let answer = Packet::connect(&nsp, Some(json!({ "sid": core.id })));
         session.send(&answer.encode_engineio(), &[]);
         self.sockets
@@ -271,7 +272,6 @@ fn relay_convention(
             };
             // On success the relay answers the ack itself (once the home shard counted).
             if result.is_ok() {
-                shard.flush_mesh();
                 return;
             }
             result
@@ -309,7 +309,6 @@ fn relay_convention(
                 },
             };
             let result = shard.relay.borrow_mut().send(player, room, body, now);
-            shard.flush_mesh();
             if result.is_ok() {
                 if let Some(ack) = ack {
                     ack.send([Arg::Json(json!({ "room": room }))]);

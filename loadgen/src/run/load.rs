@@ -1,0 +1,471 @@
+//! The load phase of one thread: an event loop on the thread's own io_uring (corelay's
+//! [`Ring`]) that sends every load message at its due time and records every arrival.
+//!
+//! Why not glommio tasks: a generator must not be the limit, nor make the server look
+//! expensive. Per-connection tasks cost a timer per send and a readiness poll per arrival,
+//! and a poll that completes while the generator's thread runs makes the *server's* send
+//! interrupt it (an inter-processor interrupt per delivery, paid on the server's CPU).
+//! Here the ring is single-issuer with deferred task work: arrivals wait in the ring until
+//! this loop collects them (between sends, a spinning loop checks a flag in shared memory,
+//! no syscall), every arrival is a multishot receive completion into a provided buffer,
+//! and the sends of one pass go to the kernel in one batch.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use corelay::proto::ws::Incoming;
+use corelay::shard::ring::{Completion, Ring, RingSizes, Wait};
+use crossbeam::channel::Sender as ChannelSender;
+
+use super::{room_name, Shared, Snapshot, ThreadState};
+use crate::accounting::{Arrival, SeqWindow};
+use crate::header::TimingHeader;
+use crate::metrics::record_ns;
+use crate::options::Scenario;
+use crate::schedule::Schedule;
+use crate::transport::{reason, Parts, TransportError};
+
+/// Receive buffers of a load thread: a pass's worth of arrivals from thousands of
+/// connections.
+const BUFFERS: u16 = 2048;
+const BUFFER_SIZE: u32 = 4096;
+
+/// Longest sleep of a loop that does not spin, so it sees the stop flag.
+const MAX_SLEEP: Duration = Duration::from_millis(5);
+
+const RECV: u64 = 1 << 62;
+const SEND: u64 = 2 << 62;
+
+/// One connection in the load phase.
+struct LoadConn {
+    index: usize,
+    parts: Parts,
+    alive: bool,
+    mask: u64,
+    room: Option<usize>,
+    room_name: String,
+    room_first: usize,
+    room_end: usize,
+    /// Frames written since the last send.
+    pending: Vec<u8>,
+    /// The bytes of the send in flight (the kernel holds a pointer into them).
+    inflight: Vec<u8>,
+    written: usize,
+    recv_armed: bool,
+    windows: HashMap<u32, SeqWindow>,
+    /// This client's sender slot and next message, when it sends.
+    slot: Option<u64>,
+    next_seq: u64,
+    messages: u64,
+}
+
+impl LoadConn {
+    fn next_mask(&mut self) -> [u8; 4] {
+        let mut x = self.mask;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.mask = x;
+        (x as u32).to_le_bytes()
+    }
+}
+
+/// Runs the load phase until the main thread says stop; records into `state`.
+pub(super) fn run(
+    shared: &Shared,
+    t: usize,
+    conns: Vec<(usize, Parts)>,
+    schedule: Option<Schedule>,
+    state: &mut ThreadState,
+    snaps: &ChannelSender<Snapshot>,
+) -> Result<(), std::io::Error> {
+    let mut ring = Ring::new(RingSizes {
+        submissions: 4096,
+        completions: 16384,
+        buffers: BUFFERS,
+        buffer_size: BUFFER_SIZE,
+    })?;
+    let opts = &shared.opts;
+    let mut conns: Vec<LoadConn> = conns
+        .into_iter()
+        .map(|(index, parts)| {
+            let room = opts.room_of(index);
+            let room_first = room.map_or(0, |r| r * opts.room_size);
+            let room_end = room.map_or(0, |r| ((r + 1) * opts.room_size).min(opts.clients));
+            LoadConn {
+                index,
+                parts,
+                alive: true,
+                mask: 0x9E37_79B9_7F4A_7C15 ^ ((index as u64) << 17) | 1,
+                room,
+                room_name: room.map(room_name).unwrap_or_default(),
+                room_first,
+                room_end,
+                pending: Vec::new(),
+                inflight: Vec::new(),
+                written: 0,
+                recv_armed: false,
+                windows: HashMap::new(),
+                slot: None,
+                next_seq: 0,
+                messages: 0,
+            }
+        })
+        .collect();
+
+    // Due sends, earliest first: (due ns, connection).
+    let mut due: BinaryHeap<Reverse<(u64, usize)>> = BinaryHeap::new();
+    if let Some(schedule) = schedule {
+        for (i, c) in conns.iter_mut().enumerate() {
+            if !opts.is_sender(c.index) {
+                continue;
+            }
+            let slot = opts.sender_slot(c.index) as u64;
+            c.slot = Some(slot);
+            c.messages = schedule.messages_for(slot);
+            if c.messages > 0 {
+                due.push(Reverse((schedule.intended_ns(slot, 0), i)));
+            }
+        }
+    }
+    let counters = &shared.counters[t];
+    if due.is_empty() {
+        counters.sending_done.store(true, Ordering::Release);
+    }
+
+    for (i, c) in conns.iter_mut().enumerate() {
+        arm_recv(&mut ring, c, i);
+        // Bytes the codec already holds (read during the setup) are processed first.
+        process(shared, t, c, state);
+    }
+
+    let interval = shared.opts.interval.as_nanos() as u64;
+    let start = shared.load_start().unwrap_or(0);
+    let mut next_tick = 1u64;
+    let fanout = opts.scenario == Scenario::Fanout;
+    let spin = !opts.spin.is_zero();
+    let mut scratch = Vec::with_capacity(opts.payload);
+    let mut text = String::new();
+    let mut completions: Vec<Completion> = Vec::new();
+    let mut dirty: Vec<usize> = Vec::new();
+    let mut queued = 0u32;
+
+    loop {
+        if shared.stopped() {
+            break;
+        }
+        let now = shared.now_ns();
+
+        // Sends that are due.
+        while let Some(&Reverse((at, i))) = due.peek() {
+            if at > now {
+                break;
+            }
+            due.pop();
+            let Some(schedule) = schedule else { break };
+            let c = &mut conns[i];
+            let Some(slot) = c.slot else { continue };
+            let seq = c.next_seq;
+            c.next_seq += 1;
+            if seq + 1 < c.messages {
+                due.push(Reverse((schedule.intended_ns(slot, seq + 1), i)));
+            }
+            if !c.alive {
+                continue;
+            }
+            let room = c.room.unwrap_or(0);
+            let owed = shared.room_live[room]
+                .load(Ordering::Acquire)
+                .saturating_sub(1);
+            let sent_ns = shared.now_ns();
+            let header = TimingHeader {
+                intended_ns: at,
+                sent_ns,
+                sender: c.index as u32,
+                seq: seq as u32,
+            };
+            let mask = c.next_mask();
+            let was_empty = c.pending.is_empty();
+            c.parts.wire.encode_send(
+                &c.room_name,
+                &header,
+                opts.payload,
+                mask,
+                &mut scratch,
+                &mut text,
+                &mut c.pending,
+            );
+            if was_empty {
+                dirty.push(i);
+            }
+            let measured = shared.in_window(at);
+            if measured {
+                state.tally.sent += 1;
+                state.tally.expected += u64::from(owed);
+                record_ns(&mut state.hist.pacing_lag, sent_ns.saturating_sub(at));
+                counters.sent.fetch_add(1, Ordering::Relaxed);
+                counters
+                    .expected
+                    .fetch_add(u64::from(owed), Ordering::Relaxed);
+            }
+            if fanout {
+                let owed_list = state.fanout_expected.entry(room).or_default();
+                let seq = seq as usize;
+                if owed_list.len() <= seq {
+                    owed_list.resize(seq + 1, u32::MAX);
+                }
+                owed_list[seq] = if measured { owed } else { u32::MAX };
+            }
+        }
+        if due.is_empty() && !counters.sending_done.load(Ordering::Relaxed) {
+            counters.sending_done.store(true, Ordering::Release);
+        }
+
+        // The interval histogram, for the main thread's progress lines.
+        if interval > 0 && now >= start + next_tick * interval {
+            let hist = state.interval.clone();
+            state.interval.reset();
+            let _ = snaps.send(Snapshot {
+                tick: next_tick,
+                hist,
+            });
+            next_tick += 1;
+        }
+
+        // One send per connection with something written and nothing in flight.
+        for i in dirty.drain(..) {
+            if start_send(&mut ring, &mut conns[i], i) {
+                queued += 1;
+            }
+        }
+
+        if queued > 0 || ring.has_work() {
+            ring.enter(Wait::No)?;
+            queued = 0;
+        } else if spin {
+            std::hint::spin_loop();
+            continue;
+        } else {
+            let next_due = due.peek().map(|Reverse((at, _))| *at);
+            let until = next_due
+                .map(|at| Duration::from_nanos(at.saturating_sub(shared.now_ns())))
+                .unwrap_or(MAX_SLEEP)
+                .min(MAX_SLEEP);
+            ring.enter(Wait::Sleep {
+                timeout: Some(until),
+                batch: Duration::ZERO,
+                batch_count: 1,
+            })?;
+        }
+
+        completions.clear();
+        ring.reap(&mut completions);
+        for comp in &completions {
+            let i = (comp.user_data & !(3 << 62)) as usize;
+            let Some(c) = conns.get_mut(i) else { continue };
+            if comp.user_data & (3 << 62) == RECV {
+                let more = comp.more();
+                if let Some(bid) = comp.buffer() {
+                    if comp.result > 0 {
+                        c.parts.codec.feed(ring.received(bid, comp.result as usize));
+                    }
+                    ring.recycle(bid);
+                }
+                if !more {
+                    c.recv_armed = false;
+                }
+                if comp.result > 0 || comp.result == -libc::ENOBUFS {
+                    if c.alive {
+                        let before = c.pending.len();
+                        process(shared, t, c, state);
+                        if before == 0 && !c.pending.is_empty() {
+                            dirty.push(i);
+                        }
+                    }
+                    if !more && c.alive {
+                        arm_recv(&mut ring, c, i);
+                        queued += 1;
+                    }
+                } else if !more {
+                    let why = if comp.result == 0 {
+                        "connection closed by the server".to_owned()
+                    } else {
+                        std::io::Error::from_raw_os_error(-comp.result).to_string()
+                    };
+                    drop_conn(shared, c, state, &TransportError(why));
+                }
+            } else if comp.user_data & (3 << 62) == SEND {
+                if comp.result < 0 {
+                    let why = std::io::Error::from_raw_os_error(-comp.result).to_string();
+                    drop_conn(shared, c, state, &TransportError(why));
+                    c.inflight.clear();
+                    continue;
+                }
+                c.written += comp.result as usize;
+                if c.written < c.inflight.len() {
+                    // A short write: resume where it stopped.
+                    push_send(&mut ring, c, i);
+                    queued += 1;
+                } else {
+                    c.inflight.clear();
+                    c.written = 0;
+                    if !c.pending.is_empty() {
+                        dirty.push(i);
+                    }
+                }
+            }
+        }
+    }
+
+    // Goodbye: a close frame each, then the sockets close (dropped with `conns`).
+    for c in &mut conns {
+        if c.alive {
+            let mask = c.next_mask();
+            let close = corelay::proto::ws::masked_close_frame(1000, "", mask);
+            // SAFETY: a blocking send of a live buffer on a socket we own.
+            unsafe {
+                libc::send(
+                    c.parts.fd.as_raw_fd(),
+                    close.as_ptr().cast(),
+                    close.len(),
+                    libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+                );
+            }
+        }
+    }
+    // The ring is dropped before the connections, whose buffers it may still point to.
+    drop(ring);
+    drop(conns);
+    Ok(())
+}
+
+fn arm_recv(ring: &mut Ring, c: &mut LoadConn, i: usize) {
+    if c.recv_armed || !c.alive {
+        return;
+    }
+    c.recv_armed = true;
+    let entry = Ring::recv_multishot(c.parts.fd.as_raw_fd()).user_data(RECV | i as u64);
+    // SAFETY: the socket lives in `conns`, which outlives the ring's operations (the ring is
+    // dropped first).
+    let _ = unsafe { ring.push(&entry) };
+}
+
+/// Moves what was written into a send, unless one is in flight. Returns whether it did.
+fn start_send(ring: &mut Ring, c: &mut LoadConn, i: usize) -> bool {
+    if !c.inflight.is_empty() || c.pending.is_empty() || !c.alive {
+        return false;
+    }
+    std::mem::swap(&mut c.inflight, &mut c.pending);
+    c.written = 0;
+    push_send(ring, c, i);
+    true
+}
+
+fn push_send(ring: &mut Ring, c: &mut LoadConn, i: usize) {
+    let rest = &c.inflight[c.written..];
+    let entry =
+        Ring::send(c.parts.fd.as_raw_fd(), rest.as_ptr(), rest.len()).user_data(SEND | i as u64);
+    // SAFETY: `inflight` is not touched until this send completes, and outlives the ring.
+    let _ = unsafe { ring.push(&entry) };
+}
+
+/// Handles every complete message a connection's codec holds.
+fn process(shared: &Shared, t: usize, c: &mut LoadConn, state: &mut ThreadState) {
+    let opts = &shared.opts;
+    let fanout = opts.scenario == Scenario::Fanout;
+    loop {
+        let msg = match c.parts.codec.poll_message() {
+            Ok(Some(Incoming::Message(m))) => m,
+            Ok(Some(Incoming::Closed(_))) => {
+                flush_codec(c);
+                drop_conn(
+                    shared,
+                    c,
+                    state,
+                    &TransportError("connection closed by the server".into()),
+                );
+                return;
+            }
+            Ok(None) => break,
+            Err(e) => {
+                drop_conn(shared, c, state, &TransportError(e.to_string()));
+                return;
+            }
+        };
+        let mut reply = None;
+        let header = match c.parts.wire.decode(msg, &mut reply) {
+            Ok(h) => h,
+            Err(e) => {
+                drop_conn(shared, c, state, &e);
+                return;
+            }
+        };
+        if let Some(text) = reply {
+            let mask = c.next_mask();
+            corelay::proto::ws::write_masked_frame(true, text.as_bytes(), mask, &mut c.pending);
+        }
+        let Some(header) = header else { continue };
+        let now = shared.now_ns();
+        state.tally.received_total += 1;
+        let sender = header.sender as usize;
+        // Only messages of this run's room members count (a shared server may carry other
+        // traffic with the same event name).
+        if !(c.room_first..c.room_end).contains(&sender) || sender == c.index {
+            continue;
+        }
+        if !shared.in_window(header.intended_ns) {
+            continue;
+        }
+        let arrival = c
+            .windows
+            .entry(header.sender)
+            .or_default()
+            .observe(header.seq);
+        state.tally.record(arrival);
+        if arrival == Arrival::Duplicate {
+            continue;
+        }
+        shared.counters[t].delivered.fetch_add(1, Ordering::Relaxed);
+        let corrected = now.saturating_sub(header.intended_ns);
+        record_ns(&mut state.hist.latency, corrected);
+        record_ns(
+            &mut state.hist.latency_uncorrected,
+            now.saturating_sub(header.sent_ns),
+        );
+        record_ns(&mut state.interval, corrected);
+        if fanout {
+            if let Some(room) = c.room {
+                let per_seq = state.fanout_arrivals.entry(room).or_default();
+                let seq = header.seq as usize;
+                if per_seq.len() <= seq {
+                    per_seq.resize(seq + 1, (0, 0));
+                }
+                let slot = &mut per_seq[seq];
+                slot.0 = slot.0.max(corrected);
+                slot.1 += 1;
+            }
+        }
+    }
+    flush_codec(c);
+}
+
+/// The codec's own replies (pongs, the close echo) go out with the next send.
+fn flush_codec(c: &mut LoadConn) {
+    if let Some(out) = c.parts.codec.take_output() {
+        c.pending.extend_from_slice(&out);
+    }
+}
+
+/// Marks a connection broken (once) and counts why.
+fn drop_conn(shared: &Shared, c: &mut LoadConn, state: &mut ThreadState, error: &TransportError) {
+    if !std::mem::replace(&mut c.alive, false) || shared.stopped() {
+        return;
+    }
+    if let Some(room) = c.room {
+        shared.room_live[room].fetch_sub(1, Ordering::AcqRel);
+    }
+    *state.drops.entry(reason(&error.0)).or_default() += 1;
+}

@@ -1,0 +1,567 @@
+//! An Engine.IO v4 session as a state machine, with no socket and no clock of its own: it
+//! is fed packets and `now`, and answers with packets queued on its transport's outbound
+//! queue, with events for the layer above (Socket.IO or echo), and with its next deadline
+//! ([`Session::poll_timeout`]), which the endpoint keeps on the shard's timer wheel.
+//!
+//! A session belongs to the shard that created it; its id starts with that shard's number
+//! (`net::engineio` hands requests that land elsewhere to the owner). Outgoing packets go
+//! to the session's current transport: long-polling keeps them in a queue of payload text
+//! fragments until a GET collects them; WebSocket sends frames.
+//!
+//! Heartbeat, as the reference server does it: a ping `pingInterval` after the session
+//! opened or after the last pong; the session ends when no pong follows within
+//! `pingTimeout`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::proto::engineio::{self, Data, Packet, PacketType};
+use crate::proto::ws::{self, close};
+use crate::relay::{sio_ws_frames, Drained, Outbox, Wire};
+use crate::shard::Shard;
+use crate::socketio::SioSession;
+use crate::stats::{add, CloseReason};
+
+/// What runs on top of a session.
+pub(crate) enum Handler {
+    /// Socket.IO (namespaces, events, acks, the relay convention).
+    SocketIo(Box<SioSession>),
+    /// Engine.IO echo: every message sent back (the engine.io reference server).
+    Echo,
+}
+
+impl Handler {
+    fn deadline(&self) -> Option<Instant> {
+        match self {
+            Handler::SocketIo(sio) => sio.deadline(),
+            Handler::Echo => None,
+        }
+    }
+}
+
+/// Which transport a session uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// HTTP long-polling.
+    Polling,
+    /// A WebSocket answered the probe; packets still go to polling until `5`.
+    Upgrading,
+    /// WebSocket only.
+    WebSocket,
+    /// Ended.
+    Closed,
+}
+
+/// The sessions of one shard, by key (the key is also in the session id).
+#[derive(Default)]
+pub(crate) struct Sessions {
+    map: RefCell<HashMap<u64, Rc<Session>>>,
+    next_key: Cell<u64>,
+}
+
+impl Sessions {
+    /// The session named `sid`, if it lives here.
+    pub fn get(&self, sid: &str) -> Option<Rc<Session>> {
+        let key = key_of(sid)?;
+        let session = self.map.borrow().get(&key).cloned()?;
+        (session.sid == sid).then_some(session)
+    }
+
+    /// The session with timer key `key`.
+    pub fn by_key(&self, key: u64) -> Option<Rc<Session>> {
+        self.map.borrow().get(&key).cloned()
+    }
+
+    /// Every live session (for shutdown).
+    pub fn all(&self) -> Vec<Rc<Session>> {
+        self.map.borrow().values().cloned().collect()
+    }
+}
+
+/// The shard that owns session `sid` (its first two hex digits), if well formed.
+pub(crate) fn owner_of(sid: &str) -> Option<usize> {
+    sid.get(..2).and_then(|h| usize::from_str_radix(h, 16).ok())
+}
+
+/// The key in a session id: the 16 hex digits after the shard's two.
+fn key_of(sid: &str) -> Option<u64> {
+    sid.get(2..18).and_then(|h| u64::from_str_radix(h, 16).ok())
+}
+
+/// A session id: the owning shard, the session's key, then 12 random bytes so that ids
+/// cannot be guessed.
+fn new_sid(shard: usize, key: u64) -> String {
+    let mut random = [0u8; 12];
+    // SAFETY: getrandom writes at most `len` bytes into the buffer it is given.
+    let n = unsafe { libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) };
+    if n != random.len() as isize {
+        // Practically unreachable (no entropy at boot); fall back to time and address.
+        let t = Instant::now().elapsed().as_nanos() ^ (&random as *const _ as u128);
+        random.copy_from_slice(&t.to_le_bytes()[..12]);
+    }
+    let mut sid = format!("{:02x}{key:016x}", shard & 0xff);
+    for b in random {
+        sid.push_str(&format!("{b:02x}"));
+    }
+    sid
+}
+
+/// One Engine.IO session.
+pub(crate) struct Session {
+    pub sid: String,
+    /// The session's key in [`Sessions`], also its timer key.
+    pub key: u64,
+    pub shard: Rc<Shard>,
+    registry: Weak<Sessions>,
+    phase: Cell<Phase>,
+    /// Long-polling packets (payload text fragments) waiting for a GET.
+    pub(crate) polling: Rc<Outbox>,
+    /// The WebSocket connection's outbox, once there is one.
+    ws: RefCell<Option<Rc<Outbox>>>,
+    /// A GET is waiting for packets.
+    pub(crate) polling_get: Cell<bool>,
+    /// A POST is being read.
+    pub(crate) polling_post: Cell<bool>,
+    ping_interval: Duration,
+    ping_timeout: Duration,
+    next_ping: Cell<Option<Instant>>,
+    pong_deadline: Cell<Option<Instant>>,
+    /// The earliest deadline on the timer wheel (kept by the endpoint).
+    pub(crate) scheduled: Cell<Option<Instant>>,
+    handler: RefCell<Option<Handler>>,
+}
+
+impl Session {
+    /// A new session in `phase`, registered in `sessions`.
+    pub fn create(
+        shard: &Rc<Shard>,
+        sessions: &Rc<Sessions>,
+        phase: Phase,
+        handler: Handler,
+        now: Instant,
+    ) -> Rc<Session> {
+        let key = sessions.next_key.get();
+        sessions.next_key.set(key + 1);
+        let config = &shard.config;
+        let ping_interval = Duration::from_millis(config.engineio_ping_interval_ms);
+        let session = Rc::new(Session {
+            sid: new_sid(shard.id, key),
+            key,
+            shard: Rc::clone(shard),
+            registry: Rc::downgrade(sessions),
+            phase: Cell::new(phase),
+            polling: Rc::new(Outbox::new(shard.outbox_limits())),
+            ws: RefCell::new(None),
+            polling_get: Cell::new(false),
+            polling_post: Cell::new(false),
+            ping_interval,
+            ping_timeout: Duration::from_millis(config.engineio_ping_timeout_ms),
+            next_ping: Cell::new(Some(now + ping_interval)),
+            pong_deadline: Cell::new(None),
+            scheduled: Cell::new(None),
+            handler: RefCell::new(Some(handler)),
+        });
+        sessions.map.borrow_mut().insert(key, Rc::clone(&session));
+        add(&shard.stats.connections, 1);
+        if let Some(Handler::SocketIo(sio)) = session.handler.borrow_mut().as_mut() {
+            sio.start(
+                now,
+                Duration::from_millis(shard.config.socketio_connect_timeout_ms),
+            );
+        }
+        session
+    }
+
+    /// The next time [`Session::handle_timeout`] must run, if any.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.is_closed() {
+            return None;
+        }
+        let handler = self.handler.borrow().as_ref().and_then(Handler::deadline);
+        [self.next_ping.get(), self.pong_deadline.get(), handler]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Time passed: ping, or end the session for a missing pong or connect.
+    pub fn handle_timeout(self: &Rc<Self>, now: Instant) {
+        if self.is_closed() {
+            return;
+        }
+        if self.pong_deadline.get().is_some_and(|d| d <= now) {
+            self.close("ping timeout", CloseReason::Idle);
+            return;
+        }
+        let connect_due = self
+            .handler
+            .borrow()
+            .as_ref()
+            .and_then(Handler::deadline)
+            .is_some_and(|d| d <= now);
+        if connect_due {
+            self.close("connect timeout", CloseReason::HandshakeTimeout);
+            return;
+        }
+        if self.next_ping.get().is_some_and(|d| d <= now) {
+            if self.polling.overflowed() {
+                // The client polls slower than its packets arrive: a slow consumer.
+                self.close("transport error", CloseReason::SlowConsumer);
+                return;
+            }
+            self.next_ping.set(None);
+            self.pong_deadline.set(Some(now + self.ping_timeout));
+            self.send("2", &[]);
+        }
+    }
+
+    /// Disconnects one namespace socket (from application code). Inside a handler call the
+    /// socket is already marked and is swept when the handler returns.
+    pub fn disconnect_socket(self: &Rc<Self>, nsp: &str) {
+        let handler = self.handler.borrow_mut().take();
+        if let Some(Handler::SocketIo(mut sio)) = handler {
+            sio.disconnect(self, nsp);
+            *self.handler.borrow_mut() = Some(Handler::SocketIo(sio));
+        } else {
+            *self.handler.borrow_mut() = handler;
+        }
+    }
+
+    /// Where the session is.
+    pub fn phase(&self) -> Phase {
+        self.phase.get()
+    }
+
+    /// Whether the session has ended.
+    pub fn is_closed(&self) -> bool {
+        self.phase.get() == Phase::Closed
+    }
+
+    /// The outbox and wire encoding that outgoing packets use right now.
+    pub fn transport(&self) -> (Rc<Outbox>, Wire) {
+        match self.phase.get() {
+            Phase::WebSocket => match &*self.ws.borrow() {
+                Some(ws) => (Rc::clone(ws), Wire::SioWs),
+                None => (Rc::clone(&self.polling), Wire::SioPolling),
+            },
+            _ => (Rc::clone(&self.polling), Wire::SioPolling),
+        }
+    }
+
+    /// Sends an Engine.IO packet given as text (`4...`), with binary attachments after it.
+    pub fn send(&self, text: &str, attachments: &[Bytes]) {
+        let (outbox, wire) = self.transport();
+        let frame = match wire {
+            Wire::SioWs => sio_ws_frames(text, attachments),
+            _ => crate::relay::sio_polling_text(text, attachments),
+        };
+        // A full outbox closes the session's transport (slow consumer).
+        let _ = outbox.push(frame);
+    }
+
+    /// Sends a binary Engine.IO message.
+    pub fn send_binary(&self, data: &[u8]) {
+        let (outbox, wire) = self.transport();
+        let frame = match wire {
+            Wire::SioWs => ws::binary_frame(|mut v| {
+                v.extend_from_slice(data);
+                v
+            }),
+            _ => {
+                let mut text = String::from("b");
+                engineio::encode_base64_into(data, &mut text);
+                Bytes::from(text)
+            }
+        };
+        let _ = outbox.push(frame);
+    }
+
+    /// Attaches the WebSocket of a session created on it.
+    pub fn attach_websocket(&self, ws: &Rc<Outbox>) {
+        *self.ws.borrow_mut() = Some(Rc::clone(ws));
+    }
+
+    /// Whether `ws` is the session's WebSocket (the upgrade completed on it).
+    pub fn is_websocket(&self, ws: &Rc<Outbox>) -> bool {
+        self.ws.borrow().as_ref().is_some_and(|w| Rc::ptr_eq(w, ws))
+    }
+
+    /// A WebSocket that never completed its upgrade went away: back to polling.
+    pub fn upgrade_abandoned(&self) {
+        if self.phase.get() == Phase::Upgrading {
+            self.phase.set(Phase::Polling);
+        }
+    }
+
+    /// Ends the session: the handler is told, transports are closed, the id is forgotten.
+    pub fn close(self: &Rc<Self>, reason: &str, stat: CloseReason) {
+        if self.is_closed() {
+            return;
+        }
+        self.phase.set(Phase::Closed);
+        if let Some(sessions) = self.registry.upgrade() {
+            sessions.map.borrow_mut().remove(&self.key);
+        }
+        let handler = self.handler.borrow_mut().take();
+        if let Some(Handler::SocketIo(mut sio)) = handler {
+            sio.on_close(self, reason);
+        }
+        self.polling.finish();
+        if let Some(ws) = self.ws.borrow().as_ref() {
+            ws.close(close::NORMAL, "");
+        }
+        self.shard
+            .stats
+            .connections
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.shard.stats.count_close(stat);
+    }
+
+    /// Server shutdown: close with a going-away code on WebSocket.
+    pub fn shut_down(self: &Rc<Self>) {
+        if let Some(ws) = self.ws.borrow().as_ref() {
+            ws.close(close::GOING_AWAY, "server shutting down");
+        }
+        self.close("server shutting down", CloseReason::Shutdown);
+    }
+
+    /// Handles one decoded Engine.IO packet from the client, which came on the WebSocket
+    /// `ws` or (`None`) by polling. `Err` closes the session.
+    pub fn handle_packet(
+        self: &Rc<Self>,
+        now: Instant,
+        packet: Packet<'_>,
+        ws: Option<&Rc<Outbox>>,
+    ) -> Result<(), CloseReason> {
+        match (packet.packet_type, packet.data) {
+            (PacketType::Pong, _) => {
+                // The next ping comes a full interval after this pong.
+                self.pong_deadline.set(None);
+                self.next_ping.set(Some(now + self.ping_interval));
+            }
+            (PacketType::Ping, Data::Text(data)) => {
+                // Only the probe is a client ping in v4; answer on the transport it came on.
+                let reply = format!("3{data}");
+                match (ws, data) {
+                    (Some(ws), "probe") => {
+                        let _ = ws.push(sio_ws_frames(&reply, &[]));
+                        if self.phase.get() == Phase::Polling {
+                            self.phase.set(Phase::Upgrading);
+                            // End the pending poll so the client pauses polling.
+                            let _ = self.polling.push(Bytes::from_static(b"6"));
+                        }
+                    }
+                    _ => self.send(&reply, &[]),
+                }
+            }
+            (PacketType::Upgrade, _) => match ws {
+                Some(ws) if self.phase.get() == Phase::Upgrading => self.switch_to(ws),
+                _ => return Err(CloseReason::Protocol),
+            },
+            (PacketType::Close, _) => {
+                if self.phase.get() != Phase::WebSocket {
+                    let _ = self.polling.push(Bytes::from_static(b"6"));
+                }
+                self.close("client namespace disconnect", CloseReason::Peer);
+            }
+            (PacketType::Noop, _) => {}
+            (PacketType::Message, data) => {
+                let mut handler = self.handler.borrow_mut().take();
+                let result = match (&mut handler, data) {
+                    (Some(Handler::SocketIo(sio)), Data::Text(text)) => sio.on_text(self, text),
+                    (Some(Handler::SocketIo(sio)), Data::Binary(bin)) => {
+                        sio.on_binary(self, Bytes::from(bin.into_owned()))
+                    }
+                    (Some(Handler::Echo), Data::Text(text)) => {
+                        self.send(&format!("4{text}"), &[]);
+                        Ok(())
+                    }
+                    (Some(Handler::Echo), Data::Binary(bin)) => {
+                        self.send_binary(&bin);
+                        Ok(())
+                    }
+                    (None, _) => Ok(()),
+                };
+                // Put the handler back unless the session closed meanwhile.
+                if !self.is_closed() {
+                    *self.handler.borrow_mut() = handler;
+                } else if let Some(Handler::SocketIo(mut sio)) = handler {
+                    sio.on_close(self, "server namespace disconnect");
+                }
+                result?;
+            }
+            // Open is server-to-client only.
+            (PacketType::Open, _) | (PacketType::Ping, Data::Binary(_)) => {
+                return Err(CloseReason::Protocol)
+            }
+        }
+        Ok(())
+    }
+
+    /// Completes an upgrade: what waited for a poll moves to the WebSocket, in order, and
+    /// every later packet and broadcast goes there.
+    fn switch_to(self: &Rc<Self>, ws: &Rc<Outbox>) {
+        let mut pending = Vec::new();
+        while let Drained::Frames = self.polling.drain(&mut pending) {}
+        *self.ws.borrow_mut() = Some(Rc::clone(ws));
+        self.phase.set(Phase::WebSocket);
+        let joined = pending
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect::<Vec<_>>()
+            .join("\u{1e}");
+        if let Ok(packets) = engineio::decode_payload(joined.as_bytes()) {
+            for p in packets {
+                match p.data {
+                    Data::Text(t) => {
+                        let _ = ws.push(sio_ws_frames(
+                            &format!("{}{t}", p.packet_type.as_char()),
+                            &[],
+                        ));
+                    }
+                    Data::Binary(b) => {
+                        let _ = ws.push(ws::binary_frame(|mut v| {
+                            v.extend_from_slice(&b);
+                            v
+                        }));
+                    }
+                }
+            }
+        }
+        self.polling.finish();
+        if let Some(Handler::SocketIo(sio)) = self.handler.borrow().as_ref() {
+            sio.rewire(self);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::relay::{Relay, RelayLimits};
+    use crate::stats::ShardStats;
+    use std::sync::Arc;
+
+    fn shard(ping_interval_ms: u64, ping_timeout_ms: u64) -> Rc<Shard> {
+        let config = Arc::new(Config {
+            engineio_ping_interval_ms: ping_interval_ms,
+            engineio_ping_timeout_ms: ping_timeout_ms,
+            ..Config::default()
+        });
+        let stats = Arc::new(ShardStats::default());
+        let relay = Relay::new(
+            0,
+            1,
+            RelayLimits {
+                max_name_len: 128,
+                max_rooms_per_connection: 8,
+            },
+            Arc::clone(&stats),
+        );
+        Rc::new(Shard::new(0, 1, config, stats, relay, Default::default()))
+    }
+
+    fn polled(session: &Session) -> Vec<String> {
+        let mut frames = Vec::new();
+        while let Drained::Frames = session.polling.drain(&mut frames) {}
+        frames
+            .iter()
+            .map(|f| String::from_utf8_lossy(f).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn pings_come_an_interval_after_the_last_pong() {
+        let shard = shard(300, 200);
+        let sessions = Rc::new(Sessions::default());
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let s = Session::create(&shard, &sessions, Phase::Polling, Handler::Echo, t0);
+        assert_eq!(s.poll_timeout(), Some(t0 + ms(300)));
+        s.handle_timeout(t0 + ms(300));
+        assert_eq!(polled(&s), vec!["2"]);
+        // Waiting for the pong, at most pingTimeout.
+        assert_eq!(s.poll_timeout(), Some(t0 + ms(500)));
+        s.handle_packet(t0 + ms(350), Packet::text(PacketType::Pong, ""), None)
+            .unwrap();
+        // The next ping is pingInterval after the pong, not after the previous ping's
+        // timeout.
+        assert_eq!(s.poll_timeout(), Some(t0 + ms(650)));
+        s.handle_timeout(t0 + ms(650));
+        assert_eq!(polled(&s), vec!["2"]);
+        assert!(!s.is_closed());
+    }
+
+    #[test]
+    fn a_missing_pong_ends_the_session() {
+        let shard = shard(300, 200);
+        let sessions = Rc::new(Sessions::default());
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let s = Session::create(&shard, &sessions, Phase::Polling, Handler::Echo, t0);
+        assert!(sessions.get(&s.sid).is_some());
+        s.handle_timeout(t0 + ms(300));
+        s.handle_timeout(t0 + ms(499));
+        assert!(!s.is_closed());
+        s.handle_timeout(t0 + ms(500));
+        assert!(s.is_closed());
+        assert!(sessions.get(&s.sid).is_none());
+        assert_eq!(shard.stats.closes(CloseReason::Idle), 1);
+        assert_eq!(s.poll_timeout(), None);
+    }
+
+    #[test]
+    fn the_probe_and_upgrade_move_queued_packets_to_the_websocket() {
+        let shard = shard(25_000, 20_000);
+        let sessions = Rc::new(Sessions::default());
+        let t0 = Instant::now();
+        let s = Session::create(&shard, &sessions, Phase::Polling, Handler::Echo, t0);
+        s.handle_packet(t0, Packet::text(PacketType::Message, "hello"), None)
+            .unwrap();
+        let ws = Rc::new(Outbox::new(shard.outbox_limits()));
+        s.handle_packet(t0, Packet::text(PacketType::Ping, "probe"), Some(&ws))
+            .unwrap();
+        assert_eq!(s.phase(), Phase::Upgrading);
+        s.handle_packet(t0, Packet::text(PacketType::Upgrade, ""), Some(&ws))
+            .unwrap();
+        assert_eq!(s.phase(), Phase::WebSocket);
+        let mut frames = Vec::new();
+        while let Drained::Frames = ws.drain(&mut frames) {}
+        let mut client =
+            crate::proto::ws::WsCodec::new(tungstenite::protocol::Role::Client, 1 << 16);
+        for f in &frames {
+            client.feed(f);
+        }
+        let mut texts = Vec::new();
+        while let Ok(Some(crate::proto::ws::Incoming::Message(m))) = client.poll_message() {
+            texts.push(m.into_text().unwrap().to_string());
+        }
+        // The probe answer, then the echo that was waiting for a poll, then the noop that
+        // ended the poll.
+        assert_eq!(texts, vec!["3probe", "4hello", "6"]);
+    }
+
+    #[test]
+    fn ids_name_their_shard_and_are_found_only_whole() {
+        let shard = shard(25_000, 20_000);
+        let sessions = Rc::new(Sessions::default());
+        let s = Session::create(
+            &shard,
+            &sessions,
+            Phase::Polling,
+            Handler::Echo,
+            Instant::now(),
+        );
+        assert_eq!(owner_of(&s.sid), Some(0));
+        assert!(sessions.get(&s.sid).is_some());
+        let mut forged = s.sid.clone();
+        forged.pop();
+        forged.push(if s.sid.ends_with('0') { '1' } else { '0' });
+        assert!(sessions.get(&forged).is_none());
+    }
+}

@@ -1,0 +1,179 @@
+//! The HTTP front: every accepted connection starts here. It reads one request head
+//! (within the handshake timeout) and hands the connection to the route of its path: a
+//! WebSocket upgrade (`/ws`, echo), or the Engine.IO endpoint. Unknown paths get 404,
+//! malformed heads 400.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::proto::http::{self, HttpError, Request};
+use crate::shard::{Connection, Cx, Ended, Endpoint, Shard, Step};
+use crate::stats::CloseReason;
+
+/// What serves the requests of one path.
+pub trait Route {
+    /// Serves `request`, whose head has been read. `head` holds the bytes read so far and
+    /// lets the route go back to reading heads on a keep-alive connection.
+    fn serve(&self, cx: &mut Cx<'_>, request: Request, head: Head<'_>) -> Step;
+}
+
+/// Which requests a route takes.
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    /// This path exactly (and, for a path ending in `/`, the same without it).
+    Exact(String),
+    /// Every path (the echo server).
+    Any,
+}
+
+impl PathMatch {
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(p) => {
+                path == p || (p.ends_with('/') && path == p.trim_end_matches('/'))
+            }
+            PathMatch::Any => true,
+        }
+    }
+}
+
+/// The routes of a shard's front.
+#[derive(Default)]
+pub struct Routes {
+    routes: Vec<(PathMatch, Rc<dyn Route>)>,
+}
+
+impl Routes {
+    /// No routes: every request gets 404.
+    pub fn new() -> Routes {
+        Routes::default()
+    }
+
+    /// Adds a route; the first match wins.
+    pub fn route(mut self, path: PathMatch, route: Rc<dyn Route>) -> Routes {
+        self.routes.push((path, route));
+        self
+    }
+
+    fn find(&self, path: &str) -> Option<&Rc<dyn Route>> {
+        self.routes
+            .iter()
+            .find(|(m, _)| m.matches(path))
+            .map(|(_, r)| r)
+    }
+}
+
+/// What a route gets besides the request: the bytes read, and the way back to the front.
+pub struct Head<'a> {
+    /// Everything read from the socket for this request (head and what followed), for a
+    /// handoff to another shard.
+    pub raw: Vec<u8>,
+    /// The bytes past the head.
+    pub leftover: Vec<u8>,
+    /// When the connection was accepted (or this request's head started).
+    pub started: Instant,
+    routes: &'a Rc<Routes>,
+}
+
+impl Head<'_> {
+    /// The routes, to read the next request of a keep-alive connection with
+    /// [`HttpHead::new`].
+    pub fn routes(&self) -> Rc<Routes> {
+        Rc::clone(self.routes)
+    }
+}
+
+/// The front endpoint (id 0): the handler accepted sockets start in.
+pub struct Front {
+    routes: Rc<Routes>,
+}
+
+impl Front {
+    /// A front serving `routes`.
+    pub fn new(routes: Routes) -> Front {
+        Front {
+            routes: Rc::new(routes),
+        }
+    }
+}
+
+impl Endpoint for Front {
+    fn open(&self, _shard: &Rc<Shard>) -> Box<dyn Connection> {
+        Box::new(HttpHead::new(Rc::clone(&self.routes)))
+    }
+}
+
+/// Reads one request head.
+pub struct HttpHead {
+    routes: Rc<Routes>,
+    buf: Vec<u8>,
+    started: Instant,
+}
+
+impl HttpHead {
+    /// A reader of one request head, routed by `routes`.
+    pub fn new(routes: Rc<Routes>) -> HttpHead {
+        HttpHead {
+            routes,
+            buf: Vec::new(),
+            started: Instant::now(),
+        }
+    }
+}
+
+/// Answers a bad request and closes, counting it.
+pub fn refuse(cx: &mut Cx<'_>, err: &HttpError) -> Step {
+    cx.shard.stats.count_close(CloseReason::BadRequest);
+    let _ = cx.out.push(Bytes::from(http::error_response(err)));
+    Step::Close { linger: true }
+}
+
+impl Connection for HttpHead {
+    fn on_open(&mut self, cx: &mut Cx<'_>) -> Step {
+        self.started = cx.now;
+        cx.set_deadline(Some(
+            cx.now + Duration::from_millis(cx.shard.config.handshake_timeout_ms),
+        ));
+        Step::Continue
+    }
+
+    fn on_data(&mut self, cx: &mut Cx<'_>, data: &[u8]) -> Step {
+        self.buf.extend_from_slice(data);
+        match http::parse_request(&self.buf, cx.shard.config.max_head_size) {
+            Ok(None) => Step::Continue,
+            Err(e) => refuse(cx, &e),
+            Ok(Some((request, len))) => {
+                let raw = std::mem::take(&mut self.buf);
+                let leftover = raw[len..].to_vec();
+                let Some(route) = self.routes.find(&request.path).cloned() else {
+                    return refuse(cx, &HttpError::NotFound);
+                };
+                cx.set_deadline(None);
+                let head = Head {
+                    raw,
+                    leftover,
+                    started: self.started,
+                    routes: &self.routes,
+                };
+                route.serve(cx, request, head)
+            }
+        }
+    }
+
+    fn on_timeout(&mut self, cx: &mut Cx<'_>) -> Step {
+        cx.shard.stats.count_close(CloseReason::HandshakeTimeout);
+        Step::Close { linger: true }
+    }
+
+    fn on_eof(&mut self, _cx: &mut Cx<'_>) -> Step {
+        Step::Close { linger: false }
+    }
+
+    fn on_shutdown(&mut self, _cx: &mut Cx<'_>) -> Step {
+        Step::Close { linger: false }
+    }
+
+    fn on_close(&mut self, _cx: &mut Cx<'_>, _why: Ended) {}
+}

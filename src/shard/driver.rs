@@ -1,0 +1,1111 @@
+//! The shard's run loop: one task per shard drives every connection of the shard through
+//! the shard's ring, with no task, timer or poll per connection.
+//!
+//! The loop blocks in its own ring when there is nothing to do (with the next timer as the
+//! timeout and the batch wait as minimum), not in glommio's reactor: glommio's public API
+//! can neither wait on a foreign ring nor batch waits, and parking through it costs several
+//! syscalls per wake-up (docs/BENCHMARKS.md has the figures). Everything a shard waits for
+//! therefore arrives through this ring: socket completions, and the mesh doorbell of other
+//! shards (an eventfd read).
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use io_uring::{opcode, types};
+
+use super::mesh::{Mesh, ShardMsg};
+use super::ring::{Completion, Ring, Wait};
+use super::{
+    transmit_token, ConnId, Connection, Control, Cx, Ended, Endpoint, EndpointFactory, EndpointId,
+    Shard, Step, TimerKey,
+};
+use crate::config::Config;
+use crate::relay::{Drained, Outbox, Relay, RelayLimits, ShardId};
+use crate::stats::{add, ShardStats};
+
+/// Time a closing connection waits for the peer's FIN after its own, so the last bytes are
+/// read by the peer rather than cut by a reset.
+const LINGER: Duration = Duration::from_millis(500);
+
+/// Pause before accepting again after running out of file descriptors: they come back only
+/// as connections close.
+const ACCEPT_RETRY: Duration = Duration::from_millis(10);
+
+/// Most frames written by one send: the kernel's limit on an iovec array.
+const MAX_IOVECS: usize = 1024;
+
+/// Most messages taken from each other shard per turn, so a flood from one shard cannot
+/// keep this one from its own sockets.
+const MESH_BATCH: usize = 4096;
+
+/// What an operation in the ring is for (the top byte of its user data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Op {
+    Recv = 1,
+    Send = 2,
+    Accept = 3,
+    Doorbell = 4,
+    Cancel = 5,
+}
+
+fn user_data(op: Op, conn: ConnId) -> u64 {
+    (op as u64) << 56 | conn
+}
+
+fn split_user_data(data: u64) -> (u8, ConnId) {
+    ((data >> 56) as u8, data & ((1 << 56) - 1))
+}
+
+fn slot_of(id: ConnId) -> usize {
+    (id & 0xffff_ffff) as usize
+}
+
+/// Generations use 23 bits: the top byte of user data holds the operation and bit 63 of a
+/// ready token marks a wake-up.
+const GENERATION_MASK: u32 = (1 << 23) - 1;
+
+/// What a shard thread is handed at start. `Send`: it crosses to the shard's thread once.
+pub(crate) struct ShardSeed {
+    pub id: ShardId,
+    pub shards: usize,
+    pub listener: OwnedFd,
+    pub config: Arc<Config>,
+    pub stats: Arc<ShardStats>,
+    pub control: Arc<Control>,
+    pub mesh: Mesh,
+    pub endpoints: Arc<EndpointFactory>,
+}
+
+/// Where a connection is in its life.
+enum Phase {
+    /// Served by its handler.
+    Open,
+    /// The handler is done; what is queued goes out, then the socket is shut (after a
+    /// lingering read when `linger`). Bounded by `until`.
+    Flushing { linger: bool, until: Instant },
+    /// Our FIN is sent; reading (and discarding) until the peer's, or `until`.
+    Lingering { until: Instant },
+    /// Moving to another shard once the receive is cancelled.
+    HandingOff {
+        shard: ShardId,
+        endpoint: EndpointId,
+        read: Vec<u8>,
+    },
+    /// Shut; the slot is freed when the last operation in flight completes.
+    Dead,
+}
+
+/// Frames handed to the kernel by one send, kept alive until it completes.
+struct Sending {
+    frames: Vec<Bytes>,
+    iovecs: Vec<libc::iovec>,
+    msg: libc::msghdr,
+    /// Bytes of `frames` already written (a short write is resumed from here).
+    written: usize,
+    total: usize,
+    /// This is the connection's last write (its close frame, if any).
+    last: bool,
+}
+
+struct Conn {
+    fd: OwnedFd,
+    handler: Option<Box<dyn Connection>>,
+    out: Rc<Outbox>,
+    phase: Phase,
+    /// The handler's deadline.
+    deadline: Option<Instant>,
+    /// Earliest wheel entry pending for this connection, and its sequence number (an entry
+    /// with another number is stale).
+    scheduled: Option<(Instant, u32)>,
+    timer_seq: u32,
+    sending: Option<Box<Sending>>,
+    recv_armed: bool,
+    /// Operations in flight (their completions are still to come).
+    ops: u32,
+}
+
+struct Slot {
+    generation: u32,
+    conn: Option<Conn>,
+}
+
+/// The run loop's state.
+struct Driver {
+    shard: Rc<Shard>,
+    ring: Ring,
+    mesh: Mesh,
+    endpoints: Vec<Rc<dyn Endpoint>>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    live: usize,
+    listener: OwnedFd,
+    accepting: bool,
+    bell: Box<u64>,
+    bell_armed: bool,
+    completions: Vec<Completion>,
+    /// Input held back while the mesh is congested, in arrival order.
+    stalled: VecDeque<Completion>,
+    fired: Vec<TimerKey>,
+    tokens: Vec<u64>,
+    inbound: Vec<(ShardId, ShardMsg)>,
+    /// Boxed because the kernel holds pointers into a `Sending` while it is in flight; the
+    /// spares keep those allocations for reuse.
+    #[allow(clippy::vec_box)]
+    spare_sends: Vec<Box<Sending>>,
+    draining: Option<Instant>,
+    /// Recent time asleep per park (moving average), to decide whether spinning pays.
+    idle_gap: Duration,
+}
+
+/// Runs a shard to completion on the current thread (already pinned by the caller), with
+/// the ring made on this thread.
+pub(crate) async fn run(seed: ShardSeed, ring: Ring) {
+    let config = seed.config;
+    let relay = Relay::new(
+        seed.id,
+        seed.shards,
+        RelayLimits {
+            max_name_len: config.max_name_len,
+            max_rooms_per_connection: config.max_rooms_per_connection,
+        },
+        Arc::clone(&seed.stats),
+    );
+    let shard = Rc::new(Shard::new(
+        seed.id,
+        seed.shards,
+        Arc::clone(&config),
+        seed.stats,
+        relay,
+        seed.control,
+    ));
+    let endpoints = (seed.endpoints)(&shard);
+    let mut driver = Driver {
+        shard,
+        ring,
+        mesh: seed.mesh,
+        endpoints,
+        slots: Vec::new(),
+        free: Vec::new(),
+        live: 0,
+        listener: seed.listener,
+        accepting: false,
+        bell: Box::new(0),
+        bell_armed: false,
+        completions: Vec::new(),
+        stalled: VecDeque::new(),
+        fired: Vec::new(),
+        tokens: Vec::new(),
+        inbound: Vec::new(),
+        spare_sends: Vec::new(),
+        draining: None,
+        idle_gap: Duration::from_secs(1),
+    };
+    driver.run();
+}
+
+impl Driver {
+    fn run(&mut self) {
+        let now = Instant::now();
+        self.arm_accept();
+        self.arm_doorbell();
+        self.shard
+            .timers
+            .borrow_mut()
+            .insert(now + self.tick_period(), TimerKey::Tick);
+        loop {
+            let now = Instant::now();
+            if self.shard.shutting_down() && self.draining.is_none() {
+                self.begin_drain(now);
+            }
+            if let Some(deadline) = self.draining {
+                if self.live == 0 || now >= deadline {
+                    break;
+                }
+            }
+            self.turn(now);
+            let wait = self.next_wait();
+            let slept_from = matches!(wait, Wait::Sleep { .. }).then(Instant::now);
+            if let Err(e) = self.ring.enter(wait) {
+                // The ring itself failing is not recoverable for this shard.
+                eprintln!("shard {}: io_uring_enter failed: {e}", self.shard.id);
+                break;
+            }
+            if let Some(from) = slept_from {
+                self.mesh.doorbell().woke();
+                // How long sleeps last decides whether spinning before the next one pays.
+                self.idle_gap = (self.idle_gap * 7 + from.elapsed()) / 8;
+            }
+        }
+        self.shard
+            .stats
+            .publish_latency(self.shard.relay.borrow().latency().clone());
+    }
+
+    fn tick_period(&self) -> Duration {
+        Duration::from_millis(self.shard.config.stats_publish_ms.max(10))
+    }
+
+    /// One turn: input, mesh, timers, then output.
+    fn turn(&mut self, now: Instant) {
+        let mut completions = std::mem::take(&mut self.completions);
+        completions.clear();
+        self.ring.reap(&mut completions);
+        // Held-back input goes first, in order, once the mesh has room again.
+        if !self.stalled.is_empty() && self.mesh.relieved() {
+            while let Some(c) = self.stalled.pop_front() {
+                self.complete(c, now);
+            }
+        }
+        for &c in &completions {
+            self.complete(c, now);
+        }
+        self.completions = completions;
+
+        self.receive_mesh(now);
+        self.run_timers(now);
+        self.run_ready(now);
+        self.carry_mesh();
+    }
+
+    /// What the next enter should wait for.
+    fn next_wait(&mut self) -> Wait {
+        if !self.shard.ready.is_empty()
+            || (!self.stalled.is_empty() && self.mesh.relieved())
+            || self.mesh.has_inbound()
+        {
+            return Wait::No;
+        }
+        let now = Instant::now();
+        let mut timeout = self
+            .shard
+            .timers
+            .borrow()
+            .next_deadline()
+            .map(|d| d.saturating_duration_since(now));
+        if let Some(deadline) = self.draining {
+            let left = deadline.saturating_duration_since(now);
+            timeout = Some(timeout.map_or(left, |t| t.min(left)));
+        }
+        if timeout.is_some_and(|t| t.is_zero()) {
+            return Wait::No;
+        }
+        let config = &self.shard.config;
+        // Spin first when recent sleeps were short: then a wake-up costs more than the
+        // spin. A shard that mostly sleeps long does not burn its core.
+        let spin = Duration::from_micros(config.spin_before_park_us);
+        if !spin.is_zero() && self.idle_gap <= spin * 2 {
+            let until = now + spin;
+            while Instant::now() < until {
+                if self.ring.has_work() {
+                    self.idle_gap /= 2;
+                    return Wait::No;
+                }
+                std::hint::spin_loop();
+            }
+        }
+        let batch = Duration::from_micros(config.batch_wait_us);
+        let batch_count = config.batch_wait_count;
+        self.mesh.doorbell().prepare_to_sleep();
+        if self.mesh.has_inbound() {
+            self.mesh.doorbell().woke();
+            return Wait::No;
+        }
+        Wait::Sleep {
+            timeout,
+            batch,
+            batch_count,
+        }
+    }
+
+    // ----- connections -----
+
+    fn alloc(&mut self, fd: OwnedFd, handler: Box<dyn Connection>) -> ConnId {
+        let slot = match self.free.pop() {
+            Some(s) => s as usize,
+            None => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    conn: None,
+                });
+                self.slots.len() - 1
+            }
+        };
+        let generation = self.slots[slot].generation;
+        let id = (u64::from(generation) << 32) | slot as u64;
+        let out = Rc::new(Outbox::new(self.shard.outbox_limits()));
+        out.notify_to(Some((Rc::clone(&self.shard.ready), transmit_token(id))));
+        self.slots[slot].conn = Some(Conn {
+            fd,
+            handler: Some(handler),
+            out,
+            phase: Phase::Open,
+            deadline: None,
+            scheduled: None,
+            timer_seq: 0,
+            sending: None,
+            recv_armed: false,
+            ops: 0,
+        });
+        self.live += 1;
+        id
+    }
+
+    fn slot(&mut self, id: ConnId) -> Option<&mut Slot> {
+        let slot = self.slots.get_mut(slot_of(id))?;
+        (u64::from(slot.generation) == id >> 32 && slot.conn.is_some()).then_some(slot)
+    }
+
+    fn conn(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.slot(id)?.conn.as_mut()
+    }
+
+    /// Takes a connection out of its slot and frees the slot.
+    fn free_slot(&mut self, id: ConnId) -> Option<Conn> {
+        let slot = self.slot(id)?;
+        let conn = slot.conn.take();
+        slot.generation = (slot.generation + 1) & GENERATION_MASK;
+        self.free.push(slot_of(id) as u32);
+        self.live -= 1;
+        conn
+    }
+
+    /// Frees a dead connection's slot once nothing is in flight; closes its socket.
+    fn release_if_done(&mut self, id: ConnId) {
+        let done = self
+            .conn(id)
+            .is_some_and(|c| c.ops == 0 && matches!(c.phase, Phase::Dead));
+        if done {
+            if let Some(mut conn) = self.free_slot(id) {
+                if let Some(s) = conn.sending.take() {
+                    self.recycle_sending(s);
+                }
+            }
+        }
+    }
+
+    fn open(&mut self, fd: OwnedFd, endpoint: usize, read: Vec<u8>, now: Instant) {
+        let Some(ep) = self.endpoints.get(endpoint).cloned() else {
+            return;
+        };
+        let handler = ep.open(&self.shard);
+        let id = self.alloc(fd, handler);
+        self.arm_recv(id);
+        self.start(id, read, now);
+    }
+
+    /// Runs a fresh handler's `on_open`, then feeds it what was already read.
+    fn start(&mut self, id: ConnId, read: Vec<u8>, now: Instant) {
+        self.call(id, now, |h, cx| h.on_open(cx));
+        if !read.is_empty() {
+            self.call(id, now, |h, cx| h.on_data(cx, &read));
+        }
+    }
+
+    fn arm_recv(&mut self, id: ConnId) {
+        let Some(conn) = self.conn(id) else { return };
+        if conn.recv_armed {
+            return;
+        }
+        conn.recv_armed = true;
+        conn.ops += 1;
+        let entry = Ring::recv_multishot(conn.fd.as_raw_fd()).user_data(user_data(Op::Recv, id));
+        // SAFETY: the socket stays open until the slot is released, which waits for this
+        // operation's last completion (`ops`).
+        self.push(&entry);
+    }
+
+    fn push(&mut self, entry: &io_uring::squeue::Entry) {
+        // SAFETY: callers keep every resource of the entry alive until its completion
+        // (documented at each call).
+        if let Err(e) = unsafe { self.ring.push(entry) } {
+            eprintln!("shard {}: cannot submit to io_uring: {e}", self.shard.id);
+        }
+    }
+
+    /// Calls the handler of connection `id` (if it is still open) and carries out its step.
+    fn call(
+        &mut self,
+        id: ConnId,
+        now: Instant,
+        f: impl FnOnce(&mut dyn Connection, &mut Cx<'_>) -> Step,
+    ) {
+        let Some(conn) = self.conn(id) else { return };
+        if !matches!(conn.phase, Phase::Open) {
+            return;
+        }
+        let Some(mut handler) = conn.handler.take() else {
+            return;
+        };
+        let out = Rc::clone(&conn.out);
+        let mut deadline = conn.deadline;
+        let step = {
+            let mut cx = Cx {
+                now,
+                id,
+                out: &out,
+                shard: &self.shard,
+                deadline: &mut deadline,
+            };
+            f(&mut *handler, &mut cx)
+        };
+        let Some(conn) = self.conn(id) else { return };
+        conn.deadline = deadline;
+        conn.handler = Some(handler);
+        self.step(id, step, now);
+        self.schedule(id);
+    }
+
+    fn step(&mut self, id: ConnId, step: Step, now: Instant) {
+        match step {
+            Step::Continue => {}
+            Step::Upgrade(handler, read) => {
+                if let Some(conn) = self.conn(id) {
+                    conn.handler = Some(handler);
+                    conn.deadline = None;
+                }
+                self.start(id, read, now);
+            }
+            Step::Close { linger } => self.close(id, Ended::Handler, linger, now),
+            Step::Handoff {
+                shard,
+                endpoint,
+                read,
+            } => self.hand_off(id, shard, endpoint, read, now),
+        }
+    }
+
+    /// Ends the handler's part and starts flushing, then shutting, the socket.
+    fn close(&mut self, id: ConnId, why: Ended, linger: bool, now: Instant) {
+        self.end_handler(id, why, now);
+        let grace = Duration::from_millis(self.shard.config.slow_consumer_grace_ms);
+        let Some(conn) = self.conn(id) else { return };
+        if !matches!(conn.phase, Phase::Open) {
+            return;
+        }
+        conn.out.finish();
+        conn.phase = Phase::Flushing {
+            linger,
+            until: now + grace,
+        };
+        self.flush(id, now);
+        self.schedule(id);
+    }
+
+    /// Tells the handler the connection has ended, and drops it.
+    fn end_handler(&mut self, id: ConnId, why: Ended, now: Instant) {
+        let Some(conn) = self.conn(id) else { return };
+        let Some(mut handler) = conn.handler.take() else {
+            return;
+        };
+        conn.deadline = None;
+        let out = Rc::clone(&conn.out);
+        let mut deadline = None;
+        let mut cx = Cx {
+            now,
+            id,
+            out: &out,
+            shard: &self.shard,
+            deadline: &mut deadline,
+        };
+        handler.on_close(&mut cx, why);
+    }
+
+    /// Shuts the socket both ways: whatever is in flight completes (with an error), then
+    /// the slot is freed.
+    fn kill(&mut self, id: ConnId) {
+        let Some(conn) = self.conn(id) else { return };
+        if matches!(conn.phase, Phase::Dead) {
+            return;
+        }
+        conn.phase = Phase::Dead;
+        conn.deadline = None;
+        // SAFETY: the fd is open (owned by the connection); shutdown never blocks.
+        unsafe {
+            libc::shutdown(conn.fd.as_raw_fd(), libc::SHUT_RDWR);
+        }
+        self.release_if_done(id);
+    }
+
+    fn hand_off(
+        &mut self,
+        id: ConnId,
+        shard: ShardId,
+        endpoint: EndpointId,
+        read: Vec<u8>,
+        now: Instant,
+    ) {
+        self.end_handler(id, Ended::HandedOff, now);
+        add(&self.shard.stats.handoffs, 1);
+        let Some(conn) = self.conn(id) else { return };
+        conn.phase = Phase::HandingOff {
+            shard,
+            endpoint,
+            read,
+        };
+        if conn.recv_armed {
+            // The receive must end before the socket moves, or it would take bytes meant
+            // for the new owner; its last completion may still carry some.
+            conn.ops += 1;
+            let cancel = opcode::AsyncCancel::new(user_data(Op::Recv, id))
+                .build()
+                .user_data(user_data(Op::Cancel, id));
+            // SAFETY: a cancel refers to no memory.
+            self.push(&cancel);
+        } else {
+            self.finish_handoff(id);
+        }
+    }
+
+    fn finish_handoff(&mut self, id: ConnId) {
+        let ready = self
+            .conn(id)
+            .is_some_and(|c| c.ops == 0 && matches!(c.phase, Phase::HandingOff { .. }));
+        if !ready {
+            return;
+        }
+        let Some(conn) = self.free_slot(id) else {
+            return;
+        };
+        if let Phase::HandingOff {
+            shard,
+            endpoint,
+            read,
+        } = conn.phase
+        {
+            self.mesh.send(
+                shard,
+                ShardMsg::Handoff {
+                    endpoint,
+                    fd: conn.fd,
+                    read,
+                },
+            );
+        }
+    }
+
+    /// Keeps a wheel entry for the connection no later than its deadline.
+    fn schedule(&mut self, id: ConnId) {
+        let Some(conn) = self.conn(id) else { return };
+        let due = match conn.phase {
+            Phase::Open => conn.deadline,
+            Phase::Flushing { until, .. } | Phase::Lingering { until } => Some(until),
+            Phase::HandingOff { .. } | Phase::Dead => None,
+        };
+        let Some(due) = due else { return };
+        if conn.scheduled.is_some_and(|(at, _)| at <= due) {
+            return;
+        }
+        conn.timer_seq = conn.timer_seq.wrapping_add(1);
+        let seq = conn.timer_seq;
+        conn.scheduled = Some((due, seq));
+        self.shard
+            .timers
+            .borrow_mut()
+            .insert(due, TimerKey::Conn(id, seq));
+    }
+
+    // ----- completions -----
+
+    fn complete(&mut self, c: Completion, now: Instant) {
+        let (op, id) = split_user_data(c.user_data);
+        match op {
+            x if x == Op::Recv as u8 => {
+                if self.mesh.congested() && c.result > 0 {
+                    // Backpressure: leave the bytes in their buffer until the mesh drains.
+                    self.stalled.push_back(c);
+                    return;
+                }
+                self.received(id, c, now);
+            }
+            x if x == Op::Send as u8 => self.sent(id, c.result, now),
+            x if x == Op::Accept as u8 => self.accepted(c, now),
+            x if x == Op::Doorbell as u8 => {
+                self.bell_armed = false;
+                self.arm_doorbell();
+            }
+            x if x == Op::Cancel as u8 => {
+                if let Some(conn) = self.conn(id) {
+                    conn.ops -= 1;
+                }
+                self.finish_handoff(id);
+                self.release_if_done(id);
+            }
+            _ => {}
+        }
+    }
+
+    fn received(&mut self, id: ConnId, c: Completion, now: Instant) {
+        let more = c.more();
+        let data = match c.buffer() {
+            Some(bid) if c.result > 0 => {
+                // Copied out at once so the buffer goes back to the kernel this turn.
+                let bytes = self.ring.received(bid, c.result as usize).to_vec();
+                self.ring.recycle(bid);
+                Some(bytes)
+            }
+            Some(bid) => {
+                self.ring.recycle(bid);
+                None
+            }
+            None => None,
+        };
+        let Some(conn) = self.conn(id) else { return };
+        if !more {
+            conn.recv_armed = false;
+            conn.ops -= 1;
+        }
+        if let Some(bytes) = &data {
+            add(&self.shard.stats.bytes_in, bytes.len() as u64);
+        }
+        let out_of_buffers = !more && c.result == -libc::ENOBUFS;
+        let ended = !more && !out_of_buffers;
+        let Some(conn) = self.conn(id) else { return };
+        match &mut conn.phase {
+            Phase::Open => {
+                if let Some(bytes) = data {
+                    self.call(id, now, |h, cx| h.on_data(cx, &bytes));
+                }
+                if ended && c.result <= 0 {
+                    self.call(id, now, |h, cx| h.on_eof(cx));
+                    // A handler that ignores the EOF still cannot receive anything more.
+                    if self
+                        .conn(id)
+                        .is_some_and(|c| matches!(c.phase, Phase::Open))
+                    {
+                        self.close(id, Ended::Peer, false, now);
+                    }
+                } else if !more {
+                    // Out of buffers for a moment, or a receive that ended with data.
+                    self.arm_recv(id);
+                }
+            }
+            Phase::HandingOff { read, .. } => {
+                if let Some(bytes) = data {
+                    read.extend_from_slice(&bytes);
+                }
+                self.finish_handoff(id);
+            }
+            Phase::Flushing { .. } => {
+                // Input after our close is discarded.
+                if out_of_buffers {
+                    self.arm_recv(id);
+                }
+            }
+            Phase::Lingering { .. } => {
+                if out_of_buffers {
+                    self.arm_recv(id);
+                } else if ended {
+                    // The peer's FIN (or an error): done.
+                    self.kill(id);
+                }
+            }
+            Phase::Dead => self.release_if_done(id),
+        }
+    }
+
+    fn accepted(&mut self, c: Completion, now: Instant) {
+        if !c.more() {
+            self.accepting = false;
+        }
+        if c.result >= 0 {
+            add(&self.shard.stats.accepted, 1);
+            // SAFETY: the completion hands us a new connected socket.
+            let fd = unsafe { OwnedFd::from_raw_fd(c.result) };
+            set_nodelay(fd.as_raw_fd());
+            self.open(fd, 0, Vec::new(), now);
+        } else if c.result != -libc::ECANCELED {
+            add(&self.shard.stats.accept_errors, 1);
+        }
+        if !self.accepting && self.draining.is_none() {
+            if c.result >= 0 {
+                self.arm_accept();
+            } else {
+                // EMFILE and friends clear only when connections close; don't spin.
+                self.shard
+                    .timers
+                    .borrow_mut()
+                    .insert(now + ACCEPT_RETRY, TimerKey::Accept);
+            }
+        }
+    }
+
+    fn arm_accept(&mut self) {
+        if self.accepting || self.draining.is_some() {
+            return;
+        }
+        self.accepting = true;
+        let entry = opcode::AcceptMulti::new(types::Fd(self.listener.as_raw_fd()))
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(user_data(Op::Accept, 0));
+        // SAFETY: the listener lives as long as the driver.
+        self.push(&entry);
+    }
+
+    fn arm_doorbell(&mut self) {
+        if self.bell_armed {
+            return;
+        }
+        self.bell_armed = true;
+        let fd = self.mesh.doorbell().fd();
+        let entry = opcode::Read::new(types::Fd(fd), (&mut *self.bell as *mut u64).cast(), 8)
+            .build()
+            .user_data(user_data(Op::Doorbell, 0));
+        // SAFETY: `bell` is boxed (stable address) and lives as long as the driver; the
+        // eventfd lives in the mesh, which the driver owns.
+        self.push(&entry);
+    }
+
+    // ----- output -----
+
+    fn run_ready(&mut self, now: Instant) {
+        loop {
+            let mut tokens = std::mem::take(&mut self.tokens);
+            tokens.clear();
+            self.shard.ready.take(&mut tokens);
+            if tokens.is_empty() {
+                self.tokens = tokens;
+                return;
+            }
+            for &token in &tokens {
+                let id = token & !(1 << 63);
+                if token >> 63 == 1 {
+                    self.call(id, now, |h, cx| h.on_wake(cx));
+                } else {
+                    self.flush(id, now);
+                }
+            }
+            self.tokens = tokens;
+        }
+    }
+
+    fn new_sending(&mut self) -> Box<Sending> {
+        self.spare_sends.pop().unwrap_or_else(|| {
+            Box::new(Sending {
+                frames: Vec::new(),
+                iovecs: Vec::new(),
+                // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+                msg: unsafe { std::mem::zeroed() },
+                written: 0,
+                total: 0,
+                last: false,
+            })
+        })
+    }
+
+    /// Sends what a connection has queued, unless a send is already in flight (it comes
+    /// back here when that one completes).
+    fn flush(&mut self, id: ConnId, now: Instant) {
+        let Some(conn) = self.conn(id) else { return };
+        if conn.sending.is_some() || matches!(conn.phase, Phase::Dead | Phase::HandingOff { .. }) {
+            return;
+        }
+        let out = Rc::clone(&conn.out);
+        let fd = conn.fd.as_raw_fd();
+        let open = matches!(conn.phase, Phase::Open);
+        if open && out.overflowed() {
+            // A slow consumer: its queue was dropped and a close 1008 queued in its place.
+            self.close(id, Ended::SlowConsumer, false, now);
+            return;
+        }
+        let mut s = self.new_sending();
+        s.frames.clear();
+        s.written = 0;
+        s.last = false;
+        match out.drain_within(&mut s.frames, MAX_IOVECS, |_| 1) {
+            Drained::Empty => {
+                self.spare_sends.push(s);
+                return;
+            }
+            Drained::Frames => {}
+            Drained::Close(last) => {
+                s.last = true;
+                if let Some(frame) = last {
+                    s.frames.push(frame);
+                }
+            }
+        }
+        if s.frames.is_empty() {
+            // Nothing more to write, and the queue is closed.
+            self.spare_sends.push(s);
+            self.written_all(id, now);
+            return;
+        }
+        s.total = s.frames.iter().map(Bytes::len).sum();
+        let entry = build_send(fd, &mut s).user_data(user_data(Op::Send, id));
+        if let Some(conn) = self.conn(id) {
+            conn.ops += 1;
+            conn.sending = Some(s);
+        }
+        // SAFETY: the frames, iovecs and header live in the boxed `Sending`, kept in the
+        // connection until this send completes.
+        self.push(&entry);
+    }
+
+    fn sent(&mut self, id: ConnId, result: i32, now: Instant) {
+        let Some(conn) = self.conn(id) else { return };
+        conn.ops -= 1;
+        let Some(mut s) = conn.sending.take() else {
+            return;
+        };
+        let fd = conn.fd.as_raw_fd();
+        let dead = matches!(conn.phase, Phase::Dead);
+        let open = matches!(conn.phase, Phase::Open);
+        if dead {
+            self.recycle_sending(s);
+            self.release_if_done(id);
+            return;
+        }
+        if result < 0 {
+            // The peer is gone (reset, broken pipe).
+            self.recycle_sending(s);
+            if open {
+                self.end_handler(id, Ended::Io, now);
+            }
+            self.kill(id);
+            return;
+        }
+        add(&self.shard.stats.bytes_out, result as u64);
+        s.written += result as usize;
+        if s.written < s.total {
+            // A short write: the socket buffer filled; resume where it stopped.
+            let entry = build_send(fd, &mut s).user_data(user_data(Op::Send, id));
+            if let Some(conn) = self.conn(id) {
+                conn.ops += 1;
+                conn.sending = Some(s);
+            }
+            // SAFETY: as in `flush`.
+            self.push(&entry);
+            return;
+        }
+        let last = s.last;
+        self.recycle_sending(s);
+        if last {
+            self.written_all(id, now);
+        } else {
+            self.flush(id, now);
+        }
+    }
+
+    fn recycle_sending(&mut self, mut s: Box<Sending>) {
+        s.frames.clear();
+        s.iovecs.clear();
+        // Keep a few for reuse; a burst's big ones are let go.
+        if self.spare_sends.len() < 64 && s.frames.capacity() <= 64 {
+            self.spare_sends.push(s);
+        }
+    }
+
+    /// The connection's queue is closed and everything in it is written.
+    fn written_all(&mut self, id: ConnId, now: Instant) {
+        let Some(conn) = self.conn(id) else { return };
+        match conn.phase {
+            Phase::Flushing { linger: true, .. } => {
+                // SAFETY: the fd is open; shutdown never blocks.
+                unsafe {
+                    libc::shutdown(conn.fd.as_raw_fd(), libc::SHUT_WR);
+                }
+                conn.phase = Phase::Lingering {
+                    until: now + LINGER,
+                };
+                if !conn.recv_armed {
+                    // The peer's FIN already came: nothing to wait for.
+                    self.kill(id);
+                    return;
+                }
+                self.schedule(id);
+            }
+            Phase::Flushing { linger: false, .. } => self.kill(id),
+            // The handler closed its queue without a close step (say, a close frame after
+            // a protocol error): close the connection the same way.
+            Phase::Open => self.close(id, Ended::Handler, true, now),
+            _ => {}
+        }
+    }
+
+    // ----- timers -----
+
+    fn run_timers(&mut self, now: Instant) {
+        let mut fired = std::mem::take(&mut self.fired);
+        fired.clear();
+        self.shard.timers.borrow_mut().advance(now, &mut fired);
+        for &key in &fired {
+            match key {
+                TimerKey::Conn(id, seq) => self.conn_timer(id, seq, now),
+                TimerKey::Endpoint(endpoint, key) => {
+                    if let Some(ep) = self.endpoints.get(usize::from(endpoint)).cloned() {
+                        ep.on_timer(&self.shard, key, now);
+                    }
+                }
+                TimerKey::Tick => {
+                    self.shard
+                        .stats
+                        .publish_latency(self.shard.relay.borrow().latency().clone());
+                    self.shard
+                        .stats
+                        .set(&self.shard.stats.mesh_backlog, self.mesh.backlog() as u64);
+                    self.shard
+                        .stats
+                        .set(&self.shard.stats.ring_enters, self.ring.enters);
+                    let next = now + self.tick_period();
+                    self.shard.timers.borrow_mut().insert(next, TimerKey::Tick);
+                }
+                TimerKey::Accept => self.arm_accept(),
+            }
+        }
+        self.fired = fired;
+    }
+
+    fn conn_timer(&mut self, id: ConnId, seq: u32, now: Instant) {
+        let Some(conn) = self.conn(id) else { return };
+        if conn.scheduled.map(|(_, s)| s) != Some(seq) {
+            return;
+        }
+        conn.scheduled = None;
+        match conn.phase {
+            Phase::Open => match conn.deadline {
+                Some(d) if d <= now => {
+                    conn.deadline = None;
+                    self.call(id, now, |h, cx| h.on_timeout(cx));
+                }
+                _ => self.schedule(id),
+            },
+            Phase::Flushing { until, .. } | Phase::Lingering { until } => {
+                if until <= now {
+                    self.kill(id);
+                } else {
+                    self.schedule(id);
+                }
+            }
+            Phase::HandingOff { .. } | Phase::Dead => {}
+        }
+    }
+
+    // ----- mesh -----
+
+    fn receive_mesh(&mut self, now: Instant) {
+        let mut inbound = std::mem::take(&mut self.inbound);
+        inbound.clear();
+        self.mesh.receive(&mut inbound, MESH_BATCH);
+        for (from, msg) in inbound.drain(..) {
+            match msg {
+                ShardMsg::Relay(msg) => self.shard.relay.borrow_mut().handle_mesh(from, msg, now),
+                ShardMsg::Handoff { endpoint, fd, read } => {
+                    if self.draining.is_none() {
+                        self.open(fd, usize::from(endpoint), read, now);
+                    }
+                }
+            }
+        }
+        self.inbound = inbound;
+    }
+
+    /// Carries what the relay queued for other shards, then rings their doorbells.
+    fn carry_mesh(&mut self) {
+        {
+            let mut relay = self.shard.relay.borrow_mut();
+            for (to, msg) in relay.drain_mesh() {
+                add(&self.shard.stats.mesh_out, 1);
+                self.mesh.send(to, ShardMsg::Relay(msg));
+            }
+        }
+        self.mesh.flush();
+    }
+
+    // ----- shutdown -----
+
+    fn begin_drain(&mut self, now: Instant) {
+        self.draining = Some(now + Duration::from_millis(self.shard.config.shutdown_grace_ms));
+        if self.accepting {
+            let cancel = opcode::AsyncCancel::new(user_data(Op::Accept, 0))
+                .build()
+                .user_data(user_data(Op::Cancel, SLOT_NONE));
+            // SAFETY: a cancel refers to no memory.
+            self.push(&cancel);
+        }
+        let open: Vec<ConnId> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| {
+                s.conn
+                    .as_ref()
+                    .is_some_and(|c| matches!(c.phase, Phase::Open))
+            })
+            .map(|(i, s)| (u64::from(s.generation) << 32) | i as u64)
+            .collect();
+        for id in open {
+            self.call(id, now, |h, cx| h.on_shutdown(cx));
+        }
+        for ep in self.endpoints.clone() {
+            ep.on_shutdown(&self.shard);
+        }
+        self.run_ready(now);
+        self.carry_mesh();
+    }
+}
+
+/// A connection id that names no slot (for operations that belong to no connection).
+const SLOT_NONE: ConnId = 0xffff_ffff;
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // Sockets still open at the end are shut so their peers see it at once.
+        for slot in &self.slots {
+            if let Some(conn) = &slot.conn {
+                // SAFETY: the fd is open until the slot drops right after.
+                unsafe {
+                    libc::shutdown(conn.fd.as_raw_fd(), libc::SHUT_RDWR);
+                }
+            }
+        }
+    }
+}
+
+/// A send of `s`'s frames from `s.written` on: one buffer as a plain send, several as one
+/// `sendmsg` over an iovec array (the kernel gathers them; no copy here).
+fn build_send(fd: RawFd, s: &mut Sending) -> io_uring::squeue::Entry {
+    let mut skip = s.written;
+    s.iovecs.clear();
+    for f in &s.frames {
+        if skip >= f.len() {
+            skip -= f.len();
+            continue;
+        }
+        s.iovecs.push(libc::iovec {
+            iov_base: f[skip..].as_ptr() as *mut libc::c_void,
+            iov_len: f.len() - skip,
+        });
+        skip = 0;
+    }
+    if let [one] = s.iovecs.as_slice() {
+        return opcode::Send::new(types::Fd(fd), one.iov_base.cast(), one.iov_len as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build();
+    }
+    s.msg.msg_iov = s.iovecs.as_mut_ptr();
+    s.msg.msg_iovlen = s.iovecs.len();
+    opcode::SendMsg::new(types::Fd(fd), &s.msg)
+        .flags(libc::MSG_NOSIGNAL as u32)
+        .build()
+}
+
+fn set_nodelay(fd: RawFd) {
+    let one: libc::c_int = 1;
+    // SAFETY: a valid socket and a c_int option value. Game traffic is small messages that
+    // must leave now, not be batched by Nagle.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}

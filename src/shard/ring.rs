@@ -1,0 +1,432 @@
+//! The shard's io_uring: every socket operation of the shard goes through it, so that one
+//! `io_uring_enter` per turn submits all of the turn's sends and collects everything that
+//! arrived meanwhile.
+//!
+//! - Receives are multishot and read into a ring of provided buffers: a connection arms its
+//!   receive once, and each message that arrives becomes a completion with no syscall and no
+//!   poll re-armed per message. A buffer is copied into the connection's codec and given back
+//!   within the turn, so the ring is small and shared by every connection of the shard.
+//! - The ring is single-issuer with deferred task work: completions are produced only when
+//!   the shard enters the kernel to collect them, never by interrupting it mid-turn (no
+//!   inter-processor interrupt per arriving packet).
+//! - Waiting takes a timeout (the next timer) and a minimum wait: a lightly loaded shard
+//!   sleeps through the first arrivals of a batch for at most that long, then handles the
+//!   batch in one turn (see `batch_wait_us` in tuning/README.md).
+//!
+//! The load generator drives its connections through the same ring.
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+/// The provided-buffer group of the shard's receives (one group per ring).
+const BUFFER_GROUP: u16 = 0;
+
+/// One completion, copied out of the completion queue.
+#[derive(Debug, Clone, Copy)]
+pub struct Completion {
+    /// What the operation was for (see `Op` in the runtime).
+    pub user_data: u64,
+    /// The operation's result: bytes, a file descriptor, or `-errno`.
+    pub result: i32,
+    /// Completion flags: provided buffer, more to come.
+    pub flags: u32,
+}
+
+impl Completion {
+    /// The provided buffer this completion filled, if any.
+    pub fn buffer(&self) -> Option<u16> {
+        cqueue::buffer_select(self.flags)
+    }
+
+    /// Whether a multishot operation stays armed after this completion.
+    pub fn more(&self) -> bool {
+        cqueue::more(self.flags)
+    }
+}
+
+/// How the next enter waits.
+#[derive(Debug, Clone, Copy)]
+pub enum Wait {
+    /// Submit and collect what is ready; never sleep.
+    No,
+    /// Sleep until a completion arrives or `timeout` passes. With `batch` set, keep sleeping
+    /// for up to that long after the sleep began while fewer than `batch_count` completions
+    /// are in, so that arrivals close together are handled in one turn.
+    Sleep {
+        /// Longest sleep (the next timer), or none.
+        timeout: Option<Duration>,
+        /// Minimum wait once the first completion is in.
+        batch: Duration,
+        /// Completions that end the minimum wait early.
+        batch_count: u32,
+    },
+}
+
+/// Sizes of a shard's ring.
+#[derive(Debug, Clone, Copy)]
+pub struct RingSizes {
+    /// Submission queue entries.
+    pub submissions: u32,
+    /// Completion queue entries.
+    pub completions: u32,
+    /// Provided receive buffers (a power of two).
+    pub buffers: u16,
+    /// Bytes per receive buffer.
+    pub buffer_size: u32,
+}
+
+/// A ring of provided receive buffers registered with the kernel.
+struct BufRing {
+    entries: *mut types::BufRingEntry,
+    entries_layout: Layout,
+    memory: Vec<u8>,
+    count: u16,
+    size: u32,
+    /// Our copy of the tail; published to the kernel by `publish`.
+    tail: u16,
+    published: u16,
+}
+
+impl BufRing {
+    fn new(count: u16, size: u32) -> io::Result<BufRing> {
+        if !count.is_power_of_two() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the number of receive buffers must be a power of two",
+            ));
+        }
+        // The kernel wants the entries page-aligned.
+        let layout = Layout::from_size_align(
+            usize::from(count) * std::mem::size_of::<types::BufRingEntry>(),
+            4096,
+        )
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: the layout has a non-zero size (count >= 1).
+        let entries = unsafe { alloc_zeroed(layout) }.cast::<types::BufRingEntry>();
+        if entries.is_null() {
+            return Err(io::ErrorKind::OutOfMemory.into());
+        }
+        let mut ring = BufRing {
+            entries,
+            entries_layout: layout,
+            memory: vec![0; usize::from(count) * size as usize],
+            count,
+            size,
+            tail: 0,
+            published: 0,
+        };
+        for bid in 0..count {
+            ring.recycle(bid);
+        }
+        ring.publish();
+        Ok(ring)
+    }
+
+    fn recycle(&mut self, bid: u16) {
+        let index = usize::from(self.tail & (self.count - 1));
+        // SAFETY: index < count, inside the allocation; the kernel reads an entry only once the
+        // tail published past it, which happens after this write (Release in `publish`).
+        let entry = unsafe { &mut *self.entries.add(index) };
+        let addr = self.memory.as_ptr() as u64 + u64::from(bid) * u64::from(self.size);
+        entry.set_addr(addr);
+        entry.set_len(self.size);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    fn publish(&mut self) {
+        if self.tail == self.published {
+            return;
+        }
+        // SAFETY: the tail field overlays the first entry's reserved bytes, as the kernel ABI
+        // defines; it is a u16 the kernel reads atomically.
+        let tail = unsafe { &*(types::BufRingEntry::tail(self.entries).cast::<AtomicU16>()) };
+        tail.store(self.tail, Ordering::Release);
+        self.published = self.tail;
+    }
+
+    fn bytes(&self, bid: u16, len: usize) -> &[u8] {
+        let start = usize::from(bid) * self.size as usize;
+        &self.memory[start..start + len.min(self.size as usize)]
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout; the ring that used it is gone (the
+        // IoUring field is dropped before this one, see `Ring`).
+        unsafe { dealloc(self.entries.cast(), self.entries_layout) };
+    }
+}
+
+/// The shard's ring. Lives on its thread only.
+pub struct Ring {
+    // Field order matters: the ring is torn down before the buffers it may still write.
+    ring: IoUring,
+    buffers: BufRing,
+    /// Submissions pushed since the last enter.
+    queued: u32,
+    /// Enters made (for the stats).
+    pub enters: u64,
+}
+
+impl Ring {
+    /// A ring for the calling thread, which is the only one that may use it.
+    pub fn new(sizes: RingSizes) -> io::Result<Ring> {
+        let ring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            // The kernel flags the ring when deferred work (arrived data) is waiting, so a
+            // spinning shard can see it without a syscall.
+            .setup_taskrun_flag()
+            .setup_cqsize(sizes.completions)
+            .setup_submit_all()
+            .build(sizes.submissions)?;
+        let buffers = BufRing::new(sizes.buffers, sizes.buffer_size)?;
+        // SAFETY: the entries stay allocated and in place for the ring's life (the ring is
+        // dropped first).
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                buffers.entries as u64,
+                buffers.count,
+                BUFFER_GROUP,
+                0,
+            )?;
+        }
+        Ok(Ring {
+            ring,
+            buffers,
+            queued: 0,
+            enters: 0,
+        })
+    }
+
+    /// Queues an operation; when the submission queue is full, what it holds is submitted
+    /// first.
+    ///
+    /// # Safety
+    ///
+    /// Every buffer and file descriptor the entry refers to must stay valid until its
+    /// completion has been reaped.
+    pub unsafe fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: the caller keeps the entry's resources alive (this function's contract).
+            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+                self.queued += 1;
+                return Ok(());
+            }
+            self.enter(Wait::No)?;
+        }
+    }
+
+    /// A multishot receive into the provided buffers.
+    pub fn recv_multishot(fd: RawFd) -> squeue::Entry {
+        opcode::RecvMulti::new(types::Fd(fd), BUFFER_GROUP).build()
+    }
+
+    /// A send of `len` bytes at `buf` (no SIGPIPE: a closed peer is an error result).
+    pub fn send(fd: RawFd, buf: *const u8, len: usize) -> squeue::Entry {
+        opcode::Send::new(types::Fd(fd), buf, len as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+    }
+
+    /// Submits what is queued and collects completions, waiting as `wait` says.
+    pub fn enter(&mut self, wait: Wait) -> io::Result<()> {
+        self.buffers.publish();
+        let to_submit = self.queued;
+        self.enters += 1;
+        let submitter = self.ring.submitter();
+        let result = match wait {
+            // GETEVENTS runs the deferred task work (arrived data) without waiting.
+            // SAFETY: no extra argument is passed.
+            Wait::No => unsafe {
+                submitter.enter::<libc::sigset_t>(
+                    to_submit,
+                    0,
+                    io_uring::EnterFlags::GETEVENTS.bits(),
+                    None,
+                )
+            },
+            Wait::Sleep {
+                timeout,
+                batch,
+                batch_count,
+            } => {
+                let ts;
+                let mut args = types::SubmitArgs::new();
+                if let Some(t) = timeout {
+                    ts = types::Timespec::from(t);
+                    args = args.timespec(&ts);
+                }
+                let want = if batch.is_zero() {
+                    1
+                } else {
+                    args = args.min_wait_usec(batch.as_micros().min(u32::MAX as u128) as u32);
+                    batch_count.max(1)
+                };
+                submitter.submit_with_args(want as usize, &args)
+            }
+        };
+        match result {
+            Ok(_) => {
+                self.queued = 0;
+                Ok(())
+            }
+            Err(e) => match e.raw_os_error() {
+                // A timeout or a signal ends the wait; what was submitted is in.
+                Some(libc::ETIME) | Some(libc::EINTR) => {
+                    self.queued = 0;
+                    Ok(())
+                }
+                // Completions wait in the kernel's overflow list: reap, then enter again.
+                Some(libc::EBUSY) | Some(libc::EAGAIN) => Ok(()),
+                _ => Err(e),
+            },
+        }
+    }
+
+    /// Moves every completion into `out`.
+    pub fn reap(&mut self, out: &mut Vec<Completion>) {
+        out.extend(self.ring.completion().map(|c| Completion {
+            user_data: c.user_data(),
+            result: c.result(),
+            flags: c.flags(),
+        }));
+    }
+
+    /// The bytes a receive completion put in its buffer. Give the buffer back with
+    /// [`Ring::recycle`] once they are copied.
+    pub fn received(&self, bid: u16, len: usize) -> &[u8] {
+        self.buffers.bytes(bid, len)
+    }
+
+    /// Returns a receive buffer to the kernel (published at the next enter).
+    pub fn recycle(&mut self, bid: u16) {
+        self.buffers.recycle(bid);
+    }
+
+    /// Whether completions or deferred work are waiting, read from shared memory with no
+    /// syscall (for spinning).
+    pub fn has_work(&mut self) -> bool {
+        self.ring.submission().taskrun() || !self.ring.completion().is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+
+    fn sizes() -> RingSizes {
+        RingSizes {
+            submissions: 64,
+            completions: 256,
+            buffers: 8,
+            buffer_size: 64,
+        }
+    }
+
+    #[test]
+    fn multishot_receives_fill_provided_buffers_and_sends_complete() {
+        let mut ring = Ring::new(sizes()).expect("io_uring is available");
+        let (mut peer, ours) = std::os::unix::net::UnixStream::pair().unwrap();
+        // SAFETY: the socket outlives the test's operations.
+        unsafe {
+            ring.push(&Ring::recv_multishot(ours.as_raw_fd()).user_data(1))
+                .unwrap();
+        }
+        ring.enter(Wait::No).unwrap();
+        peer.write_all(b"hello").unwrap();
+        peer.write_all(b" world").unwrap();
+        let mut got = Vec::new();
+        let mut completions = Vec::new();
+        while got.len() < 11 {
+            ring.enter(Wait::Sleep {
+                timeout: Some(Duration::from_secs(5)),
+                batch: Duration::ZERO,
+                batch_count: 1,
+            })
+            .unwrap();
+            completions.clear();
+            ring.reap(&mut completions);
+            assert!(!completions.is_empty(), "timed out");
+            for c in &completions {
+                assert_eq!(c.user_data, 1);
+                assert!(c.more());
+                let bid = c.buffer().expect("a provided buffer");
+                got.extend_from_slice(ring.received(bid, c.result as usize));
+                ring.recycle(bid);
+            }
+        }
+        assert_eq!(got, b"hello world");
+
+        let msg = b"back";
+        // SAFETY: `msg` is static.
+        unsafe {
+            ring.push(
+                &opcode::Send::new(types::Fd(ours.as_raw_fd()), msg.as_ptr(), 4)
+                    .build()
+                    .user_data(2),
+            )
+            .unwrap();
+        }
+        ring.enter(Wait::No).unwrap();
+        completions.clear();
+        ring.reap(&mut completions);
+        assert!(completions
+            .iter()
+            .any(|c| c.user_data == 2 && c.result == 4));
+        let mut echo = [0u8; 4];
+        peer.read_exact(&mut echo).unwrap();
+        assert_eq!(&echo, b"back");
+    }
+
+    #[test]
+    fn buffers_run_out_and_the_receive_ends_until_rearmed() {
+        let mut ring = Ring::new(sizes()).expect("io_uring is available");
+        let (mut peer, ours) = std::os::unix::net::UnixStream::pair().unwrap();
+        // SAFETY: the socket outlives the test's operations.
+        unsafe {
+            ring.push(&Ring::recv_multishot(ours.as_raw_fd()).user_data(1))
+                .unwrap();
+        }
+        ring.enter(Wait::No).unwrap();
+        let mut completions = Vec::new();
+        let mut ended = false;
+        // Never recycle: after 8 buffers the receive must end with ENOBUFS.
+        for _ in 0..64 {
+            peer.write_all(&[7u8; 64]).unwrap();
+            ring.enter(Wait::No).unwrap();
+            completions.clear();
+            ring.reap(&mut completions);
+            if completions
+                .iter()
+                .any(|c| c.result == -libc::ENOBUFS && !c.more())
+            {
+                ended = true;
+                break;
+            }
+        }
+        assert!(ended);
+    }
+
+    #[test]
+    fn a_sleep_ends_at_its_timeout() {
+        let mut ring = Ring::new(sizes()).expect("io_uring is available");
+        let start = std::time::Instant::now();
+        ring.enter(Wait::Sleep {
+            timeout: Some(Duration::from_millis(20)),
+            batch: Duration::ZERO,
+            batch_count: 1,
+        })
+        .unwrap();
+        assert!(start.elapsed() >= Duration::from_millis(19));
+    }
+}
