@@ -53,7 +53,7 @@ fn drain(outboxes: &[Rc<Outbox>], scratch: &mut Vec<Bytes>) {
         assert!(!outbox.overflowed(), "a bench outbox overflowed");
         match outbox.drain(scratch) {
             Drained::Frames | Drained::Empty => {}
-            Drained::Close(_) => panic!("a bench outbox closed"),
+            Drained::Closed => panic!("a bench outbox closed"),
         }
         scratch.clear();
     }

@@ -114,10 +114,12 @@ impl Default for Config {
             // 4096 sends per kernel entry; rings are accounted to the memory cgroup, not to
             // the locked-memory limit.
             ring_entries: 4096,
-            // 1024 x 4 KiB = 4 MiB per shard: a turn's worth of arrivals from thousands of
-            // connections; a connection holds a buffer only until the turn copies it out.
-            recv_buffers: 1024,
-            recv_buffer_size: 4096,
+            // 64 x 16 KiB = 1 MiB per shard. Receives fill buffers incrementally, so this
+            // holds a turn's arrivals from thousands of connections (hundreds of game
+            // messages per buffer); a buffer goes back to the kernel as soon as the turn
+            // has copied it out.
+            recv_buffers: 64,
+            recv_buffer_size: 16 * 1024,
             batch_wait_us: 0,
             batch_wait_count: 64,
             shutdown_grace_ms: 1_000,

@@ -13,7 +13,6 @@
 //! `pingTimeout`.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
@@ -29,7 +28,7 @@ use crate::stats::{add, CloseReason};
 /// What runs on top of a session.
 pub(crate) enum Handler {
     /// Socket.IO (namespaces, events, acks, the relay convention).
-    SocketIo(Box<SioSession>),
+    SocketIo(SioSession),
     /// Engine.IO echo: every message sent back (the engine.io reference server).
     Echo,
 }
@@ -56,29 +55,54 @@ pub(crate) enum Phase {
     Closed,
 }
 
-/// The sessions of one shard, by key (the key is also in the session id).
+/// The sessions of one shard in a slab: a session's key is its slot (reused once the
+/// session ends), and the key is part of the session id, so a request finds its session
+/// without hashing; the id's random part tells a reused slot's new session from the old.
 #[derive(Default)]
 pub(crate) struct Sessions {
-    map: RefCell<HashMap<u64, Rc<Session>>>,
-    next_key: Cell<u64>,
+    slots: RefCell<Vec<Option<Rc<Session>>>>,
+    free: RefCell<Vec<u64>>,
 }
 
 impl Sessions {
     /// The session named `sid`, if it lives here.
     pub fn get(&self, sid: &str) -> Option<Rc<Session>> {
-        let key = key_of(sid)?;
-        let session = self.map.borrow().get(&key).cloned()?;
-        (session.sid == sid).then_some(session)
+        let id = SessionId::parse(sid)?;
+        let session = self.by_key(id.key)?;
+        (session.id == id).then_some(session)
     }
 
     /// The session with timer key `key`.
     pub fn by_key(&self, key: u64) -> Option<Rc<Session>> {
-        self.map.borrow().get(&key).cloned()
+        let slots = self.slots.borrow();
+        slots.get(usize::try_from(key).ok()?)?.clone()
     }
 
     /// Every live session (for shutdown).
     pub fn all(&self) -> Vec<Rc<Session>> {
-        self.map.borrow().values().cloned().collect()
+        self.slots.borrow().iter().flatten().cloned().collect()
+    }
+
+    fn next_key(&self) -> u64 {
+        if let Some(key) = self.free.borrow_mut().pop() {
+            return key;
+        }
+        let mut slots = self.slots.borrow_mut();
+        slots.push(None);
+        (slots.len() - 1) as u64
+    }
+
+    fn insert(&self, session: Rc<Session>) {
+        let key = session.key as usize;
+        self.slots.borrow_mut()[key] = Some(session);
+    }
+
+    fn remove(&self, key: u64) {
+        if let Some(slot) = self.slots.borrow_mut().get_mut(key as usize) {
+            if slot.take().is_some() {
+                self.free.borrow_mut().push(key);
+            }
+        }
     }
 }
 
@@ -87,47 +111,76 @@ pub(crate) fn owner_of(sid: &str) -> Option<usize> {
     sid.get(..2).and_then(|h| usize::from_str_radix(h, 16).ok())
 }
 
-/// The key in a session id: the 16 hex digits after the shard's two.
-fn key_of(sid: &str) -> Option<u64> {
-    sid.get(2..18).and_then(|h| u64::from_str_radix(h, 16).ok())
+/// A session id, kept as numbers: the owning shard, the session's key, and 12 random bytes
+/// so that ids cannot be guessed. Its text (42 hex digits) is made when sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SessionId {
+    shard: u8,
+    key: u64,
+    random: [u8; 12],
 }
 
-/// A session id: the owning shard, the session's key, then 12 random bytes so that ids
-/// cannot be guessed.
-fn new_sid(shard: usize, key: u64) -> String {
-    let mut random = [0u8; 12];
-    // SAFETY: getrandom writes at most `len` bytes into the buffer it is given.
-    let n = unsafe { libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) };
-    if n != random.len() as isize {
-        // Practically unreachable (no entropy at boot); fall back to time and address.
-        let t = Instant::now().elapsed().as_nanos() ^ (&random as *const _ as u128);
-        random.copy_from_slice(&t.to_le_bytes()[..12]);
+impl SessionId {
+    fn new(shard: usize, key: u64) -> SessionId {
+        let mut random = [0u8; 12];
+        // SAFETY: getrandom writes at most `len` bytes into the buffer it is given.
+        let n = unsafe { libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) };
+        if n != random.len() as isize {
+            // Practically unreachable (no entropy at boot); fall back to time and address.
+            let t = Instant::now().elapsed().as_nanos() ^ (&random as *const _ as u128);
+            random.copy_from_slice(&t.to_le_bytes()[..12]);
+        }
+        SessionId {
+            shard: (shard & 0xff) as u8,
+            key,
+            random,
+        }
     }
-    let mut sid = format!("{:02x}{key:016x}", shard & 0xff);
-    for b in random {
-        sid.push_str(&format!("{b:02x}"));
+
+    fn parse(sid: &str) -> Option<SessionId> {
+        if sid.len() != 42 || !sid.is_ascii() {
+            return None;
+        }
+        let hex = |range: std::ops::Range<usize>| u64::from_str_radix(&sid[range], 16).ok();
+        let mut random = [0u8; 12];
+        for (i, b) in random.iter_mut().enumerate() {
+            *b = hex(18 + 2 * i..20 + 2 * i)? as u8;
+        }
+        Some(SessionId {
+            shard: hex(0..2)? as u8,
+            key: hex(2..18)?,
+            random,
+        })
     }
-    sid
+}
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:02x}{:016x}", self.shard, self.key)?;
+        for b in self.random {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
 }
 
 /// One Engine.IO session.
 pub(crate) struct Session {
-    pub sid: String,
+    id: SessionId,
     /// The session's key in [`Sessions`], also its timer key.
     pub key: u64,
     pub shard: Rc<Shard>,
     registry: Weak<Sessions>,
     phase: Cell<Phase>,
-    /// Long-polling packets (payload text fragments) waiting for a GET.
-    pub(crate) polling: Rc<Outbox>,
+    /// Long-polling packets (payload text fragments) waiting for a GET; none for a
+    /// session opened on a WebSocket (it never polls).
+    polling: Option<Rc<Outbox>>,
     /// The WebSocket connection's outbox, once there is one.
     ws: RefCell<Option<Rc<Outbox>>>,
     /// A GET is waiting for packets.
     pub(crate) polling_get: Cell<bool>,
     /// A POST is being read.
     pub(crate) polling_post: Cell<bool>,
-    ping_interval: Duration,
-    ping_timeout: Duration,
     next_ping: Cell<Option<Instant>>,
     pong_deadline: Cell<Option<Instant>>,
     /// The earliest deadline on the timer wheel (kept by the endpoint).
@@ -144,28 +197,26 @@ impl Session {
         handler: Handler,
         now: Instant,
     ) -> Rc<Session> {
-        let key = sessions.next_key.get();
-        sessions.next_key.set(key + 1);
+        let key = sessions.next_key();
         let config = &shard.config;
         let ping_interval = Duration::from_millis(config.engineio_ping_interval_ms);
         let session = Rc::new(Session {
-            sid: new_sid(shard.id, key),
+            id: SessionId::new(shard.id, key),
             key,
             shard: Rc::clone(shard),
             registry: Rc::downgrade(sessions),
             phase: Cell::new(phase),
-            polling: Rc::new(Outbox::new(shard.outbox_limits())),
+            polling: (phase != Phase::WebSocket)
+                .then(|| Rc::new(Outbox::new(shard.outbox_limits()))),
             ws: RefCell::new(None),
             polling_get: Cell::new(false),
             polling_post: Cell::new(false),
-            ping_interval,
-            ping_timeout: Duration::from_millis(config.engineio_ping_timeout_ms),
             next_ping: Cell::new(Some(now + ping_interval)),
             pong_deadline: Cell::new(None),
             scheduled: Cell::new(None),
             handler: RefCell::new(Some(handler)),
         });
-        sessions.map.borrow_mut().insert(key, Rc::clone(&session));
+        sessions.insert(Rc::clone(&session));
         add(&shard.stats.connections, 1);
         if let Some(Handler::SocketIo(sio)) = session.handler.borrow_mut().as_mut() {
             sio.start(
@@ -174,6 +225,11 @@ impl Session {
             );
         }
         session
+    }
+
+    /// The session id, as the client sees it.
+    pub fn sid(&self) -> String {
+        self.id.to_string()
     }
 
     /// The next time [`Session::handle_timeout`] must run, if any.
@@ -208,13 +264,14 @@ impl Session {
             return;
         }
         if self.next_ping.get().is_some_and(|d| d <= now) {
-            if self.polling.overflowed() {
+            if self.polling.as_ref().is_some_and(|p| p.overflowed()) {
                 // The client polls slower than its packets arrive: a slow consumer.
                 self.close("transport error", CloseReason::SlowConsumer);
                 return;
             }
             self.next_ping.set(None);
-            self.pong_deadline.set(Some(now + self.ping_timeout));
+            let timeout = Duration::from_millis(self.shard.config.engineio_ping_timeout_ms);
+            self.pong_deadline.set(Some(now + timeout));
             self.send("2", &[]);
         }
     }
@@ -241,14 +298,23 @@ impl Session {
         self.phase.get() == Phase::Closed
     }
 
+    /// The long-polling queue, for a session that polls.
+    pub fn polling(&self) -> Option<&Rc<Outbox>> {
+        self.polling.as_ref()
+    }
+
     /// The outbox and wire encoding that outgoing packets use right now.
     pub fn transport(&self) -> (Rc<Outbox>, Wire) {
-        match self.phase.get() {
-            Phase::WebSocket => match &*self.ws.borrow() {
-                Some(ws) => (Rc::clone(ws), Wire::SioWs),
-                None => (Rc::clone(&self.polling), Wire::SioPolling),
-            },
-            _ => (Rc::clone(&self.polling), Wire::SioPolling),
+        let ws = self.ws.borrow();
+        match (self.phase.get(), &self.polling, &*ws) {
+            (Phase::WebSocket, _, Some(ws)) | (_, None, Some(ws)) => (Rc::clone(ws), Wire::SioWs),
+            (_, Some(polling), _) => (Rc::clone(polling), Wire::SioPolling),
+            // Neither (a session being torn down): a closed queue drops what is sent.
+            (_, None, None) => {
+                let dead = Rc::new(Outbox::new(self.shard.outbox_limits()));
+                dead.finish();
+                (dead, Wire::SioPolling)
+            }
         }
     }
 
@@ -304,13 +370,15 @@ impl Session {
         }
         self.phase.set(Phase::Closed);
         if let Some(sessions) = self.registry.upgrade() {
-            sessions.map.borrow_mut().remove(&self.key);
+            sessions.remove(self.key);
         }
         let handler = self.handler.borrow_mut().take();
         if let Some(Handler::SocketIo(mut sio)) = handler {
             sio.on_close(self, reason);
         }
-        self.polling.finish();
+        if let Some(polling) = &self.polling {
+            polling.finish();
+        }
         if let Some(ws) = self.ws.borrow().as_ref() {
             ws.close(close::NORMAL, "");
         }
@@ -341,7 +409,8 @@ impl Session {
             (PacketType::Pong, _) => {
                 // The next ping comes a full interval after this pong.
                 self.pong_deadline.set(None);
-                self.next_ping.set(Some(now + self.ping_interval));
+                let interval = Duration::from_millis(self.shard.config.engineio_ping_interval_ms);
+                self.next_ping.set(Some(now + interval));
             }
             (PacketType::Ping, Data::Text(data)) => {
                 // Only the probe is a client ping in v4; answer on the transport it came on.
@@ -349,10 +418,10 @@ impl Session {
                 match (ws, data) {
                     (Some(ws), "probe") => {
                         let _ = ws.push(sio_ws_frames(&reply, &[]));
-                        if self.phase.get() == Phase::Polling {
+                        if let (Phase::Polling, Some(polling)) = (self.phase.get(), &self.polling) {
                             self.phase.set(Phase::Upgrading);
                             // End the pending poll so the client pauses polling.
-                            let _ = self.polling.push(Bytes::from_static(b"6"));
+                            let _ = polling.push(Bytes::from_static(b"6"));
                         }
                     }
                     _ => self.send(&reply, &[]),
@@ -363,8 +432,9 @@ impl Session {
                 _ => return Err(CloseReason::Protocol),
             },
             (PacketType::Close, _) => {
-                if self.phase.get() != Phase::WebSocket {
-                    let _ = self.polling.push(Bytes::from_static(b"6"));
+                if let (true, Some(polling)) = (self.phase.get() != Phase::WebSocket, &self.polling)
+                {
+                    let _ = polling.push(Bytes::from_static(b"6"));
                 }
                 self.close("client namespace disconnect", CloseReason::Peer);
             }
@@ -406,7 +476,9 @@ impl Session {
     /// every later packet and broadcast goes there.
     fn switch_to(self: &Rc<Self>, ws: &Rc<Outbox>) {
         let mut pending = Vec::new();
-        while let Drained::Frames = self.polling.drain(&mut pending) {}
+        if let Some(polling) = &self.polling {
+            while let Drained::Frames = polling.drain(&mut pending) {}
+        }
         *self.ws.borrow_mut() = Some(Rc::clone(ws));
         self.phase.set(Phase::WebSocket);
         let joined = pending
@@ -432,7 +504,9 @@ impl Session {
                 }
             }
         }
-        self.polling.finish();
+        if let Some(polling) = &self.polling {
+            polling.finish();
+        }
         if let Some(Handler::SocketIo(sio)) = self.handler.borrow().as_ref() {
             sio.rewire(self);
         }
@@ -468,7 +542,8 @@ mod tests {
 
     fn polled(session: &Session) -> Vec<String> {
         let mut frames = Vec::new();
-        while let Drained::Frames = session.polling.drain(&mut frames) {}
+        let polling = session.polling().unwrap();
+        while let Drained::Frames = polling.drain(&mut frames) {}
         frames
             .iter()
             .map(|f| String::from_utf8_lossy(f).into_owned())
@@ -504,13 +579,13 @@ mod tests {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         let s = Session::create(&shard, &sessions, Phase::Polling, Handler::Echo, t0);
-        assert!(sessions.get(&s.sid).is_some());
+        assert!(sessions.get(&s.sid()).is_some());
         s.handle_timeout(t0 + ms(300));
         s.handle_timeout(t0 + ms(499));
         assert!(!s.is_closed());
         s.handle_timeout(t0 + ms(500));
         assert!(s.is_closed());
-        assert!(sessions.get(&s.sid).is_none());
+        assert!(sessions.get(&s.sid()).is_none());
         assert_eq!(shard.stats.closes(CloseReason::Idle), 1);
         assert_eq!(s.poll_timeout(), None);
     }
@@ -557,11 +632,12 @@ mod tests {
             Handler::Echo,
             Instant::now(),
         );
-        assert_eq!(owner_of(&s.sid), Some(0));
-        assert!(sessions.get(&s.sid).is_some());
-        let mut forged = s.sid.clone();
+        assert_eq!(owner_of(&s.sid()), Some(0));
+        assert!(sessions.get(&s.sid()).is_some());
+        let sid = s.sid();
+        let mut forged = sid.clone();
         forged.pop();
-        forged.push(if s.sid.ends_with('0') { '1' } else { '0' });
+        forged.push(if sid.ends_with('0') { '1' } else { '0' });
         assert!(sessions.get(&forged).is_none());
     }
 }

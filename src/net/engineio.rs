@@ -19,7 +19,7 @@ use crate::engineio::{owner_of, Handler, Phase, Session, Sessions};
 use crate::proto::engineio::{self, EngineError, Handshake, Packet, Query, Transport};
 use crate::proto::http::{self, Request};
 use crate::proto::ws::close;
-use crate::relay::{sio_ws_frames, Drained};
+use crate::relay::{sio_ws_frames, Drained, Outbox};
 use crate::shard::{Connection, Cx, Ended, Endpoint, EndpointId, Shard, Step};
 use crate::socketio::{SioSession, SocketIo};
 use crate::stats::CloseReason;
@@ -58,7 +58,7 @@ impl EngineEndpoint {
         if self.app.engine_echo {
             Handler::Echo
         } else {
-            Handler::SocketIo(Box::new(SioSession::new(Arc::clone(&self.app))))
+            Handler::SocketIo(SioSession::new(Arc::clone(&self.app)))
         }
     }
 
@@ -170,7 +170,7 @@ impl Route for EngineEndpoint {
                     cx.now,
                 );
                 self.schedule(&shard, &session);
-                let open = self.handshake(&shard, &session.sid, &["websocket"]);
+                let open = self.handshake(&shard, &session.sid(), &["websocket"]);
                 answer(
                     cx,
                     &request,
@@ -190,16 +190,20 @@ impl Route for EngineEndpoint {
                 }
                 match request.method.as_str() {
                     "GET" => {
+                        let Some(polling) = session.polling().cloned() else {
+                            return fail(cx, &request, EngineError::BadRequest);
+                        };
                         if session.polling_get.replace(true) {
                             // Two GETs at once break the protocol: close the session, end
                             // the first poll with a close packet, refuse the second.
-                            let _ = session.polling.push(Bytes::from_static(b"1"));
+                            let _ = polling.push(Bytes::from_static(b"1"));
                             session.close("transport error", CloseReason::Protocol);
                             return fail(cx, &request, EngineError::BadRequest);
                         }
                         let poll = PollGet {
                             endpoint: self.me(),
                             session,
+                            polling,
                             request,
                             next,
                             pipelined: head.leftover,
@@ -301,6 +305,8 @@ impl Next {
 struct PollGet {
     endpoint: Rc<EngineEndpoint>,
     session: Rc<Session>,
+    /// The session's long-polling queue.
+    polling: Rc<Outbox>,
     request: Request,
     next: Next,
     /// Bytes of a request pipelined after this one, kept for after the answer.
@@ -310,18 +316,17 @@ struct PollGet {
 impl PollGet {
     fn try_answer(&mut self, cx: &mut Cx<'_>) -> Step {
         let mut frames = Vec::new();
-        let drained =
-            self.session
-                .polling
-                .drain_within(&mut frames, MAX_PACKETS_PER_POLL, packet_count);
+        let drained = self
+            .polling
+            .drain_within(&mut frames, MAX_PACKETS_PER_POLL, packet_count);
         if drained == Drained::Empty {
             // Nothing yet: the session's queue wakes this connection when it has some.
-            cx.shard.wake_on(&self.session.polling, cx.id);
+            cx.shard.wake_on(&self.polling, cx.id);
             return Step::Continue;
         }
-        cx.shard.stop_waking(&self.session.polling);
+        cx.shard.stop_waking(&self.polling);
         self.session.polling_get.set(false);
-        if self.session.polling.overflowed() {
+        if self.polling.overflowed() {
             // The client polls slower than its packets arrive: a slow consumer.
             self.session
                 .close("transport error", CloseReason::SlowConsumer);
@@ -387,7 +392,7 @@ impl Connection for PollGet {
     }
 
     fn on_close(&mut self, cx: &mut Cx<'_>, _why: Ended) {
-        cx.shard.stop_waking(&self.session.polling);
+        cx.shard.stop_waking(&self.polling);
         self.session.polling_get.set(false);
     }
 }
@@ -496,7 +501,7 @@ impl WsApp for EngineWs {
                     cx.now,
                 );
                 s.attach_websocket(cx.out);
-                let open = self.endpoint.handshake(&shard, &s.sid, &[]);
+                let open = self.endpoint.handshake(&shard, &s.sid(), &[]);
                 let _ = cx.out.push(sio_ws_frames(&open, &[]));
                 self.endpoint.schedule(&shard, &s);
                 s

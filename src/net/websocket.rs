@@ -91,7 +91,6 @@ pub trait WsApp {
 pub struct WebSocket<A: WsApp> {
     codec: WsCodec,
     app: A,
-    keepalive: Option<Keepalive>,
     last_rx: Instant,
     pinged: bool,
     /// Why the connection is closing, once it is (reported to the app at the end).
@@ -101,11 +100,9 @@ pub struct WebSocket<A: WsApp> {
 impl<A: WsApp> WebSocket<A> {
     /// A server-side WebSocket with messages up to `max_message` bytes.
     pub fn new(app: A, max_message: usize) -> WebSocket<A> {
-        let keepalive = app.keepalive();
         WebSocket {
             codec: WsCodec::new(Role::Server, max_message),
             app,
-            keepalive,
             last_rx: Instant::now(),
             pinged: false,
             ending: None,
@@ -142,7 +139,7 @@ impl<A: WsApp> WebSocket<A> {
     }
 
     fn set_deadline(&mut self, cx: &mut Cx<'_>) {
-        let keepalive = self.keepalive.map(|k| {
+        let keepalive = self.app.keepalive().map(|k| {
             self.last_rx
                 + if self.pinged {
                     k.limit
@@ -212,7 +209,7 @@ impl<A: WsApp> Connection for WebSocket<A> {
     }
 
     fn on_timeout(&mut self, cx: &mut Cx<'_>) -> Step {
-        if let Some(k) = self.keepalive {
+        if let Some(k) = self.app.keepalive() {
             let silent = cx.now.saturating_duration_since(self.last_rx);
             if silent >= k.limit {
                 return self.close(cx, close::POLICY, "ping timeout", CloseReason::Idle);

@@ -656,7 +656,8 @@ fn check_placeholders(value: &Value, count: usize) -> Result<(), DecodeError> {
 #[derive(Debug)]
 pub struct BinaryAssembler {
     max_attachments: usize,
-    pending: Option<Pending>,
+    /// Boxed: rare, and kept out of every session's size.
+    pending: Option<Box<Pending>>,
 }
 
 #[derive(Debug)]
@@ -699,7 +700,7 @@ impl BinaryAssembler {
                 }
                 // Bounded by the check just above.
                 packet.attachments = Vec::with_capacity(count);
-                self.pending = Some(Pending { packet, count });
+                self.pending = Some(Box::new(Pending { packet, count }));
                 Ok(None)
             }
         }

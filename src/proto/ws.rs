@@ -1,18 +1,17 @@
-//! WebSocket framing driven from buffers.
+//! WebSocket framing driven from buffers, sans-IO.
 //!
-//! tungstenite's [`WebSocketContext`] keeps the protocol state apart from the stream, so an
-//! io_uring task fills [`WsCodec`] with the bytes it read and drains the bytes to write;
-//! the codec itself does no IO. Outgoing broadcast frames bypass the context: a server
-//! frame is unmasked, so [`binary_frame`] encodes header and body once and the same bytes go
-//! to every recipient.
+//! The shard fills [`WsCodec`] with the bytes it read and drains the bytes to write; the
+//! codec itself does no IO. Outgoing broadcast frames bypass it: a server frame is
+//! unmasked, so [`binary_frame`] encodes header and body once and the same bytes go to
+//! every recipient.
 
-use std::io::{self, Read, Write};
+use std::io;
 
-use bytes::Bytes;
-use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
-use tungstenite::protocol::frame::{CloseFrame, Frame, FrameHeader};
-use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
-use tungstenite::{Error as WsError, Message};
+use bytes::{Bytes, BytesMut};
+use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
+use tungstenite::protocol::frame::{CloseFrame, Frame, FrameHeader, Utf8Bytes};
+use tungstenite::protocol::Role;
+use tungstenite::Message;
 
 /// Longest header of an unmasked frame: 2 bytes + 8 bytes of extended length.
 pub const MAX_SERVER_HEADER: usize = 10;
@@ -73,128 +72,289 @@ impl CodecError {
     }
 }
 
-/// In-memory stream that tungstenite reads from and writes to.
-#[derive(Default)]
-struct Buffers {
-    input: Vec<u8>,
-    read_at: usize,
-    output: Vec<u8>,
-}
-
-impl Read for Buffers {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let available = &self.input[self.read_at..];
-        if available.is_empty() {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let n = available.len().min(buf.len());
-        buf[..n].copy_from_slice(&available[..n]);
-        self.read_at += n;
-        if self.read_at == self.input.len() {
-            self.input.clear();
-            self.read_at = 0;
-        }
-        Ok(n)
-    }
-}
-
-impl Write for Buffers {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.output.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
+/// A fragmented message being assembled.
+#[derive(Debug)]
+struct Fragments {
+    text: bool,
+    data: BytesMut,
 }
 
 /// One WebSocket endpoint's framing state, fed bytes and drained of bytes.
+///
+/// Frame headers are parsed and written by tungstenite ([`FrameHeader`]); the rest of RFC
+/// 6455's reading rules are here: masking by role, reserved bits and opcodes, control
+/// frame limits, fragmentation, UTF-8 of text messages and close reasons, close codes,
+/// size limits, ping answers and the close echo. A payload is unmasked in place and handed
+/// out as a slice of the bytes read (no copy), and a codec between messages holds no
+/// buffer at all, so an idle connection costs only this struct.
+#[derive(Debug)]
 pub struct WsCodec {
-    ctx: WebSocketContext,
-    io: Buffers,
+    role: Role,
+    max_message: usize,
+    input: BytesMut,
+    fragments: Option<Box<Fragments>>,
+    output: Vec<u8>,
+    /// A close frame came in: nothing after it is read.
+    closed: bool,
+    /// This side sent a close frame through [`WsCodec::close`]: the peer's close is its
+    /// answer, not to be echoed.
+    close_sent: bool,
+    /// Masking keys for a client's frames (xorshift; RFC 6455 asks only that they be
+    /// unpredictable to intermediaries).
+    mask: u64,
 }
 
 impl WsCodec {
     /// A codec for an upgraded connection; `max_message` bounds both frames and messages.
     pub fn new(role: Role, max_message: usize) -> WsCodec {
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(max_message))
-            .max_frame_size(Some(max_message))
-            // Reads are fed from our own buffer; tungstenite's copy starts small (it grows
-            // for large messages) so that an idle connection holds little memory.
-            .read_buffer_size(256);
         WsCodec {
-            ctx: WebSocketContext::new(role, Some(config)),
-            io: Buffers::default(),
+            role,
+            max_message,
+            input: BytesMut::new(),
+            fragments: None,
+            output: Vec::new(),
+            closed: false,
+            close_sent: false,
+            mask: 0x2545_F491_4F6C_DD1D ^ (std::ptr::addr_of!(max_message) as u64) | 1,
         }
     }
 
     /// Releases buffered capacity (call when the connection is idle).
     pub fn shrink(&mut self) {
-        if self.io.input.is_empty() {
-            self.io.input = Vec::new();
+        if self.input.is_empty() {
+            self.input = BytesMut::new();
         }
-        self.io.output.shrink_to_fit();
+        if self.output.is_empty() {
+            self.output = Vec::new();
+        }
     }
 
     /// Appends bytes read from the socket.
     pub fn feed(&mut self, bytes: &[u8]) {
-        self.io.input.extend_from_slice(bytes);
+        if self.input.is_empty() {
+            // Exactly sized: once its messages are taken, nothing stays allocated.
+            self.input = BytesMut::from(bytes);
+        } else {
+            self.input.extend_from_slice(bytes);
+        }
     }
 
     /// The next complete message, `Ok(None)` when more bytes are needed.
     pub fn poll_message(&mut self) -> Result<Option<Incoming>, CodecError> {
         loop {
-            match self.ctx.read(&mut self.io) {
-                Ok(Message::Close(frame)) => {
-                    return Ok(Some(Incoming::Closed(
-                        frame.map(|f| (u16::from(f.code), f.reason.to_string())),
-                    )))
-                }
-                // Pings are answered by the context (the pong lands in the output).
-                Ok(Message::Ping(_)) | Ok(Message::Pong(_)) | Ok(Message::Frame(_)) => continue,
-                Ok(msg) => return Ok(Some(Incoming::Message(msg))),
-                Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-                Err(WsError::ConnectionClosed) | Err(WsError::AlreadyClosed) => {
-                    return Ok(Some(Incoming::Closed(None)))
-                }
-                Err(WsError::Capacity(_)) => return Err(CodecError::TooBig),
-                Err(WsError::Utf8(_)) => return Err(CodecError::InvalidUtf8),
+            if self.closed {
+                return Ok(None);
+            }
+            let mut cursor = io::Cursor::new(&self.input[..]);
+            let (header, len) = match FrameHeader::parse(&mut cursor) {
+                Ok(Some(h)) => h,
+                Ok(None) => return Ok(None),
                 Err(e) => return Err(CodecError::Protocol(e.to_string())),
+            };
+            let header_len = cursor.position() as usize;
+            if len > self.max_message as u64 {
+                return Err(CodecError::TooBig);
+            }
+            let len = len as usize;
+            if header.rsv1 || header.rsv2 || header.rsv3 {
+                return Err(CodecError::Protocol("reserved bits set".into()));
+            }
+            match (self.role, header.mask.is_some()) {
+                (Role::Server, false) => {
+                    return Err(CodecError::Protocol("unmasked frame from a client".into()))
+                }
+                (Role::Client, true) => {
+                    return Err(CodecError::Protocol("masked frame from a server".into()))
+                }
+                _ => {}
+            }
+            if let OpCode::Control(_) = header.opcode {
+                if !header.is_final {
+                    return Err(CodecError::Protocol("fragmented control frame".into()));
+                }
+                if len > 125 {
+                    return Err(CodecError::Protocol("control frame too long".into()));
+                }
+            }
+            if self.input.len() < header_len + len {
+                self.input.reserve(header_len + len - self.input.len());
+                return Ok(None);
+            }
+            let _ = self.input.split_to(header_len);
+            let mut payload = self.input.split_to(len);
+            if let Some(mask) = header.mask {
+                for (i, b) in payload.iter_mut().enumerate() {
+                    *b ^= mask[i & 3];
+                }
+            }
+            if let Some(message) = self.frame(header.opcode, header.is_final, payload)? {
+                return Ok(Some(message));
             }
         }
     }
 
-    /// Queues a message through the context (masked when this is a client).
+    /// Handles one whole frame; a complete message or close comes back.
+    fn frame(
+        &mut self,
+        opcode: OpCode,
+        fin: bool,
+        payload: BytesMut,
+    ) -> Result<Option<Incoming>, CodecError> {
+        match opcode {
+            OpCode::Control(Control::Ping) => {
+                self.write_frame(OpCode::Control(Control::Pong), &payload);
+                Ok(None)
+            }
+            OpCode::Control(Control::Pong) => Ok(None),
+            OpCode::Control(Control::Close) => self.close_received(&payload).map(Some),
+            OpCode::Control(Control::Reserved(_)) | OpCode::Data(Data::Reserved(_)) => {
+                Err(CodecError::Protocol("reserved opcode".into()))
+            }
+            OpCode::Data(Data::Continue) => {
+                let Some(mut f) = self.fragments.take() else {
+                    return Err(CodecError::Protocol("continuation of no message".into()));
+                };
+                if f.data.len() + payload.len() > self.max_message {
+                    return Err(CodecError::TooBig);
+                }
+                f.data.extend_from_slice(&payload);
+                if fin {
+                    message(f.text, f.data).map(Some)
+                } else {
+                    self.fragments = Some(f);
+                    Ok(None)
+                }
+            }
+            OpCode::Data(kind @ (Data::Text | Data::Binary)) => {
+                if self.fragments.is_some() {
+                    return Err(CodecError::Protocol(
+                        "new message inside a fragmented one".into(),
+                    ));
+                }
+                let text = kind == Data::Text;
+                if fin {
+                    message(text, payload).map(Some)
+                } else {
+                    self.fragments = Some(Box::new(Fragments {
+                        text,
+                        data: payload,
+                    }));
+                    Ok(None)
+                }
+            }
+        }
+    }
+
+    fn close_received(&mut self, payload: &[u8]) -> Result<Incoming, CodecError> {
+        let close = match payload {
+            [] => None,
+            [_] => return Err(CodecError::Protocol("close payload of one byte".into())),
+            [hi, lo, reason @ ..] => {
+                let code = u16::from_be_bytes([*hi, *lo]);
+                if !CloseCode::from(code).is_allowed() {
+                    return Err(CodecError::Protocol(format!("close code {code}")));
+                }
+                let reason = std::str::from_utf8(reason).map_err(|_| CodecError::InvalidUtf8)?;
+                Some((code, reason.to_owned()))
+            }
+        };
+        self.closed = true;
+        if !self.close_sent {
+            // Echo the close: its code (none for none), no reason.
+            let body = close.as_ref().map(|(c, _)| c.to_be_bytes().to_vec());
+            self.write_frame(
+                OpCode::Control(Control::Close),
+                body.as_deref().unwrap_or(&[]),
+            );
+            self.close_sent = true;
+        }
+        Ok(Incoming::Closed(close))
+    }
+
+    fn next_mask(&mut self) -> [u8; 4] {
+        let mut x = self.mask;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.mask = x;
+        (x as u32).to_le_bytes()
+    }
+
+    /// Appends one frame to the output, masked when this is a client.
+    fn write_frame(&mut self, opcode: OpCode, body: &[u8]) {
+        let mask = match self.role {
+            Role::Client => Some(self.next_mask()),
+            Role::Server => None,
+        };
+        let header = FrameHeader {
+            opcode,
+            mask,
+            ..FrameHeader::default()
+        };
+        let len = body.len() as u64;
+        // Formatting into a Vec cannot fail.
+        header
+            .format(len, &mut self.output)
+            .expect("format into Vec");
+        let start = self.output.len();
+        self.output.extend_from_slice(body);
+        if let Some(mask) = mask {
+            for (i, b) in self.output[start..].iter_mut().enumerate() {
+                *b ^= mask[i & 3];
+            }
+        }
+    }
+
+    /// Queues a data message (masked when this is a client).
     pub fn write(&mut self, msg: Message) -> Result<(), CodecError> {
-        self.ctx
-            .write(&mut self.io, msg)
-            .and_then(|_| self.ctx.flush(&mut self.io))
-            .map_err(|e| CodecError::Protocol(e.to_string()))
+        match msg {
+            Message::Text(t) => self.write_frame(OpCode::Data(Data::Text), t.as_bytes()),
+            Message::Binary(b) => self.write_frame(OpCode::Data(Data::Binary), &b),
+            Message::Ping(p) => self.write_frame(OpCode::Control(Control::Ping), &p),
+            Message::Pong(p) => self.write_frame(OpCode::Control(Control::Pong), &p),
+            Message::Close(c) => {
+                let (code, reason) = c.map_or((close::NORMAL, String::new()), |f| {
+                    (u16::from(f.code), f.reason.to_string())
+                });
+                self.close(code, &reason);
+            }
+            Message::Frame(_) => {
+                return Err(CodecError::Protocol("raw frames are not written".into()))
+            }
+        }
+        Ok(())
     }
 
     /// Starts the close handshake from this side.
     pub fn close(&mut self, code: u16, reason: &str) {
-        let frame = CloseFrame {
-            code: CloseCode::from(code),
-            reason: reason.to_owned().into(),
-        };
-        // Closing twice is harmless; the context refuses and we keep what was queued.
-        let _ = self.ctx.close(&mut self.io, Some(frame));
-        let _ = self.ctx.flush(&mut self.io);
+        if self.close_sent {
+            return;
+        }
+        self.close_sent = true;
+        let mut body = code.to_be_bytes().to_vec();
+        body.extend_from_slice(reason.as_bytes());
+        self.write_frame(OpCode::Control(Control::Close), &body);
     }
 
-    /// Bytes the context wants written (pongs, close replies, client frames), if any.
+    /// Bytes to be written (pongs, close replies, a client's frames), if any.
     pub fn take_output(&mut self) -> Option<Bytes> {
-        // Replies queued during a read are flushed lazily by tungstenite; flush them now.
-        let _ = self.ctx.flush(&mut self.io);
-        if self.io.output.is_empty() {
+        if self.output.is_empty() {
             None
         } else {
-            Some(Bytes::from(std::mem::take(&mut self.io.output)))
+            Some(Bytes::from(std::mem::take(&mut self.output)))
         }
     }
+}
+
+/// A complete data message.
+fn message(text: bool, data: BytesMut) -> Result<Incoming, CodecError> {
+    let data = data.freeze();
+    let msg = if text {
+        Message::Text(Utf8Bytes::try_from(data).map_err(|_| CodecError::InvalidUtf8)?)
+    } else {
+        Message::Binary(data)
+    };
+    Ok(Incoming::Message(msg))
 }
 
 /// Encodes an unmasked binary frame whose body is produced by `body` after a reserved
@@ -397,5 +557,132 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A masked client frame with any header bits, for the rules a peer can break.
+    fn raw_frame(first: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+        let mut out = vec![first];
+        let masked = if mask.is_some() { 0x80 } else { 0 };
+        assert!(payload.len() < 126);
+        out.push(masked | payload.len() as u8);
+        match mask {
+            Some(m) => {
+                out.extend_from_slice(&m);
+                out.extend(payload.iter().enumerate().map(|(i, b)| b ^ m[i & 3]));
+            }
+            None => out.extend_from_slice(payload),
+        }
+        out
+    }
+
+    const M: Option<[u8; 4]> = Some([1, 2, 3, 4]);
+
+    fn server_reads(bytes: &[u8]) -> Result<Vec<Incoming>, CodecError> {
+        let mut server = WsCodec::new(Role::Server, 1 << 16);
+        server.feed(bytes);
+        let mut got = Vec::new();
+        while let Some(m) = server.poll_message()? {
+            got.push(m);
+        }
+        Ok(got)
+    }
+
+    #[test]
+    fn fragments_are_joined_and_control_frames_may_come_between() {
+        let mut wire = raw_frame(0x01, b"hel", M); // text, not final
+        wire.extend(raw_frame(0x89, b"p", M)); // ping in the middle
+        wire.extend(raw_frame(0x80, b"lo", M)); // final continuation
+        let mut server = WsCodec::new(Role::Server, 1 << 16);
+        server.feed(&wire);
+        match server.poll_message().unwrap() {
+            Some(Incoming::Message(Message::Text(t))) => assert_eq!(t.as_str(), "hello"),
+            other => panic!("{other:?}"),
+        }
+        // The pong answers the ping, unmasked.
+        assert_eq!(&server.take_output().unwrap()[..], &[0x8A, 0x01, b'p']);
+    }
+
+    #[test]
+    fn protocol_violations_close_with_1002() {
+        let cases: [(&str, Vec<u8>); 7] = [
+            ("unmasked client frame", raw_frame(0x82, b"x", None)),
+            ("reserved bit", raw_frame(0xC2, b"x", M)),
+            ("reserved opcode", raw_frame(0x83, b"x", M)),
+            ("fragmented ping", raw_frame(0x09, b"x", M)),
+            ("continuation of nothing", raw_frame(0x80, b"x", M)),
+            ("close with one byte", raw_frame(0x88, b"x", M)),
+            (
+                "close code 1005",
+                raw_frame(0x88, &1005u16.to_be_bytes(), M),
+            ),
+        ];
+        for (what, wire) in cases {
+            let err = server_reads(&wire).expect_err(what);
+            assert_eq!(err.close_code(), close::PROTOCOL, "{what}");
+        }
+        let mut interleaved = raw_frame(0x01, b"a", M);
+        interleaved.extend(raw_frame(0x81, b"b", M));
+        assert_eq!(
+            server_reads(&interleaved).unwrap_err().close_code(),
+            close::PROTOCOL
+        );
+        let long_ping = {
+            let mut f = vec![0x89, 0x80 | 126, 0, 126];
+            f.extend_from_slice(&[0; 4]);
+            f.extend_from_slice(&[0; 126]);
+            f
+        };
+        assert_eq!(
+            server_reads(&long_ping).unwrap_err().close_code(),
+            close::PROTOCOL
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_closes_with_1007_in_text_and_close_reasons() {
+        assert_eq!(
+            server_reads(&raw_frame(0x81, &[0xff, 0xfe], M))
+                .unwrap_err()
+                .close_code(),
+            close::INVALID
+        );
+        let mut body = 1000u16.to_be_bytes().to_vec();
+        body.extend_from_slice(&[0xff]);
+        assert_eq!(
+            server_reads(&raw_frame(0x88, &body, M))
+                .unwrap_err()
+                .close_code(),
+            close::INVALID
+        );
+        // A fragmented text message whose fragments split a character is fine.
+        let e_acute = "é".as_bytes();
+        let mut wire = raw_frame(0x01, &e_acute[..1], M);
+        wire.extend(raw_frame(0x80, &e_acute[1..], M));
+        assert!(matches!(
+            server_reads(&wire).unwrap()[..],
+            [Incoming::Message(Message::Text(ref t))] if t.as_str() == "é"
+        ));
+    }
+
+    #[test]
+    fn nothing_is_read_after_a_close_and_an_idle_codec_holds_no_buffer() {
+        let mut wire = raw_frame(0x88, &1001u16.to_be_bytes(), M);
+        wire.extend(raw_frame(0x82, b"late", M));
+        let mut server = WsCodec::new(Role::Server, 1 << 16);
+        server.feed(&wire);
+        assert!(matches!(
+            server.poll_message().unwrap(),
+            Some(Incoming::Closed(Some((1001, _))))
+        ));
+        assert!(server.poll_message().unwrap().is_none());
+        // The echo carries the peer's code.
+        let echo = server.take_output().unwrap();
+        assert_eq!(&echo[..], &[0x88, 0x02, 0x03, 0xE9]);
+
+        let mut idle = WsCodec::new(Role::Server, 1 << 16);
+        idle.feed(&raw_frame(0x82, b"abc", M));
+        assert!(idle.poll_message().unwrap().is_some());
+        assert_eq!(idle.input.capacity(), 0);
+        assert!(idle.fragments.is_none() && idle.output.capacity() == 0);
     }
 }

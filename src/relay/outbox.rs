@@ -42,10 +42,9 @@ pub enum Drained {
     Empty,
     /// Frames were moved into the caller's Vec; come back for more.
     Frames,
-    /// Everything queued before the close has been taken: write this last frame (a
-    /// WebSocket close frame, or nothing when the close was already answered through the
-    /// codec), then shut the socket.
-    Close(Option<Bytes>),
+    /// The queue is closed and everything in it (its close frame last, if it has one) has
+    /// been taken: shut the socket once it is written.
+    Closed,
 }
 
 /// Opaque tokens of queues that have become ready, appended by [`Outbox`]es and taken by
@@ -72,12 +71,12 @@ impl ReadyQueue {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Open,
-    /// A close was requested; frames queued before it still go out first.
-    Closing(Option<Bytes>),
-    /// The close was taken by the drainer; nothing more is accepted.
+    /// A close was requested; what is queued (its close frame last) still goes out.
+    Closing,
+    /// Everything was taken after the close; nothing more is accepted.
     Done,
 }
 
@@ -85,17 +84,21 @@ enum State {
 struct Inner {
     queue: VecDeque<Bytes>,
     queued_bytes: usize,
+    notify: Option<(Rc<ReadyQueue>, u64)>,
     state: State,
     overflowed: bool,
-    notify: Option<(Rc<ReadyQueue>, u64)>,
     /// The token is in the ready queue and not drained since.
     notified: bool,
 }
 
 /// One connection's outbound queue. Shard-local (`Rc`), never shared across threads.
+/// Kept small: every connection has one, most of them idle.
 #[derive(Debug)]
 pub struct Outbox {
-    limits: OutboxLimits,
+    /// Most frames and bytes queued (from [`OutboxLimits`]; 4 Gi of either is beyond any
+    /// sane setting).
+    max_frames: u32,
+    max_bytes: u32,
     inner: RefCell<Inner>,
 }
 
@@ -103,13 +106,14 @@ impl Outbox {
     /// An empty queue with the given bounds.
     pub fn new(limits: OutboxLimits) -> Outbox {
         Outbox {
-            limits,
+            max_frames: u32::try_from(limits.frames).unwrap_or(u32::MAX),
+            max_bytes: u32::try_from(limits.bytes).unwrap_or(u32::MAX),
             inner: RefCell::new(Inner {
                 queue: VecDeque::new(),
                 queued_bytes: 0,
+                notify: None,
                 state: State::Open,
                 overflowed: false,
-                notify: None,
                 notified: false,
             }),
         }
@@ -121,7 +125,7 @@ impl Outbox {
         let mut inner = self.inner.borrow_mut();
         inner.notify = target;
         inner.notified = false;
-        if !inner.queue.is_empty() || matches!(inner.state, State::Closing(_)) {
+        if !inner.queue.is_empty() || inner.state == State::Closing {
             Self::signal(&mut inner);
         }
     }
@@ -138,17 +142,18 @@ impl Outbox {
     /// Queues a frame. On overflow the queue is dropped and a close 1008 is queued instead.
     pub fn push(&self, frame: Bytes) -> Result<(), PushError> {
         let mut inner = self.inner.borrow_mut();
-        if !matches!(inner.state, State::Open) {
+        if inner.state != State::Open {
             return Err(PushError::Closed);
         }
-        if inner.queue.len() >= self.limits.frames
-            || inner.queued_bytes + frame.len() > self.limits.bytes
+        if inner.queue.len() >= self.max_frames as usize
+            || inner.queued_bytes + frame.len() > self.max_bytes as usize
         {
             // What is queued would reach the peer too late to matter; free it now.
-            inner.queue = VecDeque::new();
-            inner.queued_bytes = 0;
+            let close = ws::close_frame(ws::close::POLICY, "slow consumer");
+            inner.queued_bytes = close.len();
+            inner.queue = VecDeque::from([close]);
             inner.overflowed = true;
-            inner.state = State::Closing(Some(ws::close_frame(ws::close::POLICY, "slow consumer")));
+            inner.state = State::Closing;
             Self::signal(&mut inner);
             return Err(PushError::Overflow);
         }
@@ -172,8 +177,13 @@ impl Outbox {
 
     fn finish_with(&self, last: Option<Bytes>) {
         let mut inner = self.inner.borrow_mut();
-        if matches!(inner.state, State::Open) {
-            inner.state = State::Closing(last);
+        if inner.state == State::Open {
+            if let Some(frame) = last {
+                // The close frame goes last, past the limits: it is what ends the queue.
+                inner.queued_bytes += frame.len();
+                inner.queue.push_back(frame);
+            }
+            inner.state = State::Closing;
             Self::signal(&mut inner);
         }
     }
@@ -185,12 +195,12 @@ impl Outbox {
 
     /// Whether pushes are still accepted.
     pub fn is_open(&self) -> bool {
-        matches!(self.inner.borrow().state, State::Open)
+        self.inner.borrow().state == State::Open
     }
 
     /// Whether the close has been taken by the drainer.
     pub fn is_done(&self) -> bool {
-        matches!(self.inner.borrow().state, State::Done)
+        self.inner.borrow().state == State::Done
     }
 
     /// Frames queued now.
@@ -248,12 +258,11 @@ impl Outbox {
             }
             return Drained::Frames;
         }
-        match std::mem::replace(&mut inner.state, State::Done) {
-            State::Closing(last) => Drained::Close(last),
-            State::Done => Drained::Close(None),
-            State::Open => {
-                inner.state = State::Open;
-                Drained::Empty
+        match inner.state {
+            State::Open => Drained::Empty,
+            State::Closing | State::Done => {
+                inner.state = State::Done;
+                Drained::Closed
             }
         }
     }
@@ -279,18 +288,16 @@ mod tests {
         );
         let mut out = Vec::new();
         assert_eq!(outbox.drain(&mut out), Drained::Frames);
+        assert_eq!(out.len(), 3);
         assert_eq!(
-            out,
-            vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]
+            &out[..2],
+            &[Bytes::from_static(b"a"), Bytes::from_static(b"b")]
         );
-        match outbox.drain(&mut out) {
-            Drained::Close(Some(frame)) => {
-                // FIN + close opcode, then the code 1001.
-                assert_eq!(frame[0], 0x88);
-                assert_eq!(&frame[2..4], &1001u16.to_be_bytes());
-            }
-            other => panic!("{other:?}"),
-        }
+        // The close frame last: FIN + close opcode, then the code 1001.
+        assert_eq!(out[2][0], 0x88);
+        assert_eq!(&out[2][2..4], &1001u16.to_be_bytes());
+        assert!(!outbox.is_done());
+        assert_eq!(outbox.drain(&mut out), Drained::Closed);
         assert!(outbox.is_done());
     }
 
@@ -305,11 +312,11 @@ mod tests {
         );
         assert!(outbox.overflowed());
         let mut out = Vec::new();
-        match outbox.drain(&mut out) {
-            Drained::Close(Some(frame)) => assert_eq!(&frame[2..4], &1008u16.to_be_bytes()),
-            other => panic!("{other:?}"),
-        }
-        assert!(out.is_empty());
+        assert_eq!(outbox.drain(&mut out), Drained::Frames);
+        // Only the close 1008 is left of what was queued.
+        assert_eq!(out.len(), 1);
+        assert_eq!(&out[0][2..4], &1008u16.to_be_bytes());
+        assert_eq!(outbox.drain(&mut out), Drained::Closed);
     }
 
     #[test]

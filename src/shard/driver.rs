@@ -91,13 +91,17 @@ enum Phase {
     /// Our FIN is sent; reading (and discarding) until the peer's, or `until`.
     Lingering { until: Instant },
     /// Moving to another shard once the receive is cancelled.
-    HandingOff {
-        shard: ShardId,
-        endpoint: EndpointId,
-        read: Vec<u8>,
-    },
+    HandingOff(Box<Handoff>),
     /// Shut; the slot is freed when the last operation in flight completes.
     Dead,
+}
+
+/// Where a connection being handed off goes (boxed: rare, and kept out of every
+/// connection's size).
+struct Handoff {
+    shard: ShardId,
+    endpoint: EndpointId,
+    read: Vec<u8>,
 }
 
 /// Frames handed to the kernel by one send, kept alive until it completes.
@@ -119,14 +123,14 @@ struct Conn {
     phase: Phase,
     /// The handler's deadline.
     deadline: Option<Instant>,
-    /// Earliest wheel entry pending for this connection, and its sequence number (an entry
-    /// with another number is stale).
-    scheduled: Option<(Instant, u32)>,
+    /// Earliest wheel entry pending for this connection; its sequence number is
+    /// `timer_seq` (an entry with another number is stale).
+    scheduled: Option<Instant>,
     timer_seq: u32,
     sending: Option<Box<Sending>>,
     recv_armed: bool,
     /// Operations in flight (their completions are still to come).
-    ops: u32,
+    ops: u16,
 }
 
 struct Slot {
@@ -160,6 +164,8 @@ struct Driver {
     draining: Option<Instant>,
     /// Recent time asleep per park (moving average), to decide whether spinning pays.
     idle_gap: Duration,
+    /// Where received bytes are copied before their handler sees them.
+    rx_scratch: Vec<u8>,
 }
 
 /// Runs a shard to completion on the current thread (already pinned by the caller), with
@@ -204,6 +210,7 @@ pub(crate) async fn run(seed: ShardSeed, ring: Ring) {
         spare_sends: Vec::new(),
         draining: None,
         idle_gap: Duration::from_secs(1),
+        rx_scratch: Vec::new(),
     };
     driver.run();
 }
@@ -542,11 +549,11 @@ impl Driver {
         self.end_handler(id, Ended::HandedOff, now);
         add(&self.shard.stats.handoffs, 1);
         let Some(conn) = self.conn(id) else { return };
-        conn.phase = Phase::HandingOff {
+        conn.phase = Phase::HandingOff(Box::new(Handoff {
             shard,
             endpoint,
             read,
-        };
+        }));
         if conn.recv_armed {
             // The receive must end before the socket moves, or it would take bytes meant
             // for the new owner; its last completion may still carry some.
@@ -564,25 +571,20 @@ impl Driver {
     fn finish_handoff(&mut self, id: ConnId) {
         let ready = self
             .conn(id)
-            .is_some_and(|c| c.ops == 0 && matches!(c.phase, Phase::HandingOff { .. }));
+            .is_some_and(|c| c.ops == 0 && matches!(c.phase, Phase::HandingOff(_)));
         if !ready {
             return;
         }
         let Some(conn) = self.free_slot(id) else {
             return;
         };
-        if let Phase::HandingOff {
-            shard,
-            endpoint,
-            read,
-        } = conn.phase
-        {
+        if let Phase::HandingOff(to) = conn.phase {
             self.mesh.send(
-                shard,
+                to.shard,
                 ShardMsg::Handoff {
-                    endpoint,
+                    endpoint: to.endpoint,
                     fd: conn.fd,
-                    read,
+                    read: to.read,
                 },
             );
         }
@@ -594,15 +596,15 @@ impl Driver {
         let due = match conn.phase {
             Phase::Open => conn.deadline,
             Phase::Flushing { until, .. } | Phase::Lingering { until } => Some(until),
-            Phase::HandingOff { .. } | Phase::Dead => None,
+            Phase::HandingOff(_) | Phase::Dead => None,
         };
         let Some(due) = due else { return };
-        if conn.scheduled.is_some_and(|(at, _)| at <= due) {
+        if conn.scheduled.is_some_and(|at| at <= due) {
             return;
         }
         conn.timer_seq = conn.timer_seq.wrapping_add(1);
         let seq = conn.timer_seq;
-        conn.scheduled = Some((due, seq));
+        conn.scheduled = Some(due);
         self.shard
             .timers
             .borrow_mut()
@@ -641,19 +643,14 @@ impl Driver {
 
     fn received(&mut self, id: ConnId, c: Completion, now: Instant) {
         let more = c.more();
-        let data = match c.buffer() {
-            Some(bid) if c.result > 0 => {
-                // Copied out at once so the buffer goes back to the kernel this turn.
-                let bytes = self.ring.received(bid, c.result as usize).to_vec();
-                self.ring.recycle(bid);
-                Some(bytes)
-            }
-            Some(bid) => {
-                self.ring.recycle(bid);
-                None
-            }
-            None => None,
-        };
+        // Copied out at once so the buffer goes back to the kernel this turn.
+        let mut scratch = std::mem::take(&mut self.rx_scratch);
+        scratch.clear();
+        let data = self
+            .ring
+            .received(&c, |bytes| scratch.extend_from_slice(bytes))
+            .filter(|()| c.result > 0)
+            .map(|()| scratch);
         let Some(conn) = self.conn(id) else { return };
         if !more {
             conn.recv_armed = false;
@@ -669,6 +666,7 @@ impl Driver {
             Phase::Open => {
                 if let Some(bytes) = data {
                     self.call(id, now, |h, cx| h.on_data(cx, &bytes));
+                    self.rx_scratch = bytes;
                 }
                 if ended && c.result <= 0 {
                     self.call(id, now, |h, cx| h.on_eof(cx));
@@ -684,9 +682,9 @@ impl Driver {
                     self.arm_recv(id);
                 }
             }
-            Phase::HandingOff { read, .. } => {
+            Phase::HandingOff(to) => {
                 if let Some(bytes) = data {
-                    read.extend_from_slice(&bytes);
+                    to.read.extend_from_slice(&bytes);
                 }
                 self.finish_handoff(id);
             }
@@ -802,7 +800,7 @@ impl Driver {
     /// back here when that one completes).
     fn flush(&mut self, id: ConnId, now: Instant) {
         let Some(conn) = self.conn(id) else { return };
-        if conn.sending.is_some() || matches!(conn.phase, Phase::Dead | Phase::HandingOff { .. }) {
+        if conn.sending.is_some() || matches!(conn.phase, Phase::Dead | Phase::HandingOff(_)) {
             return;
         }
         let out = Rc::clone(&conn.out);
@@ -823,12 +821,7 @@ impl Driver {
                 return;
             }
             Drained::Frames => {}
-            Drained::Close(last) => {
-                s.last = true;
-                if let Some(frame) = last {
-                    s.frames.push(frame);
-                }
-            }
+            Drained::Closed => s.last = true,
         }
         if s.frames.is_empty() {
             // Nothing more to write, and the queue is closed.
@@ -963,7 +956,7 @@ impl Driver {
 
     fn conn_timer(&mut self, id: ConnId, seq: u32, now: Instant) {
         let Some(conn) = self.conn(id) else { return };
-        if conn.scheduled.map(|(_, s)| s) != Some(seq) {
+        if conn.scheduled.is_none() || conn.timer_seq != seq {
             return;
         }
         conn.scheduled = None;
@@ -982,7 +975,7 @@ impl Driver {
                     self.schedule(id);
                 }
             }
-            Phase::HandingOff { .. } | Phase::Dead => {}
+            Phase::HandingOff(_) | Phase::Dead => {}
         }
     }
 
@@ -1107,5 +1100,28 @@ fn set_nodelay(fd: RawFd) {
             (&one as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::mem::size_of;
+
+    /// What an idle connection costs is mostly these structs (docs/BENCHMARKS.md, idle
+    /// memory): a field added to one of them is paid 15,000 times on a loaded shard, so a
+    /// change that grows them should be a decision, not an accident.
+    #[test]
+    fn per_connection_structures_stay_small() {
+        assert!(
+            size_of::<super::Slot>() <= 112,
+            "{}",
+            size_of::<super::Slot>()
+        );
+        assert!(size_of::<crate::relay::Outbox>() <= 80);
+        assert!(size_of::<crate::proto::ws::WsCodec>() <= 88);
+        assert!(
+            size_of::<crate::net::websocket::WebSocket<crate::net::native::NativeSession>>() <= 192
+        );
+        assert!(size_of::<crate::socketio::SioSession>() <= 72);
     }
 }

@@ -26,6 +26,13 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 /// The provided-buffer group of the shard's receives (one group per ring).
 const BUFFER_GROUP: u16 = 0;
 
+/// `IOU_PBUF_RING_INC` (include/uapi/linux/io_uring.h, Linux 6.12): buffers of the ring are
+/// consumed incrementally.
+const PBUF_RING_INC: u16 = 2;
+
+/// `IORING_CQE_F_BUF_MORE`: the kernel goes on filling this completion's buffer.
+const CQE_F_BUF_MORE: u32 = 1 << 4;
+
 /// One completion, copied out of the completion queue.
 #[derive(Debug, Clone, Copy)]
 pub struct Completion {
@@ -46,6 +53,11 @@ impl Completion {
     /// Whether a multishot operation stays armed after this completion.
     pub fn more(&self) -> bool {
         cqueue::more(self.flags)
+    }
+
+    /// Whether the kernel goes on filling this completion's buffer (incremental buffers).
+    fn buffer_more(&self) -> bool {
+        self.flags & CQE_F_BUF_MORE != 0
     }
 }
 
@@ -81,12 +93,20 @@ pub struct RingSizes {
 }
 
 /// A ring of provided receive buffers registered with the kernel.
+///
+/// Buffers are consumed incrementally (kernel 6.12+): receives append to the buffer at the
+/// head of the ring until it is full, so a 16 KiB buffer holds hundreds of small game
+/// messages and a few buffers serve a whole turn of a thousand connections. Where the
+/// kernel cannot, every receive takes a whole buffer.
 struct BufRing {
     entries: *mut types::BufRingEntry,
     entries_layout: Layout,
     memory: Vec<u8>,
     count: u16,
     size: u32,
+    /// Bytes of each buffer already handed out (incremental mode).
+    consumed: Vec<u32>,
+    incremental: bool,
     /// Our copy of the tail; published to the kernel by `publish`.
     tail: u16,
     published: u16,
@@ -117,6 +137,8 @@ impl BufRing {
             memory: vec![0; usize::from(count) * size as usize],
             count,
             size,
+            consumed: vec![0; usize::from(count)],
+            incremental: false,
             tail: 0,
             published: 0,
         };
@@ -128,6 +150,7 @@ impl BufRing {
     }
 
     fn recycle(&mut self, bid: u16) {
+        self.consumed[usize::from(bid)] = 0;
         let index = usize::from(self.tail & (self.count - 1));
         // SAFETY: index < count, inside the allocation; the kernel reads an entry only once the
         // tail published past it, which happens after this write (Release in `publish`).
@@ -150,9 +173,18 @@ impl BufRing {
         self.published = self.tail;
     }
 
-    fn bytes(&self, bid: u16, len: usize) -> &[u8] {
-        let start = usize::from(bid) * self.size as usize;
-        &self.memory[start..start + len.min(self.size as usize)]
+    /// The bytes a completion put in buffer `bid`, and whether the buffer is done (to be
+    /// given back).
+    fn take(&mut self, bid: u16, len: usize, more: bool) -> (&[u8], bool) {
+        let size = self.size as usize;
+        let offset = self.consumed[usize::from(bid)] as usize;
+        let start = usize::from(bid) * size + offset.min(size);
+        let end = (start + len).min((usize::from(bid) + 1) * size);
+        let done = !(self.incremental && more);
+        if !done {
+            self.consumed[usize::from(bid)] = (offset + len) as u32;
+        }
+        (&self.memory[start..end], done)
     }
 }
 
@@ -187,16 +219,30 @@ impl Ring {
             .setup_cqsize(sizes.completions)
             .setup_submit_all()
             .build(sizes.submissions)?;
-        let buffers = BufRing::new(sizes.buffers, sizes.buffer_size)?;
+        let mut buffers = BufRing::new(sizes.buffers, sizes.buffer_size)?;
         // SAFETY: the entries stay allocated and in place for the ring's life (the ring is
         // dropped first).
-        unsafe {
+        let incremental = unsafe {
             ring.submitter().register_buf_ring_with_flags(
                 buffers.entries as u64,
                 buffers.count,
                 BUFFER_GROUP,
-                0,
-            )?;
+                PBUF_RING_INC,
+            )
+        };
+        match incremental {
+            Ok(()) => buffers.incremental = true,
+            // An older kernel: whole buffers per receive.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => unsafe {
+                // SAFETY: as above.
+                ring.submitter().register_buf_ring_with_flags(
+                    buffers.entries as u64,
+                    buffers.count,
+                    BUFFER_GROUP,
+                    0,
+                )?;
+            },
+            Err(e) => return Err(e),
         }
         Ok(Ring {
             ring,
@@ -300,15 +346,22 @@ impl Ring {
         }));
     }
 
-    /// The bytes a receive completion put in its buffer. Give the buffer back with
-    /// [`Ring::recycle`] once they are copied.
-    pub fn received(&self, bid: u16, len: usize) -> &[u8] {
-        self.buffers.bytes(bid, len)
+    /// Hands the bytes a receive completion put in its buffer to `f`, then gives the
+    /// buffer back to the kernel once it is used up (published at the next enter).
+    pub fn received<T>(&mut self, c: &Completion, f: impl FnOnce(&[u8]) -> T) -> Option<T> {
+        let bid = c.buffer()?;
+        let len = usize::try_from(c.result).unwrap_or(0);
+        let (bytes, done) = self.buffers.take(bid, len, c.buffer_more());
+        let out = f(bytes);
+        if done {
+            self.buffers.recycle(bid);
+        }
+        Some(out)
     }
 
-    /// Returns a receive buffer to the kernel (published at the next enter).
-    pub fn recycle(&mut self, bid: u16) {
-        self.buffers.recycle(bid);
+    /// Whether receives consume buffers incrementally (for the stats and tests).
+    pub fn incremental_buffers(&self) -> bool {
+        self.buffers.incremental
     }
 
     /// Whether completions or deferred work are waiting, read from shared memory with no
@@ -360,9 +413,8 @@ mod tests {
             for c in &completions {
                 assert_eq!(c.user_data, 1);
                 assert!(c.more());
-                let bid = c.buffer().expect("a provided buffer");
-                got.extend_from_slice(ring.received(bid, c.result as usize));
-                ring.recycle(bid);
+                ring.received(c, |bytes| got.extend_from_slice(bytes))
+                    .expect("a provided buffer");
             }
         }
         assert_eq!(got, b"hello world");
@@ -400,7 +452,7 @@ mod tests {
         ring.enter(Wait::No).unwrap();
         let mut completions = Vec::new();
         let mut ended = false;
-        // Never recycle: after 8 buffers the receive must end with ENOBUFS.
+        // Never take the data: after 8 buffers the receive must end with ENOBUFS.
         for _ in 0..64 {
             peer.write_all(&[7u8; 64]).unwrap();
             ring.enter(Wait::No).unwrap();
@@ -428,5 +480,46 @@ mod tests {
         })
         .unwrap();
         assert!(start.elapsed() >= Duration::from_millis(19));
+    }
+
+    #[test]
+    fn small_receives_share_one_buffer() {
+        let mut ring = Ring::new(RingSizes {
+            submissions: 64,
+            completions: 256,
+            buffers: 2,
+            buffer_size: 1024,
+        })
+        .expect("io_uring is available");
+        assert!(
+            ring.incremental_buffers(),
+            "this kernel (6.12+) consumes provided buffers incrementally"
+        );
+        let (mut peer, ours) = std::os::unix::net::UnixStream::pair().unwrap();
+        // SAFETY: the socket outlives the test's operations.
+        unsafe {
+            ring.push(&Ring::recv_multishot(ours.as_raw_fd()).user_data(1))
+                .unwrap();
+        }
+        ring.enter(Wait::No).unwrap();
+        let mut got = Vec::new();
+        let mut buffers = Vec::new();
+        let mut completions = Vec::new();
+        // Twenty messages of 50 bytes: with whole buffers per receive, two buffers would run
+        // out after two messages.
+        for n in 0..20u8 {
+            peer.write_all(&[n; 50]).unwrap();
+            ring.enter(Wait::No).unwrap();
+            completions.clear();
+            ring.reap(&mut completions);
+            for c in &completions {
+                assert!(c.result > 0, "receive failed: {}", c.result);
+                buffers.push(c.buffer().unwrap());
+                ring.received(c, |b| got.extend_from_slice(b)).unwrap();
+            }
+        }
+        let expected: Vec<u8> = (0..20u8).flat_map(|n| [n; 50]).collect();
+        assert_eq!(got, expected);
+        assert!(buffers.windows(2).any(|w| w[0] == w[1]));
     }
 }

@@ -177,8 +177,9 @@ pub(crate) struct SocketCore {
     session: Weak<Session>,
     connected: Cell<bool>,
     next_ack: Cell<u64>,
+    /// Callbacks of acks the client owes, by id (a short list: server-side acks are rare).
     #[allow(clippy::type_complexity)]
-    acks: RefCell<HashMap<u64, Box<dyn FnOnce(Vec<Arg>)>>>,
+    acks: RefCell<Vec<(u64, Box<dyn FnOnce(Vec<Arg>)>)>>,
 }
 
 /// One client's connection to one namespace, as application handlers see it.
@@ -227,7 +228,7 @@ impl Socket {
     ) {
         let id = self.core.next_ack.get();
         self.core.next_ack.set(id + 1);
-        self.core.acks.borrow_mut().insert(id, Box::new(on_ack));
+        self.core.acks.borrow_mut().push((id, Box::new(on_ack)));
         self.send(Packet::event(&self.core.nsp, event, args).with_ack_id(id));
     }
 

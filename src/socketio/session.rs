@@ -2,7 +2,6 @@
 //! the dispatch of packets to handlers or to the relay convention.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,9 +20,45 @@ use crate::stats::CloseReason;
 /// argument, and each is bounded by the message size limit.
 const MAX_ATTACHMENTS: usize = 16;
 
+/// A session's sockets by namespace: a short list (clients connect one namespace or a
+/// few), kept small for the many sessions of a shard.
+#[derive(Default)]
+struct Sockets(Vec<(Rc<SocketCore>, Arc<Namespace>)>);
+
+impl Sockets {
+    fn get(&self, nsp: &str) -> Option<&(Rc<SocketCore>, Arc<Namespace>)> {
+        self.0.iter().find(|(core, _)| core.nsp == nsp)
+    }
+
+    fn contains_key(&self, nsp: &str) -> bool {
+        self.get(nsp).is_some()
+    }
+
+    fn remove(&mut self, nsp: &str) -> Option<(Rc<SocketCore>, Arc<Namespace>)> {
+        let i = self.0.iter().position(|(core, _)| core.nsp == nsp)?;
+        Some(self.0.swap_remove(i))
+    }
+
+    fn insert(&mut self, socket: (Rc<SocketCore>, Arc<Namespace>)) {
+        self.0.push(socket);
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().map(|(core, _)| &core.nsp)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &(Rc<SocketCore>, Arc<Namespace>)> {
+        self.0.iter()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&String, &(Rc<SocketCore>, Arc<Namespace>))> {
+        self.0.iter().map(|s| (&s.0.nsp, s))
+    }
+}
+
 pub(crate) struct SioSession {
     app: Arc<SocketIo>,
-    sockets: HashMap<String, (Rc<SocketCore>, Arc<Namespace>)>,
+    sockets: Sockets,
     assembler: BinaryAssembler,
     ever_connected: bool,
     /// A session that connects no namespace by then is closed (`connectTimeout`).
@@ -34,7 +69,7 @@ impl SioSession {
     pub fn new(app: Arc<SocketIo>) -> SioSession {
         SioSession {
             app,
-            sockets: HashMap::new(),
+            sockets: Sockets::default(),
             assembler: BinaryAssembler::new(MAX_ATTACHMENTS),
             ever_connected: false,
             connect_deadline: None,
@@ -123,7 +158,12 @@ impl SioSession {
             PacketType::Ack | PacketType::BinaryAck => {
                 if let (Some((core, _)), Some(id)) = (self.sockets.get(&packet.nsp), packet.ack_id)
                 {
-                    let callback = core.acks.borrow_mut().remove(&id);
+                    let callback = {
+                        let mut acks = core.acks.borrow_mut();
+                        acks.iter()
+                            .position(|(i, _)| *i == id)
+                            .map(|at| acks.swap_remove(at).1)
+                    };
                     if let Some(callback) = callback {
                         callback(owned_args(&packet));
                     }
@@ -185,7 +225,7 @@ impl SioSession {
             session: Rc::downgrade(session),
             connected: Cell::new(true),
             next_ack: Cell::new(0),
-            acks: RefCell::new(HashMap::new()),
+            acks: RefCell::new(Vec::new()),
         });
         let (outbox, wire) = session.transport();
         shard.relay.borrow_mut().connect(player, wire, outbox);
@@ -193,7 +233,7 @@ impl SioSession {
         let answer = Packet::connect(&nsp, Some(json!({ "sid": core.id })));
         session.send(&answer.encode_engineio(), &[]);
         self.sockets
-            .insert(nsp, (Rc::clone(&core), Arc::clone(&namespace)));
+            .insert((Rc::clone(&core), Arc::clone(&namespace)));
         if let Some(f) = &namespace.on_connect {
             f(&Socket { core });
         }

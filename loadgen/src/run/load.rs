@@ -28,10 +28,10 @@ use crate::options::Scenario;
 use crate::schedule::Schedule;
 use crate::transport::{reason, Parts, TransportError};
 
-/// Receive buffers of a load thread: a pass's worth of arrivals from thousands of
-/// connections.
-const BUFFERS: u16 = 2048;
-const BUFFER_SIZE: u32 = 4096;
+/// Receive buffers of a load thread (filled incrementally): a pass's worth of arrivals
+/// from thousands of connections.
+const BUFFERS: u16 = 256;
+const BUFFER_SIZE: u32 = 16 * 1024;
 
 /// Longest sleep of a loop that does not spin, so it sees the stop flag.
 const MAX_SLEEP: Duration = Duration::from_millis(5);
@@ -268,12 +268,12 @@ pub(super) fn run(
             let Some(c) = conns.get_mut(i) else { continue };
             if comp.user_data & (3 << 62) == RECV {
                 let more = comp.more();
-                if let Some(bid) = comp.buffer() {
-                    if comp.result > 0 {
-                        c.parts.codec.feed(ring.received(bid, comp.result as usize));
+                let codec = &mut c.parts.codec;
+                ring.received(comp, |bytes| {
+                    if !bytes.is_empty() {
+                        codec.feed(bytes)
                     }
-                    ring.recycle(bid);
-                }
+                });
                 if !more {
                     c.recv_armed = false;
                 }
