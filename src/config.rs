@@ -62,6 +62,10 @@ pub struct Config {
     pub batch_wait_us: u64,
     /// Completions that end the batch wait early.
     pub batch_wait_count: u32,
+    /// Holds a connection's output for this long (µs) after the first frame is queued, so
+    /// that a high-rate room's messages to one member leave in one write (as Centrifugo's
+    /// client write delay does). 0, the default, writes at the end of every turn.
+    pub flush_delay_us: u64,
     /// On SIGINT/SIGTERM, time given to close frames to go out before exit, in ms.
     pub shutdown_grace_ms: u64,
     /// Period at which each shard publishes its latency histogram for readers, in ms.
@@ -122,6 +126,7 @@ impl Default for Config {
             recv_buffer_size: 16 * 1024,
             batch_wait_us: 0,
             batch_wait_count: 64,
+            flush_delay_us: 0,
             shutdown_grace_ms: 1_000,
             stats_publish_ms: 500,
             spin_before_park_us: 0,
@@ -175,6 +180,7 @@ const KEYS: &[&str] = &[
     "recv_buffer_size",
     "batch_wait_us",
     "batch_wait_count",
+    "flush_delay_us",
     "shutdown_grace_ms",
     "stats_publish_ms",
     "spin_before_park_us",

@@ -110,6 +110,11 @@ pub struct ShardStats {
     pub mesh_backlog: AtomicU64,
     /// Kernel entries of the shard's ring (submit, collect, sleep), for efficiency figures.
     pub ring_enters: AtomicU64,
+    /// Socket writes (send operations); deliveries per write says how much coalescing
+    /// saves.
+    pub writes: AtomicU64,
+    /// Input held back because the cross-shard backlog was full (backpressure).
+    pub mesh_stalls: AtomicU64,
     closes: [AtomicU64; CloseReason::ALL.len()],
     latency: ArrayQueue<Histogram<u64>>,
 }
@@ -129,6 +134,8 @@ impl Default for ShardStats {
             handoffs: AtomicU64::new(0),
             mesh_backlog: AtomicU64::new(0),
             ring_enters: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            mesh_stalls: AtomicU64::new(0),
             closes: Default::default(),
             latency: ArrayQueue::new(1),
         }
@@ -211,6 +218,8 @@ impl StatsRegistry {
             s.handoffs += l(&shard.handoffs);
             s.mesh_backlog += l(&shard.mesh_backlog);
             s.ring_enters += l(&shard.ring_enters);
+            s.writes += l(&shard.writes);
+            s.mesh_stalls += l(&shard.mesh_stalls);
             for (i, reason) in CloseReason::ALL.iter().enumerate() {
                 let n = l(&shard.closes[i]);
                 if n > 0 {
@@ -287,6 +296,10 @@ pub struct Stats {
     pub mesh_backlog: u64,
     /// Kernel entries of the shards' rings.
     pub ring_enters: u64,
+    /// Socket writes.
+    pub writes: u64,
+    /// Inputs held back by cross-shard backpressure.
+    pub mesh_stalls: u64,
     /// Closed connections by reason (only reasons seen).
     pub closes: Vec<(String, u64)>,
     /// Server-side relay latency.
@@ -307,7 +320,7 @@ impl std::fmt::Display for Stats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "conns={} accepted={} accept_errors={} rooms={} in={} out={} bytes_in={} bytes_out={} mesh={} mesh_backlog={} enters={} latency_us p50={} p99={} p999={} max={}",
+            "conns={} accepted={} accept_errors={} rooms={} in={} out={} bytes_in={} bytes_out={} mesh={} mesh_backlog={} mesh_stalls={} enters={} writes={} latency_us p50={} p99={} p999={} max={}",
             self.connections,
             self.accepted,
             self.accept_errors,
@@ -318,7 +331,9 @@ impl std::fmt::Display for Stats {
             self.bytes_out,
             self.mesh_out,
             self.mesh_backlog,
+            self.mesh_stalls,
             self.ring_enters,
+            self.writes,
             self.latency.p50_us,
             self.latency.p99_us,
             self.latency.p999_us,

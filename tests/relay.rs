@@ -291,3 +291,125 @@ fn stats_count_connections_messages_and_latency() {
     assert!(stats.accepted >= 2);
     srv.stop().unwrap();
 }
+
+/// Waits (bounded) until `cond` holds for the server's stats, from inside a test body.
+async fn stats_until(
+    stats: &corelay::stats::StatsRegistry,
+    cond: impl Fn(&corelay::Stats) -> bool,
+) -> corelay::Stats {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let s = stats.snapshot();
+        if cond(&s) || std::time::Instant::now() > deadline {
+            return s;
+        }
+        glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
+#[test]
+fn deliveries_ready_together_for_one_member_leave_in_one_write() {
+    let srv = server(1, |_| {});
+    let addr = srv.local_addr();
+    let stats = srv.stats_registry();
+    run(move || async move {
+        let mut a = connect(addr).await;
+        let mut b = connect(addr).await;
+        a.join("burst").await.unwrap();
+        b.join("burst").await.unwrap();
+        // The join notice to a must be out before counting writes.
+        let before = stats_until(&stats, |s| s.messages_out >= 1).await;
+        // A hundred messages in one client write: the server reads them in one turn and
+        // b's hundred frames leave together.
+        const N: u32 = 100;
+        for i in 0..N {
+            a.send("burst", "move", &i.to_le_bytes(), PayloadKind::Binary)
+                .await
+                .unwrap();
+        }
+        for i in 0..N {
+            let (_, p) = next_message(&mut b).await;
+            assert_eq!(u32::from_le_bytes(p[..].try_into().unwrap()), i);
+        }
+        let after = stats.snapshot();
+        let writes = after.writes - before.writes;
+        assert!(
+            writes <= 5,
+            "{N} deliveries to one member took {writes} writes: {after}"
+        );
+    });
+    srv.stop().unwrap();
+}
+
+#[test]
+fn a_flush_delay_coalesces_messages_that_arrive_in_separate_turns() {
+    let srv = server(1, |c| c.flush_delay_us = 100_000);
+    let addr = srv.local_addr();
+    let stats = srv.stats_registry();
+    run(move || async move {
+        let mut a = connect(addr).await;
+        let mut b = connect(addr).await;
+        a.join("slow").await.unwrap();
+        b.join("slow").await.unwrap();
+        let before = stats_until(&stats, |s| s.messages_out >= 1).await;
+        // Each message is handled in its own turn (the next one is sent only once the
+        // server has counted the previous), yet b gets them in one or two writes: its
+        // output waits 100 ms for more.
+        const N: u64 = 20;
+        for i in 0..N {
+            a.send("slow", "move", &i.to_le_bytes(), PayloadKind::Binary)
+                .await
+                .unwrap();
+            stats_until(&stats, |s| s.messages_in > before.messages_in + i).await;
+        }
+        for i in 0..N {
+            let (_, p) = next_message(&mut b).await;
+            assert_eq!(u64::from_le_bytes(p[..].try_into().unwrap()), i);
+        }
+        let after = stats.snapshot();
+        assert_eq!(after.messages_in - before.messages_in, N);
+        let writes = after.writes - before.writes;
+        assert!(writes <= 3, "{N} deliveries took {writes} writes: {after}");
+    });
+    srv.stop().unwrap();
+}
+
+#[test]
+fn a_full_cross_shard_backlog_holds_input_back_and_loses_nothing() {
+    // One message fits in each cross-shard queue and two in the backlog: the sending
+    // shard must stop reading its clients until the other shard catches up.
+    let srv = server(2, |c| {
+        c.mesh_queue = 1;
+        c.mesh_backlog = 2;
+    });
+    let addr = srv.local_addr();
+    let stats = srv.stats_registry();
+    run(move || async move {
+        let mut a = connect_on_shard(addr, 0).await;
+        let mut b = connect_on_shard(addr, 1).await;
+        a.join("wide").await.unwrap();
+        b.join("wide").await.unwrap();
+        const BATCH: u32 = 300;
+        for i in 0..BATCH {
+            a.send("wide", "move", &i.to_le_bytes(), PayloadKind::Binary)
+                .await
+                .unwrap();
+        }
+        // The second batch comes while the first is still crossing, one message at a time.
+        let (_, p) = next_message(&mut b).await;
+        assert_eq!(u32::from_le_bytes(p[..].try_into().unwrap()), 0);
+        for i in BATCH..2 * BATCH {
+            a.send("wide", "move", &i.to_le_bytes(), PayloadKind::Binary)
+                .await
+                .unwrap();
+        }
+        for i in 1..2 * BATCH {
+            let (_, p) = next_message(&mut b).await;
+            assert_eq!(u32::from_le_bytes(p[..].try_into().unwrap()), i, "in order");
+        }
+        let after = stats_until(&stats, |s| s.mesh_backlog == 0).await;
+        assert!(after.mesh_stalls > 0, "input was held back: {after}");
+        assert_eq!(after.mesh_backlog, 0);
+    });
+    srv.stop().unwrap();
+}

@@ -129,6 +129,8 @@ struct Conn {
     timer_seq: u32,
     sending: Option<Box<Sending>>,
     recv_armed: bool,
+    /// Its output waits in the delayed-flush list (`flush_delay_us`).
+    delayed: bool,
     /// Operations in flight (their completions are still to come).
     ops: u16,
 }
@@ -166,6 +168,10 @@ struct Driver {
     idle_gap: Duration,
     /// Where received bytes are copied before their handler sees them.
     rx_scratch: Vec<u8>,
+    /// Connections whose output is held until the given time (`flush_delay_us`), in that
+    /// order (one delay for all, so the list stays sorted).
+    delayed: VecDeque<(Instant, ConnId)>,
+    flush_delay: Duration,
 }
 
 /// Runs a shard to completion on the current thread (already pinned by the caller), with
@@ -211,6 +217,8 @@ pub(crate) async fn run(seed: ShardSeed, ring: Ring) {
         draining: None,
         idle_gap: Duration::from_secs(1),
         rx_scratch: Vec::new(),
+        delayed: VecDeque::new(),
+        flush_delay: Duration::from_micros(config.flush_delay_us),
     };
     driver.run();
 }
@@ -262,13 +270,26 @@ impl Driver {
         let mut completions = std::mem::take(&mut self.completions);
         completions.clear();
         self.ring.reap(&mut completions);
-        // Held-back input goes first, in order, once the mesh has room again.
+        // Held-back input goes first, in order, once the mesh has room again (and until
+        // it is full again).
         if !self.stalled.is_empty() && self.mesh.relieved() {
-            while let Some(c) = self.stalled.pop_front() {
+            while !self.mesh.congested() {
+                let Some(c) = self.stalled.pop_front() else {
+                    break;
+                };
                 self.complete(c, now);
             }
         }
         for &c in &completions {
+            let (op, _) = split_user_data(c.user_data);
+            let input = op == Op::Recv as u8;
+            if input && (!self.stalled.is_empty() || (self.mesh.congested() && c.result > 0)) {
+                // Backpressure: the bytes wait (in their buffer) until the mesh drains;
+                // later input queues behind, in order.
+                add(&self.shard.stats.mesh_stalls, 1);
+                self.stalled.push_back(c);
+                continue;
+            }
             self.complete(c, now);
         }
         self.completions = completions;
@@ -276,7 +297,22 @@ impl Driver {
         self.receive_mesh(now);
         self.run_timers(now);
         self.run_ready(now);
+        self.run_delayed(now);
         self.carry_mesh();
+    }
+
+    /// Flushes the connections whose output delay is over.
+    fn run_delayed(&mut self, now: Instant) {
+        while let Some(&(at, id)) = self.delayed.front() {
+            if at > now {
+                break;
+            }
+            self.delayed.pop_front();
+            if let Some(conn) = self.conn(id) {
+                conn.delayed = false;
+            }
+            self.flush(id, now);
+        }
     }
 
     /// What the next enter should wait for.
@@ -284,16 +320,18 @@ impl Driver {
         if !self.shard.ready.is_empty()
             || (!self.stalled.is_empty() && self.mesh.relieved())
             || self.mesh.has_inbound()
+            || self.mesh.backlog_can_move()
         {
             return Wait::No;
         }
         let now = Instant::now();
-        let mut timeout = self
-            .shard
-            .timers
-            .borrow()
-            .next_deadline()
-            .map(|d| d.saturating_duration_since(now));
+        let next_timer = self.shard.timers.borrow().next_deadline();
+        let next_flush = self.delayed.front().map(|&(at, _)| at);
+        let mut timeout = match (next_timer, next_flush) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+        .map(|d| d.saturating_duration_since(now));
         if let Some(deadline) = self.draining {
             let left = deadline.saturating_duration_since(now);
             timeout = Some(timeout.map_or(left, |t| t.min(left)));
@@ -318,7 +356,8 @@ impl Driver {
         let batch = Duration::from_micros(config.batch_wait_us);
         let batch_count = config.batch_wait_count;
         self.mesh.doorbell().prepare_to_sleep();
-        if self.mesh.has_inbound() {
+        // Whatever another shard did before it could see us asleep is visible now.
+        if self.mesh.has_inbound() || self.mesh.backlog_can_move() {
             self.mesh.doorbell().woke();
             return Wait::No;
         }
@@ -356,6 +395,7 @@ impl Driver {
             timer_seq: 0,
             sending: None,
             recv_armed: false,
+            delayed: false,
             ops: 0,
         });
         self.live += 1;
@@ -616,14 +656,7 @@ impl Driver {
     fn complete(&mut self, c: Completion, now: Instant) {
         let (op, id) = split_user_data(c.user_data);
         match op {
-            x if x == Op::Recv as u8 => {
-                if self.mesh.congested() && c.result > 0 {
-                    // Backpressure: leave the bytes in their buffer until the mesh drains.
-                    self.stalled.push_back(c);
-                    return;
-                }
-                self.received(id, c, now);
-            }
+            x if x == Op::Recv as u8 => self.received(id, c, now),
             x if x == Op::Send as u8 => self.sent(id, c.result, now),
             x if x == Op::Accept as u8 => self.accepted(c, now),
             x if x == Op::Doorbell as u8 => {
@@ -774,12 +807,30 @@ impl Driver {
                 let id = token & !(1 << 63);
                 if token >> 63 == 1 {
                     self.call(id, now, |h, cx| h.on_wake(cx));
-                } else {
+                } else if self.flush_delay.is_zero() {
                     self.flush(id, now);
+                } else {
+                    self.delay_flush(id, now);
                 }
             }
             self.tokens = tokens;
         }
+    }
+
+    /// Holds a connection's output for `flush_delay`, unless it is closing (a close goes
+    /// out at once) or already held.
+    fn delay_flush(&mut self, id: ConnId, now: Instant) {
+        let delay = self.flush_delay;
+        let Some(conn) = self.conn(id) else { return };
+        if conn.delayed {
+            return;
+        }
+        if !matches!(conn.phase, Phase::Open) || !conn.out.is_open() {
+            self.flush(id, now);
+            return;
+        }
+        conn.delayed = true;
+        self.delayed.push_back((now + delay, id));
     }
 
     fn new_sending(&mut self) -> Box<Sending> {
@@ -830,6 +881,7 @@ impl Driver {
             return;
         }
         s.total = s.frames.iter().map(Bytes::len).sum();
+        add(&self.shard.stats.writes, 1);
         let entry = build_send(fd, &mut s).user_data(user_data(Op::Send, id));
         if let Some(conn) = self.conn(id) {
             conn.ops += 1;

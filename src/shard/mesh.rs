@@ -149,7 +149,7 @@ impl MeshQueues {
                 .filter_map(|from| {
                     self.queues[from][id]
                         .as_ref()
-                        .map(|q| (from, Arc::clone(q)))
+                        .map(|q| (from, Arc::clone(q), Arc::clone(&self.doorbells[from])))
                 })
                 .collect(),
             doorbell: Arc::clone(&self.doorbells[id]),
@@ -170,7 +170,9 @@ struct Link {
 pub struct Mesh {
     id: ShardId,
     out: Vec<Option<Link>>,
-    inbound: Vec<(ShardId, Arc<ArrayQueue<ShardMsg>>)>,
+    /// From each other shard: its queue to us, and its doorbell (rung when we free room in
+    /// a queue it had filled, so its backlog moves on).
+    inbound: Vec<(ShardId, Arc<ArrayQueue<ShardMsg>>, Arc<Doorbell>)>,
     doorbell: Arc<Doorbell>,
     backlog_limit: usize,
 }
@@ -187,13 +189,13 @@ impl Mesh {
         let Some(Some(link)) = self.out.get_mut(to) else {
             return;
         };
-        link.pushed = true;
         if !link.backlog.is_empty() {
             link.backlog.push_back(msg);
             return;
         }
-        if let Err(msg) = link.queue.push(msg) {
-            link.backlog.push_back(msg);
+        match link.queue.push(msg) {
+            Ok(()) => link.pushed = true,
+            Err(msg) => link.backlog.push_back(msg),
         }
     }
 
@@ -206,6 +208,7 @@ impl Mesh {
                     link.backlog.push_front(msg);
                     break;
                 }
+                link.pushed = true;
             }
             if link.backlog.capacity() > 1024 && link.backlog.is_empty() {
                 link.backlog = VecDeque::new();
@@ -221,6 +224,14 @@ impl Mesh {
         self.out.iter().flatten().map(|l| l.backlog.len()).sum()
     }
 
+    /// Whether some backlog could move now (its queue has room): then do not sleep.
+    pub fn backlog_can_move(&self) -> bool {
+        self.out
+            .iter()
+            .flatten()
+            .any(|l| !l.backlog.is_empty() && !l.queue.is_full())
+    }
+
     /// Whether the backlog is past its bound: stop taking new input until it drains.
     pub fn congested(&self) -> bool {
         self.backlog() > self.backlog_limit
@@ -234,12 +245,13 @@ impl Mesh {
 
     /// Whether any other shard has sent us something not yet received.
     pub fn has_inbound(&self) -> bool {
-        self.inbound.iter().any(|(_, q)| !q.is_empty())
+        self.inbound.iter().any(|(_, q, _)| !q.is_empty())
     }
 
     /// Takes up to `max` messages from other shards, in order per sender.
     pub fn receive(&mut self, out: &mut Vec<(ShardId, ShardMsg)>, max: usize) {
-        for (from, queue) in &self.inbound {
+        for (from, queue, sender) in &self.inbound {
+            let was_full = queue.is_full();
             let mut n = 0;
             while n < max {
                 match queue.pop() {
@@ -247,6 +259,10 @@ impl Mesh {
                     None => break,
                 }
                 n += 1;
+            }
+            if was_full && n > 0 {
+                // The sender may be asleep with a backlog waiting for this room.
+                sender.ring();
             }
         }
     }
@@ -291,6 +307,24 @@ mod tests {
             (0..10).collect::<Vec<_>>()
         );
         assert_eq!(a.backlog(), 0);
+    }
+
+    #[test]
+    fn freeing_a_full_queue_wakes_its_sleeping_sender() {
+        let queues = MeshQueues::new(2, 1).unwrap();
+        let mut a = queues.mesh_for(0, 100);
+        let mut b = queues.mesh_for(1, 100);
+        a.send(1, relay_leave(0));
+        a.send(1, relay_leave(1));
+        a.flush();
+        assert_eq!(a.backlog(), 1);
+        a.doorbell().prepare_to_sleep();
+        let mut got = Vec::new();
+        b.receive(&mut got, usize::MAX);
+        assert!(
+            !a.doorbell().sleeping.load(Ordering::SeqCst),
+            "the sender was rung"
+        );
     }
 
     #[test]
