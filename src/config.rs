@@ -56,9 +56,11 @@ pub struct Config {
     pub recv_buffers: u16,
     /// Bytes per receive buffer.
     pub recv_buffer_size: u32,
-    /// A shard with nothing to do sleeps at least this long (µs) once something arrives, so
-    /// that arrivals close together are handled in one turn (one wake-up per batch instead
-    /// of per packet). Adds at most this much latency; 0 wakes at the first arrival.
+    /// Once a shard with nothing to do goes to sleep, arrivals within this many µs of the
+    /// sleep's start are collected and handled in one turn (one wake-up per batch instead of
+    /// per packet; io_uring's minimum wait). Adds at most this much latency to a message;
+    /// one that arrives after a longer quiet wakes the shard at once. 0 wakes at every
+    /// arrival (lowest latency, most CPU).
     pub batch_wait_us: u64,
     /// Completions that end the batch wait early.
     pub batch_wait_count: u32,
@@ -124,7 +126,10 @@ impl Default for Config {
             // has copied it out.
             recv_buffers: 64,
             recv_buffer_size: 16 * 1024,
-            batch_wait_us: 0,
+            // 200 µs: at 10-40 msg/s per client this halves the CPU per delivery (one
+            // wake-up per batch instead of per message) and keeps p99 under 1 ms
+            // (docs/BENCHMARKS.md); an idle shard still wakes at the first arrival.
+            batch_wait_us: 200,
             batch_wait_count: 64,
             flush_delay_us: 0,
             shutdown_grace_ms: 1_000,

@@ -203,6 +203,8 @@ pub struct Ring {
     buffers: BufRing,
     /// Submissions pushed since the last enter.
     queued: u32,
+    /// The kernel knows minimum waits (6.12+); without, a batch wait is a plain wait.
+    min_wait: bool,
     /// Enters made (for the stats).
     pub enters: u64,
 }
@@ -244,10 +246,12 @@ impl Ring {
             },
             Err(e) => return Err(e),
         }
+        let min_wait = ring.params().is_feature_min_timeout();
         Ok(Ring {
             ring,
             buffers,
             queued: 0,
+            min_wait,
             enters: 0,
         })
     }
@@ -310,7 +314,7 @@ impl Ring {
                     ts = types::Timespec::from(t);
                     args = args.timespec(&ts);
                 }
-                let want = if batch.is_zero() {
+                let want = if batch.is_zero() || !self.min_wait {
                     1
                 } else {
                     args = args.min_wait_usec(batch.as_micros().min(u32::MAX as u128) as u32);
