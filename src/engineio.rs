@@ -525,6 +525,7 @@ mod tests {
         let config = Arc::new(Config {
             engineio_ping_interval_ms: ping_interval_ms,
             engineio_ping_timeout_ms: ping_timeout_ms,
+            socketio_connect_timeout_ms: 1_000,
             ..Config::default()
         });
         let stats = Arc::new(ShardStats::default());
@@ -639,5 +640,34 @@ mod tests {
         forged.pop();
         forged.push(if sid.ends_with('0') { '1' } else { '0' });
         assert!(sessions.get(&forged).is_none());
+    }
+
+    fn sio_handler() -> Handler {
+        Handler::SocketIo(SioSession::new(
+            Arc::new(crate::socketio::SocketIo::relay()),
+        ))
+    }
+
+    #[test]
+    fn a_socketio_session_without_a_namespace_ends_at_the_connect_timeout() {
+        let shard = shard(25_000, 20_000);
+        let sessions = Rc::new(Sessions::default());
+        let t0 = Instant::now();
+        let connect = Duration::from_millis(shard.config.socketio_connect_timeout_ms);
+        let idle = Session::create(&shard, &sessions, Phase::Polling, sio_handler(), t0);
+        let joined = Session::create(&shard, &sessions, Phase::Polling, sio_handler(), t0);
+        joined
+            .handle_packet(t0, Packet::text(PacketType::Message, "0"), None)
+            .unwrap();
+        // The connect deadline is the earliest of the idle session's timers.
+        assert_eq!(idle.poll_timeout(), Some(t0 + connect));
+        assert!(joined.poll_timeout().unwrap() > t0 + connect);
+        idle.handle_timeout(t0 + connect);
+        joined.handle_timeout(t0 + connect);
+        assert!(idle.is_closed());
+        assert!(!joined.is_closed());
+        assert_eq!(shard.stats.closes(CloseReason::HandshakeTimeout), 1);
+        // The namespace answer went to the joined session's poll.
+        assert!(polled(&joined).iter().any(|p| p.starts_with("40{\"sid\":")));
     }
 }
