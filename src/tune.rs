@@ -287,10 +287,10 @@ const KNOBS: &[Knob] = &[
             memlock: true,
         },
         absent: None,
-        why: "Locked memory: glommio refuses to start a shard below 512 KiB and registers its \
-              io buffers (10 MiB per shard) with io_uring only when the limit allows, \
-              otherwise it logs a warning and falls back. io_uring charges this to the user, \
-              so run corelay under its own user.",
+        why: "Locked memory: glommio refuses to start a shard below 512 KiB; corelay asks it \
+              for 256 KiB per shard (its own rings and receive buffers are charged to the \
+              memory cgroup instead). io_uring charges locked memory to the user, so run \
+              corelay under its own user.",
     },
     Knob {
         name: "kernel.io_uring_disabled",

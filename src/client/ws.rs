@@ -18,7 +18,7 @@ use tungstenite::Message;
 
 use super::stream::Stream;
 use super::ClientError;
-use crate::proto::ws::{masked_binary_frame, masked_close_frame, Incoming, WsCodec};
+use crate::proto::ws::{masked_binary_frame, masked_close_frame, Incoming, MaskKeys, WsCodec};
 
 /// Largest upgrade response head accepted; real ones are ~200 bytes.
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
@@ -178,7 +178,7 @@ pub fn open(
         ^ 0x9E37_79B9_7F4A_7C15;
     let sender = WsSender {
         queue,
-        mask: Rc::new(Cell::new(mask_seed | 1)),
+        mask: Rc::new(Cell::new(MaskKeys::new(mask_seed))),
     };
     let mut codec = WsCodec::new(Role::Client, max_message);
     codec.feed(leftover);
@@ -197,19 +197,16 @@ pub fn open(
 #[derive(Clone)]
 pub struct WsSender {
     queue: Rc<Queue>,
-    mask: Rc<Cell<u64>>,
+    mask: Rc<Cell<MaskKeys>>,
 }
 
 impl WsSender {
-    /// A fresh masking key. Masks need not be secret from the client itself, only
-    /// unpredictable to intermediaries (RFC 6455 section 10.3).
+    /// A fresh masking key.
     pub fn next_mask(&self) -> [u8; 4] {
-        let mut x = self.mask.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.mask.set(x);
-        (x as u32).to_le_bytes()
+        let mut keys = self.mask.get();
+        let key = keys.next_key();
+        self.mask.set(keys);
+        key
     }
 
     /// Queues an already encoded frame.

@@ -72,6 +72,29 @@ impl CodecError {
     }
 }
 
+/// Masking keys for a client's frames: xorshift64 from a per-connection seed. RFC 6455
+/// (section 10.3) asks only that keys be unpredictable to intermediaries, and a client's
+/// peer here is its own server.
+#[derive(Debug, Clone, Copy)]
+pub struct MaskKeys(u64);
+
+impl MaskKeys {
+    /// Keys from `seed` (any value).
+    pub fn new(seed: u64) -> MaskKeys {
+        MaskKeys(seed | 1)
+    }
+
+    /// The next key.
+    pub fn next_key(&mut self) -> [u8; 4] {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        (x as u32).to_le_bytes()
+    }
+}
+
 /// A fragmented message being assembled.
 #[derive(Debug)]
 struct Fragments {
@@ -99,9 +122,8 @@ pub struct WsCodec {
     /// This side sent a close frame through [`WsCodec::close`]: the peer's close is its
     /// answer, not to be echoed.
     close_sent: bool,
-    /// Masking keys for a client's frames (xorshift; RFC 6455 asks only that they be
-    /// unpredictable to intermediaries).
-    mask: u64,
+    /// Masking keys for a client's frames.
+    mask: MaskKeys,
 }
 
 impl WsCodec {
@@ -115,7 +137,7 @@ impl WsCodec {
             output: Vec::new(),
             closed: false,
             close_sent: false,
-            mask: 0x2545_F491_4F6C_DD1D ^ (std::ptr::addr_of!(max_message) as u64) | 1,
+            mask: MaskKeys::new(0x2545_F491_4F6C_DD1D ^ (std::ptr::addr_of!(max_message) as u64)),
         }
     }
 
@@ -271,19 +293,10 @@ impl WsCodec {
         Ok(Incoming::Closed(close))
     }
 
-    fn next_mask(&mut self) -> [u8; 4] {
-        let mut x = self.mask;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.mask = x;
-        (x as u32).to_le_bytes()
-    }
-
     /// Appends one frame to the output, masked when this is a client.
     fn write_frame(&mut self, opcode: OpCode, body: &[u8]) {
         let mask = match self.role {
-            Role::Client => Some(self.next_mask()),
+            Role::Client => Some(self.mask.next_key()),
             Role::Server => None,
         };
         let header = FrameHeader {

@@ -16,7 +16,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use corelay::proto::ws::Incoming;
+use corelay::proto::ws::{Incoming, MaskKeys};
 use corelay::shard::ring::{Completion, Ring, RingSizes, Wait};
 use crossbeam::channel::Sender as ChannelSender;
 
@@ -44,7 +44,7 @@ struct LoadConn {
     index: usize,
     parts: Parts,
     alive: bool,
-    mask: u64,
+    mask: MaskKeys,
     room: Option<usize>,
     room_name: String,
     room_first: usize,
@@ -60,17 +60,6 @@ struct LoadConn {
     slot: Option<u64>,
     next_seq: u64,
     messages: u64,
-}
-
-impl LoadConn {
-    fn next_mask(&mut self) -> [u8; 4] {
-        let mut x = self.mask;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.mask = x;
-        (x as u32).to_le_bytes()
-    }
 }
 
 /// Runs the load phase until the main thread says stop; records into `state`.
@@ -99,7 +88,7 @@ pub(super) fn run(
                 index,
                 parts,
                 alive: true,
-                mask: 0x9E37_79B9_7F4A_7C15 ^ ((index as u64) << 17) | 1,
+                mask: MaskKeys::new(0x9E37_79B9_7F4A_7C15 ^ ((index as u64) << 17)),
                 room,
                 room_name: room.map(room_name).unwrap_or_default(),
                 room_first,
@@ -187,7 +176,7 @@ pub(super) fn run(
                 sender: c.index as u32,
                 seq: seq as u32,
             };
-            let mask = c.next_mask();
+            let mask = c.mask.next_key();
             let was_empty = c.pending.is_empty();
             c.parts.wire.encode_send(
                 &c.room_name,
@@ -323,7 +312,7 @@ pub(super) fn run(
     // Goodbye: a close frame each, then the sockets close (dropped with `conns`).
     for c in &mut conns {
         if c.alive {
-            let mask = c.next_mask();
+            let mask = c.mask.next_key();
             let close = corelay::proto::ws::masked_close_frame(1000, "", mask);
             // SAFETY: a blocking send of a live buffer on a socket we own.
             unsafe {
@@ -404,7 +393,7 @@ fn process(shared: &Shared, t: usize, c: &mut LoadConn, state: &mut ThreadState)
             }
         };
         if let Some(text) = reply {
-            let mask = c.next_mask();
+            let mask = c.mask.next_key();
             corelay::proto::ws::write_masked_frame(true, text.as_bytes(), mask, &mut c.pending);
         }
         let Some(header) = header else { continue };
