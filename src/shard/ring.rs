@@ -201,8 +201,6 @@ pub struct Ring {
     // Field order matters: the ring is torn down before the buffers it may still write.
     ring: IoUring,
     buffers: BufRing,
-    /// Submissions pushed since the last enter.
-    queued: u32,
     /// The kernel knows minimum waits (6.12+); without, a batch wait is a plain wait.
     min_wait: bool,
     /// Enters made (for the stats).
@@ -250,7 +248,6 @@ impl Ring {
         Ok(Ring {
             ring,
             buffers,
-            queued: 0,
             min_wait,
             enters: 0,
         })
@@ -267,10 +264,23 @@ impl Ring {
         loop {
             // SAFETY: the caller keeps the entry's resources alive (this function's contract).
             if unsafe { self.ring.submission().push(entry) }.is_ok() {
-                self.queued += 1;
                 return Ok(());
             }
-            self.enter(Wait::No)?;
+            // Submit only: collecting here could meet a full completion queue (EBUSY) that
+            // only the caller's next reap empties.
+            self.enters += 1;
+            // SAFETY: no extra argument is passed.
+            let pending = self.pending_submissions();
+            let submitted = unsafe {
+                self.ring
+                    .submitter()
+                    .enter::<libc::sigset_t>(pending, 0, 0, None)
+            };
+            match submitted {
+                Ok(_) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EAGAIN)) => {}
+                Err(e) => return Err(e),
+            }
         }
     }
 
@@ -286,10 +296,15 @@ impl Ring {
             .build()
     }
 
+    /// Entries in the submission queue that the kernel has not taken yet.
+    fn pending_submissions(&mut self) -> u32 {
+        self.ring.submission().len() as u32
+    }
+
     /// Submits what is queued and collects completions, waiting as `wait` says.
     pub fn enter(&mut self, wait: Wait) -> io::Result<()> {
         self.buffers.publish();
-        let to_submit = self.queued;
+        let to_submit = self.pending_submissions();
         self.enters += 1;
         let submitter = self.ring.submitter();
         let result = match wait {
@@ -324,16 +339,10 @@ impl Ring {
             }
         };
         match result {
-            Ok(_) => {
-                self.queued = 0;
-                Ok(())
-            }
+            Ok(_) => Ok(()),
             Err(e) => match e.raw_os_error() {
                 // A timeout or a signal ends the wait; what was submitted is in.
-                Some(libc::ETIME) | Some(libc::EINTR) => {
-                    self.queued = 0;
-                    Ok(())
-                }
+                Some(libc::ETIME) | Some(libc::EINTR) => Ok(()),
                 // Completions wait in the kernel's overflow list: reap, then enter again.
                 Some(libc::EBUSY) | Some(libc::EAGAIN) => Ok(()),
                 _ => Err(e),
@@ -525,5 +534,42 @@ mod tests {
         let expected: Vec<u8> = (0..20u8).flat_map(|n| [n; 50]).collect();
         assert_eq!(got, expected);
         assert!(buffers.windows(2).any(|w| w[0] == w[1]));
+    }
+
+    #[test]
+    fn a_full_submission_queue_is_submitted_and_nothing_is_lost() {
+        let mut ring = Ring::new(RingSizes {
+            submissions: 4,
+            completions: 16,
+            buffers: 2,
+            buffer_size: 64,
+        })
+        .expect("io_uring is available");
+        let (mut peer, ours) = std::os::unix::net::UnixStream::pair().unwrap();
+        let bytes: Vec<u8> = (0..20).collect();
+        for (i, b) in bytes.iter().enumerate() {
+            // SAFETY: `bytes` outlives the sends, which all complete below.
+            unsafe {
+                ring.push(&Ring::send(ours.as_raw_fd(), b, 1).user_data(i as u64))
+                    .unwrap();
+            }
+        }
+        ring.enter(Wait::No).unwrap();
+        let mut completions = Vec::new();
+        while completions.len() < 20 {
+            ring.reap(&mut completions);
+            if completions.len() < 20 {
+                ring.enter(Wait::Sleep {
+                    timeout: Some(Duration::from_secs(5)),
+                    batch: Duration::ZERO,
+                    batch_count: 1,
+                })
+                .unwrap();
+            }
+        }
+        assert!(completions.iter().all(|c| c.result == 1));
+        let mut got = [0u8; 20];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got[..], &bytes[..]);
     }
 }
