@@ -15,6 +15,11 @@
 //!
 //! A [`Shard`] is `!Send` (`Rc`, `RefCell`): the types say that everything in it belongs to
 //! one thread.
+//!
+//! The driver is the shard executor's only task, and it sleeps in its own ring, not in
+//! glommio's reactor. Handlers (the endpoints', and application code under
+//! [`crate::socketio`]) are called synchronously from it and must not block; glommio tasks
+//! spawned on a shard are not driven (glommio's timers and IO would wait for the driver).
 
 pub(crate) mod driver;
 pub mod mesh;
