@@ -120,8 +120,13 @@ impl<A: WsApp> WebSocket<A> {
         match flow {
             Flow::Continue => {
                 if !cx.out.is_open() {
-                    // The application closed the queue itself (say, after a refusal).
-                    self.ending.get_or_insert(CloseReason::Protocol);
+                    // The queue was closed under the application: it overflowed (a slow
+                    // consumer), or the application closed it itself (a refusal).
+                    self.ending.get_or_insert(if cx.out.overflowed() {
+                        CloseReason::SlowConsumer
+                    } else {
+                        CloseReason::Protocol
+                    });
                     return Step::Close { linger: true };
                 }
                 self.set_deadline(cx);
