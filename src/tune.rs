@@ -193,6 +193,8 @@ enum Source {
     Irqbalance,
     /// cpu0's cpufreq scaling governor.
     Governor,
+    /// The running kernel's release (`/proc/sys/kernel/osrelease`).
+    Kernel,
 }
 
 #[derive(Clone, Copy)]
@@ -219,6 +221,12 @@ enum Rule {
     Word(&'static str),
     /// irqbalance stopped, or running with banned CPUs.
     Irqbalance,
+    /// A kernel release of at least `recommended` (major, minor); below `required` the
+    /// check says that shards cannot start.
+    Kernel {
+        required: (u64, u64),
+        recommended: (u64, u64),
+    },
 }
 
 #[derive(Clone, Copy)]
@@ -299,6 +307,19 @@ const KNOBS: &[Knob] = &[
         absent: Some("absent (kernel < 6.6: io_uring always on)"),
         why: "1 allows io_uring only to kernel.io_uring_group, 2 forbids it to everyone; \
               corelay's shards run on io_uring and cannot start without it.",
+    },
+    Knob {
+        name: "kernel",
+        source: Source::Kernel,
+        rule: Rule::Kernel {
+            required: (6, 1),
+            recommended: (6, 12),
+        },
+        absent: None,
+        why: "Each shard's io_uring is single-issuer with deferred task work (Linux 6.1, \
+              below which shards do not start); from 6.12 receives fill shared buffers \
+              incrementally and a shard can wait for a batch of arrivals (batch_wait_us), \
+              which halves its CPU per delivery at game rates.",
     },
     Knob {
         name: "net.core.somaxconn",
@@ -470,6 +491,7 @@ fn read(knob: &Knob) -> Reading {
         },
         Source::Irqbalance => read_irqbalance(),
         Source::Governor => read_file(GOVERNOR_PATH),
+        Source::Kernel => read_file("/proc/sys/kernel/osrelease"),
     }
 }
 
@@ -623,6 +645,16 @@ fn judge(rule: &Rule, raw: &str) -> (String, Status) {
             [word] => (shown, met(word == want)),
             _ => unparsable(),
         },
+        Rule::Kernel {
+            required,
+            recommended,
+        } => match kernel_version(&shown) {
+            Some(version) if version < *required => {
+                (format!("{shown} (shards cannot start)"), Status::Unmet)
+            }
+            Some(version) => (shown, met(version >= *recommended)),
+            None => unparsable(),
+        },
         Rule::Irqbalance => {
             if shown == "not running" || shown.starts_with("running, IRQBALANCE_BANNED_") {
                 (shown, Status::Ok)
@@ -633,6 +665,14 @@ fn judge(rule: &Rule, raw: &str) -> (String, Status) {
             }
         }
     }
+}
+
+/// (major, minor) of a kernel release such as `6.18.44-fc-v595`.
+fn kernel_version(release: &str) -> Option<(u64, u64)> {
+    let mut parts = release.split(['.', '-']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
 }
 
 fn single(words: &[&str]) -> Option<u64> {
@@ -698,6 +738,13 @@ fn recommended(rule: &Rule) -> String {
         Rule::Report(advice) => (*advice).to_owned(),
         Rule::Word(want) => (*want).to_owned(),
         Rule::Irqbalance => "stopped, or shard CPUs banned".to_owned(),
+        Rule::Kernel {
+            required,
+            recommended,
+        } => format!(
+            ">= {}.{} (needs {}.{})",
+            recommended.0, recommended.1, required.0, required.1
+        ),
     }
 }
 
@@ -716,7 +763,7 @@ fn file_value(rule: &Rule) -> Option<String> {
         ),
         Rule::Rlimit { min: u64::MAX, .. } => Some("unlimited".to_owned()),
         Rule::Rlimit { min, .. } => Some(min.to_string()),
-        Rule::Report(_) | Rule::Word(_) | Rule::Irqbalance => None,
+        Rule::Report(_) | Rule::Word(_) | Rule::Irqbalance | Rule::Kernel { .. } => None,
     }
 }
 
@@ -786,6 +833,20 @@ mod tests {
         // 2 means loopback only: not enough for a load generator on another host.
         assert!(!check("net.ipv4.tcp_tw_reuse", "2\n").is_met());
         assert!(check("net.ipv4.tcp_tw_reuse", "1\n").is_met());
+    }
+
+    #[test]
+    fn kernels_below_6_1_cannot_run_shards_and_6_12_is_recommended() {
+        let old = check("kernel", "5.15.0-91-generic\n");
+        assert_eq!(old.status, Status::Unmet);
+        assert!(old.current.contains("shards cannot start"));
+        let plain = check("kernel", "6.6.30\n");
+        assert_eq!(plain.status, Status::Unmet);
+        assert!(!plain.current.contains("cannot start"));
+        assert!(check("kernel", "6.12.0").is_met());
+        assert!(check("kernel", "6.18.44-fc-v595\n").is_met());
+        assert!(check("kernel", "7.0.1").is_met());
+        assert_eq!(check("kernel", "banana").status, Status::Unknown);
     }
 
     #[test]
