@@ -481,16 +481,35 @@ impl Driver {
         now: Instant,
         f: impl FnOnce(&mut dyn Connection, &mut Cx<'_>) -> Step,
     ) {
-        let Some(conn) = self.conn(id) else { return };
-        if !matches!(conn.phase, Phase::Open) {
+        if !self
+            .conn(id)
+            .is_some_and(|c| matches!(c.phase, Phase::Open))
+        {
             return;
         }
-        let Some(mut handler) = conn.handler.take() else {
+        let Some((handler, step, deadline)) = self.invoke(id, now, f) else {
             return;
         };
+        let Some(conn) = self.conn(id) else { return };
+        conn.deadline = deadline;
+        conn.handler = Some(handler);
+        self.step(id, step, now);
+        self.schedule(id);
+    }
+
+    /// Takes connection `id`'s handler out and calls `f` with it and its context; hands
+    /// back the handler (to put back or drop), `f`'s result and the deadline it asked for.
+    fn invoke<R>(
+        &mut self,
+        id: ConnId,
+        now: Instant,
+        f: impl FnOnce(&mut dyn Connection, &mut Cx<'_>) -> R,
+    ) -> Option<(Box<dyn Connection>, R, Option<Instant>)> {
+        let conn = self.conn(id)?;
+        let mut handler = conn.handler.take()?;
         let out = Rc::clone(&conn.out);
         let mut deadline = conn.deadline;
-        let step = {
+        let result = {
             let mut cx = Cx {
                 now,
                 id,
@@ -500,11 +519,7 @@ impl Driver {
             };
             f(&mut *handler, &mut cx)
         };
-        let Some(conn) = self.conn(id) else { return };
-        conn.deadline = deadline;
-        conn.handler = Some(handler);
-        self.step(id, step, now);
-        self.schedule(id);
+        Some((handler, result, deadline))
     }
 
     fn step(&mut self, id: ConnId, step: Step, now: Instant) {
@@ -545,21 +560,11 @@ impl Driver {
 
     /// Tells the handler the connection has ended, and drops it.
     fn end_handler(&mut self, id: ConnId, why: Ended, now: Instant) {
-        let Some(conn) = self.conn(id) else { return };
-        let Some(mut handler) = conn.handler.take() else {
-            return;
-        };
-        conn.deadline = None;
-        let out = Rc::clone(&conn.out);
-        let mut deadline = None;
-        let mut cx = Cx {
-            now,
-            id,
-            out: &out,
-            shard: &self.shard,
-            deadline: &mut deadline,
-        };
-        handler.on_close(&mut cx, why);
+        // The handler, and any deadline it still asks for, go with it.
+        let _ = self.invoke(id, now, |h, cx| h.on_close(cx, why));
+        if let Some(conn) = self.conn(id) {
+            conn.deadline = None;
+        }
     }
 
     /// Shuts the socket both ways: whatever is in flight completes (with an error), then
