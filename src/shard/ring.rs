@@ -389,6 +389,7 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
 
     fn sizes() -> RingSizes {
         RingSizes {
@@ -399,16 +400,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn multishot_receives_fill_provided_buffers_and_sends_complete() {
-        let mut ring = Ring::new(sizes()).expect("io_uring is available");
-        let (mut peer, ours) = std::os::unix::net::UnixStream::pair().unwrap();
-        // SAFETY: the socket outlives the test's operations.
+    /// A socket pair whose second end has a multishot receive (user data 1) armed on `ring`.
+    fn receiving_pair(ring: &mut Ring) -> (UnixStream, UnixStream) {
+        let (peer, ours) = UnixStream::pair().unwrap();
+        // SAFETY: the caller keeps the socket open while the ring runs.
         unsafe {
             ring.push(&Ring::recv_multishot(ours.as_raw_fd()).user_data(1))
                 .unwrap();
         }
         ring.enter(Wait::No).unwrap();
+        (peer, ours)
+    }
+
+    #[test]
+    fn multishot_receives_fill_provided_buffers_and_sends_complete() {
+        let mut ring = Ring::new(sizes()).expect("io_uring is available");
+        let (mut peer, ours) = receiving_pair(&mut ring);
         peer.write_all(b"hello").unwrap();
         peer.write_all(b" world").unwrap();
         let mut got = Vec::new();
@@ -456,13 +463,7 @@ mod tests {
     #[test]
     fn buffers_run_out_and_the_receive_ends_until_rearmed() {
         let mut ring = Ring::new(sizes()).expect("io_uring is available");
-        let (mut peer, ours) = std::os::unix::net::UnixStream::pair().unwrap();
-        // SAFETY: the socket outlives the test's operations.
-        unsafe {
-            ring.push(&Ring::recv_multishot(ours.as_raw_fd()).user_data(1))
-                .unwrap();
-        }
-        ring.enter(Wait::No).unwrap();
+        let (mut peer, _ours) = receiving_pair(&mut ring);
         let mut completions = Vec::new();
         let mut ended = false;
         // Never take the data: after 8 buffers the receive must end with ENOBUFS.
@@ -508,13 +509,7 @@ mod tests {
             ring.incremental_buffers(),
             "this kernel (6.12+) consumes provided buffers incrementally"
         );
-        let (mut peer, ours) = std::os::unix::net::UnixStream::pair().unwrap();
-        // SAFETY: the socket outlives the test's operations.
-        unsafe {
-            ring.push(&Ring::recv_multishot(ours.as_raw_fd()).user_data(1))
-                .unwrap();
-        }
-        ring.enter(Wait::No).unwrap();
+        let (mut peer, _ours) = receiving_pair(&mut ring);
         let mut got = Vec::new();
         let mut buffers = Vec::new();
         let mut completions = Vec::new();
@@ -545,7 +540,7 @@ mod tests {
             buffer_size: 64,
         })
         .expect("io_uring is available");
-        let (mut peer, ours) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (mut peer, ours) = UnixStream::pair().unwrap();
         let bytes: Vec<u8> = (0..20).collect();
         for (i, b) in bytes.iter().enumerate() {
             // SAFETY: `bytes` outlives the sends, which all complete below.
