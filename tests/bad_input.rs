@@ -1,5 +1,5 @@
-//! Every row of DESIGN.md's bad-input table, each followed by a check that another client is
-//! still served.
+//! The rows of docs/LIMITS.md that the native endpoint answers, each followed by a check that
+//! another client is still served.
 
 mod common;
 

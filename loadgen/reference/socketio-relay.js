@@ -1,4 +1,4 @@
-// A plain socket.io server implementing corelay's relay convention (docs: DESIGN.md,
+// A plain socket.io server implementing corelay's relay convention (docs/SOCKETIO.md,
 // "The relay convention"), so that corelay-loadgen can measure it beside corelay.
 //
 // Run:

@@ -1,6 +1,6 @@
 //! Socket.IO v5 on corelay: the application API and the per-session protocol state.
 //!
-//! With no application code the main namespace runs the relay convention of DESIGN.md
+//! With no application code the main namespace runs the relay convention of docs/SOCKETIO.md
 //! (`join`, `leave`, `to`), in the same rooms as native clients. Application code is
 //! written the way socket.io servers are: a [`Namespace`] with an authorization check, a
 //! connection handler, handlers per event (with an [`Ack`]), and a disconnect handler; a

@@ -283,7 +283,7 @@ fn answer_error(socket: &Socket, ack: Option<Ack>, code: &str, event: &str) {
     }
 }
 
-/// `join`, `leave` and `to` on the main namespace (DESIGN.md, "The relay convention").
+/// `join`, `leave` and `to` on the main namespace (docs/SOCKETIO.md, "The relay convention").
 fn relay_convention(
     session: &Rc<Session>,
     socket: &Socket,
