@@ -9,7 +9,7 @@ use std::io;
 
 use bytes::{Bytes, BytesMut};
 use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
-use tungstenite::protocol::frame::{CloseFrame, Frame, FrameHeader, Utf8Bytes};
+use tungstenite::protocol::frame::{FrameHeader, Utf8Bytes};
 use tungstenite::protocol::Role;
 use tungstenite::Message;
 
@@ -299,23 +299,7 @@ impl WsCodec {
             Role::Client => Some(self.mask.next_key()),
             Role::Server => None,
         };
-        let header = FrameHeader {
-            opcode,
-            mask,
-            ..FrameHeader::default()
-        };
-        let len = body.len() as u64;
-        // Formatting into a Vec cannot fail.
-        header
-            .format(len, &mut self.output)
-            .expect("format into Vec");
-        let start = self.output.len();
-        self.output.extend_from_slice(body);
-        if let Some(mask) = mask {
-            for (i, b) in self.output[start..].iter_mut().enumerate() {
-                *b ^= mask[i & 3];
-            }
-        }
+        write_frame(opcode, body, mask, &mut self.output);
     }
 
     /// Queues a data message (masked when this is a client).
@@ -344,9 +328,7 @@ impl WsCodec {
             return;
         }
         self.close_sent = true;
-        let mut body = code.to_be_bytes().to_vec();
-        body.extend_from_slice(reason.as_bytes());
-        self.write_frame(OpCode::Control(Control::Close), &body);
+        self.write_frame(OpCode::Control(Control::Close), &close_body(code, reason));
     }
 
     /// Bytes to be written (pongs, close replies, a client's frames), if any.
@@ -379,7 +361,7 @@ pub fn binary_frame(body: impl FnOnce(Vec<u8>) -> Vec<u8>) -> Bytes {
 
 /// A masked (client-to-server) binary frame around `body`, in one allocation.
 pub fn masked_binary_frame(body: &[u8], mask: [u8; 4]) -> Bytes {
-    let mut out = Vec::with_capacity(body.len() + 14);
+    let mut out = Vec::new();
     write_masked_frame(false, body, mask, &mut out);
     Bytes::from(out)
 }
@@ -387,9 +369,23 @@ pub fn masked_binary_frame(body: &[u8], mask: [u8; 4]) -> Bytes {
 /// Appends a masked (client-to-server) data frame around `body` to `out`: text when
 /// `text`, else binary.
 pub fn write_masked_frame(text: bool, body: &[u8], mask: [u8; 4], out: &mut Vec<u8>) {
+    let opcode = OpCode::Data(if text { Data::Text } else { Data::Binary });
+    write_frame(opcode, body, Some(mask), out);
+}
+
+/// A masked close frame, as a client sends it.
+pub fn masked_close_frame(code: u16, reason: &str, mask: [u8; 4]) -> Bytes {
+    let mut out = Vec::new();
+    let body = close_body(code, reason);
+    write_frame(OpCode::Control(Control::Close), &body, Some(mask), &mut out);
+    Bytes::from(out)
+}
+
+/// Appends one frame around `body` to `out`, masked with `mask` if given.
+fn write_frame(opcode: OpCode, body: &[u8], mask: Option<[u8; 4]>, out: &mut Vec<u8>) {
     let header = FrameHeader {
-        opcode: OpCode::Data(if text { Data::Text } else { Data::Binary }),
-        mask: Some(mask),
+        opcode,
+        mask,
         ..FrameHeader::default()
     };
     let len = body.len() as u64;
@@ -398,27 +394,24 @@ pub fn write_masked_frame(text: bool, body: &[u8], mask: [u8; 4], out: &mut Vec<
     header.format(len, out).expect("format into Vec");
     let start = out.len();
     out.extend_from_slice(body);
-    for (i, b) in out[start..].iter_mut().enumerate() {
-        *b ^= mask[i & 3];
+    if let Some(mask) = mask {
+        for (i, b) in out[start..].iter_mut().enumerate() {
+            *b ^= mask[i & 3];
+        }
     }
 }
 
-/// A masked close frame, as a client sends it.
-pub fn masked_close_frame(code: u16, reason: &str, mask: [u8; 4]) -> Bytes {
-    let mut body = code.to_be_bytes().to_vec();
-    body.extend_from_slice(reason.as_bytes());
-    let header = FrameHeader {
-        opcode: OpCode::Control(tungstenite::protocol::frame::coding::Control::Close),
-        mask: Some(mask),
-        ..FrameHeader::default()
-    };
-    let len = body.len() as u64;
-    let mut out = Vec::with_capacity(header.len(len) + body.len());
-    header.format(len, &mut out).expect("format into Vec");
-    for (i, b) in body.iter().enumerate() {
-        out.push(b ^ mask[i & 3]);
+/// The body of a close frame: the code, then the reason cut at a character boundary to
+/// the 123 bytes a control frame has room for.
+fn close_body(code: u16, reason: &str) -> Vec<u8> {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
     }
-    Bytes::from(out)
+    let mut body = Vec::with_capacity(2 + end);
+    body.extend_from_slice(&code.to_be_bytes());
+    body.extend_from_slice(&reason.as_bytes()[..end]);
+    body
 }
 
 /// Like [`binary_frame`], for a text frame; the caller guarantees UTF-8.
@@ -442,15 +435,12 @@ fn frame_after_header(opcode: OpCode, body: impl FnOnce(Vec<u8>) -> Vec<u8>) -> 
     Bytes::from(buf).slice(start..)
 }
 
-/// An unmasked close frame with a code and a short reason.
+/// An unmasked close frame, as a server sends it; a reason over 123 bytes is cut at a
+/// character boundary.
 pub fn close_frame(code: u16, reason: &str) -> Bytes {
-    let frame = Frame::close(Some(CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason.to_owned().into(),
-    }));
-    let mut out = Vec::with_capacity(frame.len());
-    // Formatting into a Vec cannot fail.
-    frame.format(&mut out).expect("format into Vec");
+    let mut out = Vec::new();
+    let body = close_body(code, reason);
+    write_frame(OpCode::Control(Control::Close), &body, None, &mut out);
     Bytes::from(out)
 }
 
@@ -488,6 +478,30 @@ mod tests {
         assert_eq!(got[0], Message::Binary(Bytes::from_static(b"hello")));
         assert_eq!(got[1].len(), 70_000);
         assert!(got[2].is_text());
+    }
+
+    #[test]
+    fn close_reasons_are_cut_to_fit_a_control_frame_at_a_char_boundary() {
+        // 'é' is two bytes: 61 of them are 122 bytes, the 62nd would end at 124.
+        let long = "é".repeat(100);
+        for (frame, masked) in [
+            (close_frame(close::PROTOCOL, &long), false),
+            (
+                masked_close_frame(close::PROTOCOL, &long, [1, 2, 3, 4]),
+                true,
+            ),
+        ] {
+            let role = if masked { Role::Server } else { Role::Client };
+            let mut peer = WsCodec::new(role, 1 << 20);
+            peer.feed(&frame);
+            match peer.poll_message().unwrap() {
+                Some(Incoming::Closed(Some((code, reason)))) => {
+                    assert_eq!(code, close::PROTOCOL);
+                    assert_eq!(reason, "é".repeat(61));
+                }
+                other => panic!("not a close: {other:?}"),
+            }
+        }
     }
 
     #[test]
