@@ -129,7 +129,10 @@ fn oversized_messages_are_closed_with_1009() {
     run(move || async move {
         let mut c = connect(addr).await;
         c.send_raw(&vec![0u8; 2000]).unwrap();
-        assert_eq!(c.closed().await.map(|(code, _)| code), Some(1009));
+        assert_eq!(
+            c.closed().await,
+            Some((1009, "message too big".to_string()))
+        );
         still_serving(addr).await;
     });
     assert_eq!(

@@ -112,21 +112,22 @@ fn invalid_utf8_closes_with_1007_and_oversized_with_1009() {
             .unwrap();
         assert!(matches!(
             next(&s, &mut codec).await,
-            Incoming::Closed(Some((1007, _)))
+            Incoming::Closed(Some((1007, reason))) if reason == "invalid utf-8"
         ));
         let (s, mut codec) = connect(addr).await;
         codec.write(Message::binary(vec![0u8; 70_000])).unwrap();
         flush(&s, &mut codec).await;
         assert!(matches!(
             next(&s, &mut codec).await,
-            Incoming::Closed(Some((1009, _)))
+            Incoming::Closed(Some((1009, reason))) if reason == "message too big"
         ));
         // Unmasked client frames are a protocol error (1002).
         let (s, mut codec) = connect(addr).await;
         s.write_all(&[0x82, 0x01, 0x00]).await.unwrap();
         assert!(matches!(
             next(&s, &mut codec).await,
-            Incoming::Closed(Some((1002, _)))
+            Incoming::Closed(Some((1002, reason)))
+                if reason == "protocol error: unmasked frame from a client"
         ));
     });
 }

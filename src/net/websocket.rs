@@ -190,7 +190,7 @@ impl<A: WsApp> WebSocket<A> {
                         CodecError::InvalidUtf8 => CloseReason::Invalid,
                         CodecError::Protocol(_) => CloseReason::Protocol,
                     };
-                    return self.close(cx, e.close_code(), "", stat);
+                    return self.close(cx, e.close_code(), &e.to_string(), stat);
                 }
             }
         }
