@@ -148,12 +148,13 @@ pub fn add(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Relaxed);
 }
 
-impl ShardStats {
-    /// Sets a gauge (single writer: its shard).
-    pub fn set(&self, gauge: &AtomicU64, value: u64) {
-        gauge.store(value, Relaxed);
-    }
+/// Sets a single-writer gauge.
+#[inline]
+pub fn set(gauge: &AtomicU64, value: u64) {
+    gauge.store(value, Relaxed);
+}
 
+impl ShardStats {
     /// Counts a closed connection.
     pub fn count_close(&self, reason: CloseReason) {
         add(&self.closes[reason as usize], 1);

@@ -176,11 +176,7 @@ impl<A: WsApp> WebSocket<A> {
                 Ok(Some(Incoming::Closed(_))) => {
                     // The close echo is in the codec's output; send it and end.
                     self.flush_codec(cx);
-                    self.ending.get_or_insert(if cx.shard.shutting_down() {
-                        CloseReason::Shutdown
-                    } else {
-                        CloseReason::Peer
-                    });
+                    self.ending.get_or_insert(peer_ended(cx));
                     cx.out.finish();
                     return Step::Close { linger: false };
                 }
@@ -240,11 +236,7 @@ impl<A: WsApp> Connection for WebSocket<A> {
 
     fn on_eof(&mut self, cx: &mut Cx<'_>) -> Step {
         // The peer went away without a close handshake.
-        self.ending.get_or_insert(if cx.shard.shutting_down() {
-            CloseReason::Shutdown
-        } else {
-            CloseReason::Peer
-        });
+        self.ending.get_or_insert(peer_ended(cx));
         Step::Close { linger: false }
     }
 
@@ -257,12 +249,18 @@ impl<A: WsApp> Connection for WebSocket<A> {
         let stat = match why {
             Ended::SlowConsumer => CloseReason::SlowConsumer,
             Ended::Io => CloseReason::Io,
-            _ => self.ending.unwrap_or(if cx.shard.shutting_down() {
-                CloseReason::Shutdown
-            } else {
-                CloseReason::Peer
-            }),
+            _ => self.ending.unwrap_or_else(|| peer_ended(cx)),
         };
         self.app.on_close(cx, stat);
+    }
+}
+
+/// Why a connection the peer ended counts as ended: its own choice, or the shutdown it
+/// answered.
+fn peer_ended(cx: &Cx<'_>) -> CloseReason {
+    if cx.shard.shutting_down() {
+        CloseReason::Shutdown
+    } else {
+        CloseReason::Peer
     }
 }

@@ -208,11 +208,6 @@ impl Outbox {
         self.inner.borrow().queue.len()
     }
 
-    /// Bytes queued now.
-    pub fn queued_bytes(&self) -> usize {
-        self.inner.borrow().queued_bytes
-    }
-
     /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -25,7 +25,7 @@ use super::{
 };
 use crate::config::Config;
 use crate::relay::{Drained, Outbox, Relay, RelayLimits, ShardId};
-use crate::stats::{add, ShardStats};
+use crate::stats::{add, set, ShardStats};
 
 /// Time a closing connection waits for the peer's FIN after its own, so the last bytes are
 /// read by the peer rather than cut by a reset.
@@ -59,6 +59,11 @@ fn user_data(op: Op, conn: ConnId) -> u64 {
 
 fn split_user_data(data: u64) -> (u8, ConnId) {
     ((data >> 56) as u8, data & ((1 << 56) - 1))
+}
+
+/// A connection's id: its slot's generation above the slot's index.
+fn conn_id(generation: u32, slot: usize) -> ConnId {
+    (u64::from(generation) << 32) | slot as u64
 }
 
 fn slot_of(id: ConnId) -> usize {
@@ -381,8 +386,7 @@ impl Driver {
                 self.slots.len() - 1
             }
         };
-        let generation = self.slots[slot].generation;
-        let id = (u64::from(generation) << 32) | slot as u64;
+        let id = conn_id(self.slots[slot].generation, slot);
         let out = Rc::new(Outbox::new(self.shard.outbox_limits()));
         out.notify_to(Some((Rc::clone(&self.shard.ready), transmit_token(id))));
         self.slots[slot].conn = Some(Conn {
@@ -689,17 +693,16 @@ impl Driver {
             .received(&c, |bytes| scratch.extend_from_slice(bytes))
             .filter(|()| c.result > 0)
             .map(|()| scratch);
-        let Some(conn) = self.conn(id) else { return };
-        if !more {
-            conn.recv_armed = false;
-            conn.ops -= 1;
-        }
         if let Some(bytes) = &data {
             add(&self.shard.stats.bytes_in, bytes.len() as u64);
         }
         let out_of_buffers = !more && c.result == -libc::ENOBUFS;
         let ended = !more && !out_of_buffers;
         let Some(conn) = self.conn(id) else { return };
+        if !more {
+            conn.recv_armed = false;
+            conn.ops -= 1;
+        }
         match &mut conn.phase {
             Phase::Open => {
                 if let Some(bytes) = data {
@@ -996,12 +999,9 @@ impl Driver {
                     self.shard
                         .stats
                         .publish_latency(self.shard.relay.borrow().latency().clone());
-                    self.shard
-                        .stats
-                        .set(&self.shard.stats.mesh_backlog, self.mesh.backlog() as u64);
-                    self.shard
-                        .stats
-                        .set(&self.shard.stats.ring_enters, self.ring.enters);
+                    let stats = &self.shard.stats;
+                    set(&stats.mesh_backlog, self.mesh.backlog() as u64);
+                    set(&stats.ring_enters, self.ring.enters);
                     let next = now + self.tick_period();
                     self.shard.timers.borrow_mut().insert(next, TimerKey::Tick);
                 }
@@ -1087,7 +1087,7 @@ impl Driver {
                     .as_ref()
                     .is_some_and(|c| matches!(c.phase, Phase::Open))
             })
-            .map(|(i, s)| (u64::from(s.generation) << 32) | i as u64)
+            .map(|(i, s)| conn_id(s.generation, i))
             .collect();
         for id in open {
             self.call(id, now, |h, cx| h.on_shutdown(cx));
