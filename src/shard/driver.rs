@@ -275,20 +275,18 @@ impl Driver {
         let mut completions = std::mem::take(&mut self.completions);
         completions.clear();
         self.ring.reap(&mut completions);
-        // Held-back input goes first, in order, once the mesh has room again (and until
-        // it is full again).
+        // Held-back input goes first, in order, once the mesh has room again. The backlog
+        // grows only when the turn's output is carried, so it is judged once per turn.
         if !self.stalled.is_empty() && self.mesh.relieved() {
-            while !self.mesh.congested() {
-                let Some(c) = self.stalled.pop_front() else {
-                    break;
-                };
+            while let Some(c) = self.stalled.pop_front() {
                 self.complete(c, now);
             }
         }
+        let congested = self.mesh.congested();
         for &c in &completions {
             let (op, _) = split_user_data(c.user_data);
             let input = op == Op::Recv as u8;
-            if input && (!self.stalled.is_empty() || (self.mesh.congested() && c.result > 0)) {
+            if input && (!self.stalled.is_empty() || (congested && c.result > 0)) {
                 // Backpressure: the bytes wait (in their buffer) until the mesh drains;
                 // later input queues behind, in order.
                 add(&self.shard.stats.mesh_stalls, 1);

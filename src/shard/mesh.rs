@@ -8,7 +8,8 @@
 //! drained in order at each turn, so a burst never drops nor reorders messages. The backlog
 //! is bounded: past `mesh_backlog` messages the sending shard stops reading from its own
 //! clients until the receiver catches up (backpressure instead of unbounded memory), and its
-//! depth is in the stats.
+//! depth is in the stats. The bound is checked once per turn, so a turn's own output can
+//! pass it.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -102,10 +103,17 @@ impl Doorbell {
     }
 }
 
+/// The queue from one shard to another.
+struct Channel {
+    queue: ArrayQueue<ShardMsg>,
+    /// The sender has a backlog waiting for room in `queue`: whoever frees room rings it.
+    blocked: AtomicBool,
+}
+
 /// The queues of every ordered pair of shards, built once by the starting thread.
 pub(crate) struct MeshQueues {
     /// `queues[from][to]`.
-    queues: Vec<Vec<Option<Arc<ArrayQueue<ShardMsg>>>>>,
+    queues: Vec<Vec<Option<Arc<Channel>>>>,
     doorbells: Vec<Arc<Doorbell>>,
 }
 
@@ -115,7 +123,14 @@ impl MeshQueues {
         let queues = (0..shards)
             .map(|from| {
                 (0..shards)
-                    .map(|to| (from != to).then(|| Arc::new(ArrayQueue::new(capacity))))
+                    .map(|to| {
+                        (from != to).then(|| {
+                            Arc::new(Channel {
+                                queue: ArrayQueue::new(capacity),
+                                blocked: AtomicBool::new(false),
+                            })
+                        })
+                    })
                     .collect()
             })
             .collect();
@@ -138,7 +153,7 @@ impl MeshQueues {
             out: (0..shards)
                 .map(|to| {
                     self.queues[id][to].as_ref().map(|q| Link {
-                        queue: Arc::clone(q),
+                        channel: Arc::clone(q),
                         doorbell: Arc::clone(&self.doorbells[to]),
                         backlog: VecDeque::new(),
                         pushed: false,
@@ -153,13 +168,14 @@ impl MeshQueues {
                 })
                 .collect(),
             doorbell: Arc::clone(&self.doorbells[id]),
+            backlogged: 0,
             backlog_limit,
         }
     }
 }
 
 struct Link {
-    queue: Arc<ArrayQueue<ShardMsg>>,
+    channel: Arc<Channel>,
     doorbell: Arc<Doorbell>,
     backlog: VecDeque<ShardMsg>,
     /// Something was pushed since the last flush.
@@ -172,8 +188,10 @@ pub struct Mesh {
     out: Vec<Option<Link>>,
     /// From each other shard: its queue to us, and its doorbell (rung when we free room in
     /// a queue it had filled, so its backlog moves on).
-    inbound: Vec<(ShardId, Arc<ArrayQueue<ShardMsg>>, Arc<Doorbell>)>,
+    inbound: Vec<(ShardId, Arc<Channel>, Arc<Doorbell>)>,
     doorbell: Arc<Doorbell>,
+    /// Messages in all the links' backlogs.
+    backlogged: usize,
     backlog_limit: usize,
 }
 
@@ -189,14 +207,19 @@ impl Mesh {
         let Some(Some(link)) = self.out.get_mut(to) else {
             return;
         };
-        if !link.backlog.is_empty() {
-            link.backlog.push_back(msg);
-            return;
-        }
-        match link.queue.push(msg) {
-            Ok(()) => link.pushed = true,
-            Err(msg) => link.backlog.push_back(msg),
-        }
+        let msg = if link.backlog.is_empty() {
+            match link.channel.queue.push(msg) {
+                Ok(()) => {
+                    link.pushed = true;
+                    return;
+                }
+                Err(msg) => msg,
+            }
+        } else {
+            msg
+        };
+        link.backlog.push_back(msg);
+        self.backlogged += 1;
     }
 
     /// End of turn: moves backlogs into their queues as far as they fit and rings the
@@ -204,14 +227,21 @@ impl Mesh {
     pub fn flush(&mut self) {
         for link in self.out.iter_mut().flatten() {
             while let Some(msg) = link.backlog.pop_front() {
-                if let Err(msg) = link.queue.push(msg) {
+                if let Err(msg) = link.channel.queue.push(msg) {
                     link.backlog.push_front(msg);
                     break;
                 }
+                self.backlogged -= 1;
                 link.pushed = true;
             }
-            if link.backlog.capacity() > 1024 && link.backlog.is_empty() {
-                link.backlog = VecDeque::new();
+            if link.backlog.is_empty() {
+                if link.backlog.capacity() > 1024 {
+                    link.backlog = VecDeque::new();
+                }
+            } else {
+                // Set before this shard's last look at the queue before it sleeps (see
+                // `receive`).
+                link.channel.blocked.store(true, Ordering::SeqCst);
             }
             if std::mem::take(&mut link.pushed) {
                 link.doorbell.ring();
@@ -221,7 +251,7 @@ impl Mesh {
 
     /// Messages waiting in local backlogs (their queues were full).
     pub fn backlog(&self) -> usize {
-        self.out.iter().flatten().map(|l| l.backlog.len()).sum()
+        self.backlogged
     }
 
     /// Whether some backlog could move now (its queue has room): then do not sleep.
@@ -229,7 +259,7 @@ impl Mesh {
         self.out
             .iter()
             .flatten()
-            .any(|l| !l.backlog.is_empty() && !l.queue.is_full())
+            .any(|l| !l.backlog.is_empty() && !l.channel.queue.is_full())
     }
 
     /// Whether the backlog is past its bound: stop taking new input until it drains.
@@ -245,24 +275,28 @@ impl Mesh {
 
     /// Whether any other shard has sent us something not yet received.
     pub fn has_inbound(&self) -> bool {
-        self.inbound.iter().any(|(_, q, _)| !q.is_empty())
+        self.inbound.iter().any(|(_, c, _)| !c.queue.is_empty())
     }
 
     /// Takes up to `max` messages from other shards, in order per sender.
     pub fn receive(&mut self, out: &mut Vec<(ShardId, ShardMsg)>, max: usize) {
-        for (from, queue, sender) in &self.inbound {
-            let was_full = queue.is_full();
+        for (from, channel, sender) in &self.inbound {
             let mut n = 0;
             while n < max {
-                match queue.pop() {
+                match channel.queue.pop() {
                     Some(msg) => out.push((*from, msg)),
                     None => break,
                 }
                 n += 1;
             }
-            if was_full && n > 0 {
-                // The sender may be asleep with a backlog waiting for this room.
-                sender.ring();
+            // The sender may be asleep with a backlog waiting for this room. It sets
+            // `blocked` before its last look at the queue: either that look sees the room
+            // made here, or this sees the flag (the fences order both).
+            if n > 0 {
+                fence(Ordering::SeqCst);
+                if channel.blocked.swap(false, Ordering::SeqCst) {
+                    sender.ring();
+                }
             }
         }
     }
@@ -331,11 +365,28 @@ mod tests {
     fn congestion_has_hysteresis() {
         let queues = MeshQueues::new(2, 1).unwrap();
         let mut a = queues.mesh_for(0, 4);
+        let mut b = queues.mesh_for(1, 4);
         for n in 0..7 {
             a.send(1, relay_leave(n));
         }
-        assert!(a.congested());
-        assert!(!a.relieved());
+        // One in the queue, six behind it; each receive makes room for one more.
+        let mut seen = Vec::new();
+        let mut got = Vec::new();
+        for _ in 0..5 {
+            seen.push((a.backlog(), a.congested(), a.relieved()));
+            b.receive(&mut got, usize::MAX);
+            a.flush();
+        }
+        assert_eq!(
+            seen,
+            [
+                (6, true, false),
+                (5, true, false),
+                (4, false, false),
+                (3, false, false),
+                (2, false, true),
+            ]
+        );
     }
 
     #[test]
