@@ -126,8 +126,8 @@ impl Default for Config {
             // has copied it out.
             recv_buffers: 64,
             recv_buffer_size: 16 * 1024,
-            // 200 µs: at 10-40 msg/s per client this halves the CPU per delivery (one
-            // wake-up per batch instead of per message) and keeps p99 under 1 ms
+            // 200 µs: at 20-40 msg/s per client this halves the CPU per delivery (a fifth
+            // less at 10; one wake-up per batch instead of per message) and keeps p99 under 1 ms
             // (docs/BENCHMARKS.md); an idle shard still wakes at the first arrival.
             batch_wait_us: 200,
             batch_wait_count: 64,
@@ -162,6 +162,10 @@ pub enum ConfigError {
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
+
+/// Largest `ring_entries`: the completion queue has four times as many entries, and the
+/// kernel allows at most 65,536.
+pub const MAX_RING_ENTRIES: u32 = 16_384;
 
 /// Keys that may be set; used to map `CORELAY_*` variables.
 const KEYS: &[&str] = &[
@@ -254,6 +258,11 @@ impl Config {
             if v == 0 {
                 return Err(ConfigError::Invalid(format!("{name} must be positive")));
             }
+        }
+        if self.ring_entries > MAX_RING_ENTRIES {
+            return Err(ConfigError::Invalid(format!(
+                "ring_entries must be at most {MAX_RING_ENTRIES} (the completion queue, four times as long, meets the kernel's limit of 65536)"
+            )));
         }
         if !self.recv_buffers.is_power_of_two() {
             return Err(ConfigError::Invalid(
@@ -373,6 +382,8 @@ mod tests {
         assert!(Config::load(Some(&file), vec![], &[]).is_err());
         assert!(Config::load(None, vec![], &[("shards", "many".into())]).is_err());
         assert!(Config::load(None, vec![], &[("max_message_size", "0".into())]).is_err());
+        assert!(Config::load(None, vec![], &[("ring_entries", "16384".into())]).is_ok());
+        assert!(Config::load(None, vec![], &[("ring_entries", "16385".into())]).is_err());
         assert!(Config::load(Some(Path::new("/nonexistent/x.toml")), vec![], &[]).is_err());
     }
 

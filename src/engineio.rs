@@ -518,6 +518,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::relay::{Relay, RelayLimits};
+    use crate::shard::Control;
     use crate::stats::ShardStats;
     use std::sync::Arc;
 
@@ -538,7 +539,14 @@ mod tests {
             },
             Arc::clone(&stats),
         );
-        Rc::new(Shard::new(0, 1, config, stats, relay, Default::default()))
+        Rc::new(Shard::new(
+            0,
+            1,
+            config,
+            stats,
+            relay,
+            Arc::new(Control::new(Vec::new())),
+        ))
     }
 
     fn polled(session: &Session) -> Vec<String> {

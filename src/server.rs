@@ -152,10 +152,7 @@ impl Server {
             shard: 0,
             reason: format!("cannot create the cross-shard doorbells: {e}"),
         })?;
-        let control = Arc::new(Control::default());
-        for bell in mesh.doorbells() {
-            control.add_doorbell(Arc::clone(bell));
-        }
+        let control = Arc::new(Control::new(mesh.doorbells().to_vec()));
         let sizes = RingSizes {
             submissions: config.ring_entries,
             completions: config.ring_entries.saturating_mul(4),

@@ -56,14 +56,20 @@ impl<K> TimerWheel<K> {
         self.len == 0
     }
 
+    /// The first tick at or after `at`.
     fn tick_of(&self, at: Instant) -> u64 {
         let nanos = at.saturating_duration_since(self.origin).as_nanos();
-        let tick = TICK.as_nanos();
-        nanos.div_ceil(tick) as u64
+        nanos.div_ceil(TICK.as_nanos()) as u64
+    }
+
+    /// The last tick at or before `at`.
+    fn tick_before(&self, at: Instant) -> u64 {
+        let nanos = at.saturating_duration_since(self.origin).as_nanos();
+        (nanos / TICK.as_nanos()) as u64
     }
 
     fn instant_of(&self, tick: u64) -> Instant {
-        self.origin + Duration::from_millis(tick)
+        self.origin + Duration::from_nanos(tick * TICK.as_nanos() as u64)
     }
 
     /// Schedules `key` at `deadline` (a deadline already past fires at the next advance).
@@ -78,13 +84,8 @@ impl<K> TimerWheel<K> {
     /// Moves the clock to `now` and appends every key due by then to `fired`, earliest slot
     /// first.
     pub fn advance(&mut self, now: Instant, fired: &mut Vec<K>) {
-        let target = self.tick_of(now);
-        // tick_of rounds up; a timer due within the current, unfinished tick waits for it.
-        let target = if self.instant_of(target) > now {
-            target.saturating_sub(1)
-        } else {
-            target
-        };
+        // A timer due within the current, unfinished tick waits for it.
+        let target = self.tick_before(now);
         if target <= self.tick {
             return;
         }

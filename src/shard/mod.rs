@@ -4,8 +4,8 @@
 //! The runtime knows no protocol. It accepts sockets, moves bytes between them and the
 //! shard's io_uring ([`ring`]), keeps one timer wheel for every deadline of the shard, and
 //! carries messages between shards ([`mesh`]). What the bytes mean is up to the
-//! [`Endpoint`]s registered with it (the HTTP front, the native protocol, Engine.IO, echo),
-//! whose [`Connection`] handlers it calls with input and `now` and which answer with a
+//! [`Endpoint`]s registered with it (the HTTP front, which routes each request by path to the
+//! native protocol, Engine.IO or echo), whose [`Connection`] handlers it calls with input and `now` and which answer with a
 //! [`Step`] and their next deadline.
 //!
 //! One turn of a shard (`driver`): handle every completion that arrived (input first),
@@ -39,33 +39,32 @@ use crate::timer::TimerWheel;
 use self::mesh::Doorbell;
 
 /// State shared by all shards and the thread that started them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Control {
     shutdown: AtomicBool,
-    doorbells: std::sync::Mutex<Vec<Arc<Doorbell>>>,
+    doorbells: Vec<Arc<Doorbell>>,
 }
 
 impl Control {
+    /// Control of the shards woken by `doorbells`.
+    pub(crate) fn new(doorbells: Vec<Arc<Doorbell>>) -> Control {
+        Control {
+            shutdown: AtomicBool::new(false),
+            doorbells,
+        }
+    }
+
     /// Asks every shard to drain and stop.
     pub fn request_shutdown(&self) {
         self.shutdown.store(true, Ordering::Release);
-        // Only at shutdown, never on the hot path: a lock is fine here.
-        if let Ok(doorbells) = self.doorbells.lock() {
-            for bell in doorbells.iter() {
-                bell.ring_always();
-            }
+        for bell in &self.doorbells {
+            bell.ring_always();
         }
     }
 
     /// Whether shutdown was requested.
     pub fn shutting_down(&self) -> bool {
         self.shutdown.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn add_doorbell(&self, bell: Arc<Doorbell>) {
-        if let Ok(mut doorbells) = self.doorbells.lock() {
-            doorbells.push(bell);
-        }
     }
 }
 
