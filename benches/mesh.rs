@@ -2,8 +2,10 @@
 //! a batch of [`BATCH`] `u64`s through
 //!
 //! - glommio's bounded shared channel, one `LocalExecutor` per thread, `send().await` and
-//!   `recv().await` (what corelay's mesh uses, with the same capacity as `mesh_queue`);
-//! - crossbeam's `ArrayQueue`, both ends spinning;
+//!   `recv().await` (what corelay's mesh used before it moved to the shard's own ring),
+//!   with the same capacity as `mesh_queue`;
+//! - crossbeam's `ArrayQueue`, both ends spinning (the queue the mesh uses now; a shard
+//!   reads it once per turn and sleeps on an eventfd instead of spinning);
 //! - a `Mutex<VecDeque>`, both ends spinning (the baseline).
 //!
 //! Each sample is timed from the moment both ends are ready to the consumer's last receive,

@@ -9,13 +9,21 @@
 //!
 //! # Layout
 //!
-//! From the wire up; each layer uses only the ones above it in this list.
+//! From the wire up; each layer uses only the ones above it in this list, and [`config`] and
+//! [`stats`] (below) are used throughout.
 //!
 //! - [`proto`]: wire formats, sans-IO: HTTP/1.1 heads ([`proto::http`]), WebSocket framing
 //!   ([`proto::ws`]), the native rkyv protocol ([`proto::native`]), Engine.IO and
 //!   Socket.IO packets.
 //! - [`relay`]: rooms, membership, fan-out and the per-connection [`relay::Outbox`], sans-IO.
 //! - [`timer`]: the timer wheel every shard keeps its deadlines in.
+//! - [`shard`]: the runtime, which knows no protocol. Per core: a glommio executor running
+//!   one driver that owns the shard's io_uring (multishot receives into provided buffers,
+//!   every send of a turn submitted in one batch, sleeps with a timeout and a batch wait),
+//!   the shard's connections and their [`shard::Connection`] handlers, the timer wheel, and
+//!   the mesh to other shards ([`shard::mesh`]). Endpoints are registered with it
+//!   ([`shard::Endpoint`]); a connection handed to another shard names the endpoint it is
+//!   for.
 //! - `engineio` (crate-private) and [`socketio`]: the Engine.IO session machine (packets
 //!   and `now` in, packets, events and its next deadline out) and Socket.IO on top of it:
 //!   namespaces, acks, the relay convention and the application API
@@ -24,13 +32,6 @@
 //!   ([`net::front`]) that routes every accepted connection by path, the one WebSocket
 //!   driver ([`net::websocket`]) and its applications (native on `/ws`, the Engine.IO
 //!   transport, echo), and Engine.IO long-polling ([`net::engineio`]).
-//! - [`shard`]: the runtime, which knows no protocol. Per core: a glommio executor running
-//!   one driver that owns the shard's io_uring (multishot receives into provided buffers,
-//!   every send of a turn submitted in one batch, sleeps with a timeout and a batch wait),
-//!   the shard's connections and their [`shard::Connection`] handlers, the timer wheel, and
-//!   the mesh to other shards ([`shard::mesh`]). Endpoints are registered with it
-//!   ([`shard::Endpoint`]); a connection handed to another shard names the endpoint it is
-//!   for.
 //! - [`server`]: [`Server::start`] binds, registers the endpoints and spawns the shards;
 //!   [`config`] builds the one [`Config`]; [`stats`] merges per-shard counters.
 //! - [`client`]: an async Rust client of the native protocol (tests, loadgen, games),

@@ -319,7 +319,7 @@ const KNOBS: &[Knob] = &[
         why: "Each shard's io_uring is single-issuer with deferred task work (Linux 6.1, \
               below which shards do not start); from 6.12 receives fill shared buffers \
               incrementally and a shard can wait for a batch of arrivals (batch_wait_us), \
-              which halves its CPU per delivery at game rates.",
+              which cuts its CPU per delivery by a fifth to a half at game rates.",
     },
     Knob {
         name: "net.core.somaxconn",

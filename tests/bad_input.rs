@@ -180,7 +180,7 @@ fn text_frames_get_an_error_frame_then_1003() {
 }
 
 #[test]
-fn requests_before_hello_and_bad_versions_are_refused() {
+fn requests_before_hello_second_hellos_and_bad_versions_are_refused() {
     let srv = server(1, |_| {});
     let addr = srv.local_addr();
     run(move || async move {
@@ -218,6 +218,16 @@ fn requests_before_hello_and_bad_versions_are_refused() {
                 (8, ErrorCode::UnsupportedVersion as u16)
             ]
         );
+        // A second Hello is refused and the session goes on.
+        let mut c = connect(addr).await;
+        let again = encode_client(&ClientFrame::Hello {
+            req: 9,
+            version: PROTOCOL_VERSION,
+            token: None,
+        });
+        c.send_raw(&again).unwrap();
+        assert_eq!(c.next_error().await.unwrap(), ErrorCode::NotWelcomed as u16);
+        c.ping().await.expect("the connection stays open");
         still_serving(addr).await;
     });
     srv.stop().unwrap();
