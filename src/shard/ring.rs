@@ -4,8 +4,9 @@
 //!
 //! - Receives are multishot and read into a ring of provided buffers: a connection arms its
 //!   receive once, and each message that arrives becomes a completion with no syscall and no
-//!   poll re-armed per message. A buffer is copied into the connection's codec and given back
-//!   within the turn, so the ring is small and shared by every connection of the shard.
+//!   poll re-armed per message. What a buffer holds is copied out (the driver lends it to
+//!   the connection's handler from a scratch buffer) and the buffer given back within the
+//!   turn, so the ring is small and shared by every connection of the shard.
 //! - The ring is single-issuer with deferred task work: completions are produced only when
 //!   the shard enters the kernel to collect them, never by interrupting it mid-turn (no
 //!   inter-processor interrupt per arriving packet).
