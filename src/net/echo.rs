@@ -7,12 +7,11 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tungstenite::Message;
 
-use super::front::{refuse, Front, Head, PathMatch, Route, Routes};
+use super::front::{upgrade, Front, Head, PathMatch, Route, Routes};
 use super::websocket::{Flow, WebSocket, WsApp};
-use crate::proto::http::{self, Request};
+use crate::proto::http::Request;
 use crate::proto::ws;
 use crate::shard::{Cx, Endpoint, Shard, Step};
 use crate::stats::CloseReason;
@@ -53,29 +52,22 @@ pub fn start(echo: EchoConfig) -> Result<Server, ServerError> {
         slow_consumer_grace_ms: 60_000,
         ..Config::default()
     };
-    let max = echo.max_message_size;
     Server::start_endpoints(
         config,
         Arc::new(move |_shard: &Rc<Shard>| {
-            let routes = Routes::new().route(PathMatch::Any, Rc::new(EchoRoute { max }));
+            let routes = Routes::new().route(PathMatch::Any, Rc::new(EchoRoute));
             vec![Rc::new(Front::new(routes)) as Rc<dyn Endpoint>]
         }),
     )
 }
 
-struct EchoRoute {
-    max: usize,
-}
+struct EchoRoute;
 
 impl Route for EchoRoute {
     fn serve(&self, cx: &mut Cx<'_>, request: Request, head: Head<'_>) -> Step {
-        match request.websocket_key() {
-            Ok(key) => {
-                let _ = cx.out.push(Bytes::from(http::upgrade_response(key)));
-                Step::Upgrade(Box::new(WebSocket::new(Echo, self.max)), head.leftover)
-            }
-            Err(e) => refuse(cx, &e),
-        }
+        upgrade(cx, &request, head, |cx, _| {
+            Box::new(WebSocket::new(Echo, cx.shard.config.max_message_size))
+        })
     }
 }
 

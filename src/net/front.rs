@@ -123,6 +123,23 @@ impl HttpHead {
     }
 }
 
+/// Answers a WebSocket upgrade request and hands the connection to `open`'s handler with
+/// the bytes past the head; a request that is not a valid upgrade is refused.
+pub fn upgrade(
+    cx: &mut Cx<'_>,
+    request: &Request,
+    head: Head<'_>,
+    open: impl FnOnce(&mut Cx<'_>, Instant) -> Box<dyn Connection>,
+) -> Step {
+    match request.websocket_key() {
+        Ok(key) => {
+            let _ = cx.out.push(Bytes::from(http::upgrade_response(key)));
+            Step::Upgrade(open(cx, head.started), head.leftover)
+        }
+        Err(e) => refuse(cx, &e),
+    }
+}
+
 /// Answers a bad request and closes, counting it.
 pub fn refuse(cx: &mut Cx<'_>, err: &HttpError) -> Step {
     cx.shard.stats.count_close(CloseReason::BadRequest);

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tungstenite::Message;
 
-use super::front::{refuse, Head, Route};
+use super::front::{upgrade, Head, Route};
 use super::websocket::{Flow, Keepalive, WebSocket, WsApp};
-use crate::proto::http::{self, Request};
+use crate::proto::http::Request;
 use crate::proto::native::{
     access_client, ArchivedClientFrame, ErrorCode, PayloadKind, ServerFrame, PROTOCOL_VERSION,
 };
@@ -249,15 +249,8 @@ pub struct NativeRoute;
 
 impl Route for NativeRoute {
     fn serve(&self, cx: &mut Cx<'_>, request: Request, head: Head<'_>) -> Step {
-        match request.websocket_key() {
-            Ok(key) => {
-                let _ = cx.out.push(Bytes::from(http::upgrade_response(key)));
-                Step::Upgrade(
-                    Box::new(NativeSession::connection(cx.shard, head.started)),
-                    head.leftover,
-                )
-            }
-            Err(e) => refuse(cx, &e),
-        }
+        upgrade(cx, &request, head, |cx, started| {
+            Box::new(NativeSession::connection(cx.shard, started))
+        })
     }
 }
