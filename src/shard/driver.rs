@@ -1132,9 +1132,7 @@ fn build_send(fd: RawFd, s: &mut Sending) -> io_uring::squeue::Entry {
         skip = 0;
     }
     if let [one] = s.iovecs.as_slice() {
-        return opcode::Send::new(types::Fd(fd), one.iov_base.cast(), one.iov_len as u32)
-            .flags(libc::MSG_NOSIGNAL)
-            .build();
+        return Ring::send(fd, one.iov_base.cast(), one.iov_len);
     }
     s.msg.msg_iov = s.iovecs.as_mut_ptr();
     s.msg.msg_iovlen = s.iovecs.len();
