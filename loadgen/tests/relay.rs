@@ -235,6 +235,30 @@ fn fanout_reports_latency_to_the_last_member() {
 }
 
 #[test]
+fn a_spinning_thread_with_no_sender_still_receives() {
+    let server = server();
+    let mut o = options(Scenario::Fanout, &server);
+    o.server_pid = None;
+    // Rooms of 10 and 2 threads: both senders (clients 0 and 10) live on thread 0, so
+    // thread 1 only receives; spinning, it must still submit its receives.
+    o.clients = 20;
+    o.room_size = 10;
+    o.threads = 2;
+    o.spin = Duration::from_millis(100);
+    o.rate = 20.0;
+    o.warmup = Duration::from_millis(200);
+    o.duration = Duration::from_secs(1);
+    let r = run_bounded(o).report;
+    assert_eq!(r.connections.dropped, 0);
+    assert_eq!(r.messages.sent, 40);
+    assert_eq!(r.messages.expected, 40 * 9);
+    assert_eq!(r.messages.delivered, r.messages.expected);
+    assert_eq!(r.messages.lost, 0);
+    server.shutdown();
+    server.join().unwrap();
+}
+
+#[test]
 fn connect_storm_and_idle_hold() {
     let server = server();
     let mut o = options(Scenario::Connect, &server);

@@ -140,7 +140,6 @@ pub(super) fn run(
     let mut text = String::new();
     let mut completions: Vec<Completion> = Vec::new();
     let mut dirty: Vec<usize> = Vec::new();
-    let mut queued = 0u32;
 
     loop {
         if shared.stopped() {
@@ -226,14 +225,12 @@ pub(super) fn run(
 
         // One send per connection with something written and nothing in flight.
         for i in dirty.drain(..) {
-            if start_send(&mut ring, &mut conns[i], i) {
-                queued += 1;
-            }
+            start_send(&mut ring, &mut conns[i], i);
         }
 
-        if queued > 0 || ring.has_work() {
+        // Queued sends and receives count as work: they go to the kernel now.
+        if ring.has_work() {
             ring.enter(Wait::No)?;
-            queued = 0;
         } else if spin {
             std::hint::spin_loop();
             continue;
@@ -276,7 +273,6 @@ pub(super) fn run(
                     }
                     if !more && c.alive {
                         arm_recv(&mut ring, c, i);
-                        queued += 1;
                     }
                 } else if !more {
                     let why = if comp.result == 0 {
@@ -297,7 +293,6 @@ pub(super) fn run(
                 if c.written < c.inflight.len() {
                     // A short write: resume where it stopped.
                     push_send(&mut ring, c, i);
-                    queued += 1;
                 } else {
                     c.inflight.clear();
                     c.written = 0;
@@ -342,15 +337,14 @@ fn arm_recv(ring: &mut Ring, c: &mut LoadConn, i: usize) {
     let _ = unsafe { ring.push(&entry) };
 }
 
-/// Moves what was written into a send, unless one is in flight. Returns whether it did.
-fn start_send(ring: &mut Ring, c: &mut LoadConn, i: usize) -> bool {
+/// Moves what was written into a send, unless one is in flight.
+fn start_send(ring: &mut Ring, c: &mut LoadConn, i: usize) {
     if !c.inflight.is_empty() || c.pending.is_empty() || !c.alive {
-        return false;
+        return;
     }
     std::mem::swap(&mut c.inflight, &mut c.pending);
     c.written = 0;
     push_send(ring, c, i);
-    true
 }
 
 fn push_send(ring: &mut Ring, c: &mut LoadConn, i: usize) {
