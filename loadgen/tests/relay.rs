@@ -1,10 +1,12 @@
 //! End-to-end: the load generator against an in-process corelay on 127.0.0.1:0.
 
+use std::net::TcpListener;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use corelay::{Config, Server};
 use corelay_loadgen::{Options, Outcome, Protocol, Scenario};
+use tungstenite::Message;
 
 /// Every run here ends by itself within a few seconds; this is the point at which a
 /// hang is declared a failure.
@@ -307,4 +309,47 @@ fn a_refused_connection_is_counted_with_its_reason() {
         "{:?}",
         r.connections.failures
     );
+}
+
+/// A socket.io server for one client that writes an Engine.IO ping in the same write as
+/// the join ack, so that the client's codec still holds the ping when the load phase
+/// starts. Returns whether the pong came back before the client closed.
+fn ping_with_the_join_ack(listener: TcpListener) -> bool {
+    fn read_until(ws: &mut tungstenite::WebSocket<std::net::TcpStream>, prefix: &str) {
+        while !matches!(ws.read().unwrap(), Message::Text(t) if t.as_str().starts_with(prefix)) {}
+    }
+    const OPEN: &str = r#"0{"sid":"e","upgrades":[],"pingInterval":600000,"pingTimeout":600000}"#;
+    let (tcp, _) = listener.accept().unwrap();
+    tcp.set_read_timeout(Some(BUDGET)).unwrap();
+    let mut ws = tungstenite::accept(tcp).unwrap();
+    ws.send(Message::text(OPEN)).unwrap();
+    read_until(&mut ws, "40");
+    ws.send(Message::text(r#"40{"sid":"s"}"#)).unwrap();
+    read_until(&mut ws, "421[\"join\"");
+    ws.write(Message::text(r#"431[{"room":"r","members":1}]"#))
+        .unwrap();
+    ws.write(Message::text("2")).unwrap();
+    ws.flush().unwrap();
+    loop {
+        match ws.read() {
+            Ok(Message::Text(t)) if t.as_str() == "3" => return true,
+            Ok(Message::Close(_)) | Err(_) => return false,
+            Ok(_) => {}
+        }
+    }
+}
+
+#[test]
+fn a_reply_read_during_the_setup_is_sent_in_the_load_phase() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/socket.io/", listener.local_addr().unwrap());
+    let server = std::thread::spawn(move || ping_with_the_join_ack(listener));
+    // Idle: the connection never sends, so only the pong can make it write.
+    let mut o = Options::new(Scenario::Idle, Protocol::SocketIo, url);
+    o.clients = 1;
+    o.room_size = 1;
+    o.duration = Duration::from_millis(300);
+    let r = run_bounded(o).report;
+    assert_eq!(r.connections.established, 1);
+    assert!(server.join().unwrap(), "the pong was never sent");
 }

@@ -54,6 +54,8 @@ struct LoadConn {
     /// The bytes of the send in flight (the kernel holds a pointer into them).
     inflight: Vec<u8>,
     written: usize,
+    /// In `dirty`: written to, no send in flight, its send starts in this pass.
+    queued: bool,
     recv_armed: bool,
     windows: HashMap<u32, SeqWindow>,
     /// This client's sender slot and next message, when it sends.
@@ -96,6 +98,7 @@ pub(super) fn run(
                 pending: Vec::new(),
                 inflight: Vec::new(),
                 written: 0,
+                queued: false,
                 recv_armed: false,
                 windows: HashMap::new(),
                 slot: None,
@@ -125,10 +128,13 @@ pub(super) fn run(
         counters.sending_done.store(true, Ordering::Release);
     }
 
+    // Connections with something written and no send in flight (see `queue_send`).
+    let mut dirty: Vec<usize> = Vec::new();
     for (i, c) in conns.iter_mut().enumerate() {
         arm_recv(&mut ring, c, i);
         // Bytes the codec already holds (read during the setup) are processed first.
         process(shared, t, c, state);
+        queue_send(&mut dirty, c, i);
     }
 
     let interval = shared.opts.interval.as_nanos() as u64;
@@ -139,7 +145,6 @@ pub(super) fn run(
     let mut scratch = Vec::with_capacity(opts.payload);
     let mut text = String::new();
     let mut completions: Vec<Completion> = Vec::new();
-    let mut dirty: Vec<usize> = Vec::new();
 
     loop {
         if shared.stopped() {
@@ -176,7 +181,6 @@ pub(super) fn run(
                 seq: seq as u32,
             };
             let mask = c.mask.next_key();
-            let was_empty = c.pending.is_empty();
             c.parts.wire.encode_send(
                 &c.room_name,
                 &header,
@@ -186,9 +190,7 @@ pub(super) fn run(
                 &mut text,
                 &mut c.pending,
             );
-            if was_empty {
-                dirty.push(i);
-            }
+            queue_send(&mut dirty, c, i);
             let measured = shared.in_window(at);
             if measured {
                 state.tally.sent += 1;
@@ -225,6 +227,7 @@ pub(super) fn run(
 
         // One send per connection with something written and nothing in flight.
         for i in dirty.drain(..) {
+            conns[i].queued = false;
             start_send(&mut ring, &mut conns[i], i);
         }
 
@@ -265,11 +268,8 @@ pub(super) fn run(
                 }
                 if comp.result > 0 || comp.result == -libc::ENOBUFS {
                     if c.alive {
-                        let before = c.pending.len();
                         process(shared, t, c, state);
-                        if before == 0 && !c.pending.is_empty() {
-                            dirty.push(i);
-                        }
+                        queue_send(&mut dirty, c, i);
                     }
                     if !more && c.alive {
                         arm_recv(&mut ring, c, i);
@@ -296,9 +296,7 @@ pub(super) fn run(
                 } else {
                     c.inflight.clear();
                     c.written = 0;
-                    if !c.pending.is_empty() {
-                        dirty.push(i);
-                    }
+                    queue_send(&mut dirty, c, i);
                 }
             }
         }
@@ -335,6 +333,15 @@ fn arm_recv(ring: &mut Ring, c: &mut LoadConn, i: usize) {
     // SAFETY: the socket lives in `conns`, which outlives the ring's operations (the ring is
     // dropped first).
     let _ = unsafe { ring.push(&entry) };
+}
+
+/// Queues a connection for this pass's sends (once) when it has something written and no
+/// send in flight; a send in flight queues it again when it completes.
+fn queue_send(dirty: &mut Vec<usize>, c: &mut LoadConn, i: usize) {
+    if !c.queued && !c.pending.is_empty() && c.inflight.is_empty() {
+        c.queued = true;
+        dirty.push(i);
+    }
 }
 
 /// Moves what was written into a send, unless one is in flight.
