@@ -145,6 +145,9 @@ impl Shared {
 struct ThreadState {
     hist: Histograms,
     interval: Histogram<u64>,
+    /// The next interval to send to the main thread, counted from the load start: the
+    /// setup's ticker and then the load loop take turns with one count.
+    next_tick: u64,
     tally: Tally,
     failures: BTreeMap<String, u64>,
     drops: BTreeMap<String, u64>,
@@ -540,6 +543,7 @@ async fn thread_main(
     let state = Rc::new(RefCell::new(ThreadState {
         hist: Histograms::new(),
         interval: metrics::histogram(),
+        next_tick: 1,
         tally: Tally::default(),
         failures: BTreeMap::new(),
         drops: BTreeMap::new(),
@@ -645,6 +649,7 @@ async fn thread_main(
             ThreadState {
                 hist: s.hist.clone(),
                 interval: s.interval.clone(),
+                next_tick: s.next_tick,
                 tally: s.tally,
                 failures: s.failures.clone(),
                 drops: s.drops.clone(),
@@ -738,10 +743,12 @@ async fn ticker(
         return;
     };
     let interval = shared.opts.interval.as_nanos() as u64;
-    for tick in 1.. {
+    loop {
+        let tick = state.borrow().next_tick;
         sleep_until_ns(&shared, start + tick * interval).await;
         let hist = {
             let mut st = state.borrow_mut();
+            st.next_tick += 1;
             let h = st.interval.clone();
             st.interval.reset();
             h

@@ -286,6 +286,25 @@ fn connect_storm_and_idle_hold() {
 }
 
 #[test]
+fn connect_reports_each_interval_once() {
+    let server = server();
+    let mut o = options(Scenario::Connect, &server);
+    o.server_pid = None;
+    // A storm of 0.5 s over intervals of 0.1 s: the setup's ticker reports the first
+    // intervals, the load loop the rest.
+    o.clients = 50;
+    o.connect_rate = 100.0;
+    o.interval = Duration::from_millis(100);
+    let r = run_bounded(o).report;
+    assert_eq!(r.connections.established, 50);
+    let ticks: Vec<f64> = r.intervals.iter().map(|row| row.t_s).collect();
+    assert!(!ticks.is_empty());
+    assert!(ticks.windows(2).all(|w| w[0] < w[1]), "{ticks:?}");
+    server.shutdown();
+    server.join().unwrap();
+}
+
+#[test]
 fn a_refused_connection_is_counted_with_its_reason() {
     // Bind a port, then free it: nothing listens there.
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -139,7 +139,6 @@ pub(super) fn run(
 
     let interval = shared.opts.interval.as_nanos() as u64;
     let start = shared.load_start().unwrap_or(0);
-    let mut next_tick = 1u64;
     let fanout = opts.scenario == Scenario::Fanout;
     let spin = !opts.spin.is_zero();
     let mut scratch = Vec::with_capacity(opts.payload);
@@ -215,14 +214,14 @@ pub(super) fn run(
         }
 
         // The interval histogram, for the main thread's progress lines.
-        if interval > 0 && now >= start + next_tick * interval {
+        if interval > 0 && now >= start + state.next_tick * interval {
             let hist = state.interval.clone();
             state.interval.reset();
             let _ = snaps.send(Snapshot {
-                tick: next_tick,
+                tick: state.next_tick,
                 hist,
             });
-            next_tick += 1;
+            state.next_tick += 1;
         }
 
         // One send per connection with something written and nothing in flight.
