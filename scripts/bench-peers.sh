@@ -41,7 +41,8 @@ What to run
 Where
   --server-cpu N         CPU of the server (0)
   --client-cpu N         CPU of the load generator (1)
-  --spin-us N            generator spins N us before it sleeps (100000: never sleeps)
+  --spin-us N            generator spins N us after its last send or arrival before it
+                         sleeps (100000: never sleeps under load)
   --out DIR              output directory (target/bench-peers/<date>); reusing one adds
                          the new runs to its tables and plots (runs.tsv is appended)
   --server-addr IP       address the servers listen on and the generator connects to

@@ -33,7 +33,7 @@ use crate::transport::{reason, Parts, TransportError};
 const BUFFERS: u16 = 256;
 const BUFFER_SIZE: u32 = 16 * 1024;
 
-/// Longest sleep of a loop that does not spin, so it sees the stop flag.
+/// Longest sleep of the loop, so that it sees the stop flag.
 const MAX_SLEEP: Duration = Duration::from_millis(5);
 
 const RECV: u64 = 1 << 62;
@@ -140,7 +140,9 @@ pub(super) fn run(
     let interval = shared.opts.interval.as_nanos() as u64;
     let start = shared.load_start().unwrap_or(0);
     let fanout = opts.scenario == Scenario::Fanout;
-    let spin = !opts.spin.is_zero();
+    let spin = opts.spin.as_nanos() as u64;
+    // When the loop last submitted or collected something; it spins for `spin` after that.
+    let mut last_work = shared.now_ns();
     let mut scratch = Vec::with_capacity(opts.payload);
     let mut text = String::new();
     let mut completions: Vec<Completion> = Vec::new();
@@ -233,7 +235,8 @@ pub(super) fn run(
         // Queued sends and receives count as work: they go to the kernel now.
         if ring.has_work() {
             ring.enter(Wait::No)?;
-        } else if spin {
+            last_work = now;
+        } else if now < last_work.saturating_add(spin) {
             std::hint::spin_loop();
             continue;
         } else {
@@ -251,6 +254,9 @@ pub(super) fn run(
 
         completions.clear();
         ring.reap(&mut completions);
+        if !completions.is_empty() {
+            last_work = shared.now_ns();
+        }
         for comp in &completions {
             let i = (comp.user_data & !(3 << 62)) as usize;
             let Some(c) = conns.get_mut(i) else { continue };
