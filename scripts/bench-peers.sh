@@ -244,7 +244,7 @@ json_row() {
 
 # Prints the table of one scenario from DIR/runs.tsv.
 print_table() {
-	local dir=$1 scenario=$2 spin=$3
+	local dir=$1 scenario=$2
 	local rows
 	rows=$(awk -F'\t' -v s="$scenario" '$1 == s' "$dir/runs.tsv" 2>/dev/null) || true
 	[[ -n $rows ]] || return 0
@@ -261,7 +261,7 @@ print_table() {
 		[[ -n $fig ]] || fig=FAILED
 		joined+="$server"$'\t'"$step"$'\t'"$rep"$'\t'"$rc"$'\t'"$pass"$'\t'"$sys"$'\t'"$cs"$'\t'"$note"$'\t'"$fig"$'\n'
 	done <<<"$rows"
-	printf '%s' "$joined" | awk -F'\t' -v scenario="$scenario" -v perf="$perf_cols" -v spin="$spin" \
+	printf '%s' "$joined" | awk -F'\t' -v scenario="$scenario" -v perf="$perf_cols" \
 		-v sat_limit="${SAT_P99_MS}" -f <(table_awk) | sed 's/ *$//'
 }
 
@@ -312,7 +312,7 @@ function flag(g,   i, n, lag, cpu, s, f) {
 		if (f == "NA" || f == "") continue
 		n++
 		if (f % 2 == 1) lag++
-		if (f >= 2 && spin == 0) cpu++
+		if (f >= 2) cpu++
 	}
 	s = ""
 	if (lag > 0) s = "LAG" (cnt[g] > 1 ? " " lag "/" cnt[g] : "")
@@ -430,9 +430,8 @@ scenario_title() {
 table_footer() {
 	[[ $1 == idle ]] && return 0
 	echo "CPU us per deliv = server CPU time over the window / deliveries; gen limit: LAG = the generator's"
-	echo "pacing lag p99 > 1 ms (it sent late: latencies include its delay)$([[ $SPIN_US == 0 ]] && echo ", CPU = it used > 90% of its core")."
-	[[ $SPIN_US != 0 ]] && echo "(the generator busy-polls with --spin-us $SPIN_US, so its CPU use is ~100% by design and not a limit sign)"
-	return 0
+	echo "pacing lag p99 > 1 ms (it sent late: latencies include its delay), CPU = it used > 90% of its core"
+	echo "(not reported when it busy-polls with --spin-us: its CPU use is then ~100% by design)."
 }
 
 # Overlay plots: one per scenario; per rate for `rates`; the best passing step of each
@@ -480,7 +479,7 @@ report() {
 		{
 			echo
 			echo "== $(scenario_title "$scenario" "$dir")"
-			print_table "$dir" "$scenario" "$SPIN_US"
+			print_table "$dir" "$scenario"
 			table_footer "$scenario"
 		} | tee -a "$dir/summary.txt"
 		draw_plots "$dir" "$scenario"
@@ -600,7 +599,7 @@ OUT=$(cd "$OUT" && pwd)
 touch "$OUT/runs.tsv"
 # Settings the tables need when printed again with --report.
 declare -p RATES_CLIENTS MANY_CLIENTS MANY_RATE HOT_CLIENTS HOT_ROOM HOT_RATE SAT_P99_MS \
-	IDLE_CLIENTS PAYLOAD DURATION WARMUP SPIN_US | sed 's/^declare -- //' >"$OUT/settings.env"
+	IDLE_CLIENTS PAYLOAD DURATION WARMUP | sed 's/^declare -- //' >"$OUT/settings.env"
 
 {
 	echo "# bench-peers $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -906,7 +905,7 @@ for scenario in "${SCENARIO_LIST[@]}"; do
 	{
 		echo
 		echo "== $(scenario_title "$scenario" "$OUT")"
-		print_table "$OUT" "$scenario" "$SPIN_US"
+		print_table "$OUT" "$scenario"
 		table_footer "$scenario"
 	} | tee -a "$OUT/summary.txt"
 	draw_plots "$OUT" "$scenario"

@@ -62,7 +62,8 @@ const START_LEAD: Duration = Duration::from_millis(50);
 const STUCK_GRACE: Duration = Duration::from_secs(5);
 /// p99 pacing lag above which the generator is suspected of being late.
 const LAG_WARNING_US: u64 = 1_000;
-/// Generator CPU use (fraction of its cores) above which it may be the bottleneck.
+/// Generator CPU use (fraction of its cores) above which it may be the bottleneck (when it
+/// does not busy-poll).
 const CPU_WARNING: f64 = 0.9;
 
 /// A finished run: the report and the merged histograms (for `--hgrm`).
@@ -888,7 +889,9 @@ fn build_report(
             format_us(LAG_WARNING_US as f64)
         ));
     }
-    if generator.utilization > CPU_WARNING {
+    // A generator that busy-polls (`--spin-us`) uses its cores whatever the load: then its
+    // pacing lag, above, is the sign that it could not keep up.
+    if generator.utilization > CPU_WARNING && opts.spin.is_zero() {
         warnings.push(format!(
             "the generator used {:.0}% of its {} core(s): it may be the bottleneck (add --threads or CPUs)",
             generator.utilization * 100.0,
