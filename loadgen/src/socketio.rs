@@ -258,7 +258,6 @@ pub struct SocketIoClient {
     tx: WsSender,
     rx: WsReceiver,
     decoder: SioDecoder,
-    sid: String,
     next_ack: u64,
 }
 
@@ -290,23 +289,16 @@ impl SocketIoClient {
             tx,
             rx,
             decoder: SioDecoder::default(),
-            sid: String::new(),
             next_ack: 1,
         };
-        client.sid = loop {
+        loop {
             match client.next_packet().await? {
-                Packet::Connected(data) => {
-                    break serde_json::from_str::<serde_json::Value>(&data)
-                        .ok()
-                        .and_then(|v| v.get("sid")?.as_str().map(str::to_owned))
-                        .unwrap_or_default();
-                }
+                Packet::Connected(_) => return Ok(client),
                 Packet::ConnectError(data) => return Err(SocketIoError::ConnectRefused(data)),
                 Packet::Disconnect => return Err(SocketIoError::Closed),
                 _ => {}
             }
-        };
-        Ok(client)
+        }
     }
 
     async fn next_packet(&mut self) -> Result<Packet, SocketIoError> {
@@ -319,11 +311,6 @@ impl SocketIoClient {
                 Decoded::Closed => return Err(SocketIoError::Closed),
             }
         }
-    }
-
-    /// The Socket.IO session id the server gave this client.
-    pub fn sid(&self) -> &str {
-        &self.sid
     }
 
     /// `emit("join", room, ack)`: returns the room's member count after the join.
@@ -344,24 +331,6 @@ impl SocketIoClient {
                     }
                     return Ok(first.get("members").and_then(|m| m.as_u64()).unwrap_or(0) as u32);
                 }
-                Packet::Disconnect => return Err(SocketIoError::Closed),
-                _ => {}
-            }
-        }
-    }
-
-    /// `emit("to", room, event, payload)` (see [`to_room_text`]).
-    pub fn send_to(&self, room: &str, event: &str, payload: &str) -> Result<(), SocketIoError> {
-        let mut text = String::with_capacity(payload.len() + room.len() + event.len() + 16);
-        to_room_text(room, event, payload, &mut text);
-        Ok(self.tx.send_text(&text)?)
-    }
-
-    /// The payload of the next `msg` event; other packets are skipped, pings answered.
-    pub async fn next_msg(&mut self) -> Result<Payload, SocketIoError> {
-        loop {
-            match self.next_packet().await? {
-                Packet::Msg(payload) => return Ok(payload),
                 Packet::Disconnect => return Err(SocketIoError::Closed),
                 _ => {}
             }

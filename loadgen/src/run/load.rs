@@ -58,8 +58,8 @@ struct LoadConn {
     queued: bool,
     recv_armed: bool,
     windows: HashMap<u32, SeqWindow>,
-    /// This client's sender slot and next message, when it sends.
-    slot: Option<u64>,
+    /// A sender's slot in the schedule and its next message.
+    slot: u64,
     next_seq: u64,
     messages: u64,
 }
@@ -101,7 +101,7 @@ pub(super) fn run(
                 queued: false,
                 recv_armed: false,
                 windows: HashMap::new(),
-                slot: None,
+                slot: 0,
                 next_seq: 0,
                 messages: 0,
             }
@@ -115,11 +115,10 @@ pub(super) fn run(
             if !opts.is_sender(c.index) {
                 continue;
             }
-            let slot = opts.sender_slot(c.index) as u64;
-            c.slot = Some(slot);
-            c.messages = schedule.messages_for(slot);
+            c.slot = opts.sender_slot(c.index) as u64;
+            c.messages = schedule.messages_for(c.slot);
             if c.messages > 0 {
-                due.push(Reverse((schedule.intended_ns(slot, 0), i)));
+                due.push(Reverse((schedule.intended_ns(c.slot, 0), i)));
             }
         }
     }
@@ -153,19 +152,17 @@ pub(super) fn run(
         }
         let now = shared.now_ns();
 
-        // Sends that are due.
-        while let Some(&Reverse((at, i))) = due.peek() {
+        // Sends that are due (senders, and only with a schedule).
+        while let (Some(schedule), Some(&Reverse((at, i)))) = (schedule, due.peek()) {
             if at > now {
                 break;
             }
             due.pop();
-            let Some(schedule) = schedule else { break };
             let c = &mut conns[i];
-            let Some(slot) = c.slot else { continue };
             let seq = c.next_seq;
             c.next_seq += 1;
             if seq + 1 < c.messages {
-                due.push(Reverse((schedule.intended_ns(slot, seq + 1), i)));
+                due.push(Reverse((schedule.intended_ns(c.slot, seq + 1), i)));
             }
             if !c.alive {
                 continue;
@@ -216,7 +213,7 @@ pub(super) fn run(
         }
 
         // The interval histogram, for the main thread's progress lines.
-        if interval > 0 && now >= start + state.next_tick * interval {
+        if now >= start + state.next_tick * interval {
             let hist = state.interval.clone();
             state.interval.reset();
             let _ = snaps.send(Snapshot {
@@ -375,7 +372,6 @@ fn process(shared: &Shared, t: usize, c: &mut LoadConn, state: &mut ThreadState)
         let msg = match c.parts.codec.poll_message() {
             Ok(Some(Incoming::Message(m))) => m,
             Ok(Some(Incoming::Closed(_))) => {
-                flush_codec(c);
                 drop_conn(
                     shared,
                     c,
@@ -447,7 +443,7 @@ fn process(shared: &Shared, t: usize, c: &mut LoadConn, state: &mut ThreadState)
     flush_codec(c);
 }
 
-/// The codec's own replies (pongs, the close echo) go out with the next send.
+/// The codec's own replies (pongs) go out with the next send.
 fn flush_codec(c: &mut LoadConn) {
     if let Some(out) = c.parts.codec.take_output() {
         c.pending.extend_from_slice(&out);
