@@ -239,18 +239,11 @@ impl SioDecoder {
     }
 }
 
-/// `emit("to", room, event, payload)` with a JSON string payload, as Engine.IO message
-/// text. `payload` must need no JSON escaping (the load generator's payloads are hex and
-/// letters).
-pub fn to_room_text(room: &str, event: &str, payload: &str, out: &mut String) {
-    out.clear();
-    out.push_str("42[\"to\",");
-    out.push_str(&json_string(room));
-    out.push(',');
-    out.push_str(&json_string(event));
-    out.push_str(",\"");
-    out.push_str(payload);
-    out.push_str("\"]");
+/// The Engine.IO message text of `emit("to", room, event, payload)` up to the payload:
+/// `42["to","<room>","<event>","`. A JSON string payload that needs no escaping (the load
+/// generator's are hex and letters) and `"]` complete it.
+pub fn to_room_prefix(room: &str, event: &str) -> String {
+    format!("42[\"to\",{},{},\"", json_string(room), json_string(event))
 }
 
 /// A connected Socket.IO client (main namespace).
@@ -448,8 +441,6 @@ mod tests {
             Decoded::Nothing
         );
         assert_eq!(d.on_message(Message::text("1")).unwrap(), Decoded::Closed);
-        let mut text = String::new();
-        to_room_text("r", "msg", "00ff", &mut text);
-        assert_eq!(text, r#"42["to","r","msg","00ff"]"#);
+        assert_eq!(to_room_prefix("r\"", "msg"), r#"42["to","r\"","msg",""#);
     }
 }

@@ -213,6 +213,31 @@ fn relay_run_delivers_everything_and_reports_every_figure() {
 }
 
 #[test]
+fn socketio_relay_delivers_everything() {
+    let server = server();
+    let mut o = options(Scenario::Relay, &server);
+    o.protocol = Protocol::SocketIo;
+    o.url = format!("ws://{}/socket.io/", server.local_addr());
+    o.server_pid = None;
+    o.clients = 10;
+    o.room_size = 5;
+    o.rate = 20.0;
+    o.payload = 64;
+    o.warmup = Duration::from_millis(200);
+    o.duration = Duration::from_secs(1);
+    let r = run_bounded(o).report;
+    // 10 senders x 20 msg/s x 1 s, each owed to the 4 other members of its room.
+    assert_eq!(r.connections.established, 10);
+    assert_eq!(r.messages.sent, 200);
+    assert_eq!(r.messages.expected, 200 * 4);
+    assert_eq!(r.messages.delivered, r.messages.expected);
+    assert_eq!(r.messages.lost, 0);
+    assert_eq!(r.messages.duplicated, 0);
+    server.shutdown();
+    server.join().unwrap();
+}
+
+#[test]
 fn fanout_reports_latency_to_the_last_member() {
     let server = server();
     let mut o = options(Scenario::Fanout, &server);

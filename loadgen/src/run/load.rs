@@ -26,7 +26,7 @@ use crate::header::TimingHeader;
 use crate::metrics::record_ns;
 use crate::options::Scenario;
 use crate::schedule::Schedule;
-use crate::transport::{reason, Parts, TransportError};
+use crate::transport::{reason, LoadMessage, Parts, TransportError};
 
 /// Receive buffers of a load thread (filled incrementally): a pass's worth of arrivals
 /// from thousands of connections.
@@ -46,7 +46,6 @@ struct LoadConn {
     alive: bool,
     mask: MaskKeys,
     room: Option<usize>,
-    room_name: String,
     room_first: usize,
     room_end: usize,
     /// Frames written since the last send.
@@ -58,8 +57,9 @@ struct LoadConn {
     queued: bool,
     recv_armed: bool,
     windows: HashMap<u32, SeqWindow>,
-    /// A sender's slot in the schedule and its next message.
+    /// A sender's slot in the schedule, its message and its next message's number.
     slot: u64,
+    message: LoadMessage,
     next_seq: u64,
     messages: u64,
 }
@@ -92,7 +92,6 @@ pub(super) fn run(
                 alive: true,
                 mask: MaskKeys::new(0x9E37_79B9_7F4A_7C15 ^ ((index as u64) << 17)),
                 room,
-                room_name: room.map(room_name).unwrap_or_default(),
                 room_first,
                 room_end,
                 pending: Vec::new(),
@@ -102,6 +101,7 @@ pub(super) fn run(
                 recv_armed: false,
                 windows: HashMap::new(),
                 slot: 0,
+                message: LoadMessage::default(),
                 next_seq: 0,
                 messages: 0,
             }
@@ -116,6 +116,10 @@ pub(super) fn run(
                 continue;
             }
             c.slot = opts.sender_slot(c.index) as u64;
+            c.message = c
+                .parts
+                .wire
+                .load_message(&room_name(c.room.unwrap_or(0)), opts.payload);
             c.messages = schedule.messages_for(c.slot);
             if c.messages > 0 {
                 due.push(Reverse((schedule.intended_ns(c.slot, 0), i)));
@@ -142,8 +146,6 @@ pub(super) fn run(
     let spin = opts.spin.as_nanos() as u64;
     // When the loop last submitted or collected something; it spins for `spin` after that.
     let mut last_work = shared.now_ns();
-    let mut scratch = Vec::with_capacity(opts.payload);
-    let mut text = String::new();
     let mut completions: Vec<Completion> = Vec::new();
 
     loop {
@@ -179,15 +181,7 @@ pub(super) fn run(
                 seq: seq as u32,
             };
             let mask = c.mask.next_key();
-            c.parts.wire.encode_send(
-                &c.room_name,
-                &header,
-                opts.payload,
-                mask,
-                &mut scratch,
-                &mut text,
-                &mut c.pending,
-            );
+            c.message.write(&header, mask, &mut c.pending);
             queue_send(&mut dirty, c, i);
             let measured = shared.in_window(at);
             if measured {
