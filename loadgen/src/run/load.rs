@@ -134,7 +134,7 @@ pub(super) fn run(
     // Connections with something written and no send in flight (see `queue_send`).
     let mut dirty: Vec<usize> = Vec::new();
     for (i, c) in conns.iter_mut().enumerate() {
-        arm_recv(&mut ring, c, i);
+        arm_recv(&mut ring, shared, state, c, i);
         // Bytes the codec already holds (read during the setup) are processed first.
         process(shared, t, c, state);
         queue_send(&mut dirty, c, i);
@@ -220,7 +220,7 @@ pub(super) fn run(
         // One send per connection with something written and nothing in flight.
         for i in dirty.drain(..) {
             conns[i].queued = false;
-            start_send(&mut ring, &mut conns[i], i);
+            start_send(&mut ring, shared, state, &mut conns[i], i);
         }
 
         // Queued sends and receives count as work: they go to the kernel now.
@@ -268,7 +268,7 @@ pub(super) fn run(
                         queue_send(&mut dirty, c, i);
                     }
                     if !more && c.alive {
-                        arm_recv(&mut ring, c, i);
+                        arm_recv(&mut ring, shared, state, c, i);
                     }
                 } else if !more {
                     let why = if comp.result == 0 {
@@ -288,7 +288,7 @@ pub(super) fn run(
                 c.written += comp.result as usize;
                 if c.written < c.inflight.len() {
                     // A short write: resume where it stopped.
-                    push_send(&mut ring, c, i);
+                    push_send(&mut ring, shared, state, c, i);
                 } else {
                     c.inflight.clear();
                     c.written = 0;
@@ -320,7 +320,21 @@ pub(super) fn run(
     Ok(())
 }
 
-fn arm_recv(ring: &mut Ring, c: &mut LoadConn, i: usize) {
+/// Drops a connection whose operation the ring could not take (`pushed`), with the reason,
+/// rather than leave it waiting for a completion that will never come.
+fn unless_pushed(
+    shared: &Shared,
+    state: &mut ThreadState,
+    c: &mut LoadConn,
+    pushed: std::io::Result<()>,
+) {
+    if let Err(e) = pushed {
+        let why = TransportError(format!("io_uring submit: {e}"));
+        drop_conn(shared, c, state, &why);
+    }
+}
+
+fn arm_recv(ring: &mut Ring, shared: &Shared, state: &mut ThreadState, c: &mut LoadConn, i: usize) {
     if c.recv_armed || !c.alive {
         return;
     }
@@ -328,7 +342,8 @@ fn arm_recv(ring: &mut Ring, c: &mut LoadConn, i: usize) {
     let entry = Ring::recv_multishot(c.parts.fd.as_raw_fd()).user_data(RECV | i as u64);
     // SAFETY: the socket lives in `conns`, which outlives the ring's operations (the ring is
     // dropped first).
-    let _ = unsafe { ring.push(&entry) };
+    let pushed = unsafe { ring.push(&entry) };
+    unless_pushed(shared, state, c, pushed);
 }
 
 /// Queues a connection for this pass's sends (once) when it has something written and no
@@ -341,21 +356,34 @@ fn queue_send(dirty: &mut Vec<usize>, c: &mut LoadConn, i: usize) {
 }
 
 /// Moves what was written into a send, unless one is in flight.
-fn start_send(ring: &mut Ring, c: &mut LoadConn, i: usize) {
+fn start_send(
+    ring: &mut Ring,
+    shared: &Shared,
+    state: &mut ThreadState,
+    c: &mut LoadConn,
+    i: usize,
+) {
     if !c.inflight.is_empty() || c.pending.is_empty() || !c.alive {
         return;
     }
     std::mem::swap(&mut c.inflight, &mut c.pending);
     c.written = 0;
-    push_send(ring, c, i);
+    push_send(ring, shared, state, c, i);
 }
 
-fn push_send(ring: &mut Ring, c: &mut LoadConn, i: usize) {
+fn push_send(
+    ring: &mut Ring,
+    shared: &Shared,
+    state: &mut ThreadState,
+    c: &mut LoadConn,
+    i: usize,
+) {
     let rest = &c.inflight[c.written..];
     let entry =
         Ring::send(c.parts.fd.as_raw_fd(), rest.as_ptr(), rest.len()).user_data(SEND | i as u64);
     // SAFETY: `inflight` is not touched until this send completes, and outlives the ring.
-    let _ = unsafe { ring.push(&entry) };
+    let pushed = unsafe { ring.push(&entry) };
+    unless_pushed(shared, state, c, pushed);
 }
 
 /// Handles every complete message a connection's codec holds.
