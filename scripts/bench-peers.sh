@@ -652,9 +652,7 @@ start_server() {
 		;;
 	node)
 		envs=(PORT="$port" HOST="$SERVER_ADDR")
-		cmd=(node)
-		[[ $SERVER_ADDR != 127.0.0.1 ]] && cmd+=(-r "$ROOT/loadgen/peers/node/listen-host.js")
-		cmd+=("$ROOT/loadgen/reference/socketio-relay.js")
+		cmd=(node "$ROOT/loadgen/reference/socketio-relay.js")
 		;;
 	esac
 	# ip netns exec, env and taskset all exec: $! is the server itself.
