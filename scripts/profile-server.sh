@@ -27,8 +27,14 @@ SIOXIDE=$ROOT/loadgen/peers/socketioxide/target/release/socketioxide-relay
 command -v perf >/dev/null || { echo "profile-server: perf is missing (apt-get install linux-perf)" >&2; exit 2; }
 work=$(mktemp -d)
 SPID=
+LPID=
+# The generator, then the server, by PID. `|| true`: under set -e a failed kill, or wait
+# reporting the signal, must not end the cleanup before the rest.
 cleanup() {
-	[[ -n $SPID ]] && kill "$SPID" 2>/dev/null && wait "$SPID" 2>/dev/null
+	local pid
+	for pid in $LPID $SPID; do
+		kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+	done
 	rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
@@ -70,8 +76,10 @@ perf stat -x, -o "$work/perf.csv" -p "$SPID" \
 	-- sleep "$SECONDS_MEASURED" 2>/dev/null
 read -r u1 s1 < <(ticks)
 wait "$LPID" || true
-rate_per_s=$(sed -n 's/.*delivered [0-9]* (\([0-9]*\)\/s).*/\1/p' "$work/loadgen.txt" | head -1)
-[[ -n $rate_per_s ]] || { echo "profile-server: no delivery rate in the load generator's output" >&2; cat "$work/loadgen.txt" >&2; exit 1; }
+LPID=
+rate_per_s=$(python3 -c 'import json, sys; print(round(json.load(open(sys.argv[1]))["messages"]["delivered_per_s"]))' \
+	"$work/run.json" 2>/dev/null) || rate_per_s=0
+((rate_per_s > 0)) || { echo "profile-server: no deliveries in the load generator's report" >&2; cat "$work/loadgen.txt" >&2; exit 1; }
 hz=$(getconf CLK_TCK)
 awk -F, -v n="$rate_per_s" -v secs="$SECONDS_MEASURED" -v du="$((u1 - u0))" -v ds="$((s1 - s0))" -v hz="$hz" -v kind="$KIND" -v rate="$RATE" '
 	$1 ~ /^[0-9.]+$/ { v[$3] = $1 }

@@ -2,7 +2,7 @@
 // "The relay convention"), so that corelay-loadgen can measure it beside corelay.
 //
 // Run:
-//   cd loadgen/reference && npm install && node socketio-relay.js   # PORT=3000 by default
+//   cd loadgen/reference && npm install && node socketio-relay.js   # PORT=3000, HOST=127.0.0.1 by default
 //   taskset -c 0 node socketio-relay.js &                            # pinned, as in README
 //   corelay-loadgen relay --protocol socketio --url ws://127.0.0.1:3000/socket.io/
 //
@@ -15,6 +15,7 @@ const { createServer } = require("http");
 const { Server } = require("socket.io");
 
 const port = Number(process.env.PORT || 3000);
+const host = process.env.HOST || "127.0.0.1";
 const httpServer = createServer();
 const io = new Server(httpServer, {
   transports: ["websocket", "polling"],
@@ -45,6 +46,6 @@ io.on("connection", (socket) => {
   });
 });
 
-httpServer.listen(port, "127.0.0.1", () => {
-  console.log(`socket.io relay listening on ws://127.0.0.1:${port}/socket.io/ (pid ${process.pid})`);
+httpServer.listen(port, host, () => {
+  console.log(`socket.io relay listening on ws://${host}:${port}/socket.io/ (pid ${process.pid})`);
 });

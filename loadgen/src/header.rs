@@ -22,7 +22,7 @@ const FILLER_BYTE: u8 = 0xA5;
 const FILLER_CHAR: u8 = b'x';
 
 /// What a receiver needs to know about a message to time and account it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TimingHeader {
     /// When the schedule said this message should be sent (ns since the run epoch).
     pub intended_ns: u64,
@@ -42,6 +42,17 @@ impl TimingHeader {
         out[8..16].copy_from_slice(&self.sent_ns.to_le_bytes());
         out[16..20].copy_from_slice(&self.sender.to_le_bytes());
         out[20..24].copy_from_slice(&self.seq.to_le_bytes());
+        out
+    }
+
+    /// The header as 48 lowercase hex digits, for text payloads.
+    pub fn to_hex(&self) -> [u8; TEXT_LEN] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; TEXT_LEN];
+        for (i, byte) in self.to_bytes().into_iter().enumerate() {
+            out[2 * i] = DIGITS[usize::from(byte >> 4)];
+            out[2 * i + 1] = DIGITS[usize::from(byte & 0xF)];
+        }
         out
     }
 
@@ -86,12 +97,8 @@ impl TimingHeader {
 
     /// Writes a text payload of `size` ASCII characters (at least [`TEXT_LEN`]) into `buf`.
     pub fn write_text(&self, size: usize, buf: &mut Vec<u8>) {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
         buf.clear();
-        for byte in self.to_bytes() {
-            buf.push(DIGITS[usize::from(byte >> 4)]);
-            buf.push(DIGITS[usize::from(byte & 0xF)]);
-        }
+        buf.extend_from_slice(&self.to_hex());
         buf.resize(size.max(TEXT_LEN), FILLER_CHAR);
     }
 }

@@ -16,7 +16,8 @@
 //! - [`metrics`]: HdrHistograms (µs, 3 digits), summaries, the `.hgrm` text format.
 //! - [`mod@run`]: threads, phases, the main thread's watch, building the [`Report`].
 //! - [`transport`]: one interface over the native client (`corelay::client`) and [`socketio`].
-//! - [`socketio`]: a minimal Socket.IO v4 client over glommio + tungstenite.
+//! - [`socketio`]: a minimal Socket.IO v4 client over corelay's WebSocket client on glommio,
+//!   and the sans-IO decoder the load phase uses.
 //! - [`procfs`]: CPU and memory of the server and of the generator, the fd limit.
 //! - [`report`]: the [`Report`] (JSON) and the final table.
 //! - [`plot`]: latency-by-percentile SVG plots.

@@ -76,8 +76,9 @@ struct Common {
     /// Pin the threads to these CPUs, round-robin (e.g. 1 or 2,3).
     #[arg(long, value_delimiter = ',')]
     cpus: Option<Vec<usize>>,
-    /// Spin this many microseconds before a load thread sleeps: keeps its core awake so
-    /// that a delivery does not cost the server an inter-processor wake-up.
+    /// Spin this many microseconds after a load thread's last work (a send, an arrival)
+    /// before it sleeps: keeps its core awake so that a delivery does not cost the server
+    /// an inter-processor wake-up (100000: never sleeps while there is load).
     #[arg(long, default_value_t = 0)]
     spin_us: u64,
     /// Connections per second (connect; idle when given).

@@ -100,7 +100,8 @@ pub struct Options {
     pub threads: usize,
     /// CPUs to pin the executors to, round-robin; `None` leaves them unbound.
     pub cpus: Option<Vec<usize>>,
-    /// How long an idle load thread spins before it sleeps (0: sleep at once).
+    /// How long a load thread spins after its last work (a send, an arrival) before it
+    /// sleeps (0: sleep at once).
     pub spin: Duration,
     /// Connections per second in `connect` (and in `idle` when set above zero).
     pub connect_rate: f64,

@@ -239,18 +239,11 @@ impl SioDecoder {
     }
 }
 
-/// `emit("to", room, event, payload)` with a JSON string payload, as Engine.IO message
-/// text. `payload` must need no JSON escaping (the load generator's payloads are hex and
-/// letters).
-pub fn to_room_text(room: &str, event: &str, payload: &str, out: &mut String) {
-    out.clear();
-    out.push_str("42[\"to\",");
-    out.push_str(&json_string(room));
-    out.push(',');
-    out.push_str(&json_string(event));
-    out.push_str(",\"");
-    out.push_str(payload);
-    out.push_str("\"]");
+/// The Engine.IO message text of `emit("to", room, event, payload)` up to the payload:
+/// `42["to","<room>","<event>","`. A JSON string payload that needs no escaping (the load
+/// generator's are hex and letters) and `"]` complete it.
+pub fn to_room_prefix(room: &str, event: &str) -> String {
+    format!("42[\"to\",{},{},\"", json_string(room), json_string(event))
 }
 
 /// A connected Socket.IO client (main namespace).
@@ -258,7 +251,6 @@ pub struct SocketIoClient {
     tx: WsSender,
     rx: WsReceiver,
     decoder: SioDecoder,
-    sid: String,
     next_ack: u64,
 }
 
@@ -290,23 +282,16 @@ impl SocketIoClient {
             tx,
             rx,
             decoder: SioDecoder::default(),
-            sid: String::new(),
             next_ack: 1,
         };
-        client.sid = loop {
+        loop {
             match client.next_packet().await? {
-                Packet::Connected(data) => {
-                    break serde_json::from_str::<serde_json::Value>(&data)
-                        .ok()
-                        .and_then(|v| v.get("sid")?.as_str().map(str::to_owned))
-                        .unwrap_or_default();
-                }
+                Packet::Connected(_) => return Ok(client),
                 Packet::ConnectError(data) => return Err(SocketIoError::ConnectRefused(data)),
                 Packet::Disconnect => return Err(SocketIoError::Closed),
                 _ => {}
             }
-        };
-        Ok(client)
+        }
     }
 
     async fn next_packet(&mut self) -> Result<Packet, SocketIoError> {
@@ -319,11 +304,6 @@ impl SocketIoClient {
                 Decoded::Closed => return Err(SocketIoError::Closed),
             }
         }
-    }
-
-    /// The Socket.IO session id the server gave this client.
-    pub fn sid(&self) -> &str {
-        &self.sid
     }
 
     /// `emit("join", room, ack)`: returns the room's member count after the join.
@@ -344,24 +324,6 @@ impl SocketIoClient {
                     }
                     return Ok(first.get("members").and_then(|m| m.as_u64()).unwrap_or(0) as u32);
                 }
-                Packet::Disconnect => return Err(SocketIoError::Closed),
-                _ => {}
-            }
-        }
-    }
-
-    /// `emit("to", room, event, payload)` (see [`to_room_text`]).
-    pub fn send_to(&self, room: &str, event: &str, payload: &str) -> Result<(), SocketIoError> {
-        let mut text = String::with_capacity(payload.len() + room.len() + event.len() + 16);
-        to_room_text(room, event, payload, &mut text);
-        Ok(self.tx.send_text(&text)?)
-    }
-
-    /// The payload of the next `msg` event; other packets are skipped, pings answered.
-    pub async fn next_msg(&mut self) -> Result<Payload, SocketIoError> {
-        loop {
-            match self.next_packet().await? {
-                Packet::Msg(payload) => return Ok(payload),
                 Packet::Disconnect => return Err(SocketIoError::Closed),
                 _ => {}
             }
@@ -479,8 +441,6 @@ mod tests {
             Decoded::Nothing
         );
         assert_eq!(d.on_message(Message::text("1")).unwrap(), Decoded::Closed);
-        let mut text = String::new();
-        to_room_text("r", "msg", "00ff", &mut text);
-        assert_eq!(text, r#"42["to","r","msg","00ff"]"#);
+        assert_eq!(to_room_prefix("r\"", "msg"), r#"42["to","r\"","msg",""#);
     }
 }

@@ -10,14 +10,14 @@ use std::os::fd::OwnedFd;
 
 use bytes::Bytes;
 use corelay::client::{Client, ClientConfig, PayloadKind};
-use corelay::proto::native::{self, ArchivedServerFrame, ClientFrame};
+use corelay::proto::native::{self, ArchivedClientFrame, ArchivedServerFrame, ClientFrame};
 use corelay::proto::ws::{self, WsCodec};
 use tungstenite::Message;
 
-use crate::header::TimingHeader;
+use crate::header::{TimingHeader, BINARY_LEN, TEXT_LEN};
 use crate::options::Protocol;
 use crate::socketio::{
-    to_room_text, Decoded, Packet, SioDecoder, SocketIoClient, SocketIoConfig, SocketIoError,
+    to_room_prefix, Decoded, Packet, SioDecoder, SocketIoClient, SocketIoConfig, SocketIoError,
 };
 
 /// The event name load messages are sent under.
@@ -160,6 +160,32 @@ pub struct Parts {
     pub wire: Wire,
 }
 
+/// One sender's load message, encoded once: from one message to the next only the timing
+/// header at the start of the payload changes, so sending one is a copy of the header and
+/// a masked copy of the body, with no allocation.
+#[derive(Debug, Default)]
+pub struct LoadMessage {
+    /// The WebSocket message body: an rkyv `Send` frame, or Engine.IO text.
+    body: Vec<u8>,
+    /// Where the payload starts in `body`.
+    payload_at: usize,
+    /// A text message (socket.io), else binary (native).
+    text: bool,
+}
+
+impl LoadMessage {
+    /// Appends the masked WebSocket frame of the message carrying `header` to `out`.
+    pub fn write(&mut self, header: &TimingHeader, mask: [u8; 4], out: &mut Vec<u8>) {
+        let at = self.payload_at;
+        if self.text {
+            self.body[at..at + TEXT_LEN].copy_from_slice(&header.to_hex());
+        } else {
+            self.body[at..at + BINARY_LEN].copy_from_slice(&header.to_bytes());
+        }
+        ws::write_masked_frame(self.text, &self.body, mask, out);
+    }
+}
+
 /// A protocol's encoding of load messages and decoding of what arrives, sans-IO.
 pub enum Wire {
     /// Native: rkyv frames in binary messages.
@@ -169,37 +195,43 @@ pub enum Wire {
 }
 
 impl Wire {
-    /// Appends the masked WebSocket frame of one load message (`header`, `size` bytes) to
-    /// `room` to `out`; `scratch` and `text` are reused buffers.
-    #[allow(clippy::too_many_arguments)]
-    pub fn encode_send(
-        &self,
-        room: &str,
-        header: &TimingHeader,
-        size: usize,
-        mask: [u8; 4],
-        scratch: &mut Vec<u8>,
-        text: &mut String,
-        out: &mut Vec<u8>,
-    ) {
+    /// The load message of a sender in `room`, with a payload of `size` bytes.
+    pub fn load_message(&self, room: &str, size: usize) -> LoadMessage {
+        let mut payload = Vec::new();
         match self {
             Wire::Native => {
-                header.write_binary(size, scratch);
+                TimingHeader::default().write_binary(size, &mut payload);
                 let frame = ClientFrame::Send {
                     req: 0,
                     room: room.to_owned(),
                     event: EVENT.to_owned(),
-                    payload: Bytes::copy_from_slice(scratch),
+                    payload: Bytes::from(payload),
                     kind: PayloadKind::Binary,
                 };
-                ws::write_masked_frame(false, &native::encode_client(&frame), mask, out);
+                let body = native::encode_client(&frame);
+                // The archive holds the payload's bytes as they are: find where.
+                let Ok(ArchivedClientFrame::Send { payload, .. }) = native::access_client(&body)
+                else {
+                    unreachable!("an encoded Send frame reads back as one");
+                };
+                let payload_at = payload.as_slice().as_ptr() as usize - body.as_ptr() as usize;
+                LoadMessage {
+                    body,
+                    payload_at,
+                    text: false,
+                }
             }
             Wire::SocketIo(_) => {
-                header.write_text(size, scratch);
-                // write_text produces ASCII hex and filler letters only.
-                let payload = std::str::from_utf8(scratch).unwrap_or_default();
-                to_room_text(room, EVENT, payload, text);
-                ws::write_masked_frame(true, text.as_bytes(), mask, out);
+                TimingHeader::default().write_text(size, &mut payload);
+                let mut body = to_room_prefix(room, EVENT).into_bytes();
+                let payload_at = body.len();
+                body.extend_from_slice(&payload);
+                body.extend_from_slice(b"\"]");
+                LoadMessage {
+                    body,
+                    payload_at,
+                    text: true,
+                }
             }
         }
     }
@@ -251,6 +283,87 @@ impl Wire {
                 }
                 Decoded::Packet(_) | Decoded::Nothing => Ok(None),
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corelay::proto::ws::Incoming;
+    use tungstenite::protocol::Role;
+
+    fn headers() -> [TimingHeader; 2] {
+        [
+            TimingHeader {
+                intended_ns: 1,
+                sent_ns: 2,
+                sender: 3,
+                seq: 4,
+            },
+            TimingHeader {
+                intended_ns: u64::MAX,
+                sent_ns: 1 << 40,
+                sender: 77,
+                seq: 5,
+            },
+        ]
+    }
+
+    /// The messages as the server reads them.
+    fn sent(wire: Wire) -> Vec<Message> {
+        let mut m = wire.load_message("lg-1", 64);
+        let mut out = Vec::new();
+        for (h, mask) in headers().iter().zip([[1, 2, 3, 4], [9, 8, 7, 6]]) {
+            m.write(h, mask, &mut out);
+        }
+        let mut server = WsCodec::new(Role::Server, 1 << 20);
+        server.feed(&out);
+        let mut got = Vec::new();
+        while let Some(Incoming::Message(msg)) = server.poll_message().unwrap() {
+            got.push(msg);
+        }
+        got
+    }
+
+    #[test]
+    fn native_load_messages_are_send_frames_with_each_header() {
+        let got = sent(Wire::Native);
+        assert_eq!(got.len(), 2);
+        for (msg, h) in got.iter().zip(headers()) {
+            let Message::Binary(body) = msg else {
+                panic!("a binary message: {msg:?}")
+            };
+            let Ok(ArchivedClientFrame::Send {
+                room,
+                event,
+                payload,
+                kind,
+                ..
+            }) = native::access_client(body)
+            else {
+                panic!("a Send frame")
+            };
+            assert_eq!((room.as_str(), event.as_str()), ("lg-1", EVENT));
+            assert_eq!(PayloadKind::from(kind), PayloadKind::Binary);
+            let mut expected = Vec::new();
+            h.write_binary(64, &mut expected);
+            assert_eq!(payload.as_slice(), &expected[..]);
+        }
+    }
+
+    #[test]
+    fn socketio_load_messages_are_to_room_events_with_each_header() {
+        let got = sent(Wire::SocketIo(SioDecoder::default()));
+        assert_eq!(got.len(), 2);
+        for (msg, h) in got.iter().zip(headers()) {
+            let mut payload = Vec::new();
+            h.write_text(64, &mut payload);
+            let payload = String::from_utf8(payload).unwrap();
+            assert_eq!(
+                msg,
+                &Message::text(format!(r#"42["to","lg-1","msg","{payload}"]"#))
+            );
         }
     }
 }

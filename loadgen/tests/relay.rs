@@ -1,10 +1,12 @@
 //! End-to-end: the load generator against an in-process corelay on 127.0.0.1:0.
 
+use std::net::TcpListener;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use corelay::{Config, Server};
 use corelay_loadgen::{Options, Outcome, Protocol, Scenario};
+use tungstenite::Message;
 
 /// Every run here ends by itself within a few seconds; this is the point at which a
 /// hang is declared a failure.
@@ -211,6 +213,31 @@ fn relay_run_delivers_everything_and_reports_every_figure() {
 }
 
 #[test]
+fn socketio_relay_delivers_everything() {
+    let server = server();
+    let mut o = options(Scenario::Relay, &server);
+    o.protocol = Protocol::SocketIo;
+    o.url = format!("ws://{}/socket.io/", server.local_addr());
+    o.server_pid = None;
+    o.clients = 10;
+    o.room_size = 5;
+    o.rate = 20.0;
+    o.payload = 64;
+    o.warmup = Duration::from_millis(200);
+    o.duration = Duration::from_secs(1);
+    let r = run_bounded(o).report;
+    // 10 senders x 20 msg/s x 1 s, each owed to the 4 other members of its room.
+    assert_eq!(r.connections.established, 10);
+    assert_eq!(r.messages.sent, 200);
+    assert_eq!(r.messages.expected, 200 * 4);
+    assert_eq!(r.messages.delivered, r.messages.expected);
+    assert_eq!(r.messages.lost, 0);
+    assert_eq!(r.messages.duplicated, 0);
+    server.shutdown();
+    server.join().unwrap();
+}
+
+#[test]
 fn fanout_reports_latency_to_the_last_member() {
     let server = server();
     let mut o = options(Scenario::Fanout, &server);
@@ -230,6 +257,30 @@ fn fanout_reports_latency_to_the_last_member() {
     assert_eq!(r.messages.fanout_incomplete, 0);
     assert_eq!(r.last_member.count, 40);
     assert!(r.last_member.max_us >= r.latency.p50_us);
+    server.shutdown();
+    server.join().unwrap();
+}
+
+#[test]
+fn a_spinning_thread_with_no_sender_still_receives() {
+    let server = server();
+    let mut o = options(Scenario::Fanout, &server);
+    o.server_pid = None;
+    // Rooms of 10 and 2 threads: both senders (clients 0 and 10) live on thread 0, so
+    // thread 1 only receives; spinning, it must still submit its receives.
+    o.clients = 20;
+    o.room_size = 10;
+    o.threads = 2;
+    o.spin = Duration::from_millis(100);
+    o.rate = 20.0;
+    o.warmup = Duration::from_millis(200);
+    o.duration = Duration::from_secs(1);
+    let r = run_bounded(o).report;
+    assert_eq!(r.connections.dropped, 0);
+    assert_eq!(r.messages.sent, 40);
+    assert_eq!(r.messages.expected, 40 * 9);
+    assert_eq!(r.messages.delivered, r.messages.expected);
+    assert_eq!(r.messages.lost, 0);
     server.shutdown();
     server.join().unwrap();
 }
@@ -260,6 +311,25 @@ fn connect_storm_and_idle_hold() {
 }
 
 #[test]
+fn connect_reports_each_interval_once() {
+    let server = server();
+    let mut o = options(Scenario::Connect, &server);
+    o.server_pid = None;
+    // A storm of 0.5 s over intervals of 0.1 s: the setup's ticker reports the first
+    // intervals, the load loop the rest.
+    o.clients = 50;
+    o.connect_rate = 100.0;
+    o.interval = Duration::from_millis(100);
+    let r = run_bounded(o).report;
+    assert_eq!(r.connections.established, 50);
+    let ticks: Vec<f64> = r.intervals.iter().map(|row| row.t_s).collect();
+    assert!(!ticks.is_empty());
+    assert!(ticks.windows(2).all(|w| w[0] < w[1]), "{ticks:?}");
+    server.shutdown();
+    server.join().unwrap();
+}
+
+#[test]
 fn a_refused_connection_is_counted_with_its_reason() {
     // Bind a port, then free it: nothing listens there.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -283,4 +353,47 @@ fn a_refused_connection_is_counted_with_its_reason() {
         "{:?}",
         r.connections.failures
     );
+}
+
+/// A socket.io server for one client that writes an Engine.IO ping in the same write as
+/// the join ack, so that the client's codec still holds the ping when the load phase
+/// starts. Returns whether the pong came back before the client closed.
+fn ping_with_the_join_ack(listener: TcpListener) -> bool {
+    fn read_until(ws: &mut tungstenite::WebSocket<std::net::TcpStream>, prefix: &str) {
+        while !matches!(ws.read().unwrap(), Message::Text(t) if t.as_str().starts_with(prefix)) {}
+    }
+    const OPEN: &str = r#"0{"sid":"e","upgrades":[],"pingInterval":600000,"pingTimeout":600000}"#;
+    let (tcp, _) = listener.accept().unwrap();
+    tcp.set_read_timeout(Some(BUDGET)).unwrap();
+    let mut ws = tungstenite::accept(tcp).unwrap();
+    ws.send(Message::text(OPEN)).unwrap();
+    read_until(&mut ws, "40");
+    ws.send(Message::text(r#"40{"sid":"s"}"#)).unwrap();
+    read_until(&mut ws, "421[\"join\"");
+    ws.write(Message::text(r#"431[{"room":"r","members":1}]"#))
+        .unwrap();
+    ws.write(Message::text("2")).unwrap();
+    ws.flush().unwrap();
+    loop {
+        match ws.read() {
+            Ok(Message::Text(t)) if t.as_str() == "3" => return true,
+            Ok(Message::Close(_)) | Err(_) => return false,
+            Ok(_) => {}
+        }
+    }
+}
+
+#[test]
+fn a_reply_read_during_the_setup_is_sent_in_the_load_phase() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/socket.io/", listener.local_addr().unwrap());
+    let server = std::thread::spawn(move || ping_with_the_join_ack(listener));
+    // Idle: the connection never sends, so only the pong can make it write.
+    let mut o = Options::new(Scenario::Idle, Protocol::SocketIo, url);
+    o.clients = 1;
+    o.room_size = 1;
+    o.duration = Duration::from_millis(300);
+    let r = run_bounded(o).report;
+    assert_eq!(r.connections.established, 1);
+    assert!(server.join().unwrap(), "the pong was never sent");
 }

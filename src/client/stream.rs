@@ -7,7 +7,6 @@ use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::time::Duration;
 
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
@@ -51,21 +50,6 @@ impl Stream {
     /// Reads some bytes; 0 means end of stream.
     pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         poll_fn(|cx| Pin::new(&mut *self.0.borrow_mut()).poll_read(cx, buf)).await
-    }
-
-    /// Reads some bytes, giving up after `timeout` (then `Ok(None)`). Cancelling a read is
-    /// safe: no byte is taken from the socket until the read completes.
-    pub async fn read_timeout(
-        &self,
-        buf: &mut [u8],
-        timeout: Duration,
-    ) -> io::Result<Option<usize>> {
-        let read = async { Some(self.read(buf).await) };
-        let timer = async {
-            glommio::timer::sleep(timeout).await;
-            None
-        };
-        futures_lite::future::or(read, timer).await.transpose()
     }
 
     /// Writes all of `buf`.

@@ -18,7 +18,9 @@ use tungstenite::Message;
 
 use super::stream::Stream;
 use super::ClientError;
-use crate::proto::ws::{masked_binary_frame, masked_close_frame, Incoming, MaskKeys, WsCodec};
+use crate::proto::ws::{
+    masked_binary_frame, masked_close_frame, write_masked_frame, Incoming, MaskKeys, WsCodec,
+};
 
 /// Largest upgrade response head accepted; real ones are ~200 bytes.
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
@@ -172,10 +174,7 @@ pub fn open(
     })
     .detach();
     *queue.task.borrow_mut() = Some(task);
-    let mask_seed = (u64::from(seed) << 32)
-        ^ Instant::now().elapsed().as_nanos() as u64
-        ^ (Rc::as_ptr(&queue) as u64)
-        ^ 0x9E37_79B9_7F4A_7C15;
+    let mask_seed = (u64::from(seed) << 32) ^ (Rc::as_ptr(&queue) as u64) ^ 0x9E37_79B9_7F4A_7C15;
     let sender = WsSender {
         queue,
         mask: Rc::new(Cell::new(MaskKeys::new(mask_seed))),
@@ -227,9 +226,8 @@ impl WsSender {
 
     /// Queues a text message.
     pub fn send_text(&self, text: &str) -> Result<(), ClientError> {
-        let mask = self.next_mask();
-        let mut frame = masked_binary_frame(text.as_bytes(), mask).to_vec();
-        frame[0] = 0x81; // FIN + text opcode
+        let mut frame = Vec::new();
+        write_masked_frame(true, text.as_bytes(), self.next_mask(), &mut frame);
         self.push(Bytes::from(frame))
     }
 
@@ -319,11 +317,6 @@ impl WsReceiver {
         self.detached = true;
         let codec = self.codec.take().ok_or(ClientError::Closed(None))?;
         Ok((fd, codec))
-    }
-
-    /// The sending half of this connection.
-    pub fn sender(&self) -> &WsSender {
-        &self.sender
     }
 }
 

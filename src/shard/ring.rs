@@ -378,10 +378,14 @@ impl Ring {
         self.buffers.incremental
     }
 
-    /// Whether completions or deferred work are waiting, read from shared memory with no
+    /// Whether an enter has something to do: entries queued but not yet submitted,
+    /// completions, or deferred work (arrived data). Read from shared memory with no
     /// syscall (for spinning).
     pub fn has_work(&mut self) -> bool {
-        self.ring.submission().taskrun() || !self.ring.completion().is_empty()
+        let submission = self.ring.submission();
+        let waiting = !submission.is_empty() || submission.taskrun();
+        drop(submission);
+        waiting || !self.ring.completion().is_empty()
     }
 }
 
@@ -572,5 +576,21 @@ mod tests {
         let mut got = [0u8; 20];
         peer.read_exact(&mut got).unwrap();
         assert_eq!(&got[..], &bytes[..]);
+    }
+
+    #[test]
+    fn queued_entries_are_work_until_submitted() {
+        let mut ring = Ring::new(sizes()).expect("io_uring is available");
+        assert!(!ring.has_work());
+        let (_peer, ours) = UnixStream::pair().unwrap();
+        // SAFETY: the socket outlives the ring's use of it below.
+        unsafe {
+            ring.push(&Ring::recv_multishot(ours.as_raw_fd()).user_data(1))
+                .unwrap();
+        }
+        // Only an enter submits the receive: a loop spinning on has_work must enter.
+        assert!(ring.has_work());
+        ring.enter(Wait::No).unwrap();
+        assert!(!ring.has_work());
     }
 }

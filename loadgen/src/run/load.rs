@@ -26,14 +26,14 @@ use crate::header::TimingHeader;
 use crate::metrics::record_ns;
 use crate::options::Scenario;
 use crate::schedule::Schedule;
-use crate::transport::{reason, Parts, TransportError};
+use crate::transport::{reason, LoadMessage, Parts, TransportError};
 
 /// Receive buffers of a load thread (filled incrementally): a pass's worth of arrivals
 /// from thousands of connections.
 const BUFFERS: u16 = 256;
 const BUFFER_SIZE: u32 = 16 * 1024;
 
-/// Longest sleep of a loop that does not spin, so it sees the stop flag.
+/// Longest sleep of the loop, so that it sees the stop flag.
 const MAX_SLEEP: Duration = Duration::from_millis(5);
 
 const RECV: u64 = 1 << 62;
@@ -46,7 +46,6 @@ struct LoadConn {
     alive: bool,
     mask: MaskKeys,
     room: Option<usize>,
-    room_name: String,
     room_first: usize,
     room_end: usize,
     /// Frames written since the last send.
@@ -54,10 +53,13 @@ struct LoadConn {
     /// The bytes of the send in flight (the kernel holds a pointer into them).
     inflight: Vec<u8>,
     written: usize,
+    /// In `dirty`: written to, no send in flight, its send starts in this pass.
+    queued: bool,
     recv_armed: bool,
     windows: HashMap<u32, SeqWindow>,
-    /// This client's sender slot and next message, when it sends.
-    slot: Option<u64>,
+    /// A sender's slot in the schedule, its message and its next message's number.
+    slot: u64,
+    message: LoadMessage,
     next_seq: u64,
     messages: u64,
 }
@@ -90,15 +92,16 @@ pub(super) fn run(
                 alive: true,
                 mask: MaskKeys::new(0x9E37_79B9_7F4A_7C15 ^ ((index as u64) << 17)),
                 room,
-                room_name: room.map(room_name).unwrap_or_default(),
                 room_first,
                 room_end,
                 pending: Vec::new(),
                 inflight: Vec::new(),
                 written: 0,
+                queued: false,
                 recv_armed: false,
                 windows: HashMap::new(),
-                slot: None,
+                slot: 0,
+                message: LoadMessage::default(),
                 next_seq: 0,
                 messages: 0,
             }
@@ -112,11 +115,14 @@ pub(super) fn run(
             if !opts.is_sender(c.index) {
                 continue;
             }
-            let slot = opts.sender_slot(c.index) as u64;
-            c.slot = Some(slot);
-            c.messages = schedule.messages_for(slot);
+            c.slot = opts.sender_slot(c.index) as u64;
+            c.message = c
+                .parts
+                .wire
+                .load_message(&room_name(c.room.unwrap_or(0)), opts.payload);
+            c.messages = schedule.messages_for(c.slot);
             if c.messages > 0 {
-                due.push(Reverse((schedule.intended_ns(slot, 0), i)));
+                due.push(Reverse((schedule.intended_ns(c.slot, 0), i)));
             }
         }
     }
@@ -125,22 +131,22 @@ pub(super) fn run(
         counters.sending_done.store(true, Ordering::Release);
     }
 
+    // Connections with something written and no send in flight (see `queue_send`).
+    let mut dirty: Vec<usize> = Vec::new();
     for (i, c) in conns.iter_mut().enumerate() {
-        arm_recv(&mut ring, c, i);
+        arm_recv(&mut ring, shared, state, c, i);
         // Bytes the codec already holds (read during the setup) are processed first.
         process(shared, t, c, state);
+        queue_send(&mut dirty, c, i);
     }
 
     let interval = shared.opts.interval.as_nanos() as u64;
     let start = shared.load_start().unwrap_or(0);
-    let mut next_tick = 1u64;
     let fanout = opts.scenario == Scenario::Fanout;
-    let spin = !opts.spin.is_zero();
-    let mut scratch = Vec::with_capacity(opts.payload);
-    let mut text = String::new();
+    let spin = opts.spin.as_nanos() as u64;
+    // When the loop last submitted or collected something; it spins for `spin` after that.
+    let mut last_work = shared.now_ns();
     let mut completions: Vec<Completion> = Vec::new();
-    let mut dirty: Vec<usize> = Vec::new();
-    let mut queued = 0u32;
 
     loop {
         if shared.stopped() {
@@ -148,19 +154,17 @@ pub(super) fn run(
         }
         let now = shared.now_ns();
 
-        // Sends that are due.
-        while let Some(&Reverse((at, i))) = due.peek() {
+        // Sends that are due (senders, and only with a schedule).
+        while let (Some(schedule), Some(&Reverse((at, i)))) = (schedule, due.peek()) {
             if at > now {
                 break;
             }
             due.pop();
-            let Some(schedule) = schedule else { break };
             let c = &mut conns[i];
-            let Some(slot) = c.slot else { continue };
             let seq = c.next_seq;
             c.next_seq += 1;
             if seq + 1 < c.messages {
-                due.push(Reverse((schedule.intended_ns(slot, seq + 1), i)));
+                due.push(Reverse((schedule.intended_ns(c.slot, seq + 1), i)));
             }
             if !c.alive {
                 continue;
@@ -177,19 +181,8 @@ pub(super) fn run(
                 seq: seq as u32,
             };
             let mask = c.mask.next_key();
-            let was_empty = c.pending.is_empty();
-            c.parts.wire.encode_send(
-                &c.room_name,
-                &header,
-                opts.payload,
-                mask,
-                &mut scratch,
-                &mut text,
-                &mut c.pending,
-            );
-            if was_empty {
-                dirty.push(i);
-            }
+            c.message.write(&header, mask, &mut c.pending);
+            queue_send(&mut dirty, c, i);
             let measured = shared.in_window(at);
             if measured {
                 state.tally.sent += 1;
@@ -214,27 +207,27 @@ pub(super) fn run(
         }
 
         // The interval histogram, for the main thread's progress lines.
-        if interval > 0 && now >= start + next_tick * interval {
+        if now >= start + state.next_tick * interval {
             let hist = state.interval.clone();
             state.interval.reset();
             let _ = snaps.send(Snapshot {
-                tick: next_tick,
+                tick: state.next_tick,
                 hist,
             });
-            next_tick += 1;
+            state.next_tick += 1;
         }
 
         // One send per connection with something written and nothing in flight.
         for i in dirty.drain(..) {
-            if start_send(&mut ring, &mut conns[i], i) {
-                queued += 1;
-            }
+            conns[i].queued = false;
+            start_send(&mut ring, shared, state, &mut conns[i], i);
         }
 
-        if queued > 0 || ring.has_work() {
+        // Queued sends and receives count as work: they go to the kernel now.
+        if ring.has_work() {
             ring.enter(Wait::No)?;
-            queued = 0;
-        } else if spin {
+            last_work = now;
+        } else if now < last_work.saturating_add(spin) {
             std::hint::spin_loop();
             continue;
         } else {
@@ -252,6 +245,9 @@ pub(super) fn run(
 
         completions.clear();
         ring.reap(&mut completions);
+        if !completions.is_empty() {
+            last_work = shared.now_ns();
+        }
         for comp in &completions {
             let i = (comp.user_data & !(3 << 62)) as usize;
             let Some(c) = conns.get_mut(i) else { continue };
@@ -268,15 +264,11 @@ pub(super) fn run(
                 }
                 if comp.result > 0 || comp.result == -libc::ENOBUFS {
                     if c.alive {
-                        let before = c.pending.len();
                         process(shared, t, c, state);
-                        if before == 0 && !c.pending.is_empty() {
-                            dirty.push(i);
-                        }
+                        queue_send(&mut dirty, c, i);
                     }
                     if !more && c.alive {
-                        arm_recv(&mut ring, c, i);
-                        queued += 1;
+                        arm_recv(&mut ring, shared, state, c, i);
                     }
                 } else if !more {
                     let why = if comp.result == 0 {
@@ -296,14 +288,11 @@ pub(super) fn run(
                 c.written += comp.result as usize;
                 if c.written < c.inflight.len() {
                     // A short write: resume where it stopped.
-                    push_send(&mut ring, c, i);
-                    queued += 1;
+                    push_send(&mut ring, shared, state, c, i);
                 } else {
                     c.inflight.clear();
                     c.written = 0;
-                    if !c.pending.is_empty() {
-                        dirty.push(i);
-                    }
+                    queue_send(&mut dirty, c, i);
                 }
             }
         }
@@ -331,7 +320,21 @@ pub(super) fn run(
     Ok(())
 }
 
-fn arm_recv(ring: &mut Ring, c: &mut LoadConn, i: usize) {
+/// Drops a connection whose operation the ring could not take (`pushed`), with the reason,
+/// rather than leave it waiting for a completion that will never come.
+fn unless_pushed(
+    shared: &Shared,
+    state: &mut ThreadState,
+    c: &mut LoadConn,
+    pushed: std::io::Result<()>,
+) {
+    if let Err(e) = pushed {
+        let why = TransportError(format!("io_uring submit: {e}"));
+        drop_conn(shared, c, state, &why);
+    }
+}
+
+fn arm_recv(ring: &mut Ring, shared: &Shared, state: &mut ThreadState, c: &mut LoadConn, i: usize) {
     if c.recv_armed || !c.alive {
         return;
     }
@@ -339,26 +342,48 @@ fn arm_recv(ring: &mut Ring, c: &mut LoadConn, i: usize) {
     let entry = Ring::recv_multishot(c.parts.fd.as_raw_fd()).user_data(RECV | i as u64);
     // SAFETY: the socket lives in `conns`, which outlives the ring's operations (the ring is
     // dropped first).
-    let _ = unsafe { ring.push(&entry) };
+    let pushed = unsafe { ring.push(&entry) };
+    unless_pushed(shared, state, c, pushed);
 }
 
-/// Moves what was written into a send, unless one is in flight. Returns whether it did.
-fn start_send(ring: &mut Ring, c: &mut LoadConn, i: usize) -> bool {
+/// Queues a connection for this pass's sends (once) when it has something written and no
+/// send in flight; a send in flight queues it again when it completes.
+fn queue_send(dirty: &mut Vec<usize>, c: &mut LoadConn, i: usize) {
+    if !c.queued && !c.pending.is_empty() && c.inflight.is_empty() {
+        c.queued = true;
+        dirty.push(i);
+    }
+}
+
+/// Moves what was written into a send, unless one is in flight.
+fn start_send(
+    ring: &mut Ring,
+    shared: &Shared,
+    state: &mut ThreadState,
+    c: &mut LoadConn,
+    i: usize,
+) {
     if !c.inflight.is_empty() || c.pending.is_empty() || !c.alive {
-        return false;
+        return;
     }
     std::mem::swap(&mut c.inflight, &mut c.pending);
     c.written = 0;
-    push_send(ring, c, i);
-    true
+    push_send(ring, shared, state, c, i);
 }
 
-fn push_send(ring: &mut Ring, c: &mut LoadConn, i: usize) {
+fn push_send(
+    ring: &mut Ring,
+    shared: &Shared,
+    state: &mut ThreadState,
+    c: &mut LoadConn,
+    i: usize,
+) {
     let rest = &c.inflight[c.written..];
     let entry =
         Ring::send(c.parts.fd.as_raw_fd(), rest.as_ptr(), rest.len()).user_data(SEND | i as u64);
     // SAFETY: `inflight` is not touched until this send completes, and outlives the ring.
-    let _ = unsafe { ring.push(&entry) };
+    let pushed = unsafe { ring.push(&entry) };
+    unless_pushed(shared, state, c, pushed);
 }
 
 /// Handles every complete message a connection's codec holds.
@@ -369,7 +394,6 @@ fn process(shared: &Shared, t: usize, c: &mut LoadConn, state: &mut ThreadState)
         let msg = match c.parts.codec.poll_message() {
             Ok(Some(Incoming::Message(m))) => m,
             Ok(Some(Incoming::Closed(_))) => {
-                flush_codec(c);
                 drop_conn(
                     shared,
                     c,
@@ -441,7 +465,7 @@ fn process(shared: &Shared, t: usize, c: &mut LoadConn, state: &mut ThreadState)
     flush_codec(c);
 }
 
-/// The codec's own replies (pongs, the close echo) go out with the next send.
+/// The codec's own replies (pongs) go out with the next send.
 fn flush_codec(c: &mut LoadConn) {
     if let Some(out) = c.parts.codec.take_output() {
         c.pending.extend_from_slice(&out);
