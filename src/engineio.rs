@@ -25,6 +25,11 @@ use crate::shard::Shard;
 use crate::socketio::SioSession;
 use crate::stats::{add, CloseReason};
 
+/// The close packet as a long-polling fragment. It ends the polling queue of a client that
+/// polls slower than its packets arrive (which is then closed as a slow consumer), so that
+/// the client's last poll reads the end of the session rather than bytes it cannot parse.
+static CLOSE_PACKET: Bytes = Bytes::from_static(b"1");
+
 /// What runs on top of a session.
 pub(crate) enum Handler {
     /// Socket.IO (namespaces, events, acks, the relay convention).
@@ -206,8 +211,12 @@ impl Session {
             shard: Rc::clone(shard),
             registry: Rc::downgrade(sessions),
             phase: Cell::new(phase),
-            polling: (phase != Phase::WebSocket)
-                .then(|| Rc::new(Outbox::new(shard.outbox_limits()))),
+            polling: (phase != Phase::WebSocket).then(|| {
+                Rc::new(Outbox::with_overflow_frame(
+                    shard.outbox_limits(),
+                    Some(&CLOSE_PACKET),
+                ))
+            }),
             ws: RefCell::new(None),
             polling_get: Cell::new(false),
             polling_post: Cell::new(false),
@@ -506,6 +515,11 @@ impl Session {
         }
         if let Some(polling) = &self.polling {
             polling.finish();
+            if polling.overflowed() {
+                // Its close packet went to the WebSocket last; the session ends with it.
+                self.close("transport error", CloseReason::SlowConsumer);
+                return;
+            }
         }
         if let Some(Handler::SocketIo(sio)) = self.handler.borrow().as_ref() {
             sio.rewire(self);
@@ -522,12 +536,19 @@ mod tests {
     use std::sync::Arc;
 
     fn shard(ping_interval_ms: u64, ping_timeout_ms: u64) -> Rc<Shard> {
-        let config = Arc::new(Config {
-            engineio_ping_interval_ms: ping_interval_ms,
-            engineio_ping_timeout_ms: ping_timeout_ms,
+        shard_with(|c| {
+            c.engineio_ping_interval_ms = ping_interval_ms;
+            c.engineio_ping_timeout_ms = ping_timeout_ms;
+        })
+    }
+
+    fn shard_with(tweak: impl FnOnce(&mut Config)) -> Rc<Shard> {
+        let mut config = Config {
             socketio_connect_timeout_ms: 1_000,
             ..Config::default()
-        });
+        };
+        tweak(&mut config);
+        let config = Arc::new(config);
         let stats = Arc::new(ShardStats::default());
         let relay = Relay::new(
             0,
@@ -606,6 +627,13 @@ mod tests {
         s.handle_packet(t0, Packet::text(PacketType::Upgrade, ""), Some(&ws))
             .unwrap();
         assert_eq!(s.phase(), Phase::WebSocket);
+        let texts = ws_texts(&ws);
+        // The probe answer, then the echo that was waiting for a poll, then the noop that
+        // ended the poll.
+        assert_eq!(texts, vec!["3probe", "4hello", "6"]);
+    }
+
+    fn ws_texts(ws: &Outbox) -> Vec<String> {
         let mut frames = Vec::new();
         while let Drained::Frames = ws.drain(&mut frames) {}
         let mut client =
@@ -617,9 +645,45 @@ mod tests {
         while let Ok(Some(crate::proto::ws::Incoming::Message(m))) = client.poll_message() {
             texts.push(m.into_text().unwrap().to_string());
         }
-        // The probe answer, then the echo that was waiting for a poll, then the noop that
-        // ended the poll.
-        assert_eq!(texts, vec!["3probe", "4hello", "6"]);
+        texts
+    }
+
+    #[test]
+    fn a_client_that_polls_too_slowly_reads_a_close_packet() {
+        let shard = shard_with(|c| c.outbound_queue_frames = 4);
+        let sessions = Rc::new(Sessions::default());
+        let t0 = Instant::now();
+        let s = Session::create(&shard, &sessions, Phase::Polling, Handler::Echo, t0);
+        for _ in 0..5 {
+            s.handle_packet(t0, Packet::text(PacketType::Message, "x"), None)
+                .unwrap();
+        }
+        // What overflowed is dropped: the poll reads the session's end, in Engine.IO.
+        assert_eq!(polled(&s), vec!["1"]);
+        let ping = t0 + Duration::from_millis(shard.config.engineio_ping_interval_ms);
+        s.handle_timeout(ping);
+        assert!(s.is_closed());
+        assert_eq!(shard.stats.closes(CloseReason::SlowConsumer), 1);
+    }
+
+    #[test]
+    fn an_upgrade_after_an_overflow_ends_the_session_on_the_websocket() {
+        let shard = shard_with(|c| c.outbound_queue_frames = 4);
+        let sessions = Rc::new(Sessions::default());
+        let t0 = Instant::now();
+        let s = Session::create(&shard, &sessions, Phase::Polling, Handler::Echo, t0);
+        for _ in 0..5 {
+            s.handle_packet(t0, Packet::text(PacketType::Message, "x"), None)
+                .unwrap();
+        }
+        let ws = Rc::new(Outbox::new(shard.outbox_limits()));
+        s.handle_packet(t0, Packet::text(PacketType::Ping, "probe"), Some(&ws))
+            .unwrap();
+        s.handle_packet(t0, Packet::text(PacketType::Upgrade, ""), Some(&ws))
+            .unwrap();
+        assert_eq!(ws_texts(&ws), vec!["3probe", "1"]);
+        assert!(s.is_closed());
+        assert_eq!(shard.stats.closes(CloseReason::SlowConsumer), 1);
     }
 
     #[test]

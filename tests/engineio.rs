@@ -407,6 +407,42 @@ fn a_socketio_client_that_stops_reading_is_dropped_as_a_slow_consumer() {
 }
 
 #[test]
+fn a_polling_client_that_polls_too_slowly_reads_a_close_packet() {
+    // Heartbeats far beyond the test budget: only the poll can notice the overflow.
+    let srv = server(1, |c| {
+        c.engineio_ping_interval_ms = 120_000;
+        c.engineio_ping_timeout_ms = 120_000;
+        c.outbound_queue_frames = 8;
+    });
+    let addr = srv.local_addr();
+    run(move || async move {
+        let sid = sid_of(&request(addr, "GET", EIO, "", "").await.body);
+        let target = format!("{EIO}&sid={sid}");
+        request(addr, "POST", &target, "", "40\u{1e}420[\"join\",\"flood\"]").await;
+        let mut seen = String::new();
+        while !seen.contains("430[") {
+            seen.push_str(&request(addr, "GET", &target, "", "").await.body);
+        }
+        // More events than the session's queue holds arrive before its next poll.
+        let mut sender = common::connect(addr).await;
+        sender.join("flood").await.unwrap();
+        for _ in 0..20 {
+            sender
+                .send("flood", "e", b"1", corelay::client::PayloadKind::Json)
+                .await
+                .unwrap();
+        }
+        sender.ping().await.unwrap();
+        let poll = request(addr, "GET", &target, "", "").await;
+        assert_eq!((poll.status, poll.body.as_str()), (200, "1"));
+        assert_eq!(request(addr, "GET", &target, "", "").await.status, 400);
+    });
+    let stats = wait_for_stats(&srv, |s| s.closes_for(CloseReason::SlowConsumer) >= 1);
+    assert_eq!(stats.closes_for(CloseReason::SlowConsumer), 1, "{stats}");
+    srv.stop().unwrap();
+}
+
+#[test]
 fn a_polling_client_that_vanishes_mid_poll_leaves_its_rooms_at_once() {
     // Heartbeats far beyond the test budget: only noticing the closed poll can end it.
     let srv = server(1, |c| {
