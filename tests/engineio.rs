@@ -266,20 +266,32 @@ async fn ws_send(s: &Stream, text: &str) {
     s.write_all(&frame).await.unwrap();
 }
 
+/// The next text message, or `None` once the server closed (a close frame or EOF). Fails
+/// the test when neither comes within 5 s, so that a test expecting a close cannot pass
+/// on silence.
 async fn ws_recv(s: &Stream, codec: &mut WsCodec) -> Option<String> {
+    ws_next(s, codec).await.ok()
+}
+
+/// The next text message (`Ok`), or the server's close (`Err` with its close code; `None`
+/// for an EOF or a stream the codec refuses).
+async fn ws_next(s: &Stream, codec: &mut WsCodec) -> Result<String, Option<u16>> {
     let mut buf = [0u8; 4096];
     loop {
         match codec.poll_message() {
-            Ok(Some(Incoming::Message(Message::Text(t)))) => return Some(t.to_string()),
+            Ok(Some(Incoming::Message(Message::Text(t)))) => return Ok(t.to_string()),
             Ok(Some(Incoming::Message(_))) => continue,
-            Ok(Some(Incoming::Closed(_))) | Err(_) => return None,
+            Ok(Some(Incoming::Closed(close))) => return Err(close.map(|(code, _)| code)),
+            Err(_) => return Err(None),
             Ok(None) => {}
         }
-        match glommio::timer::timeout(Duration::from_secs(5), async { Ok(s.read(&mut buf).await) })
-            .await
-        {
-            Ok(Ok(n)) if n > 0 => codec.feed(&buf[..n]),
-            _ => return None,
+        let read =
+            glommio::timer::timeout(Duration::from_secs(5), async { Ok(s.read(&mut buf).await) })
+                .await
+                .expect("a message or the close within 5 s");
+        match read {
+            Ok(n) if n > 0 => codec.feed(&buf[..n]),
+            _ => return Err(None),
         }
     }
 }
@@ -356,7 +368,7 @@ fn sessions_without_a_namespace_are_closed_after_the_connect_timeout() {
     run(move || async move {
         let (ws, mut codec) = ws_connect(addr, "/socket.io/?EIO=4&transport=websocket").await;
         assert!(ws_recv(&ws, &mut codec).await.unwrap().starts_with('0'));
-        assert_eq!(ws_recv(&ws, &mut codec).await, None);
+        assert_eq!(ws_recv(&ws, &mut codec).await, None, "closed");
         // Unknown namespaces get CONNECT_ERROR.
         let (ws, mut codec) = ws_connect(addr, "/socket.io/?EIO=4&transport=websocket").await;
         ws_recv(&ws, &mut codec).await.unwrap();
@@ -364,6 +376,12 @@ fn sessions_without_a_namespace_are_closed_after_the_connect_timeout() {
         let refusal = ws_recv(&ws, &mut codec).await.unwrap();
         assert!(refusal.starts_with("44/nope,"), "{refusal}");
     });
+    // Closed for the connect timeout (the refused session may reach its own as well).
+    let stats = wait_for_stats(&srv, |s| s.closes_for(CloseReason::HandshakeTimeout) >= 1);
+    assert!(
+        stats.closes_for(CloseReason::HandshakeTimeout) >= 1,
+        "{stats}"
+    );
     srv.stop().unwrap();
 }
 
