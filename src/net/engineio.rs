@@ -257,7 +257,6 @@ impl EngineEndpoint {
         };
         if length > max {
             session.close("transport error", CloseReason::TooBig);
-            cx.shard.stats.count_close(CloseReason::TooBig);
             let answer = respond(
                 cx.shard,
                 &request,
