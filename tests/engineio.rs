@@ -4,11 +4,13 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{run, server, wait_for_stats};
 use corelay::client::Stream;
-use corelay::proto::ws::{masked_binary_frame, Incoming, WsCodec};
+use corelay::proto::ws::{close, masked_binary_frame, Incoming, WsCodec};
+use corelay::socketio::{Namespace, SocketIo};
 use corelay::stats::CloseReason;
 use tungstenite::protocol::Role;
 use tungstenite::Message;
@@ -381,6 +383,45 @@ fn sessions_without_a_namespace_are_closed_after_the_connect_timeout() {
         "{stats}"
     );
     srv.stop().unwrap();
+}
+
+#[test]
+fn a_shutdown_disconnects_every_socket_as_server_shutting_down() {
+    let reasons = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&reasons);
+    let app = SocketIo::relay().namespace(
+        "/tracked",
+        Namespace::new()
+            .on_disconnect(move |_, reason| seen.lock().unwrap().push(reason.to_owned())),
+    );
+    let config = corelay::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        shards: 1,
+        ..corelay::Config::default()
+    };
+    let srv = corelay::Server::start_with(config, app).unwrap();
+    let addr = srv.local_addr();
+    let control = srv.control();
+    run(move || async move {
+        let (ws, mut codec) = ws_connect(addr, "/socket.io/?EIO=4&transport=websocket").await;
+        ws_recv(&ws, &mut codec).await.unwrap();
+        ws_send(&ws, "40/tracked,").await;
+        let connected = ws_recv(&ws, &mut codec).await.unwrap();
+        assert!(connected.starts_with("40/tracked,"), "{connected}");
+        let sid = sid_of(&request(addr, "GET", EIO, "", "").await.body);
+        let target = format!("{EIO}&sid={sid}");
+        request(addr, "POST", &target, "", "40/tracked,").await;
+        let connected = request(addr, "GET", &target, "", "").await.body;
+        assert!(connected.starts_with("40/tracked,"), "{connected}");
+        // Both sessions are open when the server shuts down.
+        control.request_shutdown();
+        assert_eq!(ws_next(&ws, &mut codec).await, Err(Some(close::GOING_AWAY)));
+    });
+    srv.join().unwrap();
+    assert_eq!(
+        *reasons.lock().unwrap(),
+        vec!["server shutting down", "server shutting down"]
+    );
 }
 
 #[test]

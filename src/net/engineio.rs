@@ -231,7 +231,7 @@ impl Route for EngineEndpoint {
                     endpoint: self.me(),
                     upgrading,
                     session: None,
-                    ending: ("transport close", CloseReason::Peer),
+                    parse_error: None,
                 };
                 let max = shard.config.engineio_max_payload.max(1024);
                 Step::Upgrade(Box::new(WebSocket::new(app, max)), head.leftover)
@@ -482,8 +482,8 @@ struct EngineWs {
     endpoint: Rc<EngineEndpoint>,
     upgrading: Option<Rc<Session>>,
     session: Option<Rc<Session>>,
-    /// The Engine.IO close reason and stat if the WebSocket ends the session.
-    ending: (&'static str, CloseReason),
+    /// A message the session refused, with why (it closed the WebSocket).
+    parse_error: Option<CloseReason>,
 }
 
 impl WsApp for EngineWs {
@@ -528,7 +528,7 @@ impl WsApp for EngineWs {
         match result {
             Ok(()) => Flow::Continue,
             Err(stat) => {
-                self.ending = ("parse error", stat);
+                self.parse_error = Some(stat);
                 Flow::Close {
                     code: close::NORMAL,
                     reason: "",
@@ -542,16 +542,12 @@ impl WsApp for EngineWs {
         let Some(session) = self.session.take() else {
             return;
         };
-        let (reason, stat) = match why {
-            CloseReason::Peer | CloseReason::Shutdown => self.ending,
-            CloseReason::TooBig | CloseReason::Protocol | CloseReason::Invalid => {
-                if self.ending.0 == "parse error" {
-                    self.ending
-                } else {
-                    ("transport error", why)
-                }
-            }
-            other => ("transport error", other),
+        // Socket.IO's disconnect reasons, as the reference server gives them.
+        let (reason, stat) = match (self.parse_error, why) {
+            (Some(stat), _) => ("parse error", stat),
+            (None, CloseReason::Peer) => ("transport close", why),
+            (None, CloseReason::Shutdown) => ("server shutting down", why),
+            (None, other) => ("transport error", other),
         };
         // A WebSocket that never completed an upgrade leaves the polling session alive.
         if session.is_websocket(cx.out) {
