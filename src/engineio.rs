@@ -25,10 +25,13 @@ use crate::shard::Shard;
 use crate::socketio::SioSession;
 use crate::stats::{add, CloseReason};
 
-/// The close packet as a long-polling fragment. It ends the polling queue of a client that
-/// polls slower than its packets arrive (which is then closed as a slow consumer), so that
-/// the client's last poll reads the end of the session rather than bytes it cannot parse.
+/// The close packet as a long-polling fragment: what the pending (or next) poll reads when
+/// the server ends the session, as the reference server answers it. It also ends the
+/// polling queue of a client that polls slower than its packets arrive.
 static CLOSE_PACKET: Bytes = Bytes::from_static(b"1");
+
+/// The noop as a long-polling fragment: ends a pending poll with nothing to say.
+static NOOP_PACKET: Bytes = Bytes::from_static(b"6");
 
 /// What runs on top of a session.
 pub(crate) enum Handler {
@@ -386,7 +389,15 @@ impl Session {
             sio.on_close(self, reason);
         }
         if let Some(polling) = &self.polling {
-            polling.finish();
+            // The poll that is pending (or comes next) ends: with the close packet when the
+            // server ends the session, with a noop when the client did. After an upgrade
+            // the queue is closed already and this does nothing.
+            let last = if stat == CloseReason::Peer {
+                &NOOP_PACKET
+            } else {
+                &CLOSE_PACKET
+            };
+            polling.end_with(last.clone());
         }
         if let Some(ws) = self.ws.borrow().as_ref() {
             ws.close(close::NORMAL, "");
@@ -430,7 +441,7 @@ impl Session {
                         if let (Phase::Polling, Some(polling)) = (self.phase.get(), &self.polling) {
                             self.phase.set(Phase::Upgrading);
                             // End the pending poll so the client pauses polling.
-                            let _ = polling.push(Bytes::from_static(b"6"));
+                            let _ = polling.push(NOOP_PACKET.clone());
                         }
                     }
                     _ => self.send(&reply, &[]),
@@ -440,13 +451,7 @@ impl Session {
                 Some(ws) if self.phase.get() == Phase::Upgrading => self.switch_to(ws),
                 _ => return Err(CloseReason::Protocol),
             },
-            (PacketType::Close, _) => {
-                if let (true, Some(polling)) = (self.phase.get() != Phase::WebSocket, &self.polling)
-                {
-                    let _ = polling.push(Bytes::from_static(b"6"));
-                }
-                self.close("client namespace disconnect", CloseReason::Peer);
-            }
+            (PacketType::Close, _) => self.close("client namespace disconnect", CloseReason::Peer),
             (PacketType::Noop, _) => {}
             (PacketType::Message, data) => {
                 let mut handler = self.handler.borrow_mut().take();
@@ -610,6 +615,21 @@ mod tests {
         assert!(sessions.get(&s.sid()).is_none());
         assert_eq!(shard.stats.closes(CloseReason::Idle), 1);
         assert_eq!(s.poll_timeout(), None);
+        // The poll reads the ping, then the close packet.
+        assert_eq!(polled(&s), vec!["2", "1"]);
+    }
+
+    #[test]
+    fn a_client_close_ends_the_poll_with_a_noop() {
+        let shard = shard(25_000, 20_000);
+        let sessions = Rc::new(Sessions::default());
+        let t0 = Instant::now();
+        let s = Session::create(&shard, &sessions, Phase::Polling, Handler::Echo, t0);
+        s.handle_packet(t0, Packet::text(PacketType::Close, ""), None)
+            .unwrap();
+        assert!(s.is_closed());
+        assert_eq!(shard.stats.closes(CloseReason::Peer), 1);
+        assert_eq!(polled(&s), vec!["6"]);
     }
 
     #[test]

@@ -194,9 +194,8 @@ impl Route for EngineEndpoint {
                             return fail(cx, &request, EngineError::BadRequest);
                         };
                         if session.polling_get.replace(true) {
-                            // Two GETs at once break the protocol: close the session, end
-                            // the first poll with a close packet, refuse the second.
-                            let _ = polling.push(Bytes::from_static(b"1"));
+                            // Two GETs at once break the protocol: close the session (which
+                            // ends the first poll with a close packet), refuse the second.
                             session.close("transport error", CloseReason::Protocol);
                             return fail(cx, &request, EngineError::BadRequest);
                         }
@@ -332,6 +331,7 @@ impl PollGet {
         }
         self.endpoint.schedule(cx.shard, &self.session);
         if frames.is_empty() {
+            // The queue ended with nothing for this poll: an upgrade took what it held.
             return fail(cx, &self.request, EngineError::UnknownSid);
         }
         let mut body = Vec::with_capacity(frames.iter().map(|f| f.len() + 1).sum());
