@@ -29,8 +29,8 @@
 //!   every send of a turn submitted in one batch, sleeps with a timeout and a batch wait),
 //!   the shard's connections and their [`shard::Connection`] handlers, the timer wheel, and
 //!   the mesh to other shards ([`shard::mesh`]). Endpoints are registered with it
-//!   ([`shard::Endpoint`]); a connection handed to another shard names the endpoint it is
-//!   for.
+//!   ([`shard::Endpoint`]); a connection handed to another shard starts over at that
+//!   shard's front.
 //! - [`server`]: [`Server::start`] binds, registers the endpoints and spawns the shards;
 //!   [`config`] builds the one [`Config`]; [`stats`] merges per-shard counters.
 //! - [`client`]: an async Rust client of the native protocol (tests, loadgen, games),

@@ -228,6 +228,31 @@ fn polling_carries_socketio_packets_both_ways_and_closes_on_bad_input() {
 }
 
 #[test]
+fn a_connection_handed_to_the_session_owner_routes_its_next_requests_by_path() {
+    let srv = engine_server(2);
+    let addr = srv.local_addr();
+    run(move || async move {
+        let sid = sid_of(&request(addr, "GET", EIO, "", "").await.body);
+        let target = format!("{EIO}&sid={sid}");
+        // Keep-alive connections, spread by the kernel over both shards: the ones that
+        // land on the other shard are handed to the session's owner with their first
+        // request, and their next request must still find its own route.
+        for _ in 0..24 {
+            let s = Stream::new(glommio::net::TcpStream::connect(addr).await.unwrap());
+            let noop = format!("POST {target} HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\n6");
+            s.write_all(noop.as_bytes()).await.unwrap();
+            assert_eq!(responses(&s, 1).await[0].body, "ok");
+            s.write_all(b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n")
+                .await
+                .unwrap();
+            assert_eq!(responses(&s, 1).await[0].status, 404);
+        }
+    });
+    assert!(srv.stats().handoffs > 0, "{:?}", srv.stats());
+    srv.stop().unwrap();
+}
+
+#[test]
 fn oversized_polling_payloads_get_413_and_end_the_session() {
     let srv = engine_server(1);
     let addr = srv.local_addr();

@@ -3,7 +3,8 @@
 //! `crate::engineio`.
 //!
 //! A request naming a session that lives on another shard is handed, socket and bytes, to
-//! this endpoint on that shard. Session timers (heartbeat, connect timeout) are entries on
+//! that shard's HTTP front, which routes it back to this endpoint there (and later requests
+//! on the same connection by their own paths). Session timers (heartbeat, connect timeout) are entries on
 //! the shard's timer wheel, re-armed after every input to the session.
 
 use std::rc::{Rc, Weak};
@@ -87,12 +88,6 @@ impl EngineEndpoint {
 }
 
 impl Endpoint for EngineEndpoint {
-    /// A socket handed over by another shard: read its request again, here.
-    fn open(&self, _shard: &Rc<Shard>) -> Box<dyn Connection> {
-        let only = Routes::new().route(super::front::PathMatch::Any, self.me());
-        Box::new(HttpHead::new(Rc::new(only)))
-    }
-
     fn on_timer(&self, shard: &Rc<Shard>, key: u64, now: Instant) {
         let Some(session) = self.sessions.by_key(key) else {
             return;
@@ -147,11 +142,11 @@ impl Route for EngineEndpoint {
         if let Some(sid) = &sid {
             match owner_of(sid) {
                 Some(owner) if owner != shard.id && owner < shard.shards => {
+                    // The owner's front reads the request again and routes it back here.
                     return Step::Handoff {
                         shard: owner,
-                        endpoint: self.id,
                         read: head.raw,
-                    }
+                    };
                 }
                 Some(_) => {}
                 None => return fail(cx, &request, EngineError::UnknownSid),
