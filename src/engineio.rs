@@ -50,6 +50,12 @@ impl Handler {
     }
 }
 
+/// The data of a `message` packet, for the layer above.
+enum Message<'a> {
+    Text(&'a str),
+    Binary(Bytes),
+}
+
 /// Which transport a session uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
@@ -453,30 +459,10 @@ impl Session {
             },
             (PacketType::Close, _) => self.close("client namespace disconnect", CloseReason::Peer),
             (PacketType::Noop, _) => {}
-            (PacketType::Message, data) => {
-                let mut handler = self.handler.borrow_mut().take();
-                let result = match (&mut handler, data) {
-                    (Some(Handler::SocketIo(sio)), Data::Text(text)) => sio.on_text(self, text),
-                    (Some(Handler::SocketIo(sio)), Data::Binary(bin)) => {
-                        sio.on_binary(self, Bytes::from(bin.into_owned()))
-                    }
-                    (Some(Handler::Echo), Data::Text(text)) => {
-                        self.send(&format!("4{text}"), &[]);
-                        Ok(())
-                    }
-                    (Some(Handler::Echo), Data::Binary(bin)) => {
-                        self.send_binary(&bin);
-                        Ok(())
-                    }
-                    (None, _) => Ok(()),
-                };
-                // Put the handler back unless the session closed meanwhile.
-                if !self.is_closed() {
-                    *self.handler.borrow_mut() = handler;
-                } else if let Some(Handler::SocketIo(mut sio)) = handler {
-                    sio.on_close(self, "server namespace disconnect");
-                }
-                result?;
+            (PacketType::Message, Data::Text(text)) => self.deliver(Message::Text(text))?,
+            // Decoded from base64 in a payload, the bytes are owned already: no copy.
+            (PacketType::Message, Data::Binary(bin)) => {
+                self.deliver(Message::Binary(Bytes::from(bin.into_owned())))?
             }
             // Open is server-to-client only.
             (PacketType::Open, _) | (PacketType::Ping, Data::Binary(_)) => {
@@ -484,6 +470,37 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Handles a binary message from the WebSocket (v4 gives it no packet type: the frame
+    /// is a `message`), passing its bytes on as they are. `Err` closes the session.
+    pub fn handle_binary(self: &Rc<Self>, data: Bytes) -> Result<(), CloseReason> {
+        self.deliver(Message::Binary(data))
+    }
+
+    /// Hands a message to the layer above.
+    fn deliver(self: &Rc<Self>, message: Message<'_>) -> Result<(), CloseReason> {
+        let mut handler = self.handler.borrow_mut().take();
+        let result = match (&mut handler, message) {
+            (Some(Handler::SocketIo(sio)), Message::Text(text)) => sio.on_text(self, text),
+            (Some(Handler::SocketIo(sio)), Message::Binary(bin)) => sio.on_binary(self, bin),
+            (Some(Handler::Echo), Message::Text(text)) => {
+                self.send(&format!("4{text}"), &[]);
+                Ok(())
+            }
+            (Some(Handler::Echo), Message::Binary(bin)) => {
+                self.send_binary(&bin);
+                Ok(())
+            }
+            (None, _) => Ok(()),
+        };
+        // Put the handler back unless the session closed meanwhile.
+        if !self.is_closed() {
+            *self.handler.borrow_mut() = handler;
+        } else if let Some(Handler::SocketIo(mut sio)) = handler {
+            sio.on_close(self, "server namespace disconnect");
+        }
+        result
     }
 
     /// Completes an upgrade: what waited for a poll moves to the WebSocket, in order, and

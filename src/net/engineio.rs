@@ -509,14 +509,12 @@ impl WsApp for EngineWs {
         let Some(session) = self.session.clone() else {
             return Flow::Continue;
         };
-        let result = match &msg {
+        let result = match msg {
             Message::Text(text) => match Packet::decode_text(text.as_str()) {
                 Ok(p) => session.handle_packet(cx.now, p, Some(cx.out)),
                 Err(_) => Err(CloseReason::Invalid),
             },
-            Message::Binary(bin) => {
-                session.handle_packet(cx.now, Packet::binary(&bin[..]), Some(cx.out))
-            }
+            Message::Binary(bin) => session.handle_binary(bin),
             _ => Ok(()),
         };
         self.endpoint.schedule(cx.shard, &session);
