@@ -203,11 +203,12 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    /// A new session in `phase`, registered in `sessions`.
+    /// A new session, registered in `sessions`: on the WebSocket whose outbox is
+    /// `websocket`, or (`None`) on long-polling.
     pub fn create(
         shard: &Rc<Shard>,
         sessions: &Rc<Sessions>,
-        phase: Phase,
+        websocket: Option<&Rc<Outbox>>,
         handler: Handler,
         now: Instant,
     ) -> Rc<Session> {
@@ -219,14 +220,17 @@ impl Session {
             key,
             shard: Rc::clone(shard),
             registry: Rc::downgrade(sessions),
-            phase: Cell::new(phase),
-            polling: (phase != Phase::WebSocket).then(|| {
+            phase: Cell::new(match websocket {
+                Some(_) => Phase::WebSocket,
+                None => Phase::Polling,
+            }),
+            polling: websocket.is_none().then(|| {
                 Rc::new(Outbox::with_overflow_frame(
                     shard.outbox_limits(),
                     Some(&CLOSE_PACKET),
                 ))
             }),
-            ws: RefCell::new(None),
+            ws: RefCell::new(websocket.cloned()),
             polling_get: Cell::new(false),
             polling_post: Cell::new(false),
             next_ping: Cell::new(Some(now + ping_interval)),
@@ -323,15 +327,16 @@ impl Session {
 
     /// The outbox and wire encoding that outgoing packets use right now.
     pub fn transport(&self) -> (Rc<Outbox>, Wire) {
-        let ws = self.ws.borrow();
-        match (self.phase.get(), &self.polling, &*ws) {
-            (Phase::WebSocket, _, Some(ws)) | (_, None, Some(ws)) => (Rc::clone(ws), Wire::SioWs),
-            (_, Some(polling), _) => (Rc::clone(polling), Wire::SioPolling),
-            // Neither (a session being torn down): a closed queue drops what is sent.
-            (_, None, None) => {
-                let dead = Rc::new(Outbox::new(self.shard.outbox_limits()));
-                dead.finish();
-                (dead, Wire::SioPolling)
+        match &self.polling {
+            Some(polling) if self.phase.get() != Phase::WebSocket => {
+                (Rc::clone(polling), Wire::SioPolling)
+            }
+            // A session without polling was created on its WebSocket; the upgrade sets the
+            // WebSocket before the phase.
+            _ => {
+                let ws = self.ws.borrow();
+                let ws = ws.as_ref().expect("a session on WebSocket has its outbox");
+                (Rc::clone(ws), Wire::SioWs)
             }
         }
     }
@@ -362,11 +367,6 @@ impl Session {
             }
         };
         let _ = outbox.push(frame);
-    }
-
-    /// Attaches the WebSocket of a session created on it.
-    pub fn attach_websocket(&self, ws: &Rc<Outbox>) {
-        *self.ws.borrow_mut() = Some(Rc::clone(ws));
     }
 
     /// Whether `ws` is the session's WebSocket (the upgrade completed on it).
@@ -600,7 +600,7 @@ mod tests {
         let sessions = Rc::new(Sessions::default());
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let s = Session::create(&shard, &sessions, Phase::Polling, Handler::Echo, t0);
+        let s = Session::create(&shard, &sessions, None, Handler::Echo, t0);
         assert_eq!(s.poll_timeout(), Some(t0 + ms(300)));
         s.handle_timeout(t0 + ms(300));
         assert_eq!(polled(&s), vec!["2"]);
@@ -622,7 +622,7 @@ mod tests {
         let sessions = Rc::new(Sessions::default());
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let s = Session::create(&shard, &sessions, Phase::Polling, Handler::Echo, t0);
+        let s = Session::create(&shard, &sessions, None, Handler::Echo, t0);
         assert!(sessions.get(&s.sid()).is_some());
         s.handle_timeout(t0 + ms(300));
         s.handle_timeout(t0 + ms(499));
@@ -641,7 +641,7 @@ mod tests {
         let shard = shard(25_000, 20_000);
         let sessions = Rc::new(Sessions::default());
         let t0 = Instant::now();
-        let s = Session::create(&shard, &sessions, Phase::Polling, Handler::Echo, t0);
+        let s = Session::create(&shard, &sessions, None, Handler::Echo, t0);
         s.handle_packet(t0, Packet::text(PacketType::Close, ""), None)
             .unwrap();
         assert!(s.is_closed());
@@ -654,7 +654,7 @@ mod tests {
         let shard = shard(25_000, 20_000);
         let sessions = Rc::new(Sessions::default());
         let t0 = Instant::now();
-        let s = Session::create(&shard, &sessions, Phase::Polling, Handler::Echo, t0);
+        let s = Session::create(&shard, &sessions, None, Handler::Echo, t0);
         s.handle_packet(t0, Packet::text(PacketType::Message, "hello"), None)
             .unwrap();
         let ws = Rc::new(Outbox::new(shard.outbox_limits()));
@@ -690,7 +690,7 @@ mod tests {
         let shard = shard_with(|c| c.outbound_queue_frames = 4);
         let sessions = Rc::new(Sessions::default());
         let t0 = Instant::now();
-        let s = Session::create(&shard, &sessions, Phase::Polling, Handler::Echo, t0);
+        let s = Session::create(&shard, &sessions, None, Handler::Echo, t0);
         for _ in 0..5 {
             s.handle_packet(t0, Packet::text(PacketType::Message, "x"), None)
                 .unwrap();
@@ -708,7 +708,7 @@ mod tests {
         let shard = shard_with(|c| c.outbound_queue_frames = 4);
         let sessions = Rc::new(Sessions::default());
         let t0 = Instant::now();
-        let s = Session::create(&shard, &sessions, Phase::Polling, Handler::Echo, t0);
+        let s = Session::create(&shard, &sessions, None, Handler::Echo, t0);
         for _ in 0..5 {
             s.handle_packet(t0, Packet::text(PacketType::Message, "x"), None)
                 .unwrap();
@@ -727,13 +727,7 @@ mod tests {
     fn ids_name_their_shard_and_are_found_only_whole() {
         let shard = shard(25_000, 20_000);
         let sessions = Rc::new(Sessions::default());
-        let s = Session::create(
-            &shard,
-            &sessions,
-            Phase::Polling,
-            Handler::Echo,
-            Instant::now(),
-        );
+        let s = Session::create(&shard, &sessions, None, Handler::Echo, Instant::now());
         assert_eq!(owner_of(&s.sid()), Some(0));
         assert!(sessions.get(&s.sid()).is_some());
         let sid = s.sid();
@@ -755,8 +749,8 @@ mod tests {
         let sessions = Rc::new(Sessions::default());
         let t0 = Instant::now();
         let connect = Duration::from_millis(shard.config.socketio_connect_timeout_ms);
-        let idle = Session::create(&shard, &sessions, Phase::Polling, sio_handler(), t0);
-        let joined = Session::create(&shard, &sessions, Phase::Polling, sio_handler(), t0);
+        let idle = Session::create(&shard, &sessions, None, sio_handler(), t0);
+        let joined = Session::create(&shard, &sessions, None, sio_handler(), t0);
         joined
             .handle_packet(t0, Packet::text(PacketType::Message, "0"), None)
             .unwrap();

@@ -157,13 +157,8 @@ impl Route for EngineEndpoint {
                 if request.method != "GET" {
                     return fail(cx, &request, EngineError::BadHandshakeMethod);
                 }
-                let session = Session::create(
-                    &shard,
-                    &self.sessions,
-                    Phase::Polling,
-                    self.new_handler(),
-                    cx.now,
-                );
+                let session =
+                    Session::create(&shard, &self.sessions, None, self.new_handler(), cx.now);
                 self.schedule(&shard, &session);
                 let open = self.handshake(&shard, &session.sid(), &["websocket"]);
                 answer(
@@ -454,12 +449,10 @@ impl Connection for PostBody {
     }
 
     fn on_timeout(&mut self, _cx: &mut Cx<'_>) -> Step {
-        self.session.polling_post.set(false);
         Step::Close { linger: false }
     }
 
     fn on_eof(&mut self, _cx: &mut Cx<'_>) -> Step {
-        self.session.polling_post.set(false);
         Step::Close { linger: false }
     }
 
@@ -490,11 +483,10 @@ impl WsApp for EngineWs {
                 let s = Session::create(
                     &shard,
                     &self.endpoint.sessions,
-                    Phase::WebSocket,
+                    Some(cx.out),
                     self.endpoint.new_handler(),
                     cx.now,
                 );
-                s.attach_websocket(cx.out);
                 let open = self.endpoint.handshake(&shard, &s.sid(), &[]);
                 let _ = cx.out.push(sio_ws_frames(&open, &[]));
                 self.endpoint.schedule(&shard, &s);
