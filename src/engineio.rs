@@ -424,13 +424,17 @@ impl Session {
     }
 
     /// Handles one decoded Engine.IO packet from the client, which came on the WebSocket
-    /// `ws` or (`None`) by polling. `Err` closes the session.
+    /// `ws` or (`None`) by polling. `Err` closes the transport it came on: the session, or
+    /// only a WebSocket that is probing for an upgrade.
     pub fn handle_packet(
         self: &Rc<Self>,
         now: Instant,
         packet: Packet<'_>,
         ws: Option<&Rc<Outbox>>,
     ) -> Result<(), CloseReason> {
+        if let Some(ws) = ws.filter(|ws| !self.is_websocket(ws)) {
+            return self.handle_probe(packet, ws);
+        }
         match (packet.packet_type, packet.data) {
             (PacketType::Pong, _) => {
                 // The next ping comes a full interval after this pong.
@@ -438,43 +442,56 @@ impl Session {
                 let interval = Duration::from_millis(self.shard.config.engineio_ping_interval_ms);
                 self.next_ping.set(Some(now + interval));
             }
-            (PacketType::Ping, Data::Text(data)) => {
-                // Only the probe is a client ping in v4; answer on the transport it came on.
-                let reply = format!("3{data}");
-                match (ws, data) {
-                    (Some(ws), "probe") => {
-                        let _ = ws.push(sio_ws_frames(&reply, &[]));
-                        if let (Phase::Polling, Some(polling)) = (self.phase.get(), &self.polling) {
-                            self.phase.set(Phase::Upgrading);
-                            // End the pending poll so the client pauses polling.
-                            let _ = polling.push(NOOP_PACKET.clone());
-                        }
-                    }
-                    _ => self.send(&reply, &[]),
-                }
-            }
-            (PacketType::Upgrade, _) => match ws {
-                Some(ws) if self.phase.get() == Phase::Upgrading => self.switch_to(ws),
-                _ => return Err(CloseReason::Protocol),
-            },
-            (PacketType::Close, _) => self.close("client namespace disconnect", CloseReason::Peer),
+            // In v4 only the server pings: the reference ends the session ("invalid
+            // heartbeat direction").
+            (PacketType::Ping, _) => self.close("transport error", CloseReason::Protocol),
+            (PacketType::Close, _) => self.close("transport close", CloseReason::Peer),
             (PacketType::Noop, _) => {}
             (PacketType::Message, Data::Text(text)) => self.deliver(Message::Text(text))?,
             // Decoded from base64 in a payload, the bytes are owned already: no copy.
             (PacketType::Message, Data::Binary(bin)) => {
                 self.deliver(Message::Binary(Bytes::from(bin.into_owned())))?
             }
-            // Open is server-to-client only.
-            (PacketType::Open, _) | (PacketType::Ping, Data::Binary(_)) => {
-                return Err(CloseReason::Protocol)
-            }
+            // Open is server-to-client only; an upgrade comes on the probing WebSocket.
+            (PacketType::Open | PacketType::Upgrade, _) => return Err(CloseReason::Protocol),
         }
         Ok(())
     }
 
-    /// Handles a binary message from the WebSocket (v4 gives it no packet type: the frame
-    /// is a `message`), passing its bytes on as they are. `Err` closes the session.
-    pub fn handle_binary(self: &Rc<Self>, data: Bytes) -> Result<(), CloseReason> {
+    /// A packet on a WebSocket that is not the session's yet: the probe and then the
+    /// upgrade. Anything else ends that WebSocket, as the reference closes such a transport;
+    /// the session goes on polling.
+    fn handle_probe(
+        self: &Rc<Self>,
+        packet: Packet<'_>,
+        ws: &Rc<Outbox>,
+    ) -> Result<(), CloseReason> {
+        match (packet.packet_type, packet.data) {
+            (PacketType::Ping, Data::Text("probe")) => {
+                let _ = ws.push(sio_ws_frames("3probe", &[]));
+                if let (Phase::Polling, Some(polling)) = (self.phase.get(), &self.polling) {
+                    self.phase.set(Phase::Upgrading);
+                    // End the pending poll so the client pauses polling.
+                    let _ = polling.push(NOOP_PACKET.clone());
+                }
+                Ok(())
+            }
+            (PacketType::Upgrade, _) if self.phase.get() == Phase::Upgrading => {
+                self.switch_to(ws);
+                Ok(())
+            }
+            _ => Err(CloseReason::Protocol),
+        }
+    }
+
+    /// Handles a binary message from the WebSocket `ws` (v4 gives it no packet type: the
+    /// frame is a `message`), passing its bytes on as they are. `Err` closes the WebSocket
+    /// (and the session, if `ws` is its transport).
+    pub fn handle_binary(self: &Rc<Self>, data: Bytes, ws: &Rc<Outbox>) -> Result<(), CloseReason> {
+        if !self.is_websocket(ws) {
+            // Only the probe and the upgrade come on a probing WebSocket.
+            return Err(CloseReason::Protocol);
+        }
         self.deliver(Message::Binary(data))
     }
 
@@ -721,6 +738,42 @@ mod tests {
         assert_eq!(ws_texts(&ws), vec!["3probe", "1"]);
         assert!(s.is_closed());
         assert_eq!(shard.stats.closes(CloseReason::SlowConsumer), 1);
+    }
+
+    #[test]
+    fn a_client_ping_ends_the_session_unless_it_probes_an_upgrade() {
+        let shard = shard(25_000, 20_000);
+        let sessions = Rc::new(Sessions::default());
+        let t0 = Instant::now();
+        // By polling, a ping is the wrong heartbeat direction; the poll reads the close.
+        let polling = Session::create(&shard, &sessions, None, Handler::Echo, t0);
+        polling
+            .handle_packet(t0, Packet::text(PacketType::Ping, ""), None)
+            .unwrap();
+        assert!(polling.is_closed());
+        assert_eq!(polled(&polling), vec!["1"]);
+        // On the session's own WebSocket, even a probe is.
+        let ws = Rc::new(Outbox::new(shard.outbox_limits()));
+        let on_ws = Session::create(&shard, &sessions, Some(&ws), Handler::Echo, t0);
+        on_ws
+            .handle_packet(t0, Packet::text(PacketType::Ping, "probe"), Some(&ws))
+            .unwrap();
+        assert!(on_ws.is_closed());
+        assert_eq!(shard.stats.closes(CloseReason::Protocol), 2);
+        // A probing WebSocket that sends anything but the probe and the upgrade is refused;
+        // the session goes on polling.
+        let upgrading = Session::create(&shard, &sessions, None, Handler::Echo, t0);
+        let probe = Rc::new(Outbox::new(shard.outbox_limits()));
+        upgrading
+            .handle_packet(t0, Packet::text(PacketType::Ping, "probe"), Some(&probe))
+            .unwrap();
+        let message = Packet::text(PacketType::Message, "hi");
+        assert!(upgrading.handle_packet(t0, message, Some(&probe)).is_err());
+        assert!(upgrading
+            .handle_binary(Bytes::from_static(b"hi"), &probe)
+            .is_err());
+        assert!(!upgrading.is_closed());
+        assert_eq!(ws_texts(&probe), vec!["3probe"]);
     }
 
     #[test]

@@ -422,6 +422,47 @@ fn websocket_sessions_handshake_ping_and_close_on_invalid_packets() {
 }
 
 #[test]
+fn a_client_ping_ends_a_websocket_session() {
+    let srv = engine_server(1);
+    let addr = srv.local_addr();
+    run(move || async move {
+        let (ws, mut codec) = ws_connect(addr, "/socket.io/?EIO=4&transport=websocket").await;
+        ws_recv(&ws, &mut codec).await.unwrap();
+        // In v4 the server pings; a client's ping is the wrong heartbeat direction.
+        ws_send(&ws, "2").await;
+        assert_eq!(ws_next(&ws, &mut codec).await, Err(Some(close::NORMAL)));
+    });
+    let stats = wait_for_stats(&srv, |s| s.closes_for(CloseReason::Protocol) >= 1);
+    assert_eq!(stats.closes_for(CloseReason::Protocol), 1, "{stats}");
+    srv.stop().unwrap();
+}
+
+#[test]
+fn websocket_messages_over_max_payload_are_closed_with_1009() {
+    // maxPayload is 1000: a message of exactly that is served, one byte more is not.
+    let srv = engine_server(1);
+    let addr = srv.local_addr();
+    run(move || async move {
+        let event = |len: usize| {
+            let head = "42[\"e\",\"";
+            format!("{head}{}\"]", "x".repeat(len - head.len() - 2))
+        };
+        let (ws, mut codec) = ws_connect(addr, "/socket.io/?EIO=4&transport=websocket").await;
+        ws_recv(&ws, &mut codec).await.unwrap();
+        ws_send(&ws, "40").await;
+        assert!(ws_recv(&ws, &mut codec).await.unwrap().starts_with("40"));
+        ws_send(&ws, &event(1000)).await;
+        let answer = ws_recv(&ws, &mut codec).await.unwrap();
+        assert!(answer.contains("unknown_event"), "{answer}");
+        ws_send(&ws, &event(1001)).await;
+        assert_eq!(ws_next(&ws, &mut codec).await, Err(Some(close::TOO_BIG)));
+    });
+    let stats = wait_for_stats(&srv, |s| s.closes_for(CloseReason::TooBig) >= 1);
+    assert_eq!(stats.closes_for(CloseReason::TooBig), 1, "{stats}");
+    srv.stop().unwrap();
+}
+
+#[test]
 fn sessions_without_a_namespace_are_closed_after_the_connect_timeout() {
     let srv = server(1, |c| c.socketio_connect_timeout_ms = 200);
     let addr = srv.local_addr();
@@ -445,8 +486,8 @@ fn sessions_without_a_namespace_are_closed_after_the_connect_timeout() {
     srv.stop().unwrap();
 }
 
-#[test]
-fn a_shutdown_disconnects_every_socket_as_server_shutting_down() {
+/// A one-shard server with a namespace `/tracked` that records its disconnect reasons.
+fn tracked_server() -> (corelay::Server, Arc<Mutex<Vec<String>>>) {
     let reasons = Arc::new(Mutex::new(Vec::new()));
     let seen = Arc::clone(&reasons);
     let app = SocketIo::relay().namespace(
@@ -459,7 +500,29 @@ fn a_shutdown_disconnects_every_socket_as_server_shutting_down() {
         shards: 1,
         ..corelay::Config::default()
     };
-    let srv = corelay::Server::start_with(config, app).unwrap();
+    (corelay::Server::start_with(config, app).unwrap(), reasons)
+}
+
+#[test]
+fn a_client_close_packet_disconnects_as_transport_close() {
+    let (srv, reasons) = tracked_server();
+    let addr = srv.local_addr();
+    run(move || async move {
+        let sid = sid_of(&request(addr, "GET", EIO, "", "").await.body);
+        let target = format!("{EIO}&sid={sid}");
+        request(addr, "POST", &target, "", "40/tracked,").await;
+        request(addr, "GET", &target, "", "").await;
+        assert_eq!(request(addr, "POST", &target, "", "1").await.body, "ok");
+    });
+    let stats = wait_for_stats(&srv, |s| s.closes_for(CloseReason::Peer) >= 1);
+    assert_eq!(stats.closes_for(CloseReason::Peer), 1, "{stats}");
+    assert_eq!(*reasons.lock().unwrap(), vec!["transport close"]);
+    srv.stop().unwrap();
+}
+
+#[test]
+fn a_shutdown_disconnects_every_socket_as_server_shutting_down() {
+    let (srv, reasons) = tracked_server();
     let addr = srv.local_addr();
     let control = srv.control();
     run(move || async move {

@@ -222,7 +222,7 @@ impl Route for EngineEndpoint {
                     session: None,
                     parse_error: None,
                 };
-                let max = shard.config.engineio_max_payload.max(1024);
+                let max = shard.config.engineio_max_payload;
                 Step::Upgrade(Box::new(WebSocket::new(app, max)), head.leftover)
             }
         }
@@ -506,7 +506,7 @@ impl WsApp for EngineWs {
                 Ok(p) => session.handle_packet(cx.now, p, Some(cx.out)),
                 Err(_) => Err(CloseReason::Invalid),
             },
-            Message::Binary(bin) => session.handle_binary(bin),
+            Message::Binary(bin) => session.handle_binary(bin, cx.out),
             _ => Ok(()),
         };
         self.endpoint.schedule(cx.shard, &session);
