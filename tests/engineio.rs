@@ -334,8 +334,17 @@ async fn ws_recv(s: &Stream, codec: &mut WsCodec) -> Option<String> {
 }
 
 /// The next text message (`Ok`), or the server's close (`Err` with its close code; `None`
-/// for an EOF or a stream the codec refuses).
+/// for an EOF or a stream the codec refuses), within 5 s.
 async fn ws_next(s: &Stream, codec: &mut WsCodec) -> Result<String, Option<u16>> {
+    ws_next_within(s, codec, Duration::from_secs(5)).await
+}
+
+/// [`ws_next`], failing the test if nothing comes within `limit`.
+async fn ws_next_within(
+    s: &Stream,
+    codec: &mut WsCodec,
+    limit: Duration,
+) -> Result<String, Option<u16>> {
     let mut buf = [0u8; 4096];
     loop {
         match codec.poll_message() {
@@ -345,10 +354,9 @@ async fn ws_next(s: &Stream, codec: &mut WsCodec) -> Result<String, Option<u16>>
             Err(_) => return Err(None),
             Ok(None) => {}
         }
-        let read =
-            glommio::timer::timeout(Duration::from_secs(5), async { Ok(s.read(&mut buf).await) })
-                .await
-                .expect("a message or the close within 5 s");
+        let read = glommio::timer::timeout(limit, async { Ok(s.read(&mut buf).await) })
+            .await
+            .expect("a message or the close in time");
         match read {
             Ok(n) if n > 0 => codec.feed(&buf[..n]),
             _ => return Err(None),
@@ -391,6 +399,36 @@ fn polling_upgrades_to_websocket_without_losing_or_repeating_packets() {
         // A second WebSocket for the same sid is refused.
         let again = request(addr, "GET", &format!("/socket.io/?EIO=4&transport=websocket&sid={sid}"), "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "").await;
         assert_eq!(again.status, 400);
+    });
+    srv.stop().unwrap();
+}
+
+#[test]
+fn a_websocket_that_never_completes_its_upgrade_is_closed_after_the_upgrade_timeout() {
+    // No heartbeat within the test: only the upgrade timeout (10 s) can end the probe.
+    let srv = server(1, |c| {
+        c.engineio_ping_interval_ms = 120_000;
+        c.engineio_ping_timeout_ms = 120_000;
+    });
+    let addr = srv.local_addr();
+    run(move || async move {
+        let sid = sid_of(&request(addr, "GET", EIO, "", "").await.body);
+        let target = format!("{EIO}&sid={sid}");
+        let probe = format!("/socket.io/?EIO=4&transport=websocket&sid={sid}");
+        let (ws, mut codec) = ws_connect(addr, &probe).await;
+        ws_send(&ws, "2probe").await;
+        assert_eq!(ws_recv(&ws, &mut codec).await.as_deref(), Some("3probe"));
+        assert_eq!(request(addr, "GET", &target, "", "").await.body, "6");
+        // The client never sends `5`.
+        let closed = ws_next_within(&ws, &mut codec, Duration::from_secs(20)).await;
+        assert_eq!(closed, Err(Some(close::NORMAL)));
+        // The session goes on polling, and may try the upgrade again.
+        assert_eq!(request(addr, "POST", &target, "", "40").await.body, "ok");
+        let connected = request(addr, "GET", &target, "", "").await.body;
+        assert!(connected.starts_with("40{"), "{connected}");
+        let (ws, mut codec) = ws_connect(addr, &probe).await;
+        ws_send(&ws, "2probe").await;
+        assert_eq!(ws_recv(&ws, &mut codec).await.as_deref(), Some("3probe"));
     });
     srv.stop().unwrap();
 }

@@ -29,6 +29,11 @@ use crate::stats::CloseReason;
 /// client refuses payloads of more than 16 packets; the rest goes in the next poll.
 const MAX_PACKETS_PER_POLL: usize = 16;
 
+/// How long a WebSocket opened to upgrade a polling session may take to complete the
+/// upgrade before it is closed (the session goes on polling): the reference server's
+/// default `upgradeTimeout`.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The Engine.IO endpoint of one shard.
 pub struct EngineEndpoint {
     id: EndpointId,
@@ -221,6 +226,7 @@ impl Route for EngineEndpoint {
                     upgrading,
                     session: None,
                     parse_error: None,
+                    upgrade_deadline: None,
                 };
                 let max = shard.config.engineio_max_payload;
                 Step::Upgrade(Box::new(WebSocket::new(app, max)), head.leftover)
@@ -472,13 +478,18 @@ struct EngineWs {
     session: Option<Rc<Session>>,
     /// A message the session refused, with why (it closed the WebSocket).
     parse_error: Option<CloseReason>,
+    /// When an upgrade not completed by then is given up.
+    upgrade_deadline: Option<Instant>,
 }
 
 impl WsApp for EngineWs {
     fn on_open(&mut self, cx: &mut Cx<'_>) -> Flow {
         let shard = Rc::clone(cx.shard);
         let session = match self.upgrading.take() {
-            Some(s) => s,
+            Some(s) => {
+                self.upgrade_deadline = Some(cx.now + UPGRADE_TIMEOUT);
+                s
+            }
             None => {
                 let s = Session::create(
                     &shard,
@@ -510,6 +521,9 @@ impl WsApp for EngineWs {
             _ => Ok(()),
         };
         self.endpoint.schedule(cx.shard, &session);
+        if self.upgrade_deadline.is_some() && session.is_websocket(cx.out) {
+            self.upgrade_deadline = None;
+        }
         match result {
             Ok(()) => Flow::Continue,
             Err(stat) => {
@@ -520,6 +534,19 @@ impl WsApp for EngineWs {
                     stat,
                 }
             }
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.upgrade_deadline
+    }
+
+    fn on_timeout(&mut self, _cx: &mut Cx<'_>) -> Flow {
+        // The upgrade did not complete in time: the session stays on polling.
+        Flow::Close {
+            code: close::NORMAL,
+            reason: "upgrade timeout",
+            stat: CloseReason::HandshakeTimeout,
         }
     }
 
