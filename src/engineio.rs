@@ -25,6 +25,14 @@ use crate::shard::Shard;
 use crate::socketio::SioSession;
 use crate::stats::{add, CloseReason};
 
+/// The close packet as a long-polling fragment: what the pending (or next) poll reads when
+/// the server ends the session, as the reference server answers it. It also ends the
+/// polling queue of a client that polls slower than its packets arrive.
+static CLOSE_PACKET: Bytes = Bytes::from_static(b"1");
+
+/// The noop as a long-polling fragment: ends a pending poll with nothing to say.
+static NOOP_PACKET: Bytes = Bytes::from_static(b"6");
+
 /// What runs on top of a session.
 pub(crate) enum Handler {
     /// Socket.IO (namespaces, events, acks, the relay convention).
@@ -40,6 +48,12 @@ impl Handler {
             Handler::Echo => None,
         }
     }
+}
+
+/// The data of a `message` packet, for the layer above.
+enum Message<'a> {
+    Text(&'a str),
+    Binary(Bytes),
 }
 
 /// Which transport a session uses.
@@ -189,11 +203,12 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    /// A new session in `phase`, registered in `sessions`.
+    /// A new session, registered in `sessions`: on the WebSocket whose outbox is
+    /// `websocket`, or (`None`) on long-polling.
     pub fn create(
         shard: &Rc<Shard>,
         sessions: &Rc<Sessions>,
-        phase: Phase,
+        websocket: Option<&Rc<Outbox>>,
         handler: Handler,
         now: Instant,
     ) -> Rc<Session> {
@@ -205,10 +220,17 @@ impl Session {
             key,
             shard: Rc::clone(shard),
             registry: Rc::downgrade(sessions),
-            phase: Cell::new(phase),
-            polling: (phase != Phase::WebSocket)
-                .then(|| Rc::new(Outbox::new(shard.outbox_limits()))),
-            ws: RefCell::new(None),
+            phase: Cell::new(match websocket {
+                Some(_) => Phase::WebSocket,
+                None => Phase::Polling,
+            }),
+            polling: websocket.is_none().then(|| {
+                Rc::new(Outbox::with_overflow_frame(
+                    shard.outbox_limits(),
+                    Some(&CLOSE_PACKET),
+                ))
+            }),
+            ws: RefCell::new(websocket.cloned()),
             polling_get: Cell::new(false),
             polling_post: Cell::new(false),
             next_ping: Cell::new(Some(now + ping_interval)),
@@ -305,15 +327,16 @@ impl Session {
 
     /// The outbox and wire encoding that outgoing packets use right now.
     pub fn transport(&self) -> (Rc<Outbox>, Wire) {
-        let ws = self.ws.borrow();
-        match (self.phase.get(), &self.polling, &*ws) {
-            (Phase::WebSocket, _, Some(ws)) | (_, None, Some(ws)) => (Rc::clone(ws), Wire::SioWs),
-            (_, Some(polling), _) => (Rc::clone(polling), Wire::SioPolling),
-            // Neither (a session being torn down): a closed queue drops what is sent.
-            (_, None, None) => {
-                let dead = Rc::new(Outbox::new(self.shard.outbox_limits()));
-                dead.finish();
-                (dead, Wire::SioPolling)
+        match &self.polling {
+            Some(polling) if self.phase.get() != Phase::WebSocket => {
+                (Rc::clone(polling), Wire::SioPolling)
+            }
+            // A session without polling was created on its WebSocket; the upgrade sets the
+            // WebSocket before the phase.
+            _ => {
+                let ws = self.ws.borrow();
+                let ws = ws.as_ref().expect("a session on WebSocket has its outbox");
+                (Rc::clone(ws), Wire::SioWs)
             }
         }
     }
@@ -346,11 +369,6 @@ impl Session {
         let _ = outbox.push(frame);
     }
 
-    /// Attaches the WebSocket of a session created on it.
-    pub fn attach_websocket(&self, ws: &Rc<Outbox>) {
-        *self.ws.borrow_mut() = Some(Rc::clone(ws));
-    }
-
     /// Whether `ws` is the session's WebSocket (the upgrade completed on it).
     pub fn is_websocket(&self, ws: &Rc<Outbox>) -> bool {
         self.ws.borrow().as_ref().is_some_and(|w| Rc::ptr_eq(w, ws))
@@ -377,7 +395,15 @@ impl Session {
             sio.on_close(self, reason);
         }
         if let Some(polling) = &self.polling {
-            polling.finish();
+            // The poll that is pending (or comes next) ends: with the close packet when the
+            // server ends the session, with a noop when the client did. After an upgrade
+            // the queue is closed already and this does nothing.
+            let last = if stat == CloseReason::Peer {
+                &NOOP_PACKET
+            } else {
+                &CLOSE_PACKET
+            };
+            polling.end_with(last.clone());
         }
         if let Some(ws) = self.ws.borrow().as_ref() {
             ws.close(close::NORMAL, "");
@@ -398,13 +424,17 @@ impl Session {
     }
 
     /// Handles one decoded Engine.IO packet from the client, which came on the WebSocket
-    /// `ws` or (`None`) by polling. `Err` closes the session.
+    /// `ws` or (`None`) by polling. `Err` closes the transport it came on: the session, or
+    /// only a WebSocket that is probing for an upgrade.
     pub fn handle_packet(
         self: &Rc<Self>,
         now: Instant,
         packet: Packet<'_>,
         ws: Option<&Rc<Outbox>>,
     ) -> Result<(), CloseReason> {
+        if let Some(ws) = ws.filter(|ws| !self.is_websocket(ws)) {
+            return self.handle_probe(packet, ws);
+        }
         match (packet.packet_type, packet.data) {
             (PacketType::Pong, _) => {
                 // The next ping comes a full interval after this pong.
@@ -412,64 +442,82 @@ impl Session {
                 let interval = Duration::from_millis(self.shard.config.engineio_ping_interval_ms);
                 self.next_ping.set(Some(now + interval));
             }
-            (PacketType::Ping, Data::Text(data)) => {
-                // Only the probe is a client ping in v4; answer on the transport it came on.
-                let reply = format!("3{data}");
-                match (ws, data) {
-                    (Some(ws), "probe") => {
-                        let _ = ws.push(sio_ws_frames(&reply, &[]));
-                        if let (Phase::Polling, Some(polling)) = (self.phase.get(), &self.polling) {
-                            self.phase.set(Phase::Upgrading);
-                            // End the pending poll so the client pauses polling.
-                            let _ = polling.push(Bytes::from_static(b"6"));
-                        }
-                    }
-                    _ => self.send(&reply, &[]),
-                }
-            }
-            (PacketType::Upgrade, _) => match ws {
-                Some(ws) if self.phase.get() == Phase::Upgrading => self.switch_to(ws),
-                _ => return Err(CloseReason::Protocol),
-            },
-            (PacketType::Close, _) => {
-                if let (true, Some(polling)) = (self.phase.get() != Phase::WebSocket, &self.polling)
-                {
-                    let _ = polling.push(Bytes::from_static(b"6"));
-                }
-                self.close("client namespace disconnect", CloseReason::Peer);
-            }
+            // In v4 only the server pings: the reference ends the session ("invalid
+            // heartbeat direction").
+            (PacketType::Ping, _) => self.close("transport error", CloseReason::Protocol),
+            (PacketType::Close, _) => self.close("transport close", CloseReason::Peer),
             (PacketType::Noop, _) => {}
-            (PacketType::Message, data) => {
-                let mut handler = self.handler.borrow_mut().take();
-                let result = match (&mut handler, data) {
-                    (Some(Handler::SocketIo(sio)), Data::Text(text)) => sio.on_text(self, text),
-                    (Some(Handler::SocketIo(sio)), Data::Binary(bin)) => {
-                        sio.on_binary(self, Bytes::from(bin.into_owned()))
-                    }
-                    (Some(Handler::Echo), Data::Text(text)) => {
-                        self.send(&format!("4{text}"), &[]);
-                        Ok(())
-                    }
-                    (Some(Handler::Echo), Data::Binary(bin)) => {
-                        self.send_binary(&bin);
-                        Ok(())
-                    }
-                    (None, _) => Ok(()),
-                };
-                // Put the handler back unless the session closed meanwhile.
-                if !self.is_closed() {
-                    *self.handler.borrow_mut() = handler;
-                } else if let Some(Handler::SocketIo(mut sio)) = handler {
-                    sio.on_close(self, "server namespace disconnect");
-                }
-                result?;
+            (PacketType::Message, Data::Text(text)) => self.deliver(Message::Text(text))?,
+            // Decoded from base64 in a payload, the bytes are owned already: no copy.
+            (PacketType::Message, Data::Binary(bin)) => {
+                self.deliver(Message::Binary(Bytes::from(bin.into_owned())))?
             }
-            // Open is server-to-client only.
-            (PacketType::Open, _) | (PacketType::Ping, Data::Binary(_)) => {
-                return Err(CloseReason::Protocol)
-            }
+            // Open is server-to-client only; an upgrade comes on the probing WebSocket.
+            (PacketType::Open | PacketType::Upgrade, _) => return Err(CloseReason::Protocol),
         }
         Ok(())
+    }
+
+    /// A packet on a WebSocket that is not the session's yet: the probe and then the
+    /// upgrade. Anything else ends that WebSocket, as the reference closes such a transport;
+    /// the session goes on polling.
+    fn handle_probe(
+        self: &Rc<Self>,
+        packet: Packet<'_>,
+        ws: &Rc<Outbox>,
+    ) -> Result<(), CloseReason> {
+        match (packet.packet_type, packet.data) {
+            (PacketType::Ping, Data::Text("probe")) => {
+                let _ = ws.push(sio_ws_frames("3probe", &[]));
+                if let (Phase::Polling, Some(polling)) = (self.phase.get(), &self.polling) {
+                    self.phase.set(Phase::Upgrading);
+                    // End the pending poll so the client pauses polling.
+                    let _ = polling.push(NOOP_PACKET.clone());
+                }
+                Ok(())
+            }
+            (PacketType::Upgrade, _) if self.phase.get() == Phase::Upgrading => {
+                self.switch_to(ws);
+                Ok(())
+            }
+            _ => Err(CloseReason::Protocol),
+        }
+    }
+
+    /// Handles a binary message from the WebSocket `ws` (v4 gives it no packet type: the
+    /// frame is a `message`), passing its bytes on as they are. `Err` closes the WebSocket
+    /// (and the session, if `ws` is its transport).
+    pub fn handle_binary(self: &Rc<Self>, data: Bytes, ws: &Rc<Outbox>) -> Result<(), CloseReason> {
+        if !self.is_websocket(ws) {
+            // Only the probe and the upgrade come on a probing WebSocket.
+            return Err(CloseReason::Protocol);
+        }
+        self.deliver(Message::Binary(data))
+    }
+
+    /// Hands a message to the layer above.
+    fn deliver(self: &Rc<Self>, message: Message<'_>) -> Result<(), CloseReason> {
+        let mut handler = self.handler.borrow_mut().take();
+        let result = match (&mut handler, message) {
+            (Some(Handler::SocketIo(sio)), Message::Text(text)) => sio.on_text(self, text),
+            (Some(Handler::SocketIo(sio)), Message::Binary(bin)) => sio.on_binary(self, bin),
+            (Some(Handler::Echo), Message::Text(text)) => {
+                self.send(&format!("4{text}"), &[]);
+                Ok(())
+            }
+            (Some(Handler::Echo), Message::Binary(bin)) => {
+                self.send_binary(&bin);
+                Ok(())
+            }
+            (None, _) => Ok(()),
+        };
+        // Put the handler back unless the session closed meanwhile.
+        if !self.is_closed() {
+            *self.handler.borrow_mut() = handler;
+        } else if let Some(Handler::SocketIo(mut sio)) = handler {
+            sio.on_close(self, "server namespace disconnect");
+        }
+        result
     }
 
     /// Completes an upgrade: what waited for a poll moves to the WebSocket, in order, and
@@ -506,6 +554,11 @@ impl Session {
         }
         if let Some(polling) = &self.polling {
             polling.finish();
+            if polling.overflowed() {
+                // Its close packet went to the WebSocket last; the session ends with it.
+                self.close("transport error", CloseReason::SlowConsumer);
+                return;
+            }
         }
         if let Some(Handler::SocketIo(sio)) = self.handler.borrow().as_ref() {
             sio.rewire(self);
@@ -523,12 +576,19 @@ mod tests {
     use std::sync::Arc;
 
     fn shard(ping_interval_ms: u64, ping_timeout_ms: u64) -> Rc<Shard> {
-        let config = Arc::new(Config {
-            engineio_ping_interval_ms: ping_interval_ms,
-            engineio_ping_timeout_ms: ping_timeout_ms,
+        shard_with(|c| {
+            c.engineio_ping_interval_ms = ping_interval_ms;
+            c.engineio_ping_timeout_ms = ping_timeout_ms;
+        })
+    }
+
+    fn shard_with(tweak: impl FnOnce(&mut Config)) -> Rc<Shard> {
+        let mut config = Config {
             socketio_connect_timeout_ms: 1_000,
             ..Config::default()
-        });
+        };
+        tweak(&mut config);
+        let config = Arc::new(config);
         let stats = Arc::new(ShardStats::default());
         let relay = Relay::new(
             0,
@@ -565,7 +625,7 @@ mod tests {
         let sessions = Rc::new(Sessions::default());
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let s = Session::create(&shard, &sessions, Phase::Polling, Handler::Echo, t0);
+        let s = Session::create(&shard, &sessions, None, Handler::Echo, t0);
         assert_eq!(s.poll_timeout(), Some(t0 + ms(300)));
         s.handle_timeout(t0 + ms(300));
         assert_eq!(polled(&s), vec!["2"]);
@@ -587,7 +647,7 @@ mod tests {
         let sessions = Rc::new(Sessions::default());
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let s = Session::create(&shard, &sessions, Phase::Polling, Handler::Echo, t0);
+        let s = Session::create(&shard, &sessions, None, Handler::Echo, t0);
         assert!(sessions.get(&s.sid()).is_some());
         s.handle_timeout(t0 + ms(300));
         s.handle_timeout(t0 + ms(499));
@@ -597,6 +657,21 @@ mod tests {
         assert!(sessions.get(&s.sid()).is_none());
         assert_eq!(shard.stats.closes(CloseReason::Idle), 1);
         assert_eq!(s.poll_timeout(), None);
+        // The poll reads the ping, then the close packet.
+        assert_eq!(polled(&s), vec!["2", "1"]);
+    }
+
+    #[test]
+    fn a_client_close_ends_the_poll_with_a_noop() {
+        let shard = shard(25_000, 20_000);
+        let sessions = Rc::new(Sessions::default());
+        let t0 = Instant::now();
+        let s = Session::create(&shard, &sessions, None, Handler::Echo, t0);
+        s.handle_packet(t0, Packet::text(PacketType::Close, ""), None)
+            .unwrap();
+        assert!(s.is_closed());
+        assert_eq!(shard.stats.closes(CloseReason::Peer), 1);
+        assert_eq!(polled(&s), vec!["6"]);
     }
 
     #[test]
@@ -604,7 +679,7 @@ mod tests {
         let shard = shard(25_000, 20_000);
         let sessions = Rc::new(Sessions::default());
         let t0 = Instant::now();
-        let s = Session::create(&shard, &sessions, Phase::Polling, Handler::Echo, t0);
+        let s = Session::create(&shard, &sessions, None, Handler::Echo, t0);
         s.handle_packet(t0, Packet::text(PacketType::Message, "hello"), None)
             .unwrap();
         let ws = Rc::new(Outbox::new(shard.outbox_limits()));
@@ -614,6 +689,13 @@ mod tests {
         s.handle_packet(t0, Packet::text(PacketType::Upgrade, ""), Some(&ws))
             .unwrap();
         assert_eq!(s.phase(), Phase::WebSocket);
+        let texts = ws_texts(&ws);
+        // The probe answer, then the echo that was waiting for a poll, then the noop that
+        // ended the poll.
+        assert_eq!(texts, vec!["3probe", "4hello", "6"]);
+    }
+
+    fn ws_texts(ws: &Outbox) -> Vec<String> {
         let mut frames = Vec::new();
         while let Drained::Frames = ws.drain(&mut frames) {}
         let mut client =
@@ -625,22 +707,88 @@ mod tests {
         while let Ok(Some(crate::proto::ws::Incoming::Message(m))) = client.poll_message() {
             texts.push(m.into_text().unwrap().to_string());
         }
-        // The probe answer, then the echo that was waiting for a poll, then the noop that
-        // ended the poll.
-        assert_eq!(texts, vec!["3probe", "4hello", "6"]);
+        texts
+    }
+
+    #[test]
+    fn a_client_that_polls_too_slowly_reads_a_close_packet() {
+        let shard = shard_with(|c| c.outbound_queue_frames = 4);
+        let sessions = Rc::new(Sessions::default());
+        let t0 = Instant::now();
+        let s = Session::create(&shard, &sessions, None, Handler::Echo, t0);
+        for _ in 0..5 {
+            s.handle_packet(t0, Packet::text(PacketType::Message, "x"), None)
+                .unwrap();
+        }
+        // What overflowed is dropped: the poll reads the session's end, in Engine.IO.
+        assert_eq!(polled(&s), vec!["1"]);
+        let ping = t0 + Duration::from_millis(shard.config.engineio_ping_interval_ms);
+        s.handle_timeout(ping);
+        assert!(s.is_closed());
+        assert_eq!(shard.stats.closes(CloseReason::SlowConsumer), 1);
+    }
+
+    #[test]
+    fn an_upgrade_after_an_overflow_ends_the_session_on_the_websocket() {
+        let shard = shard_with(|c| c.outbound_queue_frames = 4);
+        let sessions = Rc::new(Sessions::default());
+        let t0 = Instant::now();
+        let s = Session::create(&shard, &sessions, None, Handler::Echo, t0);
+        for _ in 0..5 {
+            s.handle_packet(t0, Packet::text(PacketType::Message, "x"), None)
+                .unwrap();
+        }
+        let ws = Rc::new(Outbox::new(shard.outbox_limits()));
+        s.handle_packet(t0, Packet::text(PacketType::Ping, "probe"), Some(&ws))
+            .unwrap();
+        s.handle_packet(t0, Packet::text(PacketType::Upgrade, ""), Some(&ws))
+            .unwrap();
+        assert_eq!(ws_texts(&ws), vec!["3probe", "1"]);
+        assert!(s.is_closed());
+        assert_eq!(shard.stats.closes(CloseReason::SlowConsumer), 1);
+    }
+
+    #[test]
+    fn a_client_ping_ends_the_session_unless_it_probes_an_upgrade() {
+        let shard = shard(25_000, 20_000);
+        let sessions = Rc::new(Sessions::default());
+        let t0 = Instant::now();
+        // By polling, a ping is the wrong heartbeat direction; the poll reads the close.
+        let polling = Session::create(&shard, &sessions, None, Handler::Echo, t0);
+        polling
+            .handle_packet(t0, Packet::text(PacketType::Ping, ""), None)
+            .unwrap();
+        assert!(polling.is_closed());
+        assert_eq!(polled(&polling), vec!["1"]);
+        // On the session's own WebSocket, even a probe is.
+        let ws = Rc::new(Outbox::new(shard.outbox_limits()));
+        let on_ws = Session::create(&shard, &sessions, Some(&ws), Handler::Echo, t0);
+        on_ws
+            .handle_packet(t0, Packet::text(PacketType::Ping, "probe"), Some(&ws))
+            .unwrap();
+        assert!(on_ws.is_closed());
+        assert_eq!(shard.stats.closes(CloseReason::Protocol), 2);
+        // A probing WebSocket that sends anything but the probe and the upgrade is refused;
+        // the session goes on polling.
+        let upgrading = Session::create(&shard, &sessions, None, Handler::Echo, t0);
+        let probe = Rc::new(Outbox::new(shard.outbox_limits()));
+        upgrading
+            .handle_packet(t0, Packet::text(PacketType::Ping, "probe"), Some(&probe))
+            .unwrap();
+        let message = Packet::text(PacketType::Message, "hi");
+        assert!(upgrading.handle_packet(t0, message, Some(&probe)).is_err());
+        assert!(upgrading
+            .handle_binary(Bytes::from_static(b"hi"), &probe)
+            .is_err());
+        assert!(!upgrading.is_closed());
+        assert_eq!(ws_texts(&probe), vec!["3probe"]);
     }
 
     #[test]
     fn ids_name_their_shard_and_are_found_only_whole() {
         let shard = shard(25_000, 20_000);
         let sessions = Rc::new(Sessions::default());
-        let s = Session::create(
-            &shard,
-            &sessions,
-            Phase::Polling,
-            Handler::Echo,
-            Instant::now(),
-        );
+        let s = Session::create(&shard, &sessions, None, Handler::Echo, Instant::now());
         assert_eq!(owner_of(&s.sid()), Some(0));
         assert!(sessions.get(&s.sid()).is_some());
         let sid = s.sid();
@@ -662,8 +810,8 @@ mod tests {
         let sessions = Rc::new(Sessions::default());
         let t0 = Instant::now();
         let connect = Duration::from_millis(shard.config.socketio_connect_timeout_ms);
-        let idle = Session::create(&shard, &sessions, Phase::Polling, sio_handler(), t0);
-        let joined = Session::create(&shard, &sessions, Phase::Polling, sio_handler(), t0);
+        let idle = Session::create(&shard, &sessions, None, sio_handler(), t0);
+        let joined = Session::create(&shard, &sessions, None, sio_handler(), t0);
         joined
             .handle_packet(t0, Packet::text(PacketType::Message, "0"), None)
             .unwrap();

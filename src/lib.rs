@@ -22,8 +22,8 @@
 //!   every send of a turn submitted in one batch, sleeps with a timeout and a batch wait),
 //!   the shard's connections and their [`shard::Connection`] handlers, the timer wheel, and
 //!   the mesh to other shards ([`shard::mesh`]). Endpoints are registered with it
-//!   ([`shard::Endpoint`]); a connection handed to another shard names the endpoint it is
-//!   for.
+//!   ([`shard::Endpoint`]); a connection handed to another shard starts over at that
+//!   shard's front.
 //! - `engineio` (crate-private) and [`socketio`]: the Engine.IO session machine (packets
 //!   and `now` in, packets, events and its next deadline out) and Socket.IO on top of it:
 //!   namespaces, acks, the relay convention and the application API

@@ -4,11 +4,13 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{run, server, wait_for_stats};
 use corelay::client::Stream;
-use corelay::proto::ws::{masked_binary_frame, Incoming, WsCodec};
+use corelay::proto::ws::{close, masked_binary_frame, Incoming, WsCodec};
+use corelay::socketio::{Namespace, SocketIo};
 use corelay::stats::CloseReason;
 use tungstenite::protocol::Role;
 use tungstenite::Message;
@@ -52,6 +54,36 @@ async fn request(
         head: head.to_owned(),
         body: body.to_owned(),
     }
+}
+
+/// Reads `n` responses from a keep-alive connection (each with a Content-Length).
+async fn responses(s: &Stream, n: usize) -> Vec<Response> {
+    let mut all = Vec::new();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while out.len() < n {
+        let text = String::from_utf8_lossy(&all).into_owned();
+        if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if rest.len() >= length {
+                out.push(Response {
+                    status: head.split_whitespace().nth(1).unwrap().parse().unwrap(),
+                    head: head.to_owned(),
+                    body: rest[..length].to_owned(),
+                });
+                all = rest.as_bytes()[length..].to_vec();
+                continue;
+            }
+        }
+        let read = s.read(&mut buf).await.unwrap();
+        assert!(read > 0, "closed after {} responses", out.len());
+        all.extend_from_slice(&buf[..read]);
+    }
+    out
 }
 
 fn sid_of(open: &str) -> String {
@@ -196,6 +228,31 @@ fn polling_carries_socketio_packets_both_ways_and_closes_on_bad_input() {
 }
 
 #[test]
+fn a_connection_handed_to_the_session_owner_routes_its_next_requests_by_path() {
+    let srv = engine_server(2);
+    let addr = srv.local_addr();
+    run(move || async move {
+        let sid = sid_of(&request(addr, "GET", EIO, "", "").await.body);
+        let target = format!("{EIO}&sid={sid}");
+        // Keep-alive connections, spread by the kernel over both shards: the ones that
+        // land on the other shard are handed to the session's owner with their first
+        // request, and their next request must still find its own route.
+        for _ in 0..24 {
+            let s = Stream::new(glommio::net::TcpStream::connect(addr).await.unwrap());
+            let noop = format!("POST {target} HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\n6");
+            s.write_all(noop.as_bytes()).await.unwrap();
+            assert_eq!(responses(&s, 1).await[0].body, "ok");
+            s.write_all(b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n")
+                .await
+                .unwrap();
+            assert_eq!(responses(&s, 1).await[0].status, 404);
+        }
+    });
+    assert!(srv.stats().handoffs > 0, "{:?}", srv.stats());
+    srv.stop().unwrap();
+}
+
+#[test]
 fn oversized_polling_payloads_get_413_and_end_the_session() {
     let srv = engine_server(1);
     let addr = srv.local_addr();
@@ -206,11 +263,9 @@ fn oversized_polling_payloads_get_413_and_end_the_session() {
         assert_eq!(request(addr, "POST", &target, "", &big).await.status, 413);
         assert_eq!(request(addr, "GET", &target, "", "").await.status, 400);
     });
-    assert!(
-        wait_for_stats(&srv, |s| s.closes_for(CloseReason::TooBig) >= 1)
-            .closes_for(CloseReason::TooBig)
-            >= 1
-    );
+    // One session ended, counted once.
+    let stats = wait_for_stats(&srv, |s| s.closes_for(CloseReason::TooBig) >= 1);
+    assert_eq!(stats.closes_for(CloseReason::TooBig), 1, "{stats}");
     srv.stop().unwrap();
 }
 
@@ -221,19 +276,24 @@ fn a_session_that_misses_its_pong_is_closed() {
     run(move || async move {
         let sid = sid_of(&request(addr, "GET", EIO, "", "").await.body);
         let target = format!("{EIO}&sid={sid}");
-        // The server pings after 300 ms ...
-        let ping = request(addr, "GET", &target, "", "").await;
-        assert_eq!(ping.body, "2");
-        // ... and, with no pong within 200 ms, ends the session: the next poll returns
-        // nothing to read and the sid is forgotten.
-        let next = request(addr, "GET", &target, "", "").await;
-        assert_eq!(next.status, 400, "{}", next.body);
+        // Two polls pipelined on one connection: the second is pending as soon as the
+        // first is answered.
+        let s = Stream::new(glommio::net::TcpStream::connect(addr).await.unwrap());
+        let get = format!("GET {target} HTTP/1.1\r\nHost: test\r\n\r\n");
+        s.write_all(get.repeat(2).as_bytes()).await.unwrap();
+        let polls = responses(&s, 2).await;
+        // The server pings after 300 ms; with no pong within 200 ms it ends the session,
+        // and the pending poll reads the close packet, as from the reference server.
+        assert_eq!((polls[0].status, polls[0].body.as_str()), (200, "2"));
+        assert_eq!((polls[1].status, polls[1].body.as_str()), (200, "1"));
+        // The sid is forgotten.
+        assert_eq!(request(addr, "GET", &target, "", "").await.status, 400);
     });
-    assert!(
-        wait_for_stats(&srv, |s| s.closes_for(CloseReason::Idle) >= 1)
-            .closes_for(CloseReason::Idle)
-            >= 1
-    );
+    let stats = wait_for_stats(&srv, |s| s.closes_for(CloseReason::Idle) >= 1);
+    assert_eq!(stats.closes_for(CloseReason::Idle), 1, "{stats}");
+    // Only the last GET was a bad request.
+    let stats = wait_for_stats(&srv, |s| s.closes_for(CloseReason::BadRequest) >= 1);
+    assert_eq!(stats.closes_for(CloseReason::BadRequest), 1, "{stats}");
     srv.stop().unwrap();
 }
 
@@ -266,20 +326,40 @@ async fn ws_send(s: &Stream, text: &str) {
     s.write_all(&frame).await.unwrap();
 }
 
+/// The next text message, or `None` once the server closed (a close frame or EOF). Fails
+/// the test when neither comes within 5 s, so that a test expecting a close cannot pass
+/// on silence.
 async fn ws_recv(s: &Stream, codec: &mut WsCodec) -> Option<String> {
+    ws_next(s, codec).await.ok()
+}
+
+/// The next text message (`Ok`), or the server's close (`Err` with its close code; `None`
+/// for an EOF or a stream the codec refuses), within 5 s.
+async fn ws_next(s: &Stream, codec: &mut WsCodec) -> Result<String, Option<u16>> {
+    ws_next_within(s, codec, Duration::from_secs(5)).await
+}
+
+/// [`ws_next`], failing the test if nothing comes within `limit`.
+async fn ws_next_within(
+    s: &Stream,
+    codec: &mut WsCodec,
+    limit: Duration,
+) -> Result<String, Option<u16>> {
     let mut buf = [0u8; 4096];
     loop {
         match codec.poll_message() {
-            Ok(Some(Incoming::Message(Message::Text(t)))) => return Some(t.to_string()),
+            Ok(Some(Incoming::Message(Message::Text(t)))) => return Ok(t.to_string()),
             Ok(Some(Incoming::Message(_))) => continue,
-            Ok(Some(Incoming::Closed(_))) | Err(_) => return None,
+            Ok(Some(Incoming::Closed(close))) => return Err(close.map(|(code, _)| code)),
+            Err(_) => return Err(None),
             Ok(None) => {}
         }
-        match glommio::timer::timeout(Duration::from_secs(5), async { Ok(s.read(&mut buf).await) })
+        let read = glommio::timer::timeout(limit, async { Ok(s.read(&mut buf).await) })
             .await
-        {
-            Ok(Ok(n)) if n > 0 => codec.feed(&buf[..n]),
-            _ => return None,
+            .expect("a message or the close in time");
+        match read {
+            Ok(n) if n > 0 => codec.feed(&buf[..n]),
+            _ => return Err(None),
         }
     }
 }
@@ -324,6 +404,36 @@ fn polling_upgrades_to_websocket_without_losing_or_repeating_packets() {
 }
 
 #[test]
+fn a_websocket_that_never_completes_its_upgrade_is_closed_after_the_upgrade_timeout() {
+    // No heartbeat within the test: only the upgrade timeout (10 s) can end the probe.
+    let srv = server(1, |c| {
+        c.engineio_ping_interval_ms = 120_000;
+        c.engineio_ping_timeout_ms = 120_000;
+    });
+    let addr = srv.local_addr();
+    run(move || async move {
+        let sid = sid_of(&request(addr, "GET", EIO, "", "").await.body);
+        let target = format!("{EIO}&sid={sid}");
+        let probe = format!("/socket.io/?EIO=4&transport=websocket&sid={sid}");
+        let (ws, mut codec) = ws_connect(addr, &probe).await;
+        ws_send(&ws, "2probe").await;
+        assert_eq!(ws_recv(&ws, &mut codec).await.as_deref(), Some("3probe"));
+        assert_eq!(request(addr, "GET", &target, "", "").await.body, "6");
+        // The client never sends `5`.
+        let closed = ws_next_within(&ws, &mut codec, Duration::from_secs(20)).await;
+        assert_eq!(closed, Err(Some(close::NORMAL)));
+        // The session goes on polling, and may try the upgrade again.
+        assert_eq!(request(addr, "POST", &target, "", "40").await.body, "ok");
+        let connected = request(addr, "GET", &target, "", "").await.body;
+        assert!(connected.starts_with("40{"), "{connected}");
+        let (ws, mut codec) = ws_connect(addr, &probe).await;
+        ws_send(&ws, "2probe").await;
+        assert_eq!(ws_recv(&ws, &mut codec).await.as_deref(), Some("3probe"));
+    });
+    srv.stop().unwrap();
+}
+
+#[test]
 fn websocket_sessions_handshake_ping_and_close_on_invalid_packets() {
     let srv = engine_server(1);
     let addr = srv.local_addr();
@@ -350,13 +460,54 @@ fn websocket_sessions_handshake_ping_and_close_on_invalid_packets() {
 }
 
 #[test]
+fn a_client_ping_ends_a_websocket_session() {
+    let srv = engine_server(1);
+    let addr = srv.local_addr();
+    run(move || async move {
+        let (ws, mut codec) = ws_connect(addr, "/socket.io/?EIO=4&transport=websocket").await;
+        ws_recv(&ws, &mut codec).await.unwrap();
+        // In v4 the server pings; a client's ping is the wrong heartbeat direction.
+        ws_send(&ws, "2").await;
+        assert_eq!(ws_next(&ws, &mut codec).await, Err(Some(close::NORMAL)));
+    });
+    let stats = wait_for_stats(&srv, |s| s.closes_for(CloseReason::Protocol) >= 1);
+    assert_eq!(stats.closes_for(CloseReason::Protocol), 1, "{stats}");
+    srv.stop().unwrap();
+}
+
+#[test]
+fn websocket_messages_over_max_payload_are_closed_with_1009() {
+    // maxPayload is 1000: a message of exactly that is served, one byte more is not.
+    let srv = engine_server(1);
+    let addr = srv.local_addr();
+    run(move || async move {
+        let event = |len: usize| {
+            let head = "42[\"e\",\"";
+            format!("{head}{}\"]", "x".repeat(len - head.len() - 2))
+        };
+        let (ws, mut codec) = ws_connect(addr, "/socket.io/?EIO=4&transport=websocket").await;
+        ws_recv(&ws, &mut codec).await.unwrap();
+        ws_send(&ws, "40").await;
+        assert!(ws_recv(&ws, &mut codec).await.unwrap().starts_with("40"));
+        ws_send(&ws, &event(1000)).await;
+        let answer = ws_recv(&ws, &mut codec).await.unwrap();
+        assert!(answer.contains("unknown_event"), "{answer}");
+        ws_send(&ws, &event(1001)).await;
+        assert_eq!(ws_next(&ws, &mut codec).await, Err(Some(close::TOO_BIG)));
+    });
+    let stats = wait_for_stats(&srv, |s| s.closes_for(CloseReason::TooBig) >= 1);
+    assert_eq!(stats.closes_for(CloseReason::TooBig), 1, "{stats}");
+    srv.stop().unwrap();
+}
+
+#[test]
 fn sessions_without_a_namespace_are_closed_after_the_connect_timeout() {
     let srv = server(1, |c| c.socketio_connect_timeout_ms = 200);
     let addr = srv.local_addr();
     run(move || async move {
         let (ws, mut codec) = ws_connect(addr, "/socket.io/?EIO=4&transport=websocket").await;
         assert!(ws_recv(&ws, &mut codec).await.unwrap().starts_with('0'));
-        assert_eq!(ws_recv(&ws, &mut codec).await, None);
+        assert_eq!(ws_recv(&ws, &mut codec).await, None, "closed");
         // Unknown namespaces get CONNECT_ERROR.
         let (ws, mut codec) = ws_connect(addr, "/socket.io/?EIO=4&transport=websocket").await;
         ws_recv(&ws, &mut codec).await.unwrap();
@@ -364,7 +515,74 @@ fn sessions_without_a_namespace_are_closed_after_the_connect_timeout() {
         let refusal = ws_recv(&ws, &mut codec).await.unwrap();
         assert!(refusal.starts_with("44/nope,"), "{refusal}");
     });
+    // Closed for the connect timeout (the refused session may reach its own as well).
+    let stats = wait_for_stats(&srv, |s| s.closes_for(CloseReason::HandshakeTimeout) >= 1);
+    assert!(
+        stats.closes_for(CloseReason::HandshakeTimeout) >= 1,
+        "{stats}"
+    );
     srv.stop().unwrap();
+}
+
+/// A one-shard server with a namespace `/tracked` that records its disconnect reasons.
+fn tracked_server() -> (corelay::Server, Arc<Mutex<Vec<String>>>) {
+    let reasons = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&reasons);
+    let app = SocketIo::relay().namespace(
+        "/tracked",
+        Namespace::new()
+            .on_disconnect(move |_, reason| seen.lock().unwrap().push(reason.to_owned())),
+    );
+    let config = corelay::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        shards: 1,
+        ..corelay::Config::default()
+    };
+    (corelay::Server::start_with(config, app).unwrap(), reasons)
+}
+
+#[test]
+fn a_client_close_packet_disconnects_as_transport_close() {
+    let (srv, reasons) = tracked_server();
+    let addr = srv.local_addr();
+    run(move || async move {
+        let sid = sid_of(&request(addr, "GET", EIO, "", "").await.body);
+        let target = format!("{EIO}&sid={sid}");
+        request(addr, "POST", &target, "", "40/tracked,").await;
+        request(addr, "GET", &target, "", "").await;
+        assert_eq!(request(addr, "POST", &target, "", "1").await.body, "ok");
+    });
+    let stats = wait_for_stats(&srv, |s| s.closes_for(CloseReason::Peer) >= 1);
+    assert_eq!(stats.closes_for(CloseReason::Peer), 1, "{stats}");
+    assert_eq!(*reasons.lock().unwrap(), vec!["transport close"]);
+    srv.stop().unwrap();
+}
+
+#[test]
+fn a_shutdown_disconnects_every_socket_as_server_shutting_down() {
+    let (srv, reasons) = tracked_server();
+    let addr = srv.local_addr();
+    let control = srv.control();
+    run(move || async move {
+        let (ws, mut codec) = ws_connect(addr, "/socket.io/?EIO=4&transport=websocket").await;
+        ws_recv(&ws, &mut codec).await.unwrap();
+        ws_send(&ws, "40/tracked,").await;
+        let connected = ws_recv(&ws, &mut codec).await.unwrap();
+        assert!(connected.starts_with("40/tracked,"), "{connected}");
+        let sid = sid_of(&request(addr, "GET", EIO, "", "").await.body);
+        let target = format!("{EIO}&sid={sid}");
+        request(addr, "POST", &target, "", "40/tracked,").await;
+        let connected = request(addr, "GET", &target, "", "").await.body;
+        assert!(connected.starts_with("40/tracked,"), "{connected}");
+        // Both sessions are open when the server shuts down.
+        control.request_shutdown();
+        assert_eq!(ws_next(&ws, &mut codec).await, Err(Some(close::GOING_AWAY)));
+    });
+    srv.join().unwrap();
+    assert_eq!(
+        *reasons.lock().unwrap(),
+        vec!["server shutting down", "server shutting down"]
+    );
 }
 
 #[test]
@@ -400,6 +618,42 @@ fn a_socketio_client_that_stops_reading_is_dropped_as_a_slow_consumer() {
         // The sender stays served while the reader is cut.
         sender.ping().await.unwrap();
         common::still_serving(addr).await;
+    });
+    let stats = wait_for_stats(&srv, |s| s.closes_for(CloseReason::SlowConsumer) >= 1);
+    assert_eq!(stats.closes_for(CloseReason::SlowConsumer), 1, "{stats}");
+    srv.stop().unwrap();
+}
+
+#[test]
+fn a_polling_client_that_polls_too_slowly_reads_a_close_packet() {
+    // Heartbeats far beyond the test budget: only the poll can notice the overflow.
+    let srv = server(1, |c| {
+        c.engineio_ping_interval_ms = 120_000;
+        c.engineio_ping_timeout_ms = 120_000;
+        c.outbound_queue_frames = 8;
+    });
+    let addr = srv.local_addr();
+    run(move || async move {
+        let sid = sid_of(&request(addr, "GET", EIO, "", "").await.body);
+        let target = format!("{EIO}&sid={sid}");
+        request(addr, "POST", &target, "", "40\u{1e}420[\"join\",\"flood\"]").await;
+        let mut seen = String::new();
+        while !seen.contains("430[") {
+            seen.push_str(&request(addr, "GET", &target, "", "").await.body);
+        }
+        // More events than the session's queue holds arrive before its next poll.
+        let mut sender = common::connect(addr).await;
+        sender.join("flood").await.unwrap();
+        for _ in 0..20 {
+            sender
+                .send("flood", "e", b"1", corelay::client::PayloadKind::Json)
+                .await
+                .unwrap();
+        }
+        sender.ping().await.unwrap();
+        let poll = request(addr, "GET", &target, "", "").await;
+        assert_eq!((poll.status, poll.body.as_str()), (200, "1"));
+        assert_eq!(request(addr, "GET", &target, "", "").await.status, 400);
     });
     let stats = wait_for_stats(&srv, |s| s.closes_for(CloseReason::SlowConsumer) >= 1);
     assert_eq!(stats.closes_for(CloseReason::SlowConsumer), 1, "{stats}");

@@ -3,7 +3,8 @@
 //! `crate::engineio`.
 //!
 //! A request naming a session that lives on another shard is handed, socket and bytes, to
-//! this endpoint on that shard. Session timers (heartbeat, connect timeout) are entries on
+//! that shard's HTTP front, which routes it back to this endpoint there (and later requests
+//! on the same connection by their own paths). Session timers (heartbeat, connect timeout) are entries on
 //! the shard's timer wheel, re-armed after every input to the session.
 
 use std::rc::{Rc, Weak};
@@ -27,6 +28,11 @@ use crate::stats::CloseReason;
 /// Most packets one poll answer carries. Engine.IO sets no limit, but python-engineio's
 /// client refuses payloads of more than 16 packets; the rest goes in the next poll.
 const MAX_PACKETS_PER_POLL: usize = 16;
+
+/// How long a WebSocket opened to upgrade a polling session may take to complete the
+/// upgrade before it is closed (the session goes on polling): the reference server's
+/// default `upgradeTimeout`.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The Engine.IO endpoint of one shard.
 pub struct EngineEndpoint {
@@ -87,12 +93,6 @@ impl EngineEndpoint {
 }
 
 impl Endpoint for EngineEndpoint {
-    /// A socket handed over by another shard: read its request again, here.
-    fn open(&self, _shard: &Rc<Shard>) -> Box<dyn Connection> {
-        let only = Routes::new().route(super::front::PathMatch::Any, self.me());
-        Box::new(HttpHead::new(Rc::new(only)))
-    }
-
     fn on_timer(&self, shard: &Rc<Shard>, key: u64, now: Instant) {
         let Some(session) = self.sessions.by_key(key) else {
             return;
@@ -147,11 +147,11 @@ impl Route for EngineEndpoint {
         if let Some(sid) = &sid {
             match owner_of(sid) {
                 Some(owner) if owner != shard.id && owner < shard.shards => {
+                    // The owner's front reads the request again and routes it back here.
                     return Step::Handoff {
                         shard: owner,
-                        endpoint: self.id,
                         read: head.raw,
-                    }
+                    };
                 }
                 Some(_) => {}
                 None => return fail(cx, &request, EngineError::UnknownSid),
@@ -162,13 +162,8 @@ impl Route for EngineEndpoint {
                 if request.method != "GET" {
                     return fail(cx, &request, EngineError::BadHandshakeMethod);
                 }
-                let session = Session::create(
-                    &shard,
-                    &self.sessions,
-                    Phase::Polling,
-                    self.new_handler(),
-                    cx.now,
-                );
+                let session =
+                    Session::create(&shard, &self.sessions, None, self.new_handler(), cx.now);
                 self.schedule(&shard, &session);
                 let open = self.handshake(&shard, &session.sid(), &["websocket"]);
                 answer(
@@ -194,9 +189,8 @@ impl Route for EngineEndpoint {
                             return fail(cx, &request, EngineError::BadRequest);
                         };
                         if session.polling_get.replace(true) {
-                            // Two GETs at once break the protocol: close the session, end
-                            // the first poll with a close packet, refuse the second.
-                            let _ = polling.push(Bytes::from_static(b"1"));
+                            // Two GETs at once break the protocol: close the session (which
+                            // ends the first poll with a close packet), refuse the second.
                             session.close("transport error", CloseReason::Protocol);
                             return fail(cx, &request, EngineError::BadRequest);
                         }
@@ -231,9 +225,10 @@ impl Route for EngineEndpoint {
                     endpoint: self.me(),
                     upgrading,
                     session: None,
-                    ending: ("transport close", CloseReason::Peer),
+                    parse_error: None,
+                    upgrade_deadline: None,
                 };
-                let max = shard.config.engineio_max_payload.max(1024);
+                let max = shard.config.engineio_max_payload;
                 Step::Upgrade(Box::new(WebSocket::new(app, max)), head.leftover)
             }
         }
@@ -257,7 +252,6 @@ impl EngineEndpoint {
         };
         if length > max {
             session.close("transport error", CloseReason::TooBig);
-            cx.shard.stats.count_close(CloseReason::TooBig);
             let answer = respond(
                 cx.shard,
                 &request,
@@ -333,6 +327,7 @@ impl PollGet {
         }
         self.endpoint.schedule(cx.shard, &self.session);
         if frames.is_empty() {
+            // The queue ended with nothing for this poll: an upgrade took what it held.
             return fail(cx, &self.request, EngineError::UnknownSid);
         }
         let mut body = Vec::with_capacity(frames.iter().map(|f| f.len() + 1).sum());
@@ -460,12 +455,10 @@ impl Connection for PostBody {
     }
 
     fn on_timeout(&mut self, _cx: &mut Cx<'_>) -> Step {
-        self.session.polling_post.set(false);
         Step::Close { linger: false }
     }
 
     fn on_eof(&mut self, _cx: &mut Cx<'_>) -> Step {
-        self.session.polling_post.set(false);
         Step::Close { linger: false }
     }
 
@@ -483,24 +476,28 @@ struct EngineWs {
     endpoint: Rc<EngineEndpoint>,
     upgrading: Option<Rc<Session>>,
     session: Option<Rc<Session>>,
-    /// The Engine.IO close reason and stat if the WebSocket ends the session.
-    ending: (&'static str, CloseReason),
+    /// A message the session refused, with why (it closed the WebSocket).
+    parse_error: Option<CloseReason>,
+    /// When an upgrade not completed by then is given up.
+    upgrade_deadline: Option<Instant>,
 }
 
 impl WsApp for EngineWs {
     fn on_open(&mut self, cx: &mut Cx<'_>) -> Flow {
         let shard = Rc::clone(cx.shard);
         let session = match self.upgrading.take() {
-            Some(s) => s,
+            Some(s) => {
+                self.upgrade_deadline = Some(cx.now + UPGRADE_TIMEOUT);
+                s
+            }
             None => {
                 let s = Session::create(
                     &shard,
                     &self.endpoint.sessions,
-                    Phase::WebSocket,
+                    Some(cx.out),
                     self.endpoint.new_handler(),
                     cx.now,
                 );
-                s.attach_websocket(cx.out);
                 let open = self.endpoint.handshake(&shard, &s.sid(), &[]);
                 let _ = cx.out.push(sio_ws_frames(&open, &[]));
                 self.endpoint.schedule(&shard, &s);
@@ -515,21 +512,22 @@ impl WsApp for EngineWs {
         let Some(session) = self.session.clone() else {
             return Flow::Continue;
         };
-        let result = match &msg {
+        let result = match msg {
             Message::Text(text) => match Packet::decode_text(text.as_str()) {
                 Ok(p) => session.handle_packet(cx.now, p, Some(cx.out)),
                 Err(_) => Err(CloseReason::Invalid),
             },
-            Message::Binary(bin) => {
-                session.handle_packet(cx.now, Packet::binary(&bin[..]), Some(cx.out))
-            }
+            Message::Binary(bin) => session.handle_binary(bin, cx.out),
             _ => Ok(()),
         };
         self.endpoint.schedule(cx.shard, &session);
+        if self.upgrade_deadline.is_some() && session.is_websocket(cx.out) {
+            self.upgrade_deadline = None;
+        }
         match result {
             Ok(()) => Flow::Continue,
             Err(stat) => {
-                self.ending = ("parse error", stat);
+                self.parse_error = Some(stat);
                 Flow::Close {
                     code: close::NORMAL,
                     reason: "",
@@ -539,20 +537,29 @@ impl WsApp for EngineWs {
         }
     }
 
+    fn deadline(&self) -> Option<Instant> {
+        self.upgrade_deadline
+    }
+
+    fn on_timeout(&mut self, _cx: &mut Cx<'_>) -> Flow {
+        // The upgrade did not complete in time: the session stays on polling.
+        Flow::Close {
+            code: close::NORMAL,
+            reason: "upgrade timeout",
+            stat: CloseReason::HandshakeTimeout,
+        }
+    }
+
     fn on_close(&mut self, cx: &mut Cx<'_>, why: CloseReason) {
         let Some(session) = self.session.take() else {
             return;
         };
-        let (reason, stat) = match why {
-            CloseReason::Peer | CloseReason::Shutdown => self.ending,
-            CloseReason::TooBig | CloseReason::Protocol | CloseReason::Invalid => {
-                if self.ending.0 == "parse error" {
-                    self.ending
-                } else {
-                    ("transport error", why)
-                }
-            }
-            other => ("transport error", other),
+        // Socket.IO's disconnect reasons, as the reference server gives them.
+        let (reason, stat) = match (self.parse_error, why) {
+            (Some(stat), _) => ("parse error", stat),
+            (None, CloseReason::Peer) => ("transport close", why),
+            (None, CloseReason::Shutdown) => ("server shutting down", why),
+            (None, other) => ("transport error", other),
         };
         // A WebSocket that never completed an upgrade leaves the polling session alive.
         if session.is_websocket(cx.out) {

@@ -1,7 +1,7 @@
-//! The HTTP front: every accepted connection starts here. It reads one request head
-//! (within the handshake timeout) and hands the connection to the route of its path: a
-//! WebSocket upgrade (`/ws`, echo), or the Engine.IO endpoint. Unknown paths get 404,
-//! malformed heads 400.
+//! The HTTP front: every connection starts here, accepted or handed over by another shard.
+//! It reads one request head (within the handshake timeout) and hands the connection to the
+//! route of its path: a WebSocket upgrade (`/ws`, echo), or the Engine.IO endpoint. Unknown
+//! paths get 404, malformed heads 400.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -85,7 +85,7 @@ impl Head<'_> {
     }
 }
 
-/// The front endpoint (id 0): the handler accepted sockets start in.
+/// The front endpoint (id 0): the handler every socket starts in.
 pub struct Front {
     routes: Rc<Routes>,
 }
@@ -100,8 +100,8 @@ impl Front {
 }
 
 impl Endpoint for Front {
-    fn open(&self, _shard: &Rc<Shard>) -> Box<dyn Connection> {
-        Box::new(HttpHead::new(Rc::clone(&self.routes)))
+    fn open(&self, _shard: &Rc<Shard>) -> Option<Box<dyn Connection>> {
+        Some(Box::new(HttpHead::new(Rc::clone(&self.routes))))
     }
 }
 

@@ -435,6 +435,13 @@ fn frame_after_header(opcode: OpCode, body: impl FnOnce(Vec<u8>) -> Vec<u8>) -> 
     Bytes::from(buf).slice(start..)
 }
 
+/// The close frame that ends a slow consumer's connection: `close_frame(close::POLICY,
+/// "slow consumer")`, built once, so that queueing it allocates nothing.
+pub static SLOW_CONSUMER_CLOSE: Bytes = Bytes::from_static(&[
+    0x88, 15, 0x03, 0xf0, b's', b'l', b'o', b'w', b' ', b'c', b'o', b'n', b's', b'u', b'm', b'e',
+    b'r',
+]);
+
 /// An unmasked close frame, as a server sends it; a reason over 123 bytes is cut at a
 /// character boundary.
 pub fn close_frame(code: u16, reason: &str) -> Bytes {
@@ -447,6 +454,14 @@ pub fn close_frame(code: u16, reason: &str) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_slow_consumer_close_is_the_close_frame_it_names() {
+        assert_eq!(
+            SLOW_CONSUMER_CLOSE,
+            close_frame(close::POLICY, "slow consumer")
+        );
+    }
 
     #[test]
     fn server_frames_decode_on_a_client_codec() {

@@ -83,7 +83,8 @@ enum State {
 #[derive(Debug)]
 struct Inner {
     queue: VecDeque<Bytes>,
-    queued_bytes: usize,
+    /// Within `max_bytes`, plus the one frame that ends the queue.
+    queued_bytes: u32,
     notify: Option<(Rc<ReadyQueue>, u64)>,
     state: State,
     overflowed: bool,
@@ -95,19 +96,34 @@ struct Inner {
 /// Kept small: every connection has one, most of them idle.
 #[derive(Debug)]
 pub struct Outbox {
-    /// Most frames and bytes queued (from [`OutboxLimits`]; 4 Gi of either is beyond any
+    /// Most frames and bytes queued (from [`OutboxLimits`]; 2 Gi of either is beyond any
     /// sane setting).
     max_frames: u32,
     max_bytes: u32,
+    /// What replaces the queue when it overflows, as its last frame: a WebSocket close
+    /// 1008 for a connection, a protocol's own goodbye for a queue in another format.
+    overflow_frame: Option<&'static Bytes>,
     inner: RefCell<Inner>,
 }
 
 impl Outbox {
-    /// An empty queue with the given bounds.
+    /// An empty queue of WebSocket frames with the given bounds: on overflow it ends with
+    /// a close 1008 "slow consumer".
     pub fn new(limits: OutboxLimits) -> Outbox {
+        Outbox::with_overflow_frame(limits, Some(&ws::SLOW_CONSUMER_CLOSE))
+    }
+
+    /// An empty queue with the given bounds that ends with `overflow_frame` (or just ends)
+    /// when it overflows.
+    pub fn with_overflow_frame(
+        limits: OutboxLimits,
+        overflow_frame: Option<&'static Bytes>,
+    ) -> Outbox {
+        let bound = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).min(u32::MAX / 2);
         Outbox {
-            max_frames: u32::try_from(limits.frames).unwrap_or(u32::MAX),
-            max_bytes: u32::try_from(limits.bytes).unwrap_or(u32::MAX),
+            max_frames: bound(limits.frames),
+            max_bytes: bound(limits.bytes),
+            overflow_frame,
             inner: RefCell::new(Inner {
                 queue: VecDeque::new(),
                 queued_bytes: 0,
@@ -139,25 +155,24 @@ impl Outbox {
         }
     }
 
-    /// Queues a frame. On overflow the queue is dropped and a close 1008 is queued instead.
+    /// Queues a frame. On overflow what is queued is dropped and the queue ends with its
+    /// overflow frame.
     pub fn push(&self, frame: Bytes) -> Result<(), PushError> {
         let mut inner = self.inner.borrow_mut();
         if inner.state != State::Open {
             return Err(PushError::Closed);
         }
         if inner.queue.len() >= self.max_frames as usize
-            || inner.queued_bytes + frame.len() > self.max_bytes as usize
+            || inner.queued_bytes as usize + frame.len() > self.max_bytes as usize
         {
             // What is queued would reach the peer too late to matter; free it now.
-            let close = ws::close_frame(ws::close::POLICY, "slow consumer");
-            inner.queued_bytes = close.len();
-            inner.queue = VecDeque::from([close]);
+            inner.queue = VecDeque::new();
+            inner.queued_bytes = 0;
             inner.overflowed = true;
-            inner.state = State::Closing;
-            Self::signal(&mut inner);
+            Self::end(&mut inner, self.overflow_frame.cloned());
             return Err(PushError::Overflow);
         }
-        inner.queued_bytes += frame.len();
+        inner.queued_bytes += frame.len() as u32;
         inner.queue.push_back(frame);
         Self::signal(&mut inner);
         Ok(())
@@ -166,25 +181,29 @@ impl Outbox {
     /// Asks for a WebSocket close frame with `code` and `reason` after what is already
     /// queued, then the end of the connection.
     pub fn close(&self, code: u16, reason: &str) {
-        self.finish_with(Some(ws::close_frame(code, reason)));
+        self.end_with(ws::close_frame(code, reason));
+    }
+
+    /// Asks for `frame` after what is already queued, then the end of the queue; `frame`
+    /// goes past the limits (it is small: a close frame, a protocol's goodbye).
+    pub fn end_with(&self, frame: Bytes) {
+        Self::end(&mut self.inner.borrow_mut(), Some(frame));
     }
 
     /// Asks for the end of the connection after what is already queued, with no frame of
     /// its own (an HTTP answer, or a close reply already queued by the codec).
     pub fn finish(&self) {
-        self.finish_with(None);
+        Self::end(&mut self.inner.borrow_mut(), None);
     }
 
-    fn finish_with(&self, last: Option<Bytes>) {
-        let mut inner = self.inner.borrow_mut();
+    fn end(inner: &mut Inner, last: Option<Bytes>) {
         if inner.state == State::Open {
             if let Some(frame) = last {
-                // The close frame goes last, past the limits: it is what ends the queue.
-                inner.queued_bytes += frame.len();
+                inner.queued_bytes = inner.queued_bytes.saturating_add(frame.len() as u32);
                 inner.queue.push_back(frame);
             }
             inner.state = State::Closing;
-            Self::signal(&mut inner);
+            Self::signal(inner);
         }
     }
 
@@ -241,7 +260,7 @@ impl Outbox {
                 let Some(frame) = inner.queue.pop_front() else {
                     break;
                 };
-                inner.queued_bytes -= frame.len();
+                inner.queued_bytes = inner.queued_bytes.saturating_sub(frame.len() as u32);
                 out.push(frame);
             }
             if !inner.queue.is_empty() {
@@ -312,6 +331,32 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(&out[0][2..4], &1008u16.to_be_bytes());
         assert_eq!(outbox.drain(&mut out), Drained::Closed);
+    }
+
+    #[test]
+    fn a_queue_in_another_format_ends_with_its_own_overflow_frame() {
+        static GOODBYE: Bytes = Bytes::from_static(b"bye");
+        let limits = OutboxLimits {
+            frames: 1,
+            bytes: 1000,
+        };
+        let outbox = Outbox::with_overflow_frame(limits, Some(&GOODBYE));
+        outbox.push(Bytes::from_static(b"a")).unwrap();
+        assert_eq!(
+            outbox.push(Bytes::from_static(b"b")),
+            Err(PushError::Overflow)
+        );
+        let mut out = Vec::new();
+        assert_eq!(outbox.drain(&mut out), Drained::Frames);
+        assert_eq!(out, vec![GOODBYE.clone()]);
+        assert_eq!(outbox.drain(&mut out), Drained::Closed);
+        // With none, the queue just ends.
+        let outbox = Outbox::with_overflow_frame(limits, None);
+        outbox.push(Bytes::from_static(b"a")).unwrap();
+        assert!(outbox.push(Bytes::from_static(b"b")).is_err());
+        out.clear();
+        assert_eq!(outbox.drain(&mut out), Drained::Closed);
+        assert!(out.is_empty());
     }
 
     #[test]

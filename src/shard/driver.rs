@@ -20,8 +20,8 @@ use io_uring::{opcode, types};
 use super::mesh::{Mesh, ShardMsg};
 use super::ring::{Completion, Ring, Wait};
 use super::{
-    transmit_token, ConnId, Connection, Control, Cx, Ended, Endpoint, EndpointFactory, EndpointId,
-    Shard, Step, TimerKey,
+    transmit_token, ConnId, Connection, Control, Cx, Ended, Endpoint, EndpointFactory, Shard, Step,
+    TimerKey,
 };
 use crate::config::Config;
 use crate::relay::{Drained, Outbox, Relay, RelayLimits, ShardId};
@@ -105,7 +105,6 @@ enum Phase {
 /// connection's size).
 struct Handoff {
     shard: ShardId,
-    endpoint: EndpointId,
     read: Vec<u8>,
 }
 
@@ -437,11 +436,11 @@ impl Driver {
         }
     }
 
-    fn open(&mut self, fd: OwnedFd, endpoint: usize, read: Vec<u8>, now: Instant) {
-        let Some(ep) = self.endpoints.get(endpoint).cloned() else {
+    /// Starts a socket (accepted, or handed over) at the front, with the bytes already read.
+    fn open(&mut self, fd: OwnedFd, read: Vec<u8>, now: Instant) {
+        let Some(handler) = self.endpoints.first().and_then(|ep| ep.open(&self.shard)) else {
             return;
         };
-        let handler = ep.open(&self.shard);
         let id = self.alloc(fd, handler);
         self.arm_recv(id);
         self.start(id, read, now);
@@ -535,11 +534,7 @@ impl Driver {
                 self.start(id, read, now);
             }
             Step::Close { linger } => self.close(id, Ended::Handler, linger, now),
-            Step::Handoff {
-                shard,
-                endpoint,
-                read,
-            } => self.hand_off(id, shard, endpoint, read, now),
+            Step::Handoff { shard, read } => self.hand_off(id, shard, read, now),
         }
     }
 
@@ -585,22 +580,11 @@ impl Driver {
         self.release_if_done(id);
     }
 
-    fn hand_off(
-        &mut self,
-        id: ConnId,
-        shard: ShardId,
-        endpoint: EndpointId,
-        read: Vec<u8>,
-        now: Instant,
-    ) {
+    fn hand_off(&mut self, id: ConnId, shard: ShardId, read: Vec<u8>, now: Instant) {
         self.end_handler(id, Ended::HandedOff, now);
         add(&self.shard.stats.handoffs, 1);
         let Some(conn) = self.conn(id) else { return };
-        conn.phase = Phase::HandingOff(Box::new(Handoff {
-            shard,
-            endpoint,
-            read,
-        }));
+        conn.phase = Phase::HandingOff(Box::new(Handoff { shard, read }));
         if conn.recv_armed {
             // The receive must end before the socket moves, or it would take bytes meant
             // for the new owner; its last completion may still carry some.
@@ -629,7 +613,6 @@ impl Driver {
             self.mesh.send(
                 to.shard,
                 ShardMsg::Handoff {
-                    endpoint: to.endpoint,
                     fd: conn.fd,
                     read: to.read,
                 },
@@ -754,7 +737,7 @@ impl Driver {
             // SAFETY: the completion hands us a new connected socket.
             let fd = unsafe { OwnedFd::from_raw_fd(c.result) };
             set_nodelay(fd.as_raw_fd());
-            self.open(fd, 0, Vec::new(), now);
+            self.open(fd, Vec::new(), now);
         } else if c.result != -libc::ECANCELED {
             add(&self.shard.stats.accept_errors, 1);
         }
@@ -1043,9 +1026,9 @@ impl Driver {
         for (from, msg) in inbound.drain(..) {
             match msg {
                 ShardMsg::Relay(msg) => self.shard.relay.borrow_mut().handle_mesh(from, msg, now),
-                ShardMsg::Handoff { endpoint, fd, read } => {
+                ShardMsg::Handoff { fd, read } => {
                     if self.draining.is_none() {
-                        self.open(fd, usize::from(endpoint), read, now);
+                        self.open(fd, read, now);
                     }
                 }
             }

@@ -18,7 +18,6 @@ use std::sync::Arc;
 
 use crossbeam_queue::ArrayQueue;
 
-use super::EndpointId;
 use crate::relay::{MeshMsg, ShardId};
 
 /// What travels on the mesh.
@@ -26,11 +25,9 @@ use crate::relay::{MeshMsg, ShardId};
 pub enum ShardMsg {
     /// Rooms and fan-out, for the relay.
     Relay(MeshMsg),
-    /// A client connection for `endpoint` on the receiving shard (the Engine.IO session it
-    /// names lives there), with the bytes already read from it.
+    /// A client connection for the receiving shard's front (the Engine.IO session it names
+    /// lives there), with the bytes already read from it.
     Handoff {
-        /// The endpoint that takes it.
-        endpoint: EndpointId,
         /// The socket.
         fd: OwnedFd,
         /// Bytes read so far, to be parsed again by the new owner.

@@ -240,13 +240,12 @@ pub enum Step {
         /// Wait for the peer's FIN (bounded).
         linger: bool,
     },
-    /// Pass the socket to `endpoint` on shard `shard` with the bytes read so far (the
-    /// Engine.IO session it names lives there).
+    /// Pass the socket to shard `shard` (the Engine.IO session it names lives there), where
+    /// it starts over at the front (endpoint 0), as if accepted there, with the bytes read
+    /// so far.
     Handoff {
         /// The shard.
         shard: ShardId,
-        /// The endpoint there.
-        endpoint: EndpointId,
         /// Everything read from the socket so far.
         read: Vec<u8>,
     },
@@ -282,13 +281,15 @@ pub trait Connection {
     fn on_close(&mut self, cx: &mut Cx<'_>, why: Ended);
 }
 
-/// Something registered with the runtime that opens connections: the HTTP front for
-/// accepted sockets (id 0), or an endpoint that receives sockets handed over by other
-/// shards.
+/// Something registered with the runtime: the HTTP front (id 0), which opens every
+/// connection, accepted or handed over by another shard; other endpoints keep timers.
 pub trait Endpoint {
-    /// A handler for a new socket; the runtime then calls its `on_open`, and `on_data`
-    /// with any bytes already read from the socket (by another shard, before a handoff).
-    fn open(&self, shard: &Rc<Shard>) -> Box<dyn Connection>;
+    /// A handler for a new socket, asked of the front only; the runtime then calls its
+    /// `on_open`, and `on_data` with any bytes already read from the socket (by another
+    /// shard, before a handoff).
+    fn open(&self, _shard: &Rc<Shard>) -> Option<Box<dyn Connection>> {
+        None
+    }
 
     /// A timer set with [`Shard::set_timer`] came due.
     fn on_timer(&self, _shard: &Rc<Shard>, _key: u64, _now: Instant) {}

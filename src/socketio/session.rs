@@ -60,8 +60,8 @@ pub(crate) struct SioSession {
     app: Arc<SocketIo>,
     sockets: Sockets,
     assembler: BinaryAssembler,
-    ever_connected: bool,
-    /// A session that connects no namespace by then is closed (`connectTimeout`).
+    /// A session that connects no namespace by then is closed (`connectTimeout`); none
+    /// once one has connected.
     connect_deadline: Option<Instant>,
 }
 
@@ -71,7 +71,6 @@ impl SioSession {
             app,
             sockets: Sockets::default(),
             assembler: BinaryAssembler::new(MAX_ATTACHMENTS),
-            ever_connected: false,
             connect_deadline: None,
         }
     }
@@ -83,11 +82,7 @@ impl SioSession {
 
     /// The connect deadline, while no namespace has connected.
     pub fn deadline(&self) -> Option<Instant> {
-        if self.ever_connected {
-            None
-        } else {
-            self.connect_deadline
-        }
+        self.connect_deadline
     }
 
     pub fn on_text(&mut self, session: &Rc<Session>, text: &str) -> Result<(), CloseReason> {
@@ -229,7 +224,7 @@ impl SioSession {
         });
         let (outbox, wire) = session.transport();
         shard.relay.borrow_mut().connect(player, wire, outbox);
-        self.ever_connected = true;
+        self.connect_deadline = None;
         let answer = Packet::connect(&nsp, Some(json!({ "sid": core.id })));
         session.send(&answer.encode_engineio(), &[]);
         self.sockets
