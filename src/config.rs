@@ -94,6 +94,30 @@ pub struct Config {
     /// Namespaces besides `/` that socket.io clients may connect to (with no behaviour of
     /// their own unless application code adds it).
     pub socketio_namespaces: Vec<String>,
+    /// Most connections open at once on the server; past it new ones get `503` and are
+    /// closed before their request is read.
+    pub max_connections: usize,
+    /// Most connections open at once from one source address (an IPv6 /64 counts as one).
+    pub max_connections_per_ip: usize,
+    /// Most Engine.IO sessions alive at once on the server (a long-polling session holds no
+    /// socket between polls, so the connection caps do not bound them).
+    pub engineio_max_sessions: usize,
+    /// Most Engine.IO sessions alive at once from one source address.
+    pub engineio_max_sessions_per_ip: usize,
+    /// New Engine.IO sessions one source address may open per second, per shard (bursts of
+    /// as many).
+    pub engineio_handshake_rate: u32,
+    /// Most members of one room; a join past it is refused (`room_full`).
+    pub max_room_members: usize,
+    /// A Socket.IO packet's binary attachments must all arrive within this many ms of the
+    /// packet that announces them, or the session ends.
+    pub socketio_attachment_timeout_ms: u64,
+    /// A server-to-client Socket.IO ack that is not answered within this many ms is given
+    /// up: its callback gets a timeout error and is freed.
+    pub socketio_ack_timeout_ms: u64,
+    /// A connection whose pending output makes no progress for this many ms is closed (a
+    /// peer that stopped reading).
+    pub write_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -143,6 +167,24 @@ impl Default for Config {
             socketio_connect_timeout_ms: 45_000,
             cors_origins: vec!["*".to_owned()],
             socketio_namespaces: Vec::new(),
+            // The descriptor limit of a tuned host (tuning/limits.conf) is higher; this bounds
+            // what one server promises before the kernel refuses.
+            max_connections: 100_000,
+            // A household, an office or a LAN party behind one NAT stays far below; one
+            // host that opens more is attacking.
+            max_connections_per_ip: 1_000,
+            engineio_max_sessions: 100_000,
+            engineio_max_sessions_per_ip: 1_000,
+            // Clients open one session per connect or reconnect; 100 per second is a whole
+            // NAT of players reconnecting at once.
+            engineio_handshake_rate: 100,
+            // Match rooms hold tens; a lobby of 10,000 still fans out a notice per join in
+            // a few ms.
+            max_room_members: 10_000,
+            // Official clients send attachments right after their packet.
+            socketio_attachment_timeout_ms: 10_000,
+            socketio_ack_timeout_ms: 10_000,
+            write_timeout_ms: 10_000,
         }
     }
 }
@@ -200,6 +242,15 @@ const KEYS: &[&str] = &[
     "socketio_connect_timeout_ms",
     "cors_origins",
     "socketio_namespaces",
+    "max_connections",
+    "max_connections_per_ip",
+    "engineio_max_sessions",
+    "engineio_max_sessions_per_ip",
+    "engineio_handshake_rate",
+    "max_room_members",
+    "socketio_attachment_timeout_ms",
+    "socketio_ack_timeout_ms",
+    "write_timeout_ms",
 ];
 
 impl Config {
@@ -253,6 +304,27 @@ impl Config {
             ("ring_entries", self.ring_entries as usize),
             ("recv_buffer_size", self.recv_buffer_size as usize),
             ("engineio_max_payload", self.engineio_max_payload),
+            ("max_connections", self.max_connections),
+            ("max_connections_per_ip", self.max_connections_per_ip),
+            ("engineio_max_sessions", self.engineio_max_sessions),
+            (
+                "engineio_max_sessions_per_ip",
+                self.engineio_max_sessions_per_ip,
+            ),
+            (
+                "engineio_handshake_rate",
+                self.engineio_handshake_rate as usize,
+            ),
+            ("max_room_members", self.max_room_members),
+            (
+                "socketio_attachment_timeout_ms",
+                self.socketio_attachment_timeout_ms as usize,
+            ),
+            (
+                "socketio_ack_timeout_ms",
+                self.socketio_ack_timeout_ms as usize,
+            ),
+            ("write_timeout_ms", self.write_timeout_ms as usize),
         ];
         for (name, v) in positive {
             if v == 0 {

@@ -12,6 +12,8 @@
 //! From the wire up; each layer uses only the ones above it in this list, and [`config`] and
 //! [`stats`] (below) are used throughout.
 //!
+//! - [`admission`]: the connection, session and rate caps per source address and per
+//!   server, shared by the shards without locks.
 //! - [`proto`]: wire formats, sans-IO: HTTP/1.1 heads ([`proto::http`]), WebSocket framing
 //!   ([`proto::ws`]), the native rkyv protocol ([`proto::native`]), Engine.IO and
 //!   Socket.IO packets.
@@ -40,6 +42,7 @@
 //! - [`tune`]: `corelay tune`, the host inspection.
 #![warn(missing_docs)]
 
+pub mod admission;
 pub mod client;
 pub mod config;
 mod engineio;

@@ -75,6 +75,61 @@ impl CloseReason {
     }
 }
 
+/// Why a request was refused while its connection went on (or before it began), for the
+/// `refused` counters: one per limit, so an operator sees which one triggers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Refusal {
+    /// A connection past `max_connections` (503 before the request is read).
+    Connections,
+    /// A connection past `max_connections_per_ip`.
+    ConnectionsPerIp,
+    /// An Engine.IO session past `engineio_max_sessions` (503).
+    Sessions,
+    /// An Engine.IO session past `engineio_max_sessions_per_ip` (503).
+    SessionsPerIp,
+    /// An Engine.IO handshake past `engineio_handshake_rate` (503).
+    HandshakeRate,
+    /// A WebSocket upgrade from an origin outside `cors_origins` (403).
+    Origin,
+    /// A relayed event under a name that client libraries or the server reserve.
+    ReservedName,
+    /// A message larger than a recipient's outbound budget (`outbound_queue_bytes`).
+    TooBigForRecipients,
+    /// A join to a room at `max_room_members`.
+    RoomFull,
+}
+
+impl Refusal {
+    /// Every refusal, in counter order.
+    pub const ALL: [Refusal; 9] = [
+        Refusal::Connections,
+        Refusal::ConnectionsPerIp,
+        Refusal::Sessions,
+        Refusal::SessionsPerIp,
+        Refusal::HandshakeRate,
+        Refusal::Origin,
+        Refusal::ReservedName,
+        Refusal::TooBigForRecipients,
+        Refusal::RoomFull,
+    ];
+
+    /// Stable name used in logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Refusal::Connections => "connections",
+            Refusal::ConnectionsPerIp => "connections_per_ip",
+            Refusal::Sessions => "sessions",
+            Refusal::SessionsPerIp => "sessions_per_ip",
+            Refusal::HandshakeRate => "handshake_rate",
+            Refusal::Origin => "origin",
+            Refusal::ReservedName => "reserved_name",
+            Refusal::TooBigForRecipients => "too_big_for_recipients",
+            Refusal::RoomFull => "room_full",
+        }
+    }
+}
+
 /// Relay latency is recorded in microseconds up to 60 s with 3 significant digits: enough
 /// to tell 10 µs from 11 µs and still fit one histogram in ~40 KiB per shard.
 pub fn new_latency_histogram() -> Histogram<u64> {
@@ -115,7 +170,10 @@ pub struct ShardStats {
     pub writes: AtomicU64,
     /// Input held back because the cross-shard backlog was full (backpressure).
     pub mesh_stalls: AtomicU64,
+    /// Server-to-client acks given up after `socketio_ack_timeout_ms`.
+    pub ack_timeouts: AtomicU64,
     closes: [AtomicU64; CloseReason::ALL.len()],
+    refused: [AtomicU64; Refusal::ALL.len()],
     latency: ArrayQueue<Histogram<u64>>,
 }
 
@@ -136,7 +194,9 @@ impl Default for ShardStats {
             ring_enters: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             mesh_stalls: AtomicU64::new(0),
+            ack_timeouts: AtomicU64::new(0),
             closes: Default::default(),
+            refused: Default::default(),
             latency: ArrayQueue::new(1),
         }
     }
@@ -163,6 +223,16 @@ impl ShardStats {
     /// Closes counted for `reason` on this shard.
     pub fn closes(&self, reason: CloseReason) -> u64 {
         self.closes[reason as usize].load(Relaxed)
+    }
+
+    /// Counts a refusal.
+    pub fn count_refusal(&self, why: Refusal) {
+        add(&self.refused[why as usize], 1);
+    }
+
+    /// Refusals counted for `why` on this shard.
+    pub fn refusals(&self, why: Refusal) -> u64 {
+        self.refused[why as usize].load(Relaxed)
     }
 
     /// Publishes the shard's latest latency histogram, replacing the previous one.
@@ -221,6 +291,16 @@ impl StatsRegistry {
             s.ring_enters += l(&shard.ring_enters);
             s.writes += l(&shard.writes);
             s.mesh_stalls += l(&shard.mesh_stalls);
+            s.ack_timeouts += l(&shard.ack_timeouts);
+            for (i, why) in Refusal::ALL.iter().enumerate() {
+                let n = l(&shard.refused[i]);
+                if n > 0 {
+                    match s.refused.iter_mut().find(|(name, _)| name == why.name()) {
+                        Some((_, total)) => *total += n,
+                        None => s.refused.push((why.name().to_owned(), n)),
+                    }
+                }
+            }
             for (i, reason) in CloseReason::ALL.iter().enumerate() {
                 let n = l(&shard.closes[i]);
                 if n > 0 {
@@ -301,8 +381,12 @@ pub struct Stats {
     pub writes: u64,
     /// Inputs held back by cross-shard backpressure.
     pub mesh_stalls: u64,
+    /// Server-to-client acks given up.
+    pub ack_timeouts: u64,
     /// Closed connections by reason (only reasons seen).
     pub closes: Vec<(String, u64)>,
+    /// Refused requests by limit (only limits that triggered).
+    pub refused: Vec<(String, u64)>,
     /// Server-side relay latency.
     pub latency: LatencySummary,
 }
@@ -313,6 +397,14 @@ impl Stats {
         self.closes
             .iter()
             .find(|(n, _)| n == reason.name())
+            .map_or(0, |(_, c)| *c)
+    }
+
+    /// Refusals counted for one limit.
+    pub fn refused_for(&self, why: Refusal) -> u64 {
+        self.refused
+            .iter()
+            .find(|(n, _)| n == why.name())
             .map_or(0, |(_, c)| *c)
     }
 }
@@ -340,8 +432,14 @@ impl std::fmt::Display for Stats {
             self.latency.p999_us,
             self.latency.max_us
         )?;
+        if self.ack_timeouts > 0 {
+            write!(f, " ack_timeouts={}", self.ack_timeouts)?;
+        }
         for (reason, n) in &self.closes {
             write!(f, " close.{reason}={n}")?;
+        }
+        for (why, n) in &self.refused {
+            write!(f, " refused.{why}={n}")?;
         }
         Ok(())
     }
@@ -357,6 +455,8 @@ mod tests {
         add(&reg.shard(0).messages_in, 3);
         add(&reg.shard(1).messages_in, 4);
         reg.shard(1).count_close(CloseReason::SlowConsumer);
+        reg.shard(0).count_refusal(Refusal::RoomFull);
+        reg.shard(1).count_refusal(Refusal::RoomFull);
         let mut h = new_latency_histogram();
         h.record(100).unwrap();
         reg.shard(0).publish_latency(h.clone());
@@ -364,6 +464,8 @@ mod tests {
         let s = reg.snapshot();
         assert_eq!(s.messages_in, 7);
         assert_eq!(s.closes_for(CloseReason::SlowConsumer), 1);
+        assert_eq!(s.refused_for(Refusal::RoomFull), 2);
+        assert!(s.to_string().contains("refused.room_full=2"));
         assert_eq!(s.latency.count, 2);
         // A second read sees the same published histograms.
         assert_eq!(reg.snapshot().latency.count, 2);

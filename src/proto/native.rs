@@ -205,6 +205,14 @@ pub enum ErrorCode {
     TooManyRooms = 12,
     /// The server is shutting down; reconnect elsewhere.
     ShuttingDown = 13,
+    /// The event name is reserved (by socket.io client libraries or by the server's own
+    /// events); nothing was sent. Use another name.
+    ReservedName = 14,
+    /// The message is larger than a recipient's outbound budget; nothing was sent. Send
+    /// it in smaller parts.
+    TooBig = 15,
+    /// The room has `max_room_members` members; the join was refused.
+    RoomFull = 16,
 }
 
 impl ErrorCode {
@@ -220,6 +228,9 @@ impl ErrorCode {
             ErrorCode::InvalidName => "invalid_name",
             ErrorCode::TooManyRooms => "too_many_rooms",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::ReservedName => "reserved_name",
+            ErrorCode::TooBig => "too_big",
+            ErrorCode::RoomFull => "room_full",
         }
     }
 
@@ -235,6 +246,9 @@ impl ErrorCode {
             11 => ErrorCode::InvalidName,
             12 => ErrorCode::TooManyRooms,
             13 => ErrorCode::ShuttingDown,
+            14 => ErrorCode::ReservedName,
+            15 => ErrorCode::TooBig,
+            16 => ErrorCode::RoomFull,
             _ => return None,
         })
     }

@@ -9,6 +9,7 @@
 //! shards (an eventfd read).
 
 use std::collections::VecDeque;
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use super::{
     transmit_token, ConnId, Connection, Control, Cx, Ended, Endpoint, EndpointFactory, Shard, Step,
     TimerKey,
 };
+use crate::admission::PeerKey;
 use crate::config::Config;
 use crate::relay::{Drained, Outbox, Relay, RelayLimits, ShardId};
 use crate::stats::{add, set, ShardStats};
@@ -122,6 +124,8 @@ struct Sending {
 
 struct Conn {
     fd: OwnedFd,
+    /// The peer's source address, as admission counts it.
+    peer: PeerKey,
     handler: Option<Box<dyn Connection>>,
     out: Rc<Outbox>,
     phase: Phase,
@@ -372,7 +376,7 @@ impl Driver {
 
     // ----- connections -----
 
-    fn alloc(&mut self, fd: OwnedFd, handler: Box<dyn Connection>) -> ConnId {
+    fn alloc(&mut self, fd: OwnedFd, peer: PeerKey, handler: Box<dyn Connection>) -> ConnId {
         let slot = match self.free.pop() {
             Some(s) => s as usize,
             None => {
@@ -388,6 +392,7 @@ impl Driver {
         out.notify_to(Some((Rc::clone(&self.shard.ready), transmit_token(id))));
         self.slots[slot].conn = Some(Conn {
             fd,
+            peer,
             handler: Some(handler),
             out,
             phase: Phase::Open,
@@ -437,11 +442,11 @@ impl Driver {
     }
 
     /// Starts a socket (accepted, or handed over) at the front, with the bytes already read.
-    fn open(&mut self, fd: OwnedFd, read: Vec<u8>, now: Instant) {
+    fn open(&mut self, fd: OwnedFd, peer: PeerKey, read: Vec<u8>, now: Instant) {
         let Some(handler) = self.endpoints.first().and_then(|ep| ep.open(&self.shard)) else {
             return;
         };
-        let id = self.alloc(fd, handler);
+        let id = self.alloc(fd, peer, handler);
         self.arm_recv(id);
         self.start(id, read, now);
     }
@@ -510,10 +515,12 @@ impl Driver {
         let mut handler = conn.handler.take()?;
         let out = Rc::clone(&conn.out);
         let mut deadline = conn.deadline;
+        let peer = conn.peer;
         let result = {
             let mut cx = Cx {
                 now,
                 id,
+                peer,
                 out: &out,
                 shard: &self.shard,
                 deadline: &mut deadline,
@@ -614,6 +621,7 @@ impl Driver {
                 to.shard,
                 ShardMsg::Handoff {
                     fd: conn.fd,
+                    peer: conn.peer,
                     read: to.read,
                 },
             );
@@ -737,7 +745,8 @@ impl Driver {
             // SAFETY: the completion hands us a new connected socket.
             let fd = unsafe { OwnedFd::from_raw_fd(c.result) };
             set_nodelay(fd.as_raw_fd());
-            self.open(fd, Vec::new(), now);
+            let peer = peer_of(fd.as_raw_fd());
+            self.open(fd, peer, Vec::new(), now);
         } else if c.result != -libc::ECANCELED {
             add(&self.shard.stats.accept_errors, 1);
         }
@@ -1026,9 +1035,9 @@ impl Driver {
         for (from, msg) in inbound.drain(..) {
             match msg {
                 ShardMsg::Relay(msg) => self.shard.relay.borrow_mut().handle_mesh(from, msg, now),
-                ShardMsg::Handoff { fd, read } => {
+                ShardMsg::Handoff { fd, peer, read } => {
                     if self.draining.is_none() {
-                        self.open(fd, read, now);
+                        self.open(fd, peer, read, now);
                     }
                 }
             }
@@ -1124,6 +1133,40 @@ fn build_send(fd: RawFd, s: &mut Sending) -> io_uring::squeue::Entry {
         .build()
 }
 
+/// The admission key of a socket's peer address.
+fn peer_of(fd: RawFd) -> PeerKey {
+    // SAFETY: an all-zero sockaddr_storage is valid, and getpeername writes at most `len`
+    // bytes into it.
+    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let ok = unsafe {
+        libc::getpeername(
+            fd,
+            (&mut addr as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    } == 0;
+    if !ok {
+        return PeerKey::unknown();
+    }
+    let ip = match i32::from(addr.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let v4 =
+                unsafe { &*(&addr as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            IpAddr::from(u32::from_be(v4.sin_addr.s_addr).to_be_bytes())
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let v6 =
+                unsafe { &*(&addr as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            IpAddr::from(v6.sin6_addr.s6_addr)
+        }
+        _ => return PeerKey::unknown(),
+    };
+    PeerKey::of(ip)
+}
+
 fn set_nodelay(fd: RawFd) {
     let one: libc::c_int = 1;
     // SAFETY: a valid socket and a c_int option value. Game traffic is small messages that
@@ -1149,7 +1192,8 @@ mod tests {
     #[test]
     fn per_connection_structures_stay_small() {
         assert!(
-            size_of::<super::Slot>() <= 112,
+            // 120 since the peer's address key (8 bytes) is kept for the per-address caps.
+            size_of::<super::Slot>() <= 120,
             "{}",
             size_of::<super::Slot>()
         );

@@ -30,6 +30,8 @@ pub enum ShardMsg {
     Handoff {
         /// The socket.
         fd: OwnedFd,
+        /// Its peer's address, as admission counts it.
+        peer: crate::admission::PeerKey,
         /// Bytes read so far, to be parsed again by the new owner.
         read: Vec<u8>,
     },

@@ -191,6 +191,8 @@ pub struct Cx<'a> {
     pub now: Instant,
     /// This connection.
     pub id: ConnId,
+    /// The peer's source address, as admission counts it.
+    pub peer: crate::admission::PeerKey,
     /// This connection's outbound queue: what is pushed here is sent at the end of the turn.
     pub out: &'a Rc<Outbox>,
     /// The shard.
