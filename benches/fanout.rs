@@ -128,6 +128,8 @@ fn relay_send(c: &mut Criterion) {
     let limits = RelayLimits {
         max_name_len: 64,
         max_rooms_per_connection: 16,
+        max_room_members: 10_000,
+        max_message_bytes: 1 << 20,
     };
     let mut relay = Relay::new(0, 1, limits, Arc::new(ShardStats::default()));
     let outboxes: Vec<Rc<Outbox>> = (0..MEMBERS).map(|_| Rc::new(Outbox::new(LIMITS))).collect();

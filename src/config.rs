@@ -34,7 +34,9 @@ pub struct Config {
     pub ping_timeout_ms: u64,
     /// Most frames queued for one connection before it counts as a slow consumer.
     pub outbound_queue_frames: usize,
-    /// Most bytes queued for one connection before it counts as a slow consumer.
+    /// Most bytes queued for one connection before it counts as a slow consumer. Also the
+    /// largest message the relay accepts (in its largest encoding; larger: `too_big`), since
+    /// a bigger one could be queued to no recipient.
     pub outbound_queue_bytes: usize,
     /// After a slow consumer's queue overflows, time given to its close frame before the
     /// socket is shut, in ms.

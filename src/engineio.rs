@@ -596,6 +596,8 @@ mod tests {
             RelayLimits {
                 max_name_len: 128,
                 max_rooms_per_connection: 8,
+                max_room_members: 10_000,
+                max_message_bytes: 1 << 20,
             },
             Arc::clone(&stats),
         );

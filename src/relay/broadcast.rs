@@ -95,6 +95,13 @@ pub enum Body {
     },
 }
 
+/// What an event's largest encoding adds to its payload and twice its names, at most: two
+/// WebSocket headers (10 bytes each: a socket.io binary event is a text frame and a binary
+/// one), the socket.io packet's type, attachment count, brackets, quotes and placeholder
+/// (about 40), the sender's id (20 digits), the long-polling separator and `b` marker, and
+/// the native frame's fixed fields (about 40). The unit tests check it against every wire.
+pub const EVENT_ENVELOPE: usize = 128;
+
 /// One fan-out to a room. Shared (`Arc`) by every shard that delivers it; each wire
 /// encoding is computed at most once, by whichever shard needs it first.
 #[derive(Debug)]
@@ -144,6 +151,34 @@ impl Broadcast {
                     sio_polling_text(&text, &attachments)
                 })
                 .clone(),
+        }
+    }
+
+    /// At least the length of [`Broadcast::frame`] on every [`Wire`], so that a message can
+    /// be measured against a recipient's outbound budget before it reaches any outbox,
+    /// including those of recipients on other shards whose wires the sending shard does not
+    /// know.
+    ///
+    /// A member's event is not encoded for this: its largest encoding is long-polling's,
+    /// which carries a binary payload (or JSON that does not parse) in base64, so the bound
+    /// is 4/3 of the payload, plus the names twice (JSON escaping of `"` and `\` at most
+    /// doubles them; names hold no control characters) plus [`EVENT_ENVELOPE`]. A native
+    /// recipient's frame is about 3/4 of that, which the bound accepts for being cheap: it
+    /// adds no encoding to the hot path. Application payloads (`Nested`, `Emit`: any JSON,
+    /// whose re-serialization may grow) are encoded for every wire and measured; each
+    /// encoding is kept for delivery, so nothing is encoded twice.
+    pub fn max_frame_len(&self) -> usize {
+        let names = |event: &str| 2 * (event.len() + self.room.len()) + EVENT_ENVELOPE;
+        match &self.body {
+            Body::Event { event, payload, .. } => payload.len().div_ceil(3) * 4 + names(event),
+            Body::MemberJoined { .. } | Body::MemberLeft { .. } => names(""),
+            Body::Nested { .. } | Body::Emit { .. } => {
+                [Wire::Native, Wire::SioWs, Wire::SioPolling]
+                    .into_iter()
+                    .map(|wire| self.frame(wire).len())
+                    .max()
+                    .unwrap_or(0)
+            }
         }
     }
 
@@ -392,5 +427,95 @@ impl Reply {
                 },
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WIRES: [Wire; 3] = [Wire::Native, Wire::SioWs, Wire::SioPolling];
+
+    fn check(room: &str, body: Body) {
+        let bcast = Broadcast::new(room.to_owned(), 0, body, Instant::now());
+        let bound = bcast.max_frame_len();
+        for wire in WIRES {
+            let len = bcast.frame(wire).len();
+            assert!(
+                len <= bound,
+                "{wire:?}: {len} over the bound {bound} for {:?}",
+                bcast.body
+            );
+        }
+    }
+
+    #[test]
+    fn the_size_bound_covers_every_wire() {
+        // Names that escape the most (quotes and backslashes), in namespaced rooms too.
+        let names = ["e", "\"\\\"\\\"\\\"\\", &"\"".repeat(128), &"é".repeat(64)];
+        let rooms = [
+            "r",
+            &"\\".repeat(128),
+            &room_key("/chat", &"\"".repeat(128)),
+        ];
+        let from = u64::MAX;
+        for len in [0, 1, 2, 3, 125, 126, 65_535, 65_536, 200_000] {
+            let binary = Bytes::from(vec![0xffu8; len]);
+            let json = Bytes::from(format!("\"{}\"", "a".repeat(len)));
+            for (room, event) in rooms.iter().zip(names.iter().cycle()) {
+                for (payload, kind) in [
+                    (binary.clone(), PayloadKind::Binary),
+                    // Invalid JSON travels as binary: base64 over long-polling.
+                    (binary.clone(), PayloadKind::Json),
+                    (json.clone(), PayloadKind::Json),
+                ] {
+                    let event = event.to_string();
+                    check(
+                        room,
+                        Body::Event {
+                            from,
+                            event,
+                            payload,
+                            kind,
+                        },
+                    );
+                }
+            }
+        }
+        for room in rooms {
+            check(
+                room,
+                Body::MemberJoined {
+                    player: from,
+                    members: u32::MAX,
+                },
+            );
+            check(
+                room,
+                Body::MemberLeft {
+                    player: from,
+                    members: u32::MAX,
+                    reason: LeaveReason::Disconnected,
+                },
+            );
+        }
+    }
+
+    #[test]
+    fn application_payloads_are_measured_as_encoded() {
+        let big = Bytes::from(vec![1u8; 30_000]);
+        let bcast = Broadcast::new(
+            "r".into(),
+            0,
+            Body::Emit {
+                event: "e".into(),
+                args: vec![Arg::Binary(big.clone()), Arg::Json("x".into())],
+            },
+            Instant::now(),
+        );
+        let bound = bcast.max_frame_len();
+        // Native recipients get the buffer as base64 inside a JSON array: the largest here.
+        assert_eq!(bound, bcast.frame(Wire::Native).len());
+        assert!(bound > big.len() * 4 / 3);
     }
 }

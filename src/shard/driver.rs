@@ -192,6 +192,8 @@ pub(crate) async fn run(seed: ShardSeed, ring: Ring) {
         RelayLimits {
             max_name_len: config.max_name_len,
             max_rooms_per_connection: config.max_rooms_per_connection,
+            max_room_members: config.max_room_members,
+            max_message_bytes: config.outbound_queue_bytes,
         },
         Arc::clone(&seed.stats),
     );

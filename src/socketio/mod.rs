@@ -18,7 +18,8 @@
 //!     Namespace::new()
 //!         .on_connect(|socket| socket.emit("welcome", [Arg::Json(socket.auth().clone())]))
 //!         .on("say", |socket, args, ack| {
-//!             socket.to("lobby").emit("said", args.clone());
+//!             // Err(TooBig) when a recipient could not queue it: nothing was sent.
+//!             let _ = socket.to("lobby").emit("said", args.clone());
 //!             if let Some(ack) = ack {
 //!                 ack.send(args);
 //!             }
@@ -293,7 +294,10 @@ pub struct RoomEmitter {
 
 impl RoomEmitter {
     /// Emits `event` with `args` to the room, encoded once per wire format.
-    pub fn emit(&self, event: &str, args: impl IntoIterator<Item = Arg>) {
+    ///
+    /// `Err(TooBig)` when the message is larger than a recipient may queue
+    /// (`outbound_queue_bytes`): nothing was sent.
+    pub fn emit(&self, event: &str, args: impl IntoIterator<Item = Arg>) -> Result<(), ErrorCode> {
         let body = Body::Emit {
             event: event.to_owned(),
             args: args.into_iter().collect(),
@@ -301,7 +305,7 @@ impl RoomEmitter {
         self.shard
             .relay
             .borrow_mut()
-            .broadcast(self.exclude, &self.key, body, Instant::now());
+            .broadcast(self.exclude, &self.key, body, Instant::now())
     }
 }
 
