@@ -89,7 +89,11 @@ pub struct Config {
     /// Socket.IO `connectTimeout`: a session that joins no namespace in this many ms is
     /// closed.
     pub socketio_connect_timeout_ms: u64,
-    /// Origins allowed by CORS on the Engine.IO endpoint; `"*"` allows any.
+    /// Browser origins (`https://game.example`) allowed on the Engine.IO endpoint and for
+    /// WebSocket upgrades. Empty (the default): no CORS headers at all, and upgrades from
+    /// any origin. `"*"`: `Access-Control-Allow-Origin: *`, never with credentials. A list:
+    /// a listed origin is echoed with credentials, and a WebSocket upgrade whose `Origin`
+    /// is not listed gets `403` (one without `Origin`, from no browser, passes).
     pub cors_origins: Vec<String>,
     /// Namespaces besides `/` that socket.io clients may connect to (with no behaviour of
     /// their own unless application code adds it).
@@ -165,7 +169,9 @@ impl Default for Config {
             engineio_ping_timeout_ms: 20_000,
             engineio_max_payload: 1_000_000,
             socketio_connect_timeout_ms: 45_000,
-            cors_origins: vec!["*".to_owned()],
+            // No CORS headers, as socket.io without its `cors` option: a browser page of
+            // another origin may not read the answers unless the operator lists it.
+            cors_origins: Vec::new(),
             socketio_namespaces: Vec::new(),
             // The descriptor limit of a tuned host (tuning/limits.conf) is higher; this bounds
             // what one server promises before the kernel refuses.
