@@ -2,6 +2,8 @@
 //! It reads one request head (within the handshake timeout) and hands the connection to the
 //! route of its path: a WebSocket upgrade (`/ws`, echo), or the Engine.IO endpoint. Unknown
 //! paths get 404, malformed heads 400, upgrades from origins outside `cors_origins` 403.
+//! It also gives the `503` that connections refused at accept (`max_connections`,
+//! `max_connections_per_ip`) read before they are closed.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -102,6 +104,17 @@ impl Front {
 impl Endpoint for Front {
     fn open(&self, _shard: &Rc<Shard>) -> Option<Box<dyn Connection>> {
         Some(Box::new(HttpHead::new(Rc::clone(&self.routes))))
+    }
+
+    fn refusal(&self) -> Option<Bytes> {
+        Some(Bytes::from(http::response(
+            503,
+            "Service Unavailable",
+            "text/plain",
+            &[],
+            b"too many connections\n",
+            false,
+        )))
     }
 }
 
