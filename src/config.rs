@@ -362,6 +362,14 @@ impl Config {
                 "ping_interval_ms and handshake_timeout_ms must be positive".into(),
             ));
         }
+        // Browsers send an origin as scheme://host[:port], nothing more: an entry with a
+        // path or a trailing slash would never match, and the pages it was meant for would
+        // be refused without a word.
+        if let Some(bad) = self.cors_origins.iter().find(|o| !is_origin(o)) {
+            return Err(ConfigError::Invalid(format!(
+                "cors_origins: `{bad}` is neither \"*\" nor an origin like \"https://game.example\" (scheme://host[:port], no path)"
+            )));
+        }
         Ok(())
     }
 
@@ -375,6 +383,19 @@ impl Config {
             available_cpus.len().max(1)
         }
     }
+}
+
+/// Whether `text` is `*` or an origin as browsers send it: `http(s)://host[:port]`.
+fn is_origin(text: &str) -> bool {
+    if text == "*" {
+        return true;
+    }
+    let host = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"));
+    host.is_some_and(|h| {
+        !h.is_empty() && !h.contains(['/', '?', '#', ' ', ',']) && !h.ends_with(':')
+    })
 }
 
 /// A value given as text (environment, flag): a TOML scalar if it parses as one (numbers,
@@ -463,6 +484,22 @@ mod tests {
         assert!(Config::load(None, vec![], &[("ring_entries", "16384".into())]).is_ok());
         assert!(Config::load(None, vec![], &[("ring_entries", "16385".into())]).is_err());
         assert!(Config::load(Some(Path::new("/nonexistent/x.toml")), vec![], &[]).is_err());
+    }
+
+    #[test]
+    fn cors_origins_must_be_origins() {
+        let load = |v: &str| Config::load(None, vec![], &[("cors_origins", v.into())]);
+        assert!(load(r#"["*"]"#).is_ok());
+        assert!(load(r#"["https://game.example", "http://localhost:8080"]"#).is_ok());
+        assert!(load("[]").is_ok());
+        for bad in [
+            r#"["https://game.example/"]"#,
+            r#"["game.example"]"#,
+            r#"["https://"]"#,
+            r#"["https://a.example/path"]"#,
+        ] {
+            assert!(load(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
