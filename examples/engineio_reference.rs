@@ -2,7 +2,8 @@
 //! `cargo run --release --example engineio_reference -- --port 3000`.
 //!
 //! Path `/engine.io/`, pingInterval 300 ms, pingTimeout 200 ms, maxPayload 1000000, CORS
-//! origin `*`; every message is echoed back.
+//! origin `*` (as the suite's reference server's `cors: { origin: "*" }`:
+//! `Access-Control-Allow-Origin: *`, no credentials); every message is echoed back.
 
 use corelay::socketio::SocketIo;
 use corelay::{Config, Server};

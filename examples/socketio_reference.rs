@@ -2,7 +2,7 @@
 //! `cargo run --release --example socketio_reference -- --port 3000`.
 //!
 //! pingInterval 300 ms, pingTimeout 200 ms, maxPayload 1000000, connectTimeout 1000 ms, CORS
-//! origin `*`; on `/` and `/custom`: emits `auth` with the handshake's auth payload on
+//! origin `*` (`Access-Control-Allow-Origin: *`, no credentials); on `/` and `/custom`: emits `auth` with the handshake's auth payload on
 //! connection, echoes `message` as `message-back`, and acks `message-with-ack` with its
 //! arguments. It also asks the client for an ack (`server-ack`) when told `ask-ack`, so that
 //! acks can be tested both ways.

@@ -113,6 +113,11 @@ BUILD=0
 CORELAY_BIN=$ROOT/target/release/corelay
 LOADGEN_BIN=$ROOT/target/release/corelay-loadgen
 CORELAY_ENV=()
+# Every generated client comes from one address, and a benchmark opens up to 15,000 of
+# them at once: the per-address admission limits, made for the public, are lifted (before
+# --corelay-env, which may set them again).
+BENCH_LIMITS=(CORELAY_MAX_CONNECTIONS_PER_IP=1000000 CORELAY_ENGINEIO_MAX_SESSIONS_PER_IP=1000000
+	CORELAY_ENGINEIO_HANDSHAKE_RATE=1000000)
 CORELAY_ARGS=()
 TAG=
 NPM=1
@@ -616,7 +621,7 @@ declare -p RATES_CLIENTS MANY_CLIENTS MANY_RATE HOT_CLIENTS HOT_ROOM HOT_RATE SA
 	echo "loadgen: $LOADGEN_BIN ($("$LOADGEN_BIN" --version 2>/dev/null))"
 	if want_server corelay-native || want_server corelay-sio; then
 		echo "corelay: $CORELAY_BIN ($("$CORELAY_BIN" --version 2>/dev/null), built $(date -u -r "$CORELAY_BIN" +%Y-%m-%dT%H:%M:%SZ), sha256 $(sha256sum "$CORELAY_BIN" | cut -c1-12))${TAG:+ tag $TAG}"
-		echo "corelay env: ${CORELAY_ENV[*]:-none}; extra flags: ${CORELAY_ARGS[*]:-none}"
+		echo "corelay env: ${BENCH_LIMITS[*]} ${CORELAY_ENV[*]}; extra flags: ${CORELAY_ARGS[*]:-none}"
 	fi
 	if want_server socketioxide; then
 		echo "socketioxide: $(awk '/^name = "socketioxide"$/ {getline; print $3}' "$SIOXIDE_DIR/Cargo.lock" | tr -d '"'), tokio $(awk '/^name = "tokio"$/ {getline; print $3}' "$SIOXIDE_DIR/Cargo.lock" | tr -d '"'), axum $(awk '/^name = "axum"$/ {getline; print $3}' "$SIOXIDE_DIR/Cargo.lock" | tr -d '"')"
@@ -649,7 +654,7 @@ start_server() {
 	fi
 	case $kind in
 	corelay-*)
-		envs=("${CORELAY_ENV[@]}")
+		envs=("${BENCH_LIMITS[@]}" "${CORELAY_ENV[@]}")
 		cmd=("$CORELAY_BIN" serve --listen "$SERVER_ADDR:$port" --shards 1 --cpus "$SCPU" "${CORELAY_ARGS[@]}")
 		;;
 	socketioxide)

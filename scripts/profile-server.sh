@@ -41,7 +41,11 @@ trap cleanup EXIT INT TERM
 
 case $KIND in
 corelay | corelay-sio)
-	taskset -c "$SCPU" env ${CORELAY_ENV:-} "$CORELAY_BIN" serve --listen "127.0.0.1:$PORT" \
+	# All 1,000 clients come from 127.0.0.1: the per-address admission limits are lifted
+	# (CORELAY_ENV, after them, may set them again).
+	taskset -c "$SCPU" env CORELAY_MAX_CONNECTIONS_PER_IP=1000000 \
+		CORELAY_ENGINEIO_MAX_SESSIONS_PER_IP=1000000 CORELAY_ENGINEIO_HANDSHAKE_RATE=1000000 \
+		${CORELAY_ENV:-} "$CORELAY_BIN" serve --listen "127.0.0.1:$PORT" \
 		--shards 1 --cpus "$SCPU" >"$work/server.log" 2>&1 &
 	;;
 socketioxide)

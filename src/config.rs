@@ -91,7 +91,11 @@ pub struct Config {
     /// Socket.IO `connectTimeout`: a session that joins no namespace in this many ms is
     /// closed.
     pub socketio_connect_timeout_ms: u64,
-    /// Origins allowed by CORS on the Engine.IO endpoint; `"*"` allows any.
+    /// Browser origins (`https://game.example`) allowed on the Engine.IO endpoint and for
+    /// WebSocket upgrades. Empty (the default): no CORS headers at all, and upgrades from
+    /// any origin. `"*"`: `Access-Control-Allow-Origin: *`, never with credentials. A list:
+    /// a listed origin is echoed with credentials, and a WebSocket upgrade whose `Origin`
+    /// is not listed gets `403` (one without `Origin`, from no browser, passes).
     pub cors_origins: Vec<String>,
     /// Namespaces besides `/` that socket.io clients may connect to (with no behaviour of
     /// their own unless application code adds it).
@@ -167,7 +171,9 @@ impl Default for Config {
             engineio_ping_timeout_ms: 20_000,
             engineio_max_payload: 1_000_000,
             socketio_connect_timeout_ms: 45_000,
-            cors_origins: vec!["*".to_owned()],
+            // No CORS headers, as socket.io without its `cors` option: a browser page of
+            // another origin may not read the answers unless the operator lists it.
+            cors_origins: Vec::new(),
             socketio_namespaces: Vec::new(),
             // The descriptor limit of a tuned host (tuning/limits.conf) is higher; this bounds
             // what one server promises before the kernel refuses.
@@ -358,6 +364,14 @@ impl Config {
                 "ping_interval_ms and handshake_timeout_ms must be positive".into(),
             ));
         }
+        // Browsers send an origin as scheme://host[:port], nothing more: an entry with a
+        // path or a trailing slash would never match, and the pages it was meant for would
+        // be refused without a word.
+        if let Some(bad) = self.cors_origins.iter().find(|o| !is_origin(o)) {
+            return Err(ConfigError::Invalid(format!(
+                "cors_origins: `{bad}` is neither \"*\" nor an origin like \"https://game.example\" (scheme://host[:port], no path)"
+            )));
+        }
         Ok(())
     }
 
@@ -371,6 +385,19 @@ impl Config {
             available_cpus.len().max(1)
         }
     }
+}
+
+/// Whether `text` is `*` or an origin as browsers send it: `http(s)://host[:port]`.
+fn is_origin(text: &str) -> bool {
+    if text == "*" {
+        return true;
+    }
+    let host = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"));
+    host.is_some_and(|h| {
+        !h.is_empty() && !h.contains(['/', '?', '#', ' ', ',']) && !h.ends_with(':')
+    })
 }
 
 /// A value given as text (environment, flag): a TOML scalar if it parses as one (numbers,
@@ -459,6 +486,22 @@ mod tests {
         assert!(Config::load(None, vec![], &[("ring_entries", "16384".into())]).is_ok());
         assert!(Config::load(None, vec![], &[("ring_entries", "16385".into())]).is_err());
         assert!(Config::load(Some(Path::new("/nonexistent/x.toml")), vec![], &[]).is_err());
+    }
+
+    #[test]
+    fn cors_origins_must_be_origins() {
+        let load = |v: &str| Config::load(None, vec![], &[("cors_origins", v.into())]);
+        assert!(load(r#"["*"]"#).is_ok());
+        assert!(load(r#"["https://game.example", "http://localhost:8080"]"#).is_ok());
+        assert!(load("[]").is_ok());
+        for bad in [
+            r#"["https://game.example/"]"#,
+            r#"["game.example"]"#,
+            r#"["https://"]"#,
+            r#"["https://a.example/path"]"#,
+        ] {
+            assert!(load(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::rc::Rc;
 use glommio::{LocalExecutorBuilder, Placement};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::admission::Occupancy;
 use crate::config::Config;
 use crate::net::engineio::EngineEndpoint;
 use crate::net::front::{Front, PathMatch, Routes};
@@ -152,6 +153,12 @@ impl Server {
             shard: 0,
             reason: format!("cannot create the cross-shard doorbells: {e}"),
         })?;
+        // One count for every shard: a connection is admitted against the whole server and
+        // its address, whichever shard's listener the kernel gave it to.
+        let connections = Arc::new(Occupancy::new(
+            config.max_connections,
+            config.max_connections_per_ip,
+        ));
         let control = Arc::new(Control::new(mesh.doorbells().to_vec()));
         let sizes = RingSizes {
             submissions: config.ring_entries,
@@ -171,6 +178,7 @@ impl Server {
                 config: Arc::clone(&config),
                 stats: stats.shard(id),
                 control: Arc::clone(&control),
+                connections: Arc::clone(&connections),
                 mesh: mesh.mesh_for(id, config.mesh_backlog),
                 endpoints: Arc::clone(&endpoints),
             };

@@ -98,6 +98,69 @@ fn wrong_path_gets_404_and_malformed_http_gets_400() {
 }
 
 #[test]
+fn requests_whose_body_length_is_ambiguous_get_400() {
+    // A proxy in front could frame these bodies otherwise than corelay and smuggle a
+    // request past it: each would be served without the check.
+    let srv = server(1, |_| {});
+    let addr = srv.local_addr();
+    run(move || async move {
+        let handshake = "GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\n";
+        let upgrade = "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+        let cases = [
+            format!("{handshake}Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+            format!("{handshake}Content-Length: 0\r\nContent-Length: 0\r\n\r\n"),
+            format!("{handshake}Content-Length: 0, 0\r\n\r\n"),
+            format!("{upgrade}Transfer-Encoding: chunked\r\n\r\n"),
+        ];
+        for request in &cases {
+            let status = http_status(addr, request.as_bytes()).await;
+            assert!(status.starts_with("HTTP/1.1 400"), "{request:?}: {status}");
+        }
+        still_serving(addr).await;
+    });
+    srv.stop().unwrap();
+}
+
+#[test]
+fn http_1_0_long_polling_is_served_and_only_the_upgrade_needs_1_1() {
+    let srv = server(1, |_| {});
+    let addr = srv.local_addr();
+    run(move || async move {
+        let handshake = "GET /socket.io/?EIO=4&transport=polling HTTP/1.0\r\nHost: x\r\n";
+        // As nginx sends it upstream: answered, then closed (1.0 closes by default).
+        let s = raw(addr).await;
+        s.write_all(format!("{handshake}\r\n").as_bytes())
+            .await
+            .unwrap();
+        let answer = String::from_utf8_lossy(&read_to_end(&s).await).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(answer.contains("Connection: close\r\n"), "{answer}");
+        assert!(answer.contains(r#"0{"sid":""#), "{answer}");
+        // With keep-alive the connection serves the next request too (closed after that
+        // one, which does not ask to be kept).
+        let s = raw(addr).await;
+        let two = format!("{handshake}Connection: keep-alive\r\n\r\n{handshake}\r\n");
+        s.write_all(two.as_bytes()).await.unwrap();
+        let answers = String::from_utf8_lossy(&read_to_end(&s).await).into_owned();
+        assert_eq!(
+            answers.matches("HTTP/1.1 200 OK\r\n").count(),
+            2,
+            "{answers}"
+        );
+        assert!(answers.contains("Connection: keep-alive\r\n"), "{answers}");
+        // A WebSocket upgrade needs HTTP/1.1 (RFC 6455).
+        let upgrade = http_status(
+            addr,
+            b"GET /ws HTTP/1.0\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await;
+        assert!(upgrade.starts_with("HTTP/1.1 400"), "{upgrade}");
+        still_serving(addr).await;
+    });
+    srv.stop().unwrap();
+}
+
+#[test]
 fn silent_handshakes_are_closed_after_the_timeout() {
     let srv = server(1, |c| c.handshake_timeout_ms = 300);
     let addr = srv.local_addr();

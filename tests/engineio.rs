@@ -154,11 +154,28 @@ fn cors_allows_configured_origins_only_and_answers_preflight() {
             ok.head
         );
         assert!(ok.head.contains("Access-Control-Allow-Credentials: true"));
+        // The answer depends on the Origin, so caches must key on it.
+        assert!(ok.head.contains("Vary: Origin"), "{}", ok.head);
         let other = request(addr, "GET", EIO, "Origin: https://evil.example\r\n", "").await;
         assert!(
-            !other.head.contains("Access-Control-Allow-Origin"),
+            !other.head.contains("Access-Control-Allow-"),
             "{}",
             other.head
+        );
+        assert!(other.head.contains("Vary: Origin"), "{}", other.head);
+        // A preflight from an origin outside the list learns nothing.
+        let foreign = request(
+            addr,
+            "OPTIONS",
+            EIO,
+            "Origin: https://evil.example\r\nAccess-Control-Request-Headers: content-type\r\n",
+            "",
+        )
+        .await;
+        assert!(
+            !foreign.head.contains("Access-Control-Allow-"),
+            "{}",
+            foreign.head
         );
         let pre = request(
             addr,

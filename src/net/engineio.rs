@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tungstenite::Message;
 
-use super::front::{Head, HttpHead, Route, Routes};
+use super::front::{self, Head, HttpHead, Route, Routes};
 use super::websocket::{Flow, WebSocket, WsApp};
 use crate::engineio::{owner_of, Handler, Phase, Session, Sessions};
 use crate::proto::engineio::{self, EngineError, Handshake, Packet, Query, Transport};
@@ -114,21 +114,26 @@ impl Endpoint for EngineEndpoint {
 impl Route for EngineEndpoint {
     fn serve(&self, cx: &mut Cx<'_>, request: Request, head: Head<'_>) -> Step {
         let shard = Rc::clone(cx.shard);
-        let keep_alive = !request
-            .header("connection")
-            .is_some_and(|c| c.eq_ignore_ascii_case("close"));
+        let keep_alive = request.keep_alive();
         let next = Next {
             keep_alive,
             routes: head.routes(),
         };
         if request.method == "OPTIONS" {
             let mut cors = cors_headers(&shard, &request);
-            cors.push((
-                "Access-Control-Allow-Methods",
-                "GET, POST, OPTIONS".to_owned(),
-            ));
-            if let Some(h) = request.header("access-control-request-headers") {
-                cors.push(("Access-Control-Allow-Headers", h.to_owned()));
+            // A preflight is only answered in full for an origin CORS lets in: to others
+            // the methods and headers are of no use.
+            if cors
+                .iter()
+                .any(|(n, _)| *n == "Access-Control-Allow-Origin")
+            {
+                cors.push((
+                    "Access-Control-Allow-Methods",
+                    "GET, POST, OPTIONS".to_owned(),
+                ));
+                if let Some(h) = request.header("access-control-request-headers") {
+                    cors.push(("Access-Control-Allow-Headers", h.to_owned()));
+                }
             }
             let extra: Vec<(&str, &str)> = cors.iter().map(|(n, v)| (*n, v.as_str())).collect();
             let answer = http::response(204, "No Content", "text/plain", &extra, b"", keep_alive);
@@ -209,6 +214,9 @@ impl Route for EngineEndpoint {
                 }
             }
             (Transport::Websocket, sid) => {
+                if !front::origin_allowed(cx, &request) {
+                    return forbidden(cx, &request);
+                }
                 let key = match request.websocket_key() {
                     Ok(k) => k.to_owned(),
                     Err(_) => return fail(cx, &request, EngineError::BadRequest),
@@ -578,23 +586,24 @@ fn packet_count(fragment: &Bytes) -> usize {
         .count()
 }
 
-/// CORS headers for a request, per the configured origins.
+/// CORS headers for a request, per `cors_origins` (see [`http::cors_headers`]).
 fn cors_headers(shard: &Shard, request: &Request) -> Vec<(&'static str, String)> {
-    let origins = &shard.config.cors_origins;
-    let origin = request.header("origin");
-    let allowed = match origin {
-        Some(o) => origins.iter().any(|a| a == "*" || a == o),
-        None => false,
-    };
-    let mut headers = Vec::new();
-    if let (true, Some(o)) = (allowed, origin) {
-        headers.push(("Access-Control-Allow-Origin", o.to_owned()));
-        headers.push(("Access-Control-Allow-Credentials", "true".to_owned()));
-        headers.push(("Vary", "Origin".to_owned()));
-    } else if origin.is_none() && origins.iter().any(|a| a == "*") {
-        headers.push(("Access-Control-Allow-Origin", "*".to_owned()));
-    }
-    headers
+    http::cors_headers(&shard.config.cors_origins, request.header("origin"))
+}
+
+/// Refuses a WebSocket from an origin outside `cors_origins` as the reference server
+/// refuses by policy: 403 with the spec's `Forbidden` body (code 4), then closes.
+fn forbidden(cx: &mut Cx<'_>, request: &Request) -> Step {
+    let bytes = respond(
+        cx.shard,
+        request,
+        (403, "Forbidden"),
+        "application/json",
+        EngineError::Forbidden.json_body().as_bytes(),
+        false,
+    );
+    let _ = cx.out.push(Bytes::from(bytes));
+    Step::Close { linger: true }
 }
 
 fn respond(

@@ -1,7 +1,9 @@
 //! The HTTP front: every connection starts here, accepted or handed over by another shard.
 //! It reads one request head (within the handshake timeout) and hands the connection to the
 //! route of its path: a WebSocket upgrade (`/ws`, echo), or the Engine.IO endpoint. Unknown
-//! paths get 404, malformed heads 400.
+//! paths get 404, malformed heads 400, upgrades from origins outside `cors_origins` 403.
+//! It also gives the `503` that connections refused at accept (`max_connections`,
+//! `max_connections_per_ip`) read before they are closed.
 
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -10,7 +12,7 @@ use bytes::Bytes;
 
 use crate::proto::http::{self, HttpError, Request};
 use crate::shard::{Connection, Cx, Ended, Endpoint, Shard, Step};
-use crate::stats::CloseReason;
+use crate::stats::{CloseReason, Refusal};
 
 /// What serves the requests of one path.
 pub trait Route {
@@ -103,6 +105,17 @@ impl Endpoint for Front {
     fn open(&self, _shard: &Rc<Shard>) -> Option<Box<dyn Connection>> {
         Some(Box::new(HttpHead::new(Rc::clone(&self.routes))))
     }
+
+    fn refusal(&self) -> Option<Bytes> {
+        Some(Bytes::from(http::response(
+            503,
+            "Service Unavailable",
+            "text/plain",
+            &[],
+            b"too many connections\n",
+            false,
+        )))
+    }
 }
 
 /// Reads one request head.
@@ -123,14 +136,29 @@ impl HttpHead {
     }
 }
 
+/// Whether a WebSocket upgrade may go on as far as its `Origin` goes (see
+/// [`http::origin_may_upgrade`]); a refusal is counted (`refused.origin`). Every upgrade
+/// path asks this before answering `101`; the caller answers `403` when it is `false`.
+pub fn origin_allowed(cx: &Cx<'_>, request: &Request) -> bool {
+    let allowed = http::origin_may_upgrade(&cx.shard.config.cors_origins, request.header("origin"));
+    if !allowed {
+        cx.shard.stats.count_refusal(Refusal::Origin);
+    }
+    allowed
+}
+
 /// Answers a WebSocket upgrade request and hands the connection to `open`'s handler with
-/// the bytes past the head; a request that is not a valid upgrade is refused.
+/// the bytes past the head; a request that is not a valid upgrade, or comes from an origin
+/// outside `cors_origins`, is refused.
 pub fn upgrade(
     cx: &mut Cx<'_>,
     request: &Request,
     head: Head<'_>,
     open: impl FnOnce(&mut Cx<'_>, Instant) -> Box<dyn Connection>,
 ) -> Step {
+    if !origin_allowed(cx, request) {
+        return refuse(cx, &HttpError::ForbiddenOrigin);
+    }
     match request.websocket_key() {
         Ok(key) => {
             let _ = cx.out.push(Bytes::from(http::upgrade_response(key)));
@@ -140,9 +168,12 @@ pub fn upgrade(
     }
 }
 
-/// Answers a bad request and closes, counting it.
+/// Answers a bad request and closes, counting it (a forbidden origin is counted as a
+/// refusal by [`origin_allowed`], not as a bad request).
 pub fn refuse(cx: &mut Cx<'_>, err: &HttpError) -> Step {
-    cx.shard.stats.count_close(CloseReason::BadRequest);
+    if *err != HttpError::ForbiddenOrigin {
+        cx.shard.stats.count_close(CloseReason::BadRequest);
+    }
     let _ = cx.out.push(Bytes::from(http::error_response(err)));
     Step::Close { linger: true }
 }

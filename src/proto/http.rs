@@ -1,7 +1,14 @@
-//! HTTP/1.1 request heads and the answers corelay gives before a WebSocket upgrade.
+//! HTTP/1.x request heads, the answers corelay gives before a WebSocket upgrade, and the
+//! CORS/Origin policy of `cors_origins`.
 //!
 //! Sans-IO: [`parse_request`] is fed the bytes read so far and tells "need more" apart from
 //! "bad peer", in the manner of mini-redis' `check`/`parse`.
+//!
+//! Requests are served over HTTP/1.1 and HTTP/1.0 (nginx talks 1.0 to its upstreams unless
+//! told otherwise); only a WebSocket upgrade needs 1.1. corelay reads no chunked bodies, so
+//! a request with `Transfer-Encoding`, or whose length is ambiguous (several
+//! `Content-Length`s, a list, anything but digits), is refused: a proxy in front could
+//! read its body differently and smuggle a second request past it.
 
 use std::fmt::Write as _;
 
@@ -19,12 +26,15 @@ pub struct Request {
     pub query: String,
     /// Headers with lower-cased names, in order.
     pub headers: Vec<(String, String)>,
+    /// The minor version of HTTP/1.x: 0 or 1.
+    pub minor_version: u8,
 }
 
 /// Why a request cannot be served. Each maps to one HTTP status.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HttpError {
-    /// Not HTTP/1.1, bad syntax, too many headers: answer 400 and close.
+    /// Not HTTP/1.x, bad syntax, too many headers, an ambiguous body length: answer 400
+    /// and close.
     #[error("malformed request: {0}")]
     Malformed(&'static str),
     /// The head is longer than the configured limit: answer 400 and close.
@@ -36,6 +46,10 @@ pub enum HttpError {
     /// No route for this path: answer 404 and close.
     #[error("not found")]
     NotFound,
+    /// A WebSocket upgrade from a browser origin outside `cors_origins`: answer 403 and
+    /// close.
+    #[error("origin not allowed")]
+    ForbiddenOrigin,
 }
 
 impl HttpError {
@@ -43,6 +57,7 @@ impl HttpError {
     pub fn status(&self) -> (u16, &'static str) {
         match self {
             HttpError::NotFound => (404, "Not Found"),
+            HttpError::ForbiddenOrigin => (403, "Forbidden"),
             _ => (400, "Bad Request"),
         }
     }
@@ -65,9 +80,10 @@ pub fn parse_request(buf: &[u8], max_head: usize) -> Result<Option<(Request, usi
             if len > max_head {
                 return Err(HttpError::TooLarge);
             }
-            if req.version != Some(1) {
-                return Err(HttpError::Malformed("only HTTP/1.1 is served"));
-            }
+            let minor_version = match req.version {
+                Some(v @ (0 | 1)) => v,
+                _ => return Err(HttpError::Malformed("only HTTP/1.0 and 1.1 are served")),
+            };
             let target = req.path.ok_or(HttpError::Malformed("no target"))?;
             let (path, query) = target.split_once('?').unwrap_or((target, ""));
             let headers = req
@@ -79,12 +95,14 @@ pub fn parse_request(buf: &[u8], max_head: usize) -> Result<Option<(Request, usi
                     Ok((h.name.to_ascii_lowercase(), value.trim().to_owned()))
                 })
                 .collect::<Result<Vec<_>, HttpError>>()?;
+            check_framing(&headers)?;
             Ok(Some((
                 Request {
                     method: req.method.unwrap_or_default().to_owned(),
                     path: path.to_owned(),
                     query: query.to_owned(),
                     headers,
+                    minor_version,
                 },
                 len,
             )))
@@ -92,6 +110,26 @@ pub fn parse_request(buf: &[u8], max_head: usize) -> Result<Option<(Request, usi
         Err(httparse::Error::TooManyHeaders) => Err(HttpError::Malformed("too many headers")),
         Err(_) => Err(HttpError::Malformed("bad request syntax")),
     }
+}
+
+/// Refuses what could frame the body differently for corelay and a proxy in front of it:
+/// any `Transfer-Encoding` (corelay reads no chunked bodies, and RFC 9112 section 6.1 says
+/// a server that cannot must not guess), and a `Content-Length` that is repeated, a list or
+/// not plain digits.
+fn check_framing(headers: &[(String, String)]) -> Result<(), HttpError> {
+    if headers.iter().any(|(n, _)| n == "transfer-encoding") {
+        return Err(HttpError::Malformed("Transfer-Encoding is not served"));
+    }
+    let mut lengths = headers.iter().filter(|(n, _)| n == "content-length");
+    if let Some((_, value)) = lengths.next() {
+        if lengths.next().is_some() {
+            return Err(HttpError::Malformed("more than one Content-Length"));
+        }
+        if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(HttpError::Malformed("bad Content-Length"));
+        }
+    }
+    Ok(())
 }
 
 impl Request {
@@ -116,10 +154,24 @@ impl Request {
         self.header_has_token("upgrade", "websocket")
     }
 
+    /// Whether the connection stays open after the answer: HTTP/1.1 unless the client says
+    /// `Connection: close`, HTTP/1.0 only if it says `Connection: keep-alive` (RFC 9112
+    /// section 9.3).
+    pub fn keep_alive(&self) -> bool {
+        if self.header_has_token("connection", "close") {
+            return false;
+        }
+        self.minor_version >= 1 || self.header_has_token("connection", "keep-alive")
+    }
+
     /// Checks an RFC 6455 upgrade request and returns its `Sec-WebSocket-Key`.
     pub fn websocket_key(&self) -> Result<&str, HttpError> {
         if self.method != "GET" {
             return Err(HttpError::BadUpgrade("method must be GET"));
+        }
+        if self.minor_version < 1 {
+            // RFC 6455 section 4.1: the opening handshake is an HTTP/1.1 request.
+            return Err(HttpError::BadUpgrade("WebSocket needs HTTP/1.1"));
         }
         if !self.wants_upgrade() {
             return Err(HttpError::BadUpgrade("missing Upgrade: websocket"));
@@ -136,7 +188,8 @@ impl Request {
         }
     }
 
-    /// The declared body length, if any.
+    /// The declared body length, if any (its form was checked by [`parse_request`]; a
+    /// value too large for `usize` is still an error).
     pub fn content_length(&self) -> Result<usize, HttpError> {
         match self.header("content-length") {
             None => Ok(0),
@@ -145,6 +198,49 @@ impl Request {
                 .map_err(|_| HttpError::Malformed("bad Content-Length")),
         }
     }
+}
+
+/// CORS headers for a request with `origin` (its `Origin` header), per `cors_origins`
+/// (`allowed`):
+/// - empty (the default): none, as socket.io without its `cors` option; browsers then keep
+///   pages of other origins from reading the answers;
+/// - with `"*"`: `Access-Control-Allow-Origin: *`, never with credentials (a page anywhere
+///   could otherwise act with the visitor's cookies);
+/// - a list: an origin in it is echoed, with credentials; `Vary: Origin` in every answer,
+///   so that a cache never serves one origin's answer to another.
+pub fn cors_headers(allowed: &[String], origin: Option<&str>) -> Vec<(&'static str, String)> {
+    let mut headers = Vec::new();
+    if allowed.is_empty() {
+        return headers;
+    }
+    if allowed.iter().any(|a| a == "*") {
+        headers.push(("Access-Control-Allow-Origin", "*".to_owned()));
+        return headers;
+    }
+    if let Some(o) = origin.filter(|o| listed(allowed, o)) {
+        headers.push(("Access-Control-Allow-Origin", o.to_owned()));
+        headers.push(("Access-Control-Allow-Credentials", "true".to_owned()));
+    }
+    headers.push(("Vary", "Origin".to_owned()));
+    headers
+}
+
+/// Whether a WebSocket upgrade with `origin` (its `Origin` header) may go on, per
+/// `cors_origins` (`allowed`). Browsers apply no CORS to WebSockets, so this check is what
+/// keeps a page of another origin from opening one with the visitor's cookies: with an
+/// allow-list (without `"*"`), an `Origin` outside it is refused. A request without
+/// `Origin` comes from no browser (native clients, load generators) and passes, as does
+/// every request when no list is configured.
+pub fn origin_may_upgrade(allowed: &[String], origin: Option<&str>) -> bool {
+    match origin {
+        None => true,
+        Some(o) => allowed.is_empty() || allowed.iter().any(|a| a == "*") || listed(allowed, o),
+    }
+}
+
+/// Whether `origin` is in `allowed` (scheme and host are case-insensitive, RFC 6454).
+fn listed(allowed: &[String], origin: &str) -> bool {
+    allowed.iter().any(|a| a.eq_ignore_ascii_case(origin))
 }
 
 /// The `101 Switching Protocols` answer to a valid upgrade.
@@ -225,14 +321,104 @@ mod tests {
         );
     }
 
+    fn parse(head: &str) -> Result<Request, HttpError> {
+        parse_request(head.as_bytes(), 8192).map(|r| r.expect("a complete head").0)
+    }
+
     #[test]
     fn malformed_requests_are_errors() {
         assert!(parse_request(b"\x00\x01garbage\r\n\r\n", 8192).is_err());
-        assert!(parse_request(b"GET / HTTP/1.0\r\n\r\n", 8192).is_err());
+        assert!(parse_request(b"GET / HTTP/2.0\r\n\r\n", 8192).is_err());
         let (req, _) = parse_request(b"GET /ws HTTP/1.1\r\nHost: a\r\n\r\n", 8192)
             .unwrap()
             .unwrap();
         assert!(matches!(req.websocket_key(), Err(HttpError::BadUpgrade(_))));
+    }
+
+    #[test]
+    fn ambiguous_body_lengths_are_refused() {
+        for head in [
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: identity\r\n\r\n",
+            "GET / HTTP/1.0\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 30\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n",
+            "POST / HTTP/1.1\r\nContent-Length: \r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse(head), Err(HttpError::Malformed(_))),
+                "{head:?}"
+            );
+        }
+        let one = parse("POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\n").unwrap();
+        assert_eq!(one.content_length(), Ok(3));
+        let none = parse("GET / HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(none.content_length(), Ok(0));
+    }
+
+    #[test]
+    fn http_1_0_is_served_closing_unless_kept_alive_but_cannot_upgrade() {
+        let plain = parse("GET /socket.io/ HTTP/1.0\r\n\r\n").unwrap();
+        assert_eq!(plain.minor_version, 0);
+        assert!(!plain.keep_alive());
+        let kept = parse("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap();
+        assert!(kept.keep_alive());
+        assert!(parse("GET / HTTP/1.1\r\n\r\n").unwrap().keep_alive());
+        assert!(!parse("GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .unwrap()
+            .keep_alive());
+        let upgrade_1_0 = std::str::from_utf8(UPGRADE)
+            .unwrap()
+            .replace("HTTP/1.1", "HTTP/1.0");
+        assert!(matches!(
+            parse(&upgrade_1_0).unwrap().websocket_key(),
+            Err(HttpError::BadUpgrade(_))
+        ));
+    }
+
+    #[test]
+    fn cors_headers_follow_the_configured_origins() {
+        let names = |h: Vec<(&'static str, String)>| -> Vec<String> {
+            h.into_iter().map(|(n, v)| format!("{n}: {v}")).collect()
+        };
+        let game = Some("https://game.example");
+        // None configured: no headers, whatever the origin.
+        assert!(cors_headers(&[], game).is_empty());
+        // "*": a wildcard, never with credentials.
+        let any = vec!["*".to_owned()];
+        assert_eq!(
+            names(cors_headers(&any, game)),
+            ["Access-Control-Allow-Origin: *"]
+        );
+        // A list: the listed origin echoed with credentials; others get only Vary.
+        let list = vec!["https://game.example".to_owned()];
+        assert_eq!(
+            names(cors_headers(&list, game)),
+            [
+                "Access-Control-Allow-Origin: https://game.example",
+                "Access-Control-Allow-Credentials: true",
+                "Vary: Origin"
+            ]
+        );
+        assert_eq!(
+            names(cors_headers(&list, Some("https://evil.example"))),
+            ["Vary: Origin"]
+        );
+        assert_eq!(names(cors_headers(&list, None)), ["Vary: Origin"]);
+    }
+
+    #[test]
+    fn upgrades_from_unlisted_origins_are_refused_only_under_an_allow_list() {
+        let evil = Some("https://evil.example");
+        assert!(origin_may_upgrade(&[], evil));
+        assert!(origin_may_upgrade(&["*".to_owned()], evil));
+        let list = vec!["https://game.example".to_owned()];
+        assert!(!origin_may_upgrade(&list, evil));
+        assert!(origin_may_upgrade(&list, Some("https://GAME.example")));
+        // No Origin: no browser, so no page to protect the visitor from.
+        assert!(origin_may_upgrade(&list, None));
     }
 
     #[test]

@@ -24,10 +24,10 @@ use super::{
     transmit_token, ConnId, Connection, Control, Cx, Ended, Endpoint, EndpointFactory, Shard, Step,
     TimerKey,
 };
-use crate::admission::PeerKey;
+use crate::admission::{Full, Occupancy, PeerKey};
 use crate::config::Config;
 use crate::relay::{Drained, Outbox, Relay, RelayLimits, ShardId};
-use crate::stats::{add, set, ShardStats};
+use crate::stats::{add, set, Refusal, ShardStats};
 
 /// Time a closing connection waits for the peer's FIN after its own, so the last bytes are
 /// read by the peer rather than cut by a reset.
@@ -43,6 +43,12 @@ const MAX_IOVECS: usize = 1024;
 /// Most messages taken from each other shard per turn, so a flood from one shard cannot
 /// keep this one from its own sockets.
 const MESH_BATCH: usize = 4096;
+
+/// Most bytes of a refused connection's request read (and dropped) before its socket is
+/// closed: a request head (`max_head_size` is 8 KiB by default) that came with the
+/// connection is consumed, so the close is a FIN after the `503` rather than a reset that
+/// could cut it; more than this is not worth a refusal's time.
+const REFUSAL_DRAIN: usize = 16 * 1024;
 
 /// What an operation in the ring is for (the top byte of its user data).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +90,9 @@ pub(crate) struct ShardSeed {
     pub config: Arc<Config>,
     pub stats: Arc<ShardStats>,
     pub control: Arc<Control>,
+    /// Sockets open on the server, in total and per source address (`max_connections`,
+    /// `max_connections_per_ip`), shared by every shard.
+    pub connections: Arc<Occupancy>,
     pub mesh: Mesh,
     pub endpoints: Arc<EndpointFactory>,
 }
@@ -180,6 +189,12 @@ struct Driver {
     /// order (one delay for all, so the list stays sorted).
     delayed: VecDeque<(Instant, ConnId)>,
     flush_delay: Duration,
+    /// What a connection refused at accept reads (the front's `503`), made once.
+    refusal: Option<Bytes>,
+    /// The server's connection count: entered at accept; left when the socket's descriptor
+    /// closes, on whichever shard holds it then (a handed-off socket's place travels with
+    /// it).
+    connections: Arc<Occupancy>,
 }
 
 /// Runs a shard to completion on the current thread (already pinned by the caller), with
@@ -206,6 +221,7 @@ pub(crate) async fn run(seed: ShardSeed, ring: Ring) {
         seed.control,
     ));
     let endpoints = (seed.endpoints)(&shard);
+    let refusal = endpoints.first().and_then(|ep| ep.refusal());
     let mut driver = Driver {
         shard,
         ring,
@@ -229,6 +245,8 @@ pub(crate) async fn run(seed: ShardSeed, ring: Ring) {
         rx_scratch: Vec::new(),
         delayed: VecDeque::new(),
         flush_delay: Duration::from_micros(config.flush_delay_us),
+        refusal,
+        connections: seed.connections,
     };
     driver.run();
 }
@@ -439,13 +457,19 @@ impl Driver {
                 if let Some(s) = conn.sending.take() {
                     self.recycle_sending(s);
                 }
+                // The descriptor closes as `conn` drops, here: its place is given back.
+                self.connections.leave(conn.peer);
             }
         }
     }
 
     /// Starts a socket (accepted, or handed over) at the front, with the bytes already read.
+    /// The socket holds a place in the connection count (`connections`), which is
+    /// left when its descriptor closes.
     fn open(&mut self, fd: OwnedFd, peer: PeerKey, read: Vec<u8>, now: Instant) {
         let Some(handler) = self.endpoints.first().and_then(|ep| ep.open(&self.shard)) else {
+            drop(fd);
+            self.connections.leave(peer);
             return;
         };
         let id = self.alloc(fd, peer, handler);
@@ -746,9 +770,16 @@ impl Driver {
             add(&self.shard.stats.accepted, 1);
             // SAFETY: the completion hands us a new connected socket.
             let fd = unsafe { OwnedFd::from_raw_fd(c.result) };
-            set_nodelay(fd.as_raw_fd());
             let peer = peer_of(fd.as_raw_fd());
-            self.open(fd, peer, Vec::new(), now);
+            // Admission comes before anything is read or allocated for the socket: a
+            // refusal costs a few syscalls and no slot.
+            match self.connections.enter(peer) {
+                Ok(()) => {
+                    set_nodelay(fd.as_raw_fd());
+                    self.open(fd, peer, Vec::new(), now);
+                }
+                Err(full) => self.refuse(fd, full),
+            }
         } else if c.result != -libc::ECANCELED {
             add(&self.shard.stats.accept_errors, 1);
         }
@@ -763,6 +794,50 @@ impl Driver {
                     .insert(now + ACCEPT_RETRY, TimerKey::Accept);
             }
         }
+    }
+
+    /// Closes a socket refused at accept, after the front's answer (`503`). The answer is
+    /// written at once, without the ring: a new socket's send buffer is empty, so it fits,
+    /// and nothing is kept for the socket after this call.
+    fn refuse(&mut self, fd: OwnedFd, full: Full) {
+        self.shard.stats.count_refusal(match full {
+            Full::Total => Refusal::Connections,
+            Full::Peer => Refusal::ConnectionsPerIp,
+        });
+        let raw = fd.as_raw_fd();
+        if let Some(answer) = &self.refusal {
+            // SAFETY: `raw` is open until `fd` drops at the end; `answer` outlives the call.
+            // Nonblocking, so a full buffer (which a new socket cannot have) would not
+            // block the shard. What is not written is lost: the peer sees the close.
+            unsafe {
+                libc::send(
+                    raw,
+                    answer.as_ptr().cast(),
+                    answer.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                );
+                libc::shutdown(raw, libc::SHUT_WR);
+            }
+        }
+        let mut sink = [0u8; 4096];
+        let mut drained = 0;
+        while drained < REFUSAL_DRAIN {
+            // SAFETY: reads at most `sink.len()` bytes into `sink`; nonblocking.
+            let n = unsafe {
+                libc::recv(
+                    raw,
+                    sink.as_mut_ptr().cast(),
+                    sink.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n <= 0 {
+                break;
+            }
+            drained += n as usize;
+        }
+        // Closed here, never having held a place in the count.
+        drop(fd);
     }
 
     fn arm_accept(&mut self) {
@@ -1039,7 +1114,11 @@ impl Driver {
                 ShardMsg::Relay(msg) => self.shard.relay.borrow_mut().handle_mesh(from, msg, now),
                 ShardMsg::Handoff { fd, peer, read } => {
                     if self.draining.is_none() {
+                        // The socket's place in the count came with it.
                         self.open(fd, peer, read, now);
+                    } else {
+                        drop(fd);
+                        self.connections.leave(peer);
                     }
                 }
             }
@@ -1097,13 +1176,15 @@ const SLOT_NONE: ConnId = 0xffff_ffff;
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        // Sockets still open at the end are shut so their peers see it at once.
+        // Sockets still open at the end are shut so their peers see it at once, and their
+        // places given back (other shards may still be draining).
         for slot in &self.slots {
             if let Some(conn) = &slot.conn {
                 // SAFETY: the fd is open until the slot drops right after.
                 unsafe {
                     libc::shutdown(conn.fd.as_raw_fd(), libc::SHUT_RDWR);
                 }
+                self.connections.leave(conn.peer);
             }
         }
     }

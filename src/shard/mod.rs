@@ -31,6 +31,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
+
 use crate::config::Config;
 use crate::relay::{Outbox, OutboxLimits, PlayerId, ReadyQueue, Relay, ShardId};
 use crate::stats::ShardStats;
@@ -290,6 +292,13 @@ pub trait Endpoint {
     /// `on_open`, and `on_data` with any bytes already read from the socket (by another
     /// shard, before a handoff).
     fn open(&self, _shard: &Rc<Shard>) -> Option<Box<dyn Connection>> {
+        None
+    }
+
+    /// What a socket refused at accept (past `max_connections` or
+    /// `max_connections_per_ip`) is sent before it is closed, asked of the front only (the
+    /// runtime knows no protocol; the HTTP front answers `503`). `None`: closed silently.
+    fn refusal(&self) -> Option<Bytes> {
         None
     }
 
