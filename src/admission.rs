@@ -109,10 +109,19 @@ impl Occupancy {
         Ok(())
     }
 
-    /// Counts one less for `peer` (after an `Ok` from [`Occupancy::enter`]).
+    /// Counts one less for `peer` (after an `Ok` from [`Occupancy::enter`]). Saturates at
+    /// zero: a leave counted twice by mistake must not wrap a count and lock an address
+    /// out for good.
     pub fn leave(&self, peer: PeerKey) {
-        self.bucket(peer).fetch_sub(1, Ordering::AcqRel);
-        self.total.fetch_sub(1, Ordering::AcqRel);
+        let less = |n: u32| Some(n.saturating_sub(1));
+        let _ = self
+            .bucket(peer)
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, less);
+        let _ = self
+            .total
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(1))
+            });
     }
 
     /// How many are in, server-wide.
@@ -197,6 +206,12 @@ mod tests {
         assert_eq!(o.total(), 3);
         o.leave(b);
         assert_eq!(o.enter(b), Ok(()));
+        // A leave too many does not wrap.
+        let o = Occupancy::new(1, 1);
+        o.leave(a);
+        assert_eq!(o.total(), 0);
+        assert_eq!(o.enter(a), Ok(()));
+        assert_eq!(o.enter(a), Err(Full::Peer));
     }
 
     #[test]
