@@ -9,15 +9,20 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::{json, Value};
 
+use super::ack::{AckCallback, AckError, PendingAcks};
 use super::{Ack, Namespace, Socket, SocketCore, SocketIo};
+use crate::config::Config;
 use crate::engineio::Session;
 use crate::proto::native::{ErrorCode, PayloadKind};
-use crate::proto::socketio::{Arg, ArgRef, BinaryAssembler, Packet, PacketType, MAIN_NAMESPACE};
-use crate::relay::Body;
-use crate::stats::CloseReason;
+use crate::proto::socketio::{
+    is_reserved_for_relay, Arg, ArgRef, BinaryAssembler, DecodeError, Packet, PacketType,
+    MAIN_NAMESPACE,
+};
+use crate::relay::{valid_name, Body};
+use crate::stats::{add, CloseReason, Refusal};
 
 /// Most binary attachments one packet may announce: official clients send one per binary
-/// argument, and each is bounded by the message size limit.
+/// argument, and their bytes together are bounded as well (see [`SioSession::start`]).
 const MAX_ATTACHMENTS: usize = 16;
 
 /// A session's sockets by namespace: a short list (clients connect one namespace or a
@@ -70,34 +75,92 @@ impl SioSession {
         SioSession {
             app,
             sockets: Sockets::default(),
-            assembler: BinaryAssembler::new(MAX_ATTACHMENTS),
+            // Replaced with the configured limits by `start`.
+            assembler: BinaryAssembler::new(MAX_ATTACHMENTS, 0),
             connect_deadline: None,
         }
     }
 
-    /// Arms the connect timeout: a session that connects no namespace in time is closed.
-    pub fn start(&mut self, now: Instant, timeout: Duration) {
-        self.connect_deadline = Some(now + timeout);
+    /// Arms the connect timeout (a session that connects no namespace in time is closed)
+    /// and takes the limits on binary attachments from `config`.
+    ///
+    /// The attachments of one packet may add up to `engineio_max_payload` bytes: what one
+    /// Engine.IO message may carry, so a packet held while it waits costs no more than one
+    /// message does, instead of `MAX_ATTACHMENTS` times as much. Official clients meet it:
+    /// by long-polling a whole packet must fit in one payload of that size anyway.
+    pub fn start(&mut self, now: Instant, config: &Config) {
+        self.connect_deadline =
+            Some(now + Duration::from_millis(config.socketio_connect_timeout_ms));
+        self.assembler = BinaryAssembler::new(MAX_ATTACHMENTS, config.engineio_max_payload);
     }
 
-    /// The connect deadline, while no namespace has connected.
+    /// The earliest of the session's Socket.IO deadlines: the connect timeout while no
+    /// namespace has connected, the attachments of a waiting binary packet, pending acks.
     pub fn deadline(&self) -> Option<Instant> {
-        self.connect_deadline
+        let acks = self
+            .sockets
+            .values()
+            .filter_map(|(core, _)| core.acks.borrow().deadline());
+        [self.connect_deadline, self.assembler.deadline()]
+            .into_iter()
+            .flatten()
+            .chain(acks)
+            .min()
     }
 
-    pub fn on_text(&mut self, session: &Rc<Session>, text: &str) -> Result<(), CloseReason> {
-        match self.assembler.push_text(text) {
+    /// Time passed: `Err` with the socket.io reason and the stat when the session must end
+    /// (no namespace connected in time, attachments that never came); acks past their
+    /// deadline are given up.
+    pub fn handle_timeout(
+        &mut self,
+        session: &Rc<Session>,
+        now: Instant,
+    ) -> Result<(), (&'static str, CloseReason)> {
+        if self.connect_deadline.is_some_and(|d| d <= now) {
+            return Err(("connect timeout", CloseReason::HandshakeTimeout));
+        }
+        if self.assembler.deadline().is_some_and(|d| d <= now) {
+            // The reference ends a session whose packets do not parse the same way.
+            return Err(("parse error", CloseReason::Invalid));
+        }
+        let expired: Vec<AckCallback> = self
+            .sockets
+            .values()
+            .flat_map(|(core, _)| core.acks.borrow_mut().expire(now))
+            .collect();
+        if !expired.is_empty() {
+            add(&session.shard.stats.ack_timeouts, expired.len() as u64);
+            for callback in expired {
+                callback(Err(AckError::Timeout));
+            }
+            self.sweep(session);
+        }
+        Ok(())
+    }
+
+    /// Feeds the text of an Engine.IO message that arrived at `now`.
+    pub fn on_text(
+        &mut self,
+        session: &Rc<Session>,
+        now: Instant,
+        text: &str,
+    ) -> Result<(), CloseReason> {
+        // A binary packet's attachments are timed from the packet that announces them.
+        let timeout = session.shard.config.socketio_attachment_timeout_ms;
+        let deadline = now + Duration::from_millis(timeout);
+        match self.assembler.push_text(text, deadline) {
             Ok(Some(packet)) => self.dispatch(session, packet),
             Ok(None) => Ok(()),
-            Err(_) => Err(CloseReason::Invalid),
+            Err(e) => Err(close_reason(&e)),
         }
     }
 
+    /// Feeds a binary Engine.IO message (an attachment).
     pub fn on_binary(&mut self, session: &Rc<Session>, data: Bytes) -> Result<(), CloseReason> {
         match self.assembler.push_binary(data) {
             Ok(Some(packet)) => self.dispatch(session, packet),
             Ok(None) => Ok(()),
-            Err(_) => Err(CloseReason::Invalid),
+            Err(e) => Err(close_reason(&e)),
         }
     }
 
@@ -133,6 +196,11 @@ impl SioSession {
             .relay
             .borrow_mut()
             .disconnect(core.player, Instant::now());
+        // Taken before any is called: a callback may use the socket again.
+        let unanswered = core.acks.borrow_mut().take_all();
+        for callback in unanswered {
+            callback(Err(AckError::Disconnected));
+        }
         if let Some(f) = &namespace.on_disconnect {
             f(&Socket { core }, reason);
         }
@@ -153,14 +221,10 @@ impl SioSession {
             PacketType::Ack | PacketType::BinaryAck => {
                 if let (Some((core, _)), Some(id)) = (self.sockets.get(&packet.nsp), packet.ack_id)
                 {
-                    let callback = {
-                        let mut acks = core.acks.borrow_mut();
-                        acks.iter()
-                            .position(|(i, _)| *i == id)
-                            .map(|at| acks.swap_remove(at).1)
-                    };
+                    // Taken before it is called: the callback may emit with an ack again.
+                    let callback = core.acks.borrow_mut().answer(id);
                     if let Some(callback) = callback {
-                        callback(owned_args(&packet));
+                        callback(Ok(owned_args(&packet)));
                     }
                 }
                 self.sweep(session);
@@ -219,8 +283,7 @@ impl SioSession {
             shard: Rc::clone(&shard),
             session: Rc::downgrade(session),
             connected: Cell::new(true),
-            next_ack: Cell::new(0),
-            acks: RefCell::new(Vec::new()),
+            acks: RefCell::new(PendingAcks::default()),
         });
         let (outbox, wire) = session.transport();
         shard.relay.borrow_mut().connect(player, wire, outbox);
@@ -266,15 +329,24 @@ fn owned_args(packet: &Packet) -> Vec<Arg> {
     packet.owned_args()
 }
 
+/// The stat of a session that sent what does not decode.
+fn close_reason(error: &DecodeError) -> CloseReason {
+    match error {
+        DecodeError::AttachmentsTooLarge { .. } => CloseReason::TooBig,
+        _ => CloseReason::Invalid,
+    }
+}
+
 /// Errors go back as an ack `{"error": code}` when the client asked for one, else as an
 /// `error` event `{"error": code, "event": name}`: never a silent drop.
 fn answer_error(socket: &Socket, ack: Option<Ack>, code: &str, event: &str) {
     match ack {
         Some(ack) => ack.send([Arg::Json(json!({ "error": code }))]),
-        None => socket.emit(
+        None => socket.send(Packet::event(
+            &socket.core.nsp,
             "error",
             [Arg::Json(json!({ "error": code, "event": event }))],
-        ),
+        )),
     }
 }
 
@@ -299,6 +371,11 @@ fn relay_convention(
             let Some(room) = text(0) else {
                 return answer_error(socket, ack, "bad_arguments", name);
             };
+            // Checked before it reaches the relay, which also takes the keys of other
+            // namespaces' rooms (`<nsp>\0<room>`): a client's name may not be one.
+            if !valid_name(room, shard.config.max_name_len) {
+                return answer_error(socket, ack, ErrorCode::InvalidName.name(), name);
+            }
             let req = ack.as_ref().map(|a| a.id);
             let result = if name == "join" {
                 shard.relay.borrow_mut().join(player, req, room, now)
@@ -315,8 +392,12 @@ fn relay_convention(
             let (Some(room), Some(event)) = (text(0), text(1)) else {
                 return answer_error(socket, ack, "bad_arguments", name);
             };
-            if !crate::relay::valid_name(event, shard.config.max_name_len) {
+            if !valid_name(event, shard.config.max_name_len) {
                 return answer_error(socket, ack, ErrorCode::InvalidName.name(), name);
+            }
+            if is_reserved_for_relay(event) {
+                shard.stats.count_refusal(Refusal::ReservedName);
+                return answer_error(socket, ack, ErrorCode::ReservedName.name(), name);
             }
             let body = match packet.owned_args().into_iter().nth(2) {
                 Some(Arg::Binary(payload)) => Body::Event {
