@@ -439,3 +439,193 @@ fn relay_convention(
         answer_error(socket, ack, code.name(), name);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::engineio::{Handler, Sessions};
+    use crate::proto::engineio::{Packet as EnginePacket, PacketType as EngineType};
+    use crate::relay::{Drained, Relay, RelayLimits};
+    use crate::shard::{Control, Shard};
+    use crate::stats::ShardStats;
+
+    fn shard(tweak: impl FnOnce(&mut Config)) -> Rc<Shard> {
+        let mut config = Config::default();
+        tweak(&mut config);
+        let stats = Arc::new(ShardStats::default());
+        let limits = RelayLimits {
+            max_name_len: config.max_name_len,
+            max_rooms_per_connection: config.max_rooms_per_connection,
+        };
+        let relay = Relay::new(0, 1, limits, Arc::clone(&stats));
+        Rc::new(Shard::new(
+            0,
+            1,
+            Arc::new(config),
+            stats,
+            relay,
+            Arc::new(Control::new(Vec::new())),
+        ))
+    }
+
+    /// A long-polling session running `app`, created at `t0`, with its registry (which
+    /// must live as long as the session).
+    fn session(shard: &Rc<Shard>, app: SocketIo, t0: Instant) -> (Rc<Sessions>, Rc<Session>) {
+        let sessions = Rc::new(Sessions::default());
+        let handler = Handler::SocketIo(SioSession::new(Arc::new(app)));
+        let session = Session::create(shard, &sessions, None, handler, t0);
+        (sessions, session)
+    }
+
+    fn message(s: &Rc<Session>, now: Instant, text: &str) {
+        let packet = EnginePacket::text(EngineType::Message, text);
+        s.handle_packet(now, packet, None).expect("accepted");
+    }
+
+    fn polled(s: &Session) -> Vec<String> {
+        let mut frames = Vec::new();
+        let polling = s.polling().expect("a polling session");
+        while let Drained::Frames = polling.drain(&mut frames) {}
+        frames
+            .iter()
+            .map(|f| String::from_utf8_lossy(f).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn the_servers_own_notices_are_reserved_names() {
+        use crate::proto::native::LeaveReason;
+        use crate::relay::{Broadcast, Wire};
+        let bodies = [
+            Body::MemberJoined {
+                player: 1,
+                members: 2,
+            },
+            Body::MemberLeft {
+                player: 1,
+                members: 1,
+                reason: LeaveReason::Left,
+            },
+        ];
+        for body in bodies {
+            let notice = Broadcast::new("r".into(), 0, body, Instant::now());
+            let text = String::from_utf8(notice.frame(Wire::SioPolling).to_vec()).unwrap();
+            let packet = Packet::decode(&text[1..]).unwrap();
+            let crate::proto::socketio::Decoded::Complete(packet) = packet else {
+                panic!("{text}");
+            };
+            let name = packet.event_name().unwrap();
+            assert!(
+                is_reserved_for_relay(name),
+                "{name} is emitted by the relay"
+            );
+        }
+    }
+
+    #[test]
+    fn attachments_that_do_not_come_in_time_end_the_session() {
+        let shard = shard(|c| c.socketio_attachment_timeout_ms = 100);
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let (_sessions, s) = session(&shard, SocketIo::relay(), t0);
+        message(&s, t0, "0");
+        message(
+            &s,
+            t0 + ms(10),
+            r#"51-["to","r",{"_placeholder":true,"num":0}]"#,
+        );
+        // The attachments are due 100 ms after the packet that announced them.
+        assert_eq!(s.poll_timeout(), Some(t0 + ms(110)));
+        s.handle_timeout(t0 + ms(109));
+        assert!(!s.is_closed());
+        s.handle_timeout(t0 + ms(110));
+        assert!(s.is_closed());
+        assert_eq!(shard.stats.closes(CloseReason::Invalid), 1);
+    }
+
+    #[test]
+    fn an_attachment_that_completes_the_packet_clears_its_deadline() {
+        let shard = shard(|c| c.socketio_attachment_timeout_ms = 100);
+        let t0 = Instant::now();
+        let (_sessions, s) = session(&shard, SocketIo::relay(), t0);
+        message(&s, t0, "0");
+        message(&s, t0, r#"51-["to","r",{"_placeholder":true,"num":0}]"#);
+        let waiting = s.poll_timeout();
+        s.handle_packet(t0, EnginePacket::binary(&b"x"[..]), None)
+            .expect("accepted");
+        assert!(s.poll_timeout() > waiting, "only the heartbeat is left");
+    }
+
+    #[test]
+    fn acks_time_out_through_the_session_timer() {
+        let shard = shard(|_| {});
+        let t0 = Instant::now();
+        let outcomes = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&outcomes);
+        let app = SocketIo::empty().namespace(
+            "/",
+            Namespace::new().on_connect(move |socket| {
+                let seen = Arc::clone(&seen);
+                let timeout = Duration::from_millis(50);
+                let sent = socket.emit_with_ack_timeout("ask", [], timeout, move |r| {
+                    seen.lock().unwrap().push(r)
+                });
+                assert!(sent.is_ok());
+            }),
+        );
+        let (_sessions, s) = session(&shard, app, t0);
+        message(&s, t0, "0");
+        // The ack's deadline (taken from the clock when emitted) is the session's next.
+        let due = s.poll_timeout().expect("a deadline");
+        assert!(due <= Instant::now() + Duration::from_millis(50));
+        s.handle_timeout(due);
+        assert_eq!(*outcomes.lock().unwrap(), vec![Err(AckError::Timeout)]);
+        assert_eq!(
+            shard
+                .stats
+                .ack_timeouts
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        // A late answer finds nothing; the session goes on with its heartbeat only.
+        message(&s, due, "30[]");
+        assert_eq!(outcomes.lock().unwrap().len(), 1);
+        assert!(!s.is_closed());
+        assert!(s.poll_timeout() > Some(due));
+    }
+
+    #[test]
+    fn disconnect_inside_a_handler_removes_the_socket_when_it_returns() {
+        let shard = shard(|_| {});
+        let t0 = Instant::now();
+        let reasons = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&reasons);
+        let app = SocketIo::empty().namespace(
+            "/",
+            Namespace::new()
+                .on("quit", |socket, _, _| {
+                    socket.disconnect();
+                    assert!(!socket.connected());
+                })
+                .on_disconnect(move |_, why| seen.lock().unwrap().push(why.to_owned())),
+        );
+        let (_sessions, s) = session(&shard, app, t0);
+        message(&s, t0, "0");
+        message(&s, t0, r#"2["quit"]"#);
+        assert_eq!(
+            *reasons.lock().unwrap(),
+            vec!["server namespace disconnect"]
+        );
+        let answers = polled(&s);
+        assert_eq!(
+            answers.last().map(String::as_str),
+            Some("41"),
+            "{answers:?}"
+        );
+        // Gone from the session: a new CONNECT makes a new socket.
+        message(&s, t0, "0");
+        assert!(polled(&s)[0].starts_with("40{"));
+    }
+}
