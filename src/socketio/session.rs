@@ -207,6 +207,14 @@ impl SioSession {
     }
 
     fn dispatch(&mut self, session: &Rc<Session>, packet: Packet) -> Result<(), CloseReason> {
+        let result = self.handle_packet(session, packet);
+        // Any handler the packet ran (connect, event, ack, disconnect) may have disconnected
+        // sockets of this session.
+        self.sweep(session);
+        result
+    }
+
+    fn handle_packet(&mut self, session: &Rc<Session>, packet: Packet) -> Result<(), CloseReason> {
         match packet.packet_type {
             PacketType::Connect => self.connect(session, packet),
             PacketType::Disconnect => {
@@ -215,7 +223,6 @@ impl SioSession {
             }
             PacketType::Event | PacketType::BinaryEvent => {
                 self.event(session, packet);
-                self.sweep(session);
                 Ok(())
             }
             PacketType::Ack | PacketType::BinaryAck => {
@@ -227,7 +234,6 @@ impl SioSession {
                         callback(Ok(owned_args(&packet)));
                     }
                 }
-                self.sweep(session);
                 Ok(())
             }
             // A server never receives CONNECT_ERROR.
@@ -235,7 +241,8 @@ impl SioSession {
         }
     }
 
-    /// Removes sockets that application code disconnected during a handler.
+    /// Removes the sockets that application code disconnected ([`Socket::disconnect`]) while
+    /// the session's state was lent to a handler.
     fn sweep(&mut self, session: &Rc<Session>) {
         let gone: Vec<String> = self
             .sockets
@@ -295,7 +302,6 @@ impl SioSession {
         if let Some(f) = &namespace.on_connect {
             f(&Socket { core });
         }
-        self.sweep(session);
         Ok(())
     }
 
@@ -602,15 +608,25 @@ mod tests {
         let t0 = Instant::now();
         let reasons = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::clone(&reasons);
-        let app = SocketIo::empty().namespace(
-            "/",
-            Namespace::new()
-                .on("quit", |socket, _, _| {
-                    socket.disconnect();
-                    assert!(!socket.connected());
-                })
-                .on_disconnect(move |_, why| seen.lock().unwrap().push(why.to_owned())),
-        );
+        let kicked = Arc::clone(&reasons);
+        let app = SocketIo::empty()
+            .namespace(
+                "/",
+                Namespace::new()
+                    .on("quit", |socket, _, _| {
+                        socket.disconnect();
+                        assert!(!socket.connected());
+                    })
+                    .on_disconnect(move |_, why| seen.lock().unwrap().push(why.to_owned())),
+            )
+            .namespace(
+                "/kick",
+                Namespace::new()
+                    .on_connect(|socket| socket.disconnect())
+                    .on_disconnect(move |_, why| {
+                        kicked.lock().unwrap().push(format!("kick {why}"))
+                    }),
+            );
         let (_sessions, s) = session(&shard, app, t0);
         message(&s, t0, "0");
         message(&s, t0, r#"2["quit"]"#);
@@ -627,5 +643,14 @@ mod tests {
         // Gone from the session: a new CONNECT makes a new socket.
         message(&s, t0, "0");
         assert!(polled(&s)[0].starts_with("40{"));
+        // From the connection handler too.
+        message(&s, t0, "0/kick,");
+        let answers = polled(&s);
+        assert!(answers[0].starts_with("40/kick,{"), "{answers:?}");
+        assert_eq!(answers[1], "41/kick,");
+        assert_eq!(
+            reasons.lock().unwrap().last().unwrap(),
+            "kick server namespace disconnect"
+        );
     }
 }
