@@ -13,9 +13,12 @@ use corelay::{Config, Server};
 
 fn reference_namespace() -> Namespace {
     Namespace::new()
-        .on_connect(|socket| socket.emit("auth", [Arg::Json(socket.auth().clone())]))
+        // The names emitted here are not reserved: the emits cannot be refused.
+        .on_connect(|socket| {
+            let _ = socket.emit("auth", [Arg::Json(socket.auth().clone())]);
+        })
         .on("message", |socket, args, _| {
-            socket.emit("message-back", args)
+            let _ = socket.emit("message-back", args);
         })
         .on("message-with-ack", |_, args, ack| {
             if let Some(ack) = ack {
@@ -24,8 +27,11 @@ fn reference_namespace() -> Namespace {
         })
         .on("ask-ack", |socket, args, _| {
             let echo = socket.clone();
-            socket.emit_with_ack("server-ack", args, move |answer| {
-                echo.emit("server-ack-answer", answer);
+            let _ = socket.emit_with_ack("server-ack", args, move |answer| {
+                // No answer (timeout, disconnect): nothing to echo.
+                if let Ok(answer) = answer {
+                    let _ = echo.emit("server-ack-answer", answer);
+                }
             });
         })
 }

@@ -48,11 +48,26 @@ impl Handler {
             Handler::Echo => None,
         }
     }
+
+    /// Runs the layer's own timers (Socket.IO: connect timeout, attachments, acks); `Err`
+    /// with the reason and stat when the session must end.
+    fn handle_timeout(
+        &mut self,
+        session: &Rc<Session>,
+        now: Instant,
+    ) -> Result<(), (&'static str, CloseReason)> {
+        match self {
+            Handler::SocketIo(sio) => sio.handle_timeout(session, now),
+            Handler::Echo => Ok(()),
+        }
+    }
 }
 
 /// The data of a `message` packet, for the layer above.
 enum Message<'a> {
-    Text(&'a str),
+    /// A text message, with the time it arrived (Socket.IO times binary attachments from
+    /// the text that announces them).
+    Text(&'a str, Instant),
     Binary(Bytes),
 }
 
@@ -241,10 +256,7 @@ impl Session {
         sessions.insert(Rc::clone(&session));
         add(&shard.stats.connections, 1);
         if let Some(Handler::SocketIo(sio)) = session.handler.borrow_mut().as_mut() {
-            sio.start(
-                now,
-                Duration::from_millis(shard.config.socketio_connect_timeout_ms),
-            );
+            sio.start(now, &shard.config);
         }
         session
     }
@@ -275,15 +287,21 @@ impl Session {
             self.close("ping timeout", CloseReason::Idle);
             return;
         }
-        let connect_due = self
+        let handler_due = self
             .handler
             .borrow()
             .as_ref()
             .and_then(Handler::deadline)
             .is_some_and(|d| d <= now);
-        if connect_due {
-            self.close("connect timeout", CloseReason::HandshakeTimeout);
-            return;
+        if handler_due {
+            let end = self.with_handler(|handler, session| match handler {
+                Some(handler) => handler.handle_timeout(session, now),
+                None => Ok(()),
+            });
+            if let Err((reason, stat)) = end {
+                self.close(reason, stat);
+                return;
+            }
         }
         if self.next_ping.get().is_some_and(|d| d <= now) {
             if self.polling.as_ref().is_some_and(|p| p.overflowed()) {
@@ -447,7 +465,7 @@ impl Session {
             (PacketType::Ping, _) => self.close("transport error", CloseReason::Protocol),
             (PacketType::Close, _) => self.close("transport close", CloseReason::Peer),
             (PacketType::Noop, _) => {}
-            (PacketType::Message, Data::Text(text)) => self.deliver(Message::Text(text))?,
+            (PacketType::Message, Data::Text(text)) => self.deliver(Message::Text(text, now))?,
             // Decoded from base64 in a payload, the bytes are owned already: no copy.
             (PacketType::Message, Data::Binary(bin)) => {
                 self.deliver(Message::Binary(Bytes::from(bin.into_owned())))?
@@ -497,20 +515,29 @@ impl Session {
 
     /// Hands a message to the layer above.
     fn deliver(self: &Rc<Self>, message: Message<'_>) -> Result<(), CloseReason> {
-        let mut handler = self.handler.borrow_mut().take();
-        let result = match (&mut handler, message) {
-            (Some(Handler::SocketIo(sio)), Message::Text(text)) => sio.on_text(self, text),
-            (Some(Handler::SocketIo(sio)), Message::Binary(bin)) => sio.on_binary(self, bin),
-            (Some(Handler::Echo), Message::Text(text)) => {
-                self.send(&format!("4{text}"), &[]);
+        self.with_handler(|handler, session| match (handler, message) {
+            (Some(Handler::SocketIo(sio)), Message::Text(text, now)) => {
+                sio.on_text(session, now, text)
+            }
+            (Some(Handler::SocketIo(sio)), Message::Binary(bin)) => sio.on_binary(session, bin),
+            (Some(Handler::Echo), Message::Text(text, _)) => {
+                session.send(&format!("4{text}"), &[]);
                 Ok(())
             }
             (Some(Handler::Echo), Message::Binary(bin)) => {
-                self.send_binary(&bin);
+                session.send_binary(&bin);
                 Ok(())
             }
             (None, _) => Ok(()),
-        };
+        })
+    }
+
+    /// Runs `f` with the handler lent out of the session: application code that `f` calls
+    /// may reach the session again (to send, or to disconnect a socket) without finding
+    /// the handler borrowed.
+    fn with_handler<R>(self: &Rc<Self>, f: impl FnOnce(&mut Option<Handler>, &Rc<Self>) -> R) -> R {
+        let mut handler = self.handler.borrow_mut().take();
+        let result = f(&mut handler, self);
         // Put the handler back unless the session closed meanwhile.
         if !self.is_closed() {
             *self.handler.borrow_mut() = handler;

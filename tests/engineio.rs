@@ -3,96 +3,17 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::eio::{
+    request, responses, sid_of, ws_connect, ws_next, ws_next_within, ws_recv, ws_send, EIO,
+};
 use common::{run, server, wait_for_stats};
 use corelay::client::Stream;
-use corelay::proto::ws::{close, masked_binary_frame, Incoming, WsCodec};
+use corelay::proto::ws::close;
 use corelay::socketio::{Namespace, SocketIo};
 use corelay::stats::CloseReason;
-use tungstenite::protocol::Role;
-use tungstenite::Message;
-
-struct Response {
-    status: u16,
-    head: String,
-    body: String,
-}
-
-async fn request(
-    addr: SocketAddr,
-    method: &str,
-    target: &str,
-    extra: &str,
-    body: &str,
-) -> Response {
-    let s = Stream::new(glommio::net::TcpStream::connect(addr).await.unwrap());
-    let req = format!(
-        "{method} {target} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n{extra}\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut all = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match s.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => all.extend_from_slice(&buf[..n]),
-        }
-    }
-    let text = String::from_utf8_lossy(&all).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Response {
-        status,
-        head: head.to_owned(),
-        body: body.to_owned(),
-    }
-}
-
-/// Reads `n` responses from a keep-alive connection (each with a Content-Length).
-async fn responses(s: &Stream, n: usize) -> Vec<Response> {
-    let mut all = Vec::new();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    while out.len() < n {
-        let text = String::from_utf8_lossy(&all).into_owned();
-        if let Some((head, rest)) = text.split_once("\r\n\r\n") {
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("Content-Length: "))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            if rest.len() >= length {
-                out.push(Response {
-                    status: head.split_whitespace().nth(1).unwrap().parse().unwrap(),
-                    head: head.to_owned(),
-                    body: rest[..length].to_owned(),
-                });
-                all = rest.as_bytes()[length..].to_vec();
-                continue;
-            }
-        }
-        let read = s.read(&mut buf).await.unwrap();
-        assert!(read > 0, "closed after {} responses", out.len());
-        all.extend_from_slice(&buf[..read]);
-    }
-    out
-}
-
-fn sid_of(open: &str) -> String {
-    assert!(open.starts_with('0'), "{open}");
-    let v: serde_json::Value = serde_json::from_str(&open[1..]).unwrap();
-    v["sid"].as_str().unwrap().to_owned()
-}
-
-const EIO: &str = "/socket.io/?EIO=4&transport=polling";
 
 fn engine_server(shards: usize) -> corelay::Server {
     server(shards, |c| {
@@ -327,58 +248,6 @@ fn a_pong_keeps_the_session_alive() {
         }
     });
     srv.stop().unwrap();
-}
-
-async fn ws_connect(addr: SocketAddr, target: &str) -> (Stream, WsCodec) {
-    let s = Stream::new(glommio::net::TcpStream::connect(addr).await.unwrap());
-    let leftover = corelay::client::upgrade(&s, "test", target).await.unwrap();
-    let mut codec = WsCodec::new(Role::Client, 1 << 20);
-    codec.feed(&leftover);
-    (s, codec)
-}
-
-async fn ws_send(s: &Stream, text: &str) {
-    let mut frame = masked_binary_frame(text.as_bytes(), [1, 2, 3, 4]).to_vec();
-    frame[0] = 0x81;
-    s.write_all(&frame).await.unwrap();
-}
-
-/// The next text message, or `None` once the server closed (a close frame or EOF). Fails
-/// the test when neither comes within 5 s, so that a test expecting a close cannot pass
-/// on silence.
-async fn ws_recv(s: &Stream, codec: &mut WsCodec) -> Option<String> {
-    ws_next(s, codec).await.ok()
-}
-
-/// The next text message (`Ok`), or the server's close (`Err` with its close code; `None`
-/// for an EOF or a stream the codec refuses), within 5 s.
-async fn ws_next(s: &Stream, codec: &mut WsCodec) -> Result<String, Option<u16>> {
-    ws_next_within(s, codec, Duration::from_secs(5)).await
-}
-
-/// [`ws_next`], failing the test if nothing comes within `limit`.
-async fn ws_next_within(
-    s: &Stream,
-    codec: &mut WsCodec,
-    limit: Duration,
-) -> Result<String, Option<u16>> {
-    let mut buf = [0u8; 4096];
-    loop {
-        match codec.poll_message() {
-            Ok(Some(Incoming::Message(Message::Text(t)))) => return Ok(t.to_string()),
-            Ok(Some(Incoming::Message(_))) => continue,
-            Ok(Some(Incoming::Closed(close))) => return Err(close.map(|(code, _)| code)),
-            Err(_) => return Err(None),
-            Ok(None) => {}
-        }
-        let read = glommio::timer::timeout(limit, async { Ok(s.read(&mut buf).await) })
-            .await
-            .expect("a message or the close in time");
-        match read {
-            Ok(n) if n > 0 => codec.feed(&buf[..n]),
-            _ => return Err(None),
-        }
-    }
 }
 
 #[test]

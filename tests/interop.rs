@@ -18,7 +18,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -26,6 +26,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use corelay::client::{PayloadKind, ServerEvent};
+use corelay::proto::native::ErrorCode;
 use serde_json::{json, Value};
 
 const SETUP: &str =
@@ -285,6 +286,24 @@ impl MixedPeer {
         }
     }
 
+    /// Asks it to emit `to` `room` `event` `payload` with an ack; it prints the answer as an
+    /// `ack` line.
+    fn emit_to(&mut self, room: &str, event: &str, payload: Value) {
+        let command = json!({"to": room, "event": event, "payload": payload});
+        let stdin = self.stdin.as_mut().expect("stdin is open until finish");
+        writeln!(stdin, "{command}").expect("mixed_peer.js reads its stdin");
+    }
+
+    /// The next `ack` line (events are skipped).
+    async fn next_ack(&mut self) -> Value {
+        loop {
+            let line = self.next().await;
+            if line["type"] == "ack" {
+                return line;
+            }
+        }
+    }
+
     /// Closes its stdin (it disconnects and exits 0) and checks that it did.
     fn finish(mut self) {
         drop(self.stdin.take());
@@ -409,4 +428,87 @@ fn mixed_room_websocket() {
 #[test]
 fn mixed_room_polling() {
     mixed_room("polling");
+}
+
+/// Event names that socket.io clients reserve, relayed from either side, are refused to
+/// their sender; the official client in the room is not disconnected by them (it would
+/// drop its connection with a parse error on `disconnect` or `connect`) and still gets
+/// what follows.
+fn mixed_room_reserved_names(transport: &'static str) {
+    let server = common::server(2, |_| {});
+    let addr = server.local_addr();
+    drop(node());
+    common::run(move || async move {
+        let room = format!("reserved-{transport}");
+        let mut native = common::connect(addr).await;
+        native.join(&room).await.expect("native joins");
+        let mut peer = MixedPeer::spawn(&format!("http://{addr}"), &room, transport);
+        let joined = peer.next().await;
+        assert_eq!(joined["members"], 2, "{joined}");
+        let sio_id: u64 = joined["id"]
+            .as_str()
+            .and_then(|id| id.parse().ok())
+            .unwrap();
+
+        // The native client's reserved names come back to it as errors.
+        for event in ["disconnect", "connect"] {
+            native
+                .send(&room, event, b"{}", PayloadKind::Json)
+                .await
+                .expect("native sends");
+            let code = glommio::timer::timeout(Duration::from_secs(10), async {
+                Ok(native.next_error().await)
+            })
+            .await
+            .unwrap_or_else(|_| panic!("no error answered to {event:?}"))
+            .expect("native connection stays");
+            assert_eq!(code, ErrorCode::ReservedName as u16, "{event}");
+        }
+        // The socket.io client is still connected and gets the next event.
+        native
+            .send(&room, "after", br#"{"ok":true}"#, PayloadKind::Json)
+            .await
+            .expect("native sends");
+        let after = peer.next_event("after").await;
+        assert_eq!(after["payload"], json!({"ok": true}), "{after}");
+
+        // The socket.io client's `to` with a reserved name gets the error as its ack.
+        peer.emit_to(&room, "disconnect", json!(1));
+        let ack = peer.next_ack().await;
+        assert_eq!(ack["event"], "disconnect", "{ack}");
+        assert_eq!(ack["answer"], json!({"error": "reserved_name"}), "{ack}");
+        peer.emit_to(&room, "still_here", json!(2));
+        let ack = peer.next_ack().await;
+        assert_eq!(ack["answer"], json!({"room": room}), "{ack}");
+        // The native side saw the socket.io client's messages, none under a reserved name.
+        loop {
+            match native.next_event().await.expect("native event") {
+                ServerEvent::Message { event, from, .. } => {
+                    assert_eq!(from, sio_id);
+                    assert!(
+                        ["from_sio_json", "from_sio_bin", "still_here"].contains(&event.as_str()),
+                        "{event}"
+                    );
+                    if event == "still_here" {
+                        break;
+                    }
+                }
+                ServerEvent::MemberJoined { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        peer.finish();
+        let _ = native.close().await;
+    });
+    server.stop().expect("server stops");
+}
+
+#[test]
+fn mixed_room_reserved_names_websocket() {
+    mixed_room_reserved_names("websocket");
+}
+
+#[test]
+fn mixed_room_reserved_names_polling() {
+    mixed_room_reserved_names("polling");
 }

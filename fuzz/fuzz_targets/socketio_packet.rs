@@ -14,8 +14,9 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(decoded) = Packet::decode(text) {
             let _ = format!("{decoded:?}");
         }
-        let mut assembler = BinaryAssembler::new(4);
-        if assembler.push_text(text).is_ok() {
+        // A small byte bound, so that the fuzzer reaches it.
+        let mut assembler = BinaryAssembler::new(4, 64);
+        if assembler.push_text(text, std::time::Instant::now()).is_ok() {
             for chunk in binary.chunks(7) {
                 if let Ok(Some(packet)) = assembler.push_binary(Bytes::copy_from_slice(chunk)) {
                     let _ = packet.encode();

@@ -13,10 +13,11 @@ use crate::proto::http::Request;
 use crate::proto::native::{
     access_client, ArchivedClientFrame, ErrorCode, PayloadKind, ServerFrame, PROTOCOL_VERSION,
 };
+use crate::proto::socketio::is_reserved_for_relay;
 use crate::proto::ws::close;
-use crate::relay::{native_frame, Body, PlayerId, Reply, Wire};
+use crate::relay::{native_frame, valid_name, Body, PlayerId, Reply, Wire};
 use crate::shard::{Cx, Shard, Step};
-use crate::stats::{add, CloseReason};
+use crate::stats::{add, CloseReason, Refusal};
 
 /// Path of the native protocol endpoint.
 pub const NATIVE_PATH: &str = "/ws";
@@ -118,6 +119,12 @@ impl NativeSession {
             }
             ArchivedClientFrame::Join { req, room } => {
                 let req = req.to_native();
+                // Checked before it reaches the relay, which also takes the keys of socket.io
+                // namespaces' rooms (`<nsp>\0<room>`): a client's name may not be one.
+                if !valid_name(room.as_str(), self.max_name_len) {
+                    self.error(cx, req, ErrorCode::InvalidName, "bad room name");
+                    return Flow::Continue;
+                }
                 let result = shard.relay.borrow_mut().join(
                     self.player,
                     Some(u64::from(req)),
@@ -148,8 +155,20 @@ impl NativeSession {
                 kind,
             } => {
                 let req = req.to_native();
-                if !crate::relay::valid_name(event.as_str(), self.max_name_len) {
+                if !valid_name(event.as_str(), self.max_name_len) {
                     self.error(cx, req, ErrorCode::InvalidName, "bad event name");
+                    return Flow::Continue;
+                }
+                // Socket.IO members of the room would drop their connection on a name their
+                // client reserves, or take the event for one of the server's own notices.
+                if is_reserved_for_relay(event.as_str()) {
+                    shard.stats.count_refusal(Refusal::ReservedName);
+                    self.error(
+                        cx,
+                        req,
+                        ErrorCode::ReservedName,
+                        "event name reserved by socket.io clients or the server",
+                    );
                     return Flow::Continue;
                 }
                 let body = Body::Event {

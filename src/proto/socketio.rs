@@ -25,6 +25,7 @@
 //! spec says the connection is then closed.
 
 use std::fmt::{self, Write as _};
+use std::time::Instant;
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -35,6 +36,8 @@ use crate::proto::engineio;
 pub const MAIN_NAMESPACE: &str = "/";
 
 /// Event names the reference implementation reserves for itself; a peer may not emit them.
+/// The official clients refuse them too: an event under one of these names makes a client
+/// drop its connection with a parse error, so no server may emit them either.
 pub const RESERVED_EVENTS: [&str; 6] = [
     "connect",
     "connect_error",
@@ -43,6 +46,19 @@ pub const RESERVED_EVENTS: [&str; 6] = [
     "newListener",
     "removeListener",
 ];
+
+/// The events corelay itself emits to socket.io clients: room notices (`member_joined`,
+/// `member_left`, see docs/SOCKETIO.md) and error answers (`error`). A client relaying an
+/// event under one of them could pass itself off as the server.
+pub const SERVER_EVENTS: [&str; 3] = ["member_joined", "member_left", "error"];
+
+/// Whether a client may not relay an event named `name` to others, on either protocol:
+/// a name of [`RESERVED_EVENTS`] (it would disconnect every socket.io client that receives
+/// it) or of [`SERVER_EVENTS`] (it would forge the server's own notices). The relay refuses
+/// such an event to its sender (`reserved_name`).
+pub fn is_reserved_for_relay(name: &str) -> bool {
+    RESERVED_EVENTS.contains(&name) || SERVER_EVENTS.contains(&name)
+}
 
 /// The kind of a Socket.IO packet, sent as one ASCII digit first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -167,6 +183,13 @@ pub enum DecodeError {
     /// the connection.
     #[error("invalid binary placeholder")]
     InvalidPlaceholder,
+    /// The attachments of one packet add up to more bytes than the connection allows.
+    /// Close the connection (the limit guards memory, see [`BinaryAssembler::new`]).
+    #[error("attachments of more than {max} bytes in one packet")]
+    AttachmentsTooLarge {
+        /// The connection's limit, in bytes.
+        max: usize,
+    },
     /// A binary message arrived while no binary packet waited for attachments. Close the
     /// connection.
     #[error("binary message without a binary packet waiting for it")]
@@ -653,9 +676,13 @@ fn check_placeholders(value: &Value, count: usize) -> Result<(), DecodeError> {
 /// [`push_binary`](Self::push_binary), in arrival order; each returns a packet once one is
 /// whole. After an error, close the connection: the assembler's state is reset but the
 /// stream is no longer trustworthy.
+///
+/// The assembler has no clock: the caller gives each packet the deadline by which its
+/// attachments must have come, and checks [`deadline`](Self::deadline) itself.
 #[derive(Debug)]
 pub struct BinaryAssembler {
     max_attachments: usize,
+    max_bytes: usize,
     /// Boxed: rare, and kept out of every session's size.
     pending: Option<Box<Pending>>,
 }
@@ -664,17 +691,22 @@ pub struct BinaryAssembler {
 struct Pending {
     packet: Packet,
     count: usize,
+    /// Bytes of the attachments received so far.
+    bytes: usize,
+    /// When the caller gives up waiting for the attachments.
+    deadline: Instant,
 }
 
 impl BinaryAssembler {
-    /// An assembler accepting at most `max_attachments` attachments per packet. The limit
-    /// bounds what a peer can make the server hold before a packet is whole: at most
-    /// `max_attachments` messages, each bounded by the transport's message size limit. The
-    /// official clients send one attachment per binary argument, so a small number (say
-    /// 10) serves real games.
-    pub fn new(max_attachments: usize) -> Self {
+    /// An assembler accepting at most `max_attachments` attachments per packet, of at most
+    /// `max_bytes` together. The limits bound what a peer can make the server hold before a
+    /// packet is whole. The official clients send one attachment per binary argument, so a
+    /// small count (say 10) serves real games; a byte bound equal to the transport's message
+    /// size limit keeps a pending packet from costing more than one message may.
+    pub fn new(max_attachments: usize, max_bytes: usize) -> Self {
         BinaryAssembler {
             max_attachments,
+            max_bytes,
             pending: None,
         }
     }
@@ -684,8 +716,19 @@ impl BinaryAssembler {
         self.pending.is_some()
     }
 
-    /// Feeds the text of an Engine.IO `message`; returns the packet if it is whole.
-    pub fn push_text(&mut self, text: &str) -> Result<Option<Packet>, DecodeError> {
+    /// The deadline of the packet waiting for attachments, if one is.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.pending.as_ref().map(|pending| pending.deadline)
+    }
+
+    /// Feeds the text of an Engine.IO `message`; returns the packet if it is whole. A
+    /// binary packet waits for its attachments until `deadline` (which the assembler only
+    /// keeps: see [`deadline`](Self::deadline)).
+    pub fn push_text(
+        &mut self,
+        text: &str,
+        deadline: Instant,
+    ) -> Result<Option<Packet>, DecodeError> {
         if self.pending.take().is_some() {
             return Err(DecodeError::UnexpectedText);
         }
@@ -700,7 +743,12 @@ impl BinaryAssembler {
                 }
                 // Bounded by the check just above.
                 packet.attachments = Vec::with_capacity(count);
-                self.pending = Some(Box::new(Pending { packet, count }));
+                self.pending = Some(Box::new(Pending {
+                    packet,
+                    count,
+                    bytes: 0,
+                    deadline,
+                }));
                 Ok(None)
             }
         }
@@ -712,6 +760,13 @@ impl BinaryAssembler {
         let Some(pending) = self.pending.as_mut() else {
             return Err(DecodeError::UnexpectedBinary);
         };
+        pending.bytes = pending.bytes.saturating_add(data.len());
+        if pending.bytes > self.max_bytes {
+            self.pending = None;
+            return Err(DecodeError::AttachmentsTooLarge {
+                max: self.max_bytes,
+            });
+        }
         pending.packet.attachments.push(data);
         if pending.packet.attachments.len() < pending.count {
             return Ok(None);
@@ -1039,8 +1094,8 @@ mod tests {
             ),
         ];
         for (text, packet_type, nsp, ack_id, attachments) in examples {
-            let mut assembler = BinaryAssembler::new(4);
-            assert!(assembler.push_text(text).unwrap().is_none());
+            let mut assembler = BinaryAssembler::new(4, 1 << 20);
+            assert!(assembler.push_text(text, deadline()).unwrap().is_none());
             let last = attachments.len() - 1;
             let mut whole = None;
             for (i, attachment) in attachments.iter().enumerate() {
@@ -1151,9 +1206,12 @@ mod tests {
         assert_eq!(plain.args().next(), Some(ArgRef::Json(&placeholder(0))));
 
         // Nested placeholders resolve while walking.
-        let mut assembler = BinaryAssembler::new(2);
+        let mut assembler = BinaryAssembler::new(2, 1 << 20);
         assembler
-            .push_text(r#"51-["ev",{"deep":[{"_placeholder":true,"num":0}]}]"#)
+            .push_text(
+                r#"51-["ev",{"deep":[{"_placeholder":true,"num":0}]}]"#,
+                deadline(),
+            )
             .unwrap();
         let nested = assembler.push_binary(bytes(b"n")).unwrap().unwrap();
         let Some(ArgRef::Json(outer)) = nested.args().next() else {
@@ -1319,35 +1377,41 @@ mod tests {
 
     #[test]
     fn assembler_enforces_sequence_and_limits() {
-        let mut assembler = BinaryAssembler::new(2);
+        let mut assembler = BinaryAssembler::new(2, 1 << 20);
         assert!(matches!(
             assembler.push_binary(bytes(b"x")),
             Err(DecodeError::UnexpectedBinary)
         ));
         assert!(matches!(
-            assembler.push_text(r#"53-["a"]"#),
+            assembler.push_text(r#"53-["a"]"#, deadline()),
             Err(DecodeError::TooManyAttachments { count: 3, max: 2 })
         ));
         assert!(!assembler.is_waiting());
         // A huge announced count is refused before anything is allocated for it.
         assert!(matches!(
-            assembler.push_text(r#"518446744073709551615-["a"]"#),
+            assembler.push_text(r#"518446744073709551615-["a"]"#, deadline()),
             Err(DecodeError::TooManyAttachments { .. }) | Err(DecodeError::InvalidAttachmentCount)
         ));
 
-        assert!(assembler.push_text(r#"52-["a"]"#).unwrap().is_none());
+        assert!(assembler
+            .push_text(r#"52-["a"]"#, deadline())
+            .unwrap()
+            .is_none());
         assert!(assembler.push_binary(bytes(b"1")).unwrap().is_none());
         assert!(matches!(
-            assembler.push_text(r#"2["b"]"#),
+            assembler.push_text(r#"2["b"]"#, deadline()),
             Err(DecodeError::UnexpectedText)
         ));
         assert!(!assembler.is_waiting());
 
         // Plain packets pass straight through, and the assembler is reusable.
-        let plain = assembler.push_text(r#"2["b"]"#).unwrap().unwrap();
+        let plain = assembler
+            .push_text(r#"2["b"]"#, deadline())
+            .unwrap()
+            .unwrap();
         assert_eq!(plain.event_name(), Some("b"));
         assert!(assembler
-            .push_text(r#"61-3[{"_placeholder":true,"num":0}]"#)
+            .push_text(r#"61-3[{"_placeholder":true,"num":0}]"#, deadline())
             .unwrap()
             .is_none());
         let ack = assembler.push_binary(bytes(b"")).unwrap().unwrap();
@@ -1358,10 +1422,51 @@ mod tests {
             Err(DecodeError::UnexpectedBinary)
         ));
         assert!(matches!(
-            assembler.push_text("2{}"),
+            assembler.push_text("2{}", deadline()),
             Err(DecodeError::InvalidPayload { .. })
         ));
         assert!(!assembler.is_waiting());
+    }
+
+    /// A deadline for a pending packet: the assembler keeps it, never reads a clock.
+    fn deadline() -> std::time::Instant {
+        std::time::Instant::now()
+    }
+
+    #[test]
+    fn assembler_bounds_the_bytes_of_one_packets_attachments() {
+        let mut assembler = BinaryAssembler::new(4, 10);
+        let due = deadline();
+        assert_eq!(assembler.deadline(), None);
+        assert!(assembler.push_text(r#"53-["a"]"#, due).unwrap().is_none());
+        // The packet keeps the deadline it came with, for the caller to check.
+        assert_eq!(assembler.deadline(), Some(due));
+        assert!(assembler.push_binary(bytes(b"12345")).unwrap().is_none());
+        // Ten bytes in all is the limit itself: still accepted.
+        assert!(assembler.push_binary(bytes(b"12345")).unwrap().is_none());
+        assert!(matches!(
+            assembler.push_binary(bytes(b"x")),
+            Err(DecodeError::AttachmentsTooLarge { max: 10 })
+        ));
+        assert!(!assembler.is_waiting());
+        assert_eq!(assembler.deadline(), None);
+        // The count is per packet: the next packet starts from zero.
+        assert!(assembler
+            .push_text(r#"51-["a"]"#, deadline())
+            .unwrap()
+            .is_none());
+        let whole = assembler.push_binary(bytes(b"0123456789")).unwrap();
+        assert_eq!(whole.unwrap().attachments.len(), 1);
+    }
+
+    #[test]
+    fn reserved_names_cover_the_clients_and_the_servers_own_events() {
+        for name in RESERVED_EVENTS.iter().chain(&SERVER_EVENTS) {
+            assert!(is_reserved_for_relay(name), "{name}");
+        }
+        for name in ["chat", "move", "Connect", "disconnected", "join", "to", ""] {
+            assert!(!is_reserved_for_relay(name), "{name}");
+        }
     }
 
     #[test]
@@ -1396,12 +1501,12 @@ mod tests {
         assert_eq!(encoded.attachment.as_ref(), Some(&payload));
 
         // What a client does with it: decode the frame, then the attachment.
-        let mut assembler = BinaryAssembler::new(1);
+        let mut assembler = BinaryAssembler::new(1, 1 << 20);
         let engine_packet = engineio::Packet::decode_text(&encoded.frame).unwrap();
         let engineio::Data::Text(text) = engine_packet.data else {
             panic!("text frame decoded as binary");
         };
-        assert!(assembler.push_text(text).unwrap().is_none());
+        assert!(assembler.push_text(text, deadline()).unwrap().is_none());
         let whole = assembler.push_binary(payload.clone()).unwrap().unwrap();
         assert_eq!(
             whole,
@@ -1454,7 +1559,7 @@ mod tests {
             .map(str::to_owned),
         );
         let alphabet = b"0123456789-/,[]{}\":_placeholdernum \x1e";
-        let mut assembler = BinaryAssembler::new(3);
+        let mut assembler = BinaryAssembler::new(3, 1 << 20);
         for _ in 0..20_000 {
             let input = if rng.below(3) == 0 {
                 rng.bytes(48)
@@ -1479,7 +1584,7 @@ mod tests {
             let _ = if rng.below(4) == 0 {
                 assembler.push_binary(Bytes::from(input))
             } else {
-                assembler.push_text(&text)
+                assembler.push_text(&text, deadline())
             };
         }
     }
@@ -1487,8 +1592,8 @@ mod tests {
     #[test]
     fn nested_buffers_survive_a_round_trip_through_owned_args() {
         let text = r#"53-["ev",{"_placeholder":true,"num":0},{"nested":[{"_placeholder":true,"num":1}]},{"_placeholder":true,"num":2}]"#;
-        let mut assembler = BinaryAssembler::new(4);
-        assert!(assembler.push_text(text).unwrap().is_none());
+        let mut assembler = BinaryAssembler::new(4, 1 << 20);
+        assert!(assembler.push_text(text, deadline()).unwrap().is_none());
         assert!(assembler
             .push_binary(Bytes::from_static(b"\x01"))
             .unwrap()

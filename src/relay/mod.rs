@@ -75,6 +75,18 @@ pub struct RelayLimits {
     pub max_message_bytes: usize,
 }
 
+impl RelayLimits {
+    /// The limits `config` sets.
+    pub fn of(config: &crate::config::Config) -> RelayLimits {
+        RelayLimits {
+            max_name_len: config.max_name_len,
+            max_rooms_per_connection: config.max_rooms_per_connection,
+            max_room_members: config.max_room_members,
+            max_message_bytes: config.outbound_queue_bytes,
+        }
+    }
+}
+
 /// What crosses between shards. `Send` by construction: only owned data and `Arc`s.
 #[derive(Debug)]
 pub enum MeshMsg {
@@ -257,8 +269,14 @@ impl Relay {
             .is_some_and(|r| r.slots.contains_key(&player))
     }
 
-    fn check_name(&self, name: &str) -> Result<(), ErrorCode> {
-        // Control characters are refused: they separate namespaces in room keys.
+    fn check_name(&self, key: &str) -> Result<(), ErrorCode> {
+        // The name checked is the room's: a socket.io namespace's key is `<nsp>\0<room>`
+        // (`room_key`, from a namespace that has no control characters), and the NUL in it
+        // is the only control character a key may hold. Clients name rooms of the main
+        // namespace directly, so their names are checked with `valid_name` before they get
+        // here (native `Join`, socket.io `join`): no client can write another namespace's
+        // key.
+        let (_, name) = split_room_key(key);
         if name.is_empty()
             || name.len() > self.limits.max_name_len
             || name.chars().any(char::is_control)

@@ -204,12 +204,7 @@ pub(crate) async fn run(seed: ShardSeed, ring: Ring) {
     let relay = Relay::new(
         seed.id,
         seed.shards,
-        RelayLimits {
-            max_name_len: config.max_name_len,
-            max_rooms_per_connection: config.max_rooms_per_connection,
-            max_room_members: config.max_room_members,
-            max_message_bytes: config.outbound_queue_bytes,
-        },
+        RelayLimits::of(&config),
         Arc::clone(&seed.stats),
     );
     let shard = Rc::new(Shard::new(

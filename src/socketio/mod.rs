@@ -16,7 +16,9 @@
 //! let app = SocketIo::relay().namespace(
 //!     "/chat",
 //!     Namespace::new()
-//!         .on_connect(|socket| socket.emit("welcome", [Arg::Json(socket.auth().clone())]))
+//!         .on_connect(|socket| {
+//!             let _ = socket.emit("welcome", [Arg::Json(socket.auth().clone())]);
+//!         })
 //!         .on("say", |socket, args, ack| {
 //!             // Err(TooBig) when a recipient could not queue it: nothing was sent.
 //!             let _ = socket.to("lobby").emit("said", args.clone());
@@ -28,23 +30,30 @@
 //! let server = corelay::Server::start_with(corelay::Config::default(), app).unwrap();
 //! # drop(server);
 //! ```
+//!
+//! Event names that the official clients reserve ([`RESERVED_EVENTS`]: `connect`,
+//! `disconnect`, ...) make every client that receives them drop its connection with a parse
+//! error; the emitting methods refuse them with [`EmitError::ReservedName`] and send nothing,
+//! where socket.io's server throws `"connect" is a reserved event name`.
 
+mod ack;
 mod session;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::engineio::Session;
 use crate::proto::native::ErrorCode;
-use crate::proto::socketio::{Arg, Packet};
-use crate::relay::{room_key, Body, PlayerId, Relay};
+use crate::proto::socketio::{Arg, Packet, RESERVED_EVENTS};
+use crate::relay::{room_key, valid_name, Body, PlayerId, Relay};
 use crate::shard::Shard;
 
+pub use ack::AckError;
 pub(crate) use session::SioSession;
 
 type AuthorizeFn = dyn Fn(&Value) -> Result<(), Value> + Send + Sync;
@@ -54,6 +63,28 @@ type DisconnectFn = dyn Fn(&Socket, &str) + Send + Sync;
 /// `Relay::join` or `Relay::leave`.
 type MembershipChange =
     fn(&mut Relay, PlayerId, Option<u64>, &str, Instant) -> Result<(), ErrorCode>;
+
+/// Why an emit sent nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EmitError {
+    /// The event name is one of [`RESERVED_EVENTS`]: every official client receiving it
+    /// would drop its connection. Nothing was sent (and an ack callback is dropped uncalled);
+    /// pick another name.
+    #[error("{0:?} is a reserved event name")]
+    ReservedName(String),
+    /// The message is larger than a recipient may queue (`outbound_queue_bytes`). Nothing
+    /// was sent; send it in smaller parts.
+    #[error("the message is larger than a recipient may queue")]
+    TooBig,
+}
+
+/// Refuses the names the official clients reserve (socket.io's server throws on them).
+fn check_emit(event: &str) -> Result<(), EmitError> {
+    if RESERVED_EVENTS.contains(&event) {
+        return Err(EmitError::ReservedName(event.to_owned()));
+    }
+    Ok(())
+}
 
 /// The Socket.IO service of a server: its namespaces and their handlers.
 #[derive(Clone)]
@@ -176,11 +207,12 @@ pub(crate) struct SocketCore {
     auth: Value,
     shard: Rc<Shard>,
     session: Weak<Session>,
+    /// Cleared by [`Socket::disconnect`] before the socket is removed: inside one of its
+    /// session's handlers the removal waits for the handler to return, and this mark is
+    /// what the session looks for then.
     connected: Cell<bool>,
-    next_ack: Cell<u64>,
-    /// Callbacks of acks the client owes, by id (a short list: server-side acks are rare).
-    #[allow(clippy::type_complexity)]
-    acks: RefCell<Vec<(u64, Box<dyn FnOnce(Vec<Arg>)>)>>,
+    /// Answers the client owes, with their deadlines.
+    acks: RefCell<ack::PendingAcks>,
 }
 
 /// One client's connection to one namespace, as application handlers see it.
@@ -215,22 +247,54 @@ impl Socket {
         self.core.connected.get()
     }
 
-    /// Emits `event` to this client.
-    pub fn emit(&self, event: &str, args: impl IntoIterator<Item = Arg>) {
+    /// Emits `event` to this client (nothing once the socket is disconnected). A name of
+    /// [`RESERVED_EVENTS`] is refused and nothing is sent.
+    pub fn emit(&self, event: &str, args: impl IntoIterator<Item = Arg>) -> Result<(), EmitError> {
+        check_emit(event)?;
         self.send(Packet::event(&self.core.nsp, event, args));
+        Ok(())
     }
 
-    /// Emits `event` to this client and calls `on_ack` with the client's answer.
+    /// Emits `event` to this client and calls `on_ack` once: with the client's answer, with
+    /// [`AckError::Timeout`] when none came within `socketio_ack_timeout_ms`, or with
+    /// [`AckError::Disconnected`] when the socket goes first (at once if it is gone already).
+    /// A name of [`RESERVED_EVENTS`] is refused: nothing is sent and `on_ack` is dropped
+    /// uncalled.
     pub fn emit_with_ack(
         &self,
         event: &str,
         args: impl IntoIterator<Item = Arg>,
-        on_ack: impl FnOnce(Vec<Arg>) + 'static,
-    ) {
-        let id = self.core.next_ack.get();
-        self.core.next_ack.set(id + 1);
-        self.core.acks.borrow_mut().push((id, Box::new(on_ack)));
+        on_ack: impl FnOnce(Result<Vec<Arg>, AckError>) + 'static,
+    ) -> Result<(), EmitError> {
+        let timeout = Duration::from_millis(self.core.shard.config.socketio_ack_timeout_ms);
+        self.emit_with_ack_timeout(event, args, timeout, on_ack)
+    }
+
+    /// [`Socket::emit_with_ack`] with this call's own timeout (socket.io's
+    /// `socket.timeout(ms).emit(..)`).
+    pub fn emit_with_ack_timeout(
+        &self,
+        event: &str,
+        args: impl IntoIterator<Item = Arg>,
+        timeout: Duration,
+        on_ack: impl FnOnce(Result<Vec<Arg>, AckError>) + 'static,
+    ) -> Result<(), EmitError> {
+        check_emit(event)?;
+        if !self.connected() {
+            on_ack(Err(AckError::Disconnected));
+            return Ok(());
+        }
+        // The deadline reaches the session's timer through `SioSession::deadline` when the
+        // session next reschedules (after the input that ran this handler, or its next
+        // timer: at most a ping interval late when emitted from another session's handler).
+        let deadline = Instant::now() + timeout;
+        let id = self
+            .core
+            .acks
+            .borrow_mut()
+            .register(deadline, Box::new(on_ack));
         self.send(Packet::event(&self.core.nsp, event, args).with_ack_id(id));
+        Ok(())
     }
 
     fn send(&self, packet: Packet) {
@@ -243,6 +307,8 @@ impl Socket {
     }
 
     /// Joins a room of this namespace (shared with native clients on the main namespace).
+    /// `InvalidName` for an empty name, one longer than `max_name_len` or one with control
+    /// characters.
     pub fn join(&self, room: &str) -> Result<(), ErrorCode> {
         self.with_relay(room, Relay::join)
     }
@@ -256,8 +322,13 @@ impl Socket {
     /// code gets the result instead); what it sends to other shards leaves at the end of the
     /// shard's turn.
     fn with_relay(&self, room: &str, change: MembershipChange) -> Result<(), ErrorCode> {
-        let key = room_key(&self.core.nsp, room);
         let shard = &self.core.shard;
+        // The name is checked here, not as part of the key: a namespace's key holds the NUL
+        // that separates it from the room name (`room_key`), which no name may contain.
+        if !valid_name(room, shard.config.max_name_len) {
+            return Err(ErrorCode::InvalidName);
+        }
+        let key = room_key(&self.core.nsp, room);
         change(
             &mut shard.relay.borrow_mut(),
             self.core.player,
@@ -276,12 +347,21 @@ impl Socket {
         }
     }
 
-    /// Disconnects this socket from the namespace (`"server namespace disconnect"`).
+    /// Disconnects this socket from the namespace: the client gets a DISCONNECT, the socket
+    /// leaves its rooms, its pending acks end with [`AckError::Disconnected`] and the
+    /// namespace's disconnect handler runs with `"server namespace disconnect"`. Called from
+    /// one of this session's own handlers, all but the DISCONNECT happen as the handler
+    /// returns ([`Socket::connected`] is false at once).
     pub fn disconnect(&self) {
-        if let Some(session) = self.core.session.upgrade() {
-            self.send(Packet::disconnect(&self.core.nsp));
-            session.disconnect_socket(&self.core.nsp);
+        if !self.connected() {
+            return;
         }
+        let Some(session) = self.core.session.upgrade() else {
+            return;
+        };
+        self.send(Packet::disconnect(&self.core.nsp));
+        self.core.connected.set(false);
+        session.disconnect_socket(&self.core.nsp);
     }
 }
 
@@ -293,11 +373,11 @@ pub struct RoomEmitter {
 }
 
 impl RoomEmitter {
-    /// Emits `event` with `args` to the room, encoded once per wire format.
-    ///
-    /// `Err(TooBig)` when the message is larger than a recipient may queue
-    /// (`outbound_queue_bytes`): nothing was sent.
-    pub fn emit(&self, event: &str, args: impl IntoIterator<Item = Arg>) -> Result<(), ErrorCode> {
+    /// Emits `event` with `args` to the room, encoded once per wire format. A name of
+    /// [`RESERVED_EVENTS`] is refused, and so is a message larger than a recipient may
+    /// queue (`outbound_queue_bytes`); either way nothing is sent.
+    pub fn emit(&self, event: &str, args: impl IntoIterator<Item = Arg>) -> Result<(), EmitError> {
+        check_emit(event)?;
         let body = Body::Emit {
             event: event.to_owned(),
             args: args.into_iter().collect(),
@@ -306,6 +386,7 @@ impl RoomEmitter {
             .relay
             .borrow_mut()
             .broadcast(self.exclude, &self.key, body, Instant::now())
+            .map_err(|_| EmitError::TooBig)
     }
 }
 

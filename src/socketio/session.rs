@@ -9,15 +9,20 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::{json, Value};
 
+use super::ack::{AckCallback, AckError, PendingAcks};
 use super::{Ack, Namespace, Socket, SocketCore, SocketIo};
+use crate::config::Config;
 use crate::engineio::Session;
 use crate::proto::native::{ErrorCode, PayloadKind};
-use crate::proto::socketio::{Arg, ArgRef, BinaryAssembler, Packet, PacketType, MAIN_NAMESPACE};
-use crate::relay::Body;
-use crate::stats::CloseReason;
+use crate::proto::socketio::{
+    is_reserved_for_relay, Arg, ArgRef, BinaryAssembler, DecodeError, Packet, PacketType,
+    MAIN_NAMESPACE,
+};
+use crate::relay::{valid_name, Body};
+use crate::stats::{add, CloseReason, Refusal};
 
 /// Most binary attachments one packet may announce: official clients send one per binary
-/// argument, and each is bounded by the message size limit.
+/// argument, and their bytes together are bounded as well (see [`SioSession::start`]).
 const MAX_ATTACHMENTS: usize = 16;
 
 /// A session's sockets by namespace: a short list (clients connect one namespace or a
@@ -70,34 +75,92 @@ impl SioSession {
         SioSession {
             app,
             sockets: Sockets::default(),
-            assembler: BinaryAssembler::new(MAX_ATTACHMENTS),
+            // Replaced with the configured limits by `start`.
+            assembler: BinaryAssembler::new(MAX_ATTACHMENTS, 0),
             connect_deadline: None,
         }
     }
 
-    /// Arms the connect timeout: a session that connects no namespace in time is closed.
-    pub fn start(&mut self, now: Instant, timeout: Duration) {
-        self.connect_deadline = Some(now + timeout);
+    /// Arms the connect timeout (a session that connects no namespace in time is closed)
+    /// and takes the limits on binary attachments from `config`.
+    ///
+    /// The attachments of one packet may add up to `engineio_max_payload` bytes: what one
+    /// Engine.IO message may carry, so a packet held while it waits costs no more than one
+    /// message does, instead of `MAX_ATTACHMENTS` times as much. Official clients meet it:
+    /// by long-polling a whole packet must fit in one payload of that size anyway.
+    pub fn start(&mut self, now: Instant, config: &Config) {
+        self.connect_deadline =
+            Some(now + Duration::from_millis(config.socketio_connect_timeout_ms));
+        self.assembler = BinaryAssembler::new(MAX_ATTACHMENTS, config.engineio_max_payload);
     }
 
-    /// The connect deadline, while no namespace has connected.
+    /// The earliest of the session's Socket.IO deadlines: the connect timeout while no
+    /// namespace has connected, the attachments of a waiting binary packet, pending acks.
     pub fn deadline(&self) -> Option<Instant> {
-        self.connect_deadline
+        let acks = self
+            .sockets
+            .values()
+            .filter_map(|(core, _)| core.acks.borrow().deadline());
+        [self.connect_deadline, self.assembler.deadline()]
+            .into_iter()
+            .flatten()
+            .chain(acks)
+            .min()
     }
 
-    pub fn on_text(&mut self, session: &Rc<Session>, text: &str) -> Result<(), CloseReason> {
-        match self.assembler.push_text(text) {
+    /// Time passed: `Err` with the socket.io reason and the stat when the session must end
+    /// (no namespace connected in time, attachments that never came); acks past their
+    /// deadline are given up.
+    pub fn handle_timeout(
+        &mut self,
+        session: &Rc<Session>,
+        now: Instant,
+    ) -> Result<(), (&'static str, CloseReason)> {
+        if self.connect_deadline.is_some_and(|d| d <= now) {
+            return Err(("connect timeout", CloseReason::HandshakeTimeout));
+        }
+        if self.assembler.deadline().is_some_and(|d| d <= now) {
+            // The reference ends a session whose packets do not parse the same way.
+            return Err(("parse error", CloseReason::Invalid));
+        }
+        let expired: Vec<AckCallback> = self
+            .sockets
+            .values()
+            .flat_map(|(core, _)| core.acks.borrow_mut().expire(now))
+            .collect();
+        if !expired.is_empty() {
+            add(&session.shard.stats.ack_timeouts, expired.len() as u64);
+            for callback in expired {
+                callback(Err(AckError::Timeout));
+            }
+            self.sweep(session);
+        }
+        Ok(())
+    }
+
+    /// Feeds the text of an Engine.IO message that arrived at `now`.
+    pub fn on_text(
+        &mut self,
+        session: &Rc<Session>,
+        now: Instant,
+        text: &str,
+    ) -> Result<(), CloseReason> {
+        // A binary packet's attachments are timed from the packet that announces them.
+        let timeout = session.shard.config.socketio_attachment_timeout_ms;
+        let deadline = now + Duration::from_millis(timeout);
+        match self.assembler.push_text(text, deadline) {
             Ok(Some(packet)) => self.dispatch(session, packet),
             Ok(None) => Ok(()),
-            Err(_) => Err(CloseReason::Invalid),
+            Err(e) => Err(close_reason(&e)),
         }
     }
 
+    /// Feeds a binary Engine.IO message (an attachment).
     pub fn on_binary(&mut self, session: &Rc<Session>, data: Bytes) -> Result<(), CloseReason> {
         match self.assembler.push_binary(data) {
             Ok(Some(packet)) => self.dispatch(session, packet),
             Ok(None) => Ok(()),
-            Err(_) => Err(CloseReason::Invalid),
+            Err(e) => Err(close_reason(&e)),
         }
     }
 
@@ -133,12 +196,25 @@ impl SioSession {
             .relay
             .borrow_mut()
             .disconnect(core.player, Instant::now());
+        // Taken before any is called: a callback may use the socket again.
+        let unanswered = core.acks.borrow_mut().take_all();
+        for callback in unanswered {
+            callback(Err(AckError::Disconnected));
+        }
         if let Some(f) = &namespace.on_disconnect {
             f(&Socket { core }, reason);
         }
     }
 
     fn dispatch(&mut self, session: &Rc<Session>, packet: Packet) -> Result<(), CloseReason> {
+        let result = self.handle_packet(session, packet);
+        // Any handler the packet ran (connect, event, ack, disconnect) may have disconnected
+        // sockets of this session.
+        self.sweep(session);
+        result
+    }
+
+    fn handle_packet(&mut self, session: &Rc<Session>, packet: Packet) -> Result<(), CloseReason> {
         match packet.packet_type {
             PacketType::Connect => self.connect(session, packet),
             PacketType::Disconnect => {
@@ -147,23 +223,17 @@ impl SioSession {
             }
             PacketType::Event | PacketType::BinaryEvent => {
                 self.event(session, packet);
-                self.sweep(session);
                 Ok(())
             }
             PacketType::Ack | PacketType::BinaryAck => {
                 if let (Some((core, _)), Some(id)) = (self.sockets.get(&packet.nsp), packet.ack_id)
                 {
-                    let callback = {
-                        let mut acks = core.acks.borrow_mut();
-                        acks.iter()
-                            .position(|(i, _)| *i == id)
-                            .map(|at| acks.swap_remove(at).1)
-                    };
+                    // Taken before it is called: the callback may emit with an ack again.
+                    let callback = core.acks.borrow_mut().answer(id);
                     if let Some(callback) = callback {
-                        callback(owned_args(&packet));
+                        callback(Ok(owned_args(&packet)));
                     }
                 }
-                self.sweep(session);
                 Ok(())
             }
             // A server never receives CONNECT_ERROR.
@@ -171,7 +241,8 @@ impl SioSession {
         }
     }
 
-    /// Removes sockets that application code disconnected during a handler.
+    /// Removes the sockets that application code disconnected ([`Socket::disconnect`]) while
+    /// the session's state was lent to a handler.
     fn sweep(&mut self, session: &Rc<Session>) {
         let gone: Vec<String> = self
             .sockets
@@ -219,8 +290,7 @@ impl SioSession {
             shard: Rc::clone(&shard),
             session: Rc::downgrade(session),
             connected: Cell::new(true),
-            next_ack: Cell::new(0),
-            acks: RefCell::new(Vec::new()),
+            acks: RefCell::new(PendingAcks::default()),
         });
         let (outbox, wire) = session.transport();
         shard.relay.borrow_mut().connect(player, wire, outbox);
@@ -232,7 +302,6 @@ impl SioSession {
         if let Some(f) = &namespace.on_connect {
             f(&Socket { core });
         }
-        self.sweep(session);
         Ok(())
     }
 
@@ -266,15 +335,24 @@ fn owned_args(packet: &Packet) -> Vec<Arg> {
     packet.owned_args()
 }
 
+/// The stat of a session that sent what does not decode.
+fn close_reason(error: &DecodeError) -> CloseReason {
+    match error {
+        DecodeError::AttachmentsTooLarge { .. } => CloseReason::TooBig,
+        _ => CloseReason::Invalid,
+    }
+}
+
 /// Errors go back as an ack `{"error": code}` when the client asked for one, else as an
 /// `error` event `{"error": code, "event": name}`: never a silent drop.
 fn answer_error(socket: &Socket, ack: Option<Ack>, code: &str, event: &str) {
     match ack {
         Some(ack) => ack.send([Arg::Json(json!({ "error": code }))]),
-        None => socket.emit(
+        None => socket.send(Packet::event(
+            &socket.core.nsp,
             "error",
             [Arg::Json(json!({ "error": code, "event": event }))],
-        ),
+        )),
     }
 }
 
@@ -299,6 +377,11 @@ fn relay_convention(
             let Some(room) = text(0) else {
                 return answer_error(socket, ack, "bad_arguments", name);
             };
+            // Checked before it reaches the relay, which also takes the keys of other
+            // namespaces' rooms (`<nsp>\0<room>`): a client's name may not be one.
+            if !valid_name(room, shard.config.max_name_len) {
+                return answer_error(socket, ack, ErrorCode::InvalidName.name(), name);
+            }
             let req = ack.as_ref().map(|a| a.id);
             let result = if name == "join" {
                 shard.relay.borrow_mut().join(player, req, room, now)
@@ -315,8 +398,12 @@ fn relay_convention(
             let (Some(room), Some(event)) = (text(0), text(1)) else {
                 return answer_error(socket, ack, "bad_arguments", name);
             };
-            if !crate::relay::valid_name(event, shard.config.max_name_len) {
+            if !valid_name(event, shard.config.max_name_len) {
                 return answer_error(socket, ack, ErrorCode::InvalidName.name(), name);
+            }
+            if is_reserved_for_relay(event) {
+                shard.stats.count_refusal(Refusal::ReservedName);
+                return answer_error(socket, ack, ErrorCode::ReservedName.name(), name);
             }
             let body = match packet.owned_args().into_iter().nth(2) {
                 Some(Arg::Binary(payload)) => Body::Event {
@@ -356,5 +443,211 @@ fn relay_convention(
     };
     if let Err(code) = outcome {
         answer_error(socket, ack, code.name(), name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::engineio::{Handler, Sessions};
+    use crate::proto::engineio::{Packet as EnginePacket, PacketType as EngineType};
+    use crate::relay::{Drained, Relay, RelayLimits};
+    use crate::shard::{Control, Shard};
+    use crate::stats::ShardStats;
+
+    fn shard(tweak: impl FnOnce(&mut Config)) -> Rc<Shard> {
+        let mut config = Config::default();
+        tweak(&mut config);
+        let stats = Arc::new(ShardStats::default());
+        let limits = RelayLimits::of(&config);
+        let relay = Relay::new(0, 1, limits, Arc::clone(&stats));
+        Rc::new(Shard::new(
+            0,
+            1,
+            Arc::new(config),
+            stats,
+            relay,
+            Arc::new(Control::new(Vec::new())),
+        ))
+    }
+
+    /// A long-polling session running `app`, created at `t0`, with its registry (which
+    /// must live as long as the session).
+    fn session(shard: &Rc<Shard>, app: SocketIo, t0: Instant) -> (Rc<Sessions>, Rc<Session>) {
+        let sessions = Rc::new(Sessions::default());
+        let handler = Handler::SocketIo(SioSession::new(Arc::new(app)));
+        let session = Session::create(shard, &sessions, None, handler, t0);
+        (sessions, session)
+    }
+
+    fn message(s: &Rc<Session>, now: Instant, text: &str) {
+        let packet = EnginePacket::text(EngineType::Message, text);
+        s.handle_packet(now, packet, None).expect("accepted");
+    }
+
+    fn polled(s: &Session) -> Vec<String> {
+        let mut frames = Vec::new();
+        let polling = s.polling().expect("a polling session");
+        while let Drained::Frames = polling.drain(&mut frames) {}
+        frames
+            .iter()
+            .map(|f| String::from_utf8_lossy(f).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn the_servers_own_notices_are_reserved_names() {
+        use crate::proto::native::LeaveReason;
+        use crate::relay::{Broadcast, Wire};
+        let bodies = [
+            Body::MemberJoined {
+                player: 1,
+                members: 2,
+            },
+            Body::MemberLeft {
+                player: 1,
+                members: 1,
+                reason: LeaveReason::Left,
+            },
+        ];
+        for body in bodies {
+            let notice = Broadcast::new("r".into(), 0, body, Instant::now());
+            let text = String::from_utf8(notice.frame(Wire::SioPolling).to_vec()).unwrap();
+            let packet = Packet::decode(&text[1..]).unwrap();
+            let crate::proto::socketio::Decoded::Complete(packet) = packet else {
+                panic!("{text}");
+            };
+            let name = packet.event_name().unwrap();
+            assert!(
+                is_reserved_for_relay(name),
+                "{name} is emitted by the relay"
+            );
+        }
+    }
+
+    #[test]
+    fn attachments_that_do_not_come_in_time_end_the_session() {
+        let shard = shard(|c| c.socketio_attachment_timeout_ms = 100);
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let (_sessions, s) = session(&shard, SocketIo::relay(), t0);
+        message(&s, t0, "0");
+        message(
+            &s,
+            t0 + ms(10),
+            r#"51-["to","r",{"_placeholder":true,"num":0}]"#,
+        );
+        // The attachments are due 100 ms after the packet that announced them.
+        assert_eq!(s.poll_timeout(), Some(t0 + ms(110)));
+        s.handle_timeout(t0 + ms(109));
+        assert!(!s.is_closed());
+        s.handle_timeout(t0 + ms(110));
+        assert!(s.is_closed());
+        assert_eq!(shard.stats.closes(CloseReason::Invalid), 1);
+    }
+
+    #[test]
+    fn an_attachment_that_completes_the_packet_clears_its_deadline() {
+        let shard = shard(|c| c.socketio_attachment_timeout_ms = 100);
+        let t0 = Instant::now();
+        let (_sessions, s) = session(&shard, SocketIo::relay(), t0);
+        message(&s, t0, "0");
+        message(&s, t0, r#"51-["to","r",{"_placeholder":true,"num":0}]"#);
+        let waiting = s.poll_timeout();
+        s.handle_packet(t0, EnginePacket::binary(&b"x"[..]), None)
+            .expect("accepted");
+        assert!(s.poll_timeout() > waiting, "only the heartbeat is left");
+    }
+
+    #[test]
+    fn acks_time_out_through_the_session_timer() {
+        let shard = shard(|_| {});
+        let t0 = Instant::now();
+        let outcomes = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&outcomes);
+        let app = SocketIo::empty().namespace(
+            "/",
+            Namespace::new().on_connect(move |socket| {
+                let seen = Arc::clone(&seen);
+                let timeout = Duration::from_millis(50);
+                let sent = socket.emit_with_ack_timeout("ask", [], timeout, move |r| {
+                    seen.lock().unwrap().push(r)
+                });
+                assert!(sent.is_ok());
+            }),
+        );
+        let (_sessions, s) = session(&shard, app, t0);
+        message(&s, t0, "0");
+        // The ack's deadline (taken from the clock when emitted) is the session's next.
+        let due = s.poll_timeout().expect("a deadline");
+        assert!(due <= Instant::now() + Duration::from_millis(50));
+        s.handle_timeout(due);
+        assert_eq!(*outcomes.lock().unwrap(), vec![Err(AckError::Timeout)]);
+        assert_eq!(
+            shard
+                .stats
+                .ack_timeouts
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        // A late answer finds nothing; the session goes on with its heartbeat only.
+        message(&s, due, "30[]");
+        assert_eq!(outcomes.lock().unwrap().len(), 1);
+        assert!(!s.is_closed());
+        assert!(s.poll_timeout() > Some(due));
+    }
+
+    #[test]
+    fn disconnect_inside_a_handler_removes_the_socket_when_it_returns() {
+        let shard = shard(|_| {});
+        let t0 = Instant::now();
+        let reasons = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&reasons);
+        let kicked = Arc::clone(&reasons);
+        let app = SocketIo::empty()
+            .namespace(
+                "/",
+                Namespace::new()
+                    .on("quit", |socket, _, _| {
+                        socket.disconnect();
+                        assert!(!socket.connected());
+                    })
+                    .on_disconnect(move |_, why| seen.lock().unwrap().push(why.to_owned())),
+            )
+            .namespace(
+                "/kick",
+                Namespace::new()
+                    .on_connect(|socket| socket.disconnect())
+                    .on_disconnect(move |_, why| {
+                        kicked.lock().unwrap().push(format!("kick {why}"))
+                    }),
+            );
+        let (_sessions, s) = session(&shard, app, t0);
+        message(&s, t0, "0");
+        message(&s, t0, r#"2["quit"]"#);
+        assert_eq!(
+            *reasons.lock().unwrap(),
+            vec!["server namespace disconnect"]
+        );
+        let answers = polled(&s);
+        assert_eq!(
+            answers.last().map(String::as_str),
+            Some("41"),
+            "{answers:?}"
+        );
+        // Gone from the session: a new CONNECT makes a new socket.
+        message(&s, t0, "0");
+        assert!(polled(&s)[0].starts_with("40{"));
+        // From the connection handler too.
+        message(&s, t0, "0/kick,");
+        let answers = polled(&s);
+        assert!(answers[0].starts_with("40/kick,{"), "{answers:?}");
+        assert_eq!(answers[1], "41/kick,");
+        assert_eq!(
+            reasons.lock().unwrap().last().unwrap(),
+            "kick server namespace disconnect"
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! Shared test harness: an in-process server on 127.0.0.1:0 and a bounded glommio runner.
 #![allow(dead_code)]
 
+pub mod eio;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -5,7 +5,11 @@
 // then sends to the room an object (event "from_sio_json", {"b":2,"list":[1,"x"]}) and a
 // Buffer (event "from_sio_bin", bytes 1 2 3 255), and prints every event it receives as
 //   {"type":"event","event":"<name>","payload":<json>|{"buffer":[bytes...]},"binary":bool,"from":"<id>"}
-// It disconnects and exits 0 when its stdin closes, 1 on a connect error or after 30 s.
+// Each line on its stdin is a command, {"to":"<room>","event":"<name>","payload":<json>}: it
+// emits `to` with an ack and prints the answer as
+//   {"type":"ack","event":"<name>","answer":<json>}
+// It disconnects and exits 0 when its stdin closes, 1 on a connect error, on any disconnect
+// it did not ask for (a parse error among them) or after 30 s.
 'use strict';
 
 const { io } = require('socket.io-client');
@@ -52,6 +56,22 @@ socket.on('connect', async () => {
 // On stdin's end: disconnect, and let node exit once the goodbye packets are written (an
 // immediate process.exit could drop a polling client's close, leaving the server to notice
 // only at the heartbeat timeout).
+let input = '';
+process.stdin.on('data', (chunk) => {
+  input += chunk;
+  let newline;
+  while ((newline = input.indexOf('\n')) >= 0) {
+    const line = input.slice(0, newline);
+    input = input.slice(newline + 1);
+    if (line.trim() === '') continue;
+    const { to, event, payload } = JSON.parse(line);
+    socket
+      .timeout(5000)
+      .emitWithAck('to', to, event, payload)
+      .then((answer) => print({ type: 'ack', event, answer }))
+      .catch((e) => fail(`to ${event}: ${e.message}`));
+  }
+});
 process.stdin.on('end', () => {
   socket.disconnect();
 });
