@@ -59,6 +59,9 @@ pub enum ServerError {
         /// glommio's reason.
         reason: String,
     },
+    /// More shards were asked for than player ids can tell apart: lower `shards`.
+    #[error("{0} shards asked for; at most {max} are supported", max = crate::shard::MAX_SHARDS)]
+    TooManyShards(usize),
     /// A shard thread panicked.
     #[error("shard thread failed: {0}")]
     Panicked(String),
@@ -114,6 +117,9 @@ impl Server {
     ) -> Result<Server, ServerError> {
         let allowed = allowed_cpus();
         let shards = config.shard_count(&allowed);
+        if shards > crate::shard::MAX_SHARDS {
+            return Err(ServerError::TooManyShards(shards));
+        }
         let pin_to: Vec<usize> = if config.cpus.is_empty() {
             allowed.clone()
         } else {
