@@ -16,6 +16,20 @@
 //! A [`Shard`] is `!Send` (`Rc`, `RefCell`): the types say that everything in it belongs to
 //! one thread.
 //!
+//! # A shard that panics
+//!
+//! A panic on a shard (a bug in corelay, or application code such as a Socket.IO handler
+//! that panics) leaves that shard's state half updated, so the shard is not resumed. Nor is
+//! it left dead while the others serve on: its rooms would stop answering and handoffs to
+//! it would vanish. The whole server stops instead: the failed shard's driver is dropped
+//! while unwinding, which cuts its sockets (its clients see the connection end with no
+//! close frame), [`Control`] records the failure and asks every other shard to drain as in
+//! a shutdown (close 1001, `shutdown_grace_ms`), and [`crate::Server::join`] returns
+//! [`crate::ServerError::ShardFailed`], so `corelay serve` exits with status 1 and a
+//! supervisor restarts it (tuning/README.md, "The systemd unit"). This needs panics to
+//! unwind, as every profile of this crate builds them; with `panic = "abort"` the process
+//! aborts instead, which is never half alive either.
+//!
 //! The driver is the shard executor's only task, and it sleeps in its own ring, not in
 //! glommio's reactor. Handlers (the endpoints', and application code under
 //! [`crate::socketio`]) are called synchronously from it and must not block; glommio tasks
@@ -28,7 +42,7 @@ pub mod ring;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
@@ -43,6 +57,8 @@ use self::mesh::Doorbell;
 pub struct Control {
     shutdown: AtomicBool,
     doorbells: Vec<Arc<Doorbell>>,
+    /// The first shard that failed, and why; set once.
+    failure: OnceLock<(ShardId, String)>,
 }
 
 impl Control {
@@ -51,6 +67,7 @@ impl Control {
         Control {
             shutdown: AtomicBool::new(false),
             doorbells,
+            failure: OnceLock::new(),
         }
     }
 
@@ -65,6 +82,21 @@ impl Control {
     /// Whether shutdown was requested.
     pub fn shutting_down(&self) -> bool {
         self.shutdown.load(Ordering::Acquire)
+    }
+
+    /// Shard `shard` failed (a panic, `why`) and is gone: records the first failure and
+    /// stops every other shard, so the server is never left half alive.
+    pub(crate) fn fail(&self, shard: ShardId, why: String) {
+        let _ = self.failure.set((shard, why));
+        self.request_shutdown();
+    }
+
+    /// The first shard failure, if any: the shard and its panic message. A failed server
+    /// stops by itself; [`crate::Server::join`] then reports this failure.
+    pub fn failure(&self) -> Option<(ShardId, &str)> {
+        self.failure
+            .get()
+            .map(|(shard, why)| (*shard, why.as_str()))
     }
 }
 
@@ -178,8 +210,8 @@ const SHARD_BITS: u32 = 10;
 /// epoch: 54 bits last until the year 2541.
 const TIME_BITS: u32 = 64 - SHARD_BITS;
 
-/// Most shards a server runs: a shard's number must fit in [`SHARD_BITS`] of a player id.
-/// (glommio pins shards to CPUs, and Linux's affinity mask holds at most 1024.)
+/// Most shards a server runs: a shard's number must fit in the 10 bits of a player id that
+/// hold it (glommio pins shards to CPUs, and Linux's affinity mask holds at most 1024).
 pub const MAX_SHARDS: usize = 1 << SHARD_BITS;
 
 /// One shard's player ids: the shard number in the top 10 bits, below it a microsecond
