@@ -1,14 +1,22 @@
 //! Starting and stopping a server: [`Server::start`] binds, spawns one pinned shard per core
-//! and returns once every shard is serving.
+//! and returns once every shard is serving; [`Server::shutdown`] drains every shard and
+//! [`Server::join`] waits for them.
+//!
+//! A server stops by itself, whole, when one of its shards panics (see
+//! [`crate::shard`], "A shard that panics"): [`Server::join`] then returns
+//! [`ServerError::ShardFailed`], and [`Control::failure`] tells it before.
 
+use std::any::Any;
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use std::rc::Rc;
 
+use futures_lite::FutureExt;
 use glommio::{LocalExecutorBuilder, Placement};
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -60,9 +68,23 @@ pub enum ServerError {
         /// glommio's reason.
         reason: String,
     },
+    /// More shards were asked for than player ids can tell apart: lower `shards`.
+    #[error("{0} shards asked for; at most {max} are supported", max = crate::shard::MAX_SHARDS)]
+    TooManyShards(usize),
     /// A shard thread panicked.
     #[error("shard thread failed: {0}")]
     Panicked(String),
+    /// A shard panicked while serving (a bug, in corelay or in application code such as a
+    /// Socket.IO handler), and the server stopped every shard because of it. Its clients
+    /// were disconnected; restart the server (a supervisor does, see tuning/README.md) and
+    /// fix the panic that the message and the panic's own report on stderr point to.
+    #[error("shard {shard} panicked ({message}); every shard was stopped")]
+    ShardFailed {
+        /// Which shard.
+        shard: usize,
+        /// The panic message.
+        message: String,
+    },
 }
 
 /// A running server. Dropping it does not stop it; call [`Server::shutdown`] then
@@ -115,6 +137,9 @@ impl Server {
     ) -> Result<Server, ServerError> {
         let allowed = allowed_cpus();
         let shards = config.shard_count(&allowed);
+        if shards > crate::shard::MAX_SHARDS {
+            return Err(ServerError::TooManyShards(shards));
+        }
         let pin_to: Vec<usize> = if config.cpus.is_empty() {
             allowed.clone()
         } else {
@@ -207,7 +232,17 @@ impl Server {
                         }
                     };
                     let _ = ready.send((id, Ok(())));
-                    ex.run(driver::run(seed, ring));
+                    // A panic on a shard (a bug, or a panicking application handler) leaves
+                    // its state broken and its clients unserved: the shard ends (its
+                    // driver, dropped while unwinding, cuts its sockets) and every other
+                    // shard drains, so that the server stops whole, reports the failure from
+                    // `join`, and a supervisor restarts it. Caught around the driver's
+                    // future, inside glommio's poll, so that glommio itself never unwinds.
+                    let control = Arc::clone(&seed.control);
+                    let served = ex.run(AssertUnwindSafe(driver::run(seed, ring)).catch_unwind());
+                    if let Err(panic) = served {
+                        control.fail(id, panic_message(panic.as_ref()));
+                    }
                 })
                 .map_err(|e| ServerError::Shard {
                     shard: id,
@@ -282,18 +317,20 @@ impl Server {
         Arc::clone(&self.control)
     }
 
-    /// Waits for every shard to stop.
+    /// Waits for every shard to stop: after [`Server::shutdown`], or by itself when a shard
+    /// panicked ([`ServerError::ShardFailed`]; every other shard drains as in a shutdown).
     pub fn join(self) -> Result<(), ServerError> {
         let mut result = Ok(());
         for t in self.threads {
             if let Err(panic) = t.join() {
-                let msg = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                    .unwrap_or_default();
-                result = Err(ServerError::Panicked(msg));
+                result = Err(ServerError::Panicked(panic_message(panic.as_ref())));
             }
+        }
+        if let Some((shard, message)) = self.control.failure() {
+            result = Err(ServerError::ShardFailed {
+                shard,
+                message: message.to_owned(),
+            });
         }
         result
     }
@@ -303,6 +340,15 @@ impl Server {
         self.shutdown();
         self.join()
     }
+}
+
+/// The message a panic was raised with (`panic!` with a literal or a format).
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 /// Turns the shard ring's start-up errors into what an operator should do about them.

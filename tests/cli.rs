@@ -118,6 +118,8 @@ fn bad_configuration_fails_with_one_line_and_non_zero() {
         vec!["serve", "--config", "/nonexistent/corelay.toml"],
         vec!["serve", "--listen", "not-an-address"],
         vec!["serve", "--listen", "127.0.0.1:0", "--cpus", "999"],
+        // Player ids hold the shard number in 10 bits.
+        vec!["serve", "--listen", "127.0.0.1:0", "--shards", "1025"],
     ] {
         let out = Command::new(BIN).args(&args).output().unwrap();
         assert!(!out.status.success(), "{args:?}");
@@ -232,4 +234,31 @@ fn a_locked_memory_limit_too_low_for_io_uring_fails_with_one_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("memlock") || err.contains("locked"), "{err}");
+}
+
+/// The player id a fresh client of a freshly started `corelay serve` gets; the server is
+/// stopped again before returning.
+fn first_player_id_of_a_fresh_process() -> u64 {
+    let mut srv = serve(&["--listen", "127.0.0.1:0", "--shards", "1"]);
+    let addr = srv.addr;
+    let (tx, rx) = mpsc::channel();
+    common::run(move || async move {
+        let client = common::connect(addr).await;
+        tx.send(client.player()).unwrap();
+        let _ = client.close().await;
+    });
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(srv.child.id() as i32, libc::SIGTERM) };
+    assert!(wait_exit(&mut srv.child, Duration::from_secs(5)).success());
+    rx.recv().unwrap()
+}
+
+#[test]
+fn player_ids_are_not_reused_by_a_restarted_server() {
+    // A client that reconnects after a restart must not be given the id another player
+    // had before it (ids used to restart at 1 in every process).
+    let before = first_player_id_of_a_fresh_process();
+    let after = first_player_id_of_a_fresh_process();
+    assert_ne!(before, after);
+    assert!(after > before, "{before} then {after}");
 }

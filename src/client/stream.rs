@@ -24,24 +24,13 @@ impl Stream {
         Stream(Rc::new(RefCell::new(stream)))
     }
 
-    /// Connects to `addr`, from `bind` if given, with Nagle off.
+    /// Connects to `addr`, from `bind` if given, with Nagle off. Never blocks the executor:
+    /// a peer that is slow to answer (or never does) only delays this future, which the
+    /// caller bounds (see [`super::ws::with_deadline`]).
     pub async fn connect(addr: SocketAddr, bind: Option<IpAddr>) -> io::Result<Stream> {
         let tcp = match bind {
             None => TcpStream::connect(addr).await.map_err(io::Error::from)?,
-            Some(ip) => {
-                // glommio has no bind-before-connect; a blocking connect on loopback
-                // completes at once (the handshake runs in the kernel), so it is done here.
-                let socket = socket2::Socket::new(
-                    socket2::Domain::for_address(addr),
-                    socket2::Type::STREAM,
-                    None,
-                )?;
-                socket.bind(&SocketAddr::new(ip, 0).into())?;
-                socket.connect(&addr.into())?;
-                socket.set_nonblocking(true)?;
-                // SAFETY: into_raw_fd hands over sole ownership of a connected TCP socket.
-                unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) }
-            }
+            Some(ip) => connect_from(ip, addr).await?,
         };
         let _ = tcp.set_nodelay(true);
         Ok(Stream::new(tcp))
@@ -87,4 +76,28 @@ impl Stream {
             libc::shutdown(self.0.borrow().as_raw_fd(), how);
         }
     }
+}
+
+/// Connects to `addr` from a socket bound to `ip` (glommio connects only unbound sockets):
+/// a non-blocking connect, then a wait in glommio's reactor for the handshake to finish.
+async fn connect_from(ip: IpAddr, addr: SocketAddr) -> io::Result<TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM.nonblocking().cloexec(),
+        None,
+    )?;
+    socket.bind(&SocketAddr::new(ip, 0).into())?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    // SAFETY: into_raw_fd hands over sole ownership of a TCP socket (connecting or
+    // connected); dropping the stream (e.g. on the caller's deadline) closes it.
+    let mut tcp = unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
+    // A zero-length send is the wait: while the handshake runs, the kernel refuses it with
+    // EAGAIN and glommio parks the task until the socket is writable (connected) or fails;
+    // then it returns 0, or the connect's error (ECONNREFUSED, ETIMEDOUT ...).
+    poll_fn(|cx| Pin::new(&mut tcp).poll_write(cx, &[])).await?;
+    Ok(tcp)
 }

@@ -98,7 +98,7 @@ pub async fn connect(
     let deadline = Instant::now() + timeout;
     let stream = with_deadline(deadline, async { Ok(Stream::connect(addr, bind).await?) }).await?;
     let leftover = with_deadline(deadline, upgrade(&stream, host, path)).await?;
-    Ok(open(stream, &leftover, max_message, addr.port()))
+    Ok(open(stream, &leftover, max_message))
 }
 
 /// Frames waiting for the writer task.
@@ -125,12 +125,7 @@ impl Queue {
 }
 
 /// Starts the halves of an upgraded connection (`leftover`: bytes read past the upgrade).
-pub fn open(
-    stream: Stream,
-    leftover: &[u8],
-    max_message: usize,
-    seed: u16,
-) -> (WsSender, WsReceiver) {
+pub fn open(stream: Stream, leftover: &[u8], max_message: usize) -> (WsSender, WsReceiver) {
     let queue = Rc::new(Queue::default());
     let writer_stream = stream.clone();
     let writer_queue = Rc::clone(&queue);
@@ -174,10 +169,9 @@ pub fn open(
     })
     .detach();
     *queue.task.borrow_mut() = Some(task);
-    let mask_seed = (u64::from(seed) << 32) ^ (Rc::as_ptr(&queue) as u64) ^ 0x9E37_79B9_7F4A_7C15;
     let sender = WsSender {
         queue,
-        mask: Rc::new(Cell::new(MaskKeys::new(mask_seed))),
+        mask: MaskKeys::new(),
     };
     let mut codec = WsCodec::new(Role::Client, max_message);
     codec.feed(leftover);
@@ -196,16 +190,13 @@ pub fn open(
 #[derive(Clone)]
 pub struct WsSender {
     queue: Rc<Queue>,
-    mask: Rc<Cell<MaskKeys>>,
+    mask: MaskKeys,
 }
 
 impl WsSender {
     /// A fresh masking key.
     pub fn next_mask(&self) -> [u8; 4] {
-        let mut keys = self.mask.get();
-        let key = keys.next_key();
-        self.mask.set(keys);
-        key
+        self.mask.next_key()
     }
 
     /// Queues an already encoded frame.

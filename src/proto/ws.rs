@@ -8,6 +8,7 @@
 use std::io;
 
 use bytes::{Bytes, BytesMut};
+use rand::Rng;
 use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
 use tungstenite::protocol::frame::{FrameHeader, Utf8Bytes};
 use tungstenite::protocol::Role;
@@ -72,26 +73,36 @@ impl CodecError {
     }
 }
 
-/// Masking keys for a client's frames: xorshift64 from a per-connection seed. RFC 6455
-/// (section 10.3) asks only that keys be unpredictable to intermediaries, and a client's
-/// peer here is its own server.
-#[derive(Debug, Clone, Copy)]
-pub struct MaskKeys(u64);
+/// Masking keys for a client's frames, drawn from the thread's CSPRNG.
+///
+/// RFC 6455 (section 10.3) requires keys that the application cannot predict, so that a
+/// page cannot choose the bytes an intermediary sees (cache poisoning of proxies that do
+/// not understand WebSocket). A key stream derived from a time, a port or an address is
+/// predictable; this one comes from `rand`'s thread-local generator: ChaCha12 seeded from
+/// the OS (getrandom(2)) and reseeded from it every 64 KiB of output. A getrandom call per
+/// key would cost a system call for every frame the load generator sends; a seeded
+/// ChaCha costs a few nanoseconds per key and is as unpredictable to a peer.
+///
+/// The handle is empty: one generator per thread serves every connection on it, so a
+/// codec stays `Send` and a connection costs no generator state.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MaskKeys;
 
 impl MaskKeys {
-    /// Keys from `seed` (any value).
-    pub fn new(seed: u64) -> MaskKeys {
-        MaskKeys(seed | 1)
+    /// Keys from the thread's generator.
+    ///
+    /// # Panics
+    ///
+    /// The first key drawn on a thread seeds its generator from getrandom(2), which on
+    /// Linux blocks until the kernel's pool is initialised and then does not fail; rand
+    /// panics if it ever did, rather than mask with a predictable key.
+    pub fn new() -> MaskKeys {
+        MaskKeys
     }
 
     /// The next key.
-    pub fn next_key(&mut self) -> [u8; 4] {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        (x as u32).to_le_bytes()
+    pub fn next_key(&self) -> [u8; 4] {
+        rand::rng().next_u32().to_ne_bytes()
     }
 }
 
@@ -137,7 +148,7 @@ impl WsCodec {
             output: Vec::new(),
             closed: false,
             close_sent: false,
-            mask: MaskKeys::new(0x2545_F491_4F6C_DD1D ^ (std::ptr::addr_of!(max_message) as u64)),
+            mask: MaskKeys::new(),
         }
     }
 
@@ -454,6 +465,72 @@ pub fn close_frame(code: u16, reason: &str) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Linear complexity of a bit sequence over GF(2) (Berlekamp-Massey): the length of
+    /// the shortest linear feedback shift register that generates it.
+    fn linear_complexity(bits: &[u8]) -> usize {
+        let n = bits.len();
+        let (mut b, mut c) = (vec![0u8; n], vec![0u8; n]);
+        (b[0], c[0]) = (1, 1);
+        // `m`: the step of the last length change, -1 before any.
+        let (mut l, mut m) = (0usize, -1isize);
+        for i in 0..n {
+            let d = (1..=l).fold(bits[i], |d, j| d ^ (c[j] & bits[i - j]));
+            if d == 1 {
+                let t = c.clone();
+                let shift = (i as isize - m) as usize;
+                for j in 0..n - shift {
+                    c[j + shift] ^= b[j];
+                }
+                if 2 * l <= i {
+                    l = i + 1 - l;
+                    m = i as isize;
+                    b = t;
+                }
+            }
+        }
+        l
+    }
+
+    #[test]
+    fn mask_keys_follow_no_short_linear_recurrence() {
+        // A generator whose state is n bits and whose steps are linear (xorshift, LFSRs:
+        // what masks used to come from) makes every output bit obey a linear recurrence of
+        // degree <= n, so a few keys predict all later ones; an unpredictable stream of N
+        // bits has a linear complexity close to N/2.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let xorshift: Vec<u8> = (0..512)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8 & 1
+            })
+            .collect();
+        assert!(
+            linear_complexity(&xorshift) <= 64,
+            "the check sees a linear generator"
+        );
+        let keys = MaskKeys::new();
+        for bit in [0, 13, 31] {
+            let bits: Vec<u8> = (0..512)
+                .map(|_| (u32::from_le_bytes(keys.next_key()) >> bit) as u8 & 1)
+                .collect();
+            let complexity = linear_complexity(&bits);
+            assert!(
+                complexity > 200,
+                "bit {bit}: linear complexity {complexity}"
+            );
+        }
+    }
+
+    #[test]
+    fn two_mask_key_streams_differ() {
+        let (a, b) = (MaskKeys::new(), MaskKeys::new());
+        let first: Vec<[u8; 4]> = (0..4).map(|_| a.next_key()).collect();
+        let second: Vec<[u8; 4]> = (0..4).map(|_| b.next_key()).collect();
+        assert_ne!(first, second);
+    }
 
     #[test]
     fn the_slow_consumer_close_is_the_close_frame_it_names() {

@@ -16,6 +16,20 @@
 //! A [`Shard`] is `!Send` (`Rc`, `RefCell`): the types say that everything in it belongs to
 //! one thread.
 //!
+//! # A shard that panics
+//!
+//! A panic on a shard (a bug in corelay, or application code such as a Socket.IO handler
+//! that panics) leaves that shard's state half updated, so the shard is not resumed. Nor is
+//! it left dead while the others serve on: its rooms would stop answering and handoffs to
+//! it would vanish. The whole server stops instead: the failed shard's driver is dropped
+//! while unwinding, which cuts its sockets (its clients see the connection end with no
+//! close frame), [`Control`] records the failure and asks every other shard to drain as in
+//! a shutdown (close 1001, `shutdown_grace_ms`), and [`crate::Server::join`] returns
+//! [`crate::ServerError::ShardFailed`], so `corelay serve` exits with status 1 and a
+//! supervisor restarts it (tuning/README.md, "The systemd unit"). This needs panics to
+//! unwind, as every profile of this crate builds them; with `panic = "abort"` the process
+//! aborts instead, which is never half alive either.
+//!
 //! The driver is the shard executor's only task, and it sleeps in its own ring, not in
 //! glommio's reactor. Handlers (the endpoints', and application code under
 //! [`crate::socketio`]) are called synchronously from it and must not block; glommio tasks
@@ -28,8 +42,8 @@ pub mod ring;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, OnceLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
@@ -45,6 +59,8 @@ use self::mesh::Doorbell;
 pub struct Control {
     shutdown: AtomicBool,
     doorbells: Vec<Arc<Doorbell>>,
+    /// The first shard that failed, and why; set once.
+    failure: OnceLock<(ShardId, String)>,
 }
 
 impl Control {
@@ -53,6 +69,7 @@ impl Control {
         Control {
             shutdown: AtomicBool::new(false),
             doorbells,
+            failure: OnceLock::new(),
         }
     }
 
@@ -67,6 +84,21 @@ impl Control {
     /// Whether shutdown was requested.
     pub fn shutting_down(&self) -> bool {
         self.shutdown.load(Ordering::Acquire)
+    }
+
+    /// Shard `shard` failed (a panic, `why`) and is gone: records the first failure and
+    /// stops every other shard, so the server is never left half alive.
+    pub(crate) fn fail(&self, shard: ShardId, why: String) {
+        let _ = self.failure.set((shard, why));
+        self.request_shutdown();
+    }
+
+    /// The first shard failure, if any: the shard and its panic message. A failed server
+    /// stops by itself; [`crate::Server::join`] then reports this failure.
+    pub fn failure(&self) -> Option<(ShardId, &str)> {
+        self.failure
+            .get()
+            .map(|(shard, why)| (*shard, why.as_str()))
     }
 }
 
@@ -109,7 +141,7 @@ pub struct Shard {
     pub(crate) ready: Rc<ReadyQueue>,
     pub(crate) timers: RefCell<TimerWheel<TimerKey>>,
     control: Arc<Control>,
-    next_player: Cell<u64>,
+    players: PlayerIds,
 }
 
 impl Shard {
@@ -130,16 +162,13 @@ impl Shard {
             ready: Rc::new(ReadyQueue::default()),
             timers: RefCell::new(TimerWheel::new(Instant::now())),
             control,
-            next_player: Cell::new(0),
+            players: PlayerIds::new(id),
         }
     }
 
-    /// A fresh player id: shard number in the top 16 bits, so ids never collide across
-    /// shards and need no coordination.
+    /// A fresh player id, unique across shards and across restarts (see [`PlayerIds`]).
     pub fn next_player_id(&self) -> PlayerId {
-        let n = self.next_player.get() + 1;
-        self.next_player.set(n);
-        ((self.id as u64) << 48) | n
+        self.players.next(unix_micros(SystemTime::now()))
     }
 
     /// Limits of a new connection's outbound queue.
@@ -174,6 +203,74 @@ impl Shard {
     pub fn stop_waking(&self, queue: &Outbox) {
         queue.notify_to(None);
     }
+}
+
+/// Bits of a player id that hold the shard number (the top ones).
+const SHARD_BITS: u32 = 10;
+
+/// Bits of a player id that hold its allocation time, in microseconds since the Unix
+/// epoch: 54 bits last until the year 2541.
+const TIME_BITS: u32 = 64 - SHARD_BITS;
+
+/// Most shards a server runs: a shard's number must fit in the 10 bits of a player id that
+/// hold it (glommio pins shards to CPUs, and Linux's affinity mask holds at most 1024).
+pub const MAX_SHARDS: usize = 1 << SHARD_BITS;
+
+/// One shard's player ids: the shard number in the top 10 bits, below it a microsecond
+/// count that starts from the wall clock and never goes back.
+///
+/// Ids are unique without any coordination, between shards and between processes:
+///
+/// - Between shards of a process: the shard numbers differ.
+/// - Within a shard: each id takes `max(previous + 1, now)`, so ids only increase, even if
+///   the clock stalls or steps back.
+/// - Across restarts: an id is never below the wall clock (in microseconds) at which it was
+///   given, and exceeds it only while a shard gives ids faster than one per microsecond.
+///   Each id costs a connection handshake (accept, HTTP upgrade, `Hello` or an Engine.IO
+///   handshake) on the shard's one thread, which takes longer than a microsecond, so the
+///   count does not run ahead of the clock (and a burst that did would fall back to it at
+///   once). A process started later reads a later clock, so every id it gives is above
+///   every id its predecessors gave. That holds unless the wall clock is set back across a
+///   restart by more than the restart took (NTP slews small corrections instead of
+///   stepping; a clock set back by hand can repeat old ids).
+///
+/// Id 0 is never given (it stands for the server itself as a sender): the count starts at
+/// the clock, far above 0.
+#[derive(Debug)]
+pub struct PlayerIds {
+    shard: u64,
+    last: Cell<u64>,
+}
+
+impl PlayerIds {
+    /// The ids of shard `shard` (below [`MAX_SHARDS`]).
+    pub fn new(shard: ShardId) -> PlayerIds {
+        debug_assert!(shard < MAX_SHARDS, "the server refuses more shards");
+        PlayerIds {
+            shard: shard as u64 & (MAX_SHARDS as u64 - 1),
+            last: Cell::new(0),
+        }
+    }
+
+    /// The next id, given the wall clock in microseconds since the Unix epoch.
+    pub fn next(&self, now_micros: u64) -> PlayerId {
+        let time_mask = (1u64 << TIME_BITS) - 1;
+        let t = (self.last.get() + 1).max(now_micros) & time_mask;
+        self.last.set(t);
+        (self.shard << TIME_BITS) | t
+    }
+
+    /// The shard that gave `id`.
+    pub fn shard_of(id: PlayerId) -> ShardId {
+        (id >> TIME_BITS) as ShardId
+    }
+}
+
+/// Microseconds since the Unix epoch (0 for a clock set before it: ids then still
+/// increase, from the previous one).
+fn unix_micros(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// The ready-queue token that asks the runtime to send what a connection's own queue holds.
@@ -311,3 +408,61 @@ pub trait Endpoint {
 
 /// Builds the endpoints of one shard, on that shard's thread; index = [`EndpointId`].
 pub type EndpointFactory = dyn Fn(&Rc<Shard>) -> Vec<Rc<dyn Endpoint>> + Send + Sync;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A plausible clock: 2026 in microseconds.
+    const NOW: u64 = 1_780_000_000_000_000;
+
+    #[test]
+    fn player_ids_increase_when_the_clock_stalls_or_steps_back() {
+        let ids = PlayerIds::new(3);
+        let a = ids.next(NOW);
+        let b = ids.next(NOW);
+        let c = ids.next(NOW - 5_000_000);
+        assert!(a < b && b < c, "{a} {b} {c}");
+        assert!(ids.next(NOW + 1_000_000) > c);
+        assert!([a, b, c].iter().all(|&id| PlayerIds::shard_of(id) == 3));
+    }
+
+    #[test]
+    fn a_restarted_shard_gives_ids_above_every_earlier_one() {
+        // The first process gives a burst of ids faster than its clock, then stops.
+        let first = PlayerIds::new(0);
+        let earlier: Vec<PlayerId> = (0..1000).map(|_| first.next(NOW)).collect();
+        // Its successor starts 10 ms later (a restart takes longer) with a fresh count.
+        let second = PlayerIds::new(0);
+        let later = second.next(NOW + 10_000);
+        assert!(earlier.iter().all(|&id| id < later));
+        assert_ne!(later, 1, "ids no longer restart from 1");
+    }
+
+    #[test]
+    fn shards_give_distinct_ids_at_the_same_instant() {
+        let ids: Vec<PlayerId> = (0..MAX_SHARDS)
+            .map(|shard| PlayerIds::new(shard).next(NOW))
+            .collect();
+        for (shard, &id) in ids.iter().enumerate() {
+            assert_eq!(PlayerIds::shard_of(id), shard);
+            assert_ne!(id, 0);
+        }
+        let mut unique = ids.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), MAX_SHARDS);
+    }
+
+    #[test]
+    fn the_clock_before_the_epoch_reads_as_zero() {
+        assert_eq!(
+            unix_micros(UNIX_EPOCH - std::time::Duration::from_secs(1)),
+            0
+        );
+        assert_eq!(
+            unix_micros(UNIX_EPOCH + std::time::Duration::from_micros(7)),
+            7
+        );
+    }
+}

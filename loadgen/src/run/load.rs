@@ -90,7 +90,7 @@ pub(super) fn run(
                 index,
                 parts,
                 alive: true,
-                mask: MaskKeys::new(0x9E37_79B9_7F4A_7C15 ^ ((index as u64) << 17)),
+                mask: MaskKeys::new(),
                 room,
                 room_first,
                 room_end,
