@@ -1037,3 +1037,47 @@ fn issue_8_8_handshakes_are_rate_limited_per_address_with_503() {
     );
     srv.stop().unwrap();
 }
+
+#[test]
+fn issue_8_3_every_socket_of_a_session_ended_by_its_connect_timeout_is_released() {
+    // The session never connects a namespace; its client then falls silent on all three of
+    // its sockets: a probing WebSocket, a pending poll on a keep-alive connection.
+    let srv = server(1, |c| {
+        c.engineio_ping_interval_ms = 120_000;
+        c.engineio_ping_timeout_ms = 120_000;
+        c.socketio_connect_timeout_ms = 500;
+        c.handshake_timeout_ms = 500;
+    });
+    let addr = srv.local_addr();
+    let reg = srv.stats_registry();
+    run(move || async move {
+        let sid = sid_of(&request(addr, "GET", EIO, "", "").await.body);
+        let target = format!("{EIO}&sid={sid}");
+        let probe = format!("/socket.io/?EIO=4&transport=websocket&sid={sid}");
+        let (ws, mut codec) = ws_connect(addr, &probe).await;
+        ws_send(&ws, "2probe").await;
+        assert_eq!(ws_recv(&ws, &mut codec).await.as_deref(), Some("3probe"));
+        let s = Stream::new(glommio::net::TcpStream::connect(addr).await.unwrap());
+        let get = format!("GET {target} HTTP/1.1\r\nHost: test\r\n\r\n");
+        s.write_all(get.repeat(2).as_bytes()).await.unwrap();
+        // The noop that paused polling, then the close packet when the session ends.
+        let polls = responses(&s, 2).await;
+        assert_eq!((polls[0].body.as_str(), polls[1].body.as_str()), ("6", "1"));
+        assert_eq!(ws_next(&ws, &mut codec).await, Err(Some(close::NORMAL)));
+        // The keep-alive connection, silent, is closed by the server.
+        let mut buf = [0u8; 64];
+        let read =
+            glommio::timer::timeout(Duration::from_secs(5), async { Ok(s.read(&mut buf).await) })
+                .await
+                .expect("the server closes the idle keep-alive connection");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        let stats = stats_until(&reg, |s| s.connections == 0);
+        assert_eq!(stats.connections, 0, "{stats}");
+        assert_eq!(
+            stats.closes_for(CloseReason::HandshakeTimeout),
+            2,
+            "{stats}"
+        );
+    });
+    srv.stop().unwrap();
+}
