@@ -880,7 +880,7 @@ fn issue_8_7_a_poll_answer_nobody_reads_times_out_and_its_packets_go_to_the_next
         shards: 1,
         engineio_ping_interval_ms: 120_000,
         engineio_ping_timeout_ms: 120_000,
-        engineio_max_payload: 5_000_000,
+        engineio_max_payload: 10_000_000,
         write_timeout_ms: 300,
         ..corelay::Config::default()
     };
@@ -891,10 +891,11 @@ fn issue_8_7_a_poll_answer_nobody_reads_times_out_and_its_packets_go_to_the_next
     run(move || async move {
         let sid = sid_of(&request(addr, "GET", EIO, "", "").await.body);
         let target = format!("{EIO}&sid={sid}");
-        // Sixteen echoes of 256 KiB: a 4 MiB answer, far more than the socket buffers
-        // between the server and a client that reads nothing take.
+        // Sixteen echoes of 512 KiB: an 8 MiB answer, more than the socket buffers between
+        // the server and a client that reads nothing take (Linux gives a socket at most
+        // 4 MiB to send by default).
         let packets: Vec<String> = (0..16)
-            .map(|i| format!("4m{i:02}{}", "x".repeat(256 << 10)))
+            .map(|i| format!("4m{i:02}{}", "x".repeat(512 << 10)))
             .collect();
         let post = request(addr, "POST", &target, "", &packets.join("\u{1e}")).await;
         assert_eq!(post.body, "ok");
@@ -1078,6 +1079,70 @@ fn issue_8_3_every_socket_of_a_session_ended_by_its_connect_timeout_is_released(
             2,
             "{stats}"
         );
+    });
+    srv.stop().unwrap();
+}
+
+#[test]
+fn issue_8_7_a_websocket_whose_output_stalls_is_closed_after_the_write_timeout() {
+    // A Socket.IO client on WebSocket that never reads, with a tiny receive window, while
+    // a room sends it far more than the socket buffers hold but less than its outbound
+    // budget: only the write timeout can end it (its heartbeat is beyond the test).
+    let srv = server(1, |c| {
+        c.engineio_ping_interval_ms = 120_000;
+        c.engineio_ping_timeout_ms = 120_000;
+        c.outbound_queue_bytes = 16 << 20;
+        c.write_timeout_ms = 300;
+    });
+    let addr = srv.local_addr();
+    let reg = srv.stats_registry();
+    run(move || async move {
+        let stuck =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        stuck.set_recv_buffer_size(4096).unwrap();
+        stuck
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        stuck.connect(&addr.into()).unwrap();
+        let mut io = &stuck;
+        let upgrade = format!(
+            "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: t\r\n{WS_HANDSHAKE}\r\n"
+        );
+        std::io::Write::write_all(&mut io, upgrade.as_bytes()).unwrap();
+        let text = |t: &str| {
+            let mut frame = masked_binary_frame(t.as_bytes(), [1, 2, 3, 4]).to_vec();
+            frame[0] = 0x81;
+            frame
+        };
+        std::io::Write::write_all(&mut io, &text("40")).unwrap();
+        std::io::Write::write_all(&mut io, &text("421[\"join\",\"r\"]")).unwrap();
+        // Reads until the join is acked (the server's frames are not masked).
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains("431[") {
+            let n = std::io::Read::read(&mut io, &mut buf).unwrap();
+            assert!(n > 0, "closed before the join was acked");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        // From here it reads nothing.
+        let mut sender = common::connect(addr).await;
+        sender.join("r").await.unwrap();
+        // 7.2 MB: more than the largest send buffer Linux gives a socket by default (4 MiB).
+        let payload = vec![7u8; 60_000];
+        for _ in 0..120 {
+            sender
+                .send("r", "blob", &payload, corelay::client::PayloadKind::Binary)
+                .await
+                .unwrap();
+        }
+        // The server has relayed them all once it answers the ping.
+        sender.ping().await.unwrap();
+        let stats = stats_until(&reg, |s| s.closes_for(CloseReason::SlowConsumer) >= 1);
+        assert_eq!(stats.closes_for(CloseReason::SlowConsumer), 1, "{stats}");
+        // The sender is still served, and so is everyone else.
+        sender.ping().await.unwrap();
+        common::still_serving(addr).await;
+        drop(stuck);
     });
     srv.stop().unwrap();
 }
