@@ -1146,3 +1146,56 @@ fn issue_8_7_a_websocket_whose_output_stalls_is_closed_after_the_write_timeout()
     });
     srv.stop().unwrap();
 }
+
+#[test]
+fn issue_8_3_a_probing_websocket_ends_with_a_session_closed_by_its_client_or_as_a_slow_consumer() {
+    // Pings every 500 ms (when a slow consumer is noticed), answered within 120 s: no
+    // heartbeat ends a session within the test.
+    let srv = server(1, |c| {
+        c.engineio_ping_interval_ms = 500;
+        c.engineio_ping_timeout_ms = 120_000;
+        c.outbound_queue_frames = 8;
+    });
+    let addr = srv.local_addr();
+    let reg = srv.stats_registry();
+    run(move || async move {
+        let probing = |sid: String| async move {
+            let probe = format!("/socket.io/?EIO=4&transport=websocket&sid={sid}");
+            let (ws, mut codec) = ws_connect(addr, &probe).await;
+            ws_send(&ws, "2probe").await;
+            assert_eq!(ws_recv(&ws, &mut codec).await.as_deref(), Some("3probe"));
+            (ws, codec)
+        };
+        // The client closes its session by polling: its probe closes too.
+        let sid = connected_polling_session(addr).await;
+        let (ws, mut codec) = probing(sid.clone()).await;
+        let target = format!("{EIO}&sid={sid}");
+        assert_eq!(request(addr, "POST", &target, "", "1").await.body, "ok");
+        assert_eq!(ws_next(&ws, &mut codec).await, Err(Some(close::NORMAL)));
+        // A session that overflows while it probes ends as a slow consumer, probe and all.
+        let sid = connected_polling_session(addr).await;
+        let target = format!("{EIO}&sid={sid}");
+        assert_eq!(
+            request(addr, "POST", &target, "", "421[\"join\",\"r\"]")
+                .await
+                .body,
+            "ok"
+        );
+        let ack = request(addr, "GET", &target, "", "").await.body;
+        assert!(ack.contains("431["), "{ack}");
+        let (ws, mut codec) = probing(sid).await;
+        let mut sender = common::connect(addr).await;
+        sender.join("r").await.unwrap();
+        for _ in 0..20 {
+            sender
+                .send("r", "e", b"1", corelay::client::PayloadKind::Json)
+                .await
+                .unwrap();
+        }
+        assert_eq!(ws_next(&ws, &mut codec).await, Err(Some(close::NORMAL)));
+        let stats = stats_until(&reg, |s| s.closes_for(CloseReason::SlowConsumer) >= 1);
+        assert_eq!(stats.closes_for(CloseReason::SlowConsumer), 1, "{stats}");
+        sender.ping().await.unwrap();
+    });
+    srv.stop().unwrap();
+}
