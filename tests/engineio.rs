@@ -1199,3 +1199,36 @@ fn issue_8_3_a_probing_websocket_ends_with_a_session_closed_by_its_client_or_as_
     });
     srv.stop().unwrap();
 }
+
+#[test]
+fn issue_8_7_a_poll_from_a_client_that_half_closes_is_answered_once() {
+    // The client sends its GET and its FIN together: the FIN may come while the answer is
+    // being written, and must neither lose the packets nor have them sent twice.
+    let config = corelay::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        shards: 1,
+        engineio_ping_interval_ms: 120_000,
+        engineio_ping_timeout_ms: 120_000,
+        ..corelay::Config::default()
+    };
+    let srv = corelay::Server::start_with(config, SocketIo::engine_echo()).unwrap();
+    let addr = srv.local_addr();
+    run(move || async move {
+        let sid = sid_of(&request(addr, "GET", EIO, "", "").await.body);
+        let target = format!("{EIO}&sid={sid}");
+        for round in 0..5 {
+            let first = format!("4first{round}");
+            assert_eq!(request(addr, "POST", &target, "", &first).await.body, "ok");
+            let s = Stream::new(glommio::net::TcpStream::connect(addr).await.unwrap());
+            let get = format!("GET {target} HTTP/1.1\r\nHost: test\r\n\r\n");
+            s.write_all(get.as_bytes()).await.unwrap();
+            s.shutdown(std::net::Shutdown::Write);
+            assert_eq!(responses(&s, 1).await[0].body, first);
+            // The session lives on, and its next poll carries only what came since.
+            let second = format!("4second{round}");
+            assert_eq!(request(addr, "POST", &target, "", &second).await.body, "ok");
+            assert_eq!(request(addr, "GET", &target, "", "").await.body, second);
+        }
+    });
+    srv.stop().unwrap();
+}

@@ -274,6 +274,7 @@ impl Route for EngineEndpoint {
                             next,
                             pipelined: head.leftover,
                             unwritten: None,
+                            peer_done: false,
                         };
                         Step::Upgrade(Box::new(poll), Vec::new())
                     }
@@ -401,6 +402,8 @@ struct PollGet {
     /// queue if the write fails, so that the next poll carries them. The session's poll
     /// stays taken until then, so no later poll can overtake them.
     unwritten: Option<Vec<Bytes>>,
+    /// The peer half-closed while the answer was being written: close once it is.
+    peer_done: bool,
 }
 
 impl PollGet {
@@ -472,6 +475,9 @@ impl Connection for PollGet {
     fn on_written(&mut self, _cx: &mut Cx<'_>) -> Step {
         self.unwritten = None;
         self.session.polling_get.set(false);
+        if self.peer_done {
+            return Step::Close { linger: false };
+        }
         let next = Next {
             keep_alive: self.next.keep_alive,
             routes: Rc::clone(&self.next.routes),
@@ -480,10 +486,15 @@ impl Connection for PollGet {
     }
 
     fn on_eof(&mut self, _cx: &mut Cx<'_>) -> Step {
+        if self.unwritten.is_some() {
+            // The answer is on its way and the client may only have half-closed: the
+            // write decides (the runtime keeps the connection until it ends).
+            self.peer_done = true;
+            return Step::Continue;
+        }
         // A client that goes away while its poll is pending has left: its session ends now
-        // rather than at the ping timeout. Once the answer is on its way, the client may
-        // only have half-closed: the answer goes on, and the session with it.
-        if self.session.phase() == Phase::Polling && self.unwritten.is_none() {
+        // rather than at the ping timeout.
+        if self.session.phase() == Phase::Polling {
             self.session.close("transport close", CloseReason::Peer);
         }
         Step::Close { linger: false }
@@ -498,14 +509,12 @@ impl Connection for PollGet {
         cx.shard.stop_waking(&self.polling);
         self.session.polling_get.set(false);
         if let Some(frames) = self.unwritten.take() {
-            // Only a failed or stalled write is known not to have delivered the answer;
-            // after an EOF it is still being written.
-            if matches!(why, Ended::Io | Ended::SlowConsumer) {
-                if why == Ended::SlowConsumer {
-                    cx.shard.stats.count_close(CloseReason::SlowConsumer);
-                }
-                self.polling.put_back(frames);
+            // Closed before `on_written`: the answer was not all written (the write failed
+            // or stalled), so its packets wait for the next poll.
+            if why == Ended::SlowConsumer {
+                cx.shard.stats.count_close(CloseReason::SlowConsumer);
             }
+            self.polling.put_back(frames);
         }
     }
 }

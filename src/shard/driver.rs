@@ -722,10 +722,12 @@ impl Driver {
                 }
                 if ended && c.result <= 0 {
                     self.call(id, now, |h, cx| h.on_eof(cx));
-                    // A handler that ignores the EOF still cannot receive anything more.
+                    // A handler that ignores the EOF still cannot receive anything more;
+                    // one that awaits its write learns how the write ends first (written,
+                    // failed or stalled: each comes, bounded by the write timeout).
                     if self
                         .conn(id)
-                        .is_some_and(|c| matches!(c.phase, Phase::Open))
+                        .is_some_and(|c| matches!(c.phase, Phase::Open) && !c.await_write)
                     {
                         self.close(id, Ended::Peer, false, now);
                     }

@@ -238,7 +238,9 @@ pub enum Step {
     Continue,
     /// Keep going, and call [`Connection::on_written`] once everything queued so far has
     /// been written to the socket. If the connection ends first, `on_close` comes instead
-    /// (with [`Ended::Io`] or [`Ended::SlowConsumer`] when the write failed or stalled).
+    /// (with [`Ended::Io`] or [`Ended::SlowConsumer`] when the write failed or stalled), and
+    /// then not all of it was written. Until then an EOF from the peer does not end the
+    /// connection: the handler decides after the write.
     AwaitWrite,
     /// Replace this connection's handler (after an upgrade) and feed it `read`, bytes
     /// that arrived past what the old handler consumed.
