@@ -11,6 +11,10 @@
 //! Heartbeat, as the reference server does it: a ping `pingInterval` after the session
 //! opened or after the last pong; the session ends when no pong follows within
 //! `pingTimeout`.
+//!
+//! In the `connections` gauge an Engine.IO client counts once per transport that holds
+//! resources: a polling session until it ends or upgrades, and every WebSocket (the
+//! session's, or one probing an upgrade) until its connection ends.
 
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
@@ -18,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::admission::{Occupancy, PeerKey};
 use crate::proto::engineio::{self, Data, Packet, PacketType};
 use crate::proto::ws::{self, close};
 use crate::relay::{sio_ws_frames, Drained, Outbox, Wire};
@@ -87,6 +92,10 @@ pub(crate) enum Phase {
 /// The sessions of one shard in a slab: a session's key is its slot (reused once the
 /// session ends), and the key is part of the session id, so a request finds its session
 /// without hashing; the id's random part tells a reused slot's new session from the old.
+///
+/// A new session takes a free slot only, so its id can never name a live session and no
+/// collision of the random part can replace one: uniqueness among live sessions is
+/// structural (the key), unguessability is the random part's.
 #[derive(Default)]
 pub(crate) struct Sessions {
     slots: RefCell<Vec<Option<Rc<Session>>>>,
@@ -123,7 +132,15 @@ impl Sessions {
 
     fn insert(&self, session: Rc<Session>) {
         let key = session.key as usize;
-        self.slots.borrow_mut()[key] = Some(session);
+        let mut slots = self.slots.borrow_mut();
+        // `next_key` hands out free slots only, so there is no live session to replace.
+        debug_assert!(slots[key].is_none(), "slot {key} is taken");
+        slots[key] = Some(session);
+    }
+
+    /// Gives a key taken with `next_key` back unused.
+    fn release_key(&self, key: u64) {
+        self.free.borrow_mut().push(key);
     }
 
     fn remove(&self, key: u64) {
@@ -149,21 +166,30 @@ pub(crate) struct SessionId {
     random: [u8; 12],
 }
 
+/// Why a session could not be created.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SessionError {
+    /// The OS random source failed, so no unguessable id can be made: refuse the handshake
+    /// (the client retries); never fall back to a guessable id.
+    #[error("the OS random source failed: {0}")]
+    Random(std::io::Error),
+}
+
 impl SessionId {
-    fn new(shard: usize, key: u64) -> SessionId {
+    fn new(shard: usize, key: u64) -> Result<SessionId, SessionError> {
         let mut random = [0u8; 12];
-        // SAFETY: getrandom writes at most `len` bytes into the buffer it is given.
+        // SAFETY: getrandom writes at most `len` bytes into the buffer it is given. Twelve
+        // bytes are within the 256 that getrandom(2) always returns whole once the pool is
+        // initialised; EINTR cannot cut a request that small short.
         let n = unsafe { libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) };
         if n != random.len() as isize {
-            // Practically unreachable (no entropy at boot); fall back to time and address.
-            let t = Instant::now().elapsed().as_nanos() ^ (&random as *const _ as u128);
-            random.copy_from_slice(&t.to_le_bytes()[..12]);
+            return Err(SessionError::Random(std::io::Error::last_os_error()));
         }
-        SessionId {
+        Ok(SessionId {
             shard: (shard & 0xff) as u8,
             key,
             random,
-        }
+        })
     }
 
     fn parse(sid: &str) -> Option<SessionId> {
@@ -210,6 +236,14 @@ pub(crate) struct Session {
     pub(crate) polling_get: Cell<bool>,
     /// A POST is being read.
     pub(crate) polling_post: Cell<bool>,
+    /// The WebSocket probing an upgrade, if one is: the reference lets one upgrade be in
+    /// flight per session, and closes it with the session.
+    probe: RefCell<Option<Rc<Outbox>>>,
+    /// The session counts in `connections` as a polling client (until it ends or upgrades;
+    /// its WebSockets count themselves).
+    counted: Cell<bool>,
+    /// Its place in the server-wide and per-address session counts, left when it ends.
+    admitted: RefCell<Option<Admitted>>,
     next_ping: Cell<Option<Instant>>,
     pong_deadline: Cell<Option<Instant>>,
     /// The earliest deadline on the timer wheel (kept by the endpoint).
@@ -217,21 +251,56 @@ pub(crate) struct Session {
     handler: RefCell<Option<Handler>>,
 }
 
+/// A session's entry in an [`Occupancy`] (the session caps), left when dropped.
+pub(crate) struct Admitted {
+    occupancy: std::sync::Arc<Occupancy>,
+    peer: PeerKey,
+}
+
+impl Admitted {
+    /// Enters `occupancy` for `peer`, if its caps allow.
+    pub fn enter(
+        occupancy: &std::sync::Arc<Occupancy>,
+        peer: PeerKey,
+    ) -> Result<Admitted, crate::admission::Full> {
+        occupancy.enter(peer)?;
+        Ok(Admitted {
+            occupancy: std::sync::Arc::clone(occupancy),
+            peer,
+        })
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.occupancy.leave(self.peer);
+    }
+}
+
 impl Session {
     /// A new session, registered in `sessions`: on the WebSocket whose outbox is
-    /// `websocket`, or (`None`) on long-polling.
-    pub fn create(
+    /// `websocket`, or (`None`) on long-polling. `admitted` is its place in the session
+    /// caps, held until it ends.
+    pub fn open(
         shard: &Rc<Shard>,
         sessions: &Rc<Sessions>,
         websocket: Option<&Rc<Outbox>>,
         handler: Handler,
+        admitted: Option<Admitted>,
         now: Instant,
-    ) -> Rc<Session> {
+    ) -> Result<Rc<Session>, SessionError> {
         let key = sessions.next_key();
+        let id = match SessionId::new(shard.id, key) {
+            Ok(id) => id,
+            Err(e) => {
+                sessions.release_key(key);
+                return Err(e);
+            }
+        };
         let config = &shard.config;
         let ping_interval = Duration::from_millis(config.engineio_ping_interval_ms);
         let session = Rc::new(Session {
-            id: SessionId::new(shard.id, key),
+            id,
             key,
             shard: Rc::clone(shard),
             registry: Rc::downgrade(sessions),
@@ -248,17 +317,45 @@ impl Session {
             ws: RefCell::new(websocket.cloned()),
             polling_get: Cell::new(false),
             polling_post: Cell::new(false),
+            probe: RefCell::new(None),
+            counted: Cell::new(websocket.is_none()),
+            admitted: RefCell::new(admitted),
             next_ping: Cell::new(Some(now + ping_interval)),
             pong_deadline: Cell::new(None),
             scheduled: Cell::new(None),
             handler: RefCell::new(Some(handler)),
         });
         sessions.insert(Rc::clone(&session));
-        add(&shard.stats.connections, 1);
+        if session.counted.get() {
+            add(&shard.stats.connections, 1);
+        }
         if let Some(Handler::SocketIo(sio)) = session.handler.borrow_mut().as_mut() {
             sio.start(now, &shard.config);
         }
-        session
+        Ok(session)
+    }
+
+    /// [`Session::open`] outside the session caps, for tests.
+    #[cfg(test)]
+    pub fn create(
+        shard: &Rc<Shard>,
+        sessions: &Rc<Sessions>,
+        websocket: Option<&Rc<Outbox>>,
+        handler: Handler,
+        now: Instant,
+    ) -> Rc<Session> {
+        Session::open(shard, sessions, websocket, handler, None, now)
+            .expect("the OS random source works in tests")
+    }
+
+    /// Stops counting the session as a polling client in `connections`.
+    fn uncount(&self) {
+        if self.counted.replace(false) {
+            self.shard
+                .stats
+                .connections
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// The session id, as the client sees it.
@@ -392,10 +489,27 @@ impl Session {
         self.ws.borrow().as_ref().is_some_and(|w| Rc::ptr_eq(w, ws))
     }
 
-    /// A WebSocket that never completed its upgrade went away: back to polling.
-    pub fn upgrade_abandoned(&self) {
-        if self.phase.get() == Phase::Upgrading {
-            self.phase.set(Phase::Polling);
+    /// Takes `ws` as the session's one upgrade in flight; `false` when the session is not
+    /// polling or another WebSocket is upgrading it already (the reference closes such a
+    /// WebSocket and leaves the session alone).
+    pub fn begin_upgrade(&self, ws: &Rc<Outbox>) -> bool {
+        let mut probe = self.probe.borrow_mut();
+        if self.phase.get() != Phase::Polling || probe.is_some() {
+            return false;
+        }
+        *probe = Some(Rc::clone(ws));
+        true
+    }
+
+    /// The WebSocket `ws` ended without completing its upgrade: the session goes on
+    /// polling, and may try again.
+    pub fn upgrade_abandoned(&self, ws: &Rc<Outbox>) {
+        let mut probe = self.probe.borrow_mut();
+        if probe.as_ref().is_some_and(|p| Rc::ptr_eq(p, ws)) {
+            *probe = None;
+            if self.phase.get() == Phase::Upgrading {
+                self.phase.set(Phase::Polling);
+            }
         }
     }
 
@@ -426,10 +540,13 @@ impl Session {
         if let Some(ws) = self.ws.borrow().as_ref() {
             ws.close(close::NORMAL, "");
         }
-        self.shard
-            .stats
-            .connections
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        // A probing WebSocket ends with its session (as the reference's `onClose` closes
+        // the upgrading transport), rather than living on to its upgrade timeout.
+        if let Some(probe) = self.probe.borrow_mut().take() {
+            probe.close(close::NORMAL, "");
+        }
+        self.uncount();
+        drop(self.admitted.borrow_mut().take());
         self.shard.stats.count_close(stat);
     }
 
@@ -555,7 +672,10 @@ impl Session {
             while let Drained::Frames = polling.drain(&mut pending) {}
         }
         *self.ws.borrow_mut() = Some(Rc::clone(ws));
+        *self.probe.borrow_mut() = None;
         self.phase.set(Phase::WebSocket);
+        // The WebSocket counts itself from here on.
+        self.uncount();
         let joined = pending
             .iter()
             .map(|b| String::from_utf8_lossy(b).into_owned())
@@ -825,6 +945,58 @@ mod tests {
         forged.pop();
         forged.push(if sid.ends_with('0') { '1' } else { '0' });
         assert!(sessions.get(&forged).is_none());
+    }
+
+    #[test]
+    fn a_new_session_never_takes_a_live_sessions_slot() {
+        let shard = shard(25_000, 20_000);
+        let sessions = Rc::new(Sessions::default());
+        let t0 = Instant::now();
+        let live: Vec<_> = (0..3)
+            .map(|_| Session::create(&shard, &sessions, None, Handler::Echo, t0))
+            .collect();
+        let gone = live[1].sid();
+        live[1].close("transport close", CloseReason::Peer);
+        // New sessions fill the freed slot and fresh ones; no live session is replaced,
+        // whatever their random parts.
+        let new: Vec<_> = (0..3)
+            .map(|_| Session::create(&shard, &sessions, None, Handler::Echo, t0))
+            .collect();
+        assert!(new.iter().any(|s| s.key == live[1].key));
+        for s in [&live[0], &live[2]].into_iter().chain(&new) {
+            let found = sessions.get(&s.sid()).expect("live session found");
+            assert!(Rc::ptr_eq(&found, s));
+        }
+        // The ended session's id names nothing, though its slot lives again.
+        assert!(sessions.get(&gone).is_none());
+        let keys: std::collections::HashSet<u64> = [&live[0], &live[2]]
+            .into_iter()
+            .chain(&new)
+            .map(|s| s.key)
+            .collect();
+        assert_eq!(keys.len(), 5);
+    }
+
+    #[test]
+    fn a_session_leaves_the_session_caps_when_it_ends() {
+        let shard = shard(25_000, 20_000);
+        let sessions = Rc::new(Sessions::default());
+        let caps = std::sync::Arc::new(Occupancy::new(10, 1));
+        let peer = PeerKey::unknown();
+        let admitted = Admitted::enter(&caps, peer).unwrap();
+        let s = Session::open(
+            &shard,
+            &sessions,
+            None,
+            Handler::Echo,
+            Some(admitted),
+            Instant::now(),
+        )
+        .unwrap();
+        assert!(Admitted::enter(&caps, peer).is_err());
+        s.close("transport close", CloseReason::Peer);
+        assert_eq!(caps.total(), 0);
+        assert!(Admitted::enter(&caps, peer).is_ok());
     }
 
     fn sio_handler() -> Handler {

@@ -113,8 +113,20 @@ impl Server {
     pub fn start_with(config: Config, app: SocketIo) -> Result<Server, ServerError> {
         let app = Arc::new(app);
         let socketio_path = config.socketio_path.clone();
+        // One count of Engine.IO sessions for the whole server: the caps are server-wide
+        // and per address, whichever shard a session lives on.
+        let sessions = Arc::new(Occupancy::new(
+            config.engineio_max_sessions,
+            config.engineio_max_sessions_per_ip,
+        ));
+        let handshake_rate = config.engineio_handshake_rate;
         let endpoints = move |_shard: &Rc<Shard>| {
-            let engine = EngineEndpoint::new(Arc::clone(&app), ENGINE_ENDPOINT);
+            let engine = EngineEndpoint::new(
+                Arc::clone(&app),
+                ENGINE_ENDPOINT,
+                Arc::clone(&sessions),
+                handshake_rate,
+            );
             let routes = Routes::new()
                 .route(
                     PathMatch::Exact(NATIVE_PATH.to_owned()),

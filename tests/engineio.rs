@@ -3,15 +3,17 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::eio::{
-    request, responses, sid_of, ws_connect, ws_next, ws_next_within, ws_recv, ws_send, EIO,
+    request, responses, sid_of, ws_connect, ws_next, ws_next_within, ws_recv, ws_send, Response,
+    EIO,
 };
 use common::{run, server, wait_for_stats};
 use corelay::client::Stream;
-use corelay::proto::ws::close;
+use corelay::proto::ws::{close, masked_binary_frame, WsCodec};
 use corelay::socketio::{Namespace, SocketIo};
 use corelay::stats::CloseReason;
 
@@ -282,9 +284,6 @@ fn polling_upgrades_to_websocket_without_losing_or_repeating_packets() {
             Some(r#"431[{"members":1,"room":"up2"}]"#)
         );
         assert_eq!(request(addr, "GET", &target, "", "").await.status, 400);
-        // A second WebSocket for the same sid is refused.
-        let again = request(addr, "GET", &format!("/socket.io/?EIO=4&transport=websocket&sid={sid}"), "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "").await;
-        assert_eq!(again.status, 400);
     });
     srv.stop().unwrap();
 }
@@ -608,6 +607,516 @@ fn a_poll_answer_carries_at_most_sixteen_packets() {
             packets += n;
         }
         assert_eq!(packets, 41);
+    });
+    srv.stop().unwrap();
+}
+
+/// A one-shard server whose heartbeat stays out of the test (no ping within its budget).
+fn quiet_server() -> corelay::Server {
+    server(1, |c| {
+        c.engineio_ping_interval_ms = 120_000;
+        c.engineio_ping_timeout_ms = 120_000;
+    })
+}
+
+/// Opens a polling session that has connected Socket.IO's main namespace; its sid.
+async fn connected_polling_session(addr: SocketAddr) -> String {
+    let sid = sid_of(&request(addr, "GET", EIO, "", "").await.body);
+    let target = format!("{EIO}&sid={sid}");
+    assert_eq!(request(addr, "POST", &target, "", "40").await.body, "ok");
+    let connected = request(addr, "GET", &target, "", "").await.body;
+    assert!(connected.starts_with("40{"), "{connected}");
+    sid
+}
+
+/// Joins `room` over the WebSocket and expects the ack: the session is served.
+async fn ws_joins(ws: &Stream, codec: &mut WsCodec, room: &str) {
+    ws_send(ws, &format!("421[\"join\",\"{room}\"]")).await;
+    assert_eq!(
+        ws_recv(ws, codec).await,
+        Some(format!(r#"431[{{"members":1,"room":"{room}"}}]"#))
+    );
+}
+
+#[test]
+fn issue_8_1_the_next_ping_comes_a_ping_interval_after_the_pong() {
+    // The old schedule put the next ping pingInterval + pingTimeout (3.2 s) after the
+    // previous one; the reference puts it pingInterval (0.2 s) after the pong.
+    let srv = server(1, |c| {
+        c.engineio_ping_interval_ms = 200;
+        c.engineio_ping_timeout_ms = 3_000;
+    });
+    let addr = srv.local_addr();
+    run(move || async move {
+        let (ws, mut codec) = ws_connect(addr, "/socket.io/?EIO=4&transport=websocket").await;
+        assert!(ws_recv(&ws, &mut codec).await.unwrap().starts_with('0'));
+        for _ in 0..3 {
+            let ping = ws_next_within(&ws, &mut codec, Duration::from_secs(2)).await;
+            assert_eq!(ping.as_deref(), Ok("2"));
+            ws_send(&ws, "3").await;
+        }
+    });
+    srv.stop().unwrap();
+}
+
+#[test]
+fn issue_8_2_a_websocket_for_an_upgraded_session_is_accepted_then_closed() {
+    let srv = quiet_server();
+    let addr = srv.local_addr();
+    run(move || async move {
+        let sid = connected_polling_session(addr).await;
+        let target = format!("{EIO}&sid={sid}");
+        let probe = format!("/socket.io/?EIO=4&transport=websocket&sid={sid}");
+        let (ws, mut codec) = ws_connect(addr, &probe).await;
+        ws_send(&ws, "2probe").await;
+        assert_eq!(ws_recv(&ws, &mut codec).await.as_deref(), Some("3probe"));
+        assert_eq!(request(addr, "GET", &target, "", "").await.body, "6");
+        ws_send(&ws, "5").await;
+        ws_joins(&ws, &mut codec, "a").await;
+        // The second WebSocket's handshake succeeds (101), then the server closes it, as
+        // the reference does (a close frame with no status).
+        let (again, mut again_codec) = ws_connect(addr, &probe).await;
+        assert_eq!(ws_next(&again, &mut again_codec).await, Err(None));
+        // The session goes on untouched on its WebSocket.
+        ws_joins(&ws, &mut codec, "b").await;
+        // A WebSocket naming an unknown session is refused before the handshake.
+        let unknown = request(
+            addr,
+            "GET",
+            "/socket.io/?EIO=4&transport=websocket&sid=00nonexistent",
+            "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+            "",
+        )
+        .await;
+        assert_eq!(unknown.status, 400);
+    });
+    srv.stop().unwrap();
+}
+
+#[test]
+fn issue_8_3_one_upgrade_at_a_time_a_second_probe_is_accepted_then_closed() {
+    let srv = quiet_server();
+    let addr = srv.local_addr();
+    run(move || async move {
+        let sid = connected_polling_session(addr).await;
+        let target = format!("{EIO}&sid={sid}");
+        let probe = format!("/socket.io/?EIO=4&transport=websocket&sid={sid}");
+        let (ws, mut codec) = ws_connect(addr, &probe).await;
+        // While the first WebSocket upgrades, a second one is closed at once.
+        let (again, mut again_codec) = ws_connect(addr, &probe).await;
+        assert_eq!(ws_next(&again, &mut again_codec).await, Err(None));
+        ws_send(&ws, "2probe").await;
+        assert_eq!(ws_recv(&ws, &mut codec).await.as_deref(), Some("3probe"));
+        let (third, mut third_codec) = ws_connect(addr, &probe).await;
+        assert_eq!(ws_next(&third, &mut third_codec).await, Err(None));
+        // The first upgrade completes and serves the session.
+        assert_eq!(request(addr, "GET", &target, "", "").await.body, "6");
+        ws_send(&ws, "5").await;
+        ws_joins(&ws, &mut codec, "a").await;
+    });
+    srv.stop().unwrap();
+}
+
+#[test]
+fn issue_8_3_a_probing_websocket_ends_with_its_session_and_counts_until_then() {
+    // The session misses its pong about 2.2 s in; the upgrade timeout (10 s) is far later
+    // than the 5 s the probe is given to see its close.
+    let srv = server(1, |c| {
+        c.engineio_ping_interval_ms = 2_000;
+        c.engineio_ping_timeout_ms = 200;
+    });
+    let addr = srv.local_addr();
+    let reg = srv.stats_registry();
+    run(move || async move {
+        let sid = connected_polling_session(addr).await;
+        let probe = format!("/socket.io/?EIO=4&transport=websocket&sid={sid}");
+        let (ws, mut codec) = ws_connect(addr, &probe).await;
+        ws_send(&ws, "2probe").await;
+        assert_eq!(ws_recv(&ws, &mut codec).await.as_deref(), Some("3probe"));
+        // The polling session and its probing WebSocket.
+        let stats = stats_until(&reg, |s| s.connections == 2);
+        assert_eq!(stats.connections, 2, "{stats}");
+        // The client falls silent: no pong, no upgrade. The probe closes with the session.
+        assert_eq!(ws_next(&ws, &mut codec).await, Err(Some(close::NORMAL)));
+        let stats = stats_until(&reg, |s| s.connections == 0);
+        assert_eq!(stats.connections, 0, "{stats}");
+        assert_eq!(stats.closes_for(CloseReason::Idle), 1, "{stats}");
+    });
+    srv.stop().unwrap();
+}
+
+/// Waits (bounded, 5 s) until the stats read through `reg` satisfy `cond`, from inside a
+/// test body (which cannot hold the `Server`).
+fn stats_until(
+    reg: &corelay::stats::StatsRegistry,
+    cond: impl Fn(&corelay::Stats) -> bool,
+) -> corelay::Stats {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let stats = reg.snapshot();
+        if cond(&stats) || std::time::Instant::now() > deadline {
+            return stats;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn issue_8_7_a_poll_answer_nobody_reads_times_out_and_its_packets_go_to_the_next_poll() {
+    let mut config = corelay::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        shards: 1,
+        engineio_ping_interval_ms: 120_000,
+        engineio_ping_timeout_ms: 120_000,
+        engineio_max_payload: 10_000_000,
+        write_timeout_ms: 300,
+        ..corelay::Config::default()
+    };
+    config.outbound_queue_bytes = 16 << 20;
+    let srv = corelay::Server::start_with(config, SocketIo::engine_echo()).unwrap();
+    let addr = srv.local_addr();
+    let reg = srv.stats_registry();
+    run(move || async move {
+        let sid = sid_of(&request(addr, "GET", EIO, "", "").await.body);
+        let target = format!("{EIO}&sid={sid}");
+        // Sixteen echoes of 512 KiB: an 8 MiB answer, more than the socket buffers between
+        // the server and a client that reads nothing take (Linux gives a socket at most
+        // 4 MiB to send by default).
+        let packets: Vec<String> = (0..16)
+            .map(|i| format!("4m{i:02}{}", "x".repeat(512 << 10)))
+            .collect();
+        let post = request(addr, "POST", &target, "", &packets.join("\u{1e}")).await;
+        assert_eq!(post.body, "ok");
+        // A poller with a tiny receive window that never reads its answer.
+        let stuck =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        stuck.set_recv_buffer_size(4096).unwrap();
+        stuck.connect(&addr.into()).unwrap();
+        let get = format!("GET {target} HTTP/1.1\r\nHost: test\r\n\r\n");
+        std::io::Write::write_all(&mut &stuck, get.as_bytes()).unwrap();
+        // The answer makes no progress for the write timeout: the connection is closed.
+        let stats = stats_until(&reg, |s| s.closes_for(CloseReason::SlowConsumer) >= 1);
+        assert_eq!(stats.closes_for(CloseReason::SlowConsumer), 1, "{stats}");
+        drop(stuck);
+        // The next poll gets every packet of the lost answer, in order.
+        let poll = glommio::timer::timeout(Duration::from_secs(10), async {
+            Ok(request(addr, "GET", &target, "", "").await)
+        })
+        .await
+        .expect("the next poll is answered");
+        assert_eq!(poll.status, 200);
+        let got: Vec<&str> = poll.body.split('\u{1e}').collect();
+        assert_eq!(got.len(), 16);
+        assert!(got.iter().zip(&packets).all(|(g, p)| g == p));
+        common::still_serving(addr).await;
+    });
+    srv.stop().unwrap();
+}
+
+/// A raw WebSocket handshake request for the Engine.IO endpoint (no sid).
+const WS_HANDSHAKE: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+fn refusal(r: &Response, message: &str) {
+    assert_eq!(r.status, 503, "{}", r.head);
+    let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(body, serde_json::json!({"code": 4, "message": message}));
+}
+
+#[test]
+fn issue_8_8_sessions_per_address_are_capped_across_shards_with_503() {
+    // Two shards: the count is the server's, whichever shard holds each session.
+    let srv = server(2, |c| {
+        c.engineio_max_sessions_per_ip = 2;
+        c.engineio_ping_interval_ms = 120_000;
+        c.engineio_ping_timeout_ms = 120_000;
+    });
+    let addr = srv.local_addr();
+    run(move || async move {
+        let first = connected_polling_session(addr).await;
+        let (ws, mut codec) = ws_connect(addr, "/socket.io/?EIO=4&transport=websocket").await;
+        assert!(ws_recv(&ws, &mut codec).await.unwrap().starts_with('0'));
+        let message = "Too many sessions from this address";
+        refusal(&request(addr, "GET", EIO, "", "").await, message);
+        let ws_target = "/socket.io/?EIO=4&transport=websocket";
+        refusal(
+            &request(addr, "GET", ws_target, WS_HANDSHAKE, "").await,
+            message,
+        );
+        // The sessions in are served.
+        let target = format!("{EIO}&sid={first}");
+        assert_eq!(
+            request(addr, "POST", &target, "", "421[\"join\",\"r\"]")
+                .await
+                .body,
+            "ok"
+        );
+        let ack = request(addr, "GET", &target, "", "").await.body;
+        assert!(ack.starts_with("431["), "{ack}");
+        ws_send(&ws, "40").await;
+        assert!(ws_recv(&ws, &mut codec).await.unwrap().starts_with("40"));
+        // A session that ends makes room.
+        assert_eq!(request(addr, "POST", &target, "", "1").await.body, "ok");
+        sid_of(&request(addr, "GET", EIO, "", "").await.body);
+    });
+    let stats = srv.stats();
+    assert_eq!(
+        stats.refused_for(corelay::stats::Refusal::SessionsPerIp),
+        2,
+        "{stats}"
+    );
+    srv.stop().unwrap();
+}
+
+#[test]
+fn issue_8_8_sessions_are_capped_server_wide_with_503() {
+    let srv = server(1, |c| c.engineio_max_sessions = 1);
+    let addr = srv.local_addr();
+    run(move || async move {
+        let sid = connected_polling_session(addr).await;
+        refusal(
+            &request(addr, "GET", EIO, "", "").await,
+            "Too many sessions",
+        );
+        let target = format!("{EIO}&sid={sid}");
+        assert_eq!(
+            request(addr, "POST", &target, "", "421[\"join\",\"r\"]")
+                .await
+                .body,
+            "ok"
+        );
+        let ack = request(addr, "GET", &target, "", "").await.body;
+        assert!(ack.starts_with("431["), "{ack}");
+    });
+    let stats = srv.stats();
+    assert_eq!(
+        stats.refused_for(corelay::stats::Refusal::Sessions),
+        1,
+        "{stats}"
+    );
+    srv.stop().unwrap();
+}
+
+#[test]
+fn issue_8_8_handshakes_are_rate_limited_per_address_with_503() {
+    // One per second: of ten handshakes in a row, all but the first few are refused, at
+    // whatever speed the machine runs them.
+    let srv = server(1, |c| c.engineio_handshake_rate = 1);
+    let addr = srv.local_addr();
+    run(move || async move {
+        let sid = sid_of(&request(addr, "GET", EIO, "", "").await.body);
+        let mut refused = 0;
+        for _ in 0..10 {
+            let r = request(addr, "GET", EIO, "", "").await;
+            if r.status == 503 {
+                refusal(&r, "Too many handshakes from this address");
+                refused += 1;
+            }
+        }
+        assert!(refused > 0);
+        // The session opened is served.
+        let target = format!("{EIO}&sid={sid}");
+        assert_eq!(request(addr, "POST", &target, "", "40").await.body, "ok");
+        let connected = request(addr, "GET", &target, "", "").await.body;
+        assert!(connected.starts_with("40{"), "{connected}");
+    });
+    let stats = srv.stats();
+    assert!(
+        stats.refused_for(corelay::stats::Refusal::HandshakeRate) > 0,
+        "{stats}"
+    );
+    srv.stop().unwrap();
+}
+
+#[test]
+fn issue_8_3_every_socket_of_a_session_ended_by_its_connect_timeout_is_released() {
+    // The session never connects a namespace; its client then falls silent on all three of
+    // its sockets: a probing WebSocket, a pending poll on a keep-alive connection.
+    let srv = server(1, |c| {
+        c.engineio_ping_interval_ms = 120_000;
+        c.engineio_ping_timeout_ms = 120_000;
+        c.socketio_connect_timeout_ms = 500;
+        c.handshake_timeout_ms = 500;
+    });
+    let addr = srv.local_addr();
+    let reg = srv.stats_registry();
+    run(move || async move {
+        let sid = sid_of(&request(addr, "GET", EIO, "", "").await.body);
+        let target = format!("{EIO}&sid={sid}");
+        let probe = format!("/socket.io/?EIO=4&transport=websocket&sid={sid}");
+        let (ws, mut codec) = ws_connect(addr, &probe).await;
+        ws_send(&ws, "2probe").await;
+        assert_eq!(ws_recv(&ws, &mut codec).await.as_deref(), Some("3probe"));
+        let s = Stream::new(glommio::net::TcpStream::connect(addr).await.unwrap());
+        let get = format!("GET {target} HTTP/1.1\r\nHost: test\r\n\r\n");
+        s.write_all(get.repeat(2).as_bytes()).await.unwrap();
+        // The noop that paused polling, then the close packet when the session ends.
+        let polls = responses(&s, 2).await;
+        assert_eq!((polls[0].body.as_str(), polls[1].body.as_str()), ("6", "1"));
+        assert_eq!(ws_next(&ws, &mut codec).await, Err(Some(close::NORMAL)));
+        // The keep-alive connection, silent, is closed by the server.
+        let mut buf = [0u8; 64];
+        let read =
+            glommio::timer::timeout(Duration::from_secs(5), async { Ok(s.read(&mut buf).await) })
+                .await
+                .expect("the server closes the idle keep-alive connection");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        let stats = stats_until(&reg, |s| s.connections == 0);
+        assert_eq!(stats.connections, 0, "{stats}");
+        assert_eq!(
+            stats.closes_for(CloseReason::HandshakeTimeout),
+            2,
+            "{stats}"
+        );
+    });
+    srv.stop().unwrap();
+}
+
+#[test]
+fn issue_8_7_a_websocket_whose_output_stalls_is_closed_after_the_write_timeout() {
+    // A Socket.IO client on WebSocket that never reads, with a tiny receive window, while
+    // a room sends it far more than the socket buffers hold but less than its outbound
+    // budget: only the write timeout can end it (its heartbeat is beyond the test).
+    let srv = server(1, |c| {
+        c.engineio_ping_interval_ms = 120_000;
+        c.engineio_ping_timeout_ms = 120_000;
+        c.outbound_queue_bytes = 16 << 20;
+        c.write_timeout_ms = 300;
+    });
+    let addr = srv.local_addr();
+    let reg = srv.stats_registry();
+    run(move || async move {
+        let stuck =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        stuck.set_recv_buffer_size(4096).unwrap();
+        stuck
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        stuck.connect(&addr.into()).unwrap();
+        let mut io = &stuck;
+        let upgrade = format!(
+            "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: t\r\n{WS_HANDSHAKE}\r\n"
+        );
+        std::io::Write::write_all(&mut io, upgrade.as_bytes()).unwrap();
+        let text = |t: &str| {
+            let mut frame = masked_binary_frame(t.as_bytes(), [1, 2, 3, 4]).to_vec();
+            frame[0] = 0x81;
+            frame
+        };
+        std::io::Write::write_all(&mut io, &text("40")).unwrap();
+        std::io::Write::write_all(&mut io, &text("421[\"join\",\"r\"]")).unwrap();
+        // Reads until the join is acked (the server's frames are not masked).
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains("431[") {
+            let n = std::io::Read::read(&mut io, &mut buf).unwrap();
+            assert!(n > 0, "closed before the join was acked");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        // From here it reads nothing.
+        let mut sender = common::connect(addr).await;
+        sender.join("r").await.unwrap();
+        // 7.2 MB: more than the largest send buffer Linux gives a socket by default (4 MiB).
+        let payload = vec![7u8; 60_000];
+        for _ in 0..120 {
+            sender
+                .send("r", "blob", &payload, corelay::client::PayloadKind::Binary)
+                .await
+                .unwrap();
+        }
+        // The server has relayed them all once it answers the ping.
+        sender.ping().await.unwrap();
+        let stats = stats_until(&reg, |s| s.closes_for(CloseReason::SlowConsumer) >= 1);
+        assert_eq!(stats.closes_for(CloseReason::SlowConsumer), 1, "{stats}");
+        // The sender is still served, and so is everyone else.
+        sender.ping().await.unwrap();
+        common::still_serving(addr).await;
+        drop(stuck);
+    });
+    srv.stop().unwrap();
+}
+
+#[test]
+fn issue_8_3_a_probing_websocket_ends_with_a_session_closed_by_its_client_or_as_a_slow_consumer() {
+    // Pings every 500 ms (when a slow consumer is noticed), answered within 120 s: no
+    // heartbeat ends a session within the test.
+    let srv = server(1, |c| {
+        c.engineio_ping_interval_ms = 500;
+        c.engineio_ping_timeout_ms = 120_000;
+        c.outbound_queue_frames = 8;
+    });
+    let addr = srv.local_addr();
+    let reg = srv.stats_registry();
+    run(move || async move {
+        let probing = |sid: String| async move {
+            let probe = format!("/socket.io/?EIO=4&transport=websocket&sid={sid}");
+            let (ws, mut codec) = ws_connect(addr, &probe).await;
+            ws_send(&ws, "2probe").await;
+            assert_eq!(ws_recv(&ws, &mut codec).await.as_deref(), Some("3probe"));
+            (ws, codec)
+        };
+        // The client closes its session by polling: its probe closes too.
+        let sid = connected_polling_session(addr).await;
+        let (ws, mut codec) = probing(sid.clone()).await;
+        let target = format!("{EIO}&sid={sid}");
+        assert_eq!(request(addr, "POST", &target, "", "1").await.body, "ok");
+        assert_eq!(ws_next(&ws, &mut codec).await, Err(Some(close::NORMAL)));
+        // A session that overflows while it probes ends as a slow consumer, probe and all.
+        let sid = connected_polling_session(addr).await;
+        let target = format!("{EIO}&sid={sid}");
+        assert_eq!(
+            request(addr, "POST", &target, "", "421[\"join\",\"r\"]")
+                .await
+                .body,
+            "ok"
+        );
+        let ack = request(addr, "GET", &target, "", "").await.body;
+        assert!(ack.contains("431["), "{ack}");
+        let (ws, mut codec) = probing(sid).await;
+        let mut sender = common::connect(addr).await;
+        sender.join("r").await.unwrap();
+        for _ in 0..20 {
+            sender
+                .send("r", "e", b"1", corelay::client::PayloadKind::Json)
+                .await
+                .unwrap();
+        }
+        assert_eq!(ws_next(&ws, &mut codec).await, Err(Some(close::NORMAL)));
+        let stats = stats_until(&reg, |s| s.closes_for(CloseReason::SlowConsumer) >= 1);
+        assert_eq!(stats.closes_for(CloseReason::SlowConsumer), 1, "{stats}");
+        sender.ping().await.unwrap();
+    });
+    srv.stop().unwrap();
+}
+
+#[test]
+fn issue_8_7_a_poll_from_a_client_that_half_closes_is_answered_once() {
+    // The client sends its GET and its FIN together: the FIN may come while the answer is
+    // being written, and must neither lose the packets nor have them sent twice.
+    let config = corelay::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        shards: 1,
+        engineio_ping_interval_ms: 120_000,
+        engineio_ping_timeout_ms: 120_000,
+        ..corelay::Config::default()
+    };
+    let srv = corelay::Server::start_with(config, SocketIo::engine_echo()).unwrap();
+    let addr = srv.local_addr();
+    run(move || async move {
+        let sid = sid_of(&request(addr, "GET", EIO, "", "").await.body);
+        let target = format!("{EIO}&sid={sid}");
+        for round in 0..5 {
+            let first = format!("4first{round}");
+            assert_eq!(request(addr, "POST", &target, "", &first).await.body, "ok");
+            let s = Stream::new(glommio::net::TcpStream::connect(addr).await.unwrap());
+            let get = format!("GET {target} HTTP/1.1\r\nHost: test\r\n\r\n");
+            s.write_all(get.as_bytes()).await.unwrap();
+            s.shutdown(std::net::Shutdown::Write);
+            assert_eq!(responses(&s, 1).await[0].body, first);
+            // The session lives on, and its next poll carries only what came since.
+            let second = format!("4second{round}");
+            assert_eq!(request(addr, "POST", &target, "", &second).await.body, "ok");
+            assert_eq!(request(addr, "GET", &target, "", "").await.body, second);
+        }
     });
     srv.stop().unwrap();
 }

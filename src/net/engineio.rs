@@ -6,7 +6,13 @@
 //! that shard's HTTP front, which routes it back to this endpoint there (and later requests
 //! on the same connection by their own paths). Session timers (heartbeat, connect timeout) are entries on
 //! the shard's timer wheel, re-armed after every input to the session.
+//!
+//! Every new session (a polling GET or a WebSocket without `sid`) passes admission first:
+//! the handshake rate of its source address on this shard, then the server-wide and
+//! per-address session caps, shared by all shards. A refusal is a 503 with the reference's
+//! error body, counted in `refused`.
 
+use std::cell::RefCell;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,14 +22,15 @@ use tungstenite::Message;
 
 use super::front::{self, Head, HttpHead, Route, Routes};
 use super::websocket::{Flow, WebSocket, WsApp};
-use crate::engineio::{owner_of, Handler, Phase, Session, Sessions};
+use crate::admission::{Full, Occupancy, RateLimiter};
+use crate::engineio::{owner_of, Admitted, Handler, Phase, Session, Sessions};
 use crate::proto::engineio::{self, EngineError, Handshake, Packet, Query, Transport};
 use crate::proto::http::{self, Request};
 use crate::proto::ws::close;
 use crate::relay::{sio_ws_frames, Drained, Outbox};
 use crate::shard::{Connection, Cx, Ended, Endpoint, EndpointId, Shard, Step};
 use crate::socketio::{SioSession, SocketIo};
-use crate::stats::CloseReason;
+use crate::stats::{add, CloseReason, Refusal};
 
 /// Most packets one poll answer carries. Engine.IO sets no limit, but python-engineio's
 /// client refuses payloads of more than 16 packets; the rest goes in the next poll.
@@ -34,23 +41,87 @@ const MAX_PACKETS_PER_POLL: usize = 16;
 /// default `upgradeTimeout`.
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A WebSocket close frame with no status, as the reference's `websocket.close()` sends
+/// to a WebSocket it will not use.
+static BARE_CLOSE: Bytes = Bytes::from_static(&[0x88, 0x00]);
+
 /// The Engine.IO endpoint of one shard.
 pub struct EngineEndpoint {
     id: EndpointId,
     me: Weak<EngineEndpoint>,
     app: Arc<SocketIo>,
     sessions: Rc<Sessions>,
+    /// Sessions alive on the whole server, in total and per source address (shared by
+    /// every shard's endpoint).
+    occupancy: Arc<Occupancy>,
+    /// New sessions per source address on this shard.
+    handshakes: RefCell<RateLimiter>,
 }
 
 impl EngineEndpoint {
-    /// The endpoint with id `id` in its shard's table, serving `app`.
-    pub fn new(app: Arc<SocketIo>, id: EndpointId) -> Rc<EngineEndpoint> {
+    /// The endpoint with id `id` in its shard's table, serving `app`, counting its sessions
+    /// in `occupancy` (one for the whole server) and letting each source address open
+    /// `handshake_rate` sessions per second on this shard, in bursts of as many.
+    pub fn new(
+        app: Arc<SocketIo>,
+        id: EndpointId,
+        occupancy: Arc<Occupancy>,
+        handshake_rate: u32,
+    ) -> Rc<EngineEndpoint> {
+        let rate = f64::from(handshake_rate);
         Rc::new_cyclic(|me| EngineEndpoint {
             id,
             me: me.clone(),
             app,
             sessions: Rc::new(Sessions::default()),
+            occupancy,
+            handshakes: RefCell::new(RateLimiter::new(rate, rate)),
         })
+    }
+
+    /// Admission of a new session from the peer of `cx`: its handshake rate, then the
+    /// session caps. A refusal is counted.
+    fn admit(&self, cx: &Cx<'_>) -> Result<Admitted, EngineError> {
+        let refused = |why: Refusal, err: EngineError| {
+            cx.shard.stats.count_refusal(why);
+            err
+        };
+        if !self.handshakes.borrow_mut().allow(cx.peer, cx.now) {
+            return Err(refused(Refusal::HandshakeRate, EngineError::HandshakeRate));
+        }
+        Admitted::enter(&self.occupancy, cx.peer).map_err(|full| match full {
+            Full::Total => refused(Refusal::Sessions, EngineError::TooManySessions),
+            Full::Peer => refused(
+                Refusal::SessionsPerIp,
+                EngineError::TooManySessionsFromAddress,
+            ),
+        })
+    }
+
+    /// A new session, admitted, on `websocket` or (`None`) polling; `Err` is the answer to
+    /// refuse the handshake with.
+    fn new_session(
+        &self,
+        cx: &mut Cx<'_>,
+        websocket: Option<&Rc<Outbox>>,
+    ) -> Result<Rc<Session>, EngineError> {
+        let admitted = self.admit(cx)?;
+        let shard = Rc::clone(cx.shard);
+        let session = Session::open(
+            &shard,
+            &self.sessions,
+            websocket,
+            self.new_handler(),
+            Some(admitted),
+            cx.now,
+        )
+        .map_err(|e| {
+            eprintln!("shard {}: Engine.IO handshake refused: {e}", shard.id);
+            // As the reference answers a failed id generation.
+            EngineError::BadRequest
+        })?;
+        self.schedule(&shard, &session);
+        Ok(session)
     }
 
     fn me(&self) -> Rc<EngineEndpoint> {
@@ -167,9 +238,10 @@ impl Route for EngineEndpoint {
                 if request.method != "GET" {
                     return fail(cx, &request, EngineError::BadHandshakeMethod);
                 }
-                let session =
-                    Session::create(&shard, &self.sessions, None, self.new_handler(), cx.now);
-                self.schedule(&shard, &session);
+                let session = match self.new_session(cx, None) {
+                    Ok(s) => s,
+                    Err(e) => return fail(cx, &request, e),
+                };
                 let open = self.handshake(&shard, &session.sid(), &["websocket"]);
                 answer(
                     cx,
@@ -206,6 +278,8 @@ impl Route for EngineEndpoint {
                             request,
                             next,
                             pipelined: head.leftover,
+                            unwritten: None,
+                            peer_done: false,
                         };
                         Step::Upgrade(Box::new(poll), Vec::new())
                     }
@@ -221,18 +295,37 @@ impl Route for EngineEndpoint {
                     Ok(k) => k.to_owned(),
                     Err(_) => return fail(cx, &request, EngineError::BadRequest),
                 };
-                let upgrading = match sid {
-                    None => None,
+                let out = cx.out;
+                let (session, upgrading) = match sid {
+                    None => match self.new_session(cx, Some(out)) {
+                        Ok(s) => {
+                            let _ = cx.out.push(Bytes::from(http::upgrade_response(&key)));
+                            let open = self.handshake(&shard, &s.sid(), &[]);
+                            let _ = cx.out.push(sio_ws_frames(&open, &[]));
+                            (s, false)
+                        }
+                        Err(e) => return fail(cx, &request, e),
+                    },
                     Some(sid) => match self.sessions.get(&sid) {
-                        Some(s) if s.phase() == Phase::Polling => Some(s),
-                        _ => return fail(cx, &request, EngineError::BadRequest),
+                        None => return fail(cx, &request, EngineError::UnknownSid),
+                        Some(s) if s.begin_upgrade(cx.out) => {
+                            let _ = cx.out.push(Bytes::from(http::upgrade_response(&key)));
+                            (s, true)
+                        }
+                        Some(_) => {
+                            // Upgraded already, or another WebSocket is upgrading it: the
+                            // reference completes the WebSocket handshake, then closes that
+                            // WebSocket; the session goes on untouched.
+                            let _ = cx.out.push(Bytes::from(http::upgrade_response(&key)));
+                            let _ = cx.out.push(BARE_CLOSE.clone());
+                            return Step::Close { linger: true };
+                        }
                     },
                 };
-                let _ = cx.out.push(Bytes::from(http::upgrade_response(&key)));
                 let app = EngineWs {
                     endpoint: self.me(),
+                    session,
                     upgrading,
-                    session: None,
                     parse_error: None,
                     upgrade_deadline: None,
                 };
@@ -303,7 +396,7 @@ impl Next {
     }
 }
 
-/// A long-polling GET waiting for packets.
+/// A long-polling GET waiting for packets, then for its answer to be written.
 struct PollGet {
     endpoint: Rc<EngineEndpoint>,
     session: Rc<Session>,
@@ -313,10 +406,20 @@ struct PollGet {
     next: Next,
     /// Bytes of a request pipelined after this one, kept for after the answer.
     pipelined: Vec<u8>,
+    /// The packets of the answer being written: put back at the front of the session's
+    /// queue if the write fails, so that the next poll carries them. The session's poll
+    /// stays taken until then, so no later poll can overtake them.
+    unwritten: Option<Vec<Bytes>>,
+    /// The peer half-closed while the answer was being written: close once it is.
+    peer_done: bool,
 }
 
 impl PollGet {
     fn try_answer(&mut self, cx: &mut Cx<'_>) -> Step {
+        if self.unwritten.is_some() {
+            // Answered already: waiting for the write.
+            return Step::Continue;
+        }
         let mut frames = Vec::new();
         let drained = self
             .polling
@@ -327,7 +430,6 @@ impl PollGet {
             return Step::Continue;
         }
         cx.shard.stop_waking(&self.polling);
-        self.session.polling_get.set(false);
         if self.polling.overflowed() {
             // The client polls slower than its packets arrive: a slow consumer.
             self.session
@@ -336,6 +438,7 @@ impl PollGet {
         self.endpoint.schedule(cx.shard, &self.session);
         if frames.is_empty() {
             // The queue ended with nothing for this poll: an upgrade took what it held.
+            self.session.polling_get.set(false);
             return fail(cx, &self.request, EngineError::UnknownSid);
         }
         let mut body = Vec::with_capacity(frames.iter().map(|f| f.len() + 1).sum());
@@ -353,11 +456,8 @@ impl PollGet {
             &body,
             self.next.keep_alive,
         );
-        let next = Next {
-            keep_alive: self.next.keep_alive,
-            routes: Rc::clone(&self.next.routes),
-        };
-        next.step(std::mem::take(&mut self.pipelined))
+        self.unwritten = Some(frames);
+        Step::AwaitWrite
     }
 }
 
@@ -380,7 +480,26 @@ impl Connection for PollGet {
         self.try_answer(cx)
     }
 
+    fn on_written(&mut self, _cx: &mut Cx<'_>) -> Step {
+        self.unwritten = None;
+        self.session.polling_get.set(false);
+        if self.peer_done {
+            return Step::Close { linger: false };
+        }
+        let next = Next {
+            keep_alive: self.next.keep_alive,
+            routes: Rc::clone(&self.next.routes),
+        };
+        next.step(std::mem::take(&mut self.pipelined))
+    }
+
     fn on_eof(&mut self, _cx: &mut Cx<'_>) -> Step {
+        if self.unwritten.is_some() {
+            // The answer is on its way and the client may only have half-closed: the
+            // write decides (the runtime keeps the connection until it ends).
+            self.peer_done = true;
+            return Step::Continue;
+        }
         // A client that goes away while its poll is pending has left: its session ends now
         // rather than at the ping timeout.
         if self.session.phase() == Phase::Polling {
@@ -394,9 +513,17 @@ impl Connection for PollGet {
         Step::Continue
     }
 
-    fn on_close(&mut self, cx: &mut Cx<'_>, _why: Ended) {
+    fn on_close(&mut self, cx: &mut Cx<'_>, why: Ended) {
         cx.shard.stop_waking(&self.polling);
         self.session.polling_get.set(false);
+        if let Some(frames) = self.unwritten.take() {
+            // Closed before `on_written`: the answer was not all written (the write failed
+            // or stalled), so its packets wait for the next poll.
+            if why == Ended::SlowConsumer {
+                cx.shard.stats.count_close(CloseReason::SlowConsumer);
+            }
+            self.polling.put_back(frames);
+        }
     }
 }
 
@@ -479,11 +606,13 @@ impl Connection for PostBody {
     }
 }
 
-/// An Engine.IO WebSocket: a new session, or the upgrade of a long-polling one.
+/// An Engine.IO WebSocket: a new session, or the upgrade of a long-polling one. It counts
+/// in `connections` from open to close.
 struct EngineWs {
     endpoint: Rc<EngineEndpoint>,
-    upgrading: Option<Rc<Session>>,
-    session: Option<Rc<Session>>,
+    session: Rc<Session>,
+    /// It was opened to upgrade a polling session (and has the upgrade timeout).
+    upgrading: bool,
     /// A message the session refused, with why (it closed the WebSocket).
     parse_error: Option<CloseReason>,
     /// When an upgrade not completed by then is given up.
@@ -492,34 +621,15 @@ struct EngineWs {
 
 impl WsApp for EngineWs {
     fn on_open(&mut self, cx: &mut Cx<'_>) -> Flow {
-        let shard = Rc::clone(cx.shard);
-        let session = match self.upgrading.take() {
-            Some(s) => {
-                self.upgrade_deadline = Some(cx.now + UPGRADE_TIMEOUT);
-                s
-            }
-            None => {
-                let s = Session::create(
-                    &shard,
-                    &self.endpoint.sessions,
-                    Some(cx.out),
-                    self.endpoint.new_handler(),
-                    cx.now,
-                );
-                let open = self.endpoint.handshake(&shard, &s.sid(), &[]);
-                let _ = cx.out.push(sio_ws_frames(&open, &[]));
-                self.endpoint.schedule(&shard, &s);
-                s
-            }
-        };
-        self.session = Some(session);
+        add(&cx.shard.stats.connections, 1);
+        if self.upgrading {
+            self.upgrade_deadline = Some(cx.now + UPGRADE_TIMEOUT);
+        }
         Flow::Continue
     }
 
     fn on_message(&mut self, cx: &mut Cx<'_>, msg: Message) -> Flow {
-        let Some(session) = self.session.clone() else {
-            return Flow::Continue;
-        };
+        let session = Rc::clone(&self.session);
         let result = match msg {
             Message::Text(text) => match Packet::decode_text(text.as_str()) {
                 Ok(p) => session.handle_packet(cx.now, p, Some(cx.out)),
@@ -559,9 +669,11 @@ impl WsApp for EngineWs {
     }
 
     fn on_close(&mut self, cx: &mut Cx<'_>, why: CloseReason) {
-        let Some(session) = self.session.take() else {
-            return;
-        };
+        cx.shard
+            .stats
+            .connections
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let session = &self.session;
         // Socket.IO's disconnect reasons, as the reference server gives them.
         let (reason, stat) = match (self.parse_error, why) {
             (Some(stat), _) => ("parse error", stat),
@@ -573,7 +685,7 @@ impl WsApp for EngineWs {
         if session.is_websocket(cx.out) {
             session.close(reason, stat);
         } else {
-            session.upgrade_abandoned();
+            session.upgrade_abandoned(cx.out);
         }
     }
 }
@@ -631,14 +743,17 @@ fn answer(
     let _ = cx.out.push(Bytes::from(bytes));
 }
 
-/// Answers with an Engine.IO error (400 and its JSON body) and closes.
+/// Answers with an Engine.IO error (its status and JSON body) and closes. A bad request
+/// counts as a close; a refusal for a limit was counted as such by admission.
 fn fail(cx: &mut Cx<'_>, request: &Request, err: EngineError) -> Step {
-    cx.shard.stats.count_close(CloseReason::BadRequest);
+    if err.status().0 == 400 {
+        cx.shard.stats.count_close(CloseReason::BadRequest);
+    }
     let body = err.json_body();
     let bytes = respond(
         cx.shard,
         request,
-        (400, "Bad Request"),
+        err.status(),
         "application/json",
         body.as_bytes(),
         false,

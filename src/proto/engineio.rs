@@ -458,8 +458,8 @@ fn hex_value(byte: u8) -> Option<u8> {
 }
 
 /// A refused Engine.IO HTTP request, with the spec's error codes. The caller answers
-/// HTTP 400 with [`EngineError::json_body`] (`Content-Type: application/json`) on
-/// long-polling, and refuses or closes the connection on WebSocket.
+/// [`EngineError::status`] (400, or 503 for a limit) with [`EngineError::json_body`]
+/// (`Content-Type: application/json`), on long-polling and before a WebSocket upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum EngineError {
     /// Code 0: `transport` is missing or not one the server serves. Answer 400.
@@ -483,6 +483,18 @@ pub enum EngineError {
     /// Code 5: `EIO` is missing or not `4`. Answer 400.
     #[error("Unsupported protocol version")]
     UnsupportedProtocolVersion,
+    /// Code 4 with its own message: a new session past `engineio_max_sessions`. Answer 503;
+    /// the client retries later (its reconnection backoff).
+    #[error("Too many sessions")]
+    TooManySessions,
+    /// Code 4 with its own message: a new session past `engineio_max_sessions_per_ip` from
+    /// the client's address. Answer 503; the client retries once one of its sessions ends.
+    #[error("Too many sessions from this address")]
+    TooManySessionsFromAddress,
+    /// Code 4 with its own message: a handshake past `engineio_handshake_rate` from the
+    /// client's address. Answer 503; the client retries after its backoff.
+    #[error("Too many handshakes from this address")]
+    HandshakeRate,
 }
 
 impl EngineError {
@@ -493,8 +505,24 @@ impl EngineError {
             EngineError::UnknownSid => 1,
             EngineError::BadHandshakeMethod => 2,
             EngineError::BadRequest => 3,
-            EngineError::Forbidden => 4,
+            // The reference refuses a handshake its `allowRequest` hook declines with
+            // FORBIDDEN and the hook's message: a limit is such a refusal.
+            EngineError::Forbidden
+            | EngineError::TooManySessions
+            | EngineError::TooManySessionsFromAddress
+            | EngineError::HandshakeRate => 4,
             EngineError::UnsupportedProtocolVersion => 5,
+        }
+    }
+
+    /// The HTTP status to answer with: 400 for a bad request, as the reference does; 503
+    /// for a limit, which says "not now" rather than "never" to the client and to proxies.
+    pub fn status(self) -> (u16, &'static str) {
+        match self {
+            EngineError::TooManySessions
+            | EngineError::TooManySessionsFromAddress
+            | EngineError::HandshakeRate => (503, "Service Unavailable"),
+            _ => (400, "Bad Request"),
         }
     }
 
@@ -507,10 +535,13 @@ impl EngineError {
             EngineError::BadRequest => "Bad request",
             EngineError::Forbidden => "Forbidden",
             EngineError::UnsupportedProtocolVersion => "Unsupported protocol version",
+            EngineError::TooManySessions => "Too many sessions",
+            EngineError::TooManySessionsFromAddress => "Too many sessions from this address",
+            EngineError::HandshakeRate => "Too many handshakes from this address",
         }
     }
 
-    /// The HTTP 400 body, e.g. `{"code":1,"message":"Session ID unknown"}`. The messages
+    /// The HTTP body, e.g. `{"code":1,"message":"Session ID unknown"}`. The messages
     /// hold no character that JSON needs to escape.
     pub fn json_body(self) -> String {
         format!(
@@ -1025,8 +1056,22 @@ pub(crate) mod tests {
                 5,
                 "Unsupported protocol version",
             ),
+            (EngineError::TooManySessions, 4, "Too many sessions"),
+            (
+                EngineError::TooManySessionsFromAddress,
+                4,
+                "Too many sessions from this address",
+            ),
+            (
+                EngineError::HandshakeRate,
+                4,
+                "Too many handshakes from this address",
+            ),
         ];
         for (error, code, message) in all {
+            // Limits say "later" (503); everything else is the reference's 400.
+            let limit = message.starts_with("Too many");
+            assert_eq!(error.status().0, if limit { 503 } else { 400 });
             assert_eq!(error.code(), code);
             assert_eq!(error.message(), message);
             assert_eq!(error.to_string(), message);

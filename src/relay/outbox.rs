@@ -232,6 +232,22 @@ impl Outbox {
         self.len() == 0
     }
 
+    /// Puts `frames`, taken by a drain but not delivered, back at the front of the queue in
+    /// their order, so that the next drain takes them first. They were within the limits
+    /// when queued and are taken back past them. Does nothing once the queue's end was
+    /// taken: nobody drains it again.
+    pub fn put_back(&self, frames: Vec<Bytes>) {
+        let mut inner = self.inner.borrow_mut();
+        if inner.state == State::Done || frames.is_empty() {
+            return;
+        }
+        for frame in frames.into_iter().rev() {
+            inner.queued_bytes = inner.queued_bytes.saturating_add(frame.len() as u32);
+            inner.queue.push_front(frame);
+        }
+        Self::signal(&mut inner);
+    }
+
     /// Moves every queued frame into `out`, or reports the close once everything before it
     /// has been taken. Re-arms the notification.
     pub fn drain(&self, out: &mut Vec<Bytes>) -> Drained {
@@ -288,6 +304,26 @@ mod tests {
 
     fn outbox(frames: usize, bytes: usize) -> Outbox {
         Outbox::new(OutboxLimits { frames, bytes })
+    }
+
+    #[test]
+    fn frames_put_back_drain_first_in_their_order() {
+        let outbox = outbox(10, 1000);
+        for f in [&b"a"[..], b"b", b"c"] {
+            outbox.push(Bytes::copy_from_slice(f)).unwrap();
+        }
+        let mut taken = Vec::new();
+        outbox.drain_within(&mut taken, 2, |_| 1);
+        outbox.push(Bytes::from_static(b"d")).unwrap();
+        outbox.put_back(taken);
+        let mut all = Vec::new();
+        outbox.drain(&mut all);
+        assert_eq!(all, [&b"a"[..], b"b", b"c", b"d"]);
+        // Once the end was taken, nothing comes back.
+        outbox.finish();
+        assert_eq!(outbox.drain(&mut Vec::new()), Drained::Closed);
+        outbox.put_back(vec![Bytes::from_static(b"x")]);
+        assert!(outbox.is_empty());
     }
 
     #[test]

@@ -129,6 +129,8 @@ struct Sending {
     total: usize,
     /// This is the connection's last write (its close frame, if any).
     last: bool,
+    /// When this output last moved: the send began, or a part of it was written.
+    progress_at: Instant,
 }
 
 struct Conn {
@@ -148,6 +150,10 @@ struct Conn {
     recv_armed: bool,
     /// Its output waits in the delayed-flush list (`flush_delay_us`).
     delayed: bool,
+    /// The handler asked for `on_written` ([`Step::AwaitWrite`]).
+    await_write: bool,
+    /// A write-progress check is on the wheel (`TimerKey::Write`).
+    write_watched: bool,
     /// Operations in flight (their completions are still to come).
     ops: u16,
 }
@@ -195,6 +201,10 @@ struct Driver {
     /// closes, on whichever shard holds it then (a handed-off socket's place travels with
     /// it).
     connections: Arc<Occupancy>,
+    /// How long pending output may make no progress before its connection is closed
+    /// (`write_timeout_ms`): a peer that stops reading must not pin a connection, its
+    /// buffers and (for a poll) the packets it was answered with.
+    write_timeout: Duration,
 }
 
 /// Runs a shard to completion on the current thread (already pinned by the caller), with
@@ -242,6 +252,7 @@ pub(crate) async fn run(seed: ShardSeed, ring: Ring) {
         flush_delay: Duration::from_micros(config.flush_delay_us),
         refusal,
         connections: seed.connections,
+        write_timeout: Duration::from_millis(config.write_timeout_ms),
     };
     driver.run();
 }
@@ -417,6 +428,8 @@ impl Driver {
             sending: None,
             recv_armed: false,
             delayed: false,
+            await_write: false,
+            write_watched: false,
             ops: 0,
         });
         self.live += 1;
@@ -554,6 +567,15 @@ impl Driver {
     fn step(&mut self, id: ConnId, step: Step, now: Instant) {
         match step {
             Step::Continue => {}
+            Step::AwaitWrite => {
+                let Some(conn) = self.conn(id) else { return };
+                conn.await_write = true;
+                if conn.sending.is_none() && conn.out.is_empty() {
+                    // Nothing left to write: the next flush finds the queue empty and
+                    // tells the handler.
+                    self.shard.ready.push(transmit_token(id));
+                }
+            }
             Step::Upgrade(handler, read) => {
                 if let Some(conn) = self.conn(id) {
                     conn.handler = Some(handler);
@@ -721,10 +743,12 @@ impl Driver {
                 }
                 if ended && c.result <= 0 {
                     self.call(id, now, |h, cx| h.on_eof(cx));
-                    // A handler that ignores the EOF still cannot receive anything more.
+                    // A handler that ignores the EOF still cannot receive anything more;
+                    // one that awaits its write learns how the write ends first (written,
+                    // failed or stalled: each comes, bounded by the write timeout).
                     if self
                         .conn(id)
-                        .is_some_and(|c| matches!(c.phase, Phase::Open))
+                        .is_some_and(|c| matches!(c.phase, Phase::Open) && !c.await_write)
                     {
                         self.close(id, Ended::Peer, false, now);
                     }
@@ -913,6 +937,7 @@ impl Driver {
                 written: 0,
                 total: 0,
                 last: false,
+                progress_at: Instant::now(),
             })
         })
     }
@@ -939,6 +964,7 @@ impl Driver {
         match out.drain_within(&mut s.frames, MAX_IOVECS, |_| 1) {
             Drained::Empty => {
                 self.spare_sends.push(s);
+                self.written(id, now);
                 return;
             }
             Drained::Frames => {}
@@ -951,6 +977,7 @@ impl Driver {
             return;
         }
         s.total = s.frames.iter().map(Bytes::len).sum();
+        s.progress_at = now;
         add(&self.shard.stats.writes, 1);
         let entry = build_send(fd, &mut s).user_data(user_data(Op::Send, id));
         if let Some(conn) = self.conn(id) {
@@ -960,6 +987,54 @@ impl Driver {
         // SAFETY: the frames, iovecs and header live in the boxed `Sending`, kept in the
         // connection until this send completes.
         self.push(&entry);
+        self.watch_write(id, now + self.write_timeout);
+    }
+
+    /// Everything queued is written: tells a handler that asked for it.
+    fn written(&mut self, id: ConnId, now: Instant) {
+        let Some(conn) = self.conn(id) else { return };
+        if conn.await_write && matches!(conn.phase, Phase::Open) {
+            conn.await_write = false;
+            self.call(id, now, |h, cx| h.on_written(cx));
+        }
+    }
+
+    /// Puts a write-progress check for the connection on the wheel at `at`, unless one is
+    /// there: a busy connection costs one wheel entry per `write_timeout`, not one per send.
+    fn watch_write(&mut self, id: ConnId, at: Instant) {
+        let Some(conn) = self.conn(id) else { return };
+        if conn.write_watched {
+            return;
+        }
+        conn.write_watched = true;
+        self.shard
+            .timers
+            .borrow_mut()
+            .insert(at, TimerKey::Write(id));
+    }
+
+    /// A write-progress check: output pending with no progress for `write_timeout` means
+    /// the peer stopped reading; its connection ends (counted by its handler as a slow
+    /// consumer) and the socket is shut, which fails the stalled send.
+    fn write_timer(&mut self, id: ConnId, now: Instant) {
+        let timeout = self.write_timeout;
+        let Some(conn) = self.conn(id) else { return };
+        conn.write_watched = false;
+        if matches!(conn.phase, Phase::Dead | Phase::HandingOff(_)) {
+            return;
+        }
+        // Nothing in flight: the output moved; the next send watches again.
+        let Some(since) = conn.sending.as_ref().map(|s| s.progress_at) else {
+            return;
+        };
+        if since + timeout > now {
+            self.watch_write(id, since + timeout);
+            return;
+        }
+        if matches!(conn.phase, Phase::Open) {
+            self.end_handler(id, Ended::SlowConsumer, now);
+        }
+        self.kill(id);
     }
 
     fn sent(&mut self, id: ConnId, result: i32, now: Instant) {
@@ -987,6 +1062,9 @@ impl Driver {
         }
         add(&self.shard.stats.bytes_out, result as u64);
         s.written += result as usize;
+        if result > 0 {
+            s.progress_at = now;
+        }
         if s.written < s.total {
             // A short write: the socket buffer filled; resume where it stopped.
             let entry = build_send(fd, &mut s).user_data(user_data(Op::Send, id));
@@ -1068,6 +1146,7 @@ impl Driver {
                     self.shard.timers.borrow_mut().insert(next, TimerKey::Tick);
                 }
                 TimerKey::Accept => self.arm_accept(),
+                TimerKey::Write(id) => self.write_timer(id, now),
             }
         }
         self.fired = fired;

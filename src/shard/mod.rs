@@ -121,6 +121,9 @@ pub enum TimerKey {
     Tick,
     /// Accepting again after running out of file descriptors.
     Accept,
+    /// Checking that a connection's pending output still moves (`write_timeout_ms`); at
+    /// most one per connection is pending.
+    Write(ConnId),
 }
 
 /// One core's share of the server, as connection handlers see it: configuration, counters,
@@ -321,7 +324,8 @@ pub enum Ended {
     Peer,
     /// Writing failed.
     Io,
-    /// The outbound queue overflowed: a slow consumer.
+    /// The outbound queue overflowed, or its output made no progress for
+    /// `write_timeout_ms`: a slow consumer.
     SlowConsumer,
     /// The socket moved to another shard.
     HandedOff,
@@ -331,6 +335,12 @@ pub enum Ended {
 pub enum Step {
     /// Keep going.
     Continue,
+    /// Keep going, and call [`Connection::on_written`] once everything queued so far has
+    /// been written to the socket. If the connection ends first, `on_close` comes instead
+    /// (with [`Ended::Io`] or [`Ended::SlowConsumer`] when the write failed or stalled), and
+    /// then not all of it was written. Until then an EOF from the peer does not end the
+    /// connection: the handler decides after the write.
+    AwaitWrite,
     /// Replace this connection's handler (after an upgrade) and feed it `read`, bytes
     /// that arrived past what the old handler consumed.
     Upgrade(Box<dyn Connection>, Vec<u8>),
@@ -369,6 +379,11 @@ pub trait Connection {
 
     /// A queue this connection waits on (see [`Shard::wake_on`]) has something.
     fn on_wake(&mut self, _cx: &mut Cx<'_>) -> Step {
+        Step::Continue
+    }
+
+    /// Everything queued before a [`Step::AwaitWrite`] has been written to the socket.
+    fn on_written(&mut self, _cx: &mut Cx<'_>) -> Step {
         Step::Continue
     }
 
