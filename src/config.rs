@@ -88,6 +88,9 @@ pub struct Config {
     pub engineio_ping_timeout_ms: u64,
     /// Engine.IO `maxPayload`: largest long-polling body or WebSocket message, in bytes.
     pub engineio_max_payload: usize,
+    /// Engine.IO `upgradeTimeout`: a WebSocket opened to upgrade a polling session that has
+    /// not completed the upgrade in this many ms is closed (the session goes on polling).
+    pub engineio_upgrade_timeout_ms: u64,
     /// Socket.IO `connectTimeout`: a session that joins no namespace in this many ms is
     /// closed.
     pub socketio_connect_timeout_ms: u64,
@@ -170,6 +173,7 @@ impl Default for Config {
             engineio_ping_interval_ms: 25_000,
             engineio_ping_timeout_ms: 20_000,
             engineio_max_payload: 1_000_000,
+            engineio_upgrade_timeout_ms: 10_000,
             socketio_connect_timeout_ms: 45_000,
             // No CORS headers, as socket.io without its `cors` option: a browser page of
             // another origin may not read the answers unless the operator lists it.
@@ -247,6 +251,7 @@ const KEYS: &[&str] = &[
     "engineio_ping_interval_ms",
     "engineio_ping_timeout_ms",
     "engineio_max_payload",
+    "engineio_upgrade_timeout_ms",
     "socketio_connect_timeout_ms",
     "cors_origins",
     "socketio_namespaces",
@@ -312,6 +317,10 @@ impl Config {
             ("ring_entries", self.ring_entries as usize),
             ("recv_buffer_size", self.recv_buffer_size as usize),
             ("engineio_max_payload", self.engineio_max_payload),
+            (
+                "engineio_upgrade_timeout_ms",
+                self.engineio_upgrade_timeout_ms as usize,
+            ),
             ("max_connections", self.max_connections),
             ("max_connections_per_ip", self.max_connections_per_ip),
             ("engineio_max_sessions", self.engineio_max_sessions),

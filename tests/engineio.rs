@@ -290,10 +290,11 @@ fn polling_upgrades_to_websocket_without_losing_or_repeating_packets() {
 
 #[test]
 fn a_websocket_that_never_completes_its_upgrade_is_closed_after_the_upgrade_timeout() {
-    // No heartbeat within the test: only the upgrade timeout (10 s) can end the probe.
+    // No heartbeat within the test: only the upgrade timeout can end the probe.
     let srv = server(1, |c| {
         c.engineio_ping_interval_ms = 120_000;
         c.engineio_ping_timeout_ms = 120_000;
+        c.engineio_upgrade_timeout_ms = 300;
     });
     let addr = srv.local_addr();
     run(move || async move {

@@ -36,11 +36,6 @@ use crate::stats::{add, CloseReason, Refusal};
 /// client refuses payloads of more than 16 packets; the rest goes in the next poll.
 const MAX_PACKETS_PER_POLL: usize = 16;
 
-/// How long a WebSocket opened to upgrade a polling session may take to complete the
-/// upgrade before it is closed (the session goes on polling): the reference server's
-/// default `upgradeTimeout`.
-const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// A WebSocket close frame with no status, as the reference's `websocket.close()` sends
 /// to a WebSocket it will not use.
 static BARE_CLOSE: Bytes = Bytes::from_static(&[0x88, 0x00]);
@@ -623,7 +618,8 @@ impl WsApp for EngineWs {
     fn on_open(&mut self, cx: &mut Cx<'_>) -> Flow {
         add(&cx.shard.stats.connections, 1);
         if self.upgrading {
-            self.upgrade_deadline = Some(cx.now + UPGRADE_TIMEOUT);
+            let timeout = Duration::from_millis(cx.shard.config.engineio_upgrade_timeout_ms);
+            self.upgrade_deadline = Some(cx.now + timeout);
         }
         Flow::Continue
     }
