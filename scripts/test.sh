@@ -9,14 +9,31 @@ say() { printf '\n== %s\n' "$*"; }
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
+# nginx and haproxy live in /usr/sbin, which a user's PATH may not hold.
+have() { command -v "$1" >/dev/null || [ -x "/usr/sbin/$1" ]; }
+
 say "system packages"
 missing=()
-command -v node >/dev/null || missing+=(nodejs)
-command -v npm >/dev/null || missing+=(npm)
-command -v python3 >/dev/null || missing+=(python3)
+have node || missing+=(nodejs)
+have npm || missing+=(npm)
+have python3 || missing+=(python3)
+# tests/proxy.rs runs corelay behind the real proxies of docs/DEPLOYMENT.md.
+have nginx || missing+=(nginx)
+have haproxy || missing+=(haproxy)
+have openssl || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  # Where systemd runs, installing nginx or haproxy starts and enables its service (nginx
+  # on port 80). The tests start their own on ports of their own, so stop and disable the
+  # services this install brought, and only those.
+  if [ -d /run/systemd/system ]; then
+    for service in nginx haproxy; do
+      if [[ " ${missing[*]} " == *" $service "* ]]; then
+        as_root systemctl disable --now --quiet "$service" || true
+      fi
+    done
+  fi
 fi
 
 say "interop clients (npm socket.io-client, PyPI python-socketio)"

@@ -18,16 +18,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::thread;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use corelay::client::{PayloadKind, ServerEvent};
 use corelay::proto::native::ErrorCode;
 use serde_json::{json, Value};
+
+use common::node::{drain, wait_bounded, MixedPeer};
 
 const SETUP: &str =
     "run the README's interop test command first: `npm ci --prefix tests/interop`, \
@@ -36,12 +35,6 @@ const SETUP: &str =
 
 /// Longest a whole suite may run before it is killed and fails.
 const SUITE_BUDGET: Duration = Duration::from_secs(120);
-
-fn interop_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("interop")
-}
 
 fn corelay_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_corelay"))
@@ -63,28 +56,18 @@ fn reference_bin() -> PathBuf {
 }
 
 fn node() -> Command {
-    let dir = interop_dir();
-    assert!(
-        dir.join("node_modules").join("socket.io-client").is_dir(),
-        "{} has no node_modules/socket.io-client ({SETUP})",
-        dir.display()
-    );
-    let ok = Command::new("node")
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(ok, "`node` is not on PATH ({SETUP})");
-    let mut cmd = Command::new("node");
-    cmd.current_dir(&dir)
-        .env("CORELAY_BIN", corelay_bin())
+    let mut cmd = common::node::command(SETUP);
+    cmd.env("CORELAY_BIN", corelay_bin())
         .env("SOCKETIO_REFERENCE_BIN", reference_bin());
     cmd
 }
 
 /// The venv's python when there is one, else `python3`; it must have the test packages.
 fn python() -> Command {
-    let venv = interop_dir().join(".venv").join("bin").join("python");
+    let venv = common::node::interop_dir()
+        .join(".venv")
+        .join("bin")
+        .join("python");
     let python = if venv.is_file() {
         venv
     } else {
@@ -104,7 +87,7 @@ fn python() -> Command {
         python.display()
     );
     let mut cmd = Command::new(python);
-    cmd.current_dir(interop_dir())
+    cmd.current_dir(common::node::interop_dir())
         .env("CORELAY_BIN", corelay_bin());
     cmd
 }
@@ -133,32 +116,6 @@ fn run_suite(name: &str, mut cmd: Command) {
             "{name} failed ({}) after {elapsed:.1?}\n--- stdout ---\n{out}\n--- stderr ---\n{err}",
             status.map_or_else(|| "timed out, killed".to_owned(), |s| s.to_string())
         ),
-    }
-}
-
-fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
-    thread::spawn(move || {
-        let mut text = String::new();
-        let mut bytes = Vec::new();
-        let _ = pipe.read_to_end(&mut bytes);
-        text.push_str(&String::from_utf8_lossy(&bytes));
-        text
-    })
-}
-
-/// Waits for `child` at most `budget`; kills it and returns `None` past that.
-fn wait_bounded(child: &mut Child, budget: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + budget;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return None;
-        }
-        thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -207,122 +164,6 @@ fn python_client() {
     run_suite("test_python_client.py", cmd);
 }
 
-/// The Node side of the mixed-room test, its stdout lines as parsed JSON.
-struct MixedPeer {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<Value>,
-    stderr: Option<thread::JoinHandle<String>>,
-}
-
-impl MixedPeer {
-    fn spawn(url: &str, room: &str, transport: &str) -> MixedPeer {
-        let mut child = node()
-            .args(["mixed_peer.js", url, room, transport])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("node mixed_peer.js starts");
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = drain(child.stderr.take().expect("piped stderr"));
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("mixed_peer printed non-JSON {line:?}: {e}"));
-                if tx.send(value).is_err() {
-                    break;
-                }
-            }
-        });
-        MixedPeer {
-            child,
-            stdin,
-            lines,
-            stderr: Some(stderr),
-        }
-    }
-
-    /// Its stderr so far (once it has exited).
-    fn stderr(&mut self) -> String {
-        self.stderr
-            .take()
-            .and_then(|h| h.join().ok())
-            .unwrap_or_default()
-    }
-
-    /// The next line, within 10 s. It polls the reader thread's channel without blocking
-    /// the executor, whose tasks (the native client's writer) must keep running.
-    async fn next(&mut self) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match self.lines.try_recv() {
-                Ok(v) => return v,
-                Err(mpsc::TryRecvError::Empty) if Instant::now() < deadline => {
-                    glommio::timer::sleep(Duration::from_millis(2)).await;
-                }
-                Err(e) => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    panic!(
-                        "no line from mixed_peer.js ({e:?}); its stderr:\n{}",
-                        self.stderr()
-                    );
-                }
-            }
-        }
-    }
-
-    /// The next `event` line for event `name` (member events and others are skipped).
-    async fn next_event(&mut self, name: &str) -> Value {
-        loop {
-            let line = self.next().await;
-            if line["type"] == "event" && line["event"] == name {
-                return line;
-            }
-        }
-    }
-
-    /// Asks it to emit `to` `room` `event` `payload` with an ack; it prints the answer as an
-    /// `ack` line.
-    fn emit_to(&mut self, room: &str, event: &str, payload: Value) {
-        let command = json!({"to": room, "event": event, "payload": payload});
-        let stdin = self.stdin.as_mut().expect("stdin is open until finish");
-        writeln!(stdin, "{command}").expect("mixed_peer.js reads its stdin");
-    }
-
-    /// The next `ack` line (events are skipped).
-    async fn next_ack(&mut self) -> Value {
-        loop {
-            let line = self.next().await;
-            if line["type"] == "ack" {
-                return line;
-            }
-        }
-    }
-
-    /// Closes its stdin (it disconnects and exits 0) and checks that it did.
-    fn finish(mut self) {
-        drop(self.stdin.take());
-        let status = wait_bounded(&mut self.child, Duration::from_secs(10));
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "mixed_peer.js ended with {status:?}; stderr:\n{}",
-            self.stderr()
-        );
-    }
-}
-
-impl Drop for MixedPeer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A native client and a socket.io client (over `transport`) in one room of an in-process
 /// server: JSON and binary payloads each way keep their kind.
 fn mixed_room(transport: &'static str) {
@@ -336,7 +177,7 @@ fn mixed_room(transport: &'static str) {
         assert_eq!(native.join(&room).await.expect("native joins"), 1);
         let native_id = native.player().to_string();
 
-        let mut peer = MixedPeer::spawn(&format!("http://{addr}"), &room, transport);
+        let mut peer = MixedPeer::spawn(node(), &format!("http://{addr}"), &room, transport);
         let joined = peer.next().await;
         assert_eq!(joined["type"], "joined", "first line: {joined}");
         assert_eq!(joined["members"], 2, "{joined}");
@@ -442,7 +283,7 @@ fn mixed_room_reserved_names(transport: &'static str) {
         let room = format!("reserved-{transport}");
         let mut native = common::connect(addr).await;
         native.join(&room).await.expect("native joins");
-        let mut peer = MixedPeer::spawn(&format!("http://{addr}"), &room, transport);
+        let mut peer = MixedPeer::spawn(node(), &format!("http://{addr}"), &room, transport);
         let joined = peer.next().await;
         assert_eq!(joined["members"], 2, "{joined}");
         let sio_id: u64 = joined["id"]

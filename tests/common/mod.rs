@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod eio;
+pub mod node;
 
 use std::future::Future;
 use std::net::SocketAddr;

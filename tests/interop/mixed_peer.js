@@ -1,7 +1,11 @@
 // The socket.io side of tests/interop.rs's mixed-room test:
-//   node mixed_peer.js URL ROOM [websocket|polling]
-// Connects to URL with the official client, joins ROOM, prints
-//   {"type":"joined","id":"<socket id>","members":<n>}
+//   node mixed_peer.js URL ROOM [websocket|polling|default]
+// Connects to URL with the official client (transports [websocket] or [polling]; `default`
+// leaves the client's own choice, polling then an upgrade to websocket), joins ROOM, prints
+//   {"type":"joined","id":"<socket id>","members":<n>,"transport":"<engine transport now>",
+//    "opened_with":"<engine transport of the handshake>"}
+// and, when the engine upgrades, {"type":"upgrade","transport":"<name>"} (it may come
+// before or after the joined line).
 // then sends to the room an object (event "from_sio_json", {"b":2,"list":[1,"x"]}) and a
 // Buffer (event "from_sio_bin", bytes 1 2 3 255), and prints every event it receives as
 //   {"type":"event","event":"<name>","payload":<json>|{"buffer":[bytes...]},"binary":bool,"from":"<id>"}
@@ -16,7 +20,7 @@ const { io } = require('socket.io-client');
 
 const [url, room, transport = 'websocket'] = process.argv.slice(2);
 if (!url || !room) {
-  console.error('usage: node mixed_peer.js URL ROOM [websocket|polling]');
+  console.error('usage: node mixed_peer.js URL ROOM [websocket|polling|default]');
   process.exit(2);
 }
 
@@ -27,7 +31,15 @@ const fail = (msg) => {
 };
 setTimeout(() => fail('gave up after 30 s'), 30_000).unref();
 
-const socket = io(url, { transports: [transport], reconnection: false });
+const socket = io(url, {
+  reconnection: false,
+  ...(transport === 'default' ? {} : { transports: [transport] }),
+});
+let openedWith = null;
+socket.io.on('open', () => {
+  openedWith = socket.io.engine.transport.name;
+  socket.io.engine.on('upgrade', (t) => print({ type: 'upgrade', transport: t.name }));
+});
 socket.on('connect_error', (e) => fail(`connect_error: ${e.message}`));
 socket.on('disconnect', (reason) => {
   if (reason !== 'io client disconnect') fail(`disconnected: ${reason}`);
@@ -45,7 +57,14 @@ socket.onAny((event, payload, from) => {
 socket.on('connect', async () => {
   try {
     const answer = await socket.timeout(5000).emitWithAck('join', room);
-    print({ type: 'joined', id: socket.id, members: answer.members, error: answer.error });
+    print({
+      type: 'joined',
+      id: socket.id,
+      members: answer.members,
+      error: answer.error,
+      transport: socket.io.engine.transport.name,
+      opened_with: openedWith,
+    });
     socket.emit('to', room, 'from_sio_json', { b: 2, list: [1, 'x'] });
     socket.emit('to', room, 'from_sio_bin', Buffer.from([1, 2, 3, 255]));
   } catch (e) {
