@@ -191,6 +191,16 @@ mod tests {
 
     const LONG: Duration = Duration::from_secs(3600);
 
+    /// What a limited connection pays besides its pointer (tuning/README.md quotes it).
+    #[test]
+    fn the_buckets_of_a_connection_stay_small() {
+        assert!(
+            std::mem::size_of::<Buckets>() <= 136,
+            "{}",
+            std::mem::size_of::<Buckets>()
+        );
+    }
+
     #[test]
     fn a_profile_that_limits_nothing_keeps_no_state() {
         let none = profile((0.0, 0), (0.0, 0), (0.0, 0));
