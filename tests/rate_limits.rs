@@ -487,3 +487,54 @@ fn the_default_profile_limits_a_flood_and_zero_turns_it_off() {
     );
     srv.stop().unwrap();
 }
+
+#[test]
+fn socketio_application_events_count_as_messages() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let handled = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&handled);
+    let app = corelay::socketio::SocketIo::empty().namespace(
+        "/",
+        corelay::socketio::Namespace::new().on("fire", move |_, _, ack| {
+            seen.fetch_add(1, Ordering::Relaxed);
+            if let Some(ack) = ack {
+                ack.send([corelay::proto::socketio::Arg::Json(json!("done"))]);
+            }
+        }),
+    );
+    let mut config = corelay::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        shards: 1,
+        ..corelay::Config::default()
+    };
+    config.rate_limits.socketio = RateProfile {
+        messages_per_s: 1.0,
+        messages_burst: 2,
+        ..unlimited()
+    };
+    let srv = corelay::Server::start_with(config, app).expect("server starts");
+    let addr = srv.local_addr();
+    run(move || async move {
+        let (sio, mut codec, _) = sio_connect(addr, "/").await;
+        for id in 1..=3 {
+            ws_send(&sio, &format!(r#"42{id}["fire"]"#)).await;
+        }
+        // The handler ran for the first two; the third never reached it.
+        assert_eq!(
+            data(&next_starting(&sio, &mut codec, "431").await, "431"),
+            json!(["done"])
+        );
+        assert_eq!(
+            data(&next_starting(&sio, &mut codec, "432").await, "432"),
+            json!(["done"])
+        );
+        assert_eq!(
+            data(&next_starting(&sio, &mut codec, "433").await, "433"),
+            json!([{"error": "rate_limited"}])
+        );
+    });
+    assert_eq!(handled.load(Ordering::Relaxed), 2);
+    srv.stop().unwrap();
+}
