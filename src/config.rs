@@ -2,6 +2,7 @@
 //! variables < command-line flags. Every limit the server enforces is a field here with its
 //! default and the reason for it; `tuning/README.md` says which an operator may change.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -127,6 +128,9 @@ pub struct Config {
     /// A connection whose pending output makes no progress for this many ms is closed (a
     /// peer that stopped reading).
     pub write_timeout_ms: u64,
+    /// `[rate_limits]`: token buckets per connection (messages, bytes, joins per second),
+    /// one profile per protocol and named profiles picked by a token's `tier` claim.
+    pub rate_limits: RateLimits,
 }
 
 impl Default for Config {
@@ -197,7 +201,210 @@ impl Default for Config {
             socketio_attachment_timeout_ms: 10_000,
             socketio_ack_timeout_ms: 10_000,
             write_timeout_ms: 10_000,
+            rate_limits: RateLimits::default(),
         }
+    }
+}
+
+/// `[rate_limits]`: what one connection may send, as token buckets with bursts. A request
+/// past a bucket is refused (`rate_limited`) and not relayed; a connection refused for
+/// `sustained_ms` without backing off is closed. A rate of 0 turns that bucket off.
+///
+/// In the environment, `CORELAY_RATE_LIMITS_<KEY>` sets a key of this table and
+/// `CORELAY_RATE_LIMITS_NATIVE_<KEY>` / `CORELAY_RATE_LIMITS_SOCKETIO_<KEY>` one of a
+/// protocol's profile; tiers are set in the TOML file only (their names are free text).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimits {
+    /// A connection whose requests keep being refused for this many ms (no refusal-free
+    /// second in between) is closed: 1008 `rate limited` on `/ws`, the end of the session
+    /// on Socket.IO.
+    pub sustained_ms: u64,
+    /// The profile of native (`/ws`) connections; a key left out keeps its default.
+    #[serde(deserialize_with = "native_profile")]
+    pub native: RateProfile,
+    /// The profile of Socket.IO sessions; a key left out keeps its default.
+    #[serde(deserialize_with = "socketio_profile")]
+    pub socketio: RateProfile,
+    /// Named profiles (`[rate_limits.tiers.<name>]`), picked by the `tier` claim of a
+    /// connection's token; a key a tier leaves out is taken from the protocol's profile.
+    /// The claim is not read yet (tokens are not checked): until then every connection
+    /// gets its protocol's profile.
+    pub tiers: BTreeMap<String, TierProfile>,
+}
+
+/// The buckets of one connection: a rate per second (0: unlimited) and a burst (the most
+/// a connection may spend at once after being quiet) for each of messages, payload bytes
+/// and joins.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct RateProfile {
+    /// Messages per second (native: `Send` frames; Socket.IO: every event packet).
+    pub messages_per_s: f64,
+    /// Messages in one burst.
+    pub messages_burst: u32,
+    /// Bytes per second (native: `Send` payloads; Socket.IO: event packets as received,
+    /// their text and binary attachments).
+    pub bytes_per_s: f64,
+    /// Bytes in one burst; also the largest message a connection may send at all.
+    pub bytes_burst: u32,
+    /// Joins per second.
+    pub joins_per_s: f64,
+    /// Joins in one burst.
+    pub joins_burst: u32,
+}
+
+/// A named profile: each key it sets replaces the protocol's; one it leaves out keeps it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TierProfile {
+    /// See [`RateProfile::messages_per_s`].
+    pub messages_per_s: Option<f64>,
+    /// See [`RateProfile::messages_burst`].
+    pub messages_burst: Option<u32>,
+    /// See [`RateProfile::bytes_per_s`].
+    pub bytes_per_s: Option<f64>,
+    /// See [`RateProfile::bytes_burst`].
+    pub bytes_burst: Option<u32>,
+    /// See [`RateProfile::joins_per_s`].
+    pub joins_per_s: Option<f64>,
+    /// See [`RateProfile::joins_burst`].
+    pub joins_burst: Option<u32>,
+}
+
+/// Which protocol's profile applies to a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// The native protocol on `/ws`.
+    Native,
+    /// Socket.IO (either transport).
+    SocketIo,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            // Ten seconds of refusals is no burst: the client ignores its errors.
+            sustained_ms: 10_000,
+            // 240 messages/s is four times a 60 Hz input loop, with two seconds of burst
+            // (a client that catches up after a stall); 1 MiB/s is 16 of the largest
+            // native messages (`max_message_size`) per second, which the burst must hold.
+            // 64 joins at once is `max_rooms_per_connection`: a client that rejoins all
+            // its rooms after a reconnect.
+            native: RateProfile {
+                messages_per_s: 240.0,
+                messages_burst: 480,
+                bytes_per_s: 1_048_576.0,
+                bytes_burst: 1_048_576,
+                joins_per_s: 10.0,
+                joins_burst: 64,
+            },
+            // Half the native message rate: a Socket.IO event costs the server several
+            // times a native frame (JSON parsing, text framing), and browser clients send
+            // less often. The byte burst is `engineio_max_payload`, so any message the
+            // transport accepts can pass.
+            socketio: RateProfile {
+                messages_per_s: 120.0,
+                messages_burst: 240,
+                bytes_per_s: 1_000_000.0,
+                bytes_burst: 1_000_000,
+                joins_per_s: 10.0,
+                joins_burst: 64,
+            },
+            tiers: BTreeMap::new(),
+        }
+    }
+}
+
+impl RateProfile {
+    /// A profile that limits nothing (every rate 0): for a server whose clients are
+    /// trusted, or a load test that floods on purpose.
+    pub const UNLIMITED: RateProfile = RateProfile {
+        messages_per_s: 0.0,
+        messages_burst: 0,
+        bytes_per_s: 0.0,
+        bytes_burst: 0,
+        joins_per_s: 0.0,
+        joins_burst: 0,
+    };
+}
+
+impl TierProfile {
+    /// `base` with what this profile sets put over it.
+    pub fn over(&self, base: RateProfile) -> RateProfile {
+        RateProfile {
+            messages_per_s: self.messages_per_s.unwrap_or(base.messages_per_s),
+            messages_burst: self.messages_burst.unwrap_or(base.messages_burst),
+            bytes_per_s: self.bytes_per_s.unwrap_or(base.bytes_per_s),
+            bytes_burst: self.bytes_burst.unwrap_or(base.bytes_burst),
+            joins_per_s: self.joins_per_s.unwrap_or(base.joins_per_s),
+            joins_burst: self.joins_burst.unwrap_or(base.joins_burst),
+        }
+    }
+}
+
+/// `[rate_limits.native]` over the native defaults: a table that sets one key keeps the
+/// others' defaults rather than turning them off.
+fn native_profile<'de, D: Deserializer<'de>>(d: D) -> Result<RateProfile, D::Error> {
+    Ok(TierProfile::deserialize(d)?.over(RateLimits::default().native))
+}
+
+/// `[rate_limits.socketio]` over the Socket.IO defaults, as [`native_profile`].
+fn socketio_profile<'de, D: Deserializer<'de>>(d: D) -> Result<RateProfile, D::Error> {
+    Ok(TierProfile::deserialize(d)?.over(RateLimits::default().socketio))
+}
+
+impl RateLimits {
+    /// The profile of a connection on `protocol` whose token's `tier` claim is `tier`: the
+    /// named tier over the protocol's profile, or the protocol's profile alone when there
+    /// is no claim or no tier of that name (an unknown tier gets the defaults rather than
+    /// no limit). Called once per connection, not per message.
+    pub fn profile(&self, protocol: Protocol, tier: Option<&str>) -> RateProfile {
+        let base = match protocol {
+            Protocol::Native => self.native,
+            Protocol::SocketIo => self.socketio,
+        };
+        match tier.and_then(|name| self.tiers.get(name)) {
+            Some(t) => t.over(base),
+            None => base,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        // Every profile a connection can get: each protocol's, and each tier over each.
+        let tiers = self.tiers.keys().flat_map(|name| {
+            let table = format!("rate_limits.tiers.{name}");
+            [
+                (table.clone(), Protocol::Native, Some(name.as_str())),
+                (table, Protocol::SocketIo, Some(name.as_str())),
+            ]
+        });
+        let all = [
+            ("rate_limits.native".to_owned(), Protocol::Native, None),
+            ("rate_limits.socketio".to_owned(), Protocol::SocketIo, None),
+        ]
+        .into_iter()
+        .chain(tiers);
+        for (table, protocol, tier) in all {
+            let p = self.profile(protocol, tier);
+            for (key, rate, burst) in [
+                ("messages", p.messages_per_s, p.messages_burst),
+                ("bytes", p.bytes_per_s, p.bytes_burst),
+                ("joins", p.joins_per_s, p.joins_burst),
+            ] {
+                if !(rate.is_finite() && rate >= 0.0) {
+                    return Err(ConfigError::Invalid(format!(
+                        "{table}.{key}_per_s must be a number >= 0 (0 turns the limit off)"
+                    )));
+                }
+                // A bucket that never holds a whole token refuses everything.
+                if rate > 0.0 && burst == 0 {
+                    return Err(ConfigError::Invalid(format!(
+                        "{table}.{key}_burst must be positive when {key}_per_s is set"
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -266,6 +473,32 @@ const KEYS: &[&str] = &[
     "write_timeout_ms",
 ];
 
+/// Tables whose keys may be set from the environment: `CORELAY_<TABLE>_<KEY>`, the
+/// table's path upper-cased with `_` for `.`. Longest first, so that a variable goes to
+/// the deepest table whose name it starts with.
+const TABLES: &[&str] = &["rate_limits.socketio", "rate_limits.native", "rate_limits"];
+
+/// Puts `value` at `key` in the table at `path` (dotted) inside `root`, creating tables on
+/// the way; `Err` when something on the path is not a table.
+fn insert_at(
+    root: &mut toml::Table,
+    path: &str,
+    key: String,
+    value: toml::Value,
+) -> Result<(), ConfigError> {
+    let mut table = root;
+    for part in path.split('.') {
+        let entry = table
+            .entry(part.to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| ConfigError::Invalid(format!("{path}: `{part}` is not a table")))?;
+    }
+    table.insert(key, value);
+    Ok(())
+}
+
 impl Config {
     /// Builds the configuration from an optional TOML file, environment variables
     /// (`CORELAY_<KEY>`), and `overrides` (flags, as `key`, `value` pairs of TOML text or
@@ -292,6 +525,15 @@ impl Config {
             let key = key.to_ascii_lowercase();
             if KEYS.contains(&key.as_str()) {
                 table.insert(key, scalar(&value));
+                continue;
+            }
+            // A key of a table: an unknown one is refused below like one in the file.
+            let nested = TABLES.iter().find_map(|path| {
+                let rest = key.strip_prefix(&format!("{}_", path.replace('.', "_")))?;
+                (!rest.is_empty()).then(|| (*path, rest.to_owned()))
+            });
+            if let Some((path, rest)) = nested {
+                insert_at(&mut table, path, rest, scalar(&value))?;
             }
         }
         for (key, value) in overrides {
@@ -373,6 +615,7 @@ impl Config {
                 "ping_interval_ms and handshake_timeout_ms must be positive".into(),
             ));
         }
+        self.rate_limits.validate()?;
         // Browsers send an origin as scheme://host[:port], nothing more: an entry with a
         // path or a trailing slash would never match, and the pages it was meant for would
         // be refused without a word.
@@ -511,6 +754,82 @@ mod tests {
         ] {
             assert!(load(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn rate_limits_come_from_tables_and_their_environment_variables() {
+        let dir = std::env::temp_dir().join(format!("corelay-config-rate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(
+            &file,
+            "[rate_limits]\nsustained_ms = 500\n[rate_limits.native]\nmessages_per_s = 5\n\
+             [rate_limits.tiers.pro]\nmessages_per_s = 50\njoins_burst = 3\n",
+        )
+        .unwrap();
+        let env = vec![
+            (
+                "CORELAY_RATE_LIMITS_NATIVE_MESSAGES_BURST".to_owned(),
+                "7".to_owned(),
+            ),
+            (
+                "CORELAY_RATE_LIMITS_SOCKETIO_BYTES_PER_S".to_owned(),
+                "0".to_owned(),
+            ),
+            (
+                "CORELAY_RATE_LIMITS_SUSTAINED_MS".to_owned(),
+                "900".to_owned(),
+            ),
+            ("CORELAY_SHARDS".to_owned(), "2".to_owned()),
+        ];
+        let c = Config::load(Some(&file), env, &[]).unwrap();
+        let r = &c.rate_limits;
+        assert_eq!(c.shards, 2, "flat keys still work");
+        assert_eq!(r.sustained_ms, 900);
+        assert_eq!((r.native.messages_per_s, r.native.messages_burst), (5.0, 7));
+        // Keys not set keep their defaults, per protocol.
+        assert_eq!(
+            r.native.joins_burst,
+            RateLimits::default().native.joins_burst
+        );
+        assert_eq!(r.socketio.bytes_per_s, 0.0);
+        assert_eq!(
+            r.socketio.messages_per_s,
+            RateLimits::default().socketio.messages_per_s
+        );
+        // A tier overrides what it names over each protocol's profile.
+        let pro = r.profile(Protocol::Native, Some("pro"));
+        assert_eq!(
+            (pro.messages_per_s, pro.messages_burst, pro.joins_burst),
+            (50.0, 7, 3)
+        );
+        let pro_sio = r.profile(Protocol::SocketIo, Some("pro"));
+        assert_eq!((pro_sio.messages_per_s, pro_sio.bytes_per_s), (50.0, 0.0));
+        // No claim, or a tier nobody configured: the protocol's profile.
+        assert_eq!(r.profile(Protocol::Native, None), r.native);
+        assert_eq!(r.profile(Protocol::Native, Some("gold")), r.native);
+        // An unknown key under a table is an error, as in the file.
+        let typo = vec![(
+            "CORELAY_RATE_LIMITS_NATIVE_MESAGES_PER_S".to_owned(),
+            "1".to_owned(),
+        )];
+        assert!(Config::load(None, typo, &[]).is_err());
+    }
+
+    #[test]
+    fn rate_limits_refuse_buckets_that_can_never_pass() {
+        let load = |toml: &str| {
+            let dir =
+                std::env::temp_dir().join(format!("corelay-config-rl-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let file = dir.join(format!("{}.toml", toml.len()));
+            std::fs::write(&file, toml).unwrap();
+            Config::load(Some(&file), vec![], &[])
+        };
+        assert!(load("[rate_limits.native]\nmessages_per_s = 1\nmessages_burst = 0\n").is_err());
+        assert!(load("[rate_limits.native]\nmessages_per_s = 0\nmessages_burst = 0\n").is_ok());
+        assert!(load("[rate_limits.socketio]\njoins_per_s = -1\n").is_err());
+        assert!(load("[rate_limits.tiers.free]\nbytes_burst = 0\n").is_err());
     }
 
     #[test]

@@ -71,9 +71,10 @@ impl Handler {
 /// The data of a `message` packet, for the layer above.
 enum Message<'a> {
     /// A text message, with the time it arrived (Socket.IO times binary attachments from
-    /// the text that announces them).
+    /// the text that announces them, and counts its events against rate limits then).
     Text(&'a str, Instant),
-    Binary(Bytes),
+    /// A binary message, with the time it arrived.
+    Binary(Bytes, Instant),
 }
 
 /// Which transport a session uses.
@@ -585,7 +586,7 @@ impl Session {
             (PacketType::Message, Data::Text(text)) => self.deliver(Message::Text(text, now))?,
             // Decoded from base64 in a payload, the bytes are owned already: no copy.
             (PacketType::Message, Data::Binary(bin)) => {
-                self.deliver(Message::Binary(Bytes::from(bin.into_owned())))?
+                self.deliver(Message::Binary(Bytes::from(bin.into_owned()), now))?
             }
             // Open is server-to-client only; an upgrade comes on the probing WebSocket.
             (PacketType::Open | PacketType::Upgrade, _) => return Err(CloseReason::Protocol),
@@ -622,12 +623,17 @@ impl Session {
     /// Handles a binary message from the WebSocket `ws` (v4 gives it no packet type: the
     /// frame is a `message`), passing its bytes on as they are. `Err` closes the WebSocket
     /// (and the session, if `ws` is its transport).
-    pub fn handle_binary(self: &Rc<Self>, data: Bytes, ws: &Rc<Outbox>) -> Result<(), CloseReason> {
+    pub fn handle_binary(
+        self: &Rc<Self>,
+        now: Instant,
+        data: Bytes,
+        ws: &Rc<Outbox>,
+    ) -> Result<(), CloseReason> {
         if !self.is_websocket(ws) {
             // Only the probe and the upgrade come on a probing WebSocket.
             return Err(CloseReason::Protocol);
         }
-        self.deliver(Message::Binary(data))
+        self.deliver(Message::Binary(data, now))
     }
 
     /// Hands a message to the layer above.
@@ -636,12 +642,14 @@ impl Session {
             (Some(Handler::SocketIo(sio)), Message::Text(text, now)) => {
                 sio.on_text(session, now, text)
             }
-            (Some(Handler::SocketIo(sio)), Message::Binary(bin)) => sio.on_binary(session, bin),
+            (Some(Handler::SocketIo(sio)), Message::Binary(bin, now)) => {
+                sio.on_binary(session, now, bin)
+            }
             (Some(Handler::Echo), Message::Text(text, _)) => {
                 session.send(&format!("4{text}"), &[]);
                 Ok(())
             }
-            (Some(Handler::Echo), Message::Binary(bin)) => {
+            (Some(Handler::Echo), Message::Binary(bin, _)) => {
                 session.send_binary(&bin);
                 Ok(())
             }
@@ -927,7 +935,7 @@ mod tests {
         let message = Packet::text(PacketType::Message, "hi");
         assert!(upgrading.handle_packet(t0, message, Some(&probe)).is_err());
         assert!(upgrading
-            .handle_binary(Bytes::from_static(b"hi"), &probe)
+            .handle_binary(Instant::now(), Bytes::from_static(b"hi"), &probe)
             .is_err());
         assert!(!upgrading.is_closed());
         assert_eq!(ws_texts(&probe), vec!["3probe"]);

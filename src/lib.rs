@@ -17,6 +17,8 @@
 //! - [`proto`]: wire formats, sans-IO: HTTP/1.1 heads ([`proto::http`]), WebSocket framing
 //!   ([`proto::ws`]), the native rkyv protocol ([`proto::native`]), Engine.IO and
 //!   Socket.IO packets.
+//! - [`rate_limit`]: the token buckets of one connection (messages, bytes and joins per
+//!   second) and when persistent refusals close it, sans-IO.
 //! - [`relay`]: rooms, membership, fan-out and the per-connection [`relay::Outbox`], sans-IO.
 //! - [`timer`]: the timer wheel every shard keeps its deadlines in.
 //! - [`shard`]: the runtime, which knows no protocol. Per core: a glommio executor running
@@ -48,6 +50,7 @@ pub mod config;
 mod engineio;
 pub mod net;
 pub mod proto;
+pub mod rate_limit;
 pub mod relay;
 pub mod server;
 pub mod shard;

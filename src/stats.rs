@@ -39,11 +39,14 @@ pub enum CloseReason {
     BadRequest,
     /// Socket error.
     Io,
+    /// The connection kept exceeding its rate limits for `rate_limits.sustained_ms`
+    /// (1008 `rate limited`; Socket.IO: the session ended).
+    RateLimited,
 }
 
 impl CloseReason {
     /// Every reason, in counter order.
-    pub const ALL: [CloseReason; 11] = [
+    pub const ALL: [CloseReason; 12] = [
         CloseReason::Peer,
         CloseReason::Shutdown,
         CloseReason::Protocol,
@@ -55,6 +58,7 @@ impl CloseReason {
         CloseReason::HandshakeTimeout,
         CloseReason::BadRequest,
         CloseReason::Io,
+        CloseReason::RateLimited,
     ];
 
     /// Stable name used in logs and metrics.
@@ -71,6 +75,7 @@ impl CloseReason {
             CloseReason::HandshakeTimeout => "handshake_timeout",
             CloseReason::BadRequest => "bad_request",
             CloseReason::Io => "io",
+            CloseReason::RateLimited => "rate_limited",
         }
     }
 }
@@ -98,11 +103,17 @@ pub enum Refusal {
     TooBigForRecipients,
     /// A join to a room at `max_room_members`.
     RoomFull,
+    /// A message past the connection's messages-per-second bucket (`rate_limits`).
+    RateLimitedMessages,
+    /// A message past the connection's bytes-per-second bucket.
+    RateLimitedBytes,
+    /// A join past the connection's joins-per-second bucket.
+    RateLimitedJoins,
 }
 
 impl Refusal {
     /// Every refusal, in counter order.
-    pub const ALL: [Refusal; 9] = [
+    pub const ALL: [Refusal; 12] = [
         Refusal::Connections,
         Refusal::ConnectionsPerIp,
         Refusal::Sessions,
@@ -112,6 +123,9 @@ impl Refusal {
         Refusal::ReservedName,
         Refusal::TooBigForRecipients,
         Refusal::RoomFull,
+        Refusal::RateLimitedMessages,
+        Refusal::RateLimitedBytes,
+        Refusal::RateLimitedJoins,
     ];
 
     /// Stable name used in logs and metrics.
@@ -126,6 +140,9 @@ impl Refusal {
             Refusal::ReservedName => "reserved_name",
             Refusal::TooBigForRecipients => "too_big_for_recipients",
             Refusal::RoomFull => "room_full",
+            Refusal::RateLimitedMessages => "rate_limited_messages",
+            Refusal::RateLimitedBytes => "rate_limited_bytes",
+            Refusal::RateLimitedJoins => "rate_limited_joins",
         }
     }
 }

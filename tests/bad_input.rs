@@ -386,6 +386,9 @@ fn a_client_that_stops_reading_is_dropped_and_its_room_keeps_full_speed() {
         c.outbound_queue_frames = 128;
         c.outbound_queue_bytes = 256 * 1024;
         c.slow_consumer_grace_ms = 200;
+        // The sender floods on purpose (24 MB as fast as it can): the subject here is
+        // the slow consumer, not the sender's rate limit.
+        c.rate_limits.native = corelay::config::RateProfile::UNLIMITED;
     });
     let addr = srv.local_addr();
     run(move || async move {

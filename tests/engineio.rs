@@ -477,6 +477,8 @@ fn a_socketio_client_that_stops_reading_is_dropped_as_a_slow_consumer() {
         c.outbound_queue_frames = 64;
         c.outbound_queue_bytes = 128 * 1024;
         c.slow_consumer_grace_ms = 100;
+        // The native sender floods on purpose: the subject is the reader.
+        c.rate_limits.native = corelay::config::RateProfile::UNLIMITED;
     });
     let addr = srv.local_addr();
     run(move || async move {
@@ -982,6 +984,9 @@ fn issue_8_7_a_websocket_whose_output_stalls_is_closed_after_the_write_timeout()
         c.engineio_ping_timeout_ms = 120_000;
         c.outbound_queue_bytes = 16 << 20;
         c.write_timeout_ms = 300;
+        // The sender floods on purpose: the subject is the reader.
+        c.rate_limits.native = corelay::config::RateProfile::UNLIMITED;
+        c.rate_limits.socketio = corelay::config::RateProfile::UNLIMITED;
     });
     let addr = srv.local_addr();
     let reg = srv.stats_registry();

@@ -145,6 +145,13 @@ fn node_reconnect() {
     node_suite("reconnect.test.js");
 }
 
+/// Rate limits as the official client sees them: the `{error: "rate_limited"}` ack, the
+/// `error` event, and the server-side disconnect of a persistent abuser.
+#[test]
+fn node_rate_limits() {
+    node_suite("rate_limits.test.js");
+}
+
 #[test]
 fn node_500_clients() {
     node_suite("load.test.js");

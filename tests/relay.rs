@@ -8,6 +8,7 @@ use std::rc::Rc;
 
 use common::{connect, connect_on_shard, run, server, still_serving};
 use corelay::client::{PayloadKind, ServerEvent};
+use corelay::config::RateProfile;
 use corelay::proto::native::LeaveReason;
 
 /// (receiver index, sender id, sequence) -> times delivered.
@@ -24,7 +25,8 @@ async fn next_message(c: &mut corelay::client::Client) -> (u64, bytes::Bytes) {
 
 #[test]
 fn members_on_two_shards_exchange_messages_in_order_with_nothing_lost() {
-    let srv = server(2, |_| {});
+    // 900 messages per client as fast as they go: ordering under load, not rate limits.
+    let srv = server(2, |c| c.rate_limits.native = RateProfile::UNLIMITED);
     let addr = srv.local_addr();
     run(move || async move {
         let mut a = connect_on_shard(addr, 0).await;
@@ -393,6 +395,8 @@ fn a_full_cross_shard_backlog_holds_input_back_and_loses_nothing() {
     let srv = server(2, |c| {
         c.mesh_queue = 1;
         c.mesh_backlog = 2;
+        // The senders flood on purpose, to fill the mesh.
+        c.rate_limits.native = RateProfile::UNLIMITED;
     });
     let addr = srv.local_addr();
     let stats = srv.stats_registry();

@@ -631,7 +631,7 @@ impl WsApp for EngineWs {
                 Ok(p) => session.handle_packet(cx.now, p, Some(cx.out)),
                 Err(_) => Err(CloseReason::Invalid),
             },
-            Message::Binary(bin) => session.handle_binary(bin, cx.out),
+            Message::Binary(bin) => session.handle_binary(cx.now, bin, cx.out),
             _ => Ok(()),
         };
         self.endpoint.schedule(cx.shard, &session);

@@ -9,12 +9,14 @@ use tungstenite::Message;
 
 use super::front::{upgrade, Head, Route};
 use super::websocket::{Flow, Keepalive, WebSocket, WsApp};
+use crate::config::Protocol;
 use crate::proto::http::Request;
 use crate::proto::native::{
     access_client, ArchivedClientFrame, ErrorCode, PayloadKind, ServerFrame, PROTOCOL_VERSION,
 };
 use crate::proto::socketio::is_reserved_for_relay;
 use crate::proto::ws::close;
+use crate::rate_limit::{Buckets, Exceeded};
 use crate::relay::{native_frame, valid_name, Body, PlayerId, Reply, Wire};
 use crate::shard::{Cx, Shard, Step};
 use crate::stats::{add, CloseReason, Refusal};
@@ -30,6 +32,10 @@ pub struct NativeSession {
     handshake_deadline: Instant,
     keepalive: Keepalive,
     max_name_len: usize,
+    /// The connection's rate limits, from `Hello` on; `None` when its profile limits
+    /// nothing. Boxed: eight bytes in a session that idle connections hold by the
+    /// thousand.
+    rate: Option<Box<Buckets>>,
 }
 
 impl NativeSession {
@@ -47,6 +53,7 @@ impl NativeSession {
                 limit: interval + Duration::from_millis(config.ping_timeout_ms),
             },
             max_name_len: config.max_name_len,
+            rate: None,
         };
         WebSocket::new(session, config.max_message_size)
     }
@@ -58,6 +65,28 @@ impl NativeSession {
             message: message.to_owned(),
         };
         let _ = cx.out.push(reply.frame(Wire::Native));
+    }
+
+    /// The `tier` claim of the connection's token, which picks its rate-limit profile
+    /// (`[rate_limits.tiers.<name>]`). Tokens are not checked yet, so there is none: when
+    /// they are, the claim is read here, from what `Hello` authenticated.
+    fn tier_claim(&self) -> Option<&str> {
+        None
+    }
+
+    /// Answers a request refused by a rate limit, counts it, and closes the connection
+    /// when it has kept exceeding its limits.
+    fn rate_limited(&self, cx: &Cx<'_>, req: u32, exceeded: Exceeded) -> Flow {
+        cx.shard.stats.count_refusal(exceeded.limit.refusal());
+        self.error(cx, req, exceeded.limit.code(), "rate limited: slow down");
+        if exceeded.close {
+            return Flow::Close {
+                code: close::POLICY,
+                reason: "rate limited",
+                stat: CloseReason::RateLimited,
+            };
+        }
+        Flow::Continue
     }
 
     fn handle_frame(&mut self, cx: &mut Cx<'_>, bytes: Bytes) -> Flow {
@@ -98,6 +127,10 @@ impl NativeSession {
                     };
                 } else {
                     self.welcomed = true;
+                    let limits = &shard.config.rate_limits;
+                    let profile = limits.profile(Protocol::Native, self.tier_claim());
+                    let sustained = Duration::from_millis(limits.sustained_ms);
+                    self.rate = Buckets::new(&profile, sustained, now);
                     shard
                         .relay
                         .borrow_mut()
@@ -124,6 +157,9 @@ impl NativeSession {
                 if !valid_name(room.as_str(), self.max_name_len) {
                     self.error(cx, req, ErrorCode::InvalidName, "bad room name");
                     return Flow::Continue;
+                }
+                if let Some(Err(exceeded)) = self.rate.as_mut().map(|r| r.join(now)) {
+                    return self.rate_limited(cx, req, exceeded);
                 }
                 let result = shard.relay.borrow_mut().join(
                     self.player,
@@ -170,6 +206,12 @@ impl NativeSession {
                         "event name reserved by socket.io clients or the server",
                     );
                     return Flow::Continue;
+                }
+                // Counted once the request is valid: a refusal for a bad name spends
+                // nothing, and what passes here is what the room receives.
+                let size = payload.len();
+                if let Some(Err(exceeded)) = self.rate.as_mut().map(|r| r.message(size, now)) {
+                    return self.rate_limited(cx, req, exceeded);
                 }
                 let body = Body::Event {
                     from: self.player,

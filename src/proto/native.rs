@@ -213,6 +213,10 @@ pub enum ErrorCode {
     TooBig = 15,
     /// The room has `max_room_members` members; the join was refused.
     RoomFull = 16,
+    /// The connection is past one of its rate limits (messages, bytes or joins per
+    /// second); the request was not carried out. Slow down: a client refused without
+    /// pause for `rate_limits.sustained_ms` is closed (1008 `rate limited`).
+    RateLimited = 17,
 }
 
 impl ErrorCode {
@@ -231,6 +235,7 @@ impl ErrorCode {
             ErrorCode::ReservedName => "reserved_name",
             ErrorCode::TooBig => "too_big",
             ErrorCode::RoomFull => "room_full",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 
@@ -249,6 +254,7 @@ impl ErrorCode {
             14 => ErrorCode::ReservedName,
             15 => ErrorCode::TooBig,
             16 => ErrorCode::RoomFull,
+            17 => ErrorCode::RateLimited,
             _ => return None,
         })
     }

@@ -693,6 +693,8 @@ struct Pending {
     count: usize,
     /// Bytes of the attachments received so far.
     bytes: usize,
+    /// Bytes of the text that announced them.
+    text_len: usize,
     /// When the caller gives up waiting for the attachments.
     deadline: Instant,
 }
@@ -747,11 +749,18 @@ impl BinaryAssembler {
                     packet,
                     count,
                     bytes: 0,
+                    text_len: text.len(),
                     deadline,
                 }));
                 Ok(None)
             }
         }
+    }
+
+    /// The length of the text of the packet waiting for its attachments (0 when none
+    /// waits): with the attachments, what the packet weighed on the wire.
+    pub fn pending_text_len(&self) -> usize {
+        self.pending.as_ref().map_or(0, |p| p.text_len)
     }
 
     /// Feeds the data of a binary Engine.IO `message`; returns the packet once its last

@@ -11,13 +11,14 @@ use serde_json::{json, Value};
 
 use super::ack::{AckCallback, AckError, PendingAcks};
 use super::{Ack, Namespace, Socket, SocketCore, SocketIo};
-use crate::config::Config;
+use crate::config::{Config, Protocol};
 use crate::engineio::Session;
 use crate::proto::native::{ErrorCode, PayloadKind};
 use crate::proto::socketio::{
     is_reserved_for_relay, Arg, ArgRef, BinaryAssembler, DecodeError, Packet, PacketType,
     MAIN_NAMESPACE,
 };
+use crate::rate_limit::{Buckets, Exceeded};
 use crate::relay::{valid_name, Body};
 use crate::stats::{add, CloseReason, Refusal};
 
@@ -61,13 +62,24 @@ impl Sockets {
     }
 }
 
+/// Where a session is: before its first namespace, with the connect timeout, or after,
+/// with its rate limits. One field for both, since the two never coexist: the session
+/// stays as small as it was before it had rate limits.
+enum Stage {
+    /// Not started: no deadline yet.
+    New,
+    /// A session that connects no namespace by then is closed (`connectTimeout`).
+    Connecting(Instant),
+    /// A namespace connected: no connect timeout any more, and the session's rate limits
+    /// from then on (`None` when its profile limits nothing).
+    Connected(Option<Box<Buckets>>),
+}
+
 pub(crate) struct SioSession {
     app: Arc<SocketIo>,
     sockets: Sockets,
     assembler: BinaryAssembler,
-    /// A session that connects no namespace by then is closed (`connectTimeout`); none
-    /// once one has connected.
-    connect_deadline: Option<Instant>,
+    stage: Stage,
 }
 
 impl SioSession {
@@ -77,7 +89,7 @@ impl SioSession {
             sockets: Sockets::default(),
             // Replaced with the configured limits by `start`.
             assembler: BinaryAssembler::new(MAX_ATTACHMENTS, 0),
-            connect_deadline: None,
+            stage: Stage::New,
         }
     }
 
@@ -89,9 +101,16 @@ impl SioSession {
     /// message does, instead of `MAX_ATTACHMENTS` times as much. Official clients meet it:
     /// by long-polling a whole packet must fit in one payload of that size anyway.
     pub fn start(&mut self, now: Instant, config: &Config) {
-        self.connect_deadline =
-            Some(now + Duration::from_millis(config.socketio_connect_timeout_ms));
+        let timeout = Duration::from_millis(config.socketio_connect_timeout_ms);
+        self.stage = Stage::Connecting(now + timeout);
         self.assembler = BinaryAssembler::new(MAX_ATTACHMENTS, config.engineio_max_payload);
+    }
+
+    fn connect_deadline(&self) -> Option<Instant> {
+        match self.stage {
+            Stage::Connecting(at) => Some(at),
+            Stage::New | Stage::Connected(_) => None,
+        }
     }
 
     /// The earliest of the session's Socket.IO deadlines: the connect timeout while no
@@ -101,7 +120,7 @@ impl SioSession {
             .sockets
             .values()
             .filter_map(|(core, _)| core.acks.borrow().deadline());
-        [self.connect_deadline, self.assembler.deadline()]
+        [self.connect_deadline(), self.assembler.deadline()]
             .into_iter()
             .flatten()
             .chain(acks)
@@ -116,7 +135,7 @@ impl SioSession {
         session: &Rc<Session>,
         now: Instant,
     ) -> Result<(), (&'static str, CloseReason)> {
-        if self.connect_deadline.is_some_and(|d| d <= now) {
+        if self.connect_deadline().is_some_and(|d| d <= now) {
             return Err(("connect timeout", CloseReason::HandshakeTimeout));
         }
         if self.assembler.deadline().is_some_and(|d| d <= now) {
@@ -149,16 +168,25 @@ impl SioSession {
         let timeout = session.shard.config.socketio_attachment_timeout_ms;
         let deadline = now + Duration::from_millis(timeout);
         match self.assembler.push_text(text, deadline) {
-            Ok(Some(packet)) => self.dispatch(session, packet),
+            Ok(Some(packet)) => self.dispatch(session, packet, now, text.len()),
             Ok(None) => Ok(()),
             Err(e) => Err(close_reason(&e)),
         }
     }
 
-    /// Feeds a binary Engine.IO message (an attachment).
-    pub fn on_binary(&mut self, session: &Rc<Session>, data: Bytes) -> Result<(), CloseReason> {
+    /// Feeds a binary Engine.IO message (an attachment) that arrived at `now`.
+    pub fn on_binary(
+        &mut self,
+        session: &Rc<Session>,
+        now: Instant,
+        data: Bytes,
+    ) -> Result<(), CloseReason> {
+        let text_len = self.assembler.pending_text_len();
         match self.assembler.push_binary(data) {
-            Ok(Some(packet)) => self.dispatch(session, packet),
+            Ok(Some(packet)) => {
+                let attachments: usize = packet.attachments.iter().map(Bytes::len).sum();
+                self.dispatch(session, packet, now, text_len + attachments)
+            }
             Ok(None) => Ok(()),
             Err(e) => Err(close_reason(&e)),
         }
@@ -206,23 +234,37 @@ impl SioSession {
         }
     }
 
-    fn dispatch(&mut self, session: &Rc<Session>, packet: Packet) -> Result<(), CloseReason> {
-        let result = self.handle_packet(session, packet);
+    /// Handles a complete packet that arrived at `now` and weighed `size` bytes on the
+    /// wire (text and attachments).
+    fn dispatch(
+        &mut self,
+        session: &Rc<Session>,
+        packet: Packet,
+        now: Instant,
+        size: usize,
+    ) -> Result<(), CloseReason> {
+        let result = self.handle_packet(session, packet, now, size);
         // Any handler the packet ran (connect, event, ack, disconnect) may have disconnected
         // sockets of this session.
         self.sweep(session);
         result
     }
 
-    fn handle_packet(&mut self, session: &Rc<Session>, packet: Packet) -> Result<(), CloseReason> {
+    fn handle_packet(
+        &mut self,
+        session: &Rc<Session>,
+        packet: Packet,
+        now: Instant,
+        size: usize,
+    ) -> Result<(), CloseReason> {
         match packet.packet_type {
-            PacketType::Connect => self.connect(session, packet),
+            PacketType::Connect => self.connect(session, packet, now),
             PacketType::Disconnect => {
                 self.remove(session, &packet.nsp, "client namespace disconnect");
                 Ok(())
             }
             PacketType::Event | PacketType::BinaryEvent => {
-                self.event(session, packet);
+                self.event(session, packet, now, size);
                 Ok(())
             }
             PacketType::Ack | PacketType::BinaryAck => {
@@ -255,7 +297,12 @@ impl SioSession {
         }
     }
 
-    fn connect(&mut self, session: &Rc<Session>, packet: Packet) -> Result<(), CloseReason> {
+    fn connect(
+        &mut self,
+        session: &Rc<Session>,
+        packet: Packet,
+        now: Instant,
+    ) -> Result<(), CloseReason> {
         let nsp = packet.nsp.clone();
         let Some(namespace) = self.app.lookup(&nsp) else {
             let refusal = Packet::connect_error(&nsp, "Invalid namespace");
@@ -294,7 +341,14 @@ impl SioSession {
         });
         let (outbox, wire) = session.transport();
         shard.relay.borrow_mut().connect(player, wire, outbox);
-        self.connect_deadline = None;
+        if !matches!(self.stage, Stage::Connected(_)) {
+            // The limits are the session's, set by its first namespace: they bound what
+            // one connection sends, whichever namespace it sends on.
+            let limits = &shard.config.rate_limits;
+            let profile = limits.profile(Protocol::SocketIo, tier_claim(&core.auth));
+            let sustained = Duration::from_millis(limits.sustained_ms);
+            self.stage = Stage::Connected(Buckets::new(&profile, sustained, now));
+        }
         let answer = Packet::connect(&nsp, Some(json!({ "sid": core.id })));
         session.send(&answer.encode_engineio(), &[]);
         self.sockets
@@ -305,7 +359,12 @@ impl SioSession {
         Ok(())
     }
 
-    fn event(&mut self, session: &Rc<Session>, packet: Packet) {
+    /// An event packet of `size` bytes on the wire, arrived at `now`.
+    ///
+    /// Every event packet is one message for the rate limits, whatever it does (an
+    /// application handler, the relay convention's `join`, `leave` or `to`): each costs
+    /// the server a parse and a dispatch. A `join` takes a join as well.
+    fn event(&mut self, session: &Rc<Session>, packet: Packet, now: Instant, size: usize) {
         let Some((core, namespace)) = self.sockets.get(&packet.nsp).cloned() else {
             // Not connected to that namespace: the reference server ignores such packets.
             return;
@@ -319,16 +378,61 @@ impl SioSession {
             id,
         });
         let socket = Socket { core };
-        if let Some(handler) = namespace.events.get(&name) {
+        let handler = namespace.events.get(&name);
+        let relayed = handler.is_none() && namespace.relay_convention;
+        let relayed = relayed && packet.nsp == MAIN_NAMESPACE;
+        if let Stage::Connected(Some(rate)) = &mut self.stage {
+            let mut checked = rate.message(size, now);
+            if checked.is_ok() && relayed && name == "join" {
+                checked = rate.join(now);
+            }
+            if let Err(exceeded) = checked {
+                return self.rate_limited(session, &socket, ack, &name, exceeded);
+            }
+        }
+        if let Some(handler) = handler {
             handler(&socket, owned_args(&packet), ack);
             return;
         }
-        if namespace.relay_convention && packet.nsp == MAIN_NAMESPACE {
-            relay_convention(session, &socket, &name, &packet, ack);
+        if relayed {
+            relay_convention(session, &socket, &name, &packet, ack, now);
             return;
         }
         answer_error(&socket, ack, "unknown_event", &name);
     }
+
+    /// Answers an event refused by a rate limit and counts it; ends the session when it
+    /// has kept exceeding its limits.
+    fn rate_limited(
+        &mut self,
+        session: &Rc<Session>,
+        socket: &Socket,
+        ack: Option<Ack>,
+        event: &str,
+        exceeded: Exceeded,
+    ) {
+        session.shard.stats.count_refusal(exceeded.limit.refusal());
+        answer_error(socket, ack, exceeded.limit.code().name(), event);
+        if !exceeded.close {
+            return;
+        }
+        // A DISCONNECT per namespace first, as `socket.disconnect()` on the server sends:
+        // the official client reports "io server disconnect" and, unlike after a lost
+        // transport, does not reconnect by itself, so an abusive loop ends here.
+        let names: Vec<String> = self.sockets.keys().cloned().collect();
+        for nsp in names {
+            session.send(&Packet::disconnect(&nsp).encode_engineio(), &[]);
+            self.remove(session, &nsp, "rate limited");
+        }
+        session.close("rate limited", CloseReason::RateLimited);
+    }
+}
+
+/// The `tier` claim of the token a socket connected with, which picks its rate-limit
+/// profile (`[rate_limits.tiers.<name>]`). Tokens are not checked yet, so there is none:
+/// when they are, the claim is read here, from the CONNECT packet's `auth` (`{ token }`).
+fn tier_claim(_auth: &Value) -> Option<&str> {
+    None
 }
 
 fn owned_args(packet: &Packet) -> Vec<Arg> {
@@ -363,6 +467,7 @@ fn relay_convention(
     name: &str,
     packet: &Packet,
     ack: Option<Ack>,
+    now: Instant,
 ) {
     let args: Vec<ArgRef<'_>> = packet.args().collect();
     let text = |i: usize| match args.get(i) {
@@ -371,7 +476,6 @@ fn relay_convention(
     };
     let shard = Rc::clone(&session.shard);
     let player = socket.player();
-    let now = Instant::now();
     let outcome: Result<(), ErrorCode> = match name {
         "join" | "leave" => {
             let Some(room) = text(0) else {

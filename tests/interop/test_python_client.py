@@ -29,11 +29,28 @@ WAIT = 5  # seconds, for every bounded wait
 
 @pytest.fixture(scope="module")
 def server_url():
+    yield from serve({})
+
+
+@pytest.fixture(scope="module")
+def limited_server_url():
+    """A server whose Socket.IO sessions may send two events at once, then one a second."""
+    yield from serve(
+        {
+            "CORELAY_RATE_LIMITS_SOCKETIO_MESSAGES_PER_S": "1",
+            "CORELAY_RATE_LIMITS_SOCKETIO_MESSAGES_BURST": "2",
+        }
+    )
+
+
+def serve(env):
+    """Runs `corelay serve` with `env` added; yields its URL, then stops it."""
     proc = subprocess.Popen(
         [CORELAY_BIN, "serve", "--listen", "127.0.0.1:0", "--shards", "2"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, **env},
     )
     lines = queue.Queue()
     threading.Thread(target=lambda: lines.put(proc.stdout.readline()), daemon=True).start()
@@ -156,3 +173,16 @@ def test_polling_client_with_a_websocket_client(peers):
 
     poller.sio.emit("to", ("py-mixed", "back", "from polling"))
     assert ws.next("back") == ["from polling", poller.sid]
+
+
+def test_events_past_the_rate_limit_get_rate_limited(limited_server_url):
+    peer = Peer(limited_server_url, ["websocket"])
+    try:
+        assert peer.call("join", "py-rl") == {"room": "py-rl", "members": 1}
+        assert peer.call("to", ("py-rl", "ev", 1)) == {"room": "py-rl"}
+        assert peer.call("to", ("py-rl", "ev", 2)) == {"error": "rate_limited"}
+        peer.sio.emit("to", ("py-rl", "ev", 3))
+        assert peer.next("error") == [{"error": "rate_limited", "event": "to"}]
+        assert peer.sio.connected
+    finally:
+        peer.close()
