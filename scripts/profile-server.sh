@@ -41,10 +41,13 @@ trap cleanup EXIT INT TERM
 
 case $KIND in
 corelay | corelay-sio)
-	# All 1,000 clients come from 127.0.0.1: the per-address admission limits are lifted
-	# (CORELAY_ENV, after them, may set them again).
+	# All 1,000 clients come from 127.0.0.1: the per-address admission limits are lifted,
+	# and the per-connection message rates raised past any rate profiled (CORELAY_ENV,
+	# after them, may set them again).
 	taskset -c "$SCPU" env CORELAY_MAX_CONNECTIONS_PER_IP=1000000 \
 		CORELAY_ENGINEIO_MAX_SESSIONS_PER_IP=1000000 CORELAY_ENGINEIO_HANDSHAKE_RATE=1000000 \
+		CORELAY_RATE_LIMITS_NATIVE_MESSAGES_PER_S=100000 CORELAY_RATE_LIMITS_NATIVE_MESSAGES_BURST=100000 \
+		CORELAY_RATE_LIMITS_SOCKETIO_MESSAGES_PER_S=100000 CORELAY_RATE_LIMITS_SOCKETIO_MESSAGES_BURST=100000 \
 		${CORELAY_ENV:-} "$CORELAY_BIN" serve --listen "127.0.0.1:$PORT" \
 		--shards 1 --cpus "$SCPU" >"$work/server.log" 2>&1 &
 	;;
