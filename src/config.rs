@@ -7,8 +7,11 @@ use std::path::Path;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub use crate::auth::{AuthConfig, Expiry};
+
 /// The server's settings. Field names are also the TOML keys and, upper-cased after
-/// `CORELAY_`, the environment variables.
+/// `CORELAY_`, the environment variables. A table's keys (`[auth]` `required`) are
+/// `CORELAY_<TABLE>_<KEY>` (`CORELAY_AUTH_REQUIRED`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -127,6 +130,8 @@ pub struct Config {
     /// A connection whose pending output makes no progress for this many ms is closed (a
     /// peer that stopped reading).
     pub write_timeout_ms: u64,
+    /// `[auth]`: JWT authentication of players (docs/AUTH.md).
+    pub auth: AuthConfig,
 }
 
 impl Default for Config {
@@ -197,6 +202,7 @@ impl Default for Config {
             socketio_attachment_timeout_ms: 10_000,
             socketio_ack_timeout_ms: 10_000,
             write_timeout_ms: 10_000,
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -266,6 +272,50 @@ const KEYS: &[&str] = &[
     "write_timeout_ms",
 ];
 
+/// Tables of keys, each with the keys it may hold: `CORELAY_<TABLE>_<KEY>` sets `[table]`
+/// `key`, and so does a flag named `table.key`.
+const TABLES: &[(&str, &[&str])] = &[("auth", crate::auth::KEYS)];
+
+/// Where an environment variable's or a flag's value goes: a top-level key, or a key of a
+/// table. `key` is lower case, `_` or `.` between a table and its key.
+fn place(key: &str) -> Option<(Option<&'static str>, String)> {
+    if KEYS.contains(&key) {
+        return Some((None, key.to_owned()));
+    }
+    TABLES.iter().find_map(|(table, keys)| {
+        let rest = key
+            .strip_prefix(table)
+            .and_then(|r| r.strip_prefix('_').or_else(|| r.strip_prefix('.')))?;
+        keys.contains(&rest)
+            .then(|| (Some(*table), rest.to_owned()))
+    })
+}
+
+/// Sets `key` (as [`place`] reads it) in `table` to `value`; false when no setting has
+/// that name.
+fn set(table: &mut toml::Table, key: &str, value: toml::Value) -> bool {
+    match place(key) {
+        Some((None, key)) => {
+            table.insert(key, value);
+        }
+        Some((Some(name), key)) => {
+            let entry = table
+                .entry(name.to_owned())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(t) => {
+                    t.insert(key, value);
+                }
+                // The file gave the table's name a non-table value: replaced here, so the
+                // variable takes effect as its layer says it should.
+                other => *other = toml::Value::Table(toml::Table::from_iter([(key, value)])),
+            }
+        }
+        None => return false,
+    }
+    true
+}
+
 impl Config {
     /// Builds the configuration from an optional TOML file, environment variables
     /// (`CORELAY_<KEY>`), and `overrides` (flags, as `key`, `value` pairs of TOML text or
@@ -289,13 +339,13 @@ impl Config {
             let Some(key) = name.strip_prefix("CORELAY_") else {
                 continue;
             };
-            let key = key.to_ascii_lowercase();
-            if KEYS.contains(&key.as_str()) {
-                table.insert(key, scalar(&value));
-            }
+            set(&mut table, &key.to_ascii_lowercase(), scalar(&value));
         }
         for (key, value) in overrides {
-            table.insert((*key).to_owned(), scalar(value));
+            // A flag with no such setting is refused below by `deny_unknown_fields`.
+            if !set(&mut table, key, scalar(value)) {
+                table.insert((*key).to_owned(), scalar(value));
+            }
         }
         let config: Config = toml::Value::Table(table)
             .try_into()
@@ -381,6 +431,10 @@ impl Config {
                 "cors_origins: `{bad}` is neither \"*\" nor an origin like \"https://game.example\" (scheme://host[:port], no path)"
             )));
         }
+        // The key is read now, so that a missing file or a bad PEM stops the start with one
+        // line instead of refusing every player later.
+        crate::auth::Verifier::new(&self.auth)
+            .map_err(|e| ConfigError::Invalid(format!("auth: {e}")))?;
         Ok(())
     }
 
@@ -511,6 +565,40 @@ mod tests {
         ] {
             assert!(load(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn tables_are_set_from_files_variables_and_flags() {
+        let dir = std::env::temp_dir().join(format!("corelay-config-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "shards = 2\n[auth]\nleeway_s = 5\nissuer = \"a\"\n").unwrap();
+        let env = vec![
+            ("CORELAY_AUTH_REQUIRED".to_owned(), "true".to_owned()),
+            ("CORELAY_AUTH_JWT_SECRET".to_owned(), "k".to_owned()),
+            ("CORELAY_AUTH_ISSUER".to_owned(), "b".to_owned()),
+            ("CORELAY_SHARDS".to_owned(), "3".to_owned()),
+        ];
+        let c = Config::load(Some(&file), env, &[("auth.expiry", "ignore".into())]).unwrap();
+        assert_eq!(c.shards, 3);
+        assert!(c.auth.required);
+        assert_eq!(c.auth.jwt_secret.as_deref(), Some("k"));
+        assert_eq!(c.auth.issuer.as_deref(), Some("b"));
+        assert_eq!(c.auth.leeway_s, 5);
+        assert_eq!(c.auth.expiry, Expiry::Ignore);
+        // One line for what is wrong, at load.
+        let bad = |k: &str, v: &str| {
+            Config::load(None, vec![], &[(k, v.into())])
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad("auth.required", "true").contains("jwt_secret"));
+        assert!(bad("auth.jwt_public_key_file", "/nonexistent.pem").contains("cannot read"));
+        assert!(
+            bad("auth.expiry", "sometimes").contains("expiry")
+                || bad("auth.expiry", "sometimes").contains("variant")
+        );
+        assert!(Config::load(None, vec![], &[("auth.nope", "1".into())]).is_err());
     }
 
     #[test]
