@@ -252,6 +252,11 @@ impl Verifier {
         })
     }
 
+    /// Whether tokens are checked at all (a key is configured).
+    pub fn keyed(&self) -> bool {
+        self.key.is_some()
+    }
+
     /// Whether a connection without a token is refused.
     pub fn required(&self) -> bool {
         self.required

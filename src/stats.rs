@@ -39,11 +39,14 @@ pub enum CloseReason {
     BadRequest,
     /// Socket error.
     Io,
+    /// No valid token when one is required, or the token expired (1008; Socket.IO: the
+    /// session's namespace refused or disconnected).
+    Unauthorized,
 }
 
 impl CloseReason {
     /// Every reason, in counter order.
-    pub const ALL: [CloseReason; 11] = [
+    pub const ALL: [CloseReason; 12] = [
         CloseReason::Peer,
         CloseReason::Shutdown,
         CloseReason::Protocol,
@@ -55,6 +58,7 @@ impl CloseReason {
         CloseReason::HandshakeTimeout,
         CloseReason::BadRequest,
         CloseReason::Io,
+        CloseReason::Unauthorized,
     ];
 
     /// Stable name used in logs and metrics.
@@ -71,6 +75,7 @@ impl CloseReason {
             CloseReason::HandshakeTimeout => "handshake_timeout",
             CloseReason::BadRequest => "bad_request",
             CloseReason::Io => "io",
+            CloseReason::Unauthorized => "unauthorized",
         }
     }
 }
@@ -98,11 +103,13 @@ pub enum Refusal {
     TooBigForRecipients,
     /// A join to a room at `max_room_members`.
     RoomFull,
+    /// A token refused (missing when required, bad, expired) at connect or refresh.
+    Token,
 }
 
 impl Refusal {
     /// Every refusal, in counter order.
-    pub const ALL: [Refusal; 9] = [
+    pub const ALL: [Refusal; 10] = [
         Refusal::Connections,
         Refusal::ConnectionsPerIp,
         Refusal::Sessions,
@@ -112,6 +119,7 @@ impl Refusal {
         Refusal::ReservedName,
         Refusal::TooBigForRecipients,
         Refusal::RoomFull,
+        Refusal::Token,
     ];
 
     /// Stable name used in logs and metrics.
@@ -126,6 +134,7 @@ impl Refusal {
             Refusal::ReservedName => "reserved_name",
             Refusal::TooBigForRecipients => "too_big_for_recipients",
             Refusal::RoomFull => "room_full",
+            Refusal::Token => "token",
         }
     }
 }

@@ -60,8 +60,8 @@ pub enum ServerEvent {
     Message {
         /// Room.
         room: String,
-        /// Sender's player id.
-        from: u64,
+        /// Sender's player id (empty: the server's application code).
+        from: String,
         /// Event name.
         event: String,
         /// Payload.
@@ -74,7 +74,7 @@ pub enum ServerEvent {
         /// Room.
         room: String,
         /// New member.
-        player: u64,
+        player: String,
         /// Count after.
         members: u32,
     },
@@ -83,7 +83,7 @@ pub enum ServerEvent {
         /// Room.
         room: String,
         /// Who.
-        player: u64,
+        player: String,
         /// Count after.
         members: u32,
         /// Left or disconnected.
@@ -124,7 +124,8 @@ pub enum ClientError {
 
 #[derive(Debug)]
 enum Answer {
-    Welcome { player: u64, shard: u32 },
+    Welcome { player: String, shard: u32 },
+    Refreshed { exp: u64 },
     Joined { members: u32 },
     Left,
     Pong,
@@ -135,7 +136,7 @@ enum Answer {
 pub struct Client {
     tx: ClientSender,
     rx: ClientReceiver,
-    player: u64,
+    player: String,
     shard: u32,
 }
 
@@ -214,9 +215,28 @@ impl Client {
         }
     }
 
-    /// This connection's player id.
-    pub fn player(&self) -> u64 {
-        self.player
+    /// This connection's player id as others see it: the token's `sub`, or a server-made
+    /// id when connected without a token.
+    pub fn player(&self) -> &str {
+        &self.player
+    }
+
+    /// Replaces the session's token with `token` (same `sub`), so that a server that ends
+    /// sessions at their token's expiry keeps this one until the new `exp`, which is
+    /// returned (0 from a server that checks no tokens). A refused token is
+    /// `ClientError::Server` with code 5; the session goes on with the old one.
+    pub async fn refresh(&mut self, token: &str) -> Result<u64, ClientError> {
+        let req = self.tx.request(|req| ClientFrame::Refresh {
+            req,
+            token: token.to_owned(),
+        })?;
+        match self.rx.answer(req).await? {
+            Answer::Refreshed { exp } => Ok(exp),
+            Answer::Error { code, message } => Err(ClientError::Server { code, message }),
+            other => Err(ClientError::Protocol(format!(
+                "expected Refreshed, got {other:?}"
+            ))),
+        }
     }
 
     /// The shard serving this connection.
@@ -417,7 +437,7 @@ impl ClientReceiver {
             ArchivedServerFrame::Welcome { req, player, shard } => self.answers.push_back((
                 req.to_native(),
                 Answer::Welcome {
-                    player: player.to_native(),
+                    player: player.as_str().to_owned(),
                     shard: shard.to_native(),
                 },
             )),
@@ -430,6 +450,12 @@ impl ClientReceiver {
             ArchivedServerFrame::Left { req, .. } => {
                 self.answers.push_back((req.to_native(), Answer::Left))
             }
+            ArchivedServerFrame::Refreshed { req, exp } => self.answers.push_back((
+                req.to_native(),
+                Answer::Refreshed {
+                    exp: exp.to_native(),
+                },
+            )),
             ArchivedServerFrame::Pong { req, .. } => {
                 self.answers.push_back((req.to_native(), Answer::Pong))
             }
@@ -448,7 +474,7 @@ impl ClientReceiver {
                 kind,
             } => self.events.push_back(ServerEvent::Message {
                 room: room.as_str().to_owned(),
-                from: from.to_native(),
+                from: from.as_str().to_owned(),
                 event: event.as_str().to_owned(),
                 payload: bytes.slice_ref(payload.as_slice()),
                 kind: PayloadKind::from(kind),
@@ -459,7 +485,7 @@ impl ClientReceiver {
                 members,
             } => self.events.push_back(ServerEvent::MemberJoined {
                 room: room.as_str().to_owned(),
-                player: player.to_native(),
+                player: player.as_str().to_owned(),
                 members: members.to_native(),
             }),
             ArchivedServerFrame::MemberLeft {
@@ -469,7 +495,7 @@ impl ClientReceiver {
                 reason,
             } => self.events.push_back(ServerEvent::MemberLeft {
                 room: room.as_str().to_owned(),
-                player: player.to_native(),
+                player: player.as_str().to_owned(),
                 members: members.to_native(),
                 reason: match reason {
                     native::ArchivedLeaveReason::Left => LeaveReason::Left,

@@ -2,6 +2,7 @@
 //! application of the WebSocket driver.
 
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -9,6 +10,7 @@ use tungstenite::Message;
 
 use super::front::{upgrade, Head, Route};
 use super::websocket::{Flow, Keepalive, WebSocket, WsApp};
+use crate::auth::{Identity, Verifier};
 use crate::proto::http::Request;
 use crate::proto::native::{
     access_client, ArchivedClientFrame, ErrorCode, PayloadKind, ServerFrame, PROTOCOL_VERSION,
@@ -25,6 +27,9 @@ pub const NATIVE_PATH: &str = "/ws";
 /// One native-protocol session.
 pub struct NativeSession {
     player: PlayerId,
+    /// Boxed: one pointer in the session, which every idle connection pays for
+    /// (`per_connection_structures_stay_small`).
+    auth: Box<SessionAuth>,
     welcomed: bool,
     /// `Hello` must come by then.
     handshake_deadline: Instant,
@@ -32,14 +37,33 @@ pub struct NativeSession {
     max_name_len: usize,
 }
 
+/// Who a session's player is, and how its token is checked.
+struct SessionAuth {
+    /// Anonymous until `Hello` brings a token.
+    identity: Identity,
+    verifier: Arc<Verifier>,
+    /// When the token expires, if sessions end then (`auth.expiry`).
+    expires: Option<Instant>,
+}
+
 impl NativeSession {
-    /// A session on `shard` for a connection accepted at `accepted_at`, wrapped in the
-    /// WebSocket driver.
-    pub fn connection(shard: &Rc<Shard>, accepted_at: Instant) -> WebSocket<NativeSession> {
+    /// A session on `shard` for a connection accepted at `accepted_at`, its tokens checked
+    /// by `verifier`, wrapped in the WebSocket driver.
+    pub fn connection(
+        shard: &Rc<Shard>,
+        accepted_at: Instant,
+        verifier: Arc<Verifier>,
+    ) -> WebSocket<NativeSession> {
         let config = &shard.config;
         let interval = Duration::from_millis(config.ping_interval_ms);
+        let player = shard.next_player_id();
         let session = NativeSession {
-            player: shard.next_player_id(),
+            player,
+            auth: Box::new(SessionAuth {
+                identity: Identity::anonymous(player.to_string()),
+                verifier,
+                expires: None,
+            }),
             welcomed: false,
             handshake_deadline: accepted_at + Duration::from_millis(config.handshake_timeout_ms),
             keepalive: Keepalive {
@@ -75,7 +99,11 @@ impl NativeSession {
         let now = cx.now;
         let shard = Rc::clone(cx.shard);
         match frame {
-            ArchivedClientFrame::Hello { req, version, .. } => {
+            ArchivedClientFrame::Hello {
+                req,
+                version,
+                token,
+            } => {
                 let req = req.to_native();
                 if self.welcomed {
                     self.error(
@@ -97,14 +125,33 @@ impl NativeSession {
                         stat: CloseReason::Protocol,
                     };
                 } else {
+                    match self.auth.verifier.check(token.as_ref().map(|t| t.as_str())) {
+                        Ok(identity) => {
+                            if let Some(identity) = identity {
+                                self.auth.expires = self.auth.verifier.deadline(&identity, now);
+                                self.auth.identity = identity;
+                            }
+                        }
+                        Err(why) => {
+                            shard.stats.count_refusal(Refusal::Token);
+                            self.error(cx, req, ErrorCode::Unauthorized, &why.to_string());
+                            return Flow::Close {
+                                code: close::POLICY,
+                                reason: "unauthorized",
+                                stat: CloseReason::Unauthorized,
+                            };
+                        }
+                    }
                     self.welcomed = true;
-                    shard
-                        .relay
-                        .borrow_mut()
-                        .connect(self.player, Wire::Native, Rc::clone(cx.out));
+                    shard.relay.borrow_mut().connect(
+                        self.player,
+                        Arc::clone(&self.auth.identity.player),
+                        Wire::Native,
+                        Rc::clone(cx.out),
+                    );
                     let _ = cx.out.push(native_frame(&ServerFrame::Welcome {
                         req,
-                        player: self.player,
+                        player: self.auth.identity.player.to_string(),
                         shard: shard.id as u32,
                     }));
                 }
@@ -172,7 +219,7 @@ impl NativeSession {
                     return Flow::Continue;
                 }
                 let body = Body::Event {
-                    from: self.player,
+                    from: Arc::clone(&self.auth.identity.player),
                     event: event.as_str().to_owned(),
                     // The payload stays in the received buffer: no copy.
                     payload: bytes.slice_ref(payload.as_slice()),
@@ -191,6 +238,28 @@ impl NativeSession {
                     req: req.to_native(),
                     t: t.to_native(),
                 }));
+            }
+            ArchivedClientFrame::Refresh { req, token } => {
+                let req = req.to_native();
+                match self
+                    .auth
+                    .verifier
+                    .refresh(&self.auth.identity, token.as_str())
+                {
+                    Ok(identity) => {
+                        self.auth.expires = self.auth.verifier.deadline(&identity, now);
+                        let exp = identity.exp.unwrap_or(0);
+                        self.auth.identity = identity;
+                        let _ = cx
+                            .out
+                            .push(native_frame(&ServerFrame::Refreshed { req, exp }));
+                    }
+                    // The session goes on with its old token, which may still be good.
+                    Err(why) => {
+                        shard.stats.count_refusal(Refusal::Token);
+                        self.error(cx, req, ErrorCode::Unauthorized, &why.to_string());
+                    }
+                }
             }
         }
         Flow::Continue
@@ -223,7 +292,11 @@ impl WsApp for NativeSession {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        (!self.welcomed).then_some(self.handshake_deadline)
+        if self.welcomed {
+            self.auth.expires
+        } else {
+            Some(self.handshake_deadline)
+        }
     }
 
     fn on_timeout(&mut self, cx: &mut Cx<'_>) -> Flow {
@@ -232,6 +305,19 @@ impl WsApp for NativeSession {
                 code: close::POLICY,
                 reason: "handshake timeout",
                 stat: CloseReason::HandshakeTimeout,
+            };
+        }
+        if self.welcomed && self.auth.expires.is_some_and(|at| cx.now >= at) {
+            self.error(
+                cx,
+                0,
+                ErrorCode::Unauthorized,
+                "token expired; refresh it before exp",
+            );
+            return Flow::Close {
+                code: close::POLICY,
+                reason: "token expired",
+                stat: CloseReason::Unauthorized,
             };
         }
         Flow::Continue
@@ -259,17 +345,31 @@ fn request_id(frame: &ArchivedClientFrame) -> u32 {
         | ArchivedClientFrame::Join { req, .. }
         | ArchivedClientFrame::Leave { req, .. }
         | ArchivedClientFrame::Send { req, .. }
-        | ArchivedClientFrame::Ping { req, .. } => req.to_native(),
+        | ArchivedClientFrame::Ping { req, .. }
+        | ArchivedClientFrame::Refresh { req, .. } => req.to_native(),
     }
 }
 
 /// The route of `/ws`: answers the upgrade and starts a native session.
-pub struct NativeRoute;
+pub struct NativeRoute {
+    verifier: Arc<Verifier>,
+}
+
+impl NativeRoute {
+    /// The route, its sessions' tokens checked by `verifier`.
+    pub fn new(verifier: Arc<Verifier>) -> NativeRoute {
+        NativeRoute { verifier }
+    }
+}
 
 impl Route for NativeRoute {
     fn serve(&self, cx: &mut Cx<'_>, request: Request, head: Head<'_>) -> Step {
         upgrade(cx, &request, head, |cx, started| {
-            Box::new(NativeSession::connection(cx.shard, started))
+            Box::new(NativeSession::connection(
+                cx.shard,
+                started,
+                Arc::clone(&self.verifier),
+            ))
         })
     }
 }
