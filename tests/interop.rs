@@ -189,6 +189,11 @@ fn node_reconnect() {
 }
 
 #[test]
+fn node_auth() {
+    node_suite("auth.test.js");
+}
+
+#[test]
 fn node_500_clients() {
     node_suite("load.test.js");
 }
