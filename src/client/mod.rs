@@ -30,7 +30,8 @@ pub use crate::proto::native::PayloadKind;
 pub struct ClientConfig {
     /// `ws://host:port/path`, e.g. `ws://127.0.0.1:7700/ws`.
     pub url: String,
-    /// Token sent in `Hello`.
+    /// JWT sent in `Hello` (docs/AUTH.md): its `sub` becomes [`Client::player`]. `None`
+    /// connects anonymously, where the server allows it.
     pub token: Option<String>,
     /// Local address to connect from (spreads load generators over 127.0.0.x).
     pub bind: Option<IpAddr>,
