@@ -38,9 +38,14 @@ fn payload() -> Bytes {
     Bytes::from((0..PAYLOAD_LEN as u8).collect::<Vec<u8>>())
 }
 
+/// The name others see for bench player `p`, as for an anonymous player.
+fn name(p: PlayerId) -> std::sync::Arc<str> {
+    std::sync::Arc::from(p.to_string())
+}
+
 fn event_body(from: PlayerId, payload: &Bytes) -> Body {
     Body::Event {
-        from,
+        from: name(from),
         event: "move".into(),
         payload: payload.clone(),
         kind: PayloadKind::Binary,
@@ -111,7 +116,7 @@ fn encode_once_vs_per_recipient(c: &mut Criterion) {
                 for outbox in &outboxes[1..] {
                     let frame = native_frame(&ServerFrame::Event {
                         room: ROOM.to_owned(),
-                        from: sender,
+                        from: sender.to_string(),
                         event: "move".into(),
                         payload: payload.clone(),
                         kind: PayloadKind::Binary,
@@ -135,7 +140,12 @@ fn relay_send(c: &mut Criterion) {
     let outboxes: Vec<Rc<Outbox>> = (0..MEMBERS).map(|_| Rc::new(Outbox::new(LIMITS))).collect();
     let now = Instant::now();
     for (player, outbox) in outboxes.iter().enumerate() {
-        relay.connect(player as PlayerId, Wire::Native, Rc::clone(outbox));
+        relay.connect(
+            player as PlayerId,
+            name(player as PlayerId),
+            Wire::Native,
+            Rc::clone(outbox),
+        );
         relay
             .join(player as PlayerId, Some(1), ROOM, now)
             .expect("join");

@@ -8,8 +8,11 @@ use std::path::Path;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+pub use crate::auth::{AuthConfig, Expiry};
+
 /// The server's settings. Field names are also the TOML keys and, upper-cased after
-/// `CORELAY_`, the environment variables.
+/// `CORELAY_`, the environment variables. A table's keys (`[auth]` `required`) are
+/// `CORELAY_<TABLE>_<KEY>` (`CORELAY_AUTH_REQUIRED`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -131,6 +134,8 @@ pub struct Config {
     /// `[rate_limits]`: token buckets per connection (messages, bytes, joins per second),
     /// one profile per protocol and named profiles picked by a token's `tier` claim.
     pub rate_limits: RateLimits,
+    /// `[auth]`: JWT authentication of players (docs/AUTH.md).
+    pub auth: AuthConfig,
 }
 
 impl Default for Config {
@@ -202,6 +207,7 @@ impl Default for Config {
             socketio_ack_timeout_ms: 10_000,
             write_timeout_ms: 10_000,
             rate_limits: RateLimits::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -473,10 +479,30 @@ const KEYS: &[&str] = &[
     "write_timeout_ms",
 ];
 
-/// Tables whose keys may be set from the environment: `CORELAY_<TABLE>_<KEY>`, the
-/// table's path upper-cased with `_` for `.`. Longest first, so that a variable goes to
-/// the deepest table whose name it starts with.
-const TABLES: &[&str] = &["rate_limits.socketio", "rate_limits.native", "rate_limits"];
+/// Tables whose keys may be set from the environment and by flags: `CORELAY_<TABLE>_<KEY>`
+/// (the table's path upper-cased with `_` for `.`) or a flag named `table.key` sets `key` in
+/// `[table]`. Longest first, so that a name goes to the deepest table it starts with. A key
+/// a table does not have is refused when the configuration is read, as in the file.
+const TABLES: &[&str] = &[
+    "rate_limits.socketio",
+    "rate_limits.native",
+    "rate_limits",
+    "auth",
+];
+
+/// Where an environment variable's (lower-cased, after `CORELAY_`) or a flag's value goes:
+/// a top-level key (`None`), or a key of the table at a path of [`TABLES`].
+fn place(key: &str) -> Option<(Option<&'static str>, String)> {
+    if KEYS.contains(&key) {
+        return Some((None, key.to_owned()));
+    }
+    TABLES.iter().find_map(|path| {
+        let rest = key
+            .strip_prefix(&format!("{}_", path.replace('.', "_")))
+            .or_else(|| key.strip_prefix(&format!("{path}.")))?;
+        (!rest.is_empty()).then(|| (Some(*path), rest.to_owned()))
+    })
+}
 
 /// Puts `value` at `key` in the table at `path` (dotted) inside `root`, creating tables on
 /// the way; `Err` when something on the path is not a table.
@@ -497,6 +523,19 @@ fn insert_at(
     }
     table.insert(key, value);
     Ok(())
+}
+
+/// Sets `key` (as [`place`] reads it) in `root` to `value`; `Ok(false)` when no setting or
+/// table has that name.
+fn set(root: &mut toml::Table, key: &str, value: toml::Value) -> Result<bool, ConfigError> {
+    match place(key) {
+        Some((None, key)) => {
+            root.insert(key, value);
+        }
+        Some((Some(path), key)) => insert_at(root, path, key, value)?,
+        None => return Ok(false),
+    }
+    Ok(true)
 }
 
 impl Config {
@@ -522,22 +561,14 @@ impl Config {
             let Some(key) = name.strip_prefix("CORELAY_") else {
                 continue;
             };
-            let key = key.to_ascii_lowercase();
-            if KEYS.contains(&key.as_str()) {
-                table.insert(key, scalar(&value));
-                continue;
-            }
-            // A key of a table: an unknown one is refused below like one in the file.
-            let nested = TABLES.iter().find_map(|path| {
-                let rest = key.strip_prefix(&format!("{}_", path.replace('.', "_")))?;
-                (!rest.is_empty()).then(|| (*path, rest.to_owned()))
-            });
-            if let Some((path, rest)) = nested {
-                insert_at(&mut table, path, rest, scalar(&value))?;
-            }
+            // Other CORELAY_ variables (of the load generator, of scripts) are not ours.
+            set(&mut table, &key.to_ascii_lowercase(), scalar(&value))?;
         }
         for (key, value) in overrides {
-            table.insert((*key).to_owned(), scalar(value));
+            // A flag with no such setting is refused below by `deny_unknown_fields`.
+            if !set(&mut table, key, scalar(value))? {
+                table.insert((*key).to_owned(), scalar(value));
+            }
         }
         let config: Config = toml::Value::Table(table)
             .try_into()
@@ -624,6 +655,10 @@ impl Config {
                 "cors_origins: `{bad}` is neither \"*\" nor an origin like \"https://game.example\" (scheme://host[:port], no path)"
             )));
         }
+        // The key is read now, so that a missing file or a bad PEM stops the start with one
+        // line instead of refusing every player later.
+        crate::auth::Verifier::new(&self.auth)
+            .map_err(|e| ConfigError::Invalid(format!("auth: {e}")))?;
         Ok(())
     }
 
@@ -830,6 +865,40 @@ mod tests {
         assert!(load("[rate_limits.native]\nmessages_per_s = 0\nmessages_burst = 0\n").is_ok());
         assert!(load("[rate_limits.socketio]\njoins_per_s = -1\n").is_err());
         assert!(load("[rate_limits.tiers.free]\nbytes_burst = 0\n").is_err());
+    }
+
+    #[test]
+    fn tables_are_set_from_files_variables_and_flags() {
+        let dir = std::env::temp_dir().join(format!("corelay-config-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "shards = 2\n[auth]\nleeway_s = 5\nissuer = \"a\"\n").unwrap();
+        let env = vec![
+            ("CORELAY_AUTH_REQUIRED".to_owned(), "true".to_owned()),
+            ("CORELAY_AUTH_JWT_SECRET".to_owned(), "k".to_owned()),
+            ("CORELAY_AUTH_ISSUER".to_owned(), "b".to_owned()),
+            ("CORELAY_SHARDS".to_owned(), "3".to_owned()),
+        ];
+        let c = Config::load(Some(&file), env, &[("auth.expiry", "ignore".into())]).unwrap();
+        assert_eq!(c.shards, 3);
+        assert!(c.auth.required);
+        assert_eq!(c.auth.jwt_secret.as_deref(), Some("k"));
+        assert_eq!(c.auth.issuer.as_deref(), Some("b"));
+        assert_eq!(c.auth.leeway_s, 5);
+        assert_eq!(c.auth.expiry, Expiry::Ignore);
+        // One line for what is wrong, at load.
+        let bad = |k: &str, v: &str| {
+            Config::load(None, vec![], &[(k, v.into())])
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad("auth.required", "true").contains("jwt_secret"));
+        assert!(bad("auth.jwt_public_key_file", "/nonexistent.pem").contains("cannot read"));
+        assert!(
+            bad("auth.expiry", "sometimes").contains("expiry")
+                || bad("auth.expiry", "sometimes").contains("variant")
+        );
+        assert!(Config::load(None, vec![], &[("auth.nope", "1".into())]).is_err());
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //! From the wire up; each layer uses only the ones above it in this list, and [`config`] and
 //! [`stats`] (below) are used throughout.
 //!
+//! //! - [`auth`]: JWT authentication, sans-IO: the `[auth]` settings and the verifier that
+//!   turns a token (native `Hello`, Socket.IO CONNECT) into a player's [`auth::Identity`].
 //! - [`admission`]: the connection, session and rate caps per source address and per
 //!   server, shared by the shards without locks.
 //! - [`proto`]: wire formats, sans-IO: HTTP/1.1 heads ([`proto::http`]), WebSocket framing
@@ -45,6 +47,7 @@
 #![warn(missing_docs)]
 
 pub mod admission;
+pub mod auth;
 pub mod client;
 pub mod config;
 mod engineio;

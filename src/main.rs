@@ -90,13 +90,8 @@ fn serve(
     }
     let config = Config::load(file.as_deref(), std::env::vars(), &overrides)?;
     let server = Server::start(config).context("cannot start")?;
-    println!(
-        "corelay listening on {} with {} shards on cpus {:?}",
-        server.local_addr(),
-        server.shards(),
-        server.cpus()
-    );
-
+    // The handlers are in place before the start line: a supervisor (or a test) that
+    // signals as soon as it reads the line gets a drain, not a kill by the default action.
     let control = server.control();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
@@ -108,6 +103,12 @@ fn serve(
             control.request_shutdown();
         }
     });
+    println!(
+        "corelay listening on {} with {} shards on cpus {:?}",
+        server.local_addr(),
+        server.shards(),
+        server.cpus()
+    );
     if let Some(secs) = stats_interval.filter(|s| *s > 0) {
         let registry = server.stats_registry();
         let control = server.control();

@@ -21,6 +21,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::admission::Occupancy;
+use crate::auth::Verifier;
 use crate::config::Config;
 use crate::net::engineio::EngineEndpoint;
 use crate::net::front::{Front, PathMatch, Routes};
@@ -71,6 +72,9 @@ pub enum ServerError {
     /// More shards were asked for than player ids can tell apart: lower `shards`.
     #[error("{0} shards asked for; at most {max} are supported", max = crate::shard::MAX_SHARDS)]
     TooManyShards(usize),
+    /// The `[auth]` key could not be loaded: fix the named setting.
+    #[error("auth: {0}")]
+    Auth(#[from] crate::auth::KeyError),
     /// A shard thread panicked.
     #[error("shard thread failed: {0}")]
     Panicked(String),
@@ -110,7 +114,9 @@ impl Server {
     }
 
     /// Like [`Server::start`], with application code on the Socket.IO endpoint.
-    pub fn start_with(config: Config, app: SocketIo) -> Result<Server, ServerError> {
+    pub fn start_with(config: Config, mut app: SocketIo) -> Result<Server, ServerError> {
+        let verifier = Arc::new(Verifier::new(&config.auth)?);
+        app.verifier = Some(Arc::clone(&verifier));
         let app = Arc::new(app);
         let socketio_path = config.socketio_path.clone();
         // One count of Engine.IO sessions for the whole server: the caps are server-wide
@@ -130,7 +136,7 @@ impl Server {
             let routes = Routes::new()
                 .route(
                     PathMatch::Exact(NATIVE_PATH.to_owned()),
-                    Rc::new(NativeRoute),
+                    Rc::new(NativeRoute::new(Arc::clone(&verifier))),
                 )
                 .route(PathMatch::Exact(socketio_path.clone()), engine.clone());
             vec![

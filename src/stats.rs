@@ -42,11 +42,14 @@ pub enum CloseReason {
     /// The connection kept exceeding its rate limits for `rate_limits.sustained_ms`
     /// (1008 `rate limited`; Socket.IO: the session ended).
     RateLimited,
+    /// No valid token when one is required, or the token expired (1008; Socket.IO: the
+    /// session's namespace refused or disconnected).
+    Unauthorized,
 }
 
 impl CloseReason {
     /// Every reason, in counter order.
-    pub const ALL: [CloseReason; 12] = [
+    pub const ALL: [CloseReason; 13] = [
         CloseReason::Peer,
         CloseReason::Shutdown,
         CloseReason::Protocol,
@@ -59,6 +62,7 @@ impl CloseReason {
         CloseReason::BadRequest,
         CloseReason::Io,
         CloseReason::RateLimited,
+        CloseReason::Unauthorized,
     ];
 
     /// Stable name used in logs and metrics.
@@ -76,6 +80,7 @@ impl CloseReason {
             CloseReason::BadRequest => "bad_request",
             CloseReason::Io => "io",
             CloseReason::RateLimited => "rate_limited",
+            CloseReason::Unauthorized => "unauthorized",
         }
     }
 }
@@ -109,11 +114,13 @@ pub enum Refusal {
     RateLimitedBytes,
     /// A join past the connection's joins-per-second bucket.
     RateLimitedJoins,
+    /// A token refused (missing when required, bad, expired) at connect or refresh.
+    Token,
 }
 
 impl Refusal {
     /// Every refusal, in counter order.
-    pub const ALL: [Refusal; 12] = [
+    pub const ALL: [Refusal; 13] = [
         Refusal::Connections,
         Refusal::ConnectionsPerIp,
         Refusal::Sessions,
@@ -126,6 +133,7 @@ impl Refusal {
         Refusal::RateLimitedMessages,
         Refusal::RateLimitedBytes,
         Refusal::RateLimitedJoins,
+        Refusal::Token,
     ];
 
     /// Stable name used in logs and metrics.
@@ -143,6 +151,7 @@ impl Refusal {
             Refusal::RateLimitedMessages => "rate_limited_messages",
             Refusal::RateLimitedBytes => "rate_limited_bytes",
             Refusal::RateLimitedJoins => "rate_limited_joins",
+            Refusal::Token => "token",
         }
     }
 }

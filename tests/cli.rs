@@ -244,7 +244,8 @@ fn first_player_id_of_a_fresh_process() -> u64 {
     let (tx, rx) = mpsc::channel();
     common::run(move || async move {
         let client = common::connect(addr).await;
-        tx.send(client.player()).unwrap();
+        // An anonymous player's id is its relay id in decimal.
+        tx.send(client.player().parse::<u64>().unwrap()).unwrap();
         let _ = client.close().await;
     });
     // SAFETY: plain kill(2) on our own child.

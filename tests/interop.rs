@@ -153,6 +153,11 @@ fn node_rate_limits() {
 }
 
 #[test]
+fn node_auth() {
+    node_suite("auth.test.js");
+}
+
+#[test]
 fn node_500_clients() {
     node_suite("load.test.js");
 }
@@ -188,9 +193,11 @@ fn mixed_room(transport: &'static str) {
         let joined = peer.next().await;
         assert_eq!(joined["type"], "joined", "first line: {joined}");
         assert_eq!(joined["members"], 2, "{joined}");
-        let sio_id: u64 = joined["id"]
+        // An anonymous player's id is its socket id, server-made digits.
+        let sio_id: String = joined["id"]
             .as_str()
-            .and_then(|id| id.parse().ok())
+            .filter(|id| id.parse::<u64>().is_ok())
+            .map(str::to_owned)
             .unwrap_or_else(|| panic!("socket.io id is a player id: {joined}"));
 
         // Native side: the socket.io client joins, then its object and its Buffer arrive.
@@ -202,7 +209,10 @@ fn mixed_room(transport: &'static str) {
                     player,
                     members,
                 } => {
-                    assert_eq!((r.as_str(), player, members), (room.as_str(), sio_id, 2));
+                    assert_eq!(
+                        (r.as_str(), player.as_str(), members),
+                        (room.as_str(), sio_id.as_str(), 2)
+                    );
                     assert!(messages.is_empty(), "member_joined comes first");
                 }
                 ServerEvent::Message {
@@ -212,7 +222,10 @@ fn mixed_room(transport: &'static str) {
                     payload,
                     kind,
                 } => {
-                    assert_eq!((r.as_str(), from), (room.as_str(), sio_id));
+                    assert_eq!(
+                        (r.as_str(), from.as_str()),
+                        (room.as_str(), sio_id.as_str())
+                    );
                     messages.push((event, payload, kind));
                 }
                 other => panic!("unexpected {other:?}"),
@@ -260,7 +273,7 @@ fn mixed_room(transport: &'static str) {
         match native.next_event().await.expect("native event") {
             ServerEvent::MemberLeft {
                 player, members, ..
-            } => assert_eq!((player, members), (sio_id, 1)),
+            } => assert_eq!((player.as_str(), members), (sio_id.as_str(), 1)),
             other => panic!("unexpected {other:?}"),
         }
         let _ = native.close().await;
@@ -293,10 +306,7 @@ fn mixed_room_reserved_names(transport: &'static str) {
         let mut peer = MixedPeer::spawn(node(), &format!("http://{addr}"), &room, transport);
         let joined = peer.next().await;
         assert_eq!(joined["members"], 2, "{joined}");
-        let sio_id: u64 = joined["id"]
-            .as_str()
-            .and_then(|id| id.parse().ok())
-            .unwrap();
+        let sio_id: String = joined["id"].as_str().unwrap().to_owned();
 
         // The native client's reserved names come back to it as errors.
         for event in ["disconnect", "connect"] {

@@ -502,10 +502,10 @@ fn through(proxy: Proxy, transport: &'static str) -> Vec<String> {
         };
         assert_eq!(joined["opened_with"], opened, "{joined}");
         assert_eq!(joined["transport"], now, "{joined}");
-        let sio_id: u64 = joined["id"]
+        let sio_id: String = joined["id"]
             .as_str()
-            .and_then(|id| id.parse().ok())
-            .unwrap_or_else(|| panic!("socket.io id is a player id: {joined}"));
+            .unwrap_or_else(|| panic!("socket.io id is a player id: {joined}"))
+            .to_owned();
 
         // The socket.io client's `to` events reach the native member.
         let mut events = Vec::new();
@@ -547,7 +547,7 @@ fn through(proxy: Proxy, transport: &'static str) -> Vec<String> {
         assert_eq!(ack["answer"], json!({"room": room}), "{ack}");
         match native.next_event().await.expect("native event") {
             ServerEvent::Message { event, from, .. } => {
-                assert_eq!((event.as_str(), from), ("acked", sio_id));
+                assert_eq!((event.as_str(), from.as_str()), ("acked", sio_id.as_str()));
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -557,7 +557,7 @@ fn through(proxy: Proxy, transport: &'static str) -> Vec<String> {
         match native.next_event().await.expect("native event") {
             ServerEvent::MemberLeft {
                 player, members, ..
-            } => assert_eq!((player, members), (sio_id, 1)),
+            } => assert_eq!((player.as_str(), members), (sio_id.as_str(), 1)),
             other => panic!("unexpected {other:?}"),
         }
         let _ = native.close().await;

@@ -12,9 +12,9 @@ use corelay::config::RateProfile;
 use corelay::proto::native::LeaveReason;
 
 /// (receiver index, sender id, sequence) -> times delivered.
-type Deliveries = HashMap<(usize, u64, u32), u32>;
+type Deliveries = HashMap<(usize, String, u32), u32>;
 
-async fn next_message(c: &mut corelay::client::Client) -> (u64, bytes::Bytes) {
+async fn next_message(c: &mut corelay::client::Client) -> (String, bytes::Bytes) {
     loop {
         match c.next_event().await.expect("event") {
             ServerEvent::Message { from, payload, .. } => return (from, payload),
@@ -129,7 +129,7 @@ fn members_are_told_of_joins_leaves_and_disconnects_across_shards() {
             watcher.next_event().await.unwrap(),
             ServerEvent::MemberJoined {
                 room: "lobby".into(),
-                player: b.player(),
+                player: b.player().to_owned(),
                 members: 2
             }
         );
@@ -138,14 +138,14 @@ fn members_are_told_of_joins_leaves_and_disconnects_across_shards() {
             watcher.next_event().await.unwrap(),
             ServerEvent::MemberLeft {
                 room: "lobby".into(),
-                player: b.player(),
+                player: b.player().to_owned(),
                 members: 1,
                 reason: LeaveReason::Left
             }
         );
         let mut c = connect_on_shard(addr, 1).await;
         c.join("lobby").await.unwrap();
-        let c_id = c.player();
+        let c_id = c.player().to_owned();
         assert!(
             matches!(watcher.next_event().await.unwrap(), ServerEvent::MemberJoined { player, .. } if player == c_id)
         );
@@ -178,7 +178,7 @@ fn a_thousand_clients_in_a_hundred_rooms_get_every_message_exactly_once() {
         for i in 0..CLIENTS {
             let mut c = connect(addr).await;
             c.join(&format!("room-{}", i / ROOM)).await.unwrap();
-            let id = c.player();
+            let id = c.player().to_owned();
             let (tx, rx) = c.split();
             senders.push((id, tx));
             receivers.push(rx);
@@ -637,7 +637,7 @@ fn a_message_sent_right_after_a_join_on_another_shard_reaches_the_room() {
             .await
             .unwrap();
         let (from, payload) = next_message(&mut a).await;
-        assert_eq!((from, &payload[..]), (c.player(), &b"1"[..]));
+        assert_eq!((from, &payload[..]), (c.player().to_owned(), &b"1"[..]));
         c.ping().await.unwrap();
         assert!(c.take_errors().is_empty());
     });

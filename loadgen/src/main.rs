@@ -114,6 +114,10 @@ struct Common {
     /// No progress output.
     #[arg(long, short)]
     quiet: bool,
+    /// JWT every client presents, for a server with `[auth]` (docs/AUTH.md): measures
+    /// authenticated load.
+    #[arg(long)]
+    token: Option<String>,
 }
 
 fn secs(s: f64, flag: &str) -> anyhow::Result<Duration> {
@@ -162,6 +166,7 @@ impl Common {
         o.label = self.label;
         o.slo = self.slo;
         o.spread_source_addresses = !self.no_source_spread;
+        o.token = self.token;
         o.progress = if self.quiet {
             ProgressMode::Off
         } else {

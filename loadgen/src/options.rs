@@ -121,6 +121,10 @@ pub struct Options {
     pub label: Option<String>,
     /// Largest message accepted from the server.
     pub max_message_size: usize,
+    /// JWT every client presents (native `Hello.token`, Socket.IO CONNECT `{token}`), for
+    /// servers with `[auth]` (docs/AUTH.md); all clients share its `sub`, which the server
+    /// allows.
+    pub token: Option<String>,
     /// Objectives to check at the end (`--slo`).
     pub slo: Option<Slo>,
 }
@@ -161,6 +165,7 @@ impl Options {
             progress: ProgressMode::Off,
             label: None,
             max_message_size: 1 << 20,
+            token: None,
             slo: None,
         }
     }
@@ -322,6 +327,7 @@ impl Options {
             host: authority.to_string(),
             path: path.to_string(),
             max_message_size: self.max_message_size,
+            token: self.token.clone(),
         })
     }
 

@@ -62,6 +62,8 @@ pub struct SocketIoConfig {
     pub bind: Option<IpAddr>,
     /// Largest WebSocket message accepted from the server.
     pub max_message_size: usize,
+    /// JWT sent in the CONNECT auth payload (`{"token": ...}`), as `io(url, {auth})` does.
+    pub token: Option<String>,
 }
 
 /// A payload received in a `msg` event.
@@ -277,7 +279,10 @@ impl SocketIoClient {
                 )))
             }
         }
-        tx.send_text("40")?;
+        match &config.token {
+            Some(token) => tx.send_text(&format!("40{{\"token\":{}}}", json_string(token)))?,
+            None => tx.send_text("40")?,
+        }
         let mut client = Self {
             tx,
             rx,

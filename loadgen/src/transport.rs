@@ -38,6 +38,8 @@ pub struct Endpoint {
     pub path: String,
     /// Largest message accepted from the server.
     pub max_message_size: usize,
+    /// JWT presented at connect.
+    pub token: Option<String>,
 }
 
 /// A transport failure, reduced to the text of the underlying error.
@@ -104,6 +106,7 @@ impl Connection {
                 let mut config = ClientConfig::new(endpoint.url.clone());
                 config.bind = bind;
                 config.max_message_size = endpoint.max_message_size;
+                config.token = endpoint.token.clone();
                 Ok(Self::Native(Client::connect(&config).await?))
             }
             Protocol::SocketIo => {
@@ -113,6 +116,7 @@ impl Connection {
                     path: endpoint.path.clone(),
                     bind,
                     max_message_size: endpoint.max_message_size,
+                    token: endpoint.token.clone(),
                 };
                 Ok(Self::SocketIo(SocketIoClient::connect(&config).await?))
             }

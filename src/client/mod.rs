@@ -30,7 +30,8 @@ pub use crate::proto::native::PayloadKind;
 pub struct ClientConfig {
     /// `ws://host:port/path`, e.g. `ws://127.0.0.1:7700/ws`.
     pub url: String,
-    /// Token sent in `Hello`.
+    /// JWT sent in `Hello` (docs/AUTH.md): its `sub` becomes [`Client::player`]. `None`
+    /// connects anonymously, where the server allows it.
     pub token: Option<String>,
     /// Local address to connect from (spreads load generators over 127.0.0.x).
     pub bind: Option<IpAddr>,
@@ -60,8 +61,8 @@ pub enum ServerEvent {
     Message {
         /// Room.
         room: String,
-        /// Sender's player id.
-        from: u64,
+        /// Sender's player id (empty: the server's application code).
+        from: String,
         /// Event name.
         event: String,
         /// Payload.
@@ -74,7 +75,7 @@ pub enum ServerEvent {
         /// Room.
         room: String,
         /// New member.
-        player: u64,
+        player: String,
         /// Count after.
         members: u32,
     },
@@ -83,7 +84,7 @@ pub enum ServerEvent {
         /// Room.
         room: String,
         /// Who.
-        player: u64,
+        player: String,
         /// Count after.
         members: u32,
         /// Left or disconnected.
@@ -124,7 +125,8 @@ pub enum ClientError {
 
 #[derive(Debug)]
 enum Answer {
-    Welcome { player: u64, shard: u32 },
+    Welcome { player: String, shard: u32 },
+    Refreshed { exp: u64 },
     Joined { members: u32 },
     Left,
     Pong,
@@ -135,7 +137,7 @@ enum Answer {
 pub struct Client {
     tx: ClientSender,
     rx: ClientReceiver,
-    player: u64,
+    player: String,
     shard: u32,
 }
 
@@ -214,9 +216,28 @@ impl Client {
         }
     }
 
-    /// This connection's player id.
-    pub fn player(&self) -> u64 {
-        self.player
+    /// This connection's player id as others see it: the token's `sub`, or a server-made
+    /// id when connected without a token.
+    pub fn player(&self) -> &str {
+        &self.player
+    }
+
+    /// Replaces the session's token with `token` (same `sub`), so that a server that ends
+    /// sessions at their token's expiry keeps this one until the new `exp`, which is
+    /// returned (0 from a server that checks no tokens). A refused token is
+    /// `ClientError::Server` with code 5; the session goes on with the old one.
+    pub async fn refresh(&mut self, token: &str) -> Result<u64, ClientError> {
+        let req = self.tx.request(|req| ClientFrame::Refresh {
+            req,
+            token: token.to_owned(),
+        })?;
+        match self.rx.answer(req).await? {
+            Answer::Refreshed { exp } => Ok(exp),
+            Answer::Error { code, message } => Err(ClientError::Server { code, message }),
+            other => Err(ClientError::Protocol(format!(
+                "expected Refreshed, got {other:?}"
+            ))),
+        }
     }
 
     /// The shard serving this connection.
@@ -417,7 +438,7 @@ impl ClientReceiver {
             ArchivedServerFrame::Welcome { req, player, shard } => self.answers.push_back((
                 req.to_native(),
                 Answer::Welcome {
-                    player: player.to_native(),
+                    player: player.as_str().to_owned(),
                     shard: shard.to_native(),
                 },
             )),
@@ -430,6 +451,12 @@ impl ClientReceiver {
             ArchivedServerFrame::Left { req, .. } => {
                 self.answers.push_back((req.to_native(), Answer::Left))
             }
+            ArchivedServerFrame::Refreshed { req, exp } => self.answers.push_back((
+                req.to_native(),
+                Answer::Refreshed {
+                    exp: exp.to_native(),
+                },
+            )),
             ArchivedServerFrame::Pong { req, .. } => {
                 self.answers.push_back((req.to_native(), Answer::Pong))
             }
@@ -448,7 +475,7 @@ impl ClientReceiver {
                 kind,
             } => self.events.push_back(ServerEvent::Message {
                 room: room.as_str().to_owned(),
-                from: from.to_native(),
+                from: from.as_str().to_owned(),
                 event: event.as_str().to_owned(),
                 payload: bytes.slice_ref(payload.as_slice()),
                 kind: PayloadKind::from(kind),
@@ -459,7 +486,7 @@ impl ClientReceiver {
                 members,
             } => self.events.push_back(ServerEvent::MemberJoined {
                 room: room.as_str().to_owned(),
-                player: player.to_native(),
+                player: player.as_str().to_owned(),
                 members: members.to_native(),
             }),
             ArchivedServerFrame::MemberLeft {
@@ -469,7 +496,7 @@ impl ClientReceiver {
                 reason,
             } => self.events.push_back(ServerEvent::MemberLeft {
                 room: room.as_str().to_owned(),
-                player: player.to_native(),
+                player: player.as_str().to_owned(),
                 members: members.to_native(),
                 reason: match reason {
                     native::ArchivedLeaveReason::Left => LeaveReason::Left,

@@ -2,6 +2,7 @@
 //! application of the WebSocket driver.
 
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -9,6 +10,7 @@ use tungstenite::Message;
 
 use super::front::{upgrade, Head, Route};
 use super::websocket::{Flow, Keepalive, WebSocket, WsApp};
+use crate::auth::{Identity, Verifier};
 use crate::config::Protocol;
 use crate::proto::http::Request;
 use crate::proto::native::{
@@ -27,25 +29,47 @@ pub const NATIVE_PATH: &str = "/ws";
 /// One native-protocol session.
 pub struct NativeSession {
     player: PlayerId,
+    /// Boxed: one pointer in the session, which every idle connection pays for
+    /// (`per_connection_structures_stay_small`).
+    auth: Box<SessionAuth>,
     welcomed: bool,
     /// `Hello` must come by then.
     handshake_deadline: Instant,
     keepalive: Keepalive,
     max_name_len: usize,
-    /// The connection's rate limits, from `Hello` on; `None` when its profile limits
-    /// nothing. Boxed: eight bytes in a session that idle connections hold by the
-    /// thousand.
+}
+
+/// Who a session's player is, how its token is checked, and what it may send.
+struct SessionAuth {
+    /// Anonymous until `Hello` brings a token.
+    identity: Identity,
+    verifier: Arc<Verifier>,
+    /// When the token expires, if sessions end then (`auth.expiry`).
+    expires: Option<Instant>,
+    /// The connection's rate limits, from `Hello` on (picked by the token's `tier`);
+    /// `None` when its profile limits nothing.
     rate: Option<Box<Buckets>>,
 }
 
 impl NativeSession {
-    /// A session on `shard` for a connection accepted at `accepted_at`, wrapped in the
-    /// WebSocket driver.
-    pub fn connection(shard: &Rc<Shard>, accepted_at: Instant) -> WebSocket<NativeSession> {
+    /// A session on `shard` for a connection accepted at `accepted_at`, its tokens checked
+    /// by `verifier`, wrapped in the WebSocket driver.
+    pub fn connection(
+        shard: &Rc<Shard>,
+        accepted_at: Instant,
+        verifier: Arc<Verifier>,
+    ) -> WebSocket<NativeSession> {
         let config = &shard.config;
         let interval = Duration::from_millis(config.ping_interval_ms);
+        let player = shard.next_player_id();
         let session = NativeSession {
-            player: shard.next_player_id(),
+            player,
+            auth: Box::new(SessionAuth {
+                identity: Identity::anonymous(player.to_string()),
+                verifier,
+                expires: None,
+                rate: None,
+            }),
             welcomed: false,
             handshake_deadline: accepted_at + Duration::from_millis(config.handshake_timeout_ms),
             keepalive: Keepalive {
@@ -53,7 +77,6 @@ impl NativeSession {
                 limit: interval + Duration::from_millis(config.ping_timeout_ms),
             },
             max_name_len: config.max_name_len,
-            rate: None,
         };
         WebSocket::new(session, config.max_message_size)
     }
@@ -68,10 +91,13 @@ impl NativeSession {
     }
 
     /// The `tier` claim of the connection's token, which picks its rate-limit profile
-    /// (`[rate_limits.tiers.<name>]`). Tokens are not checked yet, so there is none: when
-    /// they are, the claim is read here, from what `Hello` authenticated.
+    /// (`[rate_limits.tiers.<name>]`), from what `Hello` authenticated.
     fn tier_claim(&self) -> Option<&str> {
-        None
+        self.auth
+            .identity
+            .claims
+            .get("tier")
+            .and_then(serde_json::Value::as_str)
     }
 
     /// Answers a request refused by a rate limit, counts it, and closes the connection
@@ -104,7 +130,11 @@ impl NativeSession {
         let now = cx.now;
         let shard = Rc::clone(cx.shard);
         match frame {
-            ArchivedClientFrame::Hello { req, version, .. } => {
+            ArchivedClientFrame::Hello {
+                req,
+                version,
+                token,
+            } => {
                 let req = req.to_native();
                 if self.welcomed {
                     self.error(
@@ -126,18 +156,37 @@ impl NativeSession {
                         stat: CloseReason::Protocol,
                     };
                 } else {
+                    match self.auth.verifier.check(token.as_ref().map(|t| t.as_str())) {
+                        Ok(identity) => {
+                            if let Some(identity) = identity {
+                                self.auth.expires = self.auth.verifier.deadline(&identity, now);
+                                self.auth.identity = identity;
+                            }
+                        }
+                        Err(why) => {
+                            shard.stats.count_refusal(Refusal::Token);
+                            self.error(cx, req, ErrorCode::Unauthorized, &why.to_string());
+                            return Flow::Close {
+                                code: close::POLICY,
+                                reason: "unauthorized",
+                                stat: CloseReason::Unauthorized,
+                            };
+                        }
+                    }
                     self.welcomed = true;
                     let limits = &shard.config.rate_limits;
                     let profile = limits.profile(Protocol::Native, self.tier_claim());
                     let sustained = Duration::from_millis(limits.sustained_ms);
-                    self.rate = Buckets::new(&profile, sustained, now);
-                    shard
-                        .relay
-                        .borrow_mut()
-                        .connect(self.player, Wire::Native, Rc::clone(cx.out));
+                    self.auth.rate = Buckets::new(&profile, sustained, now);
+                    shard.relay.borrow_mut().connect(
+                        self.player,
+                        Arc::clone(&self.auth.identity.player),
+                        Wire::Native,
+                        Rc::clone(cx.out),
+                    );
                     let _ = cx.out.push(native_frame(&ServerFrame::Welcome {
                         req,
-                        player: self.player,
+                        player: self.auth.identity.player.to_string(),
                         shard: shard.id as u32,
                     }));
                 }
@@ -158,7 +207,7 @@ impl NativeSession {
                     self.error(cx, req, ErrorCode::InvalidName, "bad room name");
                     return Flow::Continue;
                 }
-                if let Some(Err(exceeded)) = self.rate.as_mut().map(|r| r.join(now)) {
+                if let Some(Err(exceeded)) = self.auth.rate.as_mut().map(|r| r.join(now)) {
                     return self.rate_limited(cx, req, exceeded);
                 }
                 let result = shard.relay.borrow_mut().join(
@@ -210,11 +259,11 @@ impl NativeSession {
                 // Counted once the request is valid: a refusal for a bad name spends
                 // nothing, and what passes here is what the room receives.
                 let size = payload.len();
-                if let Some(Err(exceeded)) = self.rate.as_mut().map(|r| r.message(size, now)) {
+                if let Some(Err(exceeded)) = self.auth.rate.as_mut().map(|r| r.message(size, now)) {
                     return self.rate_limited(cx, req, exceeded);
                 }
                 let body = Body::Event {
-                    from: self.player,
+                    from: Arc::clone(&self.auth.identity.player),
                     event: event.as_str().to_owned(),
                     // The payload stays in the received buffer: no copy.
                     payload: bytes.slice_ref(payload.as_slice()),
@@ -233,6 +282,28 @@ impl NativeSession {
                     req: req.to_native(),
                     t: t.to_native(),
                 }));
+            }
+            ArchivedClientFrame::Refresh { req, token } => {
+                let req = req.to_native();
+                match self
+                    .auth
+                    .verifier
+                    .refresh(&self.auth.identity, token.as_str())
+                {
+                    Ok(identity) => {
+                        self.auth.expires = self.auth.verifier.deadline(&identity, now);
+                        let exp = identity.exp.unwrap_or(0);
+                        self.auth.identity = identity;
+                        let _ = cx
+                            .out
+                            .push(native_frame(&ServerFrame::Refreshed { req, exp }));
+                    }
+                    // The session goes on with its old token, which may still be good.
+                    Err(why) => {
+                        shard.stats.count_refusal(Refusal::Token);
+                        self.error(cx, req, ErrorCode::Unauthorized, &why.to_string());
+                    }
+                }
             }
         }
         Flow::Continue
@@ -265,7 +336,11 @@ impl WsApp for NativeSession {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        (!self.welcomed).then_some(self.handshake_deadline)
+        if self.welcomed {
+            self.auth.expires
+        } else {
+            Some(self.handshake_deadline)
+        }
     }
 
     fn on_timeout(&mut self, cx: &mut Cx<'_>) -> Flow {
@@ -274,6 +349,19 @@ impl WsApp for NativeSession {
                 code: close::POLICY,
                 reason: "handshake timeout",
                 stat: CloseReason::HandshakeTimeout,
+            };
+        }
+        if self.welcomed && self.auth.expires.is_some_and(|at| cx.now >= at) {
+            self.error(
+                cx,
+                0,
+                ErrorCode::Unauthorized,
+                "token expired; refresh it before exp",
+            );
+            return Flow::Close {
+                code: close::POLICY,
+                reason: "token expired",
+                stat: CloseReason::Unauthorized,
             };
         }
         Flow::Continue
@@ -301,17 +389,31 @@ fn request_id(frame: &ArchivedClientFrame) -> u32 {
         | ArchivedClientFrame::Join { req, .. }
         | ArchivedClientFrame::Leave { req, .. }
         | ArchivedClientFrame::Send { req, .. }
-        | ArchivedClientFrame::Ping { req, .. } => req.to_native(),
+        | ArchivedClientFrame::Ping { req, .. }
+        | ArchivedClientFrame::Refresh { req, .. } => req.to_native(),
     }
 }
 
 /// The route of `/ws`: answers the upgrade and starts a native session.
-pub struct NativeRoute;
+pub struct NativeRoute {
+    verifier: Arc<Verifier>,
+}
+
+impl NativeRoute {
+    /// The route, its sessions' tokens checked by `verifier`.
+    pub fn new(verifier: Arc<Verifier>) -> NativeRoute {
+        NativeRoute { verifier }
+    }
+}
 
 impl Route for NativeRoute {
     fn serve(&self, cx: &mut Cx<'_>, request: Request, head: Head<'_>) -> Step {
         upgrade(cx, &request, head, |cx, started| {
-            Box::new(NativeSession::connection(cx.shard, started))
+            Box::new(NativeSession::connection(
+                cx.shard,
+                started,
+                Arc::clone(&self.verifier),
+            ))
         })
     }
 }

@@ -9,7 +9,7 @@
 use rkyv::rancor;
 
 /// Protocol version a client announces in `Hello`. Bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// How a payload should be read by receivers: raw bytes or JSON text.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +63,8 @@ mod frames {
             req: u32,
             /// Must equal [`super::PROTOCOL_VERSION`].
             version: u16,
-            /// Bearer token. Reserved for authentication (a later roadmap item); ignored today.
+            /// A JWT proving who the player is (docs/AUTH.md); `None` to play anonymously
+            /// where the server allows it.
             token: Option<String>,
         },
         /// Enter a room (created on first join). Answered by `Joined`.
@@ -100,6 +101,15 @@ mod frames {
             /// Client's timestamp, echoed.
             t: u64,
         },
+        /// Replaces the session's token with a newer one of the same `sub`, moving the time
+        /// at which the session ends for its expiry. Answered by `Refreshed`, or by
+        /// `Error` `unauthorized` (the session goes on with its old token).
+        Refresh {
+            /// Request id.
+            req: u32,
+            /// The new JWT.
+            token: String,
+        },
     }
 
     /// A frame sent by the server.
@@ -110,8 +120,9 @@ mod frames {
         Welcome {
             /// Echoed request id.
             req: u32,
-            /// This connection's player id, unique on the server.
-            player: u64,
+            /// This connection's player id as others see it: the token's `sub`, or a
+            /// server-made id (decimal digits) for an anonymous player.
+            player: String,
             /// The shard (core) serving this connection.
             shard: u32,
         },
@@ -135,8 +146,9 @@ mod frames {
         Event {
             /// Room it was sent to.
             room: String,
-            /// Sender's player id.
-            from: u64,
+            /// Sender's player id (see `Welcome.player`); empty for a message from the
+            /// server's application code.
+            from: String,
             /// Application event name.
             event: String,
             /// The payload, untouched.
@@ -148,8 +160,8 @@ mod frames {
         MemberJoined {
             /// The room.
             room: String,
-            /// The new member.
-            player: u64,
+            /// The new member's player id.
+            player: String,
             /// Member count after the join.
             members: u32,
         },
@@ -157,8 +169,8 @@ mod frames {
         MemberLeft {
             /// The room.
             room: String,
-            /// The member who left.
-            player: u64,
+            /// The player id of the member who left.
+            player: String,
             /// Member count after the departure.
             members: u32,
             /// Whether they left or disconnected.
@@ -180,6 +192,14 @@ mod frames {
             /// Human-readable detail.
             message: String,
         },
+        /// Answer to `Refresh`: the new token is the session's.
+        Refreshed {
+            /// Echoed request id.
+            req: u32,
+            /// The new token's `exp` (seconds since the Unix epoch); 0 when the server
+            /// checks no tokens.
+            exp: u64,
+        },
     }
 }
 
@@ -195,7 +215,8 @@ pub enum ErrorCode {
     UnsupportedVersion = 3,
     /// A frame other than `Hello` came first, or `Hello` came twice.
     NotWelcomed = 4,
-    /// The token was rejected. The connection closes.
+    /// The token was rejected (missing when required, bad, expired), or a `Refresh` was.
+    /// On `Hello` or expiry the connection closes (1008); on `Refresh` it goes on.
     Unauthorized = 5,
     /// `Send` or `Leave` names a room the connection is not in (or that does not exist).
     NotMember = 10,
@@ -346,13 +367,17 @@ mod tests {
             kind: PayloadKind::Binary,
         });
         roundtrip_client(ClientFrame::Ping { req: 4, t: 99 });
+        roundtrip_client(ClientFrame::Refresh {
+            req: 5,
+            token: "a.b.c".into(),
+        });
     }
 
     #[test]
     fn server_frame_after_prefix_is_readable_in_place() {
         let frame = ServerFrame::Event {
             room: "r".into(),
-            from: 7,
+            from: "7".into(),
             event: "e".into(),
             payload: Bytes::from_static(b"{}"),
             kind: PayloadKind::Json,
@@ -367,7 +392,7 @@ mod tests {
                 ..
             } => {
                 assert_eq!(room.as_str(), "r");
-                assert_eq!(from.to_native(), 7);
+                assert_eq!(from.as_str(), "7");
                 assert_eq!(payload.as_slice(), b"{}");
                 assert_eq!(PayloadKind::from(kind), PayloadKind::Json);
             }

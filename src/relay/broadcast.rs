@@ -1,6 +1,6 @@
 //! What fans out: a message (or membership notice) to a room, encoded once per wire format.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -13,6 +13,12 @@ use crate::proto::ws;
 /// A player id, unique on the server: the shard number in the top 16 bits, a per-shard
 /// counter below (so ids are allocated without coordination).
 pub type PlayerId = u64;
+
+/// The player id others see: the `sub` of the player's token, or its [`PlayerId`] in
+/// decimal for an anonymous player (docs/AUTH.md). Several connections may share one (the
+/// same player on two devices), so the relay keys connections by [`PlayerId`] and only
+/// encodes this. Shared, since every message the player sends carries it.
+pub type PlayerName = Arc<str>;
 
 /// How a recipient's connection wants its frames encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +58,7 @@ pub enum Body {
     /// A member's message.
     Event {
         /// Sender.
-        from: PlayerId,
+        from: PlayerName,
         /// Application event name.
         event: String,
         /// Payload, shared with the sender's incoming message (no copy).
@@ -63,14 +69,14 @@ pub enum Body {
     /// A member joined.
     MemberJoined {
         /// The new member.
-        player: PlayerId,
+        player: PlayerName,
         /// Count after the join.
         members: u32,
     },
     /// A member left or disconnected.
     MemberLeft {
         /// Who left.
-        player: PlayerId,
+        player: PlayerName,
         /// Count after.
         members: u32,
         /// Why.
@@ -80,7 +86,7 @@ pub enum Body {
     /// [`Arg::Tree`]); native recipients get it as JSON with the buffers in base64.
     Nested {
         /// Sender.
-        from: PlayerId,
+        from: PlayerName,
         /// Application event name.
         event: String,
         /// The payload.
@@ -99,7 +105,8 @@ pub enum Body {
 /// WebSocket headers (10 bytes each: a socket.io binary event is a text frame and a binary
 /// one), the socket.io packet's type, attachment count, brackets, quotes and placeholder
 /// (about 40), the sender's id (20 digits), the long-polling separator and `b` marker, and
-/// the native frame's fixed fields (about 40). The unit tests check it against every wire.
+/// the native frame's fixed fields (about 40). The sender's name is counted apart (twice, for
+/// JSON escaping). The unit tests check it against every wire.
 pub const EVENT_ENVELOPE: usize = 128;
 
 /// One fan-out to a room. Shared (`Arc`) by every shard that delivers it; each wire
@@ -168,10 +175,19 @@ impl Broadcast {
     /// whose re-serialization may grow) are encoded for every wire and measured; each
     /// encoding is kept for delivery, so nothing is encoded twice.
     pub fn max_frame_len(&self) -> usize {
-        let names = |event: &str| 2 * (event.len() + self.room.len()) + EVENT_ENVELOPE;
+        let names = |event: &str, player: &str| {
+            2 * (event.len() + self.room.len() + player.len()) + EVENT_ENVELOPE
+        };
         match &self.body {
-            Body::Event { event, payload, .. } => payload.len().div_ceil(3) * 4 + names(event),
-            Body::MemberJoined { .. } | Body::MemberLeft { .. } => names(""),
+            Body::Event {
+                event,
+                payload,
+                from,
+                ..
+            } => payload.len().div_ceil(3) * 4 + names(event, from),
+            Body::MemberJoined { player, .. } | Body::MemberLeft { player, .. } => {
+                names("", player)
+            }
             Body::Nested { .. } | Body::Emit { .. } => {
                 [Wire::Native, Wire::SioWs, Wire::SioPolling]
                     .into_iter()
@@ -196,7 +212,6 @@ impl Broadcast {
                 payload,
                 kind,
             } => {
-                let from = from.to_string();
                 let json = match kind {
                     // A native client's JSON is checked here, once per broadcast: invalid
                     // text would make every socket.io recipient drop its connection, so it
@@ -207,8 +222,8 @@ impl Broadcast {
                     PayloadKind::Binary => None,
                 };
                 let encoded = match json {
-                    Some(text) => encode_relay_event(nsp, event, RelayPayload::Json(text), &from),
-                    None => encode_relay_event(nsp, event, RelayPayload::Binary(payload), &from),
+                    Some(text) => encode_relay_event(nsp, event, RelayPayload::Json(text), from),
+                    None => encode_relay_event(nsp, event, RelayPayload::Binary(payload), from),
                 };
                 (encoded.frame, encoded.attachment.into_iter().collect())
             }
@@ -217,13 +232,13 @@ impl Broadcast {
                 event,
                 payload,
             } => {
-                let args = [payload.clone(), Arg::Json(from.to_string().into())];
+                let args = [payload.clone(), Arg::Json(from.as_ref().into())];
                 let packet = socketio::Packet::event(nsp, event, args);
                 (packet.encode_engineio(), packet.attachments)
             }
             Body::MemberJoined { player, members } => notice(
                 "member_joined",
-                serde_json::json!({"room": room, "player": player.to_string(), "members": members}),
+                serde_json::json!({"room": room, "player": &**player, "members": members}),
             ),
             Body::MemberLeft {
                 player,
@@ -233,7 +248,7 @@ impl Broadcast {
                 "member_left",
                 serde_json::json!({
                     "room": room,
-                    "player": player.to_string(),
+                    "player": &**player,
                     "members": members,
                     "reason": match reason { LeaveReason::Left => "left", LeaveReason::Disconnected => "disconnected" },
                 }),
@@ -255,7 +270,7 @@ impl Broadcast {
                 kind,
             } => ServerFrame::Event {
                 room,
-                from: *from,
+                from: from.to_string(),
                 event: event.clone(),
                 payload: payload.clone(),
                 kind: *kind,
@@ -266,14 +281,14 @@ impl Broadcast {
                 payload,
             } => ServerFrame::Event {
                 room,
-                from: *from,
+                from: from.to_string(),
                 event: event.clone(),
                 payload: Bytes::from(payload.to_plain_json().to_string()),
                 kind: PayloadKind::Json,
             },
             Body::MemberJoined { player, members } => ServerFrame::MemberJoined {
                 room,
-                player: *player,
+                player: player.to_string(),
                 members: *members,
             },
             Body::MemberLeft {
@@ -282,7 +297,7 @@ impl Broadcast {
                 reason,
             } => ServerFrame::MemberLeft {
                 room,
-                player: *player,
+                player: player.to_string(),
                 members: *members,
                 reason: *reason,
             },
@@ -308,7 +323,8 @@ impl Broadcast {
                 };
                 ServerFrame::Event {
                     room,
-                    from: 0,
+                    // No player sent it: the server's own (docs/PROTOCOL.md, Event).
+                    from: String::new(),
                     event: event.clone(),
                     payload,
                     kind,
@@ -458,7 +474,8 @@ mod tests {
             &"\\".repeat(128),
             &room_key("/chat", &"\"".repeat(128)),
         ];
-        let from = u64::MAX;
+        // The longest `sub` a token may carry, all of it escaped in JSON.
+        let from: PlayerName = Arc::from("\"".repeat(crate::auth::MAX_SUBJECT_LEN));
         for len in [0, 1, 2, 3, 125, 126, 65_535, 65_536, 200_000] {
             let binary = Bytes::from(vec![0xffu8; len]);
             let json = Bytes::from(format!("\"{}\"", "a".repeat(len)));
@@ -473,7 +490,7 @@ mod tests {
                     check(
                         room,
                         Body::Event {
-                            from,
+                            from: from.clone(),
                             event,
                             payload,
                             kind,
@@ -486,14 +503,14 @@ mod tests {
             check(
                 room,
                 Body::MemberJoined {
-                    player: from,
+                    player: from.clone(),
                     members: u32::MAX,
                 },
             );
             check(
                 room,
                 Body::MemberLeft {
-                    player: from,
+                    player: from.clone(),
                     members: u32::MAX,
                     reason: LeaveReason::Disconnected,
                 },

@@ -31,7 +31,7 @@ use hdrhistogram::Histogram;
 
 pub use broadcast::{
     native_frame, room_key, sio_polling_text, sio_ws_frames, split_room_key, Body, Broadcast,
-    PlayerId, Reply, Wire, EVENT_ENVELOPE,
+    PlayerId, PlayerName, Reply, Wire, EVENT_ENVELOPE,
 };
 pub use outbox::{Drained, Outbox, OutboxLimits, PushError, ReadyQueue};
 
@@ -96,6 +96,8 @@ pub enum MeshMsg {
         room: String,
         /// Joining player.
         player: PlayerId,
+        /// Its name, for the room's notice.
+        name: PlayerName,
     },
     /// home -> origin: the join is counted; the player is a member from now on.
     Joined {
@@ -119,6 +121,8 @@ pub enum MeshMsg {
         room: String,
         /// Who.
         player: PlayerId,
+        /// Its name, for the room's notice.
+        name: PlayerName,
         /// Why.
         reason: LeaveReason,
     },
@@ -191,6 +195,8 @@ struct Joining {
     /// The player left or disconnected meanwhile. The home is told once it has answered,
     /// and only if it counted the join: its count never drops for a join it refused.
     leaving: Option<LeaveReason>,
+    /// The player's name, for that notice (the player may be gone by then).
+    name: PlayerName,
 }
 
 /// A request of a joining player, answered when the home answers the join.
@@ -209,6 +215,8 @@ struct HomeRoom {
 
 #[derive(Debug)]
 struct Player {
+    /// The id others see (`from`, membership notices).
+    name: PlayerName,
     wire: Wire,
     outbox: Rc<Outbox>,
     /// Rooms the player is in or joining (at most `max_rooms_per_connection`).
@@ -250,11 +258,12 @@ impl Relay {
         }
     }
 
-    /// Registers a connected player.
-    pub fn connect(&mut self, player: PlayerId, wire: Wire, outbox: Rc<Outbox>) {
+    /// Registers a connected player, known to others as `name`.
+    pub fn connect(&mut self, player: PlayerId, name: PlayerName, wire: Wire, outbox: Rc<Outbox>) {
         self.players.insert(
             player,
             Player {
+                name,
                 wire,
                 outbox,
                 rooms: Vec::new(),
@@ -336,7 +345,7 @@ impl Relay {
             return Err(ErrorCode::TooManyRooms);
         }
         let home = home_shard(room, self.shards);
-        let (wire, outbox) = (p.wire, Rc::clone(&p.outbox));
+        let (wire, outbox, name) = (p.wire, Rc::clone(&p.outbox), Arc::clone(&p.name));
         if home == self.shard {
             let members = self.home_count(self.shard, room)?;
             if let Some(p) = self.players.get_mut(&player) {
@@ -354,7 +363,7 @@ impl Relay {
                 room: room.to_owned(),
                 members,
             });
-            self.notify_joined(room, player, members, now);
+            self.notify_joined(room, player, name, members, now);
             return Ok(());
         }
         // The count this shard last heard refuses at once most joins the home would refuse;
@@ -371,6 +380,7 @@ impl Relay {
         }
         let joining = Joining {
             answers: req.map(Answer::Join).into_iter().collect(),
+            name: Arc::clone(&name),
             ..Joining::default()
         };
         self.rooms
@@ -383,6 +393,7 @@ impl Relay {
             MeshMsg::Join {
                 room: room.to_owned(),
                 player,
+                name,
             },
         );
         Ok(())
@@ -443,10 +454,13 @@ impl Relay {
     /// O(1) in the room's size: the member's slot is known, and the count is one entry at
     /// the home. The notice that follows costs one push per member (see `deliver_local`).
     fn remove_member(&mut self, player: PlayerId, room: &str, reason: LeaveReason, now: Instant) {
-        if let Some(p) = self.players.get_mut(&player) {
-            // At most `max_rooms_per_connection` entries.
-            p.rooms.retain(|r| r != room);
-        }
+        let Some(p) = self.players.get_mut(&player) else {
+            // Every member is a connected player: `disconnect` removes the rooms first.
+            return;
+        };
+        // At most `max_rooms_per_connection` entries.
+        p.rooms.retain(|r| r != room);
+        let name = Arc::clone(&p.name);
         if let Some(local) = self.rooms.get_mut(room) {
             local.remove(player);
             if local.is_empty() {
@@ -455,13 +469,14 @@ impl Relay {
         }
         let home = home_shard(room, self.shards);
         if home == self.shard {
-            self.home_leave(self.shard, room, player, reason, now);
+            self.home_leave(self.shard, room, player, name, reason, now);
         } else {
             self.send_mesh(
                 home,
                 MeshMsg::Leave {
                     room: room.to_owned(),
                     player,
+                    name,
                     reason,
                 },
             );
@@ -572,7 +587,7 @@ impl Relay {
     /// Handles a message from shard `from`.
     pub fn handle_mesh(&mut self, from: ShardId, msg: MeshMsg, now: Instant) {
         match msg {
-            MeshMsg::Join { room, player } => match self.home_count(from, &room) {
+            MeshMsg::Join { room, player, name } => match self.home_count(from, &room) {
                 Ok(members) => {
                     // The answer goes before the notice and before any later message of the
                     // room, on the same FIFO path: the origin admits the player first.
@@ -584,7 +599,7 @@ impl Relay {
                             members,
                         },
                     );
-                    self.notify_joined(&room, player, members, now);
+                    self.notify_joined(&room, player, name, members, now);
                 }
                 Err(_) => self.send_mesh(from, MeshMsg::Refused { room, player }),
             },
@@ -599,8 +614,9 @@ impl Relay {
             MeshMsg::Leave {
                 room,
                 player,
+                name,
                 reason,
-            } => self.home_leave(from, &room, player, reason, now),
+            } => self.home_leave(from, &room, player, name, reason, now),
             MeshMsg::Relay(bcast) => {
                 self.deliver_local(&bcast, now);
                 self.forward_from_home(&bcast, Some(from));
@@ -691,6 +707,7 @@ impl Relay {
                 MeshMsg::Leave {
                     room: room.to_owned(),
                     player,
+                    name: joining.name,
                     reason,
                 },
             );
@@ -721,11 +738,21 @@ impl Relay {
     }
 
     /// On the home shard: tells the room of a counted join.
-    fn notify_joined(&mut self, room: &str, player: PlayerId, members: u32, now: Instant) {
+    fn notify_joined(
+        &mut self,
+        room: &str,
+        player: PlayerId,
+        name: PlayerName,
+        members: u32,
+        now: Instant,
+    ) {
         let bcast = Arc::new(Broadcast::new(
             room.to_owned(),
             player,
-            Body::MemberJoined { player, members },
+            Body::MemberJoined {
+                player: name,
+                members,
+            },
             now,
         ));
         self.deliver_local(&bcast, now);
@@ -737,6 +764,7 @@ impl Relay {
         origin: ShardId,
         room: &str,
         player: PlayerId,
+        name: PlayerName,
         reason: LeaveReason,
         now: Instant,
     ) {
@@ -757,7 +785,7 @@ impl Relay {
             room.to_owned(),
             player,
             Body::MemberLeft {
-                player,
+                player: name,
                 members,
                 reason,
             },
@@ -898,9 +926,14 @@ mod tests {
             .collect()
     }
 
+    /// The name of test player `p`, as an anonymous player's.
+    fn name(p: PlayerId) -> PlayerName {
+        Arc::from(p.to_string())
+    }
+
     fn event(from: PlayerId, payload: &[u8]) -> Body {
         Body::Event {
-            from,
+            from: name(from),
             event: "e".into(),
             payload: Bytes::copy_from_slice(payload),
             kind: PayloadKind::Binary,
@@ -923,7 +956,12 @@ mod tests {
         let now = Instant::now();
         let boxes: Vec<_> = (0..4).map(|_| outbox()).collect();
         for (i, b) in boxes.iter().enumerate() {
-            r[0].connect(i as PlayerId, Wire::Native, Rc::clone(b));
+            r[0].connect(
+                i as PlayerId,
+                name(i as PlayerId),
+                Wire::Native,
+                Rc::clone(b),
+            );
         }
         for i in 0..3 {
             r[0].join(i, Some(1), "r", now).unwrap();
@@ -949,9 +987,9 @@ mod tests {
         let now = Instant::now();
         // Two members on shard 1, one on the home.
         let boxes: Vec<_> = (0..5).map(|_| outbox()).collect();
-        r[0].connect(0, Wire::Native, Rc::clone(&boxes[0]));
+        r[0].connect(0, name(0), Wire::Native, Rc::clone(&boxes[0]));
         for p in 1..5 {
-            r[1].connect(p, Wire::Native, Rc::clone(&boxes[p as usize]));
+            r[1].connect(p, name(p), Wire::Native, Rc::clone(&boxes[p as usize]));
         }
         r[1].join(1, Some(1), &room, now).unwrap();
         settle(&mut r);
@@ -1001,8 +1039,8 @@ mod tests {
         let room = room_homed_on(0, 2);
         let now = Instant::now();
         let (a, b) = (outbox(), outbox());
-        r[0].connect(0, Wire::Native, Rc::clone(&a));
-        r[1].connect(1, Wire::Native, Rc::clone(&b));
+        r[0].connect(0, name(0), Wire::Native, Rc::clone(&a));
+        r[1].connect(1, name(1), Wire::Native, Rc::clone(&b));
         r[0].join(0, Some(1), &room, now).unwrap();
         r[1].join(1, Some(1), &room, now).unwrap();
         assert!(!r[1].is_member(1, &room));
@@ -1014,7 +1052,7 @@ mod tests {
         assert_eq!(got, [[0u8], [1], [2]].map(|p| Bytes::copy_from_slice(&p)));
         // What one recipient could not queue at once is not held.
         let mut r = relays(2);
-        r[1].connect(1, Wire::Native, outbox());
+        r[1].connect(1, name(1), Wire::Native, outbox());
         r[1].join(1, Some(1), &room, now).unwrap();
         let big = vec![0u8; LIMITS.max_message_bytes / 2];
         r[1].send(1, &room, event(1, &big), now).unwrap();
@@ -1030,15 +1068,15 @@ mod tests {
         let room = room_homed_on(0, 2);
         let now = Instant::now();
         let watcher = outbox();
-        r[0].connect(0, Wire::Native, Rc::clone(&watcher));
+        r[0].connect(0, name(0), Wire::Native, Rc::clone(&watcher));
         r[0].join(0, None, &room, now).unwrap();
         // Accepted then left: the home counts the join, then the leave.
         let b = outbox();
-        r[1].connect(1, Wire::Native, Rc::clone(&b));
+        r[1].connect(1, name(1), Wire::Native, Rc::clone(&b));
         r[1].join(1, Some(1), &room, now).unwrap();
         r[1].leave(1, Some(2), &room, now).unwrap();
         // Disconnected while joining.
-        r[1].connect(2, Wire::Native, outbox());
+        r[1].connect(2, name(2), Wire::Native, outbox());
         r[1].join(2, Some(1), &room, now).unwrap();
         r[1].disconnect(2, now);
         settle(&mut r);
@@ -1054,11 +1092,11 @@ mod tests {
         // Refused then left: the home never counted it, so it is told nothing.
         let mut r = relays(2);
         for p in 0..3 {
-            r[0].connect(p, Wire::Native, outbox());
+            r[0].connect(p, name(p), Wire::Native, outbox());
             r[0].join(p, None, &room, now).unwrap();
         }
         let b = outbox();
-        r[1].connect(9, Wire::Native, Rc::clone(&b));
+        r[1].connect(9, name(9), Wire::Native, Rc::clone(&b));
         r[1].join(9, Some(1), &room, now).unwrap();
         r[1].leave(9, Some(2), &room, now).unwrap();
         settle(&mut r);
@@ -1081,7 +1119,12 @@ mod tests {
         r[0].limits = limits;
         let boxes: Vec<_> = (0..10).map(|_| outbox()).collect();
         for (i, b) in boxes.iter().enumerate() {
-            r[0].connect(i as PlayerId, Wire::Native, Rc::clone(b));
+            r[0].connect(
+                i as PlayerId,
+                name(i as PlayerId),
+                Wire::Native,
+                Rc::clone(b),
+            );
             r[0].join(i as PlayerId, None, "r", now).unwrap();
         }
         // First, middle and last slots go; a rewired member keeps its place.
@@ -1113,8 +1156,8 @@ mod tests {
         let now = Instant::now();
         let room = room_homed_on(1, 2);
         let (a, b) = (outbox(), outbox());
-        r[0].connect(0, Wire::Native, Rc::clone(&a));
-        r[0].connect(1, Wire::SioPolling, Rc::clone(&b));
+        r[0].connect(0, name(0), Wire::Native, Rc::clone(&a));
+        r[0].connect(1, name(1), Wire::SioPolling, Rc::clone(&b));
         r[0].join(0, None, &room, now).unwrap();
         r[0].join(1, None, &room, now).unwrap();
         settle(&mut r);

@@ -309,6 +309,7 @@ mod tests {
         ShardMsg::Relay(MeshMsg::Leave {
             room: "r".into(),
             player: n,
+            name: n.to_string().into(),
             reason: crate::proto::native::LeaveReason::Left,
         })
     }

@@ -47,6 +47,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::auth::{Identity, Verifier};
 use crate::engineio::Session;
 use crate::proto::native::ErrorCode;
 use crate::proto::socketio::{Arg, Packet, RESERVED_EVENTS};
@@ -91,6 +92,9 @@ fn check_emit(event: &str) -> Result<(), EmitError> {
 pub struct SocketIo {
     pub(crate) namespaces: HashMap<String, Arc<Namespace>>,
     pub(crate) engine_echo: bool,
+    /// Checks CONNECT tokens; set by [`crate::Server::start_with`] from `[auth]` (none:
+    /// every player is anonymous).
+    pub(crate) verifier: Option<Arc<Verifier>>,
 }
 
 impl Default for SocketIo {
@@ -111,6 +115,7 @@ impl SocketIo {
         SocketIo {
             namespaces: HashMap::new(),
             engine_echo: false,
+            verifier: None,
         }
     }
 
@@ -120,6 +125,7 @@ impl SocketIo {
         SocketIo {
             namespaces: HashMap::new(),
             engine_echo: true,
+            verifier: None,
         }
     }
 
@@ -205,6 +211,10 @@ pub(crate) struct SocketCore {
     player: PlayerId,
     nsp: String,
     auth: Value,
+    /// Who the player is (its token's `sub` and claims); replaced by a refresh.
+    identity: RefCell<Identity>,
+    /// When the token expires, if sessions end then (`auth.expiry`).
+    expires: Cell<Option<Instant>>,
     shard: Rc<Shard>,
     session: Weak<Session>,
     /// Cleared by [`Socket::disconnect`] before the socket is removed: inside one of its
@@ -222,14 +232,27 @@ pub struct Socket {
 }
 
 impl Socket {
-    /// The socket id (also the player id the relay reports as `from`).
+    /// The socket id (the Engine.IO-level id the client sees as `socket.id`; also the
+    /// player id others see for an anonymous player).
     pub fn id(&self) -> &str {
         &self.core.id
     }
 
-    /// The relay's player id of this socket.
+    /// The relay's key for this socket, unique on the server.
     pub fn player(&self) -> u64 {
         self.core.player
+    }
+
+    /// Who the player is: the id others see as `from` (the token's `sub`, or [`Socket::id`]
+    /// for an anonymous player) and the token's claims.
+    pub fn identity(&self) -> Identity {
+        self.core.identity.borrow().clone()
+    }
+
+    /// The claims of the player's token (empty for an anonymous player): `tier`, `role`,
+    /// whatever the game backend put in it.
+    pub fn claims(&self) -> Arc<serde_json::Map<String, Value>> {
+        Arc::clone(&self.core.identity.borrow().claims)
     }
 
     /// The namespace, e.g. `"/"`.

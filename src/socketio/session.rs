@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use super::ack::{AckCallback, AckError, PendingAcks};
 use super::{Ack, Namespace, Socket, SocketCore, SocketIo};
+use crate::auth::Identity;
 use crate::config::{Config, Protocol};
 use crate::engineio::Session;
 use crate::proto::native::{ErrorCode, PayloadKind};
@@ -120,10 +121,15 @@ impl SioSession {
             .sockets
             .values()
             .filter_map(|(core, _)| core.acks.borrow().deadline());
+        let expiries = self
+            .sockets
+            .values()
+            .filter_map(|(core, _)| core.expires.get());
         [self.connect_deadline(), self.assembler.deadline()]
             .into_iter()
             .flatten()
             .chain(acks)
+            .chain(expiries)
             .min()
     }
 
@@ -141,6 +147,32 @@ impl SioSession {
         if self.assembler.deadline().is_some_and(|d| d <= now) {
             // The reference ends a session whose packets do not parse the same way.
             return Err(("parse error", CloseReason::Invalid));
+        }
+        // A socket whose token expired is told why (an `error` event: the DISCONNECT packet
+        // carries no reason) and disconnected; its session and other namespaces go on.
+        let lapsed: Vec<String> = self
+            .sockets
+            .iter()
+            .filter(|(_, (core, _))| core.expires.get().is_some_and(|at| at <= now))
+            .map(|(nsp, _)| nsp.clone())
+            .collect();
+        for nsp in lapsed {
+            if let Some((core, _)) = self.sockets.get(&nsp) {
+                let socket = Socket {
+                    core: Rc::clone(core),
+                };
+                socket.send(Packet::event(
+                    &nsp,
+                    "error",
+                    [Arg::Json(json!({
+                        "error": ErrorCode::Unauthorized.name(),
+                        "message": "token expired",
+                    }))],
+                ));
+                socket.send(Packet::disconnect(&nsp));
+            }
+            session.shard.stats.count_close(CloseReason::Unauthorized);
+            self.remove(session, &nsp, "token expired");
         }
         let expired: Vec<AckCallback> = self
             .sockets
@@ -329,23 +361,56 @@ impl SioSession {
         }
         let shard = Rc::clone(&session.shard);
         let player = shard.next_player_id();
+        let token = auth.get("token").and_then(Value::as_str);
+        let verified = match &self.app.verifier {
+            Some(verifier) => verifier.check(token),
+            None => Ok(None),
+        };
+        let identity = match verified {
+            Ok(identity) => identity.unwrap_or_else(|| Identity::anonymous(player.to_string())),
+            Err(why) => {
+                // What the official client turns into the `connect_error` Error: `message`
+                // its message, `data` its `data`.
+                shard.stats.count_refusal(Refusal::Token);
+                let refusal = Packet {
+                    packet_type: PacketType::ConnectError,
+                    nsp: nsp.clone(),
+                    ack_id: None,
+                    data: Some(json!({
+                        "message": why.to_string(),
+                        "data": { "code": ErrorCode::Unauthorized.name() },
+                    })),
+                    attachments: Vec::new(),
+                };
+                session.send(&refusal.encode_engineio(), &[]);
+                return Ok(());
+            }
+        };
+        let expires = self
+            .app
+            .verifier
+            .as_ref()
+            .and_then(|v| v.deadline(&identity, Instant::now()));
+        let name = Arc::clone(&identity.player);
         let core = Rc::new(SocketCore {
             id: player.to_string(),
             player,
             nsp: nsp.clone(),
             auth,
+            identity: RefCell::new(identity),
+            expires: Cell::new(expires),
             shard: Rc::clone(&shard),
             session: Rc::downgrade(session),
             connected: Cell::new(true),
             acks: RefCell::new(PendingAcks::default()),
         });
         let (outbox, wire) = session.transport();
-        shard.relay.borrow_mut().connect(player, wire, outbox);
+        shard.relay.borrow_mut().connect(player, name, wire, outbox);
         if !matches!(self.stage, Stage::Connected(_)) {
             // The limits are the session's, set by its first namespace: they bound what
             // one connection sends, whichever namespace it sends on.
             let limits = &shard.config.rate_limits;
-            let profile = limits.profile(Protocol::SocketIo, tier_claim(&core.auth));
+            let profile = limits.profile(Protocol::SocketIo, tier_claim(&core.identity.borrow()));
             let sustained = Duration::from_millis(limits.sustained_ms);
             self.stage = Stage::Connected(Buckets::new(&profile, sustained, now));
         }
@@ -390,6 +455,12 @@ impl SioSession {
                 return self.rate_limited(session, &socket, ack, &name, exceeded);
             }
         }
+        if name == REFRESH_EVENT {
+            if let Some(verifier) = self.app.verifier.as_ref().filter(|v| v.keyed()) {
+                refresh(session, verifier, &socket, &packet, ack);
+                return;
+            }
+        }
         if let Some(handler) = handler {
             handler(&socket, owned_args(&packet), ack);
             return;
@@ -429,10 +500,62 @@ impl SioSession {
 }
 
 /// The `tier` claim of the token a socket connected with, which picks its rate-limit
-/// profile (`[rate_limits.tiers.<name>]`). Tokens are not checked yet, so there is none:
-/// when they are, the claim is read here, from the CONNECT packet's `auth` (`{ token }`).
-fn tier_claim(_auth: &Value) -> Option<&str> {
-    None
+/// profile (`[rate_limits.tiers.<name>]`): read from the verified claims, never from the
+/// CONNECT payload itself, which the client writes.
+fn tier_claim(identity: &Identity) -> Option<&str> {
+    identity.claims.get("tier").and_then(Value::as_str)
+}
+
+/// The event a client emits to replace its token (`socket.emit("refresh", token, ack)`),
+/// taken by the server whenever tokens are checked (docs/AUTH.md).
+pub const REFRESH_EVENT: &str = "refresh";
+
+/// Replaces the socket's token with the one in the event's first argument (same `sub`);
+/// the ack gets `{"exp": ...}` or `{"error": "unauthorized", "message": ...}`.
+fn refresh(
+    session: &Rc<Session>,
+    verifier: &crate::auth::Verifier,
+    socket: &Socket,
+    packet: &Packet,
+    ack: Option<Ack>,
+) {
+    let token = match packet.args().next() {
+        Some(ArgRef::Json(Value::String(token))) => token.clone(),
+        _ => return answer_error(socket, ack, "bad_arguments", REFRESH_EVENT),
+    };
+    let current = socket.core.identity.borrow().clone();
+    match verifier.refresh(&current, &token) {
+        Ok(identity) => {
+            socket
+                .core
+                .expires
+                .set(verifier.deadline(&identity, Instant::now()));
+            let exp = identity.exp.unwrap_or(0);
+            *socket.core.identity.borrow_mut() = identity;
+            if let Some(ack) = ack {
+                ack.send([Arg::Json(json!({ "exp": exp }))]);
+            }
+        }
+        Err(why) => {
+            session.shard.stats.count_refusal(Refusal::Token);
+            let error = json!({
+                "error": ErrorCode::Unauthorized.name(),
+                "message": why.to_string(),
+            });
+            match ack {
+                Some(ack) => ack.send([Arg::Json(error)]),
+                None => socket.send(Packet::event(
+                    &socket.core.nsp,
+                    "error",
+                    [Arg::Json(json!({
+                        "error": ErrorCode::Unauthorized.name(),
+                        "message": why.to_string(),
+                        "event": REFRESH_EVENT,
+                    }))],
+                )),
+            }
+        }
+    }
 }
 
 fn owned_args(packet: &Packet) -> Vec<Arg> {
@@ -509,26 +632,27 @@ fn relay_convention(
                 shard.stats.count_refusal(Refusal::ReservedName);
                 return answer_error(socket, ack, ErrorCode::ReservedName.name(), name);
             }
+            let from = Arc::clone(&socket.core.identity.borrow().player);
             let body = match packet.owned_args().into_iter().nth(2) {
                 Some(Arg::Binary(payload)) => Body::Event {
-                    from: player,
+                    from: Arc::clone(&from),
                     event: event.to_owned(),
                     payload,
                     kind: PayloadKind::Binary,
                 },
                 Some(Arg::Json(v)) => Body::Event {
-                    from: player,
+                    from: Arc::clone(&from),
                     event: event.to_owned(),
                     payload: Bytes::from(v.to_string()),
                     kind: PayloadKind::Json,
                 },
                 Some(tree @ Arg::Tree { .. }) => Body::Nested {
-                    from: player,
+                    from: Arc::clone(&from),
                     event: event.to_owned(),
                     payload: tree,
                 },
                 None => Body::Event {
-                    from: player,
+                    from: Arc::clone(&from),
                     event: event.to_owned(),
                     payload: Bytes::from_static(b"null"),
                     kind: PayloadKind::Json,
@@ -607,11 +731,11 @@ mod tests {
         use crate::relay::{Broadcast, Wire};
         let bodies = [
             Body::MemberJoined {
-                player: 1,
+                player: "1".into(),
                 members: 2,
             },
             Body::MemberLeft {
-                player: 1,
+                player: "1".into(),
                 members: 1,
                 reason: LeaveReason::Left,
             },
