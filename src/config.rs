@@ -233,9 +233,9 @@ pub struct RateLimits {
     #[serde(deserialize_with = "socketio_profile")]
     pub socketio: RateProfile,
     /// Named profiles (`[rate_limits.tiers.<name>]`), picked by the `tier` claim of a
-    /// connection's token; a key a tier leaves out is taken from the protocol's profile.
-    /// The claim is not read yet (tokens are not checked): until then every connection
-    /// gets its protocol's profile.
+    /// connection's verified token (never from what the client writes beside it); a key a
+    /// tier leaves out is taken from the protocol's profile, and a connection without a
+    /// tier, or with one not configured here, gets its protocol's profile.
     pub tiers: BTreeMap<String, TierProfile>,
 }
 

@@ -436,3 +436,79 @@ fn version_1_clients_get_unsupported_version() {
         assert_eq!(ws_next(&s, &mut codec).await, Err(Some(1008)));
     });
 }
+
+#[test]
+fn a_verified_tier_claim_picks_the_rate_profile_and_the_connect_payload_cannot() {
+    // Two joins a second by default; the `pro` tier may make ten at once.
+    let srv = auth_server(1, |c| {
+        let strict = corelay::config::RateProfile {
+            joins_per_s: 0.1,
+            joins_burst: 2,
+            ..c.rate_limits.native
+        };
+        c.rate_limits.native = strict;
+        c.rate_limits.socketio = corelay::config::RateProfile {
+            joins_per_s: 0.1,
+            joins_burst: 2,
+            ..c.rate_limits.socketio
+        };
+        c.rate_limits.tiers.insert(
+            "pro".into(),
+            corelay::config::TierProfile {
+                joins_burst: Some(10),
+                ..Default::default()
+            },
+        );
+    });
+    let addr = srv.local_addr();
+    let token = |sub: &str, tier: Option<&str>| {
+        let mut claims = json!({"sub": sub, "exp": now() + 600});
+        if let Some(tier) = tier {
+            claims["tier"] = json!(tier);
+        }
+        hs256(SECRET, claims)
+    };
+    run(move || async move {
+        // Native: the token's tier decides.
+        let mut pro = connect_with(addr, Some(token("p", Some("pro"))))
+            .await
+            .unwrap();
+        for room in ["a", "b", "c", "d", "e"] {
+            pro.join(room).await.expect("a pro player joins five rooms");
+        }
+        let mut free = connect_with(addr, Some(token("f", None))).await.unwrap();
+        free.join("a").await.unwrap();
+        free.join("b").await.unwrap();
+        match free.join("c").await {
+            Err(ClientError::Server { code, .. }) => {
+                assert_eq!(code, ErrorCode::RateLimited as u16)
+            }
+            other => panic!("expected rate_limited, got {other:?}"),
+        }
+
+        // Socket.IO: a `tier` written next to the token in the CONNECT payload is the
+        // client's own word and changes nothing; the one inside the token does.
+        let joins = |s: Stream, mut codec: WsCodec| async move {
+            let mut answers = Vec::new();
+            for (i, room) in ["a", "b", "c"].iter().enumerate() {
+                ws_send(&s, &format!(r#"42{i}["join","{room}"]"#)).await;
+                answers.push(sio_next(&s, &mut codec).await.unwrap());
+            }
+            answers
+        };
+        let claimed = json!({"token": token("x", None), "tier": "pro"});
+        let (s, codec, answer) = sio_connect_auth(addr, claimed).await;
+        assert!(answer.starts_with("40{\"sid\""), "{answer}");
+        let answers = joins(s, codec).await;
+        assert_eq!(
+            answers[2], r#"432[{"error":"rate_limited"}]"#,
+            "{answers:?}"
+        );
+        let verified = json!({"token": token("y", Some("pro"))});
+        let (s, codec, answer) = sio_connect_auth(addr, verified).await;
+        assert!(answer.starts_with("40{\"sid\""), "{answer}");
+        let answers = joins(s, codec).await;
+        assert!(answers[2].starts_with("432[{\"members\""), "{answers:?}");
+    });
+    srv.stop().unwrap();
+}
