@@ -4,12 +4,17 @@ Run: tests/interop/.venv/bin/python -m pytest tests/interop/test_python_client.p
 The server binary is $CORELAY_BIN, else target/debug/corelay.
 """
 
+import base64
+import hashlib
+import hmac
+import json
 import os
 import queue
 import re
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -41,6 +46,27 @@ def limited_server_url():
             "CORELAY_RATE_LIMITS_SOCKETIO_MESSAGES_BURST": "2",
         }
     )
+
+
+SECRET = "python-interop-secret"
+
+
+@pytest.fixture(scope="module")
+def auth_server_url():
+    """A server that requires HS256 tokens signed with SECRET."""
+    yield from serve({"CORELAY_AUTH_REQUIRED": "true", "CORELAY_AUTH_JWT_SECRET": SECRET})
+
+
+def hs256(claims, secret=SECRET):
+    """An HS256 JWT, made with the standard library as a game backend would with PyJWT."""
+
+    def b64(data):
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64(json.dumps(claims).encode())
+    mac = hmac.new(secret.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{b64(mac)}"
 
 
 def serve(env):
@@ -76,12 +102,12 @@ def serve(env):
 class Peer:
     """A connected socketio.Client that records the events it gets."""
 
-    def __init__(self, url, transports):
+    def __init__(self, url, transports, auth=None):
         self.sio = socketio.Client(reconnection=False)
         self.events = queue.Queue()
         self.seen = []
         self.sio.on("*", lambda event, *args: self.events.put((event, list(args))))
-        self.sio.connect(url, transports=transports, wait_timeout=WAIT)
+        self.sio.connect(url, transports=transports, auth=auth, wait_timeout=WAIT)
 
     @property
     def sid(self):
@@ -186,3 +212,31 @@ def test_events_past_the_rate_limit_get_rate_limited(limited_server_url):
         assert peer.sio.connected
     finally:
         peer.close()
+
+
+def test_tokens_make_the_sub_the_player_id_and_bad_ones_are_refused(auth_server_url):
+    exp = int(time.time()) + 600
+    ana = Peer(auth_server_url, ["websocket"], auth={"token": hs256({"sub": "ana", "exp": exp})})
+    bo = Peer(auth_server_url, ["polling"], auth={"token": hs256({"sub": "bo", "exp": exp})})
+    try:
+        assert ana.call("join", "py-auth") == {"room": "py-auth", "members": 1}
+        assert bo.call("join", "py-auth") == {"room": "py-auth", "members": 2}
+        assert ana.next("member_joined") == [{"room": "py-auth", "player": "bo", "members": 2}]
+        bo.sio.emit("to", ("py-auth", "hello", 1))
+        assert ana.next("hello") == [1, "bo"]
+    finally:
+        ana.close()
+        bo.close()
+    for auth, message in [
+        (None, "token required"),
+        ({"token": hs256({"sub": "eve", "exp": exp}, secret="wrong")}, "bad token signature"),
+        ({"token": hs256({"sub": "eve", "exp": int(time.time()) - 3600})}, "token expired"),
+    ]:
+        client = socketio.Client(reconnection=False)
+        errors = queue.Queue()
+        client.on("connect_error", errors.put)
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            client.connect(auth_server_url, transports=["websocket"], auth=auth, wait_timeout=WAIT)
+        # The handler gets the CONNECT_ERROR data: the reason and the code.
+        assert errors.get(timeout=WAIT) == {"message": message, "data": {"code": "unauthorized"}}
+        client.disconnect()
