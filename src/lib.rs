@@ -12,7 +12,7 @@
 //! From the wire up; each layer uses only the ones above it in this list, and [`config`] and
 //! [`stats`] (below) are used throughout.
 //!
-//! //! - [`auth`]: JWT authentication, sans-IO: the `[auth]` settings and the verifier that
+//! - [`auth`]: JWT authentication, sans-IO: the `[auth]` settings and the verifier that
 //!   turns a token (native `Hello`, Socket.IO CONNECT) into a player's [`auth::Identity`].
 //! - [`admission`]: the connection, session and rate caps per source address and per
 //!   server, shared by the shards without locks.
@@ -21,6 +21,8 @@
 //!   Socket.IO packets.
 //! - [`rate_limit`]: the token buckets of one connection (messages, bytes and joins per
 //!   second) and when persistent refusals close it, sans-IO.
+//! - [`hooks`]: authorization: the application's [`hooks::Hooks`] (handshake, join,
+//!   message, delivery) and the `[[auth.rooms]]` rules, run where both protocols meet.
 //! - [`relay`]: rooms, membership, fan-out and the per-connection [`relay::Outbox`], sans-IO.
 //! - [`timer`]: the timer wheel every shard keeps its deadlines in.
 //! - [`shard`]: the runtime, which knows no protocol. Per core: a glommio executor running
@@ -51,6 +53,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 mod engineio;
+pub mod hooks;
 pub mod net;
 pub mod proto;
 pub mod rate_limit;
