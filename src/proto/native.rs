@@ -450,5 +450,6 @@ mod tests {
             }
         }
         assert_eq!(ErrorCode::NotMember as u16, 10);
+        assert_eq!(ErrorCode::from_code(18), Some(ErrorCode::Forbidden));
     }
 }
