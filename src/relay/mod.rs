@@ -1204,6 +1204,40 @@ mod tests {
     }
 
     #[test]
+    fn the_delivery_hook_filters_each_recipient_on_its_own_shard() {
+        let mut r = relays(2);
+        let now = Instant::now();
+        let room = room_homed_on(0, 2);
+        // Players with an even id hear nothing but notices.
+        let hooks = Arc::new(
+            Hooks::new().on_delivery(|to, _| to.player.parse::<u64>().is_ok_and(|p| p % 2 == 1)),
+        );
+        for relay in &mut r {
+            relay.limits.max_room_members = 4;
+        }
+        let boxes: Vec<_> = (0..4).map(|_| outbox()).collect();
+        for p in 0..4u64 {
+            let shard = (p % 2) as usize;
+            r[shard].set_hooks(Arc::clone(&hooks));
+            r[shard].connect(p, who(p), Wire::Native, Rc::clone(&boxes[p as usize]));
+        }
+        // 0 and 2 on shard 0, 1 and 3 on shard 1; 3 sends from the far shard.
+        for p in 0..3u64 {
+            r[(p % 2) as usize].join(p, None, &room, now).unwrap();
+        }
+        r[1].join(3, None, &room, now).unwrap();
+        settle(&mut r);
+        for b in &boxes {
+            frames(b);
+        }
+        r[1].send(3, &room, event(3, b"x"), now).unwrap();
+        r[0].send(0, &room, event(0, b"y"), now).unwrap();
+        settle(&mut r);
+        let got: Vec<usize> = boxes.iter().map(|b| payloads(&frames(b)).len()).collect();
+        assert_eq!(got, [0, 2, 0, 1], "odd players only, on both shards");
+    }
+
+    #[test]
     fn a_message_over_the_budget_is_refused_before_any_outbox() {
         let mut r = relays(2);
         let now = Instant::now();
