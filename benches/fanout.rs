@@ -142,7 +142,7 @@ fn relay_send(c: &mut Criterion) {
     for (player, outbox) in outboxes.iter().enumerate() {
         relay.connect(
             player as PlayerId,
-            name(player as PlayerId),
+            corelay::auth::Identity::anonymous(player.to_string()),
             Wire::Native,
             Rc::clone(outbox),
         );

@@ -60,6 +60,10 @@ pub struct AuthConfig {
     /// What happens when a session's token expires: `"disconnect"` (the default) or
     /// `"ignore"`.
     pub expiry: Expiry,
+    /// `[[auth.rooms]]`: which claims a room's members need, and which may not send
+    /// (docs/AUTH.md, "Authorization"). TOML only: a list of tables has no environment
+    /// variable form.
+    pub rooms: Vec<crate::hooks::RoomRule>,
 }
 
 impl Default for AuthConfig {
@@ -76,6 +80,7 @@ impl Default for AuthConfig {
             // A token's `exp` is its issuer's word on how long it may be used; a session
             // that outlives it must refresh it (docs/AUTH.md).
             expiry: Expiry::Disconnect,
+            rooms: Vec::new(),
         }
     }
 }

@@ -659,6 +659,9 @@ impl Config {
         // line instead of refusing every player later.
         crate::auth::Verifier::new(&self.auth)
             .map_err(|e| ConfigError::Invalid(format!("auth: {e}")))?;
+        if let Some(problem) = self.auth.rooms.iter().find_map(|r| r.problem()) {
+            return Err(ConfigError::Invalid(format!("auth: {problem}")));
+        }
         Ok(())
     }
 

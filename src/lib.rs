@@ -12,7 +12,7 @@
 //! From the wire up; each layer uses only the ones above it in this list, and [`config`] and
 //! [`stats`] (below) are used throughout.
 //!
-//! //! - [`auth`]: JWT authentication, sans-IO: the `[auth]` settings and the verifier that
+//! - [`auth`]: JWT authentication, sans-IO: the `[auth]` settings and the verifier that
 //!   turns a token (native `Hello`, Socket.IO CONNECT) into a player's [`auth::Identity`].
 //! - [`admission`]: the connection, session and rate caps per source address and per
 //!   server, shared by the shards without locks.
@@ -22,6 +22,10 @@
 //! - [`rate_limit`]: the token buckets of one connection (messages, bytes and joins per
 //!   second) and when persistent refusals close it, sans-IO.
 //! - [`relay`]: rooms, membership, fan-out and the per-connection [`relay::Outbox`], sans-IO.
+//! - [`hooks`]: authorization: the application's [`hooks::Hooks`] (handshake, join,
+//!   message, delivery) and the `[[auth.rooms]]` rules, over the relay's message bodies;
+//!   the sessions of both protocols call them, and the relay's delivery loop holds the
+//!   delivery hook (the one place the two know each other).
 //! - [`timer`]: the timer wheel every shard keeps its deadlines in.
 //! - [`shard`]: the runtime, which knows no protocol. Per core: a glommio executor running
 //!   one driver that owns the shard's io_uring (multishot receives into provided buffers,
@@ -38,7 +42,8 @@
 //!   ([`net::front`]) that routes every accepted connection by path, the one WebSocket
 //!   driver ([`net::websocket`]) and its applications (native on `/ws`, the Engine.IO
 //!   transport, echo), and Engine.IO long-polling ([`net::engineio`]).
-//! - [`server`]: [`Server::start`] binds, registers the endpoints and spawns the shards;
+//! - [`server`]: [`Server::start`] binds, registers the endpoints and spawns the shards
+//!   ([`Server::start_with_hooks`] with application code and authorization hooks);
 //!   [`config`] builds the one [`Config`]; [`stats`] merges per-shard counters.
 //! - [`client`]: an async Rust client of the native protocol (tests, loadgen, games),
 //!   sharing the framing with the server and its WebSocket client side with the load
@@ -51,6 +56,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 mod engineio;
+pub mod hooks;
 pub mod net;
 pub mod proto;
 pub mod rate_limit;

@@ -23,6 +23,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::admission::Occupancy;
 use crate::auth::Verifier;
 use crate::config::Config;
+use crate::hooks::Hooks;
 use crate::net::engineio::EngineEndpoint;
 use crate::net::front::{Front, PathMatch, Routes};
 use crate::net::native::{NativeRoute, NATIVE_PATH};
@@ -114,9 +115,22 @@ impl Server {
     }
 
     /// Like [`Server::start`], with application code on the Socket.IO endpoint.
-    pub fn start_with(config: Config, mut app: SocketIo) -> Result<Server, ServerError> {
+    pub fn start_with(config: Config, app: SocketIo) -> Result<Server, ServerError> {
+        Server::start_with_hooks(config, app, Hooks::new())
+    }
+
+    /// Like [`Server::start_with`], with authorization hooks for both protocols
+    /// (docs/AUTH.md, "Authorization"); the configuration's `[[auth.rooms]]` rules are
+    /// added to them.
+    pub fn start_with_hooks(
+        config: Config,
+        mut app: SocketIo,
+        hooks: Hooks,
+    ) -> Result<Server, ServerError> {
         let verifier = Arc::new(Verifier::new(&config.auth)?);
+        let hooks = Arc::new(hooks.with_rules(&config.auth.rooms));
         app.verifier = Some(Arc::clone(&verifier));
+        app.hooks = Arc::clone(&hooks);
         let app = Arc::new(app);
         let socketio_path = config.socketio_path.clone();
         // One count of Engine.IO sessions for the whole server: the caps are server-wide
@@ -126,7 +140,9 @@ impl Server {
             config.engineio_max_sessions_per_ip,
         ));
         let handshake_rate = config.engineio_handshake_rate;
-        let endpoints = move |_shard: &Rc<Shard>| {
+        let endpoints = move |shard: &Rc<Shard>| {
+            // The relay runs the delivery hook on each recipient's shard.
+            shard.relay.borrow_mut().set_hooks(Arc::clone(&hooks));
             let engine = EngineEndpoint::new(
                 Arc::clone(&app),
                 ENGINE_ENDPOINT,
@@ -136,7 +152,7 @@ impl Server {
             let routes = Routes::new()
                 .route(
                     PathMatch::Exact(NATIVE_PATH.to_owned()),
-                    Rc::new(NativeRoute::new(Arc::clone(&verifier))),
+                    Rc::new(NativeRoute::new(Arc::clone(&verifier), Arc::clone(&hooks))),
                 )
                 .route(PathMatch::Exact(socketio_path.clone()), engine.clone());
             vec![

@@ -45,11 +45,13 @@ pub enum CloseReason {
     /// No valid token when one is required, or the token expired (1008; Socket.IO: the
     /// session's namespace refused or disconnected).
     Unauthorized,
+    /// The handshake hook refused the player (1008 `forbidden`).
+    Forbidden,
 }
 
 impl CloseReason {
     /// Every reason, in counter order.
-    pub const ALL: [CloseReason; 13] = [
+    pub const ALL: [CloseReason; 14] = [
         CloseReason::Peer,
         CloseReason::Shutdown,
         CloseReason::Protocol,
@@ -63,6 +65,7 @@ impl CloseReason {
         CloseReason::Io,
         CloseReason::RateLimited,
         CloseReason::Unauthorized,
+        CloseReason::Forbidden,
     ];
 
     /// Stable name used in logs and metrics.
@@ -81,6 +84,7 @@ impl CloseReason {
             CloseReason::Io => "io",
             CloseReason::RateLimited => "rate_limited",
             CloseReason::Unauthorized => "unauthorized",
+            CloseReason::Forbidden => "forbidden",
         }
     }
 }
@@ -116,11 +120,14 @@ pub enum Refusal {
     RateLimitedJoins,
     /// A token refused (missing when required, bad, expired) at connect or refresh.
     Token,
+    /// A handshake, join or message refused by an authorization hook or an
+    /// `[[auth.rooms]]` rule (docs/AUTH.md, "Authorization").
+    Forbidden,
 }
 
 impl Refusal {
     /// Every refusal, in counter order.
-    pub const ALL: [Refusal; 13] = [
+    pub const ALL: [Refusal; 14] = [
         Refusal::Connections,
         Refusal::ConnectionsPerIp,
         Refusal::Sessions,
@@ -134,6 +141,7 @@ impl Refusal {
         Refusal::RateLimitedBytes,
         Refusal::RateLimitedJoins,
         Refusal::Token,
+        Refusal::Forbidden,
     ];
 
     /// Stable name used in logs and metrics.
@@ -152,6 +160,7 @@ impl Refusal {
             Refusal::RateLimitedBytes => "rate_limited_bytes",
             Refusal::RateLimitedJoins => "rate_limited_joins",
             Refusal::Token => "token",
+            Refusal::Forbidden => "forbidden",
         }
     }
 }

@@ -157,6 +157,13 @@ fn node_auth() {
     node_suite("auth.test.js");
 }
 
+/// `[[auth.rooms]]` rules as the official client sees them: `{error: "forbidden", message}`
+/// on the join and send acks, and the `error` event without an ack.
+#[test]
+fn node_room_rules() {
+    node_suite("room_rules.test.js");
+}
+
 #[test]
 fn node_500_clients() {
     node_suite("load.test.js");

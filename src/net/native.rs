@@ -12,6 +12,7 @@ use super::front::{upgrade, Head, Route};
 use super::websocket::{Flow, Keepalive, WebSocket, WsApp};
 use crate::auth::{Identity, Verifier};
 use crate::config::Protocol;
+use crate::hooks::{Forbidden, Hooks};
 use crate::proto::http::Request;
 use crate::proto::native::{
     access_client, ArchivedClientFrame, ErrorCode, PayloadKind, ServerFrame, PROTOCOL_VERSION,
@@ -44,6 +45,8 @@ struct SessionAuth {
     /// Anonymous until `Hello` brings a token.
     identity: Identity,
     verifier: Arc<Verifier>,
+    /// The server's authorization hooks and `[[auth.rooms]]` rules.
+    hooks: Arc<Hooks>,
     /// When the token expires, if sessions end then (`auth.expiry`).
     expires: Option<Instant>,
     /// The connection's rate limits, from `Hello` on (picked by the token's `tier`);
@@ -53,11 +56,12 @@ struct SessionAuth {
 
 impl NativeSession {
     /// A session on `shard` for a connection accepted at `accepted_at`, its tokens checked
-    /// by `verifier`, wrapped in the WebSocket driver.
+    /// by `verifier` and its requests by `hooks`, wrapped in the WebSocket driver.
     pub fn connection(
         shard: &Rc<Shard>,
         accepted_at: Instant,
         verifier: Arc<Verifier>,
+        hooks: Arc<Hooks>,
     ) -> WebSocket<NativeSession> {
         let config = &shard.config;
         let interval = Duration::from_millis(config.ping_interval_ms);
@@ -67,6 +71,7 @@ impl NativeSession {
             auth: Box::new(SessionAuth {
                 identity: Identity::anonymous(player.to_string()),
                 verifier,
+                hooks,
                 expires: None,
                 rate: None,
             }),
@@ -113,6 +118,12 @@ impl NativeSession {
             };
         }
         Flow::Continue
+    }
+
+    /// Answers a request an authorization hook or rule refused, and counts it.
+    fn forbidden(&self, cx: &Cx<'_>, req: u32, why: &Forbidden) {
+        cx.shard.stats.count_refusal(Refusal::Forbidden);
+        self.error(cx, req, ErrorCode::Forbidden, &why.message);
     }
 
     fn handle_frame(&mut self, cx: &mut Cx<'_>, bytes: Bytes) -> Flow {
@@ -173,6 +184,14 @@ impl NativeSession {
                             };
                         }
                     }
+                    if let Err(why) = self.auth.hooks.check_handshake(&self.auth.identity) {
+                        self.forbidden(cx, req, &why);
+                        return Flow::Close {
+                            code: close::POLICY,
+                            reason: "forbidden",
+                            stat: CloseReason::Forbidden,
+                        };
+                    }
                     self.welcomed = true;
                     let limits = &shard.config.rate_limits;
                     let profile = limits.profile(Protocol::Native, self.tier_claim());
@@ -180,7 +199,7 @@ impl NativeSession {
                     self.auth.rate = Buckets::new(&profile, sustained, now);
                     shard.relay.borrow_mut().connect(
                         self.player,
-                        Arc::clone(&self.auth.identity.player),
+                        self.auth.identity.clone(),
                         Wire::Native,
                         Rc::clone(cx.out),
                     );
@@ -209,6 +228,14 @@ impl NativeSession {
                 }
                 if let Some(Err(exceeded)) = self.auth.rate.as_mut().map(|r| r.join(now)) {
                     return self.rate_limited(cx, req, exceeded);
+                }
+                if let Err(why) = self
+                    .auth
+                    .hooks
+                    .check_join(&self.auth.identity, room.as_str())
+                {
+                    self.forbidden(cx, req, &why);
+                    return Flow::Continue;
                 }
                 let result = shard.relay.borrow_mut().join(
                     self.player,
@@ -269,6 +296,20 @@ impl NativeSession {
                     payload: bytes.slice_ref(payload.as_slice()),
                     kind: PayloadKind::from(kind),
                 };
+                let body =
+                    match self
+                        .auth
+                        .hooks
+                        .check_message(&self.auth.identity, room.as_str(), body)
+                    {
+                        Ok(Some(body)) => body,
+                        // Dropped by the message hook: the sender is told nothing.
+                        Ok(None) => return Flow::Continue,
+                        Err(why) => {
+                            self.forbidden(cx, req, &why);
+                            return Flow::Continue;
+                        }
+                    };
                 let result = shard
                     .relay
                     .borrow_mut()
@@ -293,6 +334,7 @@ impl NativeSession {
                     Ok(identity) => {
                         self.auth.expires = self.auth.verifier.deadline(&identity, now);
                         let exp = identity.exp.unwrap_or(0);
+                        shard.relay.borrow_mut().reidentify(self.player, &identity);
                         self.auth.identity = identity;
                         let _ = cx
                             .out
@@ -397,12 +439,13 @@ fn request_id(frame: &ArchivedClientFrame) -> u32 {
 /// The route of `/ws`: answers the upgrade and starts a native session.
 pub struct NativeRoute {
     verifier: Arc<Verifier>,
+    hooks: Arc<Hooks>,
 }
 
 impl NativeRoute {
-    /// The route, its sessions' tokens checked by `verifier`.
-    pub fn new(verifier: Arc<Verifier>) -> NativeRoute {
-        NativeRoute { verifier }
+    /// The route, its sessions' tokens checked by `verifier` and their requests by `hooks`.
+    pub fn new(verifier: Arc<Verifier>, hooks: Arc<Hooks>) -> NativeRoute {
+        NativeRoute { verifier, hooks }
     }
 }
 
@@ -413,6 +456,7 @@ impl Route for NativeRoute {
                 cx.shard,
                 started,
                 Arc::clone(&self.verifier),
+                Arc::clone(&self.hooks),
             ))
         })
     }

@@ -238,6 +238,10 @@ pub enum ErrorCode {
     /// second); the request was not carried out. Slow down: a client refused without
     /// pause for `rate_limits.sustained_ms` is closed (1008 `rate limited`).
     RateLimited = 17,
+    /// An authorization hook or an `[[auth.rooms]]` rule refused the request (the message
+    /// says why); nothing was carried out. On `Hello` the connection closes (1008); on a
+    /// `Join` or `Send` it goes on, and nobody else is affected.
+    Forbidden = 18,
 }
 
 impl ErrorCode {
@@ -257,6 +261,7 @@ impl ErrorCode {
             ErrorCode::TooBig => "too_big",
             ErrorCode::RoomFull => "room_full",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 
@@ -276,6 +281,7 @@ impl ErrorCode {
             15 => ErrorCode::TooBig,
             16 => ErrorCode::RoomFull,
             17 => ErrorCode::RateLimited,
+            18 => ErrorCode::Forbidden,
             _ => return None,
         })
     }
@@ -444,5 +450,6 @@ mod tests {
             }
         }
         assert_eq!(ErrorCode::NotMember as u16, 10);
+        assert_eq!(ErrorCode::from_code(18), Some(ErrorCode::Forbidden));
     }
 }

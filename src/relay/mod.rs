@@ -35,6 +35,8 @@ pub use broadcast::{
 };
 pub use outbox::{Drained, Outbox, OutboxLimits, PushError, ReadyQueue};
 
+use crate::auth::Identity;
+use crate::hooks::{Hooks, Message};
 use crate::proto::native::{ErrorCode, LeaveReason};
 use crate::stats::{add, new_latency_histogram, Refusal, ShardStats};
 
@@ -217,6 +219,8 @@ struct HomeRoom {
 struct Player {
     /// The id others see (`from`, membership notices).
     name: PlayerName,
+    /// Who it is, for the delivery hook (its claims as of connect or its last refresh).
+    identity: Identity,
     wire: Wire,
     outbox: Rc<Outbox>,
     /// Rooms the player is in or joining (at most `max_rooms_per_connection`).
@@ -235,6 +239,8 @@ pub struct Relay {
     mesh: Vec<(ShardId, MeshMsg)>,
     stats: Arc<ShardStats>,
     latency: Histogram<u64>,
+    /// The server's authorization hooks; the relay runs the delivery hook.
+    hooks: Arc<Hooks>,
 }
 
 impl Relay {
@@ -255,15 +261,33 @@ impl Relay {
             mesh: Vec::new(),
             stats,
             latency: new_latency_histogram(),
+            hooks: Arc::new(Hooks::new()),
         }
     }
 
-    /// Registers a connected player, known to others as `name`.
-    pub fn connect(&mut self, player: PlayerId, name: PlayerName, wire: Wire, outbox: Rc<Outbox>) {
+    /// Sets the server's authorization hooks (once per shard, before it serves).
+    pub fn set_hooks(&mut self, hooks: Arc<Hooks>) {
+        self.hooks = hooks;
+    }
+
+    /// The server's authorization hooks.
+    pub fn hooks(&self) -> &Arc<Hooks> {
+        &self.hooks
+    }
+
+    /// Registers a connected player, known to others as `identity.player`.
+    pub fn connect(
+        &mut self,
+        player: PlayerId,
+        identity: Identity,
+        wire: Wire,
+        outbox: Rc<Outbox>,
+    ) {
         self.players.insert(
             player,
             Player {
-                name,
+                name: Arc::clone(&identity.player),
+                identity,
                 wire,
                 outbox,
                 rooms: Vec::new(),
@@ -567,6 +591,14 @@ impl Relay {
         }
     }
 
+    /// Replaces a player's claims after a token refresh (same player id), for the delivery
+    /// hook.
+    pub fn reidentify(&mut self, player: PlayerId, identity: &Identity) {
+        if let Some(p) = self.players.get_mut(&player) {
+            p.identity = identity.clone();
+        }
+    }
+
     /// Moves a player to another transport (socket.io upgrade from long-polling to
     /// WebSocket): later frames go to `outbox`, encoded for `wire`.
     pub fn rewire(&mut self, player: PlayerId, wire: Wire, outbox: Rc<Outbox>) {
@@ -824,10 +856,26 @@ impl Relay {
         if let Body::MemberJoined { members, .. } | Body::MemberLeft { members, .. } = bcast.body {
             room.total = members;
         }
+        // Made once per shard for a filtered message, and only when a delivery hook is set:
+        // without one, this is one branch on an `Option` per broadcast.
+        let filter = self
+            .hooks
+            .delivery()
+            .and_then(|f| Some((f, Message::of(&bcast.room, &bcast.body)?)));
         let mut delivered = 0;
         for m in &room.members {
             if m.player == bcast.exclude {
                 continue;
+            }
+            if let Some((allow, message)) = &filter {
+                // Every member is a connected player (`disconnect` leaves rooms first).
+                let keep = self
+                    .players
+                    .get(&m.player)
+                    .is_none_or(|p| allow(&p.identity, message));
+                if !keep {
+                    continue;
+                }
             }
             // A full outbox closes its own connection (slow consumer); the room goes on.
             if m.outbox.push(bcast.frame(m.wire)).is_ok() {
@@ -931,6 +979,11 @@ mod tests {
         Arc::from(p.to_string())
     }
 
+    /// Test player `p`, anonymous.
+    fn who(p: PlayerId) -> Identity {
+        Identity::anonymous(p.to_string())
+    }
+
     fn event(from: PlayerId, payload: &[u8]) -> Body {
         Body::Event {
             from: name(from),
@@ -958,7 +1011,7 @@ mod tests {
         for (i, b) in boxes.iter().enumerate() {
             r[0].connect(
                 i as PlayerId,
-                name(i as PlayerId),
+                who(i as PlayerId),
                 Wire::Native,
                 Rc::clone(b),
             );
@@ -987,9 +1040,9 @@ mod tests {
         let now = Instant::now();
         // Two members on shard 1, one on the home.
         let boxes: Vec<_> = (0..5).map(|_| outbox()).collect();
-        r[0].connect(0, name(0), Wire::Native, Rc::clone(&boxes[0]));
+        r[0].connect(0, who(0), Wire::Native, Rc::clone(&boxes[0]));
         for p in 1..5 {
-            r[1].connect(p, name(p), Wire::Native, Rc::clone(&boxes[p as usize]));
+            r[1].connect(p, who(p), Wire::Native, Rc::clone(&boxes[p as usize]));
         }
         r[1].join(1, Some(1), &room, now).unwrap();
         settle(&mut r);
@@ -1039,8 +1092,8 @@ mod tests {
         let room = room_homed_on(0, 2);
         let now = Instant::now();
         let (a, b) = (outbox(), outbox());
-        r[0].connect(0, name(0), Wire::Native, Rc::clone(&a));
-        r[1].connect(1, name(1), Wire::Native, Rc::clone(&b));
+        r[0].connect(0, who(0), Wire::Native, Rc::clone(&a));
+        r[1].connect(1, who(1), Wire::Native, Rc::clone(&b));
         r[0].join(0, Some(1), &room, now).unwrap();
         r[1].join(1, Some(1), &room, now).unwrap();
         assert!(!r[1].is_member(1, &room));
@@ -1052,7 +1105,7 @@ mod tests {
         assert_eq!(got, [[0u8], [1], [2]].map(|p| Bytes::copy_from_slice(&p)));
         // What one recipient could not queue at once is not held.
         let mut r = relays(2);
-        r[1].connect(1, name(1), Wire::Native, outbox());
+        r[1].connect(1, who(1), Wire::Native, outbox());
         r[1].join(1, Some(1), &room, now).unwrap();
         let big = vec![0u8; LIMITS.max_message_bytes / 2];
         r[1].send(1, &room, event(1, &big), now).unwrap();
@@ -1068,15 +1121,15 @@ mod tests {
         let room = room_homed_on(0, 2);
         let now = Instant::now();
         let watcher = outbox();
-        r[0].connect(0, name(0), Wire::Native, Rc::clone(&watcher));
+        r[0].connect(0, who(0), Wire::Native, Rc::clone(&watcher));
         r[0].join(0, None, &room, now).unwrap();
         // Accepted then left: the home counts the join, then the leave.
         let b = outbox();
-        r[1].connect(1, name(1), Wire::Native, Rc::clone(&b));
+        r[1].connect(1, who(1), Wire::Native, Rc::clone(&b));
         r[1].join(1, Some(1), &room, now).unwrap();
         r[1].leave(1, Some(2), &room, now).unwrap();
         // Disconnected while joining.
-        r[1].connect(2, name(2), Wire::Native, outbox());
+        r[1].connect(2, who(2), Wire::Native, outbox());
         r[1].join(2, Some(1), &room, now).unwrap();
         r[1].disconnect(2, now);
         settle(&mut r);
@@ -1092,11 +1145,11 @@ mod tests {
         // Refused then left: the home never counted it, so it is told nothing.
         let mut r = relays(2);
         for p in 0..3 {
-            r[0].connect(p, name(p), Wire::Native, outbox());
+            r[0].connect(p, who(p), Wire::Native, outbox());
             r[0].join(p, None, &room, now).unwrap();
         }
         let b = outbox();
-        r[1].connect(9, name(9), Wire::Native, Rc::clone(&b));
+        r[1].connect(9, who(9), Wire::Native, Rc::clone(&b));
         r[1].join(9, Some(1), &room, now).unwrap();
         r[1].leave(9, Some(2), &room, now).unwrap();
         settle(&mut r);
@@ -1121,7 +1174,7 @@ mod tests {
         for (i, b) in boxes.iter().enumerate() {
             r[0].connect(
                 i as PlayerId,
-                name(i as PlayerId),
+                who(i as PlayerId),
                 Wire::Native,
                 Rc::clone(b),
             );
@@ -1151,13 +1204,47 @@ mod tests {
     }
 
     #[test]
+    fn the_delivery_hook_filters_each_recipient_on_its_own_shard() {
+        let mut r = relays(2);
+        let now = Instant::now();
+        let room = room_homed_on(0, 2);
+        // Players with an even id hear nothing but notices.
+        let hooks = Arc::new(
+            Hooks::new().on_delivery(|to, _| to.player.parse::<u64>().is_ok_and(|p| p % 2 == 1)),
+        );
+        for relay in &mut r {
+            relay.limits.max_room_members = 4;
+        }
+        let boxes: Vec<_> = (0..4).map(|_| outbox()).collect();
+        for p in 0..4u64 {
+            let shard = (p % 2) as usize;
+            r[shard].set_hooks(Arc::clone(&hooks));
+            r[shard].connect(p, who(p), Wire::Native, Rc::clone(&boxes[p as usize]));
+        }
+        // 0 and 2 on shard 0, 1 and 3 on shard 1; 3 sends from the far shard.
+        for p in 0..3u64 {
+            r[(p % 2) as usize].join(p, None, &room, now).unwrap();
+        }
+        r[1].join(3, None, &room, now).unwrap();
+        settle(&mut r);
+        for b in &boxes {
+            frames(b);
+        }
+        r[1].send(3, &room, event(3, b"x"), now).unwrap();
+        r[0].send(0, &room, event(0, b"y"), now).unwrap();
+        settle(&mut r);
+        let got: Vec<usize> = boxes.iter().map(|b| payloads(&frames(b)).len()).collect();
+        assert_eq!(got, [0, 2, 0, 1], "odd players only, on both shards");
+    }
+
+    #[test]
     fn a_message_over_the_budget_is_refused_before_any_outbox() {
         let mut r = relays(2);
         let now = Instant::now();
         let room = room_homed_on(1, 2);
         let (a, b) = (outbox(), outbox());
-        r[0].connect(0, name(0), Wire::Native, Rc::clone(&a));
-        r[0].connect(1, name(1), Wire::SioPolling, Rc::clone(&b));
+        r[0].connect(0, who(0), Wire::Native, Rc::clone(&a));
+        r[0].connect(1, who(1), Wire::SioPolling, Rc::clone(&b));
         r[0].join(0, None, &room, now).unwrap();
         r[0].join(1, None, &room, now).unwrap();
         settle(&mut r);

@@ -49,6 +49,7 @@ use serde_json::Value;
 
 use crate::auth::{Identity, Verifier};
 use crate::engineio::Session;
+use crate::hooks::Hooks;
 use crate::proto::native::ErrorCode;
 use crate::proto::socketio::{Arg, Packet, RESERVED_EVENTS};
 use crate::relay::{room_key, valid_name, Body, PlayerId, Relay};
@@ -95,6 +96,8 @@ pub struct SocketIo {
     /// Checks CONNECT tokens; set by [`crate::Server::start_with`] from `[auth]` (none:
     /// every player is anonymous).
     pub(crate) verifier: Option<Arc<Verifier>>,
+    /// Authorization hooks and rules; set by [`crate::Server::start_with_hooks`].
+    pub(crate) hooks: Arc<Hooks>,
 }
 
 impl Default for SocketIo {
@@ -116,6 +119,7 @@ impl SocketIo {
             namespaces: HashMap::new(),
             engine_echo: false,
             verifier: None,
+            hooks: Arc::new(Hooks::new()),
         }
     }
 
@@ -126,6 +130,7 @@ impl SocketIo {
             namespaces: HashMap::new(),
             engine_echo: true,
             verifier: None,
+            hooks: Arc::new(Hooks::new()),
         }
     }
 

@@ -14,6 +14,7 @@ use super::{Ack, Namespace, Socket, SocketCore, SocketIo};
 use crate::auth::Identity;
 use crate::config::{Config, Protocol};
 use crate::engineio::Session;
+use crate::hooks::{Forbidden, Hooks};
 use crate::proto::native::{ErrorCode, PayloadKind};
 use crate::proto::socketio::{
     is_reserved_for_relay, Arg, ArgRef, BinaryAssembler, DecodeError, Packet, PacketType,
@@ -386,12 +387,28 @@ impl SioSession {
                 return Ok(());
             }
         };
+        if let Err(why) = self.app.hooks.check_handshake(&identity) {
+            // As a refused token: the official client's `connect_error` shows the message.
+            shard.stats.count_refusal(Refusal::Forbidden);
+            let refusal = Packet {
+                packet_type: PacketType::ConnectError,
+                nsp: nsp.clone(),
+                ack_id: None,
+                data: Some(json!({
+                    "message": why.message,
+                    "data": { "code": ErrorCode::Forbidden.name() },
+                })),
+                attachments: Vec::new(),
+            };
+            session.send(&refusal.encode_engineio(), &[]);
+            return Ok(());
+        }
         let expires = self
             .app
             .verifier
             .as_ref()
             .and_then(|v| v.deadline(&identity, Instant::now()));
-        let name = Arc::clone(&identity.player);
+        let relayed_as = identity.clone();
         let core = Rc::new(SocketCore {
             id: player.to_string(),
             player,
@@ -405,7 +422,10 @@ impl SioSession {
             acks: RefCell::new(PendingAcks::default()),
         });
         let (outbox, wire) = session.transport();
-        shard.relay.borrow_mut().connect(player, name, wire, outbox);
+        shard
+            .relay
+            .borrow_mut()
+            .connect(player, relayed_as, wire, outbox);
         if !matches!(self.stage, Stage::Connected(_)) {
             // The limits are the session's, set by its first namespace: they bound what
             // one connection sends, whichever namespace it sends on.
@@ -466,7 +486,7 @@ impl SioSession {
             return;
         }
         if relayed {
-            relay_convention(session, &socket, &name, &packet, ack, now);
+            relay_convention(session, &self.app.hooks, &socket, &name, &packet, ack, now);
             return;
         }
         answer_error(&socket, ack, "unknown_event", &name);
@@ -531,6 +551,11 @@ fn refresh(
                 .expires
                 .set(verifier.deadline(&identity, Instant::now()));
             let exp = identity.exp.unwrap_or(0);
+            session
+                .shard
+                .relay
+                .borrow_mut()
+                .reidentify(socket.player(), &identity);
             *socket.core.identity.borrow_mut() = identity;
             if let Some(ack) = ack {
                 ack.send([Arg::Json(json!({ "exp": exp }))]);
@@ -583,9 +608,34 @@ fn answer_error(socket: &Socket, ack: Option<Ack>, code: &str, event: &str) {
     }
 }
 
-/// `join`, `leave` and `to` on the main namespace (docs/SOCKETIO.md, "The relay convention").
+/// A request refused by an authorization hook or rule, counted: the ack gets
+/// `{"error": "forbidden", "message": ...}`, or an `error` event carries it with the event.
+fn answer_forbidden(
+    shard: &crate::shard::Shard,
+    socket: &Socket,
+    ack: Option<Ack>,
+    event: &str,
+    why: &Forbidden,
+) {
+    shard.stats.count_refusal(Refusal::Forbidden);
+    let code = ErrorCode::Forbidden.name();
+    match ack {
+        Some(ack) => ack.send([Arg::Json(json!({ "error": code, "message": why.message }))]),
+        None => socket.send(Packet::event(
+            &socket.core.nsp,
+            "error",
+            [Arg::Json(
+                json!({ "error": code, "message": why.message, "event": event }),
+            )],
+        )),
+    }
+}
+
+/// `join`, `leave` and `to` on the main namespace (docs/SOCKETIO.md, "The relay convention"),
+/// each asked of `hooks` first.
 fn relay_convention(
     session: &Rc<Session>,
+    hooks: &Hooks,
     socket: &Socket,
     name: &str,
     packet: &Packet,
@@ -608,6 +658,12 @@ fn relay_convention(
             // namespaces' rooms (`<nsp>\0<room>`): a client's name may not be one.
             if !valid_name(room, shard.config.max_name_len) {
                 return answer_error(socket, ack, ErrorCode::InvalidName.name(), name);
+            }
+            if name == "join" {
+                let checked = hooks.check_join(&socket.core.identity.borrow(), room);
+                if let Err(why) = checked {
+                    return answer_forbidden(&shard, socket, ack, name, &why);
+                }
             }
             let req = ack.as_ref().map(|a| a.id);
             let result = if name == "join" {
@@ -657,6 +713,18 @@ fn relay_convention(
                     payload: Bytes::from_static(b"null"),
                     kind: PayloadKind::Json,
                 },
+            };
+            let checked = hooks.check_message(&socket.core.identity.borrow(), room, body);
+            let body = match checked {
+                Ok(Some(body)) => body,
+                // Dropped by the message hook: answered as sent, so the sender cannot tell.
+                Ok(None) => {
+                    if let Some(ack) = ack {
+                        ack.send([Arg::Json(json!({ "room": room }))]);
+                    }
+                    return;
+                }
+                Err(why) => return answer_forbidden(&shard, socket, ack, name, &why),
             };
             let result = shard.relay.borrow_mut().send(player, room, body, now);
             if result.is_ok() {

@@ -85,9 +85,14 @@ function spawnServer(bin, args, { env = {}, ready, ms = 10000 } = {}) {
   });
 }
 
-/** `corelay serve` on `port` (0: ephemeral) with `shards` shards and extra CORELAY_* env. */
-function startCorelay({ port = 0, shards = 2, env = {} } = {}) {
-  return spawnServer(CORELAY_BIN, ['serve', '--listen', `127.0.0.1:${port}`, '--shards', String(shards)], {
+/**
+ * `corelay serve` on `port` (0: ephemeral) with `shards` shards, extra CORELAY_* env, and
+ * the TOML file `config` (a path) when given.
+ */
+function startCorelay({ port = 0, shards = 2, env = {}, config } = {}) {
+  const args = ['serve', '--listen', `127.0.0.1:${port}`, '--shards', String(shards)];
+  if (config) args.push('--config', config);
+  return spawnServer(CORELAY_BIN, args, {
     env,
     ready: /^corelay listening on 127\.0\.0\.1:(\d+) /,
   });
