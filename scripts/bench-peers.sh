@@ -61,6 +61,9 @@ Builds
   --corelay-env 'K=V ..' environment for corelay, e.g. 'CORELAY_SPIN_BEFORE_PARK_US=50'
                          (repeatable)
   --corelay-args '...'   extra `corelay serve` flags (repeatable)
+  --corelay-loadgen-args '...'
+                         extra load generator flags for the corelay servers only, e.g.
+                         '--token JWT' (repeatable)
   --tag NAME             appended to the corelay servers' names: corelay-native[NAME];
                          with the same --out, two builds end up side by side in one table
   --no-npm               skip `npm ci` in loadgen/reference (node_modules must exist)
@@ -123,6 +126,7 @@ BENCH_LIMITS=(CORELAY_MAX_CONNECTIONS_PER_IP=1000000 CORELAY_ENGINEIO_MAX_SESSIO
 	CORELAY_RATE_LIMITS_NATIVE_MESSAGES_PER_S=100000 CORELAY_RATE_LIMITS_NATIVE_MESSAGES_BURST=100000
 	CORELAY_RATE_LIMITS_SOCKETIO_MESSAGES_PER_S=100000 CORELAY_RATE_LIMITS_SOCKETIO_MESSAGES_BURST=100000)
 CORELAY_ARGS=()
+CORELAY_LOADGEN_ARGS=()
 TAG=
 NPM=1
 PERF=0
@@ -173,6 +177,12 @@ while [[ $# -gt 0 ]]; do
 		need "$@"
 		read -ra kv <<<"$2"
 		CORELAY_ARGS+=("${kv[@]}")
+		shift
+		;;
+	--corelay-loadgen-args)
+		need "$@"
+		read -ra kv <<<"$2"
+		CORELAY_LOADGEN_ARGS+=("${kv[@]}")
 		shift
 		;;
 	--tag) need "$@"; TAG=$2; shift ;;
@@ -740,11 +750,13 @@ run_one() {
 	local fifo=$WORK/progress
 	rm -f "$fifo"
 	mkfifo "$fifo"
+	local extra=()
+	[[ $kind == corelay* ]] && extra=("${CORELAY_LOADGEN_ARGS[@]}")
 	timeout -k 5 "$limit" "${CNS_EXEC[@]}" taskset -c "$CCPU" "$LOADGEN_BIN" "$sub" \
 		--protocol "$proto" --url "ws://$SERVER_ADDR:$port$path" \
 		--cpus "$CCPU" --spin-us "$SPIN_US" --server-pid "$SERVER_PID" \
 		--duration "$DURATION" --warmup "$WARMUP" --drain "$DRAIN" \
-		--label "$label" --json "$base.json" "$@" >"$base.txt" 2>"$fifo" &
+		--label "$label" --json "$base.json" "${extra[@]}" "$@" >"$base.txt" 2>"$fifo" &
 	LG_PID=$!
 
 	# Read the generator's progress lines as they come; the first `t=` line (one interval
