@@ -21,7 +21,9 @@
 //!   Socket.IO packets.
 //! - [`rate_limit`]: the token buckets of one connection (messages, bytes and joins per
 //!   second) and when persistent refusals close it, sans-IO.
-//! - [`relay`]: rooms, membership, fan-out and the per-connection [`relay::Outbox`], sans-IO.
+//! - [`relay`]: rooms, membership, fan-out and the per-connection [`relay::Outbox`], sans-IO;
+//!   each room's sequence numbers and replay ring at its home shard, and the sessions that
+//!   wait to be resumed (`[resume]`, docs/SESSIONS.md).
 //! - [`timer`]: the timer wheel every shard keeps its deadlines in.
 //! - [`shard`]: the runtime, which knows no protocol. Per core: a glommio executor running
 //!   one driver that owns the shard's io_uring (multishot receives into provided buffers,
