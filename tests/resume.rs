@@ -295,3 +295,37 @@ fn without_a_window_sessions_end_with_their_connection() {
         assert!(!bob.reconnect().await.unwrap());
     });
 }
+
+#[test]
+fn with_auto_reconnect_the_client_resumes_by_itself() {
+    let srv = server(2, no_rate_limits);
+    let addr = srv.local_addr();
+    run(move || async move {
+        let mut alice = connect(addr).await;
+        let mut config = corelay::client::ClientConfig::new(common::url(addr));
+        config.auto_reconnect = true;
+        let mut bob = Client::connect(&config).await.unwrap();
+        alice.join("arena").await.unwrap();
+        bob.join("arena").await.unwrap();
+        bob.drop_connection();
+        wait_for(&mut alice, |e| matches!(e, ServerEvent::MemberAway { .. })).await;
+        send_numbers(&mut alice, "arena", 0..3).await;
+        // No reconnect call: next_event notices the lost connection and resumes.
+        let first = bob.next_event().await.unwrap();
+        assert!(
+            matches!(
+                first,
+                ServerEvent::Resumed {
+                    replayed: 3,
+                    gap: false,
+                    ..
+                }
+            ),
+            "{first:?}"
+        );
+        assert!(bob.recovered());
+        for want in 0..3 {
+            assert_eq!(next_number(&mut bob).await, want);
+        }
+    });
+}

@@ -142,6 +142,8 @@ pub enum MeshMsg {
         player: PlayerId,
         /// Count after the join.
         members: u32,
+        /// The number the room's notice of this join gets (0 without history).
+        since: u64,
     },
     /// home -> origin: the room is full (`max_room_members`); the join was not counted.
     Refused {
@@ -210,6 +212,9 @@ struct Member {
     /// Its session is detached (or resuming and waiting for the home's replay): deliveries
     /// skip it, the room's ring keeps them.
     away: bool,
+    /// The room's number of the notice of its join (history on): what came before was
+    /// never its to receive, so a replay starts after it.
+    since: u64,
 }
 
 /// A room on this shard: its members here, and this shard's joins that the room's home (on
@@ -465,12 +470,14 @@ impl Relay {
             if let Some(p) = self.players.get_mut(&player) {
                 p.rooms.push(room.to_owned());
             }
+            let since = self.next_seq(room);
             let local = self.rooms.entry(room.to_owned()).or_default();
             local.add(Member {
                 player,
                 wire,
                 outbox,
                 away: false,
+                since,
             });
             local.total = members;
             self.reply(player, req, |req| Reply::Joined {
@@ -761,10 +768,16 @@ impl Relay {
         let name = Arc::clone(&p.name);
         let rooms = p.rooms.clone();
         for room in &rooms {
+            let since = self
+                .rooms
+                .get(room)
+                .and_then(|r| r.slots.get(&player).map(|&slot| r.members[slot].since))
+                .unwrap_or(0);
             let after = last_seen
                 .iter()
                 .find(|(r, _)| r == room)
-                .map_or(0, |&(_, seq)| seq);
+                .map_or(0, |&(_, seq)| seq)
+                .max(since);
             let home = home_shard(room, self.shards);
             if home == self.shard {
                 let (members, gap, missed) = self.missed(room, player, after, now);
@@ -1034,6 +1047,15 @@ impl Relay {
         }
     }
 
+    /// On the home shard: the number the room's next broadcast will get (0 without
+    /// history).
+    fn next_seq(&self, room: &str) -> u64 {
+        match (self.limits.history, self.homes.get(room)) {
+            (Some(_), Some(home)) => home.seq + 1,
+            _ => 0,
+        }
+    }
+
     /// On the home shard: a broadcast of the home's own (a notice), numbered like the rest.
     fn home_notice(&mut self, room: &str, exclude: PlayerId, body: Body, now: Instant) {
         let bcast = Arc::new(Broadcast::new(room.to_owned(), exclude, body, now));
@@ -1062,6 +1084,7 @@ impl Relay {
         match msg {
             MeshMsg::Join { room, player, name } => match self.home_count(from, &room) {
                 Ok(members) => {
+                    let since = self.next_seq(&room);
                     // The answer goes before the notice and before any later message of the
                     // room, on the same FIFO path: the origin admits the player first.
                     self.send_mesh(
@@ -1070,6 +1093,7 @@ impl Relay {
                             room: room.clone(),
                             player,
                             members,
+                            since,
                         },
                     );
                     self.notify_joined(&room, player, name, members, now);
@@ -1080,7 +1104,8 @@ impl Relay {
                 room,
                 player,
                 members,
-            } => self.admit(from, &room, player, Ok(members), now),
+                since,
+            } => self.admit(from, &room, player, Ok((members, since)), now),
             MeshMsg::Refused { room, player } => {
                 self.admit(from, &room, player, Err(ErrorCode::RoomFull), now)
             }
@@ -1150,7 +1175,7 @@ impl Relay {
         home: ShardId,
         room: &str,
         player: PlayerId,
-        outcome: Result<u32, ErrorCode>,
+        outcome: Result<(u32, u64), ErrorCode>,
         now: Instant,
     ) {
         let Some(local) = self.rooms.get_mut(room) else {
@@ -1161,7 +1186,7 @@ impl Relay {
         let Some(joining) = local.joining.remove(&player) else {
             return;
         };
-        if let Ok(members) = outcome {
+        if let Ok((members, since)) = outcome {
             local.total = members;
             if joining.leaving.is_none() {
                 // A player that disconnected has `leaving` set, so it is still connected.
@@ -1171,10 +1196,12 @@ impl Relay {
                         wire: p.wire,
                         outbox: Rc::clone(&p.outbox),
                         away: false,
+                        since,
                     });
                 }
             }
         }
+        let outcome = outcome.map(|(members, _)| members);
         if local.is_empty() {
             self.rooms.remove(room);
         }
