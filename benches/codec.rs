@@ -43,6 +43,7 @@ fn server_event() -> ServerFrame {
         event: "move".into(),
         payload: payload(),
         kind: PayloadKind::Binary,
+        seq: 1_234,
     }
 }
 

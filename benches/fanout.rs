@@ -120,6 +120,7 @@ fn encode_once_vs_per_recipient(c: &mut Criterion) {
                         event: "move".into(),
                         payload: payload.clone(),
                         kind: PayloadKind::Binary,
+                        seq: 0,
                     });
                     let _ = outbox.push(frame);
                 }
@@ -135,6 +136,7 @@ fn relay_send(c: &mut Criterion) {
         max_rooms_per_connection: 16,
         max_room_members: 10_000,
         max_message_bytes: 1 << 20,
+        history: None,
     };
     let mut relay = Relay::new(0, 1, limits, Arc::new(ShardStats::default()));
     let outboxes: Vec<Rc<Outbox>> = (0..MEMBERS).map(|_| Rc::new(Outbox::new(LIMITS))).collect();

@@ -136,6 +136,9 @@ pub struct Config {
     pub rate_limits: RateLimits,
     /// `[auth]`: JWT authentication of players (docs/AUTH.md).
     pub auth: AuthConfig,
+    /// `[resume]`: how long a dropped native session waits to be resumed and how much of
+    /// each room's history is kept to replay to it (docs/SESSIONS.md).
+    pub resume: ResumeConfig,
 }
 
 impl Default for Config {
@@ -208,7 +211,49 @@ impl Default for Config {
             write_timeout_ms: 10_000,
             rate_limits: RateLimits::default(),
             auth: AuthConfig::default(),
+            resume: ResumeConfig::default(),
         }
+    }
+}
+
+/// `[resume]`: session resume with exact replay (docs/SESSIONS.md). Each room keeps its
+/// last messages, numbered at its home shard, in a ring bounded three ways; a native
+/// session whose connection drops stays a member of its rooms for `window_ms`, and a
+/// reconnect within it gets back its player id, its rooms and what it missed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResumeConfig {
+    /// How long a dropped session may be resumed, and how old a room's oldest kept
+    /// message may be, in ms. 0 turns resume off (sessions end when their connection
+    /// does, and rooms keep no history).
+    pub window_ms: u64,
+    /// Most messages a room keeps for replay.
+    pub window_messages: usize,
+    /// Most bytes a room keeps for replay, counted as each message's largest encoding.
+    pub window_bytes: usize,
+}
+
+impl Default for ResumeConfig {
+    fn default() -> Self {
+        ResumeConfig {
+            // Two minutes: socket.io's connection state recovery default
+            // (`maxDisconnectionDuration`), long enough for a phone to change networks.
+            window_ms: 120_000,
+            // 1,000 messages: two minutes of a room at 8 msg/s, or 8 s at 120; a replay
+            // stays under the outbound queue's 4,096 frames, so it never closes the
+            // resuming client as a slow consumer.
+            window_messages: 1_000,
+            // 1 MiB, the default `outbound_queue_bytes`: a room's whole replay fits the
+            // resuming client's outbound queue at once.
+            window_bytes: 1 << 20,
+        }
+    }
+}
+
+impl ResumeConfig {
+    /// Whether sessions may be resumed (and rooms keep history).
+    pub fn enabled(&self) -> bool {
+        self.window_ms > 0 && self.window_messages > 0 && self.window_bytes > 0
     }
 }
 
@@ -488,6 +533,7 @@ const TABLES: &[&str] = &[
     "rate_limits.native",
     "rate_limits",
     "auth",
+    "resume",
 ];
 
 /// Where an environment variable's (lower-cased, after `CORELAY_`) or a flag's value goes:
@@ -647,6 +693,19 @@ impl Config {
             ));
         }
         self.rate_limits.validate()?;
+        // A replay larger than the resuming client's outbound queue would close it as a
+        // slow consumer the moment it came back.
+        if self.resume.enabled()
+            && (self.resume.window_bytes > self.outbound_queue_bytes
+                || self.resume.window_messages > self.outbound_queue_frames)
+        {
+            return Err(ConfigError::Invalid(
+                "resume.window_bytes and resume.window_messages must fit the outbound queue \
+                 (outbound_queue_bytes, outbound_queue_frames): a replay larger than it would \
+                 close the resuming client"
+                    .into(),
+            ));
+        }
         // Browsers send an origin as scheme://host[:port], nothing more: an entry with a
         // path or a trailing slash would never match, and the pages it was meant for would
         // be refused without a word.
@@ -792,6 +851,29 @@ mod tests {
         ] {
             assert!(load(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn resume_comes_from_its_table_and_environment_and_must_fit_the_outbound_queue() {
+        let c = Config::default();
+        assert!(
+            c.resume.enabled(),
+            "on by default, with socket.io's two minutes"
+        );
+        assert_eq!(c.resume.window_ms, 120_000);
+        let env = [
+            ("CORELAY_RESUME_WINDOW_MS".to_owned(), "5000".to_owned()),
+            ("CORELAY_RESUME_WINDOW_MESSAGES".to_owned(), "10".to_owned()),
+        ];
+        let c = Config::load(None, env, &[]).unwrap();
+        assert_eq!((c.resume.window_ms, c.resume.window_messages), (5000, 10));
+        let env = [("CORELAY_RESUME_WINDOW_MS".to_owned(), "0".to_owned())];
+        assert!(!Config::load(None, env, &[]).unwrap().resume.enabled());
+        let env = [(
+            "CORELAY_RESUME_WINDOW_BYTES".to_owned(),
+            "2000000".to_owned(),
+        )];
+        assert!(Config::load(None, env, &[]).is_err());
     }
 
     #[test]

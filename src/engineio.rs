@@ -753,6 +753,7 @@ mod tests {
                 max_rooms_per_connection: 8,
                 max_room_members: 10_000,
                 max_message_bytes: 1 << 20,
+                history: None,
             },
             Arc::clone(&stats),
         );

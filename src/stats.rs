@@ -207,6 +207,18 @@ pub struct ShardStats {
     pub mesh_stalls: AtomicU64,
     /// Server-to-client acks given up after `socketio_ack_timeout_ms`.
     pub ack_timeouts: AtomicU64,
+    /// Messages kept in the replay rings of rooms homed on this shard (a gauge; `[resume]`).
+    pub history_messages: AtomicU64,
+    /// Bytes those messages take, counted as each one's largest encoding (a gauge).
+    pub history_bytes: AtomicU64,
+    /// Native sessions whose connection dropped and that wait to be resumed (a gauge).
+    pub sessions_away: AtomicU64,
+    /// Sessions taken back by `Resume`.
+    pub resumes: AtomicU64,
+    /// `Resume` frames refused (`cannot_resume`: expired, unknown or wrong secret).
+    pub resumes_refused: AtomicU64,
+    /// Rooms of resumed sessions whose replay missed messages the window no longer held.
+    pub resume_gaps: AtomicU64,
     closes: [AtomicU64; CloseReason::ALL.len()],
     refused: [AtomicU64; Refusal::ALL.len()],
     latency: ArrayQueue<Histogram<u64>>,
@@ -230,6 +242,12 @@ impl Default for ShardStats {
             writes: AtomicU64::new(0),
             mesh_stalls: AtomicU64::new(0),
             ack_timeouts: AtomicU64::new(0),
+            history_messages: AtomicU64::new(0),
+            history_bytes: AtomicU64::new(0),
+            sessions_away: AtomicU64::new(0),
+            resumes: AtomicU64::new(0),
+            resumes_refused: AtomicU64::new(0),
+            resume_gaps: AtomicU64::new(0),
             closes: Default::default(),
             refused: Default::default(),
             latency: ArrayQueue::new(1),
@@ -327,6 +345,12 @@ impl StatsRegistry {
             s.writes += l(&shard.writes);
             s.mesh_stalls += l(&shard.mesh_stalls);
             s.ack_timeouts += l(&shard.ack_timeouts);
+            s.history_messages += l(&shard.history_messages);
+            s.history_bytes += l(&shard.history_bytes);
+            s.sessions_away += l(&shard.sessions_away);
+            s.resumes += l(&shard.resumes);
+            s.resumes_refused += l(&shard.resumes_refused);
+            s.resume_gaps += l(&shard.resume_gaps);
             for (i, why) in Refusal::ALL.iter().enumerate() {
                 let n = l(&shard.refused[i]);
                 if n > 0 {
@@ -418,6 +442,18 @@ pub struct Stats {
     pub mesh_stalls: u64,
     /// Server-to-client acks given up.
     pub ack_timeouts: u64,
+    /// Messages kept in the replay rings of rooms homed on this shard (a gauge; `[resume]`).
+    pub history_messages: u64,
+    /// Bytes those messages take, counted as each one's largest encoding (a gauge).
+    pub history_bytes: u64,
+    /// Native sessions whose connection dropped and that wait to be resumed (a gauge).
+    pub sessions_away: u64,
+    /// Sessions taken back by `Resume`.
+    pub resumes: u64,
+    /// `Resume` frames refused (`cannot_resume`: expired, unknown or wrong secret).
+    pub resumes_refused: u64,
+    /// Rooms of resumed sessions whose replay missed messages the window no longer held.
+    pub resume_gaps: u64,
     /// Closed connections by reason (only reasons seen).
     pub closes: Vec<(String, u64)>,
     /// Refused requests by limit (only limits that triggered).

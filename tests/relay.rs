@@ -118,7 +118,11 @@ fn sender_never_receives_its_own_message_and_json_kind_is_kept() {
 
 #[test]
 fn members_are_told_of_joins_leaves_and_disconnects_across_shards() {
-    let srv = server(2, |_| {});
+    // A lost connection's session waits `resume.window_ms` before its player leaves.
+    let srv = server(2, |c| {
+        c.resume.window_ms = 300;
+        c.stats_publish_ms = 20;
+    });
     let addr = srv.local_addr();
     run(move || async move {
         let mut watcher = connect_on_shard(addr, 0).await;
@@ -150,6 +154,13 @@ fn members_are_told_of_joins_leaves_and_disconnects_across_shards() {
             matches!(watcher.next_event().await.unwrap(), ServerEvent::MemberJoined { player, .. } if player == c_id)
         );
         drop(c); // the socket closes without a close frame
+        assert_eq!(
+            watcher.next_event().await.unwrap(),
+            ServerEvent::MemberAway {
+                room: "lobby".into(),
+                player: c_id.clone(),
+            }
+        );
         assert_eq!(
             watcher.next_event().await.unwrap(),
             ServerEvent::MemberLeft {

@@ -10,7 +10,7 @@ mod stream;
 pub mod ws;
 
 use std::cell::Cell;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, ToSocketAddrs};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tungstenite::Message;
 
-use crate::proto::native::{self, ArchivedServerFrame, ClientFrame, LeaveReason, PROTOCOL_VERSION};
+use crate::proto::native::{
+    self, ArchivedServerFrame, ClientFrame, ErrorCode, LeaveReason, RoomSeq, PROTOCOL_VERSION,
+};
 use crate::proto::ws::WsCodec;
 
 pub use self::stream::Stream;
@@ -39,6 +41,9 @@ pub struct ClientConfig {
     pub max_message_size: usize,
     /// Time allowed for TCP connect, upgrade and `Welcome`.
     pub connect_timeout: Duration,
+    /// Whether [`Client::next_event`] reconnects by itself when the connection drops without
+    /// a close frame (a lost network), resuming the session ([`Client::reconnect`]).
+    pub auto_reconnect: bool,
 }
 
 impl ClientConfig {
@@ -50,6 +55,7 @@ impl ClientConfig {
             bind: None,
             max_message_size: 16 << 20,
             connect_timeout: Duration::from_secs(10),
+            auto_reconnect: false,
         }
     }
 }
@@ -90,6 +96,32 @@ pub enum ServerEvent {
         /// Left or disconnected.
         reason: LeaveReason,
     },
+    /// A member's connection dropped; it may come back within the server's resume window.
+    MemberAway {
+        /// Room.
+        room: String,
+        /// Who.
+        player: String,
+    },
+    /// A member that was away resumed its session.
+    MemberBack {
+        /// Room.
+        room: String,
+        /// Who.
+        player: String,
+    },
+    /// After a resumed reconnect, one per room: the messages missed there follow.
+    Resumed {
+        /// Room.
+        room: String,
+        /// Member count now.
+        members: u32,
+        /// How many missed messages follow.
+        replayed: u32,
+        /// Some missed messages were no longer kept by the server: the replay is not
+        /// complete.
+        gap: bool,
+    },
 }
 
 /// What went wrong.
@@ -125,12 +157,25 @@ pub enum ClientError {
 
 #[derive(Debug)]
 enum Answer {
-    Welcome { player: String, shard: u32 },
-    Refreshed { exp: u64 },
-    Joined { members: u32 },
+    Welcome {
+        player: String,
+        shard: u32,
+        session: u64,
+        secret: String,
+        resumed: bool,
+    },
+    Refreshed {
+        exp: u64,
+    },
+    Joined {
+        members: u32,
+    },
     Left,
     Pong,
-    Error { code: u16, message: String },
+    Error {
+        code: u16,
+        message: String,
+    },
 }
 
 /// A connected, welcomed client.
@@ -139,6 +184,17 @@ pub struct Client {
     rx: ClientReceiver,
     player: String,
     shard: u32,
+    /// Boxed: only a reconnect reads it, and every load-generator connection carries it.
+    resume: Box<ResumeState>,
+}
+
+/// What [`Client::reconnect`] needs.
+struct ResumeState {
+    config: ClientConfig,
+    /// `Welcome.session` and `.secret`.
+    session: u64,
+    secret: String,
+    recovered: bool,
 }
 
 /// The sending half: fire-and-forget frames.
@@ -153,6 +209,8 @@ pub struct ClientReceiver {
     ws: WsReceiver,
     events: VecDeque<ServerEvent>,
     answers: VecDeque<(u32, Answer)>,
+    /// The last sequence number received in each room, for a resume.
+    seen: HashMap<String, u64>,
 }
 
 fn parse_url(url: &str) -> Result<(String, String), ClientError> {
@@ -173,7 +231,49 @@ impl Client {
     /// Connects, upgrades and exchanges `Hello`/`Welcome`.
     pub async fn connect(config: &ClientConfig) -> Result<Client, ClientError> {
         let deadline = Instant::now() + config.connect_timeout;
-        let (host, path) = parse_url(&config.url)?;
+        let (tx, mut rx) = Self::open(config, None).await?;
+        let req = tx.request(|req| ClientFrame::Hello {
+            req,
+            version: PROTOCOL_VERSION,
+            token: config.token.clone(),
+        })?;
+        match ws::with_deadline(deadline, rx.answer(req)).await? {
+            Answer::Welcome {
+                player,
+                shard,
+                session,
+                secret,
+                ..
+            } => Ok(Client {
+                tx,
+                rx,
+                player,
+                shard,
+                resume: Box::new(ResumeState {
+                    config: config.clone(),
+                    session,
+                    secret,
+                    recovered: false,
+                }),
+            }),
+            Answer::Error { code, message } => Err(ClientError::Server { code, message }),
+            other => Err(ClientError::Protocol(format!(
+                "expected Welcome, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Opens the WebSocket, on `/ws?resume=<session>` when resuming (so that the server
+    /// routes it to the shard holding the session).
+    async fn open(
+        config: &ClientConfig,
+        resume: Option<u64>,
+    ) -> Result<(ClientSender, ClientReceiver), ClientError> {
+        let (host, mut path) = parse_url(&config.url)?;
+        if let Some(session) = resume {
+            path.push(if path.contains('?') { '&' } else { '?' });
+            path.push_str(&format!("resume={session}"));
+        }
         let addr = host
             .to_socket_addrs()
             .map_err(|e| ClientError::Url(format!("{host}: {e}")))?
@@ -192,28 +292,134 @@ impl Client {
             ws: ws_tx,
             next_req: Rc::new(Cell::new(1)),
         };
-        let mut rx = ClientReceiver {
+        let rx = ClientReceiver {
             ws: ws_rx,
             events: VecDeque::new(),
             answers: VecDeque::new(),
+            seen: HashMap::new(),
         };
-        let req = tx.request(|req| ClientFrame::Hello {
-            req,
-            version: PROTOCOL_VERSION,
-            token: config.token.clone(),
-        })?;
-        match ws::with_deadline(deadline, rx.answer(req)).await? {
-            Answer::Welcome { player, shard } => Ok(Client {
-                tx,
-                rx,
-                player,
-                shard,
-            }),
-            Answer::Error { code, message } => Err(ClientError::Server { code, message }),
-            other => Err(ClientError::Protocol(format!(
-                "expected Welcome, got {other:?}"
-            ))),
+        Ok((tx, rx))
+    }
+
+    /// Drops the connection (if it is still up) and connects again, resuming the session:
+    /// the server gives back the player id and rooms, and replays what each room sent since
+    /// the last message this client received there (each room's [`ServerEvent::Resumed`]
+    /// comes first, then its missed messages, in order, once, before any newer one).
+    /// Events received before and not yet read stay first in line.
+    ///
+    /// `Ok(true)` when the session was resumed. `Ok(false)` when the server could not resume
+    /// it (its window passed, or it keeps no sessions): this is then a fresh session, with
+    /// a new player id (for anonymous players) and no rooms; join them again.
+    pub async fn reconnect(&mut self) -> Result<bool, ClientError> {
+        let deadline = Instant::now() + self.resume.config.connect_timeout;
+        self.drop_connection();
+        let resume = (self.resume.session != 0).then_some(self.resume.session);
+        let (tx, mut rx) = Self::open(&self.resume.config, resume).await?;
+        let mut resumed = false;
+        if let Some(session) = resume {
+            let rooms = self
+                .rx
+                .seen
+                .iter()
+                .map(|(room, &seq)| RoomSeq {
+                    room: room.clone(),
+                    seq,
+                })
+                .collect();
+            let secret = self.resume.secret.clone();
+            let req = tx.request(|req| ClientFrame::Resume {
+                req,
+                session,
+                secret,
+                rooms,
+            })?;
+            match ws::with_deadline(deadline, rx.answer(req)).await? {
+                Answer::Welcome {
+                    player,
+                    shard,
+                    resumed: true,
+                    ..
+                } => {
+                    self.player = player;
+                    self.shard = shard;
+                    resumed = true;
+                }
+                Answer::Error { code, .. } if code == ErrorCode::CannotResume as u16 => {}
+                Answer::Error { code, message } => {
+                    return Err(ClientError::Server { code, message })
+                }
+                other => {
+                    return Err(ClientError::Protocol(format!(
+                        "expected Welcome, got {other:?}"
+                    )))
+                }
+            }
         }
+        if !resumed {
+            let req = tx.request(|req| ClientFrame::Hello {
+                req,
+                version: PROTOCOL_VERSION,
+                token: self.resume.config.token.clone(),
+            })?;
+            match ws::with_deadline(deadline, rx.answer(req)).await? {
+                Answer::Welcome {
+                    player,
+                    shard,
+                    session,
+                    secret,
+                    ..
+                } => {
+                    self.player = player;
+                    self.shard = shard;
+                    self.resume.session = session;
+                    self.resume.secret = secret;
+                }
+                Answer::Error { code, message } => {
+                    return Err(ClientError::Server { code, message })
+                }
+                other => {
+                    return Err(ClientError::Protocol(format!(
+                        "expected Welcome, got {other:?}"
+                    )))
+                }
+            }
+        } else {
+            // What the old connection delivered and nobody read yet comes before the replay.
+            let old = std::mem::take(&mut self.rx.events);
+            for e in old.into_iter().rev() {
+                rx.events.push_front(e);
+            }
+            for (room, seq) in std::mem::take(&mut self.rx.seen) {
+                rx.seen.entry(room).or_insert(seq);
+            }
+        }
+        self.tx = tx;
+        self.rx = rx;
+        self.resume.recovered = resumed;
+        Ok(resumed)
+    }
+
+    /// Cuts the connection at once, with no close handshake, as a lost network does (the
+    /// server keeps the session for its resume window); [`Client::reconnect`] resumes it.
+    pub fn drop_connection(&mut self) {
+        self.rx.ws.abort();
+    }
+
+    /// Whether the last [`Client::reconnect`] resumed the session (player id, rooms and the
+    /// missed messages kept).
+    pub fn recovered(&self) -> bool {
+        self.resume.recovered
+    }
+
+    /// The session id the server gave (`Welcome.session`; 0 when it keeps no sessions).
+    pub fn session(&self) -> u64 {
+        self.resume.session
+    }
+
+    /// Resumes with `secret` instead of the session's own (to test how a server refuses).
+    #[doc(hidden)]
+    pub fn set_secret(&mut self, secret: &str) {
+        self.resume.secret = secret.to_owned();
     }
 
     /// This connection's player id as others see it: the token's `sub`, or a server-made
@@ -300,7 +506,17 @@ impl Client {
 
     /// The next event pushed by the server.
     pub async fn next_event(&mut self) -> Result<ServerEvent, ClientError> {
-        self.rx.next_event().await
+        loop {
+            match self.rx.next_event().await {
+                // A lost connection (no close frame from the server) is resumed.
+                Err(ClientError::Io(_) | ClientError::Closed(None))
+                    if self.resume.config.auto_reconnect =>
+                {
+                    self.reconnect().await?;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Sends raw bytes as one binary message (for tests of bad input).
@@ -435,13 +651,56 @@ impl ClientReceiver {
         let frame =
             native::access_server(bytes).map_err(|e| ClientError::Protocol(e.to_string()))?;
         match frame {
-            ArchivedServerFrame::Welcome { req, player, shard } => self.answers.push_back((
+            ArchivedServerFrame::Event { room, seq, .. }
+            | ArchivedServerFrame::MemberJoined { room, seq, .. }
+            | ArchivedServerFrame::MemberLeft { room, seq, .. }
+            | ArchivedServerFrame::MemberAway { room, seq, .. }
+            | ArchivedServerFrame::MemberBack { room, seq, .. } => {
+                self.saw(room.as_str(), seq.to_native())
+            }
+            _ => {}
+        }
+        match frame {
+            ArchivedServerFrame::Welcome {
+                req,
+                player,
+                shard,
+                session,
+                secret,
+                resumed,
+            } => self.answers.push_back((
                 req.to_native(),
                 Answer::Welcome {
                     player: player.as_str().to_owned(),
                     shard: shard.to_native(),
+                    session: session.to_native(),
+                    secret: secret.as_str().to_owned(),
+                    resumed: *resumed,
                 },
             )),
+            ArchivedServerFrame::MemberAway { room, player, .. } => {
+                self.events.push_back(ServerEvent::MemberAway {
+                    room: room.as_str().to_owned(),
+                    player: player.as_str().to_owned(),
+                })
+            }
+            ArchivedServerFrame::MemberBack { room, player, .. } => {
+                self.events.push_back(ServerEvent::MemberBack {
+                    room: room.as_str().to_owned(),
+                    player: player.as_str().to_owned(),
+                })
+            }
+            ArchivedServerFrame::Resumed {
+                room,
+                members,
+                replayed,
+                gap,
+            } => self.events.push_back(ServerEvent::Resumed {
+                room: room.as_str().to_owned(),
+                members: members.to_native(),
+                replayed: replayed.to_native(),
+                gap: *gap,
+            }),
             ArchivedServerFrame::Joined { req, members, .. } => self.answers.push_back((
                 req.to_native(),
                 Answer::Joined {
@@ -473,6 +732,7 @@ impl ClientReceiver {
                 event,
                 payload,
                 kind,
+                ..
             } => self.events.push_back(ServerEvent::Message {
                 room: room.as_str().to_owned(),
                 from: from.as_str().to_owned(),
@@ -484,6 +744,7 @@ impl ClientReceiver {
                 room,
                 player,
                 members,
+                ..
             } => self.events.push_back(ServerEvent::MemberJoined {
                 room: room.as_str().to_owned(),
                 player: player.as_str().to_owned(),
@@ -494,6 +755,7 @@ impl ClientReceiver {
                 player,
                 members,
                 reason,
+                ..
             } => self.events.push_back(ServerEvent::MemberLeft {
                 room: room.as_str().to_owned(),
                 player: player.as_str().to_owned(),
@@ -505,6 +767,18 @@ impl ClientReceiver {
             }),
         }
         Ok(())
+    }
+
+    /// Notes the room's sequence number of a frame just received (0: not numbered).
+    fn saw(&mut self, room: &str, seq: u64) {
+        if seq > 0 {
+            match self.seen.get_mut(room) {
+                Some(last) => *last = seq,
+                None => {
+                    self.seen.insert(room.to_owned(), seq);
+                }
+            }
+        }
     }
 
     /// Errors the server answered to requests that nobody awaited (e.g. a failed send):

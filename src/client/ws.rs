@@ -286,6 +286,13 @@ impl WsReceiver {
         }
     }
 
+    /// Cuts the connection at once, with no close handshake (as a lost network would);
+    /// reading then reports it closed.
+    pub fn abort(&mut self) {
+        self.sender.queue.close();
+        self.stream.shutdown(Shutdown::Both);
+    }
+
     /// Takes the connection apart, to drive it from another event loop: waits until the
     /// writer task has written everything queued and ended, then returns the socket (a
     /// duplicate of the descriptor, in blocking mode) and the codec with whatever it has

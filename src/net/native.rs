@@ -34,6 +34,8 @@ pub struct NativeSession {
     /// (`per_connection_structures_stay_small`).
     auth: Box<SessionAuth>,
     welcomed: bool,
+    /// The client sent a close frame: it left on purpose, and its session is not kept.
+    said_goodbye: bool,
     /// `Hello` must come by then.
     handshake_deadline: Instant,
     keepalive: Keepalive,
@@ -76,6 +78,7 @@ impl NativeSession {
                 rate: None,
             }),
             welcomed: false,
+            said_goodbye: false,
             handshake_deadline: accepted_at + Duration::from_millis(config.handshake_timeout_ms),
             keepalive: Keepalive {
                 interval,
@@ -124,6 +127,15 @@ impl NativeSession {
     fn forbidden(&self, cx: &Cx<'_>, req: u32, why: &Forbidden) {
         cx.shard.stats.count_refusal(Refusal::Forbidden);
         self.error(cx, req, ErrorCode::Forbidden, &why.message);
+    }
+
+    /// The session is welcomed (by `Hello` or `Resume`): its rate limits start.
+    fn welcome(&mut self, cx: &Cx<'_>) {
+        self.welcomed = true;
+        let limits = &cx.shard.config.rate_limits;
+        let profile = limits.profile(Protocol::Native, self.tier_claim());
+        let sustained = Duration::from_millis(limits.sustained_ms);
+        self.auth.rate = Buckets::new(&profile, sustained, cx.now);
     }
 
     fn handle_frame(&mut self, cx: &mut Cx<'_>, bytes: Bytes) -> Flow {
@@ -192,22 +204,83 @@ impl NativeSession {
                             stat: CloseReason::Forbidden,
                         };
                     }
-                    self.welcomed = true;
-                    let limits = &shard.config.rate_limits;
-                    let profile = limits.profile(Protocol::Native, self.tier_claim());
-                    let sustained = Duration::from_millis(limits.sustained_ms);
-                    self.auth.rate = Buckets::new(&profile, sustained, now);
-                    shard.relay.borrow_mut().connect(
+                    self.welcome(cx);
+                    let mut relay = shard.relay.borrow_mut();
+                    relay.connect(
                         self.player,
                         self.auth.identity.clone(),
                         Wire::Native,
                         Rc::clone(cx.out),
                     );
+                    let (session, secret) = if relay.keeps_sessions() {
+                        let secret = new_secret();
+                        relay.open_session(self.player, &secret, self.auth.identity.clone());
+                        (self.player, secret)
+                    } else {
+                        (0, String::new())
+                    };
                     let _ = cx.out.push(native_frame(&ServerFrame::Welcome {
                         req,
                         player: self.auth.identity.player.to_string(),
                         shard: shard.id as u32,
+                        session,
+                        secret,
+                        resumed: false,
                     }));
+                }
+            }
+            ArchivedClientFrame::Resume {
+                req,
+                session,
+                secret,
+                rooms,
+            } => {
+                let req = req.to_native();
+                if self.welcomed {
+                    self.error(cx, req, ErrorCode::NotWelcomed, "already welcomed");
+                    return Flow::Continue;
+                }
+                let last_seen: Vec<(&str, u64)> = rooms
+                    .iter()
+                    .map(|r| (r.room.as_str(), r.seq.to_native()))
+                    .collect();
+                let session = session.to_native();
+                let resumed = shard.relay.borrow_mut().resume(
+                    session,
+                    secret.as_str(),
+                    Wire::Native,
+                    Rc::clone(cx.out),
+                    now,
+                );
+                match resumed {
+                    Ok(resumed) => {
+                        self.player = session;
+                        self.auth.expires = self.auth.verifier.deadline(&resumed.identity, now);
+                        self.auth.identity = resumed.identity;
+                        self.welcome(cx);
+                        // The Welcome goes first: the rooms' `Resumed` frames and replays
+                        // follow it.
+                        let _ = cx.out.push(native_frame(&ServerFrame::Welcome {
+                            req,
+                            player: self.auth.identity.player.to_string(),
+                            shard: shard.id as u32,
+                            session,
+                            secret: secret.as_str().to_owned(),
+                            resumed: true,
+                        }));
+                        shard
+                            .relay
+                            .borrow_mut()
+                            .replay_missed(session, &last_seen, now);
+                    }
+                    // The same answer whether the session never existed, ended, or the
+                    // secret is wrong. The connection may go on with a `Hello`.
+                    Err(code) => self.error(
+                        cx,
+                        req,
+                        code,
+                        "session cannot be resumed; send Hello for a new one",
+                    ),
                 }
             }
             _ if !self.welcomed => {
@@ -334,7 +407,10 @@ impl NativeSession {
                     Ok(identity) => {
                         self.auth.expires = self.auth.verifier.deadline(&identity, now);
                         let exp = identity.exp.unwrap_or(0);
-                        shard.relay.borrow_mut().reidentify(self.player, &identity);
+                        shard
+                            .relay
+                            .borrow_mut()
+                            .set_identity(self.player, identity.clone());
                         self.auth.identity = identity;
                         let _ = cx
                             .out
@@ -413,16 +489,47 @@ impl WsApp for NativeSession {
         Some(self.keepalive)
     }
 
+    fn on_peer_close(&mut self) {
+        self.said_goodbye = true;
+    }
+
     fn on_close(&mut self, cx: &mut Cx<'_>, why: CloseReason) {
         cx.shard.stats.count_close(why);
         if self.welcomed {
-            cx.shard.relay.borrow_mut().disconnect(self.player, cx.now);
+            let mut relay = cx.shard.relay.borrow_mut();
+            // A connection lost (EOF without a close frame, a socket error, silence) keeps
+            // its session for the resume window, as socket.io's recovery does for transport
+            // errors and ping timeouts; a client that said goodbye, or one the server
+            // closed for cause, leaves (docs/SESSIONS.md).
+            let lost = !self.said_goodbye
+                && matches!(why, CloseReason::Peer | CloseReason::Io | CloseReason::Idle);
+            if lost {
+                relay.dropped(self.player, cx.out, cx.now);
+            } else {
+                relay.disconnect_connection(self.player, cx.out, cx.now);
+            }
         }
         cx.shard
             .stats
             .connections
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+/// A session's resume secret: 128 random bits in hex, from the thread's CSPRNG (ChaCha
+/// seeded by the OS), so that a session cannot be taken by guessing.
+fn new_secret() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    format!("{:016x}{:016x}", rng.next_u64(), rng.next_u64())
+}
+
+/// The session a `/ws?resume=<session>` request wants back, from its query string.
+fn resume_query(query: &str) -> Option<PlayerId> {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("resume="))
+        .and_then(|v| v.parse().ok())
 }
 
 fn request_id(frame: &ArchivedClientFrame) -> u32 {
@@ -432,7 +539,8 @@ fn request_id(frame: &ArchivedClientFrame) -> u32 {
         | ArchivedClientFrame::Leave { req, .. }
         | ArchivedClientFrame::Send { req, .. }
         | ArchivedClientFrame::Ping { req, .. }
-        | ArchivedClientFrame::Refresh { req, .. } => req.to_native(),
+        | ArchivedClientFrame::Refresh { req, .. }
+        | ArchivedClientFrame::Resume { req, .. } => req.to_native(),
     }
 }
 
@@ -451,6 +559,17 @@ impl NativeRoute {
 
 impl Route for NativeRoute {
     fn serve(&self, cx: &mut Cx<'_>, request: Request, head: Head<'_>) -> Step {
+        // A session lives on the shard that made it (its id says which): a reconnect that
+        // the kernel gave to another shard goes there before the upgrade is answered.
+        if let Some(session) = resume_query(&request.query) {
+            let owner = crate::shard::PlayerIds::shard_of(session);
+            if owner != cx.shard.id && owner < cx.shard.shards {
+                return Step::Handoff {
+                    shard: owner,
+                    read: head.raw,
+                };
+            }
+        }
         upgrade(cx, &request, head, |cx, started| {
             Box::new(NativeSession::connection(
                 cx.shard,

@@ -83,6 +83,10 @@ pub trait WsApp {
         }
     }
 
+    /// The peer started the close handshake (a close frame): it is leaving on purpose, which
+    /// an EOF or a silence does not say. `on_close` follows.
+    fn on_peer_close(&mut self) {}
+
     /// The connection has ended for `why`; called once, last.
     fn on_close(&mut self, cx: &mut Cx<'_>, why: CloseReason);
 }
@@ -174,6 +178,7 @@ impl<A: WsApp> WebSocket<A> {
                     }
                 }
                 Ok(Some(Incoming::Closed(_))) => {
+                    self.app.on_peer_close();
                     // The close echo is in the codec's output; send it and end.
                     self.flush_codec(cx);
                     self.ending.get_or_insert(peer_ended(cx));

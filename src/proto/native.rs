@@ -110,6 +110,32 @@ mod frames {
             /// The new JWT.
             token: String,
         },
+        /// First frame of a reconnecting session, instead of `Hello` (docs/SESSIONS.md):
+        /// takes back the session `Welcome` gave, with its player id and rooms. Answered by
+        /// `Welcome` with `resumed` set, then per room `Resumed` and the messages missed; or
+        /// by `Error` `cannot_resume` (the connection stays open for a `Hello`). Send it on
+        /// `/ws?resume=<session>`, so that it reaches the shard that holds the session.
+        Resume {
+            /// Request id.
+            req: u32,
+            /// `Welcome.session` of the session to take back.
+            session: u64,
+            /// `Welcome.secret` of that session.
+            secret: String,
+            /// The last sequence number seen in each room (`Event.seq`, ...); a room not
+            /// listed counts as 0 (everything the room still keeps is replayed).
+            rooms: Vec<RoomSeq>,
+        },
+    }
+
+    /// How far a client got in a room: the last sequence number it received.
+    #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
+    #[rkyv(derive(Debug))]
+    pub struct RoomSeq {
+        /// Room name.
+        pub room: String,
+        /// Last `seq` received from it.
+        pub seq: u64,
     }
 
     /// A frame sent by the server.
@@ -125,6 +151,14 @@ mod frames {
             player: String,
             /// The shard (core) serving this connection.
             shard: u32,
+            /// The session id to send in `Resume` (and in `/ws?resume=`) after a
+            /// disconnection; 0 when the server keeps no sessions (`resume.window_ms = 0`).
+            session: u64,
+            /// The secret that proves the session is yours in `Resume`; keep it private.
+            secret: String,
+            /// Whether this answers a `Resume` that took the session back (player id and
+            /// rooms kept; `Resumed` frames follow).
+            resumed: bool,
         },
         /// Answer to `Join`.
         Joined {
@@ -155,6 +189,9 @@ mod frames {
             payload: Bytes,
             /// How to read the payload.
             kind: PayloadKind,
+            /// The room's sequence number of this message, given by the room's home shard;
+            /// 0 when the server keeps no history (docs/SESSIONS.md).
+            seq: u64,
         },
         /// Someone joined a room this connection is in.
         MemberJoined {
@@ -164,6 +201,8 @@ mod frames {
             player: String,
             /// Member count after the join.
             members: u32,
+            /// The room's sequence number of this notice (see `Event.seq`).
+            seq: u64,
         },
         /// Someone left a room this connection is in.
         MemberLeft {
@@ -175,6 +214,8 @@ mod frames {
             members: u32,
             /// Whether they left or disconnected.
             reason: LeaveReason,
+            /// The room's sequence number of this notice (see `Event.seq`).
+            seq: u64,
         },
         /// Answer to `Ping`.
         Pong {
@@ -199,6 +240,38 @@ mod frames {
             /// The new token's `exp` (seconds since the Unix epoch); 0 when the server
             /// checks no tokens.
             exp: u64,
+        },
+        /// A member's connection dropped; it stays a member for `resume.window_ms` and may
+        /// come back (`MemberBack`) or be gone (`MemberLeft`, `Disconnected`).
+        MemberAway {
+            /// The room.
+            room: String,
+            /// The member's player id.
+            player: String,
+            /// The room's sequence number of this notice.
+            seq: u64,
+        },
+        /// A member that was away resumed its session.
+        MemberBack {
+            /// The room.
+            room: String,
+            /// The member's player id.
+            player: String,
+            /// The room's sequence number of this notice.
+            seq: u64,
+        },
+        /// After a resumed `Welcome`, one per room the session is in: the room's missed
+        /// messages follow, in order, before any new one.
+        Resumed {
+            /// The room.
+            room: String,
+            /// Member count now.
+            members: u32,
+            /// How many messages follow (those missed that the room still kept).
+            replayed: u32,
+            /// Some messages missed are no longer kept (the room's window passed them):
+            /// what follows is not everything missed.
+            gap: bool,
         },
     }
 }
@@ -242,6 +315,10 @@ pub enum ErrorCode {
     /// says why); nothing was carried out. On `Hello` the connection closes (1008); on a
     /// `Join` or `Send` it goes on, and nobody else is affected.
     Forbidden = 18,
+    /// `Resume` could not take the session back: it expired (resume window), never
+    /// existed, or the secret is wrong (the server does not say which). The connection
+    /// stays open: send `Hello` for a fresh session and join the rooms again.
+    CannotResume = 19,
 }
 
 impl ErrorCode {
@@ -262,6 +339,7 @@ impl ErrorCode {
             ErrorCode::RoomFull => "room_full",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::CannotResume => "cannot_resume",
         }
     }
 
@@ -282,6 +360,7 @@ impl ErrorCode {
             16 => ErrorCode::RoomFull,
             17 => ErrorCode::RateLimited,
             18 => ErrorCode::Forbidden,
+            19 => ErrorCode::CannotResume,
             _ => return None,
         })
     }
@@ -377,6 +456,21 @@ mod tests {
             req: 5,
             token: "a.b.c".into(),
         });
+        roundtrip_client(ClientFrame::Resume {
+            req: 6,
+            session: 1 << 40,
+            secret: "0123456789abcdef0123456789abcdef".into(),
+            rooms: vec![
+                RoomSeq {
+                    room: "lobby".into(),
+                    seq: 17,
+                },
+                RoomSeq {
+                    room: "a-long-room-name".into(),
+                    seq: u64::MAX,
+                },
+            ],
+        });
     }
 
     #[test]
@@ -387,6 +481,7 @@ mod tests {
             event: "e".into(),
             payload: Bytes::from_static(b"{}"),
             kind: PayloadKind::Json,
+            seq: 0,
         };
         let bytes = encode_server_after(&frame, vec![0xAA; 10]);
         match access_server(&bytes[10..]).expect("valid") {

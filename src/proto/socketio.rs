@@ -50,7 +50,13 @@ pub const RESERVED_EVENTS: [&str; 6] = [
 /// The events corelay itself emits to socket.io clients: room notices (`member_joined`,
 /// `member_left`, see docs/SOCKETIO.md) and error answers (`error`). A client relaying an
 /// event under one of them could pass itself off as the server.
-pub const SERVER_EVENTS: [&str; 3] = ["member_joined", "member_left", "error"];
+pub const SERVER_EVENTS: [&str; 5] = [
+    "member_joined",
+    "member_left",
+    "member_away",
+    "member_back",
+    "error",
+];
 
 /// Whether a client may not relay an event named `name` to others, on either protocol:
 /// a name of [`RESERVED_EVENTS`] (it would disconnect every socket.io client that receives

@@ -82,6 +82,16 @@ pub enum Body {
         /// Why.
         reason: LeaveReason,
     },
+    /// A member's connection dropped; its session may be resumed (docs/SESSIONS.md).
+    MemberAway {
+        /// Who.
+        player: PlayerName,
+    },
+    /// A member that was away resumed its session.
+    MemberBack {
+        /// Who.
+        player: PlayerName,
+    },
     /// A socket.io member's message whose JSON payload holds binary buffers (an
     /// [`Arg::Tree`]); native recipients get it as JSON with the buffers in base64.
     Nested {
@@ -121,6 +131,9 @@ pub struct Broadcast {
     pub body: Body,
     /// When the origin shard received it (for the relay-latency histogram).
     pub received_at: Instant,
+    /// The room's sequence number, given by the room's home shard when it keeps history
+    /// ([`Broadcast::numbered`]); 0 otherwise.
+    pub seq: u64,
     native: OnceLock<Bytes>,
     sio_ws: OnceLock<Bytes>,
     sio_polling: OnceLock<Bytes>,
@@ -134,9 +147,19 @@ impl Broadcast {
             exclude,
             body,
             received_at,
+            seq: 0,
             native: OnceLock::new(),
             sio_ws: OnceLock::new(),
             sio_polling: OnceLock::new(),
+        }
+    }
+
+    /// This broadcast with the room's sequence number `seq`. Encodings made before (an
+    /// application payload is encoded to be measured) are dropped: they lack the number.
+    pub fn numbered(self, seq: u64) -> Broadcast {
+        Broadcast {
+            seq,
+            ..Broadcast::new(self.room, self.exclude, self.body, self.received_at)
         }
     }
 
@@ -185,9 +208,10 @@ impl Broadcast {
                 from,
                 ..
             } => payload.len().div_ceil(3) * 4 + names(event, from),
-            Body::MemberJoined { player, .. } | Body::MemberLeft { player, .. } => {
-                names("", player)
-            }
+            Body::MemberJoined { player, .. }
+            | Body::MemberLeft { player, .. }
+            | Body::MemberAway { player }
+            | Body::MemberBack { player } => names("", player),
             Body::Nested { .. } | Body::Emit { .. } => {
                 [Wire::Native, Wire::SioWs, Wire::SioPolling]
                     .into_iter()
@@ -253,6 +277,14 @@ impl Broadcast {
                     "reason": match reason { LeaveReason::Left => "left", LeaveReason::Disconnected => "disconnected" },
                 }),
             ),
+            Body::MemberAway { player } => notice(
+                "member_away",
+                serde_json::json!({"room": room, "player": &**player}),
+            ),
+            Body::MemberBack { player } => notice(
+                "member_back",
+                serde_json::json!({"room": room, "player": &**player}),
+            ),
             Body::Emit { event, args } => {
                 let packet = socketio::Packet::event(nsp, event, args.iter().cloned());
                 (packet.encode_engineio(), packet.attachments)
@@ -262,6 +294,7 @@ impl Broadcast {
 
     fn encode_native(&self) -> Bytes {
         let room = self.room.clone();
+        let seq = self.seq;
         let frame = match &self.body {
             Body::Event {
                 from,
@@ -274,6 +307,7 @@ impl Broadcast {
                 event: event.clone(),
                 payload: payload.clone(),
                 kind: *kind,
+                seq,
             },
             Body::Nested {
                 from,
@@ -285,11 +319,13 @@ impl Broadcast {
                 event: event.clone(),
                 payload: Bytes::from(payload.to_plain_json().to_string()),
                 kind: PayloadKind::Json,
+                seq,
             },
             Body::MemberJoined { player, members } => ServerFrame::MemberJoined {
                 room,
                 player: player.to_string(),
                 members: *members,
+                seq,
             },
             Body::MemberLeft {
                 player,
@@ -300,6 +336,17 @@ impl Broadcast {
                 player: player.to_string(),
                 members: *members,
                 reason: *reason,
+                seq,
+            },
+            Body::MemberAway { player } => ServerFrame::MemberAway {
+                room,
+                player: player.to_string(),
+                seq,
+            },
+            Body::MemberBack { player } => ServerFrame::MemberBack {
+                room,
+                player: player.to_string(),
+                seq,
             },
             Body::Emit { event, args } => {
                 let (payload, kind) = match args.as_slice() {
@@ -328,6 +375,7 @@ impl Broadcast {
                     event: event.clone(),
                     payload,
                     kind,
+                    seq,
                 }
             }
         };

@@ -16,16 +16,29 @@
 //! sender before it reaches any outbox ([`Broadcast::max_frame_len`]): queued, it would
 //! close every recipient at once as a slow consumer.
 //!
+//! With history on (`[resume]`, [`HistoryLimits`]) the room's home also numbers every
+//! broadcast to the room (messages and notices alike) and keeps the last ones in a bounded
+//! ring. Then a message from a member on another shard is not delivered locally first: it
+//! goes to the home, which numbers it and sends it to every shard with members, its origin
+//! included. So every member receives the room's messages in the order of their numbers (one
+//! order for the whole room, whichever shards the senders are on), and a native session that
+//! resumes ([`Relay::resume`]) can be given exactly the numbers it missed. The cost is one
+//! mesh hop for members on the sender's shard when the room's home is another shard.
+//!
+//! A native session whose connection drops stays a member of its rooms for the window
+//! ([`Relay::dropped`]): the rooms are told it is away, deliveries to it are skipped (the
+//! ring keeps them), and when the window ends it leaves as a disconnected member would.
+//!
 //! The relay never touches a socket or an executor: it pushes frames into [`Outbox`]es and
 //! collects [`MeshMsg`]s for the shard runtime to carry ([`Relay::drain_mesh`]).
 
 mod broadcast;
 mod outbox;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
@@ -37,7 +50,7 @@ pub use outbox::{Drained, Outbox, OutboxLimits, PushError, ReadyQueue};
 
 use crate::auth::Identity;
 use crate::hooks::{Hooks, Message};
-use crate::proto::native::{ErrorCode, LeaveReason};
+use crate::proto::native::{ErrorCode, LeaveReason, ServerFrame};
 use crate::stats::{add, new_latency_histogram, Refusal, ShardStats};
 
 /// Index of a shard, 0..shards.
@@ -75,6 +88,22 @@ pub struct RelayLimits {
     /// `outbound_queue_bytes`), since a bigger frame can never be queued and would close
     /// every recipient as a slow consumer.
     pub max_message_bytes: usize,
+    /// What each room keeps for sessions to resume; `None` when resume is off.
+    pub history: Option<HistoryLimits>,
+}
+
+/// How much of its history a room keeps for replay (config `[resume]`). All three bound it:
+/// a message leaves the ring when it is older than `window`, or to make room under
+/// `messages` or `bytes`.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryLimits {
+    /// Most messages kept per room (`resume.window_messages`).
+    pub messages: usize,
+    /// Most bytes kept per room, as each message's largest encoding (`resume.window_bytes`).
+    pub bytes: usize,
+    /// Oldest message kept, and how long a dropped session may be resumed
+    /// (`resume.window_ms`).
+    pub window: Duration,
 }
 
 impl RelayLimits {
@@ -85,6 +114,11 @@ impl RelayLimits {
             max_rooms_per_connection: config.max_rooms_per_connection,
             max_room_members: config.max_room_members,
             max_message_bytes: config.outbound_queue_bytes,
+            history: config.resume.enabled().then(|| HistoryLimits {
+                messages: config.resume.window_messages,
+                bytes: config.resume.window_bytes,
+                window: Duration::from_millis(config.resume.window_ms),
+            }),
         }
     }
 }
@@ -109,6 +143,8 @@ pub enum MeshMsg {
         player: PlayerId,
         /// Count after the join.
         members: u32,
+        /// The number the room's notice of this join gets (0 without history).
+        since: u64,
     },
     /// home -> origin: the room is full (`max_room_members`); the join was not counted.
     Refused {
@@ -132,6 +168,41 @@ pub enum MeshMsg {
     Relay(Arc<Broadcast>),
     /// home -> member shard: deliver to local members.
     Deliver(Arc<Broadcast>),
+    /// origin -> home: a member's connection dropped; tell the room it is away.
+    Away {
+        /// Room.
+        room: String,
+        /// Who.
+        player: PlayerId,
+        /// Its name, for the room's notice.
+        name: PlayerName,
+    },
+    /// origin -> home: a member resumed its session; it wants what the room numbered after
+    /// `after`.
+    Resume {
+        /// Room.
+        room: String,
+        /// Who.
+        player: PlayerId,
+        /// Its name, for the room's notice.
+        name: PlayerName,
+        /// The last number it received.
+        after: u64,
+    },
+    /// home -> origin: what a resuming member missed, in order. Deliveries after this one
+    /// on the same path are newer, so the origin delivers to the member again from here.
+    Replay {
+        /// Room.
+        room: String,
+        /// Who.
+        player: PlayerId,
+        /// Member count now.
+        members: u32,
+        /// Some of what it missed is no longer kept.
+        gap: bool,
+        /// The broadcasts it missed that the room still keeps, oldest first.
+        missed: Vec<Arc<Broadcast>>,
+    },
 }
 
 #[derive(Debug)]
@@ -139,6 +210,12 @@ struct Member {
     player: PlayerId,
     wire: Wire,
     outbox: Rc<Outbox>,
+    /// Its session is detached (or resuming and waiting for the home's replay): deliveries
+    /// skip it, the room's ring keeps them.
+    away: bool,
+    /// The room's number of the notice of its join (history on): what came before was
+    /// never its to receive, so a replay starts after it.
+    since: u64,
 }
 
 /// A room on this shard: its members here, and this shard's joins that the room's home (on
@@ -213,6 +290,22 @@ enum Answer {
 struct HomeRoom {
     per_shard: Vec<u32>,
     total: u32,
+    /// The number given to the room's last broadcast (history on).
+    seq: u64,
+    /// The last broadcasts, oldest first, within [`HistoryLimits`].
+    kept: VecDeque<Kept>,
+    /// Sum of `kept`'s sizes.
+    kept_bytes: usize,
+}
+
+/// A broadcast a room keeps for replay.
+#[derive(Debug)]
+struct Kept {
+    /// When the home numbered it.
+    at: Instant,
+    /// Its largest encoding, as counted against `HistoryLimits::bytes`.
+    size: usize,
+    bcast: Arc<Broadcast>,
 }
 
 #[derive(Debug)]
@@ -225,6 +318,26 @@ struct Player {
     outbox: Rc<Outbox>,
     /// Rooms the player is in or joining (at most `max_rooms_per_connection`).
     rooms: Vec<String>,
+    /// A native session that may be resumed; boxed, since socket.io players have none.
+    session: Option<Box<Session>>,
+}
+
+/// What a resumable session keeps while its connection is gone.
+#[derive(Debug)]
+struct Session {
+    /// Proves a `Resume` comes from the session's owner.
+    secret: Box<str>,
+    /// Who the player is, handed back to the connection that resumes the session.
+    identity: Identity,
+    /// The connection dropped; the session ends then unless resumed.
+    away_until: Option<Instant>,
+}
+
+/// A session taken back by [`Relay::resume`].
+#[derive(Debug)]
+pub struct Resumed {
+    /// Who the player is (as the session's last connection knew it).
+    pub identity: Identity,
 }
 
 /// One shard's rooms and players.
@@ -237,6 +350,9 @@ pub struct Relay {
     rooms: HashMap<String, LocalRoom>,
     homes: HashMap<String, HomeRoom>,
     mesh: Vec<(ShardId, MeshMsg)>,
+    /// Detached sessions by the time they end; in order, since every one waits the same
+    /// window.
+    away: VecDeque<(Instant, PlayerId)>,
     stats: Arc<ShardStats>,
     latency: Histogram<u64>,
     /// The server's authorization hooks; the relay runs the delivery hook.
@@ -259,6 +375,7 @@ impl Relay {
             rooms: HashMap::new(),
             homes: HashMap::new(),
             mesh: Vec::new(),
+            away: VecDeque::new(),
             stats,
             latency: new_latency_histogram(),
             hooks: Arc::new(Hooks::new()),
@@ -291,6 +408,7 @@ impl Relay {
                 wire,
                 outbox,
                 rooms: Vec::new(),
+                session: None,
             },
         );
     }
@@ -375,11 +493,14 @@ impl Relay {
             if let Some(p) = self.players.get_mut(&player) {
                 p.rooms.push(room.to_owned());
             }
+            let since = self.next_seq(room);
             let local = self.rooms.entry(room.to_owned()).or_default();
             local.add(Member {
                 player,
                 wire,
                 outbox,
+                away: false,
+                since,
             });
             local.total = members;
             self.reply(player, req, |req| Reply::Joined {
@@ -473,6 +594,298 @@ impl Relay {
             }
         }
         self.players.remove(&player);
+    }
+
+    /// Whether dropped native sessions may be resumed (history on).
+    pub fn keeps_sessions(&self) -> bool {
+        self.limits.history.is_some()
+    }
+
+    /// Makes `player`'s session resumable with `secret` (history on); `identity` is handed
+    /// back to the connection that resumes it.
+    pub fn open_session(&mut self, player: PlayerId, secret: &str, identity: Identity) {
+        if self.limits.history.is_none() {
+            return;
+        }
+        if let Some(p) = self.players.get_mut(&player) {
+            p.session = Some(Box::new(Session {
+                secret: secret.into(),
+                identity,
+                away_until: None,
+            }));
+        }
+    }
+
+    /// Records `player`'s new identity (a refreshed token), for the delivery hook and a later
+    /// resume.
+    pub fn set_identity(&mut self, player: PlayerId, identity: Identity) {
+        let Some(p) = self.players.get_mut(&player) else {
+            return;
+        };
+        if let Some(s) = p.session.as_mut() {
+            s.identity = identity.clone();
+        }
+        // The delivery hook reads the player's claims as of its last refresh.
+        p.identity = identity;
+    }
+
+    /// The connection that sent frames to `outbox` for `player` is gone. A resumable session
+    /// is detached: its rooms are told it is away, and it ends at the window's end unless
+    /// resumed ([`Relay::expire`]). Without one the player disconnects. Nothing happens when
+    /// another connection took the session over (`outbox` is no longer the player's).
+    pub fn dropped(&mut self, player: PlayerId, outbox: &Rc<Outbox>, now: Instant) {
+        let Some(p) = self.players.get_mut(&player) else {
+            return;
+        };
+        if !Rc::ptr_eq(&p.outbox, outbox) {
+            return;
+        }
+        match (self.limits.history, p.session.as_mut()) {
+            (Some(limits), Some(session)) if session.away_until.is_none() => {
+                let until = now + limits.window;
+                session.away_until = Some(until);
+                self.away.push_back((until, player));
+                add(&self.stats.sessions_away, 1);
+                self.detach(player, now);
+            }
+            _ => self.disconnect(player, now),
+        }
+    }
+
+    /// The connection that sent frames to `outbox` for `player` ended for good: the player
+    /// disconnects, unless another connection took its session over.
+    pub fn disconnect_connection(&mut self, player: PlayerId, outbox: &Rc<Outbox>, now: Instant) {
+        let Some(p) = self.players.get(&player) else {
+            return;
+        };
+        if !Rc::ptr_eq(&p.outbox, outbox) {
+            return;
+        }
+        if p.session.as_ref().is_some_and(|s| s.away_until.is_some()) {
+            self.stats
+                .sessions_away
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.disconnect(player, now);
+    }
+
+    /// Marks `player` away in every room it is a member of and tells the rooms; joins not
+    /// answered yet are given up, as a disconnect would.
+    fn detach(&mut self, player: PlayerId, now: Instant) {
+        let Some(p) = self.players.get_mut(&player) else {
+            return;
+        };
+        let name = Arc::clone(&p.name);
+        let rooms = p.rooms.clone();
+        for room in rooms {
+            if let Some(m) = self.rooms.get_mut(&room).and_then(|r| r.member_mut(player)) {
+                m.away = true;
+                let home = home_shard(&room, self.shards);
+                if home == self.shard {
+                    let body = Body::MemberAway {
+                        player: Arc::clone(&name),
+                    };
+                    self.home_notice(&room, player, body, now);
+                } else {
+                    let name = Arc::clone(&name);
+                    self.send_mesh(home, MeshMsg::Away { room, player, name });
+                }
+            } else if let Some(joining) = self
+                .rooms
+                .get_mut(&room)
+                .and_then(|r| r.joining.get_mut(&player))
+            {
+                joining.leaving = Some(LeaveReason::Disconnected);
+                if let Some(p) = self.players.get_mut(&player) {
+                    p.rooms.retain(|r| *r != room);
+                }
+            }
+        }
+    }
+
+    /// Ends the detached sessions whose window is over at `now`: they leave their rooms as
+    /// disconnected members. Call it every so often (the shard does on its stats tick).
+    pub fn expire(&mut self, now: Instant) {
+        while let Some(&(until, player)) = self.away.front() {
+            if until > now {
+                break;
+            }
+            self.away.pop_front();
+            // A session resumed since (and maybe dropped again, with a later end) is not
+            // this entry's.
+            let still = self
+                .players
+                .get(&player)
+                .and_then(|p| p.session.as_ref())
+                .is_some_and(|s| s.away_until == Some(until));
+            if still {
+                self.stats
+                    .sessions_away
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                self.disconnect(player, now);
+            }
+        }
+    }
+
+    /// The next time [`Relay::expire`] has something to do.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.away.front().map(|&(until, _)| until)
+    }
+
+    /// Takes back session `session` for a new connection (`wire`, `outbox`), if `secret` is
+    /// its secret and it has not ended. The old connection, if the server still holds it, is
+    /// closed. Deliveries to the player stay off until [`Relay::replay_missed`] has given
+    /// each room's replay.
+    ///
+    /// `Err(CannotResume)` for an unknown session, an ended one and a wrong secret alike,
+    /// after the same work, so that the answer does not tell them apart.
+    pub fn resume(
+        &mut self,
+        session: PlayerId,
+        secret: &str,
+        wire: Wire,
+        outbox: Rc<Outbox>,
+        now: Instant,
+    ) -> Result<Resumed, ErrorCode> {
+        let known = self
+            .players
+            .get(&session)
+            .and_then(|p| p.session.as_ref())
+            .map(|s| &*s.secret);
+        // Compared in constant time, against a stand-in when there is no such session.
+        let matches = secret_eq(known.unwrap_or("-no-session-"), secret) && known.is_some();
+        if !matches {
+            add(&self.stats.resumes_refused, 1);
+            return Err(ErrorCode::CannotResume);
+        }
+        let Some(p) = self.players.get_mut(&session) else {
+            return Err(ErrorCode::CannotResume);
+        };
+        let Some(s) = p.session.as_mut() else {
+            return Err(ErrorCode::CannotResume);
+        };
+        let was_away = s.away_until.take().is_some();
+        let identity = s.identity.clone();
+        if was_away {
+            self.stats
+                .sessions_away
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        } else {
+            // The old connection is still here (its peer vanished without a word, as a
+            // phone changing networks does): it is closed, and the rooms hear it went away.
+            p.outbox
+                .close(crate::proto::ws::close::POLICY, "session resumed elsewhere");
+            self.detach(session, now);
+        }
+        add(&self.stats.resumes, 1);
+        self.rewire(session, wire, outbox);
+        Ok(Resumed { identity })
+    }
+
+    /// After [`Relay::resume`] (and the `Welcome` the caller queued): answers each room the
+    /// player is in with a `Resumed` frame and what the room numbered after the last number
+    /// the client saw there (`last_seen`, 0 for a room not listed), before any newer
+    /// message, and tells the rooms the player is back.
+    pub fn replay_missed(&mut self, player: PlayerId, last_seen: &[(&str, u64)], now: Instant) {
+        let Some(p) = self.players.get(&player) else {
+            return;
+        };
+        let name = Arc::clone(&p.name);
+        let rooms = p.rooms.clone();
+        for room in &rooms {
+            let since = self
+                .rooms
+                .get(room)
+                .and_then(|r| r.slots.get(&player).map(|&slot| r.members[slot].since))
+                .unwrap_or(0);
+            let after = last_seen
+                .iter()
+                .find(|(r, _)| r == room)
+                .map_or(0, |&(_, seq)| seq)
+                .max(since);
+            let home = home_shard(room, self.shards);
+            if home == self.shard {
+                let (members, gap, missed) = self.missed(room, player, after, now);
+                self.replay(room, player, members, gap, &missed);
+                let body = Body::MemberBack {
+                    player: Arc::clone(&name),
+                };
+                self.home_notice(room, player, body, now);
+            } else {
+                self.send_mesh(
+                    home,
+                    MeshMsg::Resume {
+                        room: room.clone(),
+                        player,
+                        name: Arc::clone(&name),
+                        after,
+                    },
+                );
+            }
+        }
+    }
+
+    /// On the home shard: the room's member count, whether messages numbered after `after`
+    /// are missing from the ring, and those the ring keeps that `player` would have received
+    /// (not its own), oldest first.
+    fn missed(
+        &mut self,
+        room: &str,
+        player: PlayerId,
+        after: u64,
+        now: Instant,
+    ) -> (u32, bool, Vec<Arc<Broadcast>>) {
+        let Some(limits) = self.limits.history else {
+            return (0, false, Vec::new());
+        };
+        let Some(home) = self.homes.get_mut(room) else {
+            return (0, false, Vec::new());
+        };
+        Self::trim(home, &limits, now, &self.stats);
+        let oldest = home.kept.front().map_or(home.seq + 1, |k| k.bcast.seq);
+        let gap = after < home.seq && oldest > after + 1;
+        let missed = home
+            .kept
+            .iter()
+            .filter(|k| k.bcast.seq > after && k.bcast.exclude != player)
+            .map(|k| Arc::clone(&k.bcast))
+            .collect();
+        (home.total, gap, missed)
+    }
+
+    /// On the player's shard: gives a resuming member its `Resumed` frame and what it
+    /// missed, then delivers to it again.
+    fn replay(
+        &mut self,
+        room: &str,
+        player: PlayerId,
+        members: u32,
+        gap: bool,
+        missed: &[Arc<Broadcast>],
+    ) {
+        let Some(p) = self.players.get(&player) else {
+            return;
+        };
+        if gap {
+            add(&self.stats.resume_gaps, 1);
+        }
+        let (wire, outbox) = (p.wire, Rc::clone(&p.outbox));
+        // Only native sessions resume; the `Resumed` frame is native.
+        let _ = outbox.push(native_frame(&ServerFrame::Resumed {
+            room: room.to_owned(),
+            members,
+            replayed: missed.len() as u32,
+            gap,
+        }));
+        for bcast in missed {
+            // The window fits the outbound queue (config check), so this overflows only
+            // when the client's queue was full already; then it is closed, as any slow one.
+            let _ = outbox.push(bcast.frame(wire));
+        }
+        add(&self.stats.messages_out, missed.len() as u64);
+        if let Some(m) = self.rooms.get_mut(room).and_then(|r| r.member_mut(player)) {
+            m.away = false;
+        }
     }
 
     /// O(1) in the room's size: the member's slot is known, and the count is one entry at
@@ -582,8 +995,17 @@ impl Relay {
     /// Delivers a checked broadcast here and sends it on to the room's other shards.
     fn relay(&mut self, bcast: Arc<Broadcast>, now: Instant) {
         add(&self.stats.messages_in, 1);
-        self.deliver_local(&bcast, now);
         let home = home_shard(&bcast.room, self.shards);
+        if self.limits.history.is_some() {
+            // Numbered at the home before anyone receives it (see the module docs).
+            if home == self.shard {
+                self.home_relay(bcast, None, now);
+            } else {
+                self.send_mesh(home, MeshMsg::Relay(bcast));
+            }
+            return;
+        }
+        self.deliver_local(&bcast, now);
         if home == self.shard {
             self.forward_from_home(&bcast, None);
         } else {
@@ -591,12 +1013,78 @@ impl Relay {
         }
     }
 
-    /// Replaces a player's claims after a token refresh (same player id), for the delivery
-    /// hook.
-    pub fn reidentify(&mut self, player: PlayerId, identity: &Identity) {
-        if let Some(p) = self.players.get_mut(&player) {
-            p.identity = identity.clone();
+    /// On the home shard: numbers and keeps `bcast` (history on), delivers it here and
+    /// sends it on to the other shards with members. `came_from` delivered it already
+    /// (history off only: with history, nobody delivers before the home).
+    fn home_relay(&mut self, bcast: Arc<Broadcast>, came_from: Option<ShardId>, now: Instant) {
+        let bcast = self.number(bcast, now);
+        self.deliver_local(&bcast, now);
+        self.forward_from_home(&bcast, came_from);
+    }
+
+    /// On the home shard, history on: gives `bcast` the room's next number and keeps it in
+    /// the room's ring, dropping what falls out of [`HistoryLimits`]. Unchanged when history
+    /// is off or the room has no members (nobody to receive it).
+    fn number(&mut self, bcast: Arc<Broadcast>, now: Instant) -> Arc<Broadcast> {
+        let Some(limits) = self.limits.history else {
+            return bcast;
+        };
+        let Some(home) = self.homes.get_mut(&bcast.room) else {
+            return bcast;
+        };
+        home.seq += 1;
+        // The origin let go of its reference when it sent it here; a copy is made only if
+        // someone still holds one.
+        let owned = Arc::try_unwrap(bcast).unwrap_or_else(|shared| {
+            Broadcast::new(
+                shared.room.clone(),
+                shared.exclude,
+                shared.body.clone(),
+                shared.received_at,
+            )
+        });
+        let bcast = Arc::new(owned.numbered(home.seq));
+        let size = bcast.max_frame_len();
+        home.kept.push_back(Kept {
+            at: now,
+            size,
+            bcast: Arc::clone(&bcast),
+        });
+        home.kept_bytes += size;
+        add(&self.stats.history_messages, 1);
+        add(&self.stats.history_bytes, size as u64);
+        Self::trim(home, &limits, now, &self.stats);
+        bcast
+    }
+
+    /// Drops from `home`'s ring what is past `limits` at `now`.
+    fn trim(home: &mut HomeRoom, limits: &HistoryLimits, now: Instant, stats: &ShardStats) {
+        use std::sync::atomic::Ordering::Relaxed;
+        while let Some(oldest) = home.kept.front() {
+            let old = now.saturating_duration_since(oldest.at) > limits.window;
+            if !old && home.kept.len() <= limits.messages && home.kept_bytes <= limits.bytes {
+                break;
+            }
+            home.kept_bytes -= oldest.size;
+            stats.history_messages.fetch_sub(1, Relaxed);
+            stats.history_bytes.fetch_sub(oldest.size as u64, Relaxed);
+            home.kept.pop_front();
         }
+    }
+
+    /// On the home shard: the number the room's next broadcast will get (0 without
+    /// history).
+    fn next_seq(&self, room: &str) -> u64 {
+        match (self.limits.history, self.homes.get(room)) {
+            (Some(_), Some(home)) => home.seq + 1,
+            _ => 0,
+        }
+    }
+
+    /// On the home shard: a broadcast of the home's own (a notice), numbered like the rest.
+    fn home_notice(&mut self, room: &str, exclude: PlayerId, body: Body, now: Instant) {
+        let bcast = Arc::new(Broadcast::new(room.to_owned(), exclude, body, now));
+        self.home_relay(bcast, None, now);
     }
 
     /// Moves a player to another transport (socket.io upgrade from long-polling to
@@ -621,6 +1109,7 @@ impl Relay {
         match msg {
             MeshMsg::Join { room, player, name } => match self.home_count(from, &room) {
                 Ok(members) => {
+                    let since = self.next_seq(&room);
                     // The answer goes before the notice and before any later message of the
                     // room, on the same FIFO path: the origin admits the player first.
                     self.send_mesh(
@@ -629,6 +1118,7 @@ impl Relay {
                             room: room.clone(),
                             player,
                             members,
+                            since,
                         },
                     );
                     self.notify_joined(&room, player, name, members, now);
@@ -639,7 +1129,8 @@ impl Relay {
                 room,
                 player,
                 members,
-            } => self.admit(from, &room, player, Ok(members), now),
+                since,
+            } => self.admit(from, &room, player, Ok((members, since)), now),
             MeshMsg::Refused { room, player } => {
                 self.admit(from, &room, player, Err(ErrorCode::RoomFull), now)
             }
@@ -650,10 +1141,45 @@ impl Relay {
                 reason,
             } => self.home_leave(from, &room, player, name, reason, now),
             MeshMsg::Relay(bcast) => {
-                self.deliver_local(&bcast, now);
-                self.forward_from_home(&bcast, Some(from));
+                if self.limits.history.is_some() {
+                    self.home_relay(bcast, None, now);
+                } else {
+                    self.deliver_local(&bcast, now);
+                    self.forward_from_home(&bcast, Some(from));
+                }
             }
             MeshMsg::Deliver(bcast) => self.deliver_local(&bcast, now),
+            MeshMsg::Away { room, player, name } => {
+                self.home_notice(&room, player, Body::MemberAway { player: name }, now)
+            }
+            MeshMsg::Resume {
+                room,
+                player,
+                name,
+                after,
+            } => {
+                let (members, gap, missed) = self.missed(&room, player, after, now);
+                // The replay goes before the notice and every later message of the room, on
+                // the same FIFO path: the origin delivers to the player again from here.
+                self.send_mesh(
+                    from,
+                    MeshMsg::Replay {
+                        room: room.clone(),
+                        player,
+                        members,
+                        gap,
+                        missed,
+                    },
+                );
+                self.home_notice(&room, player, Body::MemberBack { player: name }, now);
+            }
+            MeshMsg::Replay {
+                room,
+                player,
+                members,
+                gap,
+                missed,
+            } => self.replay(&room, player, members, gap, &missed),
         }
     }
 
@@ -674,7 +1200,7 @@ impl Relay {
         home: ShardId,
         room: &str,
         player: PlayerId,
-        outcome: Result<u32, ErrorCode>,
+        outcome: Result<(u32, u64), ErrorCode>,
         now: Instant,
     ) {
         let Some(local) = self.rooms.get_mut(room) else {
@@ -685,7 +1211,7 @@ impl Relay {
         let Some(joining) = local.joining.remove(&player) else {
             return;
         };
-        if let Ok(members) = outcome {
+        if let Ok((members, since)) = outcome {
             local.total = members;
             if joining.leaving.is_none() {
                 // A player that disconnected has `leaving` set, so it is still connected.
@@ -694,10 +1220,13 @@ impl Relay {
                         player,
                         wire: p.wire,
                         outbox: Rc::clone(&p.outbox),
+                        away: false,
+                        since,
                     });
                 }
             }
         }
+        let outcome = outcome.map(|(members, _)| members);
         if local.is_empty() {
             self.rooms.remove(room);
         }
@@ -760,6 +1289,9 @@ impl Relay {
             .or_insert_with(|| HomeRoom {
                 per_shard: vec![0; shards],
                 total: 0,
+                seq: 0,
+                kept: VecDeque::new(),
+                kept_bytes: 0,
             });
         if home.total == 0 {
             add(&self.stats.rooms, 1);
@@ -778,17 +1310,15 @@ impl Relay {
         members: u32,
         now: Instant,
     ) {
-        let bcast = Arc::new(Broadcast::new(
-            room.to_owned(),
+        self.home_notice(
+            room,
             player,
             Body::MemberJoined {
                 player: name,
                 members,
             },
             now,
-        ));
-        self.deliver_local(&bcast, now);
-        self.forward_from_home(&bcast, None);
+        );
     }
 
     fn home_leave(
@@ -807,14 +1337,22 @@ impl Relay {
         home.total = home.total.saturating_sub(1);
         let members = home.total;
         if members == 0 {
-            self.homes.remove(room);
+            if let Some(gone) = self.homes.remove(room) {
+                use std::sync::atomic::Ordering::Relaxed;
+                self.stats
+                    .history_messages
+                    .fetch_sub(gone.kept.len() as u64, Relaxed);
+                self.stats
+                    .history_bytes
+                    .fetch_sub(gone.kept_bytes as u64, Relaxed);
+            }
             self.stats
                 .rooms
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             return;
         }
-        let bcast = Arc::new(Broadcast::new(
-            room.to_owned(),
+        self.home_notice(
+            room,
             player,
             Body::MemberLeft {
                 player: name,
@@ -822,9 +1360,7 @@ impl Relay {
                 reason,
             },
             now,
-        ));
-        self.deliver_local(&bcast, now);
-        self.forward_from_home(&bcast, None);
+        );
     }
 
     /// On the home shard: sends `bcast` once to every other shard with members, except the
@@ -864,7 +1400,7 @@ impl Relay {
             .and_then(|f| Some((f, Message::of(&bcast.room, &bcast.body)?)));
         let mut delivered = 0;
         for m in &room.members {
-            if m.player == bcast.exclude {
+            if m.player == bcast.exclude || m.away {
                 continue;
             }
             if let Some((allow, message)) = &filter {
@@ -910,6 +1446,17 @@ impl Relay {
     }
 }
 
+/// Whether two secrets are equal, in time that depends on their lengths only (a `Resume`
+/// must not learn a secret byte by byte from how fast it is refused).
+fn secret_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut diff = u8::from(a.len() != b.len());
+    for i in 0..a.len().max(b.len()) {
+        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0xff);
+    }
+    diff == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -921,6 +1468,7 @@ mod tests {
         max_rooms_per_connection: 8,
         max_room_members: 3,
         max_message_bytes: 4096,
+        history: None,
     };
 
     fn relays(shards: usize) -> Vec<Relay> {
@@ -1268,5 +1816,94 @@ mod tests {
         // A message that fits still goes.
         r[0].send(0, &room, event(0, &[1; 100]), now).unwrap();
         assert_eq!(b.len(), 1);
+    }
+
+    #[test]
+    fn a_ring_keeps_its_bounds_and_a_resume_past_them_is_told_of_the_gap() {
+        let stats = Arc::new(ShardStats::default());
+        let mut limits = LIMITS;
+        limits.history = Some(HistoryLimits {
+            messages: 5,
+            bytes: 1 << 20,
+            window: Duration::from_secs(60),
+        });
+        let mut r = Relay::new(0, 1, limits, Arc::clone(&stats));
+        let now = Instant::now();
+        let (a, b) = (outbox(), outbox());
+        r.connect(0, who(0), Wire::Native, Rc::clone(&a));
+        r.connect(1, who(1), Wire::Native, Rc::clone(&b));
+        r.open_session(1, "s3cret", Identity::anonymous("1".into()));
+        r.join(0, None, "r", now).unwrap();
+        r.join(1, None, "r", now).unwrap();
+        r.dropped(1, &b, now);
+        for i in 0u8..10 {
+            r.send(0, "r", event(0, &[i]), now).unwrap();
+        }
+        assert_eq!(
+            stats
+                .history_messages
+                .load(std::sync::atomic::Ordering::Relaxed),
+            5
+        );
+        assert!(frames(&b).is_empty(), "an away member is skipped");
+        // A wrong secret changes nothing; the right one resumes.
+        let c = outbox();
+        assert_eq!(
+            r.resume(1, "wrong", Wire::Native, Rc::clone(&c), now).err(),
+            Some(ErrorCode::CannotResume)
+        );
+        r.resume(1, "s3cret", Wire::Native, Rc::clone(&c), now)
+            .unwrap();
+        r.replay_missed(1, &[("r", 2)], now);
+        let got = frames(&c);
+        assert!(
+            matches!(
+                got[0],
+                ServerFrame::Resumed {
+                    replayed: 5,
+                    gap: true,
+                    ..
+                }
+            ),
+            "{got:?}"
+        );
+        assert_eq!(
+            payloads(&got),
+            (5u8..10)
+                .map(|i| Bytes::copy_from_slice(&[i]))
+                .collect::<Vec<_>>()
+        );
+        // Past the window, the oldest go too: a resume then replays nothing, with a gap.
+        let later = now + Duration::from_secs(61);
+        r.dropped(1, &c, later);
+        let d = outbox();
+        r.resume(
+            1,
+            "s3cret",
+            Wire::Native,
+            Rc::clone(&d),
+            later + Duration::from_secs(1),
+        )
+        .unwrap();
+        r.replay_missed(1, &[("r", 9)], later + Duration::from_secs(1));
+        assert!(matches!(
+            frames(&d)[0],
+            ServerFrame::Resumed {
+                replayed: 0,
+                gap: true,
+                ..
+            }
+        ));
+        // And a detached session that nobody resumes ends at its window's end.
+        r.dropped(1, &d, later);
+        r.expire(later + Duration::from_secs(60));
+        assert!(!r.is_member(1, "r"));
+        assert!(matches!(
+            frames(&a).last(),
+            Some(ServerFrame::MemberLeft {
+                reason: LeaveReason::Disconnected,
+                ..
+            })
+        ));
     }
 }

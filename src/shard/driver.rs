@@ -1136,6 +1136,9 @@ impl Driver {
                     }
                 }
                 TimerKey::Tick => {
+                    // Detached sessions end within a tick (`stats_publish_ms`) of their
+                    // window: their rooms hear "left" that late at most.
+                    self.shard.relay.borrow_mut().expire(now);
                     self.shard
                         .stats
                         .publish_latency(self.shard.relay.borrow().latency().clone());

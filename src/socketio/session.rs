@@ -555,7 +555,7 @@ fn refresh(
                 .shard
                 .relay
                 .borrow_mut()
-                .reidentify(socket.player(), &identity);
+                .set_identity(socket.player(), identity.clone());
             *socket.core.identity.borrow_mut() = identity;
             if let Some(ack) = ack {
                 ack.send([Arg::Json(json!({ "exp": exp }))]);
