@@ -169,9 +169,16 @@ pub struct Identity {
 impl Identity {
     /// A player without a token, known by `id`.
     pub fn anonymous(id: String) -> Identity {
+        thread_local! {
+            /// The claims of every anonymous player of this thread (shard): one empty map
+            /// shared, so an anonymous connection allocates no map of its own (an idle
+            /// connection's memory counts; a per-thread copy keeps connects on different
+            /// shards off one reference count).
+            static NO_CLAIMS: Arc<Map<String, Value>> = Arc::new(Map::new());
+        }
         Identity {
             player: Arc::from(id),
-            claims: Arc::new(Map::new()),
+            claims: NO_CLAIMS.with(Arc::clone),
             exp: None,
         }
     }
