@@ -2,6 +2,7 @@
 //! the dispatch of packets to handlers or to the relay convention.
 
 use std::cell::{Cell, RefCell};
+use std::num::NonZeroU64;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -537,7 +538,7 @@ fn refresh(
                 .core
                 .expires
                 .set(verifier.deadline(&identity, Instant::now()));
-            let exp = identity.exp.unwrap_or(0);
+            let exp = identity.exp.map_or(0, NonZeroU64::get);
             *socket.core.identity.borrow_mut() = identity;
             if let Some(ack) = ack {
                 ack.send([Arg::Json(json!({ "exp": exp }))]);
