@@ -12,6 +12,7 @@
 //! that turns `exp` into a deadline ([`Verifier::deadline`]) reads the same clock, so both
 //! agree.
 
+use std::num::NonZeroU64;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -167,16 +168,25 @@ pub struct Identity {
     pub player: Arc<str>,
     /// Every claim of the token (empty for an anonymous player), for application code.
     pub claims: Arc<Map<String, Value>>,
-    /// The token's `exp` (seconds since the Unix epoch), if any.
-    pub exp: Option<u64>,
+    /// The token's `exp` (seconds since the Unix epoch), if any. Never 0: such a token is
+    /// expired and refused; the niche keeps `Identity` at 32 bytes, and with it a native
+    /// session's boxed auth state at 64 (an idle connection's memory counts).
+    pub exp: Option<NonZeroU64>,
 }
 
 impl Identity {
     /// A player without a token, known by `id`.
     pub fn anonymous(id: String) -> Identity {
+        thread_local! {
+            /// The claims of every anonymous player of this thread (shard): one empty map
+            /// shared, so an anonymous connection allocates no map of its own (an idle
+            /// connection's memory counts; a per-thread copy keeps connects on different
+            /// shards off one reference count).
+            static NO_CLAIMS: Arc<Map<String, Value>> = Arc::new(Map::new());
+        }
         Identity {
             player: Arc::from(id),
-            claims: Arc::new(Map::new()),
+            claims: NO_CLAIMS.with(Arc::clone),
             exp: None,
         }
     }
@@ -293,7 +303,10 @@ impl Verifier {
             }
             _ => return Err(TokenError::BadSubject),
         };
-        let exp = claims.get("exp").and_then(Value::as_u64);
+        let exp = claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .and_then(NonZeroU64::new);
         Ok(Some(Identity {
             player,
             claims: Arc::new(claims),
@@ -318,7 +331,7 @@ impl Verifier {
         if self.expiry == Expiry::Ignore {
             return None;
         }
-        let exp = identity.exp?.saturating_add(self.leeway);
+        let exp = identity.exp?.get().saturating_add(self.leeway);
         // The same clock jsonwebtoken checked `exp` with; a clock before 1970 is a broken
         // host, where the token is taken as expiring now.
         let unix_now = SystemTime::now()
@@ -505,7 +518,7 @@ mod tests {
         let v = hs("k");
         let start = Instant::now();
         let id = Identity {
-            exp: Some(now() + 10),
+            exp: NonZeroU64::new(now() + 10),
             ..Identity::anonymous("x".into())
         };
         let d = v.deadline(&id, start).unwrap() - start;

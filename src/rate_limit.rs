@@ -3,8 +3,12 @@
 //! the turn's `now`, costs a few float operations, allocates nothing and makes no syscall.
 //!
 //! A connection's buckets live in one [`Buckets`], boxed by the session that owns it (one
-//! pointer in the session; none at all when its profile limits nothing), so they cost the
-//! many idle connections of a shard eight bytes each.
+//! pointer in the session; none at all when its profile limits nothing). Every connection
+//! of a limited profile holds one, idle or not, so it is kept to 80 bytes (an allocator
+//! size class): rates and tokens are `f32` (rates up to 2^24 per second are exact, and a
+//! token more or less on a burst of millions of bytes changes no decision a client can
+//! see), the sustained time is whole milliseconds, and a refused streak is its start and an
+//! offset.
 
 use std::time::{Duration, Instant};
 
@@ -58,19 +62,21 @@ pub struct Exceeded {
 }
 
 /// One token bucket: `rate` tokens per second up to `burst`; a rate of 0 never refuses.
+/// Stored as `f32` (the size of [`Buckets`]); the arithmetic is done in `f64`.
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
+    rate: f32,
+    burst: f32,
+    tokens: f32,
 }
 
 impl Bucket {
     fn new(rate: f64, burst: u32) -> Bucket {
-        let burst = f64::from(burst);
+        // `as` rounds to the nearest `f32`: exact for every rate and burst up to 2^24.
+        let burst = burst as f32;
         // A new connection starts with a full burst: its first messages are never refused.
         Bucket {
-            rate,
+            rate: rate as f32,
             burst,
             tokens: burst,
         }
@@ -81,16 +87,17 @@ impl Bucket {
     }
 
     fn refill(&mut self, seconds: f64) {
-        self.tokens = (self.tokens + seconds * self.rate).min(self.burst);
+        let tokens = f64::from(self.tokens) + seconds * f64::from(self.rate);
+        self.tokens = tokens.min(f64::from(self.burst)) as f32;
     }
 
     fn has(&self, cost: f64) -> bool {
-        !self.limits() || self.tokens >= cost
+        !self.limits() || f64::from(self.tokens) >= cost
     }
 
     fn take(&mut self, cost: f64) {
         if self.limits() {
-            self.tokens -= cost;
+            self.tokens = (f64::from(self.tokens) - cost) as f32;
         }
     }
 }
@@ -101,11 +108,14 @@ pub struct Buckets {
     messages: Bucket,
     bytes: Bucket,
     joins: Bucket,
+    /// How long a streak of refusals may last before the connection is closed, in ms.
+    sustained_ms: u32,
+    /// Seconds from `streak`'s start to its latest refusal.
+    streak_last: f32,
     /// When the buckets were last refilled.
     refilled: Instant,
-    /// The first refusal of the current streak and the latest one.
-    streak: Option<(Instant, Instant)>,
-    sustained: Duration,
+    /// The first refusal of the current streak, if one is going on.
+    streak: Option<Instant>,
 }
 
 impl Buckets {
@@ -117,9 +127,11 @@ impl Buckets {
             messages: Bucket::new(profile.messages_per_s, profile.messages_burst),
             bytes: Bucket::new(profile.bytes_per_s, profile.bytes_burst),
             joins: Bucket::new(profile.joins_per_s, profile.joins_burst),
+            // Beyond 49 days is as good as never.
+            sustained_ms: u32::try_from(sustained.as_millis()).unwrap_or(u32::MAX),
+            streak_last: 0.0,
             refilled: now,
             streak: None,
-            sustained,
         };
         let limits = [buckets.messages, buckets.bytes, buckets.joins]
             .iter()
@@ -163,13 +175,20 @@ impl Buckets {
     /// Counts a refusal in the streak and says whether the connection is to be closed.
     fn refused(&mut self, limit: Limit, now: Instant) -> Exceeded {
         let start = match self.streak {
-            Some((start, last)) if now.saturating_duration_since(last) < STREAK_GAP => start,
+            Some(start)
+                if now.saturating_duration_since(start).as_secs_f64()
+                    < f64::from(self.streak_last) + STREAK_GAP.as_secs_f64() =>
+            {
+                start
+            }
             _ => now,
         };
-        self.streak = Some((start, now));
+        let length = now.saturating_duration_since(start);
+        self.streak = Some(start);
+        self.streak_last = length.as_secs_f32();
         Exceeded {
             limit,
-            close: now.saturating_duration_since(start) >= self.sustained,
+            close: length.as_millis() >= u128::from(self.sustained_ms),
         }
     }
 }
@@ -195,7 +214,7 @@ mod tests {
     #[test]
     fn the_buckets_of_a_connection_stay_small() {
         assert!(
-            std::mem::size_of::<Buckets>() <= 136,
+            std::mem::size_of::<Buckets>() <= 80,
             "{}",
             std::mem::size_of::<Buckets>()
         );

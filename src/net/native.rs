@@ -1,6 +1,7 @@
 //! The native protocol on `/ws`: rkyv frames in, relay calls, frames out, as an
 //! application of the WebSocket driver.
 
+use std::num::NonZeroU64;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,9 +47,9 @@ pub struct NativeSession {
 struct SessionAuth {
     /// Anonymous until `Hello` brings a token.
     identity: Identity,
-    verifier: Arc<Verifier>,
-    /// The server's authorization hooks and `[[auth.rooms]]` rules.
-    hooks: Arc<Hooks>,
+    /// How tokens and requests are checked: one pointer for both, so that this state
+    /// stays in its allocator size class (`the_auth_state_of_a_session_stays_small`).
+    gate: Arc<Gate>,
     /// When the token expires, if sessions end then (`auth.expiry`).
     expires: Option<Instant>,
     /// The connection's rate limits, from `Hello` on (picked by the token's `tier`);
@@ -58,12 +59,11 @@ struct SessionAuth {
 
 impl NativeSession {
     /// A session on `shard` for a connection accepted at `accepted_at`, its tokens checked
-    /// by `verifier` and its requests by `hooks`, wrapped in the WebSocket driver.
+    /// and its requests by `gate`, wrapped in the WebSocket driver.
     pub fn connection(
         shard: &Rc<Shard>,
         accepted_at: Instant,
-        verifier: Arc<Verifier>,
-        hooks: Arc<Hooks>,
+        gate: Arc<Gate>,
     ) -> WebSocket<NativeSession> {
         let config = &shard.config;
         let interval = Duration::from_millis(config.ping_interval_ms);
@@ -72,8 +72,7 @@ impl NativeSession {
             player,
             auth: Box::new(SessionAuth {
                 identity: Identity::anonymous(player.to_string()),
-                verifier,
-                hooks,
+                gate,
                 expires: None,
                 rate: None,
             }),
@@ -179,10 +178,16 @@ impl NativeSession {
                         stat: CloseReason::Protocol,
                     };
                 } else {
-                    match self.auth.verifier.check(token.as_ref().map(|t| t.as_str())) {
+                    match self
+                        .auth
+                        .gate
+                        .verifier
+                        .check(token.as_ref().map(|t| t.as_str()))
+                    {
                         Ok(identity) => {
                             if let Some(identity) = identity {
-                                self.auth.expires = self.auth.verifier.deadline(&identity, now);
+                                self.auth.expires =
+                                    self.auth.gate.verifier.deadline(&identity, now);
                                 self.auth.identity = identity;
                             }
                         }
@@ -196,7 +201,7 @@ impl NativeSession {
                             };
                         }
                     }
-                    if let Err(why) = self.auth.hooks.check_handshake(&self.auth.identity) {
+                    if let Err(why) = self.auth.gate.hooks.check_handshake(&self.auth.identity) {
                         self.forbidden(cx, req, &why);
                         return Flow::Close {
                             code: close::POLICY,
@@ -255,7 +260,8 @@ impl NativeSession {
                 match resumed {
                     Ok(resumed) => {
                         self.player = session;
-                        self.auth.expires = self.auth.verifier.deadline(&resumed.identity, now);
+                        self.auth.expires =
+                            self.auth.gate.verifier.deadline(&resumed.identity, now);
                         self.auth.identity = resumed.identity;
                         self.welcome(cx);
                         // The Welcome goes first: the rooms' `Resumed` frames and replays
@@ -304,6 +310,7 @@ impl NativeSession {
                 }
                 if let Err(why) = self
                     .auth
+                    .gate
                     .hooks
                     .check_join(&self.auth.identity, room.as_str())
                 {
@@ -369,20 +376,19 @@ impl NativeSession {
                     payload: bytes.slice_ref(payload.as_slice()),
                     kind: PayloadKind::from(kind),
                 };
-                let body =
-                    match self
-                        .auth
-                        .hooks
-                        .check_message(&self.auth.identity, room.as_str(), body)
-                    {
-                        Ok(Some(body)) => body,
-                        // Dropped by the message hook: the sender is told nothing.
-                        Ok(None) => return Flow::Continue,
-                        Err(why) => {
-                            self.forbidden(cx, req, &why);
-                            return Flow::Continue;
-                        }
-                    };
+                let body = match self.auth.gate.hooks.check_message(
+                    &self.auth.identity,
+                    room.as_str(),
+                    body,
+                ) {
+                    Ok(Some(body)) => body,
+                    // Dropped by the message hook: the sender is told nothing.
+                    Ok(None) => return Flow::Continue,
+                    Err(why) => {
+                        self.forbidden(cx, req, &why);
+                        return Flow::Continue;
+                    }
+                };
                 let result = shard
                     .relay
                     .borrow_mut()
@@ -401,12 +407,13 @@ impl NativeSession {
                 let req = req.to_native();
                 match self
                     .auth
+                    .gate
                     .verifier
                     .refresh(&self.auth.identity, token.as_str())
                 {
                     Ok(identity) => {
-                        self.auth.expires = self.auth.verifier.deadline(&identity, now);
-                        let exp = identity.exp.unwrap_or(0);
+                        self.auth.expires = self.auth.gate.verifier.deadline(&identity, now);
+                        let exp = identity.exp.map_or(0, NonZeroU64::get);
                         shard
                             .relay
                             .borrow_mut()
@@ -544,16 +551,24 @@ fn request_id(frame: &ArchivedClientFrame) -> u32 {
     }
 }
 
-/// The route of `/ws`: answers the upgrade and starts a native session.
-pub struct NativeRoute {
+/// What every native session checks its player against: the token verifier and the
+/// authorization hooks, shared by the route's sessions.
+pub struct Gate {
     verifier: Arc<Verifier>,
     hooks: Arc<Hooks>,
+}
+
+/// The route of `/ws`: answers the upgrade and starts a native session.
+pub struct NativeRoute {
+    gate: Arc<Gate>,
 }
 
 impl NativeRoute {
     /// The route, its sessions' tokens checked by `verifier` and their requests by `hooks`.
     pub fn new(verifier: Arc<Verifier>, hooks: Arc<Hooks>) -> NativeRoute {
-        NativeRoute { verifier, hooks }
+        NativeRoute {
+            gate: Arc::new(Gate { verifier, hooks }),
+        }
     }
 }
 
@@ -574,9 +589,24 @@ impl Route for NativeRoute {
             Box::new(NativeSession::connection(
                 cx.shard,
                 started,
-                Arc::clone(&self.verifier),
-                Arc::clone(&self.hooks),
+                Arc::clone(&self.gate),
             ))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every native connection holds one `SessionAuth`, idle or not: 64 bytes is the
+    /// allocator's size class it fits (one more field, or an `Identity` over 32 bytes,
+    /// moves it to 80).
+    #[test]
+    fn the_auth_state_of_a_session_stays_small() {
+        assert!(
+            size_of::<super::SessionAuth>() <= 64,
+            "{}",
+            size_of::<super::SessionAuth>()
+        );
+        assert!(size_of::<crate::auth::Identity>() <= 32);
     }
 }

@@ -218,6 +218,13 @@ struct Member {
     since: u64,
 }
 
+/// Members of a room on one shard up to which a member is found by a scan of `members`
+/// (32 members of 24 bytes: a few cache lines); past it the room keeps an index
+/// (`LocalRoom::slots`), dropped again once the room is down to half of this. A game room
+/// is small, and an index would cost it more than its members do (a table of 16 buckets
+/// for 10 members: about 30 bytes per idle connection).
+const SCANNED_ROOM: usize = 32;
+
 /// A room on this shard: its members here, and this shard's joins that the room's home (on
 /// another shard) has not answered yet.
 #[derive(Debug, Default)]
@@ -225,7 +232,8 @@ struct LocalRoom {
     /// In no particular order: a leaving member's place goes to the last one.
     members: Vec<Member>,
     /// Where each member sits in `members`, so that a leave, a disconnect or a rewire costs
-    /// O(1) instead of a scan of the room.
+    /// O(1) instead of a scan of the room; empty (and unallocated) while the room has at
+    /// most [`SCANNED_ROOM`] members here.
     slots: HashMap<PlayerId, usize>,
     /// Joins waiting for the home's answer; never on the home shard itself.
     joining: HashMap<PlayerId, Joining>,
@@ -235,22 +243,54 @@ struct LocalRoom {
 
 impl LocalRoom {
     fn add(&mut self, member: Member) {
-        self.slots.insert(member.player, self.members.len());
+        if !self.slots.is_empty() {
+            self.slots.insert(member.player, self.members.len());
+        }
         self.members.push(member);
+        if self.slots.is_empty() && self.members.len() > SCANNED_ROOM {
+            self.slots = self
+                .members
+                .iter()
+                .enumerate()
+                .map(|(slot, m)| (m.player, slot))
+                .collect();
+        }
+    }
+
+    /// Where `player` sits in `members`, if it is a member.
+    fn slot(&self, player: PlayerId) -> Option<usize> {
+        if self.slots.is_empty() {
+            self.members.iter().position(|m| m.player == player)
+        } else {
+            self.slots.get(&player).copied()
+        }
+    }
+
+    fn contains(&self, player: PlayerId) -> bool {
+        self.slot(player).is_some()
     }
 
     fn remove(&mut self, player: PlayerId) {
-        let Some(slot) = self.slots.remove(&player) else {
+        let Some(slot) = self.slot(player) else {
             return;
         };
         self.members.swap_remove(slot);
+        if self.slots.is_empty() {
+            return;
+        }
+        if self.members.len() <= SCANNED_ROOM / 2 {
+            // Small again: the scan does, and the table's memory goes back.
+            self.slots = HashMap::new();
+            return;
+        }
+        self.slots.remove(&player);
         if let Some(moved) = self.members.get(slot) {
             self.slots.insert(moved.player, slot);
         }
     }
 
     fn member_mut(&mut self, player: PlayerId) -> Option<&mut Member> {
-        let slot = *self.slots.get(&player)?;
+        let slot = self.slot(player)?;
         self.members.get_mut(slot)
     }
 
@@ -415,9 +455,7 @@ impl Relay {
 
     /// Whether `player` is a member of `room` (its join counted by the room's home).
     pub fn is_member(&self, player: PlayerId, room: &str) -> bool {
-        self.rooms
-            .get(room)
-            .is_some_and(|r| r.slots.contains_key(&player))
+        self.rooms.get(room).is_some_and(|r| r.contains(player))
     }
 
     fn check_name(&self, key: &str) -> Result<(), ErrorCode> {
@@ -459,7 +497,7 @@ impl Relay {
             .get_mut(&player)
             .ok_or(ErrorCode::NotWelcomed)?;
         if let Some(local) = self.rooms.get_mut(room) {
-            if local.slots.contains_key(&player) {
+            if local.contains(player) {
                 // Already in: answer with the last count this shard heard of, change nothing.
                 let members = local.total;
                 self.reply(player, req, |req| Reply::Joined {
@@ -796,7 +834,7 @@ impl Relay {
             let since = self
                 .rooms
                 .get(room)
-                .and_then(|r| r.slots.get(&player).map(|&slot| r.members[slot].since))
+                .and_then(|r| r.slot(player).map(|slot| r.members[slot].since))
                 .unwrap_or(0);
             let after = last_seen
                 .iter()
@@ -1713,41 +1751,62 @@ mod tests {
 
     #[test]
     fn leaves_keep_every_other_member_served_whatever_their_slot() {
-        let mut r = relays(1);
-        let now = Instant::now();
-        let mut limits = LIMITS;
-        limits.max_room_members = 100;
-        r[0].limits = limits;
-        let boxes: Vec<_> = (0..10).map(|_| outbox()).collect();
-        for (i, b) in boxes.iter().enumerate() {
-            r[0].connect(
-                i as PlayerId,
-                who(i as PlayerId),
-                Wire::Native,
-                Rc::clone(b),
+        // A room small enough to be scanned, one large enough for an index, and one that
+        // shrinks back below the index's threshold.
+        for (n, leaving) in [
+            (10, vec![0, 5, 9]),
+            (
+                2 * SCANNED_ROOM,
+                vec![0, SCANNED_ROOM, 2 * SCANNED_ROOM - 1],
+            ),
+            (SCANNED_ROOM + 2, (5..SCANNED_ROOM + 2).collect()),
+        ] {
+            let mut r = relays(1);
+            let now = Instant::now();
+            let mut limits = LIMITS;
+            limits.max_room_members = 100;
+            r[0].limits = limits;
+            let boxes: Vec<_> = (0..n).map(|_| outbox()).collect();
+            for (i, b) in boxes.iter().enumerate() {
+                r[0].connect(
+                    i as PlayerId,
+                    who(i as PlayerId),
+                    Wire::Native,
+                    Rc::clone(b),
+                );
+                r[0].join(i as PlayerId, None, "r", now).unwrap();
+            }
+            assert_eq!(r[0].rooms["r"].slots.is_empty(), n <= SCANNED_ROOM);
+            // First, middle and last slots go; a rewired member keeps its place.
+            for &p in &leaving {
+                r[0].leave(p as PlayerId, None, "r", now).unwrap();
+            }
+            let rewired = outbox();
+            r[0].rewire(3, Wire::Native, Rc::clone(&rewired));
+            for b in &boxes {
+                frames(b);
+            }
+            r[0].send(1, "r", event(1, b"m"), now).unwrap();
+            for (i, b) in boxes.iter().enumerate() {
+                let got = payloads(&frames(b)).len();
+                let expected = usize::from(!leaving.contains(&i) && ![1, 3].contains(&i));
+                assert_eq!(got, expected, "member {i} of {n}");
+            }
+            assert_eq!(payloads(&frames(&rewired)).len(), 1);
+            let local = &r[0].rooms["r"];
+            assert_eq!(local.members.len(), n - leaving.len());
+            // Above half the threshold an index that was built stays, and is right.
+            assert_eq!(
+                local.slots.is_empty(),
+                n <= SCANNED_ROOM || local.members.len() <= SCANNED_ROOM / 2
             );
-            r[0].join(i as PlayerId, None, "r", now).unwrap();
-        }
-        // First, middle and last slots go; a rewired member keeps its place.
-        for p in [0, 5, 9] {
-            r[0].leave(p, None, "r", now).unwrap();
-        }
-        let rewired = outbox();
-        r[0].rewire(3, Wire::Native, Rc::clone(&rewired));
-        for b in &boxes {
-            frames(b);
-        }
-        r[0].send(1, "r", event(1, b"m"), now).unwrap();
-        for (i, b) in boxes.iter().enumerate() {
-            let got = payloads(&frames(b)).len();
-            let expected = usize::from(![0, 1, 3, 5, 9].contains(&i));
-            assert_eq!(got, expected, "member {i}");
-        }
-        assert_eq!(payloads(&frames(&rewired)).len(), 1);
-        let local = &r[0].rooms["r"];
-        assert_eq!(local.members.len(), 7);
-        for (slot, m) in local.members.iter().enumerate() {
-            assert_eq!(local.slots[&m.player], slot);
+            for (slot, m) in local.members.iter().enumerate() {
+                assert_eq!(local.slot(m.player), Some(slot));
+                assert!(r[0].is_member(m.player, "r"));
+            }
+            for &p in &leaving {
+                assert!(!r[0].is_member(p as PlayerId, "r"));
+            }
         }
     }
 

@@ -212,7 +212,7 @@ impl Namespace {
 }
 
 pub(crate) struct SocketCore {
-    id: String,
+    id: Arc<str>,
     player: PlayerId,
     nsp: String,
     auth: Value,

@@ -2,6 +2,7 @@
 //! the dispatch of packets to handlers or to the relay convention.
 
 use std::cell::{Cell, RefCell};
+use std::num::NonZeroU64;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -367,8 +368,15 @@ impl SioSession {
             Some(verifier) => verifier.check(token),
             None => Ok(None),
         };
-        let identity = match verified {
-            Ok(identity) => identity.unwrap_or_else(|| Identity::anonymous(player.to_string())),
+        // The socket id is the player id's text, which an anonymous player is also known
+        // by: one string for both.
+        let (identity, id) = match verified {
+            Ok(Some(identity)) => (identity, Arc::from(player.to_string())),
+            Ok(None) => {
+                let identity = Identity::anonymous(player.to_string());
+                let id = Arc::clone(&identity.player);
+                (identity, id)
+            }
             Err(why) => {
                 // What the official client turns into the `connect_error` Error: `message`
                 // its message, `data` its `data`.
@@ -410,7 +418,7 @@ impl SioSession {
             .and_then(|v| v.deadline(&identity, Instant::now()));
         let relayed_as = identity.clone();
         let core = Rc::new(SocketCore {
-            id: player.to_string(),
+            id,
             player,
             nsp: nsp.clone(),
             auth,
@@ -434,7 +442,7 @@ impl SioSession {
             let sustained = Duration::from_millis(limits.sustained_ms);
             self.stage = Stage::Connected(Buckets::new(&profile, sustained, now));
         }
-        let answer = Packet::connect(&nsp, Some(json!({ "sid": core.id })));
+        let answer = Packet::connect(&nsp, Some(json!({ "sid": &*core.id })));
         session.send(&answer.encode_engineio(), &[]);
         self.sockets
             .insert((Rc::clone(&core), Arc::clone(&namespace)));
@@ -550,7 +558,7 @@ fn refresh(
                 .core
                 .expires
                 .set(verifier.deadline(&identity, Instant::now()));
-            let exp = identity.exp.unwrap_or(0);
+            let exp = identity.exp.map_or(0, NonZeroU64::get);
             session
                 .shard
                 .relay
