@@ -22,17 +22,6 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// Keys of the `[auth]` table (also `CORELAY_AUTH_<KEY>`).
-pub const KEYS: &[&str] = &[
-    "required",
-    "jwt_secret",
-    "jwt_public_key_file",
-    "issuer",
-    "audience",
-    "leeway_s",
-    "expiry",
-];
-
 /// Longest `sub` accepted, in bytes. It travels as `from` in every message its player sends
 /// and as `player` in every membership notice, so it is bounded like a room name: 128 bytes
 /// is room for a UUID, an e-mail address or a database key with a prefix.
