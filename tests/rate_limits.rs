@@ -7,27 +7,16 @@
 mod common;
 
 use std::cell::Cell;
-use std::future::Future;
 use std::rc::Rc;
 use std::time::Duration;
 
-use common::eio::{sio_connect, sio_next, ws_next, ws_send};
-use common::{connect, run, server, wait_for_stats};
+use common::eio::{data, next_starting, sio_connect, sio_next, ws_next, ws_send};
+use common::{connect, run, server, wait_for_stats, within};
 use corelay::client::{Client, ClientError, PayloadKind, ServerEvent};
 use corelay::config::RateProfile;
 use corelay::proto::native::ErrorCode;
 use corelay::stats::{CloseReason, Refusal};
-use serde_json::{json, Value};
-
-/// Longest wait for one expected thing before the test fails.
-const WAIT: Duration = Duration::from_secs(5);
-
-/// `fut`, failing the test if it takes over [`WAIT`].
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    glommio::timer::timeout(WAIT, async { Ok(fut.await) })
-        .await
-        .unwrap_or_else(|_| panic!("{what}: nothing within {WAIT:?}"))
-}
+use serde_json::json;
 
 /// A profile that limits nothing, to set one bucket on.
 fn unlimited() -> RateProfile {
@@ -255,30 +244,6 @@ fn a_persistent_native_abuser_is_closed_with_1008_while_its_room_keeps_receiving
     );
     assert!(stats.to_string().contains("close.rate_limited=1"));
     srv.stop().unwrap();
-}
-
-/// The data of a Socket.IO text message `prefix<json>`.
-fn data(message: &str, prefix: &str) -> Value {
-    let json = message
-        .strip_prefix(prefix)
-        .unwrap_or_else(|| panic!("expected {prefix}..., got {message}"));
-    serde_json::from_str(json).unwrap_or_else(|e| panic!("{message}: {e}"))
-}
-
-/// Skips messages until one starts with `prefix`.
-async fn next_starting(
-    s: &corelay::client::Stream,
-    codec: &mut corelay::proto::ws::WsCodec,
-    prefix: &str,
-) -> String {
-    loop {
-        let message = within(prefix, sio_next(s, codec))
-            .await
-            .unwrap_or_else(|| panic!("closed while waiting for {prefix}..."));
-        if message.starts_with(prefix) {
-            return message;
-        }
-    }
 }
 
 #[test]

@@ -6,13 +6,12 @@
 
 mod common;
 
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use common::eio::{sio_connect, sio_next, ws_send, ws_send_binary};
-use common::{connect, run, server, still_serving, wait_for_stats};
+use common::eio::{data, next_starting, sio_connect, sio_next, ws_send, ws_send_binary};
+use common::{connect, run, server, still_serving, wait_for_stats, within, WAIT};
 use corelay::client::{ClientError, PayloadKind, ServerEvent};
 use corelay::proto::native::ErrorCode;
 use corelay::proto::socketio::Arg;
@@ -20,16 +19,6 @@ use corelay::socketio::{AckError, Namespace, SocketIo};
 use corelay::stats::{CloseReason, Refusal};
 use corelay::{Config, Server};
 use serde_json::{json, Value};
-
-/// Longest wait for one expected thing before the test fails.
-const WAIT: Duration = Duration::from_secs(5);
-
-/// `fut`, failing the test if it takes over [`WAIT`].
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    glommio::timer::timeout(WAIT, async { Ok(fut.await) })
-        .await
-        .unwrap_or_else(|_| panic!("{what}: nothing within {WAIT:?}"))
-}
 
 /// A one-shard server on 127.0.0.1:0 running `app`, tweaked by `tweak`.
 fn app_server(app: SocketIo, tweak: impl FnOnce(&mut Config)) -> Server {
@@ -40,30 +29,6 @@ fn app_server(app: SocketIo, tweak: impl FnOnce(&mut Config)) -> Server {
     };
     tweak(&mut config);
     Server::start_with(config, app).expect("server starts")
-}
-
-/// The data of a Socket.IO text message `prefix<json>`.
-fn data(message: &str, prefix: &str) -> Value {
-    let json = message
-        .strip_prefix(prefix)
-        .unwrap_or_else(|| panic!("expected {prefix}..., got {message}"));
-    serde_json::from_str(json).unwrap_or_else(|e| panic!("{message}: {e}"))
-}
-
-/// Skips messages until one starts with `prefix` (member notices, pings and the like).
-async fn next_starting(
-    s: &corelay::client::Stream,
-    codec: &mut corelay::proto::ws::WsCodec,
-    prefix: &str,
-) -> String {
-    loop {
-        let message = sio_next(s, codec)
-            .await
-            .unwrap_or_else(|| panic!("closed while waiting for {prefix}..."));
-        if message.starts_with(prefix) {
-            return message;
-        }
-    }
 }
 
 #[test]

@@ -188,3 +188,23 @@ pub async fn sio_next(s: &Stream, codec: &mut WsCodec) -> Option<String> {
         return Some(text);
     }
 }
+
+/// The data of a Socket.IO text message `prefix<json>`.
+pub fn data(message: &str, prefix: &str) -> serde_json::Value {
+    let json = message
+        .strip_prefix(prefix)
+        .unwrap_or_else(|| panic!("expected {prefix}..., got {message}"));
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{message}: {e}"))
+}
+
+/// Skips messages until one starts with `prefix` (member notices, pings and the like).
+pub async fn next_starting(s: &Stream, codec: &mut WsCodec, prefix: &str) -> String {
+    loop {
+        let message = sio_next(s, codec)
+            .await
+            .unwrap_or_else(|| panic!("closed while waiting for {prefix}..."));
+        if message.starts_with(prefix) {
+            return message;
+        }
+    }
+}

@@ -44,6 +44,16 @@ where
     handle.join().expect("test body panicked");
 }
 
+/// Longest wait for one expected thing before a test fails.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// `fut`, failing the test if it takes over [`WAIT`].
+pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    glommio::timer::timeout(WAIT, async { Ok(fut.await) })
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within {WAIT:?}"))
+}
+
 /// The native endpoint URL of a server.
 pub fn url(addr: SocketAddr) -> String {
     format!("ws://{addr}/ws")
