@@ -178,6 +178,14 @@ enum Answer {
     },
 }
 
+/// What a `Welcome` to a `Hello` gives a new session.
+struct Welcome {
+    player: String,
+    shard: u32,
+    session: u64,
+    secret: String,
+}
+
 /// A connected, welcomed client.
 pub struct Client {
     tx: ClientSender,
@@ -232,10 +240,32 @@ impl Client {
     pub async fn connect(config: &ClientConfig) -> Result<Client, ClientError> {
         let deadline = Instant::now() + config.connect_timeout;
         let (tx, mut rx) = Self::open(config, None).await?;
+        let welcome = Self::hello(&tx, &mut rx, config.token.clone(), deadline).await?;
+        Ok(Client {
+            tx,
+            rx,
+            player: welcome.player,
+            shard: welcome.shard,
+            resume: Box::new(ResumeState {
+                config: config.clone(),
+                session: welcome.session,
+                secret: welcome.secret,
+                recovered: false,
+            }),
+        })
+    }
+
+    /// Sends `Hello` and reads its `Welcome` (a fresh session).
+    async fn hello(
+        tx: &ClientSender,
+        rx: &mut ClientReceiver,
+        token: Option<String>,
+        deadline: Instant,
+    ) -> Result<Welcome, ClientError> {
         let req = tx.request(|req| ClientFrame::Hello {
             req,
             version: PROTOCOL_VERSION,
-            token: config.token.clone(),
+            token,
         })?;
         match ws::with_deadline(deadline, rx.answer(req)).await? {
             Answer::Welcome {
@@ -244,17 +274,11 @@ impl Client {
                 session,
                 secret,
                 ..
-            } => Ok(Client {
-                tx,
-                rx,
+            } => Ok(Welcome {
                 player,
                 shard,
-                resume: Box::new(ResumeState {
-                    config: config.clone(),
-                    session,
-                    secret,
-                    recovered: false,
-                }),
+                session,
+                secret,
             }),
             Answer::Error { code, message } => Err(ClientError::Server { code, message }),
             other => Err(ClientError::Protocol(format!(
@@ -356,33 +380,12 @@ impl Client {
             }
         }
         if !resumed {
-            let req = tx.request(|req| ClientFrame::Hello {
-                req,
-                version: PROTOCOL_VERSION,
-                token: self.resume.config.token.clone(),
-            })?;
-            match ws::with_deadline(deadline, rx.answer(req)).await? {
-                Answer::Welcome {
-                    player,
-                    shard,
-                    session,
-                    secret,
-                    ..
-                } => {
-                    self.player = player;
-                    self.shard = shard;
-                    self.resume.session = session;
-                    self.resume.secret = secret;
-                }
-                Answer::Error { code, message } => {
-                    return Err(ClientError::Server { code, message })
-                }
-                other => {
-                    return Err(ClientError::Protocol(format!(
-                        "expected Welcome, got {other:?}"
-                    )))
-                }
-            }
+            let token = self.resume.config.token.clone();
+            let welcome = Self::hello(&tx, &mut rx, token, deadline).await?;
+            self.player = welcome.player;
+            self.shard = welcome.shard;
+            self.resume.session = welcome.session;
+            self.resume.secret = welcome.secret;
         } else {
             // What the old connection delivered and nobody read yet comes before the replay.
             let old = std::mem::take(&mut self.rx.events);
