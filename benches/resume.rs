@@ -71,7 +71,7 @@ fn room(history: bool) -> (Relay, Rc<Outbox>, Rc<Outbox>) {
         Wire::Native,
         Rc::clone(&b),
     );
-    relay.open_session(1, "secret", Identity::anonymous("1".into()));
+    relay.open_session(1, "secret");
     relay.join(0, None, ROOM, now).unwrap();
     relay.join(1, None, ROOM, now).unwrap();
     (relay, a, b)

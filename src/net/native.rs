@@ -219,7 +219,7 @@ impl NativeSession {
                     );
                     let (session, secret) = if relay.keeps_sessions() {
                         let secret = new_secret();
-                        relay.open_session(self.player, &secret, self.auth.identity.clone());
+                        relay.open_session(self.player, &secret);
                         (self.player, secret)
                     } else {
                         (0, String::new())

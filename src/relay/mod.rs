@@ -350,9 +350,9 @@ struct Kept {
 
 #[derive(Debug)]
 struct Player {
-    /// The id others see (`from`, membership notices).
-    name: PlayerName,
-    /// Who it is, for the delivery hook (its claims as of connect or its last refresh).
+    /// Who it is: the id others see (`identity.player`: `from`, membership notices), and
+    /// its claims as of connect or its last refresh (for the delivery hook, and handed back
+    /// to a connection that resumes its session).
     identity: Identity,
     wire: Wire,
     outbox: Rc<Outbox>,
@@ -367,8 +367,6 @@ struct Player {
 struct Session {
     /// Proves a `Resume` comes from the session's owner.
     secret: Box<str>,
-    /// Who the player is, handed back to the connection that resumes the session.
-    identity: Identity,
     /// The connection dropped; the session ends then unless resumed.
     away_until: Option<Instant>,
 }
@@ -443,7 +441,6 @@ impl Relay {
         self.players.insert(
             player,
             Player {
-                name: Arc::clone(&identity.player),
                 identity,
                 wire,
                 outbox,
@@ -525,7 +522,7 @@ impl Relay {
             return Err(ErrorCode::TooManyRooms);
         }
         let home = home_shard(room, self.shards);
-        let (wire, outbox, name) = (p.wire, Rc::clone(&p.outbox), Arc::clone(&p.name));
+        let (wire, outbox, name) = (p.wire, Rc::clone(&p.outbox), Arc::clone(&p.identity.player));
         if home == self.shard {
             let members = self.home_count(self.shard, room)?;
             if let Some(p) = self.players.get_mut(&player) {
@@ -639,16 +636,15 @@ impl Relay {
         self.limits.history.is_some()
     }
 
-    /// Makes `player`'s session resumable with `secret` (history on); `identity` is handed
+    /// Makes `player`'s session resumable with `secret` (history on); its identity is handed
     /// back to the connection that resumes it.
-    pub fn open_session(&mut self, player: PlayerId, secret: &str, identity: Identity) {
+    pub fn open_session(&mut self, player: PlayerId, secret: &str) {
         if self.limits.history.is_none() {
             return;
         }
         if let Some(p) = self.players.get_mut(&player) {
             p.session = Some(Box::new(Session {
                 secret: secret.into(),
-                identity,
                 away_until: None,
             }));
         }
@@ -657,14 +653,9 @@ impl Relay {
     /// Records `player`'s new identity (a refreshed token), for the delivery hook and a later
     /// resume.
     pub fn set_identity(&mut self, player: PlayerId, identity: Identity) {
-        let Some(p) = self.players.get_mut(&player) else {
-            return;
-        };
-        if let Some(s) = p.session.as_mut() {
-            s.identity = identity.clone();
+        if let Some(p) = self.players.get_mut(&player) {
+            p.identity = identity;
         }
-        // The delivery hook reads the player's claims as of its last refresh.
-        p.identity = identity;
     }
 
     /// The connection that sent frames to `outbox` for `player` is gone. A resumable session
@@ -713,7 +704,7 @@ impl Relay {
         let Some(p) = self.players.get_mut(&player) else {
             return;
         };
-        let name = Arc::clone(&p.name);
+        let name = Arc::clone(&p.identity.player);
         let rooms = p.rooms.clone();
         for room in rooms {
             if let Some(m) = self.rooms.get_mut(&room).and_then(|r| r.member_mut(player)) {
@@ -803,7 +794,7 @@ impl Relay {
             return Err(ErrorCode::CannotResume);
         };
         let was_away = s.away_until.take().is_some();
-        let identity = s.identity.clone();
+        let identity = p.identity.clone();
         if was_away {
             self.stats
                 .sessions_away
@@ -828,7 +819,7 @@ impl Relay {
         let Some(p) = self.players.get(&player) else {
             return;
         };
-        let name = Arc::clone(&p.name);
+        let name = Arc::clone(&p.identity.player);
         let rooms = p.rooms.clone();
         for room in &rooms {
             let since = self
@@ -935,7 +926,7 @@ impl Relay {
         };
         // At most `max_rooms_per_connection` entries.
         p.rooms.retain(|r| r != room);
-        let name = Arc::clone(&p.name);
+        let name = Arc::clone(&p.identity.player);
         if let Some(local) = self.rooms.get_mut(room) {
             local.remove(player);
             if local.is_empty() {
@@ -1891,7 +1882,7 @@ mod tests {
         let (a, b) = (outbox(), outbox());
         r.connect(0, who(0), Wire::Native, Rc::clone(&a));
         r.connect(1, who(1), Wire::Native, Rc::clone(&b));
-        r.open_session(1, "s3cret", Identity::anonymous("1".into()));
+        r.open_session(1, "s3cret");
         r.join(0, None, "r", now).unwrap();
         r.join(1, None, "r", now).unwrap();
         r.dropped(1, &b, now);
