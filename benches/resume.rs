@@ -41,6 +41,7 @@ fn limits(history: bool) -> RelayLimits {
             messages: MISSED,
             bytes: 1 << 20,
             window: Duration::from_secs(120),
+            socketio: true,
         }),
     }
 }

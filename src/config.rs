@@ -231,6 +231,12 @@ pub struct ResumeConfig {
     pub window_messages: usize,
     /// Most bytes a room keeps for replay, counted as each message's largest encoding.
     pub window_bytes: usize,
+    /// Socket.IO connection state recovery (socket.io 4.6+): the CONNECT answer carries a
+    /// `pid`, every room event the room's offset as its last argument, and a client that
+    /// sends both back within the window gets its socket back. Off, socket.io sessions end
+    /// with their connection and events carry no offset (for clients that cannot take the
+    /// extra argument); native sessions resume either way.
+    pub socketio: bool,
 }
 
 impl Default for ResumeConfig {
@@ -246,6 +252,8 @@ impl Default for ResumeConfig {
             // 1 MiB, the default `outbound_queue_bytes`: a room's whole replay fits the
             // resuming client's outbound queue at once.
             window_bytes: 1 << 20,
+            // As socket.io's `connectionStateRecovery` when enabled; here on with the rest.
+            socketio: true,
         }
     }
 }
@@ -254,6 +262,11 @@ impl ResumeConfig {
     /// Whether sessions may be resumed (and rooms keep history).
     pub fn enabled(&self) -> bool {
         self.window_ms > 0 && self.window_messages > 0 && self.window_bytes > 0
+    }
+
+    /// Whether socket.io sessions may be recovered (and room events carry offsets).
+    pub fn socketio_enabled(&self) -> bool {
+        self.enabled() && self.socketio
     }
 }
 

@@ -101,9 +101,18 @@ pub(crate) enum Phase {
 pub(crate) struct Sessions {
     slots: RefCell<Vec<Option<Rc<Session>>>>,
     free: RefCell<Vec<u64>>,
+    /// The endpoint whose timers the sessions' keys are.
+    pub(crate) endpoint: Cell<u16>,
 }
 
 impl Sessions {
+    /// No sessions yet, for the endpoint `endpoint` (whose timers their keys are).
+    pub fn of_endpoint(endpoint: u16) -> Sessions {
+        let sessions = Sessions::default();
+        sessions.endpoint.set(endpoint);
+        sessions
+    }
+
     /// The session named `sid`, if it lives here.
     pub fn get(&self, sid: &str) -> Option<Rc<Session>> {
         let id = SessionId::parse(sid)?;
@@ -279,6 +288,12 @@ impl Drop for Admitted {
 }
 
 impl Session {
+    /// The timer (endpoint, key) that reaches this session's `handle_timeout`.
+    pub fn waker(&self) -> (u16, u64) {
+        let endpoint = self.registry.upgrade().map_or(0, |r| r.endpoint.get());
+        (endpoint, self.key)
+    }
+
     /// A new session, registered in `sessions`: on the WebSocket whose outbox is
     /// `websocket`, or (`None`) on long-polling. `admitted` is its place in the session
     /// caps, held until it ends.
@@ -525,7 +540,13 @@ impl Session {
         }
         let handler = self.handler.borrow_mut().take();
         if let Some(Handler::SocketIo(mut sio)) = handler {
-            sio.on_close(self, reason);
+            // A connection lost (the peer went, its socket failed, it fell silent) keeps its
+            // sockets' sessions for recovery; one the server ended for cause does not.
+            let lost = matches!(
+                stat,
+                CloseReason::Peer | CloseReason::Io | CloseReason::Idle
+            );
+            sio.on_close(self, reason, lost);
         }
         if let Some(polling) = &self.polling {
             // The poll that is pending (or comes next) ends: with the close packet when the
@@ -667,7 +688,7 @@ impl Session {
         if !self.is_closed() {
             *self.handler.borrow_mut() = handler;
         } else if let Some(Handler::SocketIo(mut sio)) = handler {
-            sio.on_close(self, "server namespace disconnect");
+            sio.on_close(self, "server namespace disconnect", false);
         }
         result
     }

@@ -68,7 +68,7 @@ impl EngineEndpoint {
             id,
             me: me.clone(),
             app,
-            sessions: Rc::new(Sessions::default()),
+            sessions: Rc::new(Sessions::of_endpoint(id)),
             occupancy,
             handshakes: RefCell::new(RateLimiter::new(rate, rate)),
         })

@@ -21,7 +21,7 @@ use crate::proto::native::{
 use crate::proto::socketio::is_reserved_for_relay;
 use crate::proto::ws::close;
 use crate::rate_limit::{Buckets, Exceeded};
-use crate::relay::{native_frame, valid_name, Body, PlayerId, Reply, Wire};
+use crate::relay::{native_frame, new_secret, valid_name, Body, PlayerId, Reply, Wire};
 use crate::shard::{Cx, Shard, Step};
 use crate::stats::{add, CloseReason, Refusal};
 
@@ -521,14 +521,6 @@ impl WsApp for NativeSession {
             .connections
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
-}
-
-/// A session's resume secret: 128 random bits in hex, from the thread's CSPRNG (ChaCha
-/// seeded by the OS), so that a session cannot be taken by guessing.
-fn new_secret() -> String {
-    use rand::Rng;
-    let mut rng = rand::rng();
-    format!("{:016x}{:016x}", rng.next_u64(), rng.next_u64())
 }
 
 /// The session a `/ws?resume=<session>` request wants back, from its query string.

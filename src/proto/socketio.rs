@@ -824,8 +824,8 @@ impl EncodedEvent {
     }
 }
 
-/// Encodes the relay's `emit(event, payload, from)` on namespace `nsp`: data
-/// `[event, payload, from]`, an `EVENT` for a JSON payload (spliced in without re-parsing)
+/// Encodes the relay's `emit(event, payload, from[, offset])` on namespace `nsp`: data
+/// `[event, payload, from]` (and the recovery `offset` last, when given), an `EVENT` for a JSON payload (spliced in without re-parsing)
 /// or a `BINARY_EVENT` with one attachment for a binary payload. Call it once per
 /// broadcast and send the result to every recipient.
 pub fn encode_relay_event(
@@ -833,14 +833,17 @@ pub fn encode_relay_event(
     event: &str,
     payload: RelayPayload<'_>,
     from: &str,
+    offset: Option<&str>,
 ) -> EncodedEvent {
     const PLACEHOLDER: &str = r#"{"_placeholder":true,"num":0}"#;
     let payload_len = match payload {
         RelayPayload::Json(json) => json.len(),
         RelayPayload::Binary(_) => PLACEHOLDER.len(),
     };
-    // Room for the header, the three array items with quotes and a little escaping.
-    let mut frame = String::with_capacity(16 + nsp.len() + event.len() + payload_len + from.len());
+    // Room for the header, the array items with quotes and a little escaping.
+    let offset_len = offset.map_or(0, |o| o.len() + 3);
+    let mut frame =
+        String::with_capacity(16 + nsp.len() + event.len() + payload_len + from.len() + offset_len);
     frame.push(engineio::PacketType::Message.as_char());
     let attachment = match payload {
         RelayPayload::Json(_) => {
@@ -863,6 +866,10 @@ pub fn encode_relay_event(
     }
     frame.push(',');
     push_json_string(&mut frame, from);
+    if let Some(offset) = offset {
+        frame.push(',');
+        push_json_string(&mut frame, offset);
+    }
     frame.push(']');
     EncodedEvent { frame, attachment }
 }
@@ -1486,7 +1493,13 @@ mod tests {
 
     #[test]
     fn relay_event_with_json_payload() {
-        let encoded = encode_relay_event("/", "chat", RelayPayload::Json(r#"{"text":"hi"}"#), "p1");
+        let encoded = encode_relay_event(
+            "/",
+            "chat",
+            RelayPayload::Json(r#"{"text":"hi"}"#),
+            "p1",
+            None,
+        );
         assert_eq!(encoded.frame, r#"42["chat",{"text":"hi"},"p1"]"#);
         assert_eq!(encoded.socketio_text(), r#"2["chat",{"text":"hi"},"p1"]"#);
         assert_eq!(encoded.attachment, None);
@@ -1500,7 +1513,7 @@ mod tests {
             )
         );
 
-        let encoded = encode_relay_event("/game", "move", RelayPayload::Json("[1,2]"), "p2");
+        let encoded = encode_relay_event("/game", "move", RelayPayload::Json("[1,2]"), "p2", None);
         assert_eq!(encoded.frame, r#"42/game,["move",[1,2],"p2"]"#);
         assert_eq!(complete(encoded.socketio_text()).nsp, "/game");
     }
@@ -1508,7 +1521,7 @@ mod tests {
     #[test]
     fn relay_event_with_binary_payload() {
         let payload = bytes(&[0, 1, 2, 255]);
-        let encoded = encode_relay_event("/", "state", RelayPayload::Binary(&payload), "p1");
+        let encoded = encode_relay_event("/", "state", RelayPayload::Binary(&payload), "p1", None);
         assert_eq!(
             encoded.frame,
             r#"451-["state",{"_placeholder":true,"num":0},"p1"]"#
@@ -1533,7 +1546,7 @@ mod tests {
     fn relay_event_escapes_names() {
         let event = "quote\" back\\ nl\n tab\t ctl\u{1} rs\u{1e} del\u{7f} €";
         let from = "id\"\u{0}";
-        let encoded = encode_relay_event("/", event, RelayPayload::Json("null"), from);
+        let encoded = encode_relay_event("/", event, RelayPayload::Json("null"), from, None);
         assert!(!encoded.frame.contains('\u{1e}'));
         let decoded = complete(encoded.socketio_text());
         assert_eq!(decoded.data, Some(json!([event, null, from])));

@@ -115,9 +115,10 @@ pub enum Body {
 /// WebSocket headers (10 bytes each: a socket.io binary event is a text frame and a binary
 /// one), the socket.io packet's type, attachment count, brackets, quotes and placeholder
 /// (about 40), the sender's id (20 digits), the long-polling separator and `b` marker, and
-/// the native frame's fixed fields (about 40). The sender's name is counted apart (twice, for
-/// JSON escaping). The unit tests check it against every wire.
-pub const EVENT_ENVELOPE: usize = 128;
+/// the native frame's fixed fields (about 40), and the socket.io recovery offset (at most 24
+/// characters, its quotes and comma). The sender's name is counted apart (twice, for JSON
+/// escaping). The unit tests check it against every wire.
+pub const EVENT_ENVELOPE: usize = 160;
 
 /// One fan-out to a room. Shared (`Arc`) by every shard that delivers it; each wire
 /// encoding is computed at most once, by whichever shard needs it first.
@@ -134,6 +135,9 @@ pub struct Broadcast {
     /// The room's sequence number, given by the room's home shard when it keeps history
     /// ([`Broadcast::numbered`]); 0 otherwise.
     pub seq: u64,
+    /// Socket.IO recipients get the room's offset ([`sio_offset`]) as the event's last
+    /// argument (socket.io recovery on).
+    pub offsets: bool,
     native: OnceLock<Bytes>,
     sio_ws: OnceLock<Bytes>,
     sio_polling: OnceLock<Bytes>,
@@ -148,19 +152,27 @@ impl Broadcast {
             body,
             received_at,
             seq: 0,
+            offsets: false,
             native: OnceLock::new(),
             sio_ws: OnceLock::new(),
             sio_polling: OnceLock::new(),
         }
     }
 
-    /// This broadcast with the room's sequence number `seq`. Encodings made before (an
+    /// This broadcast with the room's sequence number `seq`, and with `offsets` its
+    /// socket.io encodings carry the offset made of it. Encodings made before (an
     /// application payload is encoded to be measured) are dropped: they lack the number.
-    pub fn numbered(self, seq: u64) -> Broadcast {
+    pub fn numbered(self, seq: u64, offsets: bool) -> Broadcast {
         Broadcast {
             seq,
+            offsets,
             ..Broadcast::new(self.room, self.exclude, self.body, self.received_at)
         }
+    }
+
+    /// The socket.io offset of this broadcast, if its socket.io recipients get one.
+    pub fn offset(&self) -> Option<String> {
+        (self.offsets && self.seq > 0).then(|| sio_offset(&self.room, self.seq))
     }
 
     /// The complete WebSocket frame for a recipient on `wire`, encoded on first use.
@@ -212,12 +224,14 @@ impl Broadcast {
             | Body::MemberLeft { player, .. }
             | Body::MemberAway { player }
             | Body::MemberBack { player } => names("", player),
+            // Measured before its home numbers it: room for the offset numbering adds.
             Body::Nested { .. } | Body::Emit { .. } => {
                 [Wire::Native, Wire::SioWs, Wire::SioPolling]
                     .into_iter()
                     .map(|wire| self.frame(wire).len())
                     .max()
                     .unwrap_or(0)
+                    + OFFSET_ARG
             }
         }
     }
@@ -225,8 +239,17 @@ impl Broadcast {
     /// The Engine.IO message text (`4...`) and attachments for socket.io recipients.
     fn encode_socketio(&self) -> (String, Vec<Bytes>) {
         let (nsp, room) = split_room_key(&self.room);
+        let offset = self.offset();
+        // The offset is the last argument, as socket.io's recovery appends it.
+        let with_offset = |args: &mut Vec<Arg>| {
+            if let Some(offset) = &offset {
+                args.push(Arg::Json(offset.as_str().into()));
+            }
+        };
         let notice = |event: &str, data: serde_json::Value| {
-            let packet = socketio::Packet::event(nsp, event, [Arg::Json(data)]);
+            let mut args = vec![Arg::Json(data)];
+            with_offset(&mut args);
+            let packet = socketio::Packet::event(nsp, event, args);
             (packet.encode_engineio(), Vec::new())
         };
         match &self.body {
@@ -245,10 +268,11 @@ impl Broadcast {
                         .filter(|t| serde_json::from_str::<serde::de::IgnoredAny>(t).is_ok()),
                     PayloadKind::Binary => None,
                 };
-                let encoded = match json {
-                    Some(text) => encode_relay_event(nsp, event, RelayPayload::Json(text), from),
-                    None => encode_relay_event(nsp, event, RelayPayload::Binary(payload), from),
+                let payload = match json {
+                    Some(text) => RelayPayload::Json(text),
+                    None => RelayPayload::Binary(payload),
                 };
+                let encoded = encode_relay_event(nsp, event, payload, from, offset.as_deref());
                 (encoded.frame, encoded.attachment.into_iter().collect())
             }
             Body::Nested {
@@ -256,7 +280,8 @@ impl Broadcast {
                 event,
                 payload,
             } => {
-                let args = [payload.clone(), Arg::Json(from.as_ref().into())];
+                let mut args = vec![payload.clone(), Arg::Json(from.as_ref().into())];
+                with_offset(&mut args);
                 let packet = socketio::Packet::event(nsp, event, args);
                 (packet.encode_engineio(), packet.attachments)
             }
@@ -286,7 +311,9 @@ impl Broadcast {
                 serde_json::json!({"room": room, "player": &**player}),
             ),
             Body::Emit { event, args } => {
-                let packet = socketio::Packet::event(nsp, event, args.iter().cloned());
+                let mut args = args.clone();
+                with_offset(&mut args);
+                let packet = socketio::Packet::event(nsp, event, args);
                 (packet.encode_engineio(), packet.attachments)
             }
         }
@@ -381,6 +408,43 @@ impl Broadcast {
         };
         native_frame(&frame)
     }
+}
+
+/// What a socket.io offset adds to an event at most: 24 characters, quotes and a comma.
+const OFFSET_ARG: usize = 8 + 16 + 3;
+
+/// A 32-bit hash of a room key (FNV-1a), naming the room in socket.io offsets.
+pub fn room_tag(room: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in room.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+/// The socket.io offset of broadcast `seq` of `room`: the room's tag in 8 hex digits, then
+/// the number in hex. The client sends back the last one it processed; the server knows
+/// from it where the client stands in each of its rooms (docs/SESSIONS.md).
+pub fn sio_offset(room: &str, seq: u64) -> String {
+    format!("{:08x}{seq:x}", room_tag(room))
+}
+
+/// The room tag and number of a socket.io offset; `None` for anything else (the official
+/// client sends the last string argument of any event it processed).
+pub fn parse_sio_offset(offset: &str) -> Option<(u32, u64)> {
+    let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
+    if offset.len() > 8 + 16 || !offset.is_ascii() {
+        return None;
+    }
+    let (tag, seq) = offset.split_at_checked(8)?;
+    if !hex(tag) || !hex(seq) {
+        return None;
+    }
+    Some((
+        u32::from_str_radix(tag, 16).ok()?,
+        u64::from_str_radix(seq, 16).ok()?,
+    ))
 }
 
 /// An Engine.IO message and its attachments as WebSocket frames, back to back in one buffer.
@@ -502,7 +566,9 @@ mod tests {
 
     fn check(room: &str, body: Body) {
         let bcast = Broadcast::new(room.to_owned(), 0, body, Instant::now());
+        // Measured before numbering; delivered numbered, with the longest offset.
         let bound = bcast.max_frame_len();
+        let bcast = bcast.numbered(u64::MAX, true);
         for wire in WIRES {
             let len = bcast.frame(wire).len();
             assert!(
@@ -567,6 +633,40 @@ mod tests {
     }
 
     #[test]
+    fn offsets_name_the_room_and_number_and_nothing_else_parses() {
+        let offset = sio_offset("match-7", 0x1f);
+        assert_eq!(offset.len(), 10);
+        assert_eq!(parse_sio_offset(&offset), Some((room_tag("match-7"), 0x1f)));
+        let longest = sio_offset("r", u64::MAX);
+        assert_eq!(longest.len(), 24);
+        assert_eq!(parse_sio_offset(&longest), Some((room_tag("r"), u64::MAX)));
+        for other in [
+            "",
+            "p1",
+            "1234567",
+            "12345678",
+            "1234567g1",
+            "+2345678a",
+            "é234567812",
+        ] {
+            assert_eq!(parse_sio_offset(other), None, "{other}");
+        }
+        // Socket.IO recipients get it last; native ones carry the number in the frame.
+        let bcast = Broadcast::new(
+            "match-7".into(),
+            0,
+            Body::MemberAway {
+                player: Arc::from("p"),
+            },
+            Instant::now(),
+        )
+        .numbered(0x1f, true);
+        let text = bcast.frame(Wire::SioPolling);
+        let expected = format!(r#"42["member_away",{{"player":"p","room":"match-7"}},"{offset}"]"#);
+        assert_eq!(std::str::from_utf8(&text).unwrap(), expected);
+    }
+
+    #[test]
     fn application_payloads_are_measured_as_encoded() {
         let big = Bytes::from(vec![1u8; 30_000]);
         let bcast = Broadcast::new(
@@ -579,8 +679,9 @@ mod tests {
             Instant::now(),
         );
         let bound = bcast.max_frame_len();
-        // Native recipients get the buffer as base64 inside a JSON array: the largest here.
-        assert_eq!(bound, bcast.frame(Wire::Native).len());
+        // Native recipients get the buffer as base64 inside a JSON array: the largest here,
+        // and room for the offset its numbering adds for socket.io recipients.
+        assert_eq!(bound, bcast.frame(Wire::Native).len() + OFFSET_ARG);
         assert!(bound > big.len() * 4 / 3);
     }
 }

@@ -34,6 +34,7 @@
 
 mod broadcast;
 mod outbox;
+mod recovery;
 
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
@@ -43,10 +44,15 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 pub use broadcast::{
-    native_frame, room_key, sio_polling_text, sio_ws_frames, split_room_key, Body, Broadcast,
-    PlayerId, PlayerName, Reply, Wire, EVENT_ENVELOPE,
+    native_frame, parse_sio_offset, room_key, room_tag, sio_offset, sio_polling_text,
+    sio_ws_frames, split_room_key, Body, Broadcast, PlayerId, PlayerName, Reply, Wire,
+    EVENT_ENVELOPE,
 };
 pub use outbox::{Drained, Outbox, OutboxLimits, PushError, ReadyQueue};
+pub use recovery::{
+    parse_sio_pid, sio_pid, Moved, RecoverRequest, Recovery, RecoveryTicket, Waker,
+};
+use recovery::{DeliveryLog, Pending};
 
 use crate::auth::Identity;
 use crate::hooks::{Hooks, Message};
@@ -104,6 +110,9 @@ pub struct HistoryLimits {
     /// Oldest message kept, and how long a dropped session may be resumed
     /// (`resume.window_ms`).
     pub window: Duration,
+    /// Socket.IO sessions are recoverable and their events carry offsets
+    /// (`resume.socketio`).
+    pub socketio: bool,
 }
 
 impl RelayLimits {
@@ -118,6 +127,7 @@ impl RelayLimits {
                 messages: config.resume.window_messages,
                 bytes: config.resume.window_bytes,
                 window: Duration::from_millis(config.resume.window_ms),
+                socketio: config.resume.socketio,
             }),
         }
     }
@@ -188,6 +198,31 @@ pub enum MeshMsg {
         name: PlayerName,
         /// The last number it received.
         after: u64,
+        /// The shard that held the session before (a recovered socket.io session moves to
+        /// the shard its client reconnected to): its place in the count moves here.
+        moved_from: Option<ShardId>,
+        /// Whether to replay and tell the room it is back (not when the connection that
+        /// recovered it is gone already: it stays away).
+        replay: bool,
+    },
+    /// new shard -> every other shard: a socket.io client reconnected there with a pid;
+    /// whoever holds the session hands it over.
+    Recover {
+        /// The session's player.
+        player: PlayerId,
+        /// The pid's secret.
+        secret: Box<str>,
+        /// The last offset the client processed.
+        offset: Option<(u32, u64)>,
+        /// The player id its token names, if any.
+        expect: Option<PlayerName>,
+    },
+    /// answer to `Recover`: the session (`None` from shards that do not hold it, or refuse).
+    Recovered {
+        /// The session's player.
+        player: PlayerId,
+        /// The session, taken out of the old shard's rooms.
+        moved: Option<Box<Moved>>,
     },
     /// home -> origin: what a resuming member missed, in order. Deliveries after this one
     /// on the same path are newer, so the origin delivers to the member again from here.
@@ -358,7 +393,8 @@ struct Player {
     outbox: Rc<Outbox>,
     /// Rooms the player is in or joining (at most `max_rooms_per_connection`).
     rooms: Vec<String>,
-    /// A native session that may be resumed; boxed, since socket.io players have none.
+    /// A session that may be resumed (native) or recovered (socket.io); boxed, since
+    /// without history players have none.
     session: Option<Box<Session>>,
 }
 
@@ -369,6 +405,9 @@ struct Session {
     secret: Box<str>,
     /// The connection dropped; the session ends then unless resumed.
     away_until: Option<Instant>,
+    /// A socket.io session's deliveries, to place its client's offset; native clients
+    /// report their place per room instead.
+    log: Option<Box<DeliveryLog>>,
 }
 
 /// A session taken back by [`Relay::resume`].
@@ -395,6 +434,10 @@ pub struct Relay {
     latency: Histogram<u64>,
     /// The server's authorization hooks; the relay runs the delivery hook.
     hooks: Arc<Hooks>,
+    /// Socket.IO recoveries this shard asked the others for, by player.
+    pending: HashMap<PlayerId, Pending>,
+    /// Timers to fire for sessions whose recovery was decided.
+    wakeups: Vec<Waker>,
 }
 
 impl Relay {
@@ -417,6 +460,8 @@ impl Relay {
             stats,
             latency: new_latency_histogram(),
             hooks: Arc::new(Hooks::new()),
+            pending: HashMap::new(),
+            wakeups: Vec::new(),
         }
     }
 
@@ -646,6 +691,7 @@ impl Relay {
             p.session = Some(Box::new(Session {
                 secret: secret.into(),
                 away_until: None,
+                log: None,
             }));
         }
     }
@@ -663,12 +709,21 @@ impl Relay {
     /// resumed ([`Relay::expire`]). Without one the player disconnects. Nothing happens when
     /// another connection took the session over (`outbox` is no longer the player's).
     pub fn dropped(&mut self, player: PlayerId, outbox: &Rc<Outbox>, now: Instant) {
-        let Some(p) = self.players.get_mut(&player) else {
+        let Some(p) = self.players.get(&player) else {
             return;
         };
         if !Rc::ptr_eq(&p.outbox, outbox) {
             return;
         }
+        self.lose(player, now);
+    }
+
+    /// `player`'s connection is lost (whichever it was): a resumable session is detached
+    /// as [`Relay::dropped`] says; without one the player disconnects.
+    pub fn lose(&mut self, player: PlayerId, now: Instant) {
+        let Some(p) = self.players.get_mut(&player) else {
+            return;
+        };
         match (self.limits.history, p.session.as_mut()) {
             (Some(limits), Some(session)) if session.away_until.is_none() => {
                 let until = now + limits.window;
@@ -780,6 +835,7 @@ impl Relay {
             .players
             .get(&session)
             .and_then(|p| p.session.as_ref())
+            .filter(|s| s.log.is_none())
             .map(|s| &*s.secret);
         // Compared in constant time, against a stand-in when there is no such session.
         let matches = secret_eq(known.unwrap_or("-no-session-"), secret) && known.is_some();
@@ -848,6 +904,8 @@ impl Relay {
                         player,
                         name: Arc::clone(&name),
                         after,
+                        moved_from: None,
+                        replay: true,
                     },
                 );
             }
@@ -899,17 +957,24 @@ impl Relay {
             add(&self.stats.resume_gaps, 1);
         }
         let (wire, outbox) = (p.wire, Rc::clone(&p.outbox));
-        // Only native sessions resume; the `Resumed` frame is native.
-        let _ = outbox.push(native_frame(&ServerFrame::Resumed {
-            room: room.to_owned(),
-            members,
-            replayed: missed.len() as u32,
-            gap,
-        }));
+        if wire == Wire::Native {
+            let _ = outbox.push(native_frame(&ServerFrame::Resumed {
+                room: room.to_owned(),
+                members,
+                replayed: missed.len() as u32,
+                gap,
+            }));
+        }
+        // Socket.IO has no word for a gap: the client's offsets skip numbers.
+        let cap = self.limits.history.map_or(0, |h| h.messages);
+        let tag = room_tag(room);
         for bcast in missed {
             // The window fits the outbound queue (config check), so this overflows only
             // when the client's queue was full already; then it is closed, as any slow one.
             let _ = outbox.push(bcast.frame(wire));
+            if bcast.offsets && wire != Wire::Native {
+                Self::log_delivery(&mut self.players, player, tag, bcast.seq, cap);
+            }
         }
         add(&self.stats.messages_out, missed.len() as u64);
         if let Some(m) = self.rooms.get_mut(room).and_then(|r| r.member_mut(player)) {
@@ -1072,7 +1137,7 @@ impl Relay {
                 shared.received_at,
             )
         });
-        let bcast = Arc::new(owned.numbered(home.seq));
+        let bcast = Arc::new(owned.numbered(home.seq, limits.socketio));
         let size = bcast.max_frame_len();
         home.kept.push_back(Kept {
             at: now,
@@ -1186,7 +1251,15 @@ impl Relay {
                 player,
                 name,
                 after,
+                moved_from,
+                replay,
             } => {
+                if let Some(old) = moved_from {
+                    self.move_count(&room, old, from);
+                }
+                if !replay {
+                    return;
+                }
                 let (members, gap, missed) = self.missed(&room, player, after, now);
                 // The replay goes before the notice and every later message of the room, on
                 // the same FIFO path: the origin delivers to the player again from here.
@@ -1209,6 +1282,21 @@ impl Relay {
                 gap,
                 missed,
             } => self.replay(&room, player, members, gap, &missed),
+            MeshMsg::Recover {
+                player,
+                secret,
+                offset,
+                expect,
+            } => self.on_recover(
+                from,
+                RecoverRequest {
+                    player,
+                    secret,
+                    offset,
+                    expect,
+                },
+            ),
+            MeshMsg::Recovered { player, moved } => self.on_recovered(from, player, moved, now),
         }
     }
 
@@ -1428,6 +1516,11 @@ impl Relay {
             .delivery()
             .and_then(|f| Some((f, Message::of(&bcast.room, &bcast.body)?)));
         let mut delivered = 0;
+        // Socket.IO members' logs place the offset their client sends back (recovery on).
+        let logged = bcast.offsets.then(|| {
+            let cap = self.limits.history.map_or(0, |h| h.messages);
+            (room_tag(&bcast.room), cap)
+        });
         for m in &room.members {
             if m.player == bcast.exclude || m.away {
                 continue;
@@ -1445,6 +1538,9 @@ impl Relay {
             // A full outbox closes its own connection (slow consumer); the room goes on.
             if m.outbox.push(bcast.frame(m.wire)).is_ok() {
                 delivered += 1;
+                if let (Some((tag, cap)), Wire::SioWs | Wire::SioPolling) = (logged, m.wire) {
+                    Self::log_delivery(&mut self.players, m.player, tag, bcast.seq, cap);
+                }
             }
         }
         if delivered > 0 {
@@ -1477,6 +1573,14 @@ impl Relay {
 
 /// Whether two secrets are equal, in time that depends on their lengths only (a `Resume`
 /// must not learn a secret byte by byte from how fast it is refused).
+/// A session's secret: 128 random bits in hex, from the thread's CSPRNG (ChaCha seeded by
+/// the OS), so that a session cannot be taken by guessing.
+pub fn new_secret() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    format!("{:016x}{:016x}", rng.next_u64(), rng.next_u64())
+}
+
 fn secret_eq(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     let mut diff = u8::from(a.len() != b.len());
@@ -1876,6 +1980,7 @@ mod tests {
             messages: 5,
             bytes: 1 << 20,
             window: Duration::from_secs(60),
+            socketio: true,
         });
         let mut r = Relay::new(0, 1, limits, Arc::clone(&stats));
         let now = Instant::now();

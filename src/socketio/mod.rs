@@ -228,6 +228,8 @@ pub(crate) struct SocketCore {
     connected: Cell<bool>,
     /// Answers the client owes, with their deadlines.
     acks: RefCell<ack::PendingAcks>,
+    /// The socket is a recovered session (connection state recovery).
+    recovered: bool,
 }
 
 /// One client's connection to one namespace, as application handlers see it.
@@ -268,6 +270,13 @@ impl Socket {
     /// The auth payload the client sent with CONNECT (`{}` when none).
     pub fn auth(&self) -> &Value {
         &self.core.auth
+    }
+
+    /// Whether this socket recovered a session its client lost (socket.io's connection
+    /// state recovery, `socket.recovered`): same id, same rooms, and the room events it
+    /// missed were replayed to it.
+    pub fn recovered(&self) -> bool {
+        self.core.recovered
     }
 
     /// Whether the socket is still connected.

@@ -22,7 +22,10 @@ use crate::proto::socketio::{
     MAIN_NAMESPACE,
 };
 use crate::rate_limit::{Buckets, Exceeded};
-use crate::relay::{valid_name, Body};
+use crate::relay::{
+    new_secret, parse_sio_offset, parse_sio_pid, sio_pid, valid_name, Body, PlayerId,
+    RecoverRequest, Recovery, RecoveryTicket,
+};
 use crate::stats::{add, CloseReason, Refusal};
 
 /// Most binary attachments one packet may announce: official clients send one per binary
@@ -83,6 +86,42 @@ pub(crate) struct SioSession {
     sockets: Sockets,
     assembler: BinaryAssembler,
     stage: Stage,
+    /// Namespaces whose CONNECT waits for other shards to decide a recovery (boxed: a
+    /// session rarely has any, and every session pays for the field).
+    recovering: Option<Box<Vec<Recovering>>>,
+}
+
+/// How long a CONNECT waits for the other shards to answer a recovery before the socket
+/// gets a fresh session (they answer within a mesh round trip unless one is stuck).
+const RECOVERY_WAIT: Duration = Duration::from_secs(5);
+
+/// A namespace CONNECT, checked, that gets its socket once the recovery is decided.
+struct Admission {
+    nsp: String,
+    namespace: Arc<Namespace>,
+    auth: Value,
+    /// The player its token names, if it presented one.
+    verified: Option<Identity>,
+}
+
+/// A CONNECT waiting for a recovery that other shards decide.
+struct Recovering {
+    admission: Admission,
+    player: PlayerId,
+    secret: Box<str>,
+    ticket: RecoveryTicket,
+    asked: Instant,
+}
+
+impl Recovering {
+    /// When the session must look at it: now if decided, else when it stops waiting.
+    fn due(&self) -> Instant {
+        if self.ticket.outcome().is_some() {
+            self.asked
+        } else {
+            self.asked + RECOVERY_WAIT
+        }
+    }
 }
 
 impl SioSession {
@@ -93,6 +132,7 @@ impl SioSession {
             // Replaced with the configured limits by `start`.
             assembler: BinaryAssembler::new(MAX_ATTACHMENTS, 0),
             stage: Stage::New,
+            recovering: None,
         }
     }
 
@@ -127,11 +167,16 @@ impl SioSession {
             .sockets
             .values()
             .filter_map(|(core, _)| core.expires.get());
+        let recoveries = self
+            .recovering
+            .iter()
+            .flat_map(|r| r.iter().map(Recovering::due));
         [self.connect_deadline(), self.assembler.deadline()]
             .into_iter()
             .flatten()
             .chain(acks)
             .chain(expiries)
+            .chain(recoveries)
             .min()
     }
 
@@ -150,6 +195,7 @@ impl SioSession {
             // The reference ends a session whose packets do not parse the same way.
             return Err(("parse error", CloseReason::Invalid));
         }
+        self.recoveries_decided(session, now);
         // A socket whose token expired is told why (an `error` event: the DISCONNECT packet
         // carries no reason) and disconnected; its session and other namespaces go on.
         let lapsed: Vec<String> = self
@@ -174,7 +220,7 @@ impl SioSession {
                 socket.send(Packet::disconnect(&nsp));
             }
             session.shard.stats.count_close(CloseReason::Unauthorized);
-            self.remove(session, &nsp, "token expired");
+            self.remove(session, &nsp, "token expired", false);
         }
         let expired: Vec<AckCallback> = self
             .sockets
@@ -226,11 +272,14 @@ impl SioSession {
         }
     }
 
-    /// The session ended: every socket disconnects with `reason`.
-    pub fn on_close(&mut self, session: &Rc<Session>, reason: &str) {
+    /// The session ended: every socket disconnects with `reason`. With `lost` (the
+    /// connection went, the server did not end it) their sessions wait for recovery.
+    pub fn on_close(&mut self, session: &Rc<Session>, reason: &str, lost: bool) {
+        // A recovery still undecided: the relay keeps the session away when it comes.
+        self.recovering = None;
         let names: Vec<String> = self.sockets.keys().cloned().collect();
         for nsp in names {
-            self.remove(session, &nsp, reason);
+            self.remove(session, &nsp, reason, lost);
         }
     }
 
@@ -245,19 +294,21 @@ impl SioSession {
 
     /// Disconnects one namespace socket on the server's initiative.
     pub fn disconnect(&mut self, session: &Rc<Session>, nsp: &str) {
-        self.remove(session, nsp, "server namespace disconnect");
+        self.remove(session, nsp, "server namespace disconnect", false);
     }
 
-    fn remove(&mut self, session: &Rc<Session>, nsp: &str, reason: &str) {
+    fn remove(&mut self, session: &Rc<Session>, nsp: &str, reason: &str, lost: bool) {
         let Some((core, namespace)) = self.sockets.remove(nsp) else {
             return;
         };
         core.connected.set(false);
-        session
-            .shard
-            .relay
-            .borrow_mut()
-            .disconnect(core.player, Instant::now());
+        let mut relay = session.shard.relay.borrow_mut();
+        if lost {
+            relay.lose(core.player, Instant::now());
+        } else {
+            relay.disconnect(core.player, Instant::now());
+        }
+        drop(relay);
         // Taken before any is called: a callback may use the socket again.
         let unanswered = core.acks.borrow_mut().take_all();
         for callback in unanswered {
@@ -294,7 +345,7 @@ impl SioSession {
         match packet.packet_type {
             PacketType::Connect => self.connect(session, packet, now),
             PacketType::Disconnect => {
-                self.remove(session, &packet.nsp, "client namespace disconnect");
+                self.remove(session, &packet.nsp, "client namespace disconnect", false);
                 Ok(())
             }
             PacketType::Event | PacketType::BinaryEvent => {
@@ -343,7 +394,8 @@ impl SioSession {
             session.send(&refusal.encode_engineio(), &[]);
             return Ok(());
         };
-        if self.sockets.contains_key(&nsp) {
+        let recovering = |r: &Vec<Recovering>| r.iter().any(|r| r.admission.nsp == nsp);
+        if self.sockets.contains_key(&nsp) || self.recovering.as_deref().is_some_and(recovering) {
             // Already connected: a broken client; the reference server ignores it too.
             return Ok(());
         }
@@ -362,21 +414,13 @@ impl SioSession {
             }
         }
         let shard = Rc::clone(&session.shard);
-        let player = shard.next_player_id();
         let token = auth.get("token").and_then(Value::as_str);
         let verified = match &self.app.verifier {
             Some(verifier) => verifier.check(token),
             None => Ok(None),
         };
-        // The socket id is the player id's text, which an anonymous player is also known
-        // by: one string for both.
-        let (identity, id) = match verified {
-            Ok(Some(identity)) => (identity, Arc::from(player.to_string())),
-            Ok(None) => {
-                let identity = Identity::anonymous(player.to_string());
-                let id = Arc::clone(&identity.player);
-                (identity, id)
-            }
+        let verified = match verified {
+            Ok(verified) => verified,
             Err(why) => {
                 // What the official client turns into the `connect_error` Error: `message`
                 // its message, `data` its `data`.
@@ -395,9 +439,105 @@ impl SioSession {
                 return Ok(());
             }
         };
+        let admission = Admission {
+            nsp,
+            namespace,
+            auth,
+            verified,
+        };
+        let recover = shard.relay.borrow().recovers_sio();
+        if let Some(req) = recover.then(|| recover_request(&admission)).flatten() {
+            let (outbox, wire) = session.transport();
+            let (player, secret) = (req.player, req.secret.clone());
+            let outcome = shard
+                .relay
+                .borrow_mut()
+                .recover(req, wire, outbox, session.waker(), now);
+            match outcome {
+                Recovery::Recovered(identity) => {
+                    return self.admit(session, admission, player, &secret, Some(identity), now);
+                }
+                Recovery::Pending(ticket) => {
+                    self.recovering.get_or_insert_default().push(Recovering {
+                        admission,
+                        player,
+                        secret,
+                        ticket,
+                        asked: now,
+                    });
+                    return Ok(());
+                }
+                Recovery::Failed => {}
+            }
+        }
+        let player = shard.next_player_id();
+        self.admit(session, admission, player, &new_secret(), None, now)
+    }
+
+    /// Connects the CONNECTs whose recovery other shards decided, or that waited too long
+    /// (those get a fresh session).
+    fn recoveries_decided(&mut self, session: &Rc<Session>, now: Instant) {
+        let Some(all) = self.recovering.take() else {
+            return;
+        };
+        let (due, waiting): (Vec<Recovering>, Vec<Recovering>) =
+            all.into_iter().partition(|r| r.due() <= now);
+        if !waiting.is_empty() {
+            self.recovering = Some(Box::new(waiting));
+        }
+        for r in due {
+            let result = match r.ticket.outcome() {
+                Some(Some(identity)) => self.admit(
+                    session,
+                    r.admission,
+                    r.player,
+                    &r.secret,
+                    Some(identity),
+                    now,
+                ),
+                _ => {
+                    let player = session.shard.next_player_id();
+                    self.admit(session, r.admission, player, &new_secret(), None, now)
+                }
+            };
+            // A namespace CONNECT never ends the session.
+            debug_assert!(result.is_ok());
+        }
+    }
+
+    /// Gives the checked CONNECT `a` its socket: the recovered session of `player` (whose
+    /// identity was `recovered`), or a fresh one with that id, and answers the client.
+    fn admit(
+        &mut self,
+        session: &Rc<Session>,
+        a: Admission,
+        player: PlayerId,
+        secret: &str,
+        recovered: Option<Identity>,
+        now: Instant,
+    ) -> Result<(), CloseReason> {
+        let shard = Rc::clone(&session.shard);
+        let was_recovered = recovered.is_some();
+        // A token presented again names the player (the relay checked it is the session's).
+        let identity = a
+            .verified
+            .or(recovered)
+            .unwrap_or_else(|| Identity::anonymous(player.to_string()));
+        // The socket id is the player id's text, which an anonymous player is also known
+        // by: one string for both.
+        let text = player.to_string();
+        let id: Arc<str> = if *identity.player == *text {
+            Arc::clone(&identity.player)
+        } else {
+            Arc::from(text)
+        };
+        let nsp = a.nsp;
         if let Err(why) = self.app.hooks.check_handshake(&identity) {
             // As a refused token: the official client's `connect_error` shows the message.
             shard.stats.count_refusal(Refusal::Forbidden);
+            if was_recovered {
+                shard.relay.borrow_mut().disconnect(player, now);
+            }
             let refusal = Packet {
                 packet_type: PacketType::ConnectError,
                 nsp: nsp.clone(),
@@ -421,19 +561,25 @@ impl SioSession {
             id,
             player,
             nsp: nsp.clone(),
-            auth,
+            auth: a.auth,
             identity: RefCell::new(identity),
             expires: Cell::new(expires),
             shard: Rc::clone(&shard),
             session: Rc::downgrade(session),
             connected: Cell::new(true),
             acks: RefCell::new(PendingAcks::default()),
+            recovered: was_recovered,
         });
-        let (outbox, wire) = session.transport();
-        shard
-            .relay
-            .borrow_mut()
-            .connect(player, relayed_as, wire, outbox);
+        let mut relay = shard.relay.borrow_mut();
+        if was_recovered {
+            relay.set_identity(player, relayed_as);
+        } else {
+            let (outbox, wire) = session.transport();
+            relay.connect(player, relayed_as, wire, outbox);
+            relay.open_sio_session(player, secret);
+        }
+        let recovers = relay.recovers_sio();
+        drop(relay);
         if !matches!(self.stage, Stage::Connected(_)) {
             // The limits are the session's, set by its first namespace: they bound what
             // one connection sends, whichever namespace it sends on.
@@ -442,11 +588,19 @@ impl SioSession {
             let sustained = Duration::from_millis(limits.sustained_ms);
             self.stage = Stage::Connected(Buckets::new(&profile, sustained, now));
         }
-        let answer = Packet::connect(&nsp, Some(json!({ "sid": &*core.id })));
+        // With recovery on, the private session id that the client sends back, as
+        // socket.io 4.6+ answers (`pid`); the official client keeps it and sets
+        // `socket.recovered` when a later answer gives the same one.
+        let data = if recovers {
+            json!({ "sid": &*core.id, "pid": sio_pid(player, secret) })
+        } else {
+            json!({ "sid": &*core.id })
+        };
+        let answer = Packet::connect(&nsp, Some(data));
         session.send(&answer.encode_engineio(), &[]);
         self.sockets
-            .insert((Rc::clone(&core), Arc::clone(&namespace)));
-        if let Some(f) = &namespace.on_connect {
+            .insert((Rc::clone(&core), Arc::clone(&a.namespace)));
+        if let Some(f) = &a.namespace.on_connect {
             f(&Socket { core });
         }
         Ok(())
@@ -521,7 +675,7 @@ impl SioSession {
         let names: Vec<String> = self.sockets.keys().cloned().collect();
         for nsp in names {
             session.send(&Packet::disconnect(&nsp).encode_engineio(), &[]);
-            self.remove(session, &nsp, "rate limited");
+            self.remove(session, &nsp, "rate limited", false);
         }
         session.close("rate limited", CloseReason::RateLimited);
     }
@@ -530,6 +684,23 @@ impl SioSession {
 /// The `tier` claim of the token a socket connected with, which picks its rate-limit
 /// profile (`[rate_limits.tiers.<name>]`): read from the verified claims, never from the
 /// CONNECT payload itself, which the client writes.
+/// The recovery a CONNECT asks for: its auth payload's `pid` (socket.io 4.6+ sends it
+/// back with `offset`, the last it processed). `None` without a pid, or with an offset that
+/// is no offset of this server's (the session cannot be placed: a fresh one).
+fn recover_request(a: &Admission) -> Option<RecoverRequest> {
+    let (player, secret) = parse_sio_pid(a.auth.get("pid")?.as_str()?)?;
+    let offset = match a.auth.get("offset") {
+        None | Some(Value::Null) => None,
+        Some(offset) => Some(parse_sio_offset(offset.as_str()?)?),
+    };
+    Some(RecoverRequest {
+        player,
+        secret: secret.into(),
+        offset,
+        expect: a.verified.as_ref().map(|i| Arc::clone(&i.player)),
+    })
+}
+
 fn tier_claim(identity: &Identity) -> Option<&str> {
     identity.claims.get("tier").and_then(Value::as_str)
 }
