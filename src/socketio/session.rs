@@ -88,8 +88,12 @@ pub(crate) struct SioSession {
     stage: Stage,
     /// Namespaces whose CONNECT waits for other shards to decide a recovery (boxed: a
     /// session rarely has any, and every session pays for the field).
-    recovering: Option<Box<Vec<Recovering>>>,
+    recovering: Option<Box<Recoveries>>,
 }
+
+/// The CONNECTs of a session that wait for recoveries.
+#[derive(Default)]
+struct Recoveries(Vec<Recovering>);
 
 /// How long a CONNECT waits for the other shards to answer a recovery before the socket
 /// gets a fresh session (they answer within a mesh round trip unless one is stuck).
@@ -170,7 +174,7 @@ impl SioSession {
         let recoveries = self
             .recovering
             .iter()
-            .flat_map(|r| r.iter().map(Recovering::due));
+            .flat_map(|r| r.0.iter().map(Recovering::due));
         [self.connect_deadline(), self.assembler.deadline()]
             .into_iter()
             .flatten()
@@ -394,7 +398,7 @@ impl SioSession {
             session.send(&refusal.encode_engineio(), &[]);
             return Ok(());
         };
-        let recovering = |r: &Vec<Recovering>| r.iter().any(|r| r.admission.nsp == nsp);
+        let recovering = |r: &Recoveries| r.0.iter().any(|r| r.admission.nsp == nsp);
         if self.sockets.contains_key(&nsp) || self.recovering.as_deref().is_some_and(recovering) {
             // Already connected: a broken client; the reference server ignores it too.
             return Ok(());
@@ -458,7 +462,7 @@ impl SioSession {
                     return self.admit(session, admission, player, &secret, Some(identity), now);
                 }
                 Recovery::Pending(ticket) => {
-                    self.recovering.get_or_insert_default().push(Recovering {
+                    self.recovering.get_or_insert_default().0.push(Recovering {
                         admission,
                         player,
                         secret,
@@ -481,9 +485,9 @@ impl SioSession {
             return;
         };
         let (due, waiting): (Vec<Recovering>, Vec<Recovering>) =
-            all.into_iter().partition(|r| r.due() <= now);
+            all.0.into_iter().partition(|r| r.due() <= now);
         if !waiting.is_empty() {
-            self.recovering = Some(Box::new(waiting));
+            self.recovering = Some(Box::new(Recoveries(waiting)));
         }
         for r in due {
             let result = match r.ticket.outcome() {
