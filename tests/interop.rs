@@ -152,6 +152,13 @@ fn node_rate_limits() {
     node_suite("rate_limits.test.js");
 }
 
+/// Connection state recovery as the official client does it by itself: `socket.recovered`,
+/// the same id, and every missed room event once, in order, on either shard.
+#[test]
+fn node_recovery() {
+    node_suite("recovery.test.js");
+}
+
 #[test]
 fn node_auth() {
     node_suite("auth.test.js");
