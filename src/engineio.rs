@@ -505,6 +505,11 @@ impl Session {
         self.ws.borrow().as_ref().is_some_and(|w| Rc::ptr_eq(w, ws))
     }
 
+    /// Whether `outbox` is one of the session's (its polling queue or its WebSocket's).
+    pub fn owns(&self, outbox: &Rc<Outbox>) -> bool {
+        self.polling.as_ref().is_some_and(|p| Rc::ptr_eq(p, outbox)) || self.is_websocket(outbox)
+    }
+
     /// Takes `ws` as the session's one upgrade in flight; `false` when the session is not
     /// polling or another WebSocket is upgrading it already (the reference closes such a
     /// WebSocket and leaves the session alone).

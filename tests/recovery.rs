@@ -287,6 +287,52 @@ fn a_lost_socketio_connection_recovers_on_either_shard_with_exactly_what_it_miss
     });
 }
 
+/// A client that reconnects before the server saw its old connection go (a phone that
+/// changed networks leaves no FIN behind) takes its session over, on the other shard and on
+/// the same one: the old connection is told its socket is disconnected, the rooms see the
+/// player away and back, and the new connection gets what the old one had not processed.
+#[test]
+fn a_reconnect_takes_over_a_session_whose_old_connection_the_server_still_holds() {
+    let srv = server(2, |_| {});
+    let addr = srv.local_addr();
+    run(move || async move {
+        let room = room_homed_on(0, 2);
+        let mut bob = connect(addr).await;
+        bob.join(&room).await.unwrap();
+        let mut alice = SioClient::connect(addr, 0, json!({})).await;
+        alice.call(0, json!(["join", room])).await;
+        let sid = alice.sid().to_owned();
+        let mut next = 0;
+        for shard in [1, 1, 0] {
+            for _ in 0..3 {
+                send(&mut bob, &room, next).await;
+                next += 1;
+            }
+            alice.until_events(3).await;
+            let auth = alice.recovery(1);
+            let missed: Vec<u64> = alice.events[1..].iter().map(|e| number(e).1).collect();
+            // The old connection stays open; a new one recovers the session.
+            let mut old = alice;
+            alice = SioClient::connect(addr, shard, auth).await;
+            assert_eq!(alice.sid(), sid, "recovered on shard {shard}");
+            alice.until_events(missed.len()).await;
+            let got: Vec<u64> = alice.events.iter().map(|e| number(e).1).collect();
+            assert_eq!(got, missed);
+            notices(&mut bob, &sid, 1, away).await;
+            notices(&mut bob, &sid, 1, back).await;
+            // The old connection hears its socket is gone.
+            loop {
+                let text = old.next().await;
+                if text == "41" {
+                    break;
+                }
+                assert!(text.starts_with("42"), "{text}");
+            }
+            alice.events.clear();
+        }
+    });
+}
+
 /// A wrong secret, an offset the server never gave, and a session whose window ended all
 /// get a fresh session; a wrong secret does not end the real one.
 #[test]

@@ -52,7 +52,7 @@ pub use outbox::{Drained, Outbox, OutboxLimits, PushError, ReadyQueue};
 pub use recovery::{
     parse_sio_pid, sio_pid, Moved, RecoverRequest, Recovery, RecoveryTicket, Waker,
 };
-use recovery::{DeliveryLog, Pending};
+use recovery::{Pending, SioLog};
 
 use crate::auth::Identity;
 use crate::hooks::{Hooks, Message};
@@ -216,6 +216,8 @@ pub enum MeshMsg {
         offset: Option<(u32, u64)>,
         /// The player id its token names, if any.
         expect: Option<PlayerName>,
+        /// The namespace the client connects.
+        nsp: Box<str>,
     },
     /// answer to `Recover`: the session (`None` from shards that do not hold it, or refuse).
     Recovered {
@@ -405,9 +407,9 @@ struct Session {
     secret: Box<str>,
     /// The connection dropped; the session ends then unless resumed.
     away_until: Option<Instant>,
-    /// A socket.io session's deliveries, to place its client's offset; native clients
-    /// report their place per room instead.
-    log: Option<Box<DeliveryLog>>,
+    /// A socket.io session's namespace and deliveries, to place its client's offset;
+    /// native clients report their place per room instead.
+    log: Option<Box<SioLog>>,
 }
 
 /// A session taken back by [`Relay::resume`].
@@ -716,6 +718,29 @@ impl Relay {
             return;
         }
         self.lose(player, now);
+    }
+
+    /// The connection whose outboxes `owned` says are its own ended: `player` is lost
+    /// ([`Relay::lose`]) or, unless `lost`, disconnects. Nothing happens when another
+    /// connection took the player over.
+    pub fn release(
+        &mut self,
+        player: PlayerId,
+        owned: impl Fn(&Rc<Outbox>) -> bool,
+        lost: bool,
+        now: Instant,
+    ) {
+        let Some(p) = self.players.get(&player) else {
+            return;
+        };
+        if !owned(&p.outbox) {
+            return;
+        }
+        if lost {
+            self.lose(player, now);
+        } else {
+            self.disconnect(player, now);
+        }
     }
 
     /// `player`'s connection is lost (whichever it was): a resumable session is detached
@@ -1287,14 +1312,17 @@ impl Relay {
                 secret,
                 offset,
                 expect,
+                nsp,
             } => self.on_recover(
                 from,
                 RecoverRequest {
                     player,
+                    nsp,
                     secret,
                     offset,
                     expect,
                 },
+                now,
             ),
             MeshMsg::Recovered { player, moved } => self.on_recovered(from, player, moved, now),
         }

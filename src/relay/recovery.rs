@@ -23,15 +23,24 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::broadcast::room_tag;
+use super::broadcast::{room_tag, sio_polling_text, sio_ws_frames};
 use super::{
     add, home_shard, secret_eq, Identity, Member, MeshMsg, Outbox, Player, PlayerId, PlayerName,
     Relay, Session, ShardId, Wire,
 };
+use crate::proto::socketio::Packet as SioPacket;
 
 /// The shard timer that tells an Engine.IO session its recovery is decided: (endpoint,
 /// key) for [`crate::shard::Shard::set_timer`].
 pub type Waker = (u16, u64);
+
+/// What a recoverable socket.io session keeps besides the secret: its namespace (a pid
+/// recovers a socket of that namespace only) and its [`DeliveryLog`].
+#[derive(Debug)]
+pub(super) struct SioLog {
+    nsp: Box<str>,
+    deliveries: DeliveryLog,
+}
 
 /// Where a socket.io client may stand in its rooms: the numbers it was sent, in the order
 /// sent, as runs of one room each (a socket in one room has one run, extended in place),
@@ -120,6 +129,7 @@ impl DeliveryLog {
 pub struct Moved {
     identity: Identity,
     secret: Box<str>,
+    nsp: Box<str>,
     /// Per room: the number of the notice of its join, and the last number the client
     /// processed.
     rooms: Vec<(String, u64, u64)>,
@@ -176,6 +186,8 @@ pub(super) struct Pending {
 pub struct RecoverRequest {
     /// The socket's player (from the pid).
     pub player: PlayerId,
+    /// The namespace the client connects.
+    pub nsp: Box<str>,
     /// The pid's secret.
     pub secret: Box<str>,
     /// The last offset the client processed, `None` if it sent none.
@@ -200,9 +212,10 @@ pub fn parse_sio_pid(pid: &str) -> Option<(PlayerId, &str)> {
 }
 
 impl Relay {
-    /// Makes socket.io `player`'s session recoverable with `secret` (socket.io recovery on);
-    /// its deliveries are logged from now on. Without recovery, does nothing.
-    pub fn open_sio_session(&mut self, player: PlayerId, secret: &str) {
+    /// Makes socket.io `player`'s session (a socket of namespace `nsp`) recoverable with
+    /// `secret` (socket.io recovery on); its deliveries are logged from now on. Without
+    /// recovery, does nothing.
+    pub fn open_sio_session(&mut self, player: PlayerId, secret: &str, nsp: &str) {
         if !self.recovers_sio() {
             return;
         }
@@ -210,7 +223,10 @@ impl Relay {
             p.session = Some(Box::new(Session {
                 secret: secret.into(),
                 away_until: None,
-                log: Some(Box::default()),
+                log: Some(Box::new(SioLog {
+                    nsp: nsp.into(),
+                    deliveries: DeliveryLog::default(),
+                })),
             }));
         }
     }
@@ -243,7 +259,7 @@ impl Relay {
         if !self.recovers_sio() {
             return Recovery::Failed;
         }
-        if let Some(at) = self.take_for_recovery(&req) {
+        if let Some(at) = self.take_for_recovery(&req, now) {
             let player = req.player;
             add(&self.stats.resumes, 1);
             self.rewire(player, wire, outbox);
@@ -257,7 +273,7 @@ impl Relay {
                 .map(|room| (room.as_str(), position(&at, room)))
                 .collect();
             if let Some(log) = p.session.as_mut().and_then(|s| s.log.as_mut()) {
-                **log = DeliveryLog::starting_at(at);
+                log.deliveries = DeliveryLog::starting_at(at);
             }
             self.replay_missed(player, &last_seen, now);
             return Recovery::Recovered(identity);
@@ -275,6 +291,7 @@ impl Relay {
                     secret: req.secret.clone(),
                     offset: req.offset,
                     expect: req.expect.clone(),
+                    nsp: req.nsp.clone(),
                 },
             );
         }
@@ -292,10 +309,17 @@ impl Relay {
         Recovery::Pending(ticket)
     }
 
-    /// If this shard holds `req`'s session, detached, with that secret and an offset its
-    /// log can place: where its client stands (per room tag, the last number processed),
-    /// and the session is no longer away. Else `None`, after the same comparison.
-    fn take_for_recovery(&mut self, req: &RecoverRequest) -> Option<Vec<(u32, u64)>> {
+    /// If this shard holds `req`'s session, of that namespace, with that secret and an
+    /// offset its log can place: where its client stands (per room tag, the last number
+    /// processed), and the session is no longer away. Else `None`, after the same
+    /// comparison.
+    ///
+    /// A session whose connection the server still holds is taken over (as a native
+    /// `Resume` does): its client may have reconnected before the server saw the old
+    /// connection go (a phone that changed networks leaves no FIN behind). The old
+    /// connection is told its socket is disconnected (a DISCONNECT, which the official
+    /// client does not reconnect from) and the rooms hear the player was away.
+    fn take_for_recovery(&mut self, req: &RecoverRequest, now: Instant) -> Option<Vec<(u32, u64)>> {
         let p = self.players.get(&req.player);
         let session = p.and_then(|p| p.session.as_deref());
         let known = session.filter(|s| s.log.is_some()).map(|s| &*s.secret);
@@ -303,23 +327,34 @@ impl Relay {
         let matches = secret_eq(known.unwrap_or("-no-session-"), &req.secret) && known.is_some();
         let p = p.filter(|_| matches)?;
         let session = p.session.as_deref()?;
+        let log = session.log.as_deref()?;
         let named = req.expect.as_ref().is_none_or(|n| *n == p.identity.player);
-        let at = session.log.as_ref()?.processed(req.offset);
-        if session.away_until.is_none() || !named || at.is_none() {
+        let at = log.deliveries.processed(req.offset);
+        if log.nsp != req.nsp || !named || at.is_none() {
             return None;
         }
-        let p = self.players.get_mut(&req.player)?;
-        p.session.as_mut()?.away_until = None;
-        self.stats
-            .sessions_away
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if session.away_until.is_some() {
+            let p = self.players.get_mut(&req.player)?;
+            p.session.as_mut()?.away_until = None;
+            self.stats
+                .sessions_away
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        } else {
+            let text = SioPacket::disconnect(&req.nsp).encode_engineio();
+            let frame = match p.wire {
+                Wire::SioPolling => sio_polling_text(&text, &[]),
+                _ => sio_ws_frames(&text, &[]),
+            };
+            let _ = p.outbox.push(frame);
+            self.detach(req.player, now);
+        }
         at
     }
 
     /// On a shard asked by `from`: hands the session over if it holds it.
-    pub(super) fn on_recover(&mut self, from: ShardId, req: RecoverRequest) {
+    pub(super) fn on_recover(&mut self, from: ShardId, req: RecoverRequest, now: Instant) {
         let player = req.player;
-        let moved = self.take_for_recovery(&req).and_then(|at| {
+        let moved = self.take_for_recovery(&req, now).and_then(|at| {
             let p = self.players.remove(&player)?;
             let mut rooms = Vec::with_capacity(p.rooms.len());
             for room in p.rooms {
@@ -343,6 +378,7 @@ impl Relay {
             Some(Box::new(Moved {
                 identity: p.identity,
                 secret,
+                nsp: req.nsp.clone(),
                 rooms,
             }))
         });
@@ -381,6 +417,7 @@ impl Relay {
         let Moved {
             identity,
             secret,
+            nsp,
             rooms,
         } = *moved;
         let name = Arc::clone(&identity.player);
@@ -398,7 +435,10 @@ impl Relay {
                 session: Some(Box::new(Session {
                     secret,
                     away_until: None,
-                    log: Some(Box::new(DeliveryLog::starting_at(at))),
+                    log: Some(Box::new(SioLog {
+                        nsp,
+                        deliveries: DeliveryLog::starting_at(at),
+                    })),
                 })),
             },
         );
@@ -478,7 +518,7 @@ impl Relay {
             .and_then(|p| p.session.as_mut())
             .and_then(|s| s.log.as_mut());
         if let Some(log) = log {
-            log.record(tag, seq, cap);
+            log.deliveries.record(tag, seq, cap);
         }
     }
 }

@@ -23,7 +23,7 @@ use crate::proto::socketio::{
 };
 use crate::rate_limit::{Buckets, Exceeded};
 use crate::relay::{
-    new_secret, parse_sio_offset, parse_sio_pid, sio_pid, valid_name, Body, PlayerId,
+    new_secret, parse_sio_offset, parse_sio_pid, sio_pid, valid_name, Body, Outbox, PlayerId,
     RecoverRequest, Recovery, RecoveryTicket,
 };
 use crate::stats::{add, CloseReason, Refusal};
@@ -306,13 +306,13 @@ impl SioSession {
             return;
         };
         core.connected.set(false);
-        let mut relay = session.shard.relay.borrow_mut();
-        if lost {
-            relay.lose(core.player, Instant::now());
-        } else {
-            relay.disconnect(core.player, Instant::now());
-        }
-        drop(relay);
+        // Unless another connection recovered the socket meanwhile.
+        let owned = |outbox: &Rc<Outbox>| session.owns(outbox);
+        session
+            .shard
+            .relay
+            .borrow_mut()
+            .release(core.player, owned, lost, Instant::now());
         // Taken before any is called: a callback may use the socket again.
         let unanswered = core.acks.borrow_mut().take_all();
         for callback in unanswered {
@@ -580,7 +580,7 @@ impl SioSession {
         } else {
             let (outbox, wire) = session.transport();
             relay.connect(player, relayed_as, wire, outbox);
-            relay.open_sio_session(player, secret);
+            relay.open_sio_session(player, secret, &nsp);
         }
         let recovers = relay.recovers_sio();
         drop(relay);
@@ -699,6 +699,7 @@ fn recover_request(a: &Admission) -> Option<RecoverRequest> {
     };
     Some(RecoverRequest {
         player,
+        nsp: a.nsp.as_str().into(),
         secret: secret.into(),
         offset,
         expect: a.verified.as_ref().map(|i| Arc::clone(&i.player)),
