@@ -74,6 +74,11 @@ pub struct Config {
     /// that a high-rate room's messages to one member leave in one write (as Centrifugo's
     /// client write delay does). 0, the default, writes at the end of every turn.
     pub flush_delay_us: u64,
+    /// Let `corelay serve` back its memory with transparent huge pages. Off by default: the
+    /// kernel zeroes a 2 MiB page inside the fault that first touches it, which stops a
+    /// shard for milliseconds whenever memory grows (rooms' replay rings filling doubled
+    /// p99 in docs/BENCHMARKS.md); the TLB savings matter less to a relay than the stall.
+    pub huge_pages: bool,
     /// On SIGINT/SIGTERM, time given to close frames to go out before exit, in ms.
     pub shutdown_grace_ms: u64,
     /// Period at which each shard publishes its latency histogram for readers, in ms.
@@ -177,6 +182,7 @@ impl Default for Config {
             batch_wait_us: 200,
             batch_wait_count: 64,
             flush_delay_us: 0,
+            huge_pages: false,
             shutdown_grace_ms: 1_000,
             stats_publish_ms: 500,
             spin_before_park_us: 0,
@@ -515,6 +521,7 @@ const KEYS: &[&str] = &[
     "batch_wait_us",
     "batch_wait_count",
     "flush_delay_us",
+    "huge_pages",
     "shutdown_grace_ms",
     "stats_publish_ms",
     "spin_before_park_us",

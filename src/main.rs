@@ -89,6 +89,17 @@ fn serve(
         overrides.push(("cpus", format!("\"{c}\"")));
     }
     let config = Config::load(file.as_deref(), std::env::vars(), &overrides)?;
+    if !config.huge_pages {
+        // Before the shards start and allocate: every thread inherits it.
+        // SAFETY: PR_SET_THP_DISABLE takes integer arguments and touches no memory of ours.
+        let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+        if rc != 0 {
+            eprintln!(
+                "corelay: cannot turn transparent huge pages off: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
     let server = Server::start(config).context("cannot start")?;
     // The handlers are in place before the start line: a supervisor (or a test) that
     // signals as soon as it reads the line gets a drain, not a kill by the default action.

@@ -263,3 +263,32 @@ fn player_ids_are_not_reused_by_a_restarted_server() {
     assert_ne!(before, after);
     assert!(after > before, "{before} then {after}");
 }
+
+/// The `THP_enabled` line of a process's status: whether its memory may be backed by
+/// transparent huge pages.
+fn thp_enabled(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .expect("a kernel that reports THP_enabled")
+        .trim()
+        .to_owned()
+}
+
+/// `corelay serve` runs without transparent huge pages unless `huge_pages` is set: a 2 MiB
+/// page zeroed inside a fault stalls a shard for milliseconds (docs/BENCHMARKS.md).
+#[test]
+fn serve_turns_transparent_huge_pages_off_unless_asked() {
+    let mut off = serve(&["--listen", "127.0.0.1:0", "--shards", "1"]);
+    assert_eq!(thp_enabled(off.child.id()), "0");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--shards", "1"])
+        .env("CORELAY_HUGE_PAGES", "true");
+    let mut on = spawn(cmd);
+    assert_eq!(thp_enabled(on.child.id()), "1");
+    for r in [&mut off, &mut on] {
+        r.child.kill().unwrap();
+        r.child.wait().unwrap();
+    }
+}
