@@ -60,6 +60,15 @@ impl ClientConfig {
     }
 }
 
+/// The answer to a join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    /// Member count after the join.
+    pub members: u32,
+    /// The room's host (docs/ROOMS.md): its longest-present member.
+    pub host: String,
+}
+
 /// Something the server pushed (not an answer to a request).
 #[derive(Debug, Clone, PartialEq)]
 pub enum ServerEvent {
@@ -108,6 +117,13 @@ pub enum ServerEvent {
         /// Room.
         room: String,
         /// Who.
+        player: String,
+    },
+    /// The room's host left; `player`, its longest-present member, is host now.
+    Host {
+        /// Room.
+        room: String,
+        /// The new host.
         player: String,
     },
     /// After a resumed reconnect, one per room: the messages missed there follow.
@@ -167,9 +183,7 @@ enum Answer {
     Refreshed {
         exp: u64,
     },
-    Joined {
-        members: u32,
-    },
+    Joined(Joined),
     Left,
     Pong,
     Error {
@@ -456,12 +470,18 @@ impl Client {
 
     /// Joins `room`; returns the member count after the join.
     pub async fn join(&mut self, room: &str) -> Result<u32, ClientError> {
+        Ok(self.join_room(room).await?.members)
+    }
+
+    /// Joins `room` (created on first join) and tells who is in it: the member count and
+    /// the host.
+    pub async fn join_room(&mut self, room: &str) -> Result<Joined, ClientError> {
         let req = self.tx.request(|req| ClientFrame::Join {
             req,
             room: room.to_owned(),
         })?;
         match self.rx.answer(req).await? {
-            Answer::Joined { members } => Ok(members),
+            Answer::Joined(joined) => Ok(joined),
             Answer::Error { code, message } => Err(ClientError::Server { code, message }),
             other => Err(ClientError::Protocol(format!(
                 "expected Joined, got {other:?}"
@@ -658,7 +678,8 @@ impl ClientReceiver {
             | ArchivedServerFrame::MemberJoined { room, seq, .. }
             | ArchivedServerFrame::MemberLeft { room, seq, .. }
             | ArchivedServerFrame::MemberAway { room, seq, .. }
-            | ArchivedServerFrame::MemberBack { room, seq, .. } => {
+            | ArchivedServerFrame::MemberBack { room, seq, .. }
+            | ArchivedServerFrame::Host { room, seq, .. } => {
                 self.saw(room.as_str(), seq.to_native())
             }
             _ => {}
@@ -693,6 +714,12 @@ impl ClientReceiver {
                     player: player.as_str().to_owned(),
                 })
             }
+            ArchivedServerFrame::Host { room, player, .. } => {
+                self.events.push_back(ServerEvent::Host {
+                    room: room.as_str().to_owned(),
+                    player: player.as_str().to_owned(),
+                })
+            }
             ArchivedServerFrame::Resumed {
                 room,
                 members,
@@ -704,11 +731,14 @@ impl ClientReceiver {
                 replayed: replayed.to_native(),
                 gap: *gap,
             }),
-            ArchivedServerFrame::Joined { req, members, .. } => self.answers.push_back((
+            ArchivedServerFrame::Joined {
+                req, members, host, ..
+            } => self.answers.push_back((
                 req.to_native(),
-                Answer::Joined {
+                Answer::Joined(Joined {
                     members: members.to_native(),
-                },
+                    host: host.as_str().to_owned(),
+                }),
             )),
             ArchivedServerFrame::Left { req, .. } => {
                 self.answers.push_back((req.to_native(), Answer::Left))

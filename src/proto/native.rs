@@ -9,7 +9,7 @@
 use rkyv::rancor;
 
 /// Protocol version a client announces in `Hello`. Bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// How a payload should be read by receivers: raw bytes or JSON text.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +168,9 @@ mod frames {
             room: String,
             /// Member count after the join.
             members: u32,
+            /// The room's host: its longest-present member (this player, if it is the
+            /// first).
+            host: String,
         },
         /// Answer to `Leave`.
         Left {
@@ -272,6 +275,16 @@ mod frames {
             /// Some messages missed are no longer kept (the room's window passed them):
             /// what follows is not everything missed.
             gap: bool,
+        },
+        /// The room's host changed: its host left (or its session ended) and `player`,
+        /// the longest-present member, is host now (docs/ROOMS.md).
+        Host {
+            /// The room.
+            room: String,
+            /// The new host's player id.
+            player: String,
+            /// The room's sequence number of this notice.
+            seq: u64,
         },
     }
 }

@@ -63,8 +63,14 @@ pub const SERVER_EVENTS: [&str; 5] = [
 /// it) or of [`SERVER_EVENTS`] (it would forge the server's own notices). The relay refuses
 /// such an event to its sender (`reserved_name`).
 pub fn is_reserved_for_relay(name: &str) -> bool {
-    RESERVED_EVENTS.contains(&name) || SERVER_EVENTS.contains(&name)
+    RESERVED_EVENTS.contains(&name)
+        || SERVER_EVENTS.contains(&name)
+        || SERVER_PREFIXES.iter().any(|p| name.starts_with(p))
 }
+
+/// Prefixes of the server's game-service vocabulary (`room:host`, and the rest of the room
+/// and matchmaking events, docs/ROOMS.md): no member may relay an event that looks like one.
+pub const SERVER_PREFIXES: [&str; 2] = ["room:", "mm:"];
 
 /// The kind of a Socket.IO packet, sent as one ASCII digit first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

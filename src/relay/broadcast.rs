@@ -92,6 +92,11 @@ pub enum Body {
         /// Who.
         player: PlayerName,
     },
+    /// The room has a new host: its host left and this is the longest-present member.
+    Host {
+        /// The new host.
+        player: PlayerName,
+    },
     /// A socket.io member's message whose JSON payload holds binary buffers (an
     /// [`Arg::Tree`]); native recipients get it as JSON with the buffers in base64.
     Nested {
@@ -223,7 +228,8 @@ impl Broadcast {
             Body::MemberJoined { player, .. }
             | Body::MemberLeft { player, .. }
             | Body::MemberAway { player }
-            | Body::MemberBack { player } => names("", player),
+            | Body::MemberBack { player }
+            | Body::Host { player } => names("", player),
             // Measured before its home numbers it: room for the offset numbering adds.
             Body::Nested { .. } | Body::Emit { .. } => {
                 [Wire::Native, Wire::SioWs, Wire::SioPolling]
@@ -310,6 +316,10 @@ impl Broadcast {
                 "member_back",
                 serde_json::json!({"room": room, "player": &**player}),
             ),
+            Body::Host { player } => notice(
+                "room:host",
+                serde_json::json!({"room": room, "host": &**player}),
+            ),
             Body::Emit { event, args } => {
                 let mut args = args.clone();
                 with_offset(&mut args);
@@ -371,6 +381,11 @@ impl Broadcast {
                 seq,
             },
             Body::MemberBack { player } => ServerFrame::MemberBack {
+                room,
+                player: player.to_string(),
+                seq,
+            },
+            Body::Host { player } => ServerFrame::Host {
                 room,
                 player: player.to_string(),
                 seq,
@@ -501,6 +516,8 @@ pub enum Reply {
         room: String,
         /// Count after the join.
         members: u32,
+        /// The room's host.
+        host: PlayerName,
     },
     /// Leave done.
     Left {
@@ -529,9 +546,15 @@ impl Reply {
                 .encode_engineio()
         };
         let sio_text = || match self {
-            Reply::Joined { req, room, members } => {
-                ack(*req, serde_json::json!({"room": room, "members": members}))
-            }
+            Reply::Joined {
+                req,
+                room,
+                members,
+                host,
+            } => ack(
+                *req,
+                serde_json::json!({"room": room, "members": members, "host": &**host}),
+            ),
             Reply::Left { req, room } => ack(*req, serde_json::json!({"room": room})),
             Reply::Error { req, code, .. } => ack(*req, serde_json::json!({"error": code.name()})),
         };
@@ -539,10 +562,16 @@ impl Reply {
             Wire::SioWs => sio_ws_frames(&sio_text(), &[]),
             Wire::SioPolling => Bytes::from(sio_text()),
             Wire::Native => native_frame(&match self.clone() {
-                Reply::Joined { req, room, members } => ServerFrame::Joined {
+                Reply::Joined {
+                    req,
+                    room,
+                    members,
+                    host,
+                } => ServerFrame::Joined {
                     req: req as u32,
                     room,
                     members,
+                    host: host.to_string(),
                 },
                 Reply::Left { req, room } => ServerFrame::Left {
                     req: req as u32,

@@ -155,6 +155,8 @@ pub enum MeshMsg {
         members: u32,
         /// The number the room's notice of this join gets (0 without history).
         since: u64,
+        /// The room's host.
+        host: PlayerName,
     },
     /// home -> origin: the room is full (`max_room_members`); the join was not counted.
     Refused {
@@ -276,6 +278,8 @@ struct LocalRoom {
     joining: HashMap<PlayerId, Joining>,
     /// Room-wide member count, as last heard from the home shard.
     total: u32,
+    /// The room's host, as last heard from the home shard.
+    host: Option<PlayerName>,
 }
 
 impl LocalRoom {
@@ -367,12 +371,24 @@ enum Answer {
 struct HomeRoom {
     per_shard: Vec<u32>,
     total: u32,
+    /// Every member, in the order they joined: the first is the host (the longest-present
+    /// member, docs/ROOMS.md). O(members) to leave; game rooms are small, and a room of
+    /// `max_room_members` costs a scan of that many entries per leave.
+    members: Vec<HomeMember>,
     /// The number given to the room's last broadcast (history on).
     seq: u64,
     /// The last broadcasts, oldest first, within [`HistoryLimits`].
     kept: VecDeque<Kept>,
     /// Sum of `kept`'s sizes.
     kept_bytes: usize,
+}
+
+/// A member as its room's home knows it.
+#[derive(Debug)]
+struct HomeMember {
+    player: PlayerId,
+    name: PlayerName,
+    shard: ShardId,
 }
 
 /// A broadcast a room keeps for replay.
@@ -544,10 +560,15 @@ impl Relay {
             if local.contains(player) {
                 // Already in: answer with the last count this shard heard of, change nothing.
                 let members = local.total;
+                let host = local
+                    .host
+                    .clone()
+                    .unwrap_or_else(|| Arc::clone(&p.identity.player));
                 self.reply(player, req, |req| Reply::Joined {
                     req,
                     room: room.to_owned(),
                     members,
+                    host,
                 });
                 return Ok(());
             }
@@ -571,7 +592,7 @@ impl Relay {
         let home = home_shard(room, self.shards);
         let (wire, outbox, name) = (p.wire, Rc::clone(&p.outbox), Arc::clone(&p.identity.player));
         if home == self.shard {
-            let members = self.home_count(self.shard, room)?;
+            let (members, host) = self.home_count(self.shard, room, player, &name)?;
             if let Some(p) = self.players.get_mut(&player) {
                 p.rooms.push(room.to_owned());
             }
@@ -585,10 +606,12 @@ impl Relay {
                 since,
             });
             local.total = members;
+            local.host = Some(Arc::clone(&host));
             self.reply(player, req, |req| Reply::Joined {
                 req,
                 room: room.to_owned(),
                 members,
+                host,
             });
             self.notify_joined(room, player, name, members, now);
             return Ok(());
@@ -1226,30 +1249,34 @@ impl Relay {
     /// Handles a message from shard `from`.
     pub fn handle_mesh(&mut self, from: ShardId, msg: MeshMsg, now: Instant) {
         match msg {
-            MeshMsg::Join { room, player, name } => match self.home_count(from, &room) {
-                Ok(members) => {
-                    let since = self.next_seq(&room);
-                    // The answer goes before the notice and before any later message of the
-                    // room, on the same FIFO path: the origin admits the player first.
-                    self.send_mesh(
-                        from,
-                        MeshMsg::Joined {
-                            room: room.clone(),
-                            player,
-                            members,
-                            since,
-                        },
-                    );
-                    self.notify_joined(&room, player, name, members, now);
+            MeshMsg::Join { room, player, name } => {
+                match self.home_count(from, &room, player, &name) {
+                    Ok((members, host)) => {
+                        let since = self.next_seq(&room);
+                        // The answer goes before the notice and before any later message of the
+                        // room, on the same FIFO path: the origin admits the player first.
+                        self.send_mesh(
+                            from,
+                            MeshMsg::Joined {
+                                room: room.clone(),
+                                player,
+                                members,
+                                since,
+                                host,
+                            },
+                        );
+                        self.notify_joined(&room, player, name, members, now);
+                    }
+                    Err(_) => self.send_mesh(from, MeshMsg::Refused { room, player }),
                 }
-                Err(_) => self.send_mesh(from, MeshMsg::Refused { room, player }),
-            },
+            }
             MeshMsg::Joined {
                 room,
                 player,
                 members,
                 since,
-            } => self.admit(from, &room, player, Ok((members, since)), now),
+                host,
+            } => self.admit(from, &room, player, Ok((members, since, host)), now),
             MeshMsg::Refused { room, player } => {
                 self.admit(from, &room, player, Err(ErrorCode::RoomFull), now)
             }
@@ -1280,7 +1307,7 @@ impl Relay {
                 replay,
             } => {
                 if let Some(old) = moved_from {
-                    self.move_count(&room, old, from);
+                    self.move_count(&room, player, old, from);
                 }
                 if !replay {
                     return;
@@ -1345,7 +1372,7 @@ impl Relay {
         home: ShardId,
         room: &str,
         player: PlayerId,
-        outcome: Result<(u32, u64), ErrorCode>,
+        outcome: Result<(u32, u64, PlayerName), ErrorCode>,
         now: Instant,
     ) {
         let Some(local) = self.rooms.get_mut(room) else {
@@ -1356,8 +1383,10 @@ impl Relay {
         let Some(joining) = local.joining.remove(&player) else {
             return;
         };
-        if let Ok((members, since)) = outcome {
+        if let Ok((members, since, host)) = &outcome {
+            let (members, since) = (*members, *since);
             local.total = members;
+            local.host = Some(Arc::clone(host));
             if joining.leaving.is_none() {
                 // A player that disconnected has `leaving` set, so it is still connected.
                 if let Some(p) = self.players.get(&player) {
@@ -1371,7 +1400,7 @@ impl Relay {
                 }
             }
         }
-        let outcome = outcome.map(|(members, _)| members);
+        let outcome = outcome.map(|(members, _, host)| (members, host));
         if local.is_empty() {
             self.rooms.remove(room);
         }
@@ -1383,15 +1412,16 @@ impl Relay {
         for answer in joining.answers {
             self.reply_now(
                 player,
-                match (answer, outcome) {
-                    (Answer::Join(req), Ok(members)) => Reply::Joined {
+                match (answer, &outcome) {
+                    (Answer::Join(req), Ok((members, host))) => Reply::Joined {
                         req,
                         room: room.to_owned(),
-                        members,
+                        members: *members,
+                        host: Arc::clone(host),
                     },
                     (Answer::Join(req), Err(code)) => Reply::Error {
                         req,
-                        code,
+                        code: *code,
                         message: "join refused".to_owned(),
                     },
                     (Answer::Leave(req), _) => Reply::Left {
@@ -1420,9 +1450,15 @@ impl Relay {
         }
     }
 
-    /// On the home shard: counts a join from shard `origin`, or refuses it (counted) when
-    /// the room is full.
-    fn home_count(&mut self, origin: ShardId, room: &str) -> Result<u32, ErrorCode> {
+    /// On the home shard: counts `player`'s join from shard `origin`, or refuses it
+    /// (counted) when the room is full. The count after it, and the room's host.
+    fn home_count(
+        &mut self,
+        origin: ShardId,
+        room: &str,
+        player: PlayerId,
+        name: &PlayerName,
+    ) -> Result<(u32, PlayerName), ErrorCode> {
         let shards = self.shards;
         if self.homes.get(room).map_or(0, |h| h.total as usize) >= self.limits.max_room_members {
             self.stats.count_refusal(Refusal::RoomFull);
@@ -1437,13 +1473,20 @@ impl Relay {
                 seq: 0,
                 kept: VecDeque::new(),
                 kept_bytes: 0,
+                members: Vec::new(),
             });
         if home.total == 0 {
             add(&self.stats.rooms, 1);
         }
         home.per_shard[origin] += 1;
         home.total += 1;
-        Ok(home.total)
+        home.members.push(HomeMember {
+            player,
+            name: Arc::clone(name),
+            shard: origin,
+        });
+        let host = Arc::clone(&home.members[0].name);
+        Ok((home.total, host))
     }
 
     /// On the home shard: tells the room of a counted join.
@@ -1481,6 +1524,14 @@ impl Relay {
         home.per_shard[origin] = home.per_shard[origin].saturating_sub(1);
         home.total = home.total.saturating_sub(1);
         let members = home.total;
+        let at = home.members.iter().position(|m| m.player == player);
+        if let Some(at) = at {
+            home.members.remove(at);
+        }
+        // The host left: the longest-present member takes over.
+        let new_host = (at == Some(0))
+            .then(|| home.members.first().map(|m| Arc::clone(&m.name)))
+            .flatten();
         if members == 0 {
             if let Some(gone) = self.homes.remove(room) {
                 use std::sync::atomic::Ordering::Relaxed;
@@ -1506,6 +1557,10 @@ impl Relay {
             },
             now,
         );
+        if let Some(host) = new_host {
+            // Told to everyone, the new host included: it learns its role as the others do.
+            self.home_notice(room, player, Body::Host { player: host }, now);
+        }
     }
 
     /// On the home shard: sends `bcast` once to every other shard with members, except the
@@ -1534,8 +1589,12 @@ impl Relay {
         let Some(room) = self.rooms.get_mut(&bcast.room) else {
             return;
         };
-        if let Body::MemberJoined { members, .. } | Body::MemberLeft { members, .. } = bcast.body {
-            room.total = members;
+        match &bcast.body {
+            Body::MemberJoined { members, .. } | Body::MemberLeft { members, .. } => {
+                room.total = *members;
+            }
+            Body::Host { player } => room.host = Some(Arc::clone(player)),
+            _ => {}
         }
         // Made once per shard for a filtered message, and only when a delivery hook is set:
         // without one, this is one branch on an `Option` per broadcast.

@@ -470,7 +470,7 @@ impl Relay {
         for (room, _, after) in rooms {
             let home = home_shard(&room, self.shards);
             if home == self.shard {
-                self.move_count(&room, from, self.shard);
+                self.move_count(&room, player, from, self.shard);
                 if !abandoned {
                     let (members, gap, missed) = self.missed(&room, player, after, now);
                     self.replay(&room, player, members, gap, &missed);
@@ -498,10 +498,13 @@ impl Relay {
     }
 
     /// On `room`'s home: a member's place in the count moves from shard `from` to `to`.
-    pub(super) fn move_count(&mut self, room: &str, from: ShardId, to: ShardId) {
+    pub(super) fn move_count(&mut self, room: &str, player: PlayerId, from: ShardId, to: ShardId) {
         if let Some(home) = self.homes.get_mut(room) {
             home.per_shard[from] = home.per_shard[from].saturating_sub(1);
             home.per_shard[to] += 1;
+            if let Some(m) = home.members.iter_mut().find(|m| m.player == player) {
+                m.shard = to;
+            }
         }
     }
 
