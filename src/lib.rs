@@ -59,6 +59,7 @@ pub mod client;
 pub mod config;
 mod engineio;
 pub mod hooks;
+pub mod matchmaking;
 pub mod net;
 pub mod proto;
 pub mod rate_limit;
