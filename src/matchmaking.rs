@@ -383,9 +383,10 @@ pub enum MatchError {
     /// A skill is NaN or infinite: send a finite number.
     #[error("skill must be a finite number")]
     BadSkill,
-    /// The region or a listed property value is empty, too long or has control
-    /// characters: send at most [`MAX_VALUE_LEN`] bytes of text.
-    #[error("`{0}` must be 1..=128 bytes with no control characters")]
+    /// The region or a listed property's value is empty, too long or has control
+    /// characters: send at most [`MAX_VALUE_LEN`] bytes of text. Names the field
+    /// (`region` or the property), not the value, which may be long.
+    #[error("{0} must be 1..={max} bytes with no control characters", max = MAX_VALUE_LEN)]
     BadValue(String),
     /// The queue holds `max_tickets_per_queue` tickets: try again later.
     #[error("queue `{0}` is full")]
@@ -531,23 +532,28 @@ impl Matchmaker {
         if ticket.members.iter().any(|m| !m.skill.is_finite()) {
             return Err(MatchError::BadSkill);
         }
-        let mut players = Vec::with_capacity(ticket.members.len());
-        for m in &ticket.members {
-            if self.queued.contains_key(&m.player) || players.contains(&m.player) {
-                return Err(MatchError::AlreadyQueued(m.player));
-            }
-            players.push(m.player);
+        let players: Vec<PlayerKey> = ticket.members.iter().map(|m| m.player).collect();
+        if let Some(&p) = players.iter().find(|p| self.queued.contains_key(p)) {
+            return Err(MatchError::AlreadyQueued(p));
         }
-        if let Some(r) = ticket.region.as_deref().filter(|r| !valid_value(r)) {
-            return Err(MatchError::BadValue(r.to_owned()));
+        // Sorted, so that a party as large as a room is checked in O(n log n).
+        let mut sorted = players.clone();
+        sorted.sort_unstable();
+        if let Some(pair) = sorted.windows(2).find(|pair| pair[0] == pair[1]) {
+            return Err(MatchError::AlreadyQueued(pair[0]));
+        }
+        if ticket.region.as_deref().is_some_and(|r| !valid_value(r)) {
+            return Err(MatchError::BadValue("region".into()));
         }
         let group: Group = config
             .properties
             .iter()
             .map(|p| ticket.properties.get(p).cloned())
             .collect();
-        if let Some(v) = group.iter().flatten().find(|v| !valid_value(v)) {
-            return Err(MatchError::BadValue(v.clone()));
+        let mut values = config.properties.iter().zip(&group);
+        if let Some((name, _)) = values.find(|(_, v)| v.as_deref().is_some_and(|v| !valid_value(v)))
+        {
+            return Err(MatchError::BadValue(name.clone()));
         }
         if queue.by_age.len() >= self.max_tickets {
             return Err(MatchError::QueueFull(queue.name.clone()));
@@ -557,6 +563,10 @@ impl Matchmaker {
             PartySkill::Mean => skills.sum::<f64>() / ticket.members.len() as f64,
             PartySkill::Max => skills.fold(f64::NEG_INFINITY, f64::max),
         };
+        // Finite skills can still sum past f64's range.
+        if !skill.is_finite() {
+            return Err(MatchError::BadSkill);
+        }
         // Adding 0.0 turns -0.0 into 0.0, so that equal skills have equal keys.
         let skill = skill + 0.0;
         let id = TicketId(self.next_id);
@@ -799,7 +809,7 @@ impl Matchmaker {
             walks.push(Cursor::new(Walk::Down(set.range(..key).rev()), crossed_set));
         }
         let MatchSize { min, max } = config.match_size;
-        // The members so far: skill, window, region, crossed.
+        // The members so far: id, skill, window at `now`, region, whether it may cross.
         let mut members: Vec<(TicketId, f64, f64, &Option<String>, bool)> =
             vec![(anchor, a.skill, wa, &a.region, a.crossed)];
         let mut players = a.players.len();
@@ -1299,14 +1309,32 @@ mod tests {
         for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
             assert_eq!(mm.enqueue(solo(1, bad), t0), Err(MatchError::BadSkill));
         }
+        let huge = Ticket::party(
+            "q",
+            vec![
+                Member {
+                    player: 1,
+                    skill: f64::MAX,
+                },
+                Member {
+                    player: 2,
+                    skill: f64::MAX,
+                },
+            ],
+        );
+        assert_eq!(
+            mm.enqueue(huge, t0),
+            Err(MatchError::BadSkill),
+            "the mean overflows"
+        );
         assert_eq!(
             mm.enqueue(solo(1, 0.0).in_region("e\nu"), t0),
-            Err(MatchError::BadValue("e\nu".into()))
+            Err(MatchError::BadValue("region".into()))
         );
         let long = "x".repeat(MAX_VALUE_LEN + 1);
         assert_eq!(
             mm.enqueue(solo(1, 0.0).with_property("mode", &long), t0),
-            Err(MatchError::BadValue(long.clone()))
+            Err(MatchError::BadValue("mode".into()))
         );
         // An unlisted property is not kept, so it is not checked either.
         assert!(mm
