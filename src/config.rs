@@ -9,6 +9,7 @@ use std::path::Path;
 use serde::{Deserialize, Deserializer, Serialize};
 
 pub use crate::auth::{AuthConfig, Expiry};
+pub use crate::matchmaking::{MatchmakingConfig, QueueConfig};
 
 /// The server's settings. Field names are also the TOML keys and, upper-cased after
 /// `CORELAY_`, the environment variables. A table's keys (`[auth]` `required`) are
@@ -144,6 +145,9 @@ pub struct Config {
     /// `[resume]`: how long a dropped native session waits to be resumed and how much of
     /// each room's history is kept to replay to it (docs/SESSIONS.md).
     pub resume: ResumeConfig,
+    /// `[matchmaking]`: the queues and the matchmaker's limits (docs/ROOMS.md). A queue
+    /// named `default` exists without any of it.
+    pub matchmaking: MatchmakingConfig,
 }
 
 impl Default for Config {
@@ -218,6 +222,7 @@ impl Default for Config {
             rate_limits: RateLimits::default(),
             auth: AuthConfig::default(),
             resume: ResumeConfig::default(),
+            matchmaking: MatchmakingConfig::default(),
         }
     }
 }
@@ -554,6 +559,7 @@ const TABLES: &[&str] = &[
     "rate_limits",
     "auth",
     "resume",
+    "matchmaking",
 ];
 
 /// Where an environment variable's (lower-cased, after `CORELAY_`) or a flag's value goes:
@@ -740,6 +746,12 @@ impl Config {
             .map_err(|e| ConfigError::Invalid(format!("auth: {e}")))?;
         if let Some(problem) = self.auth.rooms.iter().find_map(|r| r.problem()) {
             return Err(ConfigError::Invalid(format!("auth: {problem}")));
+        }
+        if let Some(problem) = self
+            .matchmaking
+            .problem(self.max_name_len, self.max_room_members)
+        {
+            return Err(ConfigError::Invalid(format!("matchmaking.{problem}")));
         }
         Ok(())
     }

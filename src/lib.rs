@@ -28,6 +28,9 @@
 //!   message, delivery) and the `[[auth.rooms]]` rules, over the relay's message bodies;
 //!   the sessions of both protocols call them, and the relay's delivery loop holds the
 //!   delivery hook (the one place the two know each other).
+//! - [`matchmaking`]: matchmaking queues, sans-IO: tickets (players or parties with a
+//!   skill, a region and properties) and `now` in, matches and timeouts out, with widening
+//!   skill windows and the `[matchmaking]` settings (docs/ROOMS.md).
 //! - [`timer`]: the timer wheel every shard keeps its deadlines in.
 //! - [`shard`]: the runtime, which knows no protocol. Per core: a glommio executor running
 //!   one driver that owns the shard's io_uring (multishot receives into provided buffers,
@@ -59,6 +62,7 @@ pub mod client;
 pub mod config;
 mod engineio;
 pub mod hooks;
+pub mod matchmaking;
 pub mod net;
 pub mod proto;
 pub mod rate_limit;
