@@ -8,7 +8,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::eio::{sio_next, ws_connect, ws_next, ws_recv, ws_send, ws_send_binary, EIO_WS};
+use common::eio::{
+    connected_sid, sio_next, without_offset, ws_connect, ws_next, ws_recv, ws_send, ws_send_binary,
+    EIO_WS,
+};
 use common::{run, server, url, wait_for_stats};
 use corelay::auth::Expiry;
 use corelay::client::{Client, ClientConfig, ClientError, PayloadKind, ServerEvent, Stream};
@@ -295,7 +298,7 @@ fn socketio_connect_errors_say_why_and_the_sub_is_the_from_on_both_protocols() {
         assert_eq!(alice.player(), "alice");
         alice.join("arena").await.unwrap();
         let (s, mut codec, answer) = sio_connect_auth(addr, json!({"token": good("bob")})).await;
-        assert!(answer.starts_with("40{\"sid\""), "{answer}");
+        connected_sid(&answer, "");
         ws_send(&s, r#"421["join","arena"]"#).await;
         assert_eq!(
             sio_next(&s, &mut codec).await.unwrap(),
@@ -310,7 +313,7 @@ fn socketio_connect_errors_say_why_and_the_sub_is_the_from_on_both_protocols() {
             .await
             .unwrap();
         assert_eq!(
-            sio_next(&s, &mut codec).await.unwrap(),
+            without_offset(&sio_next(&s, &mut codec).await.unwrap()),
             r#"42["hit",{"n":1},"alice"]"#
         );
         ws_send(&s, r#"42["to","arena","back",7]"#).await;
@@ -498,7 +501,7 @@ fn a_verified_tier_claim_picks_the_rate_profile_and_the_connect_payload_cannot()
         };
         let claimed = json!({"token": token("x", None), "tier": "pro"});
         let (s, codec, answer) = sio_connect_auth(addr, claimed).await;
-        assert!(answer.starts_with("40{\"sid\""), "{answer}");
+        connected_sid(&answer, "");
         let answers = joins(s, codec).await;
         assert_eq!(
             answers[2], r#"432[{"error":"rate_limited"}]"#,
@@ -506,7 +509,7 @@ fn a_verified_tier_claim_picks_the_rate_profile_and_the_connect_payload_cannot()
         );
         let verified = json!({"token": token("y", Some("pro"))});
         let (s, codec, answer) = sio_connect_auth(addr, verified).await;
-        assert!(answer.starts_with("40{\"sid\""), "{answer}");
+        connected_sid(&answer, "");
         let answers = joins(s, codec).await;
         assert!(answers[2].starts_with("432[{\"members\""), "{answers:?}");
     });

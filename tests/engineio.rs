@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::eio::{
-    request, responses, sid_of, ws_connect, ws_next, ws_next_within, ws_recv, ws_send, Response,
-    EIO,
+    connected_sid, request, responses, sid_of, ws_connect, ws_next, ws_next_within, ws_recv,
+    ws_send, Response, EIO,
 };
 use common::{run, server, wait_for_stats};
 use corelay::client::Stream;
@@ -135,7 +135,7 @@ fn polling_carries_socketio_packets_both_ways_and_closes_on_bad_input() {
             assert_eq!(poll.status, 200);
             packets.extend(poll.body.split('\u{1e}').map(str::to_owned));
         }
-        assert!(packets[0].starts_with("40{\"sid\":"), "{packets:?}");
+        connected_sid(&packets[0], "");
         assert_eq!(packets[1], r#"430[{"members":1,"room":"lobby"}]"#);
         // Binary from the client, base64 in the payload, relayed to... nobody else; the
         // send is acked.
@@ -548,39 +548,109 @@ fn a_polling_client_that_polls_too_slowly_reads_a_close_packet() {
     srv.stop().unwrap();
 }
 
-#[test]
-fn a_polling_client_that_vanishes_mid_poll_leaves_its_rooms_at_once() {
-    // Heartbeats far beyond the test budget: only noticing the closed poll can end it.
-    let srv = server(1, |c| {
+/// A server whose heartbeats are far beyond the test budget (only noticing the closed
+/// poll can end a session), with a resume window of `window_ms`.
+fn vanish_server(window_ms: u64) -> corelay::Server {
+    server(1, |c| {
         c.engineio_ping_interval_ms = 120_000;
         c.engineio_ping_timeout_ms = 120_000;
-    });
+        c.resume.window_ms = window_ms;
+    })
+}
+
+/// A native watcher in room `r`, and a polling Socket.IO client that joins it and then
+/// disappears with a poll pending; the watcher (its `member_joined` read) and the
+/// vanished socket's player id.
+async fn vanish_mid_poll(addr: SocketAddr) -> (corelay::client::Client, String) {
+    let mut watcher = common::connect(addr).await;
+    watcher.join("r").await.unwrap();
+    let sid = sid_of(&request(addr, "GET", EIO, "", "").await.body);
+    let target = format!("{EIO}&sid={sid}");
+    request(addr, "POST", &target, "", "40\u{1e}420[\"join\",\"r\"]").await;
+    // The CONNECT answer and the join ack (one shard: in the same poll).
+    let answered = request(addr, "GET", &target, "", "").await.body;
+    let connect = answered.split('\u{1e}').next().unwrap();
+    let data: serde_json::Value = serde_json::from_str(
+        connect
+            .strip_prefix("40")
+            .unwrap_or_else(|| panic!("{answered}")),
+    )
+    .unwrap();
+    // An anonymous socket's id is its player id.
+    let player = data["sid"].as_str().expect("socket id").to_owned();
+    let joined = watcher.next_event().await.unwrap();
+    assert!(
+        matches!(&joined, corelay::client::ServerEvent::MemberJoined { player: p, .. } if *p == player),
+        "{joined:?}"
+    );
+    // A poll is pending when the client disappears.
+    let s = Stream::new(glommio::net::TcpStream::connect(addr).await.unwrap());
+    s.write_all(format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    s.shutdown(std::net::Shutdown::Both);
+    drop(s);
+    (watcher, player)
+}
+
+#[test]
+fn a_polling_client_that_vanishes_mid_poll_is_away_until_its_resume_window_ends() {
+    // Socket.IO recovery (on by default) keeps the lost session for the window: its rooms
+    // are told it is away at once, it still counts, and it leaves when the window ends.
+    let srv = vanish_server(1_000);
     let addr = srv.local_addr();
     run(move || async move {
-        let mut watcher = common::connect(addr).await;
-        watcher.join("r").await.unwrap();
-        let sid = sid_of(&request(addr, "GET", EIO, "", "").await.body);
-        let target = format!("{EIO}&sid={sid}");
-        request(addr, "POST", &target, "", "40\u{1e}420[\"join\",\"r\"]").await;
-        request(addr, "GET", &target, "", "").await; // CONNECT answer and join ack
-        let joined = watcher.next_event().await.unwrap();
-        assert!(
-            matches!(joined, corelay::client::ServerEvent::MemberJoined { .. }),
-            "{joined:?}"
-        );
-        // A poll is pending when the client disappears.
-        let s = Stream::new(glommio::net::TcpStream::connect(addr).await.unwrap());
-        s.write_all(format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        s.shutdown(std::net::Shutdown::Both);
-        drop(s);
-        match watcher.next_event().await.unwrap() {
-            corelay::client::ServerEvent::MemberLeft { reason, .. } => {
-                assert_eq!(reason, corelay::proto::native::LeaveReason::Disconnected)
+        let (mut watcher, player) = vanish_mid_poll(addr).await;
+        assert_eq!(
+            common::within("member_away", watcher.next_event())
+                .await
+                .unwrap(),
+            corelay::client::ServerEvent::MemberAway {
+                room: "r".into(),
+                player: player.clone(),
             }
-            other => panic!("unexpected {other:?}"),
-        }
+        );
+        let mut late = common::connect(addr).await;
+        assert_eq!(late.join("r").await.unwrap(), 3, "the away member counts");
+        let left = loop {
+            match common::within("member_left", watcher.next_event())
+                .await
+                .unwrap()
+            {
+                corelay::client::ServerEvent::MemberJoined { .. } => continue,
+                other => break other,
+            }
+        };
+        assert_eq!(
+            left,
+            corelay::client::ServerEvent::MemberLeft {
+                room: "r".into(),
+                player,
+                members: 2,
+                reason: corelay::proto::native::LeaveReason::Disconnected,
+            }
+        );
+    });
+    srv.stop().unwrap();
+}
+
+#[test]
+fn without_a_resume_window_a_polling_client_that_vanishes_mid_poll_leaves_its_rooms_at_once() {
+    let srv = vanish_server(0);
+    let addr = srv.local_addr();
+    run(move || async move {
+        let (mut watcher, player) = vanish_mid_poll(addr).await;
+        assert_eq!(
+            common::within("member_left", watcher.next_event())
+                .await
+                .unwrap(),
+            corelay::client::ServerEvent::MemberLeft {
+                room: "r".into(),
+                player,
+                members: 1,
+                reason: corelay::proto::native::LeaveReason::Disconnected,
+            }
+        );
     });
     srv.stop().unwrap();
 }

@@ -208,3 +208,77 @@ pub async fn next_starting(s: &Stream, codec: &mut WsCodec, prefix: &str) -> Str
         }
     }
 }
+
+/// Whether `offset` is a socket.io recovery offset as the server writes them: its room's
+/// 8-hex-digit tag and the event's number in hex, 9 to 24 lowercase hex digits in all.
+pub fn is_offset(offset: &str) -> bool {
+    (9..=24).contains(&offset.len())
+        && offset
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Fails the test unless `v` is a recovery offset string ([`is_offset`]).
+pub fn assert_offset(v: &serde_json::Value) {
+    let offset = v
+        .as_str()
+        .unwrap_or_else(|| panic!("offset is no string: {v}"));
+    assert!(is_offset(offset), "not an offset: {offset:?}");
+}
+
+/// A room broadcast to a socket.io client (connection state recovery on) split into the
+/// message as it was before recovery and its trailing offset argument, which is checked:
+/// `42["hit",{"n":1},"alice","2868a0621f"]` gives `42["hit",{"n":1},"alice"]` and
+/// `2868a0621f`. The rest is kept byte for byte, so tests still compare the exact wire.
+pub fn split_offset(message: &str) -> (String, String) {
+    let body = message
+        .strip_suffix("\"]")
+        .unwrap_or_else(|| panic!("no trailing offset in {message}"));
+    let (rest, offset) = body
+        .rsplit_once(",\"")
+        .unwrap_or_else(|| panic!("no trailing offset in {message}"));
+    assert!(is_offset(offset), "no trailing offset in {message}");
+    (format!("{rest}]"), offset.to_owned())
+}
+
+/// [`split_offset`]'s message without its (checked) offset.
+pub fn without_offset(message: &str) -> String {
+    split_offset(message).0
+}
+
+/// The data of a Socket.IO room broadcast `prefix<json>` without its trailing offset,
+/// which must be there and be one ([`assert_offset`]).
+pub fn broadcast_data(message: &str, prefix: &str) -> serde_json::Value {
+    let mut v = data(message, prefix);
+    let args = v
+        .as_array_mut()
+        .unwrap_or_else(|| panic!("no event array: {message}"));
+    let offset = args
+        .pop()
+        .unwrap_or_else(|| panic!("no arguments: {message}"));
+    assert_offset(&offset);
+    v
+}
+
+/// The data of a CONNECT answer `40<nsp,>{..}`: with connection state recovery on (the
+/// default) a `sid` and a `pid` (`<hex player>.<secret>`), checked here; the `sid` is
+/// returned. `prefix` is the namespace's (`""` for the main one, `"/chat,"` else).
+pub fn connected_sid(answer: &str, prefix: &str) -> String {
+    let v = data(answer, &format!("40{prefix}"));
+    let sid = v["sid"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no sid in {answer}"));
+    let pid = v["pid"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no pid in {answer}"));
+    let (player, secret) = pid.split_once('.').unwrap_or_else(|| panic!("pid {pid:?}"));
+    let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
+    assert!(hex(player) && hex(secret), "pid {pid:?}");
+    // The pid names the socket's player, whose id in decimal is the socket id.
+    assert_eq!(
+        u64::from_str_radix(player, 16).ok(),
+        sid.parse::<u64>().ok(),
+        "pid {pid:?} and sid {sid:?}"
+    );
+    sid.to_owned()
+}

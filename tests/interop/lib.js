@@ -1,6 +1,7 @@
 // Shared helpers of the Node interop tests: spawning the servers, bounded waits.
 'use strict';
 
+const assert = require('node:assert/strict');
 const { spawn } = require('node:child_process');
 const net = require('node:net');
 const path = require('node:path');
@@ -183,6 +184,22 @@ function until(emitter, event, cond, ms, what) {
   ).finally(() => emitter.off(event, handler));
 }
 
+/** A Socket.IO recovery offset as corelay writes it: room tag and number, in hex. */
+const OFFSET = /^[0-9a-f]{9,24}$/;
+
+/**
+ * The arguments of a room broadcast (an array, as `once` gives them) without the recovery
+ * offset that corelay appends as the last one (`[resume] socketio`, on by default), after
+ * checking it is there and is one.
+ */
+function withoutOffset(args) {
+  assert.ok(args.length > 0, 'a room broadcast has arguments');
+  const offset = args[args.length - 1];
+  assert.equal(typeof offset, 'string', `last argument is the offset: ${JSON.stringify(args)}`);
+  assert.match(offset, OFFSET);
+  return args.slice(0, -1);
+}
+
 /**
  * Registers a `corelay serve` for the current test file: started before its tests, stopped
  * after them (asserting a clean exit on SIGTERM), with every socket in `ctx.sockets`
@@ -190,7 +207,6 @@ function until(emitter, event, cond, ms, what) {
  */
 function useCorelay(options) {
   const { before, after } = require('node:test');
-  const assert = require('node:assert/strict');
   const ctx = { server: null, sockets: [] };
   before(async () => {
     ctx.server = await startCorelay(options);
@@ -215,4 +231,6 @@ module.exports = {
   connected,
   ack,
   until,
+  OFFSET,
+  withoutOffset,
 };
