@@ -685,9 +685,6 @@ impl SioSession {
     }
 }
 
-/// The `tier` claim of the token a socket connected with, which picks its rate-limit
-/// profile (`[rate_limits.tiers.<name>]`): read from the verified claims, never from the
-/// CONNECT payload itself, which the client writes.
 /// The recovery a CONNECT asks for: its auth payload's `pid` (socket.io 4.6+ sends it
 /// back with `offset`, the last it processed). `None` without a pid, or with an offset that
 /// is no offset of this server's (the session cannot be placed: a fresh one).
@@ -706,6 +703,9 @@ fn recover_request(a: &Admission) -> Option<RecoverRequest> {
     })
 }
 
+/// The `tier` claim of the token a socket connected with, which picks its rate-limit
+/// profile (`[rate_limits.tiers.<name>]`): read from the verified claims, never from the
+/// CONNECT payload itself, which the client writes.
 fn tier_claim(identity: &Identity) -> Option<&str> {
     identity.claims.get("tier").and_then(Value::as_str)
 }
