@@ -15,7 +15,9 @@
 //! `2` ping -> `3` pong; `421["join","room"]` -> `431[{"room":..,"members":N}]`;
 //! `42["to","room","msg","<payload>"]`; incoming `42["msg","<payload>",<from>]`, or
 //! `451-["msg",{"_placeholder":true,"num":0},<from>]` followed by one binary frame when the
-//! sender's payload was binary.
+//! sender's payload was binary. A server that recovers sessions (socket.io's connection state
+//! recovery, corelay's default) adds a `pid` to the CONNECT answer and the room's offset as
+//! the last argument of each event; the parser reads the payload and ignores the rest.
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::OwnedFd;
