@@ -137,6 +137,7 @@ fn relay_send(c: &mut Criterion) {
         max_room_members: 10_000,
         max_message_bytes: 1 << 20,
         history: None,
+        rooms: corelay::config::RoomsConfig::DEFAULT,
     };
     let mut relay = Relay::new(0, 1, limits, Arc::new(ShardStats::default()));
     let outboxes: Vec<Rc<Outbox>> = (0..MEMBERS).map(|_| Rc::new(Outbox::new(LIMITS))).collect();

@@ -37,6 +37,7 @@ fn limits(history: bool) -> RelayLimits {
         max_room_members: 10_000,
         max_message_bytes: 1 << 20,
         // The defaults of `[resume]`, with room for the 1,000 missed messages.
+        rooms: corelay::config::RoomsConfig::DEFAULT,
         history: history.then_some(HistoryLimits {
             messages: MISSED,
             bytes: 1 << 20,

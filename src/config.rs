@@ -148,6 +148,38 @@ pub struct Config {
     /// `[matchmaking]`: the queues and the matchmaker's limits (docs/ROOMS.md). A queue
     /// named `default` exists without any of it.
     pub matchmaking: MatchmakingConfig,
+    /// `[rooms]`: what a room's host may store in it (docs/ROOMS.md).
+    pub rooms: RoomsConfig,
+}
+
+/// `[rooms]`: bounds of what a room's host keeps in it at the room's home shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoomsConfig {
+    /// Largest room state (`room:set_state`), in bytes of its JSON text. Every joiner and
+    /// every new host gets it in one frame, so it must fit a recipient's outbound queue
+    /// (checked at start).
+    pub max_state_bytes: usize,
+    /// Largest room metadata (`room:set_metadata`), in bytes of its JSON text.
+    pub max_metadata_bytes: usize,
+}
+
+impl RoomsConfig {
+    /// The defaults, as a constant.
+    pub const DEFAULT: RoomsConfig = RoomsConfig {
+        // 64 KiB: a whole board, deck or scoreboard as JSON, and still a small part of the
+        // 1 MiB outbound queue a joiner gets it through.
+        max_state_bytes: 64 * 1024,
+        // 4 KiB: a room's public description (mode, map, tags), read by room listings that
+        // return many rooms at once.
+        max_metadata_bytes: 4 * 1024,
+    };
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        RoomsConfig::DEFAULT
+    }
 }
 
 impl Default for Config {
@@ -223,6 +255,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             resume: ResumeConfig::default(),
             matchmaking: MatchmakingConfig::default(),
+            rooms: RoomsConfig::default(),
         }
     }
 }
@@ -560,6 +593,7 @@ const TABLES: &[&str] = &[
     "auth",
     "resume",
     "matchmaking",
+    "rooms",
 ];
 
 /// Where an environment variable's (lower-cased, after `CORELAY_`) or a flag's value goes:
@@ -729,6 +763,14 @@ impl Config {
                 "resume.window_bytes and resume.window_messages must fit the outbound queue \
                  (outbound_queue_bytes, outbound_queue_frames): a replay larger than it would \
                  close the resuming client"
+                    .into(),
+            ));
+        }
+        // A state no joiner could be sent would lock every later joiner out of the game.
+        if self.rooms.max_state_bytes + 1024 > self.outbound_queue_bytes {
+            return Err(ConfigError::Invalid(
+                "rooms.max_state_bytes must leave 1 KiB of the outbound queue \
+                 (outbound_queue_bytes): every joiner gets the room's state in one frame"
                     .into(),
             ));
         }

@@ -780,6 +780,7 @@ mod tests {
                 max_room_members: 10_000,
                 max_message_bytes: 1 << 20,
                 history: None,
+                rooms: crate::config::RoomsConfig::DEFAULT,
             },
             Arc::clone(&stats),
         );

@@ -112,6 +112,10 @@ pub enum Refusal {
     TooBigForRecipients,
     /// A join to a room at `max_room_members`.
     RoomFull,
+    /// A join to a room its host locked.
+    RoomLocked,
+    /// A host action (lock, kick, metadata, state) from a member that is not the host.
+    NotHost,
     /// A message past the connection's messages-per-second bucket (`rate_limits`).
     RateLimitedMessages,
     /// A message past the connection's bytes-per-second bucket.
@@ -127,7 +131,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// Every refusal, in counter order.
-    pub const ALL: [Refusal; 14] = [
+    pub const ALL: [Refusal; 16] = [
         Refusal::Connections,
         Refusal::ConnectionsPerIp,
         Refusal::Sessions,
@@ -137,6 +141,8 @@ impl Refusal {
         Refusal::ReservedName,
         Refusal::TooBigForRecipients,
         Refusal::RoomFull,
+        Refusal::RoomLocked,
+        Refusal::NotHost,
         Refusal::RateLimitedMessages,
         Refusal::RateLimitedBytes,
         Refusal::RateLimitedJoins,
@@ -156,6 +162,8 @@ impl Refusal {
             Refusal::ReservedName => "reserved_name",
             Refusal::TooBigForRecipients => "too_big_for_recipients",
             Refusal::RoomFull => "room_full",
+            Refusal::RoomLocked => "room_locked",
+            Refusal::NotHost => "not_host",
             Refusal::RateLimitedMessages => "rate_limited_messages",
             Refusal::RateLimitedBytes => "rate_limited_bytes",
             Refusal::RateLimitedJoins => "rate_limited_joins",

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use common::eio::{data, next_starting, sio_connect, ws_send};
 use common::{connect_on_shard, run, server, within};
 use corelay::client::{Client, ServerEvent};
+use corelay::proto::native::HostAction;
 use corelay::relay::home_shard;
 
 fn room_homed_on(shard: usize, shards: usize) -> String {
@@ -24,7 +25,7 @@ async fn next_host(c: &mut Client) -> (String, String) {
         let e = within("a host notice", c.next_event())
             .await
             .expect("event");
-        if let ServerEvent::Host { room, player } = e {
+        if let ServerEvent::Host { room, player, .. } = e {
             return (room, player);
         }
     }
@@ -90,7 +91,9 @@ fn a_host_whose_session_ends_hands_over_when_its_window_does() {
         loop {
             match within("notices", bo.next_event()).await.unwrap() {
                 ServerEvent::MemberAway { .. } => away = true,
-                ServerEvent::Host { room: r, player } => {
+                ServerEvent::Host {
+                    room: r, player, ..
+                } => {
                     assert!(away, "still host while away");
                     assert_eq!((r, player), (room.clone(), bo.player().to_owned()));
                     break;
@@ -98,5 +101,160 @@ fn a_host_whose_session_ends_hands_over_when_its_window_does() {
                 _ => {}
             }
         }
+    });
+}
+
+/// The code of a refused native request.
+fn refused<T: std::fmt::Debug>(result: Result<T, corelay::client::ClientError>) -> u16 {
+    match result {
+        Err(corelay::client::ClientError::Server { code, .. }) => code,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+fn set_state(state: &str) -> HostAction {
+    HostAction::SetState {
+        state: state.to_owned(),
+    }
+}
+
+/// Only the host sets the room's state, its metadata, locks it and kicks members; the state
+/// reaches each later joiner and a new host; refusals reach the asker alone.
+#[test]
+fn the_host_keeps_the_state_locks_and_kicks_and_nobody_else_may() {
+    let srv = server(2, |c| c.rooms.max_state_bytes = 1_000);
+    let addr = srv.local_addr();
+    run(move || async move {
+        let room = room_homed_on(1, 2);
+        let mut ann = connect_on_shard(addr, 0).await;
+        let mut bo = connect_on_shard(addr, 1).await;
+        ann.join(&room).await.unwrap();
+        bo.join(&room).await.unwrap();
+        let (s, mut codec, dee) = sio_connect(addr, "/").await;
+        ws_send(&s, &format!(r#"420["join","{room}"]"#)).await;
+        let ack = data(&next_starting(&s, &mut codec, "430").await, "430");
+        assert!(ack[0].get("state").is_none(), "no state yet: {ack}");
+
+        // Not the host: refused, on both protocols; the state stays unset.
+        assert_eq!(refused(bo.host_action(&room, set_state("1")).await), 20);
+        ws_send(
+            &s,
+            &format!(r#"421["room:set_state","{room}",{{"turn":9}}]"#),
+        )
+        .await;
+        let ack = data(&next_starting(&s, &mut codec, "431").await, "431");
+        assert_eq!(ack[0]["error"], json!("not_host"));
+        // Bad values are refused where they arrive.
+        let big = format!("\"{}\"", "x".repeat(1_000));
+        assert_eq!(refused(ann.host_action(&room, set_state(&big)).await), 15);
+        assert_eq!(
+            refused(ann.host_action(&room, set_state("{nope")).await),
+            22
+        );
+        let list = HostAction::SetMetadata {
+            metadata: "[1]".into(),
+        };
+        assert_eq!(refused(ann.host_action(&room, list).await), 22);
+
+        ann.host_action(&room, set_state(r#"{"turn":3}"#))
+            .await
+            .unwrap();
+        let mode = HostAction::SetMetadata {
+            metadata: r#"{"mode":"duel"}"#.into(),
+        };
+        ann.host_action(&room, mode).await.unwrap();
+        let mut cy = connect_on_shard(addr, 0).await;
+        let joined = cy.join_room(&room).await.unwrap();
+        assert_eq!(joined.state.as_deref(), Some(r#"{"turn":3}"#));
+        let (s2, mut codec2, _) = sio_connect(addr, "/").await;
+        ws_send(&s2, &format!(r#"420["join","{room}"]"#)).await;
+        let ack = data(&next_starting(&s2, &mut codec2, "430").await, "430");
+        assert_eq!(ack[0]["state"], json!({"turn": 3}));
+
+        // Locked: nobody joins, on either protocol, until unlocked.
+        ann.host_action(&room, HostAction::Lock { locked: true })
+            .await
+            .unwrap();
+        let mut eve = connect_on_shard(addr, 1).await;
+        assert_eq!(refused(eve.join(&room).await), 21);
+        let (s3, mut codec3, _) = sio_connect(addr, "/").await;
+        ws_send(&s3, &format!(r#"420["join","{room}"]"#)).await;
+        let ack = data(&next_starting(&s3, &mut codec3, "430").await, "430");
+        assert_eq!(ack[0]["error"], json!("room_locked"));
+        ann.host_action(&room, HostAction::Lock { locked: false })
+            .await
+            .unwrap();
+        assert_eq!(eve.join(&room).await.unwrap(), 6);
+
+        // Kicked: the Socket.IO player is told, the others see it leave as kicked.
+        ann.host_action(
+            &room,
+            HostAction::Kick {
+                player: dee.clone(),
+            },
+        )
+        .await
+        .unwrap();
+        let kicked = next_starting(&s, &mut codec, r#"42["room:kicked""#).await;
+        assert_eq!(data(&kicked, "42"), json!(["room:kicked", {"room": room}]));
+        loop {
+            match within("the kick", bo.next_event()).await.unwrap() {
+                ServerEvent::MemberLeft { player, reason, .. } if player == dee => {
+                    assert_eq!(reason, corelay::proto::native::LeaveReason::Kicked);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        ws_send(&s, &format!(r#"422["to","{room}","move",1]"#)).await;
+        let ack = data(&next_starting(&s, &mut codec, "432").await, "432");
+        assert_eq!(ack[0]["error"], json!("not_member"));
+        let nobody = HostAction::Kick {
+            player: "nobody".into(),
+        };
+        assert_eq!(refused(ann.host_action(&room, nobody).await), 10);
+
+        // The host leaves: the next host gets the state with its notice.
+        ann.leave(&room).await.unwrap();
+        loop {
+            if let ServerEvent::Host { player, state, .. } =
+                within("host", bo.next_event()).await.unwrap()
+            {
+                assert_eq!(player, bo.player());
+                assert_eq!(state.as_deref(), Some(r#"{"turn":3}"#));
+                break;
+            }
+        }
+        // And may act as host at once.
+        bo.host_action(&room, set_state("4")).await.unwrap();
+    });
+}
+
+/// A Socket.IO host sets the state with `room:set_state` and a native joiner gets it.
+#[test]
+fn a_socketio_host_sets_the_state_with_room_set_state() {
+    let srv = server(2, |_| {});
+    let addr = srv.local_addr();
+    run(move || async move {
+        let room = room_homed_on(0, 2);
+        let (s, mut codec, dee) = sio_connect(addr, "/").await;
+        ws_send(&s, &format!(r#"420["join","{room}"]"#)).await;
+        let ack = data(&next_starting(&s, &mut codec, "430").await, "430");
+        assert_eq!(ack[0]["host"], json!(dee));
+        ws_send(
+            &s,
+            &format!(r#"421["room:set_state","{room}",["a",{{"b":2}}]]"#),
+        )
+        .await;
+        let ack = data(&next_starting(&s, &mut codec, "431").await, "431");
+        assert_eq!(ack, json!([{"room": room}]));
+        ws_send(&s, &format!(r#"422["room:lock","{room}","yes"]"#)).await;
+        let ack = data(&next_starting(&s, &mut codec, "432").await, "432");
+        assert_eq!(ack[0]["error"], json!("bad_arguments"));
+        let mut ann = connect_on_shard(addr, 1).await;
+        let joined = ann.join_room(&room).await.unwrap();
+        assert_eq!(joined.host, dee);
+        let state: Value = serde_json::from_str(joined.state.as_deref().unwrap()).unwrap();
+        assert_eq!(state, json!(["a", {"b": 2}]));
     });
 }

@@ -19,7 +19,8 @@ use bytes::Bytes;
 use tungstenite::Message;
 
 use crate::proto::native::{
-    self, ArchivedServerFrame, ClientFrame, ErrorCode, LeaveReason, RoomSeq, PROTOCOL_VERSION,
+    self, ArchivedServerFrame, ClientFrame, ErrorCode, HostAction, LeaveReason, RoomSeq,
+    PROTOCOL_VERSION,
 };
 use crate::proto::ws::WsCodec;
 
@@ -67,6 +68,8 @@ pub struct Joined {
     pub members: u32,
     /// The room's host (docs/ROOMS.md): its longest-present member.
     pub host: String,
+    /// The room's state as its host last set it (JSON text), if it did.
+    pub state: Option<String>,
 }
 
 /// Something the server pushed (not an answer to a request).
@@ -125,6 +128,13 @@ pub enum ServerEvent {
         room: String,
         /// The new host.
         player: String,
+        /// The room's state (JSON text), if its host set one.
+        state: Option<String>,
+    },
+    /// The room's host removed us from `room`.
+    Kicked {
+        /// Room.
+        room: String,
     },
     /// After a resumed reconnect, one per room: the messages missed there follow.
     Resumed {
@@ -185,6 +195,7 @@ enum Answer {
     },
     Joined(Joined),
     Left,
+    Updated,
     Pong,
     Error {
         code: u16,
@@ -504,6 +515,24 @@ impl Client {
         }
     }
 
+    /// Does, as `room`'s host, `action` (docs/ROOMS.md): lock, kick, set the metadata or
+    /// the state. `Err(Server)` with `not_host`, `not_member`, `too_big` or
+    /// `invalid_value` when refused.
+    pub async fn host_action(&mut self, room: &str, action: HostAction) -> Result<(), ClientError> {
+        let req = self.tx.request(|req| ClientFrame::Host {
+            req,
+            room: room.to_owned(),
+            action,
+        })?;
+        match self.rx.answer(req).await? {
+            Answer::Updated => Ok(()),
+            Answer::Error { code, message } => Err(ClientError::Server { code, message }),
+            other => Err(ClientError::Protocol(format!(
+                "expected Updated, got {other:?}"
+            ))),
+        }
+    }
+
     /// Sends to every other member of `room`.
     pub async fn send(
         &mut self,
@@ -714,11 +743,21 @@ impl ClientReceiver {
                     player: player.as_str().to_owned(),
                 })
             }
-            ArchivedServerFrame::Host { room, player, .. } => {
-                self.events.push_back(ServerEvent::Host {
-                    room: room.as_str().to_owned(),
-                    player: player.as_str().to_owned(),
-                })
+            ArchivedServerFrame::Host {
+                room,
+                player,
+                state,
+                ..
+            } => self.events.push_back(ServerEvent::Host {
+                room: room.as_str().to_owned(),
+                player: player.as_str().to_owned(),
+                state: non_empty(state.as_str()),
+            }),
+            ArchivedServerFrame::Kicked { room } => self.events.push_back(ServerEvent::Kicked {
+                room: room.as_str().to_owned(),
+            }),
+            ArchivedServerFrame::Updated { req, .. } => {
+                self.answers.push_back((req.to_native(), Answer::Updated))
             }
             ArchivedServerFrame::Resumed {
                 room,
@@ -732,12 +771,17 @@ impl ClientReceiver {
                 gap: *gap,
             }),
             ArchivedServerFrame::Joined {
-                req, members, host, ..
+                req,
+                members,
+                host,
+                state,
+                ..
             } => self.answers.push_back((
                 req.to_native(),
                 Answer::Joined(Joined {
                     members: members.to_native(),
                     host: host.as_str().to_owned(),
+                    state: non_empty(state.as_str()),
                 }),
             )),
             ArchivedServerFrame::Left { req, .. } => {
@@ -796,6 +840,7 @@ impl ClientReceiver {
                 reason: match reason {
                     native::ArchivedLeaveReason::Left => LeaveReason::Left,
                     native::ArchivedLeaveReason::Disconnected => LeaveReason::Disconnected,
+                    native::ArchivedLeaveReason::Kicked => LeaveReason::Kicked,
                 },
             }),
         }
@@ -827,4 +872,9 @@ impl ClientReceiver {
         });
         out
     }
+}
+
+/// `None` for the empty string a frame uses for "none".
+fn non_empty(text: &str) -> Option<String> {
+    (!text.is_empty()).then(|| text.to_owned())
 }

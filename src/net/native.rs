@@ -16,7 +16,8 @@ use crate::config::Protocol;
 use crate::hooks::{Forbidden, Hooks};
 use crate::proto::http::Request;
 use crate::proto::native::{
-    access_client, ArchivedClientFrame, ErrorCode, PayloadKind, ServerFrame, PROTOCOL_VERSION,
+    access_client, ArchivedClientFrame, ArchivedHostAction, ErrorCode, HostAction, PayloadKind,
+    ServerFrame, PROTOCOL_VERSION,
 };
 use crate::proto::socketio::is_reserved_for_relay;
 use crate::proto::ws::close;
@@ -339,6 +340,31 @@ impl NativeSession {
                     self.error(cx, req, code, "leave refused");
                 }
             }
+            ArchivedClientFrame::Host { req, room, action } => {
+                let req = req.to_native();
+                let action = match action {
+                    ArchivedHostAction::Lock { locked } => HostAction::Lock { locked: *locked },
+                    ArchivedHostAction::Kick { player } => HostAction::Kick {
+                        player: player.as_str().to_owned(),
+                    },
+                    ArchivedHostAction::SetMetadata { metadata } => HostAction::SetMetadata {
+                        metadata: metadata.as_str().to_owned(),
+                    },
+                    ArchivedHostAction::SetState { state } => HostAction::SetState {
+                        state: state.as_str().to_owned(),
+                    },
+                };
+                let result = shard.relay.borrow_mut().host_action(
+                    self.player,
+                    Some(u64::from(req)),
+                    room.as_str(),
+                    action,
+                    now,
+                );
+                if let Err(code) = result {
+                    self.error(cx, req, code, "host action refused");
+                }
+            }
             ArchivedClientFrame::Send {
                 req,
                 room,
@@ -539,7 +565,8 @@ fn request_id(frame: &ArchivedClientFrame) -> u32 {
         | ArchivedClientFrame::Send { req, .. }
         | ArchivedClientFrame::Ping { req, .. }
         | ArchivedClientFrame::Refresh { req, .. }
-        | ArchivedClientFrame::Resume { req, .. } => req.to_native(),
+        | ArchivedClientFrame::Resume { req, .. }
+        | ArchivedClientFrame::Host { req, .. } => req.to_native(),
     }
 }
 

@@ -40,6 +40,8 @@ pub enum LeaveReason {
     Left,
     /// The member's connection closed.
     Disconnected,
+    /// The room's host removed the member (`room:kick`).
+    Kicked,
 }
 
 pub use frames::*;
@@ -126,6 +128,44 @@ mod frames {
             /// listed counts as 0 (everything the room still keeps is replayed).
             rooms: Vec<RoomSeq>,
         },
+        /// Something only the room's host may do (docs/ROOMS.md). Answered by `Updated`,
+        /// or by `Error` `not_host`, `not_member`, `too_big` or `invalid_value`.
+        Host {
+            /// Request id.
+            req: u32,
+            /// The room.
+            room: String,
+            /// What to do.
+            action: HostAction,
+        },
+    }
+
+    /// What a room's host asks for (`ClientFrame::Host`, docs/ROOMS.md).
+    #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+    #[rkyv(derive(Debug))]
+    pub enum HostAction {
+        /// Locks the room (no one joins) or unlocks it.
+        Lock {
+            /// Locked or not.
+            locked: bool,
+        },
+        /// Removes a member (its player id) from the room.
+        Kick {
+            /// The member's player id.
+            player: String,
+        },
+        /// Replaces the room's public metadata (a JSON object, at most
+        /// `rooms.max_metadata_bytes`).
+        SetMetadata {
+            /// JSON text.
+            metadata: String,
+        },
+        /// Replaces the room's state (any JSON, at most `rooms.max_state_bytes`), handed to
+        /// each new member and to a new host.
+        SetState {
+            /// JSON text.
+            state: String,
+        },
     }
 
     /// How far a client got in a room: the last sequence number it received.
@@ -171,6 +211,8 @@ mod frames {
             /// The room's host: its longest-present member (this player, if it is the
             /// first).
             host: String,
+            /// The room's state as its host last set it (JSON text), empty when none.
+            state: String,
         },
         /// Answer to `Leave`.
         Left {
@@ -283,8 +325,23 @@ mod frames {
             room: String,
             /// The new host's player id.
             player: String,
+            /// The room's state (JSON text, empty when the host never set one), for the new
+            /// host to carry on with.
+            state: String,
             /// The room's sequence number of this notice.
             seq: u64,
+        },
+        /// Answer to `Host`: done.
+        Updated {
+            /// Echoed request id.
+            req: u32,
+            /// The room.
+            room: String,
+        },
+        /// The room's host removed this connection from `room`.
+        Kicked {
+            /// The room.
+            room: String,
         },
     }
 }
@@ -332,6 +389,13 @@ pub enum ErrorCode {
     /// existed, or the secret is wrong (the server does not say which). The connection
     /// stays open: send `Hello` for a fresh session and join the rooms again.
     CannotResume = 19,
+    /// Only the room's host may do that (`Host` frames); nothing changed.
+    NotHost = 20,
+    /// The room's host locked it: no one joins until it is unlocked.
+    RoomLocked = 21,
+    /// A room's state or metadata is not valid JSON (metadata: not a JSON object);
+    /// nothing changed.
+    InvalidValue = 22,
 }
 
 impl ErrorCode {
@@ -353,6 +417,9 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::CannotResume => "cannot_resume",
+            ErrorCode::NotHost => "not_host",
+            ErrorCode::RoomLocked => "room_locked",
+            ErrorCode::InvalidValue => "invalid_value",
         }
     }
 
@@ -374,6 +441,9 @@ impl ErrorCode {
             17 => ErrorCode::RateLimited,
             18 => ErrorCode::Forbidden,
             19 => ErrorCode::CannotResume,
+            20 => ErrorCode::NotHost,
+            21 => ErrorCode::RoomLocked,
+            22 => ErrorCode::InvalidValue,
             _ => return None,
         })
     }

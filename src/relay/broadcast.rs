@@ -96,6 +96,8 @@ pub enum Body {
     Host {
         /// The new host.
         player: PlayerName,
+        /// The room's state (JSON text), if its host set one.
+        state: Option<Arc<str>>,
     },
     /// A socket.io member's message whose JSON payload holds binary buffers (an
     /// [`Arg::Tree`]); native recipients get it as JSON with the buffers in base64.
@@ -228,8 +230,10 @@ impl Broadcast {
             Body::MemberJoined { player, .. }
             | Body::MemberLeft { player, .. }
             | Body::MemberAway { player }
-            | Body::MemberBack { player }
-            | Body::Host { player } => names("", player),
+            | Body::MemberBack { player } => names("", player),
+            Body::Host { player, state } => {
+                names("", player) + state.as_ref().map_or(0, |s| 2 * s.len())
+            }
             // Measured before its home numbers it: room for the offset numbering adds.
             Body::Nested { .. } | Body::Emit { .. } => {
                 [Wire::Native, Wire::SioWs, Wire::SioPolling]
@@ -305,7 +309,11 @@ impl Broadcast {
                     "room": room,
                     "player": &**player,
                     "members": members,
-                    "reason": match reason { LeaveReason::Left => "left", LeaveReason::Disconnected => "disconnected" },
+                    "reason": match reason {
+                        LeaveReason::Left => "left",
+                        LeaveReason::Disconnected => "disconnected",
+                        LeaveReason::Kicked => "kicked",
+                    },
                 }),
             ),
             Body::MemberAway { player } => notice(
@@ -316,9 +324,12 @@ impl Broadcast {
                 "member_back",
                 serde_json::json!({"room": room, "player": &**player}),
             ),
-            Body::Host { player } => notice(
+            Body::Host { player, state } => notice(
                 "room:host",
-                serde_json::json!({"room": room, "host": &**player}),
+                with_state(
+                    serde_json::json!({"room": room, "host": &**player}),
+                    state.as_deref(),
+                ),
             ),
             Body::Emit { event, args } => {
                 let mut args = args.clone();
@@ -385,9 +396,10 @@ impl Broadcast {
                 player: player.to_string(),
                 seq,
             },
-            Body::Host { player } => ServerFrame::Host {
+            Body::Host { player, state } => ServerFrame::Host {
                 room,
                 player: player.to_string(),
+                state: state.as_deref().unwrap_or_default().to_owned(),
                 seq,
             },
             Body::Emit { event, args } => {
@@ -423,6 +435,15 @@ impl Broadcast {
         };
         native_frame(&frame)
     }
+}
+
+/// `object` with the room's `state` (JSON text, checked when the host set it) as a value,
+/// when there is one.
+fn with_state(mut object: serde_json::Value, state: Option<&str>) -> serde_json::Value {
+    if let Some(value) = state.and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok()) {
+        object["state"] = value;
+    }
+    object
 }
 
 /// What a socket.io offset adds to an event at most: 24 characters, quotes and a comma.
@@ -518,6 +539,20 @@ pub enum Reply {
         members: u32,
         /// The room's host.
         host: PlayerName,
+        /// The room's state (JSON text), if its host set one.
+        state: Option<Arc<str>>,
+    },
+    /// A host action done.
+    Updated {
+        /// Request id.
+        req: u64,
+        /// Room.
+        room: String,
+    },
+    /// Not an answer: the room's host removed this player from `room`.
+    Kicked {
+        /// Room.
+        room: String,
     },
     /// Leave done.
     Left {
@@ -551,10 +586,21 @@ impl Reply {
                 room,
                 members,
                 host,
+                state,
             } => ack(
                 *req,
-                serde_json::json!({"room": room, "members": members, "host": &**host}),
+                with_state(
+                    serde_json::json!({"room": room, "members": members, "host": &**host}),
+                    state.as_deref(),
+                ),
             ),
+            Reply::Updated { req, room } => ack(*req, serde_json::json!({"room": room})),
+            Reply::Kicked { room } => socketio::Packet::event(
+                socketio::MAIN_NAMESPACE,
+                "room:kicked",
+                [Arg::Json(serde_json::json!({ "room": room }))],
+            )
+            .encode_engineio(),
             Reply::Left { req, room } => ack(*req, serde_json::json!({"room": room})),
             Reply::Error { req, code, .. } => ack(*req, serde_json::json!({"error": code.name()})),
         };
@@ -567,12 +613,19 @@ impl Reply {
                     room,
                     members,
                     host,
+                    state,
                 } => ServerFrame::Joined {
                     req: req as u32,
                     room,
                     members,
                     host: host.to_string(),
+                    state: state.as_deref().unwrap_or_default().to_owned(),
                 },
+                Reply::Updated { req, room } => ServerFrame::Updated {
+                    req: req as u32,
+                    room,
+                },
+                Reply::Kicked { room } => ServerFrame::Kicked { room },
                 Reply::Left { req, room } => ServerFrame::Left {
                     req: req as u32,
                     room,

@@ -35,6 +35,7 @@
 mod broadcast;
 mod outbox;
 mod recovery;
+mod rooms;
 
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
@@ -96,6 +97,8 @@ pub struct RelayLimits {
     pub max_message_bytes: usize,
     /// What each room keeps for sessions to resume; `None` when resume is off.
     pub history: Option<HistoryLimits>,
+    /// Largest room state and metadata a host may set (`[rooms]`).
+    pub rooms: crate::config::RoomsConfig,
 }
 
 /// How much of its history a room keeps for replay (config `[resume]`). All three bound it:
@@ -123,6 +126,7 @@ impl RelayLimits {
             max_rooms_per_connection: config.max_rooms_per_connection,
             max_room_members: config.max_room_members,
             max_message_bytes: config.outbound_queue_bytes,
+            rooms: config.rooms,
             history: config.resume.enabled().then(|| HistoryLimits {
                 messages: config.resume.window_messages,
                 bytes: config.resume.window_bytes,
@@ -157,13 +161,18 @@ pub enum MeshMsg {
         since: u64,
         /// The room's host.
         host: PlayerName,
+        /// The room's state, if its host set one.
+        state: Option<Arc<str>>,
     },
-    /// home -> origin: the room is full (`max_room_members`); the join was not counted.
+    /// home -> origin: the join was not counted: the room is full (`max_room_members`) or
+    /// locked by its host.
     Refused {
         /// Room.
         room: String,
         /// Player to answer.
         player: PlayerId,
+        /// Why.
+        code: ErrorCode,
     },
     /// origin -> home: a player left (or disconnected).
     Leave {
@@ -220,6 +229,35 @@ pub enum MeshMsg {
         expect: Option<PlayerName>,
         /// The namespace the client connects.
         nsp: Box<str>,
+    },
+    /// member's shard -> home: a host action (docs/ROOMS.md).
+    HostAction {
+        /// Room.
+        room: String,
+        /// Who asks.
+        player: PlayerId,
+        /// Its request id.
+        req: Option<u64>,
+        /// What it asks for.
+        action: crate::proto::native::HostAction,
+    },
+    /// home -> member's shard: how the host action went.
+    HostDone {
+        /// Room.
+        room: String,
+        /// Who asked.
+        player: PlayerId,
+        /// Its request id.
+        req: Option<u64>,
+        /// Done, or why not.
+        result: Result<(), ErrorCode>,
+    },
+    /// home -> member's shard: the host removed this member.
+    Kick {
+        /// Room.
+        room: String,
+        /// The member.
+        player: PlayerId,
     },
     /// answer to `Recover`: the session (`None` from shards that do not hold it, or refuse).
     Recovered {
@@ -340,6 +378,19 @@ impl LocalRoom {
     }
 }
 
+/// What the home answered a counted join with.
+#[derive(Debug)]
+struct Counted {
+    /// Count after the join.
+    members: u32,
+    /// The number of the room's notice of the join.
+    since: u64,
+    /// The room's host.
+    host: PlayerName,
+    /// The room's state, if its host set one.
+    state: Option<Arc<str>>,
+}
+
 /// A join sent to the room's home and not answered yet. Until the home counts it the player
 /// is not a member: it receives nothing from the room, so a refused joiner never sees the
 /// room's messages.
@@ -375,6 +426,12 @@ struct HomeRoom {
     /// member, docs/ROOMS.md). O(members) to leave; game rooms are small, and a room of
     /// `max_room_members` costs a scan of that many entries per leave.
     members: Vec<HomeMember>,
+    /// Its host locked it: joins are refused.
+    locked: bool,
+    /// The state its host last set (JSON text), handed to joiners and to a new host.
+    state: Option<Arc<str>>,
+    /// The public metadata its host last set (a JSON object's text).
+    metadata: Option<Arc<str>>,
     /// The number given to the room's last broadcast (history on).
     seq: u64,
     /// The last broadcasts, oldest first, within [`HistoryLimits`].
@@ -564,11 +621,13 @@ impl Relay {
                     .host
                     .clone()
                     .unwrap_or_else(|| Arc::clone(&p.identity.player));
+                // The state lives at the home; a member asking again has been given it.
                 self.reply(player, req, |req| Reply::Joined {
                     req,
                     room: room.to_owned(),
                     members,
                     host,
+                    state: None,
                 });
                 return Ok(());
             }
@@ -592,7 +651,7 @@ impl Relay {
         let home = home_shard(room, self.shards);
         let (wire, outbox, name) = (p.wire, Rc::clone(&p.outbox), Arc::clone(&p.identity.player));
         if home == self.shard {
-            let (members, host) = self.home_count(self.shard, room, player, &name)?;
+            let (members, host, state) = self.home_count(self.shard, room, player, &name)?;
             if let Some(p) = self.players.get_mut(&player) {
                 p.rooms.push(room.to_owned());
             }
@@ -612,6 +671,7 @@ impl Relay {
                 room: room.to_owned(),
                 members,
                 host,
+                state,
             });
             self.notify_joined(room, player, name, members, now);
             return Ok(());
@@ -1251,7 +1311,7 @@ impl Relay {
         match msg {
             MeshMsg::Join { room, player, name } => {
                 match self.home_count(from, &room, player, &name) {
-                    Ok((members, host)) => {
+                    Ok((members, host, state)) => {
                         let since = self.next_seq(&room);
                         // The answer goes before the notice and before any later message of the
                         // room, on the same FIFO path: the origin admits the player first.
@@ -1263,11 +1323,12 @@ impl Relay {
                                 members,
                                 since,
                                 host,
+                                state,
                             },
                         );
                         self.notify_joined(&room, player, name, members, now);
                     }
-                    Err(_) => self.send_mesh(from, MeshMsg::Refused { room, player }),
+                    Err(code) => self.send_mesh(from, MeshMsg::Refused { room, player, code }),
                 }
             }
             MeshMsg::Joined {
@@ -1276,9 +1337,18 @@ impl Relay {
                 members,
                 since,
                 host,
-            } => self.admit(from, &room, player, Ok((members, since, host)), now),
-            MeshMsg::Refused { room, player } => {
-                self.admit(from, &room, player, Err(ErrorCode::RoomFull), now)
+                state,
+            } => {
+                let counted = Counted {
+                    members,
+                    since,
+                    host,
+                    state,
+                };
+                self.admit(from, &room, player, Ok(counted), now)
+            }
+            MeshMsg::Refused { room, player, code } => {
+                self.admit(from, &room, player, Err(code), now)
             }
             MeshMsg::Leave {
                 room,
@@ -1352,6 +1422,10 @@ impl Relay {
                 now,
             ),
             MeshMsg::Recovered { player, moved } => self.on_recovered(from, player, moved, now),
+            msg
+            @ (MeshMsg::HostAction { .. } | MeshMsg::HostDone { .. } | MeshMsg::Kick { .. }) => {
+                self.handle_room_mesh(from, msg, now)
+            }
         }
     }
 
@@ -1372,7 +1446,7 @@ impl Relay {
         home: ShardId,
         room: &str,
         player: PlayerId,
-        outcome: Result<(u32, u64, PlayerName), ErrorCode>,
+        outcome: Result<Counted, ErrorCode>,
         now: Instant,
     ) {
         let Some(local) = self.rooms.get_mut(room) else {
@@ -1383,7 +1457,13 @@ impl Relay {
         let Some(joining) = local.joining.remove(&player) else {
             return;
         };
-        if let Ok((members, since, host)) = &outcome {
+        if let Ok(Counted {
+            members,
+            since,
+            host,
+            ..
+        }) = &outcome
+        {
             let (members, since) = (*members, *since);
             local.total = members;
             local.host = Some(Arc::clone(host));
@@ -1400,7 +1480,7 @@ impl Relay {
                 }
             }
         }
-        let outcome = outcome.map(|(members, _, host)| (members, host));
+        let outcome = outcome.map(|c| (c.members, c.host, c.state));
         if local.is_empty() {
             self.rooms.remove(room);
         }
@@ -1413,11 +1493,12 @@ impl Relay {
             self.reply_now(
                 player,
                 match (answer, &outcome) {
-                    (Answer::Join(req), Ok((members, host))) => Reply::Joined {
+                    (Answer::Join(req), Ok((members, host, state))) => Reply::Joined {
                         req,
                         room: room.to_owned(),
                         members: *members,
                         host: Arc::clone(host),
+                        state: state.clone(),
                     },
                     (Answer::Join(req), Err(code)) => Reply::Error {
                         req,
@@ -1458,7 +1539,7 @@ impl Relay {
         room: &str,
         player: PlayerId,
         name: &PlayerName,
-    ) -> Result<(u32, PlayerName), ErrorCode> {
+    ) -> Result<(u32, PlayerName, Option<Arc<str>>), ErrorCode> {
         let shards = self.shards;
         if self.homes.get(room).map_or(0, |h| h.total as usize) >= self.limits.max_room_members {
             self.stats.count_refusal(Refusal::RoomFull);
@@ -1474,7 +1555,14 @@ impl Relay {
                 kept: VecDeque::new(),
                 kept_bytes: 0,
                 members: Vec::new(),
+                locked: false,
+                state: None,
+                metadata: None,
             });
+        if home.locked {
+            self.stats.count_refusal(Refusal::RoomLocked);
+            return Err(ErrorCode::RoomLocked);
+        }
         if home.total == 0 {
             add(&self.stats.rooms, 1);
         }
@@ -1486,7 +1574,7 @@ impl Relay {
             shard: origin,
         });
         let host = Arc::clone(&home.members[0].name);
-        Ok((home.total, host))
+        Ok((home.total, host, home.state.clone()))
     }
 
     /// On the home shard: tells the room of a counted join.
@@ -1528,10 +1616,11 @@ impl Relay {
         if let Some(at) = at {
             home.members.remove(at);
         }
-        // The host left: the longest-present member takes over.
+        // The host left: the longest-present member takes over, with the room's state.
         let new_host = (at == Some(0))
             .then(|| home.members.first().map(|m| Arc::clone(&m.name)))
             .flatten();
+        let state = home.state.clone();
         if members == 0 {
             if let Some(gone) = self.homes.remove(room) {
                 use std::sync::atomic::Ordering::Relaxed;
@@ -1559,7 +1648,15 @@ impl Relay {
         );
         if let Some(host) = new_host {
             // Told to everyone, the new host included: it learns its role as the others do.
-            self.home_notice(room, player, Body::Host { player: host }, now);
+            self.home_notice(
+                room,
+                player,
+                Body::Host {
+                    player: host,
+                    state,
+                },
+                now,
+            );
         }
     }
 
@@ -1593,7 +1690,7 @@ impl Relay {
             Body::MemberJoined { members, .. } | Body::MemberLeft { members, .. } => {
                 room.total = *members;
             }
-            Body::Host { player } => room.host = Some(Arc::clone(player)),
+            Body::Host { player, .. } => room.host = Some(Arc::clone(player)),
             _ => {}
         }
         // Made once per shard for a filtered message, and only when a delivery hook is set:
@@ -1689,6 +1786,7 @@ mod tests {
         max_room_members: 3,
         max_message_bytes: 4096,
         history: None,
+        rooms: crate::config::RoomsConfig::DEFAULT,
     };
 
     fn relays(shards: usize) -> Vec<Relay> {

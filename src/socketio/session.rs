@@ -16,7 +16,7 @@ use crate::auth::Identity;
 use crate::config::{Config, Protocol};
 use crate::engineio::Session;
 use crate::hooks::{Forbidden, Hooks};
-use crate::proto::native::{ErrorCode, PayloadKind};
+use crate::proto::native::{ErrorCode, HostAction, PayloadKind};
 use crate::proto::socketio::{
     is_reserved_for_relay, Arg, ArgRef, BinaryAssembler, DecodeError, Packet, PacketType,
     MAIN_NAMESPACE,
@@ -915,6 +915,38 @@ fn relay_convention(
                 if let Some(ack) = ack {
                     ack.send([Arg::Json(json!({ "room": room }))]);
                 }
+                return;
+            }
+            result
+        }
+        "room:lock" | "room:kick" | "room:set_metadata" | "room:set_state" => {
+            let action = match (name, text(0), args.get(1)) {
+                ("room:lock", Some(_), Some(ArgRef::Json(Value::Bool(locked)))) => {
+                    HostAction::Lock { locked: *locked }
+                }
+                ("room:kick", Some(_), Some(ArgRef::Json(Value::String(target)))) => {
+                    HostAction::Kick {
+                        player: target.clone(),
+                    }
+                }
+                ("room:set_metadata", Some(_), Some(ArgRef::Json(metadata))) => {
+                    HostAction::SetMetadata {
+                        metadata: metadata.to_string(),
+                    }
+                }
+                ("room:set_state", Some(_), Some(ArgRef::Json(state))) => HostAction::SetState {
+                    state: state.to_string(),
+                },
+                _ => return answer_error(socket, ack, "bad_arguments", name),
+            };
+            let room = text(0).unwrap_or_default();
+            let req = ack.as_ref().map(|a| a.id);
+            let result = shard
+                .relay
+                .borrow_mut()
+                .host_action(player, req, room, action, now);
+            // On success the relay answers the ack itself (once the home decided).
+            if result.is_ok() {
                 return;
             }
             result
