@@ -302,7 +302,7 @@ fn socketio_connect_errors_say_why_and_the_sub_is_the_from_on_both_protocols() {
         ws_send(&s, r#"421["join","arena"]"#).await;
         assert_eq!(
             sio_next(&s, &mut codec).await.unwrap(),
-            r#"431[{"members":2,"room":"arena"}]"#
+            r#"431[{"host":"alice","members":2,"room":"arena"}]"#
         );
         match alice.next_event().await.unwrap() {
             ServerEvent::MemberJoined { player, .. } => assert_eq!(player, "bob"),
@@ -419,7 +419,7 @@ fn a_socketio_socket_is_disconnected_at_exp_and_a_refresh_event_extends_it() {
         ws_send(&kept, r#"427["join","still-here"]"#).await;
         assert_eq!(
             sio_next(&kept, &mut kc).await.unwrap(),
-            r#"437[{"members":1,"room":"still-here"}]"#
+            r#"437[{"host":"s","members":1,"room":"still-here"}]"#
         );
     });
 }
@@ -511,7 +511,11 @@ fn a_verified_tier_claim_picks_the_rate_profile_and_the_connect_payload_cannot()
         let (s, codec, answer) = sio_connect_auth(addr, verified).await;
         connected_sid(&answer, "");
         let answers = joins(s, codec).await;
-        assert!(answers[2].starts_with("432[{\"members\""), "{answers:?}");
+        // In room c with the pro native player, who joined it first and hosts it.
+        assert_eq!(
+            answers[2], r#"432[{"host":"p","members":2,"room":"c"}]"#,
+            "{answers:?}"
+        );
     });
     srv.stop().unwrap();
 }

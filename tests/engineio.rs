@@ -135,8 +135,11 @@ fn polling_carries_socketio_packets_both_ways_and_closes_on_bad_input() {
             assert_eq!(poll.status, 200);
             packets.extend(poll.body.split('\u{1e}').map(str::to_owned));
         }
-        connected_sid(&packets[0], "");
-        assert_eq!(packets[1], r#"430[{"members":1,"room":"lobby"}]"#);
+        let socket = connected_sid(&packets[0], "");
+        assert_eq!(
+            packets[1],
+            format!(r#"430[{{"host":"{socket}","members":1,"room":"lobby"}}]"#)
+        );
         // Binary from the client, base64 in the payload, relayed to... nobody else; the
         // send is acked.
         let bin = request(
@@ -261,11 +264,12 @@ fn polling_upgrades_to_websocket_without_losing_or_repeating_packets() {
         let target = format!("{EIO}&sid={sid}");
         request(addr, "POST", &target, "", "40\u{1e}420[\"join\",\"up\"]").await;
         // Collect the CONNECT answer and the join ack (which may come from another shard).
-        let mut seen = String::new();
-        while !seen.contains("430[") {
-            seen.push_str(&request(addr, "GET", &target, "", "").await.body);
+        let mut seen: Vec<String> = Vec::new();
+        while !seen.iter().any(|p| p.starts_with("430[")) {
+            let poll = request(addr, "GET", &target, "", "").await;
+            seen.extend(poll.body.split('\u{1e}').map(str::to_owned));
         }
-        assert!(seen.starts_with("40"), "{seen}");
+        let socket = connected_sid(&seen[0], "");
         let (ws, mut codec) = ws_connect(
             addr,
             &format!("/socket.io/?EIO=4&transport=websocket&sid={sid}"),
@@ -280,8 +284,10 @@ fn polling_upgrades_to_websocket_without_losing_or_repeating_packets() {
         // After the switch the socket works over WebSocket, and polling is refused.
         ws_send(&ws, "421[\"join\",\"up2\"]").await;
         assert_eq!(
-            ws_recv(&ws, &mut codec).await.as_deref(),
-            Some(r#"431[{"members":1,"room":"up2"}]"#)
+            ws_recv(&ws, &mut codec).await,
+            Some(format!(
+                r#"431[{{"host":"{socket}","members":1,"room":"up2"}}]"#
+            ))
         );
         assert_eq!(request(addr, "GET", &target, "", "").await.status, 400);
     });
@@ -694,20 +700,30 @@ fn quiet_server() -> corelay::Server {
 
 /// Opens a polling session that has connected Socket.IO's main namespace; its sid.
 async fn connected_polling_session(addr: SocketAddr) -> String {
+    connected_polling_socket(addr).await.0
+}
+
+/// Opens a polling session that has connected Socket.IO's main namespace; its Engine.IO
+/// sid and its socket's id (the socket's player id).
+async fn connected_polling_socket(addr: SocketAddr) -> (String, String) {
     let sid = sid_of(&request(addr, "GET", EIO, "", "").await.body);
     let target = format!("{EIO}&sid={sid}");
     assert_eq!(request(addr, "POST", &target, "", "40").await.body, "ok");
     let connected = request(addr, "GET", &target, "", "").await.body;
     assert!(connected.starts_with("40{"), "{connected}");
-    sid
+    let socket = connected_sid(&connected, "");
+    (sid, socket)
 }
 
-/// Joins `room` over the WebSocket and expects the ack: the session is served.
-async fn ws_joins(ws: &Stream, codec: &mut WsCodec, room: &str) {
+/// Joins `room`, empty until then, over the WebSocket and expects the ack naming the
+/// joiner (`socket`, its socket id) as the host: the session is served.
+async fn ws_joins(ws: &Stream, codec: &mut WsCodec, room: &str, socket: &str) {
     ws_send(ws, &format!("421[\"join\",\"{room}\"]")).await;
     assert_eq!(
         ws_recv(ws, codec).await,
-        Some(format!(r#"431[{{"members":1,"room":"{room}"}}]"#))
+        Some(format!(
+            r#"431[{{"host":"{socket}","members":1,"room":"{room}"}}]"#
+        ))
     );
 }
 
@@ -737,7 +753,7 @@ fn issue_8_2_a_websocket_for_an_upgraded_session_is_accepted_then_closed() {
     let srv = quiet_server();
     let addr = srv.local_addr();
     run(move || async move {
-        let sid = connected_polling_session(addr).await;
+        let (sid, socket) = connected_polling_socket(addr).await;
         let target = format!("{EIO}&sid={sid}");
         let probe = format!("/socket.io/?EIO=4&transport=websocket&sid={sid}");
         let (ws, mut codec) = ws_connect(addr, &probe).await;
@@ -745,13 +761,13 @@ fn issue_8_2_a_websocket_for_an_upgraded_session_is_accepted_then_closed() {
         assert_eq!(ws_recv(&ws, &mut codec).await.as_deref(), Some("3probe"));
         assert_eq!(request(addr, "GET", &target, "", "").await.body, "6");
         ws_send(&ws, "5").await;
-        ws_joins(&ws, &mut codec, "a").await;
+        ws_joins(&ws, &mut codec, "a", &socket).await;
         // The second WebSocket's handshake succeeds (101), then the server closes it, as
         // the reference does (a close frame with no status).
         let (again, mut again_codec) = ws_connect(addr, &probe).await;
         assert_eq!(ws_next(&again, &mut again_codec).await, Err(None));
         // The session goes on untouched on its WebSocket.
-        ws_joins(&ws, &mut codec, "b").await;
+        ws_joins(&ws, &mut codec, "b", &socket).await;
         // A WebSocket naming an unknown session is refused before the handshake.
         let unknown = request(
             addr,
@@ -771,7 +787,7 @@ fn issue_8_3_one_upgrade_at_a_time_a_second_probe_is_accepted_then_closed() {
     let srv = quiet_server();
     let addr = srv.local_addr();
     run(move || async move {
-        let sid = connected_polling_session(addr).await;
+        let (sid, socket) = connected_polling_socket(addr).await;
         let target = format!("{EIO}&sid={sid}");
         let probe = format!("/socket.io/?EIO=4&transport=websocket&sid={sid}");
         let (ws, mut codec) = ws_connect(addr, &probe).await;
@@ -785,7 +801,7 @@ fn issue_8_3_one_upgrade_at_a_time_a_second_probe_is_accepted_then_closed() {
         // The first upgrade completes and serves the session.
         assert_eq!(request(addr, "GET", &target, "", "").await.body, "6");
         ws_send(&ws, "5").await;
-        ws_joins(&ws, &mut codec, "a").await;
+        ws_joins(&ws, &mut codec, "a", &socket).await;
     });
     srv.stop().unwrap();
 }

@@ -440,9 +440,11 @@ fn room_rules_admit_by_claim_and_keep_spectators_from_sending_on_both_protocols(
         );
         let (s, mut sc) = sio_player(addr, json!({"sub": "s2", "role": ["spectator"]})).await;
         ws_send(&s, r#"421["join","match-7"]"#).await;
-        assert!(sio_message(&s, &mut sc)
-            .await
-            .starts_with("431[{\"members\":3"));
+        // pl, the first to join, hosts; sp and s2 watch.
+        assert_eq!(
+            sio_message(&s, &mut sc).await,
+            r#"431[{"host":"pl","members":3,"room":"match-7"}]"#
+        );
         ws_send(&s, r#"422["to","match-7","move",3]"#).await;
         assert_eq!(
             sio_message(&s, &mut sc).await,

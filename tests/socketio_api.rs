@@ -45,7 +45,15 @@ fn reserved_event_names_are_refused_to_the_sender_on_both_protocols() {
         next_starting(&sio, &mut codec, "430[").await;
 
         // Native: each reserved name is refused with its own error; the connection stays.
-        for event in ["disconnect", "connect", "member_joined", "error"] {
+        // Names starting with `room:` or `mm:` are the server's (room:host and the like).
+        for event in [
+            "disconnect",
+            "connect",
+            "member_joined",
+            "error",
+            "room:host",
+            "mm:matched",
+        ] {
             native
                 .send("arena", event, b"{}", PayloadKind::Json)
                 .await
@@ -57,6 +65,13 @@ fn reserved_event_names_are_refused_to_the_sender_on_both_protocols() {
         ws_send(&sio, r#"421["to","arena","disconnect",1]"#).await;
         let ack = next_starting(&sio, &mut codec, "431").await;
         assert_eq!(data(&ack, "431"), json!([{"error": "reserved_name"}]));
+        ws_send(
+            &sio,
+            r#"422["to","arena","room:host",{"room":"arena","host":"me"}]"#,
+        )
+        .await;
+        let ack = next_starting(&sio, &mut codec, "432").await;
+        assert_eq!(data(&ack, "432"), json!([{"error": "reserved_name"}]));
         ws_send(&sio, r#"42["to","arena","member_left",{}]"#).await;
         let error = next_starting(&sio, &mut codec, r#"42["error""#).await;
         assert_eq!(
@@ -86,8 +101,8 @@ fn reserved_event_names_are_refused_to_the_sender_on_both_protocols() {
         assert_eq!(event, ("chat".to_owned(), sio_id.parse().unwrap()));
         still_serving(addr).await;
     });
-    let stats = wait_for_stats(&srv, |s| s.refused_for(Refusal::ReservedName) >= 6);
-    assert_eq!(stats.refused_for(Refusal::ReservedName), 6, "{stats}");
+    let stats = wait_for_stats(&srv, |s| s.refused_for(Refusal::ReservedName) >= 9);
+    assert_eq!(stats.refused_for(Refusal::ReservedName), 9, "{stats}");
     srv.stop().unwrap();
 }
 
@@ -153,7 +168,7 @@ fn disconnect_from_inside_a_handler_removes_the_socket_and_its_rooms() {
     let addr = srv.local_addr();
     run(move || async move {
         let (a, mut a_codec, a_id) = sio_connect(addr, "/").await;
-        let (b, mut b_codec, _) = sio_connect(addr, "/").await;
+        let (b, mut b_codec, b_id) = sio_connect(addr, "/").await;
         ws_send(&a, r#"420["join","den"]"#).await;
         next_starting(&a, &mut a_codec, "430[").await;
         ws_send(&b, r#"420["join","den"]"#).await;
@@ -166,6 +181,12 @@ fn disconnect_from_inside_a_handler_removes_the_socket_and_its_rooms() {
         assert_eq!(
             broadcast_data(&left, "42"),
             json!(["member_left", {"room": "den", "player": a_id, "members": 1, "reason": "disconnected"}])
+        );
+        // a joined first and hosted the room: b, the one left, hosts it now.
+        let host = next_starting(&b, &mut b_codec, r#"42["room:host""#).await;
+        assert_eq!(
+            broadcast_data(&host, "42"),
+            json!(["room:host", {"room": "den", "host": b_id}])
         );
         assert_eq!(
             *reasons.lock().unwrap(),

@@ -56,8 +56,9 @@ for (const transports of [['websocket'], ['polling', 'websocket']]) {
     assert.ok(a.connected && b.connected);
     assert.notEqual(a.io.engine.id, firstEngine, 'a new Engine.IO session after the restart');
 
-    assert.deepEqual(await ack(a, 3000, 'join', 'after'), { room: 'after', members: 1 });
-    assert.deepEqual(await ack(b, 3000, 'join', 'after'), { room: 'after', members: 2 });
+    const after = (members) => ({ room: 'after', members, host: a.id });
+    assert.deepEqual(await ack(a, 3000, 'join', 'after'), after(1));
+    assert.deepEqual(await ack(b, 3000, 'join', 'after'), after(2));
     const got = once(b, 'hello');
     a.emit('to', 'after', 'hello', { again: true });
     assert.deepEqual(withoutOffset(await got), [{ again: true }, a.id]);

@@ -98,7 +98,11 @@ test('member_joined and member_left, also on disconnect; several rooms at once',
   const [a, b] = await pair('presence-1', ['websocket'], ['websocket']);
   await ack(a, 3000, 'join', 'presence-2');
   const joined2 = once(a, 'member_joined');
-  assert.deepEqual(await ack(b, 3000, 'join', 'presence-2'), { room: 'presence-2', members: 2 });
+  assert.deepEqual(await ack(b, 3000, 'join', 'presence-2'), {
+    room: 'presence-2',
+    members: 2,
+    host: a.id,
+  });
   assert.deepEqual((await joined2)[0], { room: 'presence-2', player: b.id, members: 2 });
 
   // A message to one room reaches b once, tagged by event name only (rooms are separate).

@@ -81,7 +81,11 @@ test('a player without the claim cannot join a match room, and stays connected',
     event: 'join',
     message: 'room match-2 requires the claim role',
   });
-  assert.deepEqual(await ack(guest, 3000, 'join', 'lobby'), { members: 1, room: 'lobby' });
+  assert.deepEqual(await ack(guest, 3000, 'join', 'lobby'), {
+    members: 1,
+    room: 'lobby',
+    host: 'guest',
+  });
   assert.equal(guest.connected, true);
 });
 

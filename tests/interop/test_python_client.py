@@ -177,7 +177,7 @@ def test_connect_websocket(peers):
 
 def test_join_ack_and_errors(peers):
     peer = peers(["websocket"])
-    assert peer.call("join", "py-ack") == {"room": "py-ack", "members": 1}
+    assert peer.call("join", "py-ack") == {"room": "py-ack", "members": 1, "host": peer.sid}
     assert peer.call("to", ("py-ack", "ev", {"x": 1})) == {"room": "py-ack"}
     assert peer.call("to", ("py-elsewhere", "ev", 1)) == {"error": "not_member"}
     assert peer.call("join", 5) == {"error": "bad_arguments"}
@@ -190,8 +190,9 @@ def test_join_ack_and_errors(peers):
 def test_two_clients_in_a_room(peers):
     a = peers(["websocket"])
     b = peers(["websocket"])
-    assert a.call("join", "py-room") == {"room": "py-room", "members": 1}
-    assert b.call("join", "py-room") == {"room": "py-room", "members": 2}
+    # The first to join hosts the room; an anonymous socket's player id is its sid.
+    assert a.call("join", "py-room") == {"room": "py-room", "members": 1, "host": a.sid}
+    assert b.call("join", "py-room") == {"room": "py-room", "members": 2, "host": a.sid}
     assert without_offset(a.next("member_joined")) == [
         {"room": "py-room", "player": b.sid, "members": 2}
     ]
@@ -223,8 +224,9 @@ def test_polling_client_with_a_websocket_client(peers):
     poller = peers(["polling"])
     assert poller.sio.transport() == "polling"
     ws = peers(["websocket"])
-    assert poller.call("join", "py-mixed") == {"room": "py-mixed", "members": 1}
-    assert ws.call("join", "py-mixed") == {"room": "py-mixed", "members": 2}
+    host = poller.sid
+    assert poller.call("join", "py-mixed") == {"room": "py-mixed", "members": 1, "host": host}
+    assert ws.call("join", "py-mixed") == {"room": "py-mixed", "members": 2, "host": host}
 
     # A burst: several of these arrive in one poll response.
     for i in range(50):
@@ -239,7 +241,7 @@ def test_polling_client_with_a_websocket_client(peers):
 def test_events_past_the_rate_limit_get_rate_limited(limited_server_url):
     peer = Peer(limited_server_url, ["websocket"])
     try:
-        assert peer.call("join", "py-rl") == {"room": "py-rl", "members": 1}
+        assert peer.call("join", "py-rl") == {"room": "py-rl", "members": 1, "host": peer.sid}
         assert peer.call("to", ("py-rl", "ev", 1)) == {"room": "py-rl"}
         assert peer.call("to", ("py-rl", "ev", 2)) == {"error": "rate_limited"}
         peer.sio.emit("to", ("py-rl", "ev", 3))
@@ -254,8 +256,9 @@ def test_tokens_make_the_sub_the_player_id_and_bad_ones_are_refused(auth_server_
     ana = Peer(auth_server_url, ["websocket"], auth={"token": hs256({"sub": "ana", "exp": exp})})
     bo = Peer(auth_server_url, ["polling"], auth={"token": hs256({"sub": "bo", "exp": exp})})
     try:
-        assert ana.call("join", "py-auth") == {"room": "py-auth", "members": 1}
-        assert bo.call("join", "py-auth") == {"room": "py-auth", "members": 2}
+        # A token player's id is its sub; ana joined first and hosts the room.
+        assert ana.call("join", "py-auth") == {"room": "py-auth", "members": 1, "host": "ana"}
+        assert bo.call("join", "py-auth") == {"room": "py-auth", "members": 2, "host": "ana"}
         assert without_offset(ana.next("member_joined")) == [
             {"room": "py-auth", "player": "bo", "members": 2}
         ]

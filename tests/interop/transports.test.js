@@ -21,9 +21,10 @@ async function exchange(transportsA, transportsB, room) {
   const a = client({ transports: transportsA });
   const b = client({ transports: transportsB });
   await Promise.all([connected(a), connected(b)]);
-  assert.deepEqual(await ack(a, 3000, 'join', room), { room, members: 1 });
+  // The first to join hosts the room; the player id of an anonymous socket is its id.
+  assert.deepEqual(await ack(a, 3000, 'join', room), { room, members: 1, host: a.id });
   const joined = once(a, 'member_joined');
-  assert.deepEqual(await ack(b, 3000, 'join', room), { room, members: 2 });
+  assert.deepEqual(await ack(b, 3000, 'join', room), { room, members: 2, host: a.id });
   assert.deepEqual((await joined)[0], { room, player: b.id, members: 2 });
 
   const atB = once(b, 'chat');
@@ -49,14 +50,25 @@ test('websocket only', async () => {
   a.emit('to', 'nowhere', 'chat', 1);
   assert.deepEqual((await err)[0], { error: 'not_member', event: 'to' });
 
-  // Leaving: the other member is told, and no longer receives.
+  // Leaving: the other member is told, and no longer receives. a hosted the room, so b,
+  // now its longest-present member, is told it hosts it, after the member_left.
+  const notices = [];
+  const onLeft = () => notices.push('member_left');
+  const onHost = () => notices.push('room:host');
+  b.on('member_left', onLeft);
+  b.on('room:host', onHost);
   const left = once(b, 'member_left');
+  const hosted = once(b, 'room:host');
   assert.deepEqual(await ack(a, 3000, 'leave', 'ws-room'), { room: 'ws-room' });
   const [info] = await left;
   assert.equal(info.room, 'ws-room');
   assert.equal(info.player, a.id);
   assert.equal(info.members, 1);
   assert.equal(typeof info.reason, 'string');
+  assert.deepEqual(withoutOffset(await hosted), [{ room: 'ws-room', host: b.id }]);
+  b.off('member_left', onLeft);
+  b.off('room:host', onHost);
+  assert.deepEqual(notices, ['member_left', 'room:host']);
 });
 
 test('polling only', async () => {
