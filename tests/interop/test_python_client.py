@@ -76,6 +76,26 @@ def auth_server_url():
     yield from serve({"CORELAY_AUTH_REQUIRED": "true", "CORELAY_AUTH_JWT_SECRET": SECRET})
 
 
+@pytest.fixture(scope="module")
+def rules_server_url(tmp_path_factory):
+    """A server with tokens and an `[[auth.rooms]]` rule: `match-*` needs a `role` of player
+    or spectator, and spectators may not send."""
+    config = tmp_path_factory.mktemp("rules") / "corelay.toml"
+    config.write_text(
+        f'''
+[auth]
+jwt_secret = "{SECRET}"
+
+[[auth.rooms]]
+room = "match-*"
+claim = "role"
+values = ["player", "spectator"]
+read_only = ["spectator"]
+'''
+    )
+    yield from serve({}, ["--config", str(config)])
+
+
 def hs256(claims, secret=SECRET):
     """An HS256 JWT, made with the standard library as a game backend would with PyJWT."""
 
@@ -88,10 +108,10 @@ def hs256(claims, secret=SECRET):
     return f"{head}.{body}.{b64(mac)}"
 
 
-def serve(env):
-    """Runs `corelay serve` with `env` added; yields its URL, then stops it."""
+def serve(env, args=()):
+    """Runs `corelay serve` with `env` added (and `args`); yields its URL, then stops it."""
     proc = subprocess.Popen(
-        [CORELAY_BIN, "serve", "--listen", "127.0.0.1:0", "--shards", "2"],
+        [CORELAY_BIN, "serve", "--listen", "127.0.0.1:0", "--shards", "2", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -280,3 +300,40 @@ def test_tokens_make_the_sub_the_player_id_and_bad_ones_are_refused(auth_server_
         # The handler gets the CONNECT_ERROR data: the reason and the code.
         assert errors.get(timeout=WAIT) == {"message": message, "data": {"code": "unauthorized"}}
         client.disconnect()
+
+
+def test_room_rules_refuse_by_claim_and_only_the_asker_hears(rules_server_url):
+    exp = int(time.time()) + 600
+
+    def player(sub, role):
+        token = hs256({"sub": sub, "role": role, "exp": exp})
+        return Peer(rules_server_url, ["websocket"], auth={"token": token})
+
+    ann, sue, gus = player("ann", "player"), player("sue", "spectator"), player("gus", "guest")
+    try:
+        assert ann.call("join", "match-1") == {"room": "match-1", "members": 1, "host": "ann"}
+        assert sue.call("join", "match-1") == {"room": "match-1", "members": 2, "host": "ann"}
+        assert gus.call("join", "match-1") == {
+            "error": "forbidden",
+            "message": "room match-1 requires the claim role",
+        }
+        assert sue.call("to", ("match-1", "move", {"x": 1})) == {
+            "error": "forbidden",
+            "message": "spectator members may not send to match-1",
+        }
+        # Without an ack the refusal is an `error` event, to the sender alone.
+        sue.sio.emit("to", ("match-1", "move", {"x": 2}))
+        assert sue.next("error") == [
+            {
+                "error": "forbidden",
+                "message": "spectator members may not send to match-1",
+                "event": "to",
+            }
+        ]
+        assert ann.call("to", ("match-1", "move", {"x": 3})) == {"room": "match-1"}
+        assert without_offset(sue.next("move")) == [{"x": 3}, "ann"]
+        # Rooms no rule covers stay open to anyone with a token.
+        assert gus.call("join", "lobby") == {"room": "lobby", "members": 1, "host": "gus"}
+    finally:
+        for peer in (ann, sue, gus):
+            peer.close()
