@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use common::eio::{data, next_starting, sio_connect, ws_send};
 use common::{connect_on_shard, run, server, within};
-use corelay::client::{Client, ServerEvent};
+use corelay::client::{Client, NewRoom, ServerEvent};
 use corelay::proto::native::HostAction;
 use corelay::relay::home_shard;
 
@@ -256,5 +256,71 @@ fn a_socketio_host_sets_the_state_with_room_set_state() {
         assert_eq!(joined.host, dee);
         let state: Value = serde_json::from_str(joined.state.as_deref().unwrap()).unwrap();
         assert_eq!(state, json!(["a", {"b": 2}]));
+    });
+}
+
+/// `room:create` makes a room with a code others join it by, a size of its own, and a life
+/// past its last member for `empty_ttl_ms`; a code is taken once, and `#` names are only
+/// made by creation.
+#[test]
+fn a_created_room_has_a_code_a_size_and_waits_empty_for_its_ttl() {
+    let srv = server(2, |c| c.stats_publish_ms = 50);
+    let addr = srv.local_addr();
+    run(move || async move {
+        let mut ann = connect_on_shard(addr, 0).await;
+        let created = ann
+            .create_room(NewRoom {
+                max_members: 2,
+                empty_ttl_ms: 300,
+                metadata: Some(r#"{"mode":"duel"}"#.into()),
+                ..NewRoom::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(created.room, format!("#{}", created.code));
+        assert_eq!(created.code.len(), 6);
+        assert_eq!(created.host, ann.player());
+        // Joined by its code, in any case, over Socket.IO.
+        let (s, mut codec, _) = sio_connect(addr, "/").await;
+        let lower = created.code.to_lowercase();
+        ws_send(&s, &format!(r#"420["join",{{"code":"{lower}"}}]"#)).await;
+        let ack = data(&next_starting(&s, &mut codec, "430").await, "430");
+        assert_eq!(
+            ack[0],
+            json!({"room": created.room, "members": 2, "host": ann.player()})
+        );
+        let mut bo = connect_on_shard(addr, 1).await;
+        assert_eq!(refused(bo.join(&created.room).await), 16, "full at 2");
+        let taken = NewRoom {
+            code: Some(created.code.clone()),
+            ..NewRoom::default()
+        };
+        assert_eq!(refused(bo.create_room(taken).await), 23);
+        let bad = NewRoom {
+            code: Some("O0".into()),
+            ..NewRoom::default()
+        };
+        assert_eq!(refused(bo.create_room(bad).await), 11);
+        assert_eq!(refused(bo.join("#NQPE23").await), 10, "no squatting");
+
+        // Empty, it waits for its players...
+        ann.leave(&created.room).await.unwrap();
+        ws_send(&s, &format!(r#"421["leave","{}"]"#, created.room)).await;
+        next_starting(&s, &mut codec, "431").await;
+        let back = bo.join_room(&created.room).await.unwrap();
+        assert_eq!((back.members, back.host.as_str()), (1, bo.player()));
+        // ... then goes when its time is up.
+        bo.leave(&created.room).await.unwrap();
+        common::wait_for_stats(&srv, |s| s.rooms == 0);
+        assert_eq!(refused(bo.join(&created.room).await), 10);
+
+        // Socket.IO creates with a code of its own choice.
+        ws_send(&s, r#"422["room:create",{"code":"duck42","private":true}]"#).await;
+        let ack = data(&next_starting(&s, &mut codec, "432").await, "432");
+        assert_eq!(ack[0]["room"], json!("#DUCK42"));
+        assert_eq!(ack[0]["code"], json!("DUCK42"));
+        ws_send(&s, r#"423["room:create",{"max_members":"two"}]"#).await;
+        let ack = data(&next_starting(&s, &mut codec, "433").await, "433");
+        assert_eq!(ack[0]["error"], json!("bad_arguments"));
     });
 }

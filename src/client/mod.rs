@@ -61,6 +61,33 @@ impl ClientConfig {
     }
 }
 
+/// How to create a room ([`Client::create_room`]); the default is a public room of the
+/// server's size limit, gone with its last member, with a code the server picks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewRoom {
+    /// Most members; 0 for the server's `max_room_members`.
+    pub max_members: u32,
+    /// Not listed; joined with its code.
+    pub private: bool,
+    /// Public metadata: a JSON object's text.
+    pub metadata: Option<String>,
+    /// How long the room survives being empty, in ms (the server keeps at most an hour).
+    pub empty_ttl_ms: u32,
+    /// The code to give it; `None`: the server picks one.
+    pub code: Option<String>,
+}
+
+/// The answer to a room creation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Created {
+    /// The room's name (`#` and its code), to join, send to and leave.
+    pub room: String,
+    /// The code other players join it with.
+    pub code: String,
+    /// Its host: this player.
+    pub host: String,
+}
+
 /// The answer to a join.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Joined {
@@ -194,6 +221,7 @@ enum Answer {
         exp: u64,
     },
     Joined(Joined),
+    Created(Created),
     Left,
     Updated,
     Pong,
@@ -515,6 +543,26 @@ impl Client {
         }
     }
 
+    /// Creates a room (docs/ROOMS.md) of which this client is the first member and host.
+    /// Other players join it as `#<code>`.
+    pub async fn create_room(&mut self, options: NewRoom) -> Result<Created, ClientError> {
+        let req = self.tx.request(|req| ClientFrame::Create {
+            req,
+            max_members: options.max_members,
+            private: options.private,
+            metadata: options.metadata.unwrap_or_default(),
+            empty_ttl_ms: options.empty_ttl_ms,
+            code: options.code.unwrap_or_default(),
+        })?;
+        match self.rx.answer(req).await? {
+            Answer::Created(created) => Ok(created),
+            Answer::Error { code, message } => Err(ClientError::Server { code, message }),
+            other => Err(ClientError::Protocol(format!(
+                "expected Created, got {other:?}"
+            ))),
+        }
+    }
+
     /// Does, as `room`'s host, `action` (docs/ROOMS.md): lock, kick, set the metadata or
     /// the state. `Err(Server)` with `not_host`, `not_member`, `too_big` or
     /// `invalid_value` when refused.
@@ -759,6 +807,19 @@ impl ClientReceiver {
             ArchivedServerFrame::Updated { req, .. } => {
                 self.answers.push_back((req.to_native(), Answer::Updated))
             }
+            ArchivedServerFrame::Created {
+                req,
+                room,
+                code,
+                host,
+            } => self.answers.push_back((
+                req.to_native(),
+                Answer::Created(Created {
+                    room: room.as_str().to_owned(),
+                    code: code.as_str().to_owned(),
+                    host: host.as_str().to_owned(),
+                }),
+            )),
             ArchivedServerFrame::Resumed {
                 room,
                 members,

@@ -22,7 +22,9 @@ use crate::proto::native::{
 use crate::proto::socketio::is_reserved_for_relay;
 use crate::proto::ws::close;
 use crate::rate_limit::{Buckets, Exceeded};
-use crate::relay::{native_frame, new_secret, valid_name, Body, PlayerId, Reply, Wire};
+use crate::relay::{
+    native_frame, new_secret, valid_name, Body, PlayerId, Reply, RoomOptions, Wire,
+};
 use crate::shard::{Cx, Shard, Step};
 use crate::stats::{add, CloseReason, Refusal};
 
@@ -340,6 +342,37 @@ impl NativeSession {
                     self.error(cx, req, code, "leave refused");
                 }
             }
+            ArchivedClientFrame::Create {
+                req,
+                max_members,
+                private,
+                metadata,
+                empty_ttl_ms,
+                code,
+            } => {
+                let req = req.to_native();
+                let max = shard.config.max_room_members as u32;
+                let options = RoomOptions {
+                    max_members: match max_members.to_native() {
+                        0 => max,
+                        n => n,
+                    },
+                    private: *private,
+                    metadata: (!metadata.is_empty()).then(|| Arc::from(metadata.as_str())),
+                    empty_ttl_ms: u64::from(empty_ttl_ms.to_native()),
+                };
+                let code = (!code.is_empty()).then_some(code.as_str());
+                let result = shard.relay.borrow_mut().create_room(
+                    self.player,
+                    Some(u64::from(req)),
+                    code,
+                    options,
+                    now,
+                );
+                if let Err(code) = result {
+                    self.error(cx, req, code, "create refused");
+                }
+            }
             ArchivedClientFrame::Host { req, room, action } => {
                 let req = req.to_native();
                 let action = match action {
@@ -566,7 +599,8 @@ fn request_id(frame: &ArchivedClientFrame) -> u32 {
         | ArchivedClientFrame::Ping { req, .. }
         | ArchivedClientFrame::Refresh { req, .. }
         | ArchivedClientFrame::Resume { req, .. }
-        | ArchivedClientFrame::Host { req, .. } => req.to_native(),
+        | ArchivedClientFrame::Host { req, .. }
+        | ArchivedClientFrame::Create { req, .. } => req.to_native(),
     }
 }
 

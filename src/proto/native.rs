@@ -138,6 +138,26 @@ mod frames {
             /// What to do.
             action: HostAction,
         },
+        /// Creates a room (docs/ROOMS.md) whose first member and host is this connection.
+        /// Answered by `Created`, or by `Error` `room_exists`, `invalid_name` (a bad code),
+        /// `invalid_value`, `too_big`, `too_many_rooms`.
+        Create {
+            /// Request id.
+            req: u32,
+            /// Most members; 0 for the server's `max_room_members`.
+            max_members: u32,
+            /// Not listed; joined with its code.
+            private: bool,
+            /// Public metadata, a JSON object's text; empty for none.
+            metadata: String,
+            /// How long the room survives being empty, in ms (at most an hour); 0: it goes
+            /// with its last member. A `u32`, so that the frame fits the 30-byte root every
+            /// client frame has.
+            empty_ttl_ms: u32,
+            /// The code to give it (4 to 12 letters of `23456789ABCDEFGHJKMNPQRSTUVWXYZ`);
+            /// empty: the server picks 6.
+            code: String,
+        },
     }
 
     /// What a room's host asks for (`ClientFrame::Host`, docs/ROOMS.md).
@@ -343,6 +363,18 @@ mod frames {
             /// The room.
             room: String,
         },
+        /// Answer to `Create`: the room (`#` and its code), its code, and its host (this
+        /// player).
+        Created {
+            /// Echoed request id.
+            req: u32,
+            /// The room's name, to `Join`, `Send` and `Leave` with.
+            room: String,
+            /// The code other players join it with (`Join` of `#<code>`).
+            code: String,
+            /// Its host.
+            host: String,
+        },
     }
 }
 
@@ -393,9 +425,11 @@ pub enum ErrorCode {
     NotHost = 20,
     /// The room's host locked it: no one joins until it is unlocked.
     RoomLocked = 21,
-    /// A room's state or metadata is not valid JSON (metadata: not a JSON object);
-    /// nothing changed.
+    /// A room's state or metadata is not valid JSON (metadata: not a JSON object), or a
+    /// room option is out of range; nothing changed.
     InvalidValue = 22,
+    /// `Create`: a room with that code exists; choose another (or let the server pick).
+    RoomExists = 23,
 }
 
 impl ErrorCode {
@@ -420,6 +454,7 @@ impl ErrorCode {
             ErrorCode::NotHost => "not_host",
             ErrorCode::RoomLocked => "room_locked",
             ErrorCode::InvalidValue => "invalid_value",
+            ErrorCode::RoomExists => "room_exists",
         }
     }
 
@@ -444,6 +479,7 @@ impl ErrorCode {
             20 => ErrorCode::NotHost,
             21 => ErrorCode::RoomLocked,
             22 => ErrorCode::InvalidValue,
+            23 => ErrorCode::RoomExists,
             _ => return None,
         })
     }

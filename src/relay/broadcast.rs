@@ -542,6 +542,17 @@ pub enum Reply {
         /// The room's state (JSON text), if its host set one.
         state: Option<Arc<str>>,
     },
+    /// A room created (`room:create`).
+    Created {
+        /// Request id.
+        req: u64,
+        /// Room.
+        room: String,
+        /// Its code.
+        code: String,
+        /// Its host.
+        host: PlayerName,
+    },
     /// A host action done.
     Updated {
         /// Request id.
@@ -595,6 +606,15 @@ impl Reply {
                 ),
             ),
             Reply::Updated { req, room } => ack(*req, serde_json::json!({"room": room})),
+            Reply::Created {
+                req,
+                room,
+                code,
+                host,
+            } => ack(
+                *req,
+                serde_json::json!({"room": room, "code": code, "host": &**host}),
+            ),
             Reply::Kicked { room } => socketio::Packet::event(
                 socketio::MAIN_NAMESPACE,
                 "room:kicked",
@@ -620,6 +640,17 @@ impl Reply {
                     members,
                     host: host.to_string(),
                     state: state.as_deref().unwrap_or_default().to_owned(),
+                },
+                Reply::Created {
+                    req,
+                    room,
+                    code,
+                    host,
+                } => ServerFrame::Created {
+                    req: req as u32,
+                    room,
+                    code,
+                    host: host.to_string(),
                 },
                 Reply::Updated { req, room } => ServerFrame::Updated {
                     req: req as u32,

@@ -54,6 +54,7 @@ pub use recovery::{
     parse_sio_pid, sio_pid, Moved, RecoverRequest, Recovery, RecoveryTicket, Waker,
 };
 use recovery::{Pending, SioLog};
+pub use rooms::{new_code, normalize_code, RoomOptions, CODE_PREFIX, MAX_EMPTY_TTL_MS};
 
 use crate::auth::Identity;
 use crate::hooks::{Hooks, Message};
@@ -148,6 +149,8 @@ pub enum MeshMsg {
         player: PlayerId,
         /// Its name, for the room's notice.
         name: PlayerName,
+        /// Create the room with these options (`room:create`): refused if it exists.
+        create: Option<Box<RoomOptions>>,
     },
     /// home -> origin: the join is counted; the player is a member from now on.
     Joined {
@@ -414,6 +417,7 @@ struct Joining {
 #[derive(Debug, Clone, Copy)]
 enum Answer {
     Join(u64),
+    Create(u64),
     Leave(u64),
 }
 
@@ -432,6 +436,10 @@ struct HomeRoom {
     state: Option<Arc<str>>,
     /// The public metadata its host last set (a JSON object's text).
     metadata: Option<Arc<str>>,
+    /// Options it was created with (`room:create`); `None` for a room made by a join.
+    options: Option<Box<RoomOptions>>,
+    /// Empty, it is kept until then (`empty_ttl_ms`), so that players can come back.
+    empty_until: Option<Instant>,
     /// The number given to the room's last broadcast (history on).
     seq: u64,
     /// The last broadcasts, oldest first, within [`HistoryLimits`].
@@ -513,6 +521,9 @@ pub struct Relay {
     pending: HashMap<PlayerId, Pending>,
     /// Timers to fire for sessions whose recovery was decided.
     wakeups: Vec<Waker>,
+    /// Empty rooms kept for `empty_ttl_ms`, with the time they go (an entry whose room
+    /// was joined again meanwhile is stale and skipped).
+    emptied: Vec<(Instant, String)>,
 }
 
 impl Relay {
@@ -537,6 +548,7 @@ impl Relay {
             hooks: Arc::new(Hooks::new()),
             pending: HashMap::new(),
             wakeups: Vec::new(),
+            emptied: Vec::new(),
         }
     }
 
@@ -608,11 +620,31 @@ impl Relay {
         room: &str,
         now: Instant,
     ) -> Result<(), ErrorCode> {
+        self.join_with(player, req, room, None, now)
+    }
+
+    /// [`Relay::join`], creating the room with `create` (`room:create`): then the home
+    /// refuses the join when the room exists (`RoomExists`), and the answer is `Created`.
+    fn join_with(
+        &mut self,
+        player: PlayerId,
+        req: Option<u64>,
+        room: &str,
+        create: Option<Box<RoomOptions>>,
+        now: Instant,
+    ) -> Result<(), ErrorCode> {
         self.check_name(room)?;
         let p = self
             .players
             .get_mut(&player)
             .ok_or(ErrorCode::NotWelcomed)?;
+        let answer = |req: u64| match create {
+            Some(_) => Answer::Create(req),
+            None => Answer::Join(req),
+        };
+        if create.is_some() && self.rooms.contains_key(room) {
+            return Err(ErrorCode::RoomExists);
+        }
         if let Some(local) = self.rooms.get_mut(room) {
             if local.contains(player) {
                 // Already in: answer with the last count this shard heard of, change nothing.
@@ -651,7 +683,9 @@ impl Relay {
         let home = home_shard(room, self.shards);
         let (wire, outbox, name) = (p.wire, Rc::clone(&p.outbox), Arc::clone(&p.identity.player));
         if home == self.shard {
-            let (members, host, state) = self.home_count(self.shard, room, player, &name)?;
+            let created = create.is_some();
+            let (members, host, state) =
+                self.home_count(self.shard, room, player, &name, create, now)?;
             if let Some(p) = self.players.get_mut(&player) {
                 p.rooms.push(room.to_owned());
             }
@@ -666,12 +700,8 @@ impl Relay {
             });
             local.total = members;
             local.host = Some(Arc::clone(&host));
-            self.reply(player, req, |req| Reply::Joined {
-                req,
-                room: room.to_owned(),
-                members,
-                host,
-                state,
+            self.reply(player, req, |req| {
+                Self::joined_reply(req, room, created, members, host, state)
             });
             self.notify_joined(room, player, name, members, now);
             return Ok(());
@@ -689,7 +719,7 @@ impl Relay {
             p.rooms.push(room.to_owned());
         }
         let joining = Joining {
-            answers: req.map(Answer::Join).into_iter().collect(),
+            answers: req.map(answer).into_iter().collect(),
             name: Arc::clone(&name),
             ..Joining::default()
         };
@@ -704,9 +734,37 @@ impl Relay {
                 room: room.to_owned(),
                 player,
                 name,
+                create,
             },
         );
         Ok(())
+    }
+
+    /// The answer to a counted join, or to a creation (`Created`, with the room's code).
+    fn joined_reply(
+        req: u64,
+        room: &str,
+        created: bool,
+        members: u32,
+        host: PlayerName,
+        state: Option<Arc<str>>,
+    ) -> Reply {
+        if created {
+            Reply::Created {
+                req,
+                room: room.to_owned(),
+                code: room.strip_prefix(CODE_PREFIX).unwrap_or(room).to_owned(),
+                host,
+            }
+        } else {
+            Reply::Joined {
+                req,
+                room: room.to_owned(),
+                members,
+                host,
+                state,
+            }
+        }
     }
 
     /// Removes `player` from `room` and answers `Left` (after the join's answer, when the
@@ -898,6 +956,7 @@ impl Relay {
     /// Ends the detached sessions whose window is over at `now`: they leave their rooms as
     /// disconnected members. Call it every so often (the shard does on its stats tick).
     pub fn expire(&mut self, now: Instant) {
+        self.expire_rooms(now);
         while let Some(&(until, player)) = self.away.front() {
             if until > now {
                 break;
@@ -1309,8 +1368,13 @@ impl Relay {
     /// Handles a message from shard `from`.
     pub fn handle_mesh(&mut self, from: ShardId, msg: MeshMsg, now: Instant) {
         match msg {
-            MeshMsg::Join { room, player, name } => {
-                match self.home_count(from, &room, player, &name) {
+            MeshMsg::Join {
+                room,
+                player,
+                name,
+                create,
+            } => {
+                match self.home_count(from, &room, player, &name, create, now) {
                     Ok((members, host, state)) => {
                         let since = self.next_seq(&room);
                         // The answer goes before the notice and before any later message of the
@@ -1493,14 +1557,18 @@ impl Relay {
             self.reply_now(
                 player,
                 match (answer, &outcome) {
-                    (Answer::Join(req), Ok((members, host, state))) => Reply::Joined {
-                        req,
-                        room: room.to_owned(),
-                        members: *members,
-                        host: Arc::clone(host),
-                        state: state.clone(),
-                    },
-                    (Answer::Join(req), Err(code)) => Reply::Error {
+                    (Answer::Join(req) | Answer::Create(req), Ok((members, host, state))) => {
+                        let created = matches!(answer, Answer::Create(_));
+                        Self::joined_reply(
+                            req,
+                            room,
+                            created,
+                            *members,
+                            Arc::clone(host),
+                            state.clone(),
+                        )
+                    }
+                    (Answer::Join(req) | Answer::Create(req), Err(code)) => Reply::Error {
                         req,
                         code: *code,
                         message: "join refused".to_owned(),
@@ -1539,16 +1607,35 @@ impl Relay {
         room: &str,
         player: PlayerId,
         name: &PlayerName,
+        create: Option<Box<RoomOptions>>,
+        now: Instant,
     ) -> Result<(u32, PlayerName, Option<Arc<str>>), ErrorCode> {
         let shards = self.shards;
-        if self.homes.get(room).map_or(0, |h| h.total as usize) >= self.limits.max_room_members {
-            self.stats.count_refusal(Refusal::RoomFull);
-            return Err(ErrorCode::RoomFull);
+        // A name of a created room (`#<code>`) is only ever made by `room:create`: a join
+        // cannot squat a code, and a join of a room that is gone finds nothing.
+        if create.is_none() && room.starts_with(CODE_PREFIX) && !self.homes.contains_key(room) {
+            return Err(ErrorCode::NotMember);
         }
-        let home = self
-            .homes
-            .entry(room.to_owned())
-            .or_insert_with(|| HomeRoom {
+        if let Some(home) = self.homes.get(room) {
+            if create.is_some() {
+                return Err(ErrorCode::RoomExists);
+            }
+            let cap = home
+                .options
+                .as_ref()
+                .map_or(self.limits.max_room_members, |o| o.max_members as usize);
+            if home.total as usize >= cap {
+                self.stats.count_refusal(Refusal::RoomFull);
+                return Err(ErrorCode::RoomFull);
+            }
+            if home.locked {
+                self.stats.count_refusal(Refusal::RoomLocked);
+                return Err(ErrorCode::RoomLocked);
+            }
+        }
+        let home = self.homes.entry(room.to_owned()).or_insert_with(|| {
+            add(&self.stats.rooms, 1);
+            HomeRoom {
                 per_shard: vec![0; shards],
                 total: 0,
                 seq: 0,
@@ -1557,15 +1644,14 @@ impl Relay {
                 members: Vec::new(),
                 locked: false,
                 state: None,
-                metadata: None,
-            });
-        if home.locked {
-            self.stats.count_refusal(Refusal::RoomLocked);
-            return Err(ErrorCode::RoomLocked);
-        }
-        if home.total == 0 {
-            add(&self.stats.rooms, 1);
-        }
+                metadata: create.as_ref().and_then(|o| o.metadata.clone()),
+                options: create,
+                empty_until: None,
+            }
+        });
+        // A room kept empty for its players to come back is theirs again.
+        home.empty_until = None;
+        let _ = now;
         home.per_shard[origin] += 1;
         home.total += 1;
         home.members.push(HomeMember {
@@ -1597,6 +1683,20 @@ impl Relay {
         );
     }
 
+    /// On the home shard: the room is gone (its history with it).
+    fn destroy_home(&mut self, room: &str) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Some(gone) = self.homes.remove(room) {
+            self.stats
+                .history_messages
+                .fetch_sub(gone.kept.len() as u64, Relaxed);
+            self.stats
+                .history_bytes
+                .fetch_sub(gone.kept_bytes as u64, Relaxed);
+            self.stats.rooms.fetch_sub(1, Relaxed);
+        }
+    }
+
     fn home_leave(
         &mut self,
         origin: ShardId,
@@ -1622,18 +1722,19 @@ impl Relay {
             .flatten();
         let state = home.state.clone();
         if members == 0 {
-            if let Some(gone) = self.homes.remove(room) {
-                use std::sync::atomic::Ordering::Relaxed;
-                self.stats
-                    .history_messages
-                    .fetch_sub(gone.kept.len() as u64, Relaxed);
-                self.stats
-                    .history_bytes
-                    .fetch_sub(gone.kept_bytes as u64, Relaxed);
+            // A room created with `empty_ttl_ms` waits that long for its players.
+            let ttl = home
+                .options
+                .as_ref()
+                .map_or(0, |o| o.empty_ttl_ms)
+                .min(MAX_EMPTY_TTL_MS);
+            if ttl > 0 {
+                let until = now + Duration::from_millis(ttl);
+                home.empty_until = Some(until);
+                self.emptied.push((until, room.to_owned()));
+                return;
             }
-            self.stats
-                .rooms
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            self.destroy_home(room);
             return;
         }
         self.home_notice(

@@ -7,10 +7,109 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{home_shard, MeshMsg, PlayerId, Relay, Reply, ShardId};
+
+/// What a created room's name starts with: the rest is its code, so that `join` by code
+/// and by name are the same request, and the code's hash is the room's home.
+pub const CODE_PREFIX: &str = "#";
+
+/// Longest `empty_ttl_ms`: an hour. An empty room holds its state, metadata and history at
+/// its home; a day of them from clients that never come back would be memory nobody uses.
+pub const MAX_EMPTY_TTL_MS: u64 = 3_600_000;
+
+/// Letters of generated codes: no `0`/`O`, `1`/`I`/`L`, so that a code read aloud or off a
+/// screen is typed right.
+const CODE_ALPHABET: &[u8] = b"23456789ABCDEFGHJKMNPQRSTUVWXYZ";
+
+/// Length of a generated code: 31^6, about 890 million, so a random one rarely meets a
+/// live room (which answers `room_exists`: ask again).
+const CODE_LEN: usize = 6;
+
+/// How a room is created (`room:create`, native `Create`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomOptions {
+    /// Most members (at most `max_room_members`).
+    pub max_members: u32,
+    /// Not listed by `room:list`; joined with its code.
+    pub private: bool,
+    /// Public metadata (a JSON object's text).
+    pub metadata: Option<Arc<str>>,
+    /// How long the room survives being empty, in ms (0: it goes with its last member).
+    pub empty_ttl_ms: u64,
+}
+
+/// A fresh random code.
+pub fn new_code() -> String {
+    use rand::RngExt;
+    let mut rng = rand::rng();
+    (0..CODE_LEN)
+        .map(|_| char::from(CODE_ALPHABET[rng.random_range(0..CODE_ALPHABET.len())]))
+        .collect()
+}
+
+/// `code` as the server keeps it (upper case), if it is one: 4 to 12 letters of the code
+/// alphabet.
+pub fn normalize_code(code: &str) -> Option<String> {
+    let code = code.to_ascii_uppercase();
+    ((4..=12).contains(&code.len()) && code.bytes().all(|b| CODE_ALPHABET.contains(&b)))
+        .then_some(code)
+}
 use crate::proto::native::{ErrorCode, HostAction, LeaveReason};
 use crate::stats::Refusal;
 
 impl Relay {
+    /// Creates a room for `player`, its first member and host, with `options` and `code`
+    /// (generated when `None`); answered to `req` with `Created{room, code, host}` once the
+    /// room's home has made it, or `room_exists` when the code is taken.
+    ///
+    /// `Err` at once for a code that is not one, metadata too big or not a JSON object,
+    /// or `max_members` of 0 or over `max_room_members`.
+    pub fn create_room(
+        &mut self,
+        player: PlayerId,
+        req: Option<u64>,
+        code: Option<&str>,
+        mut options: RoomOptions,
+        now: Instant,
+    ) -> Result<String, ErrorCode> {
+        let code = match code {
+            Some(code) => normalize_code(code).ok_or(ErrorCode::InvalidName)?,
+            None => new_code(),
+        };
+        if options.max_members == 0 || options.max_members as usize > self.limits.max_room_members {
+            return Err(ErrorCode::InvalidValue);
+        }
+        if let Some(metadata) = &options.metadata {
+            self.check_action(&HostAction::SetMetadata {
+                metadata: metadata.to_string(),
+            })?;
+        }
+        options.empty_ttl_ms = options.empty_ttl_ms.min(MAX_EMPTY_TTL_MS);
+        let room = format!("{CODE_PREFIX}{code}");
+        self.join_with(player, req, &room, Some(Box::new(options)), now)?;
+        Ok(room)
+    }
+
+    /// Destroys the rooms kept empty past their `empty_ttl_ms`.
+    pub(super) fn expire_rooms(&mut self, now: Instant) {
+        if self.emptied.is_empty() {
+            return;
+        }
+        let (due, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.emptied)
+            .into_iter()
+            .partition(|(until, _)| *until <= now);
+        self.emptied = kept;
+        for (until, room) in due {
+            // Joined again since (and maybe emptied again, later): not this entry's.
+            let still = self
+                .homes
+                .get(&room)
+                .is_some_and(|h| h.total == 0 && h.empty_until == Some(until));
+            if still {
+                self.destroy_home(&room);
+            }
+        }
+    }
+
     /// `player` asks, as `room`'s host, for `action`; answered to request `req` with
     /// `Updated` or an error once the room's home has decided.
     ///

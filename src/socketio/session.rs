@@ -23,8 +23,8 @@ use crate::proto::socketio::{
 };
 use crate::rate_limit::{Buckets, Exceeded};
 use crate::relay::{
-    new_secret, parse_sio_offset, parse_sio_pid, sio_pid, valid_name, Body, Outbox, PlayerId,
-    RecoverRequest, Recovery, RecoveryTicket,
+    new_code, new_secret, normalize_code, parse_sio_offset, parse_sio_pid, sio_pid, valid_name,
+    Body, Outbox, PlayerId, RecoverRequest, Recovery, RecoveryTicket, RoomOptions, CODE_PREFIX,
 };
 use crate::stats::{add, CloseReason, Refusal};
 
@@ -634,7 +634,7 @@ impl SioSession {
         let relayed = relayed && packet.nsp == MAIN_NAMESPACE;
         if let Stage::Connected(Some(rate)) = &mut self.stage {
             let mut checked = rate.message(size, now);
-            if checked.is_ok() && relayed && name == "join" {
+            if checked.is_ok() && relayed && (name == "join" || name == "room:create") {
                 checked = rate.join(now);
             }
             if let Err(exceeded) = checked {
@@ -835,7 +835,21 @@ fn relay_convention(
     let player = socket.player();
     let outcome: Result<(), ErrorCode> = match name {
         "join" | "leave" => {
-            let Some(room) = text(0) else {
+            // A room created with `room:create` is joined by its code too: `join({code})`.
+            let by_code = match args.first() {
+                Some(ArgRef::Json(Value::Object(o))) => match o.get("code").and_then(Value::as_str)
+                {
+                    Some(code) => match normalize_code(code) {
+                        Some(code) => Some(format!("{CODE_PREFIX}{code}")),
+                        None => {
+                            return answer_error(socket, ack, ErrorCode::InvalidName.name(), name)
+                        }
+                    },
+                    None => None,
+                },
+                _ => None,
+            };
+            let Some(room) = text(0).or(by_code.as_deref()) else {
                 return answer_error(socket, ack, "bad_arguments", name);
             };
             // Checked before it reaches the relay, which also takes the keys of other
@@ -918,6 +932,56 @@ fn relay_convention(
                 return;
             }
             result
+        }
+        "room:create" => {
+            let empty = serde_json::Map::new();
+            let options = match args.first() {
+                Some(ArgRef::Json(Value::Object(o))) => o,
+                None | Some(ArgRef::Json(Value::Null)) => &empty,
+                _ => return answer_error(socket, ack, "bad_arguments", name),
+            };
+            let number = |key: &str| options.get(key).map(Value::as_u64);
+            let (Some(max_members), Some(empty_ttl_ms)) = (
+                number("max_members").unwrap_or(Some(shard.config.max_room_members as u64)),
+                number("empty_ttl_ms").unwrap_or(Some(0)),
+            ) else {
+                return answer_error(socket, ack, "bad_arguments", name);
+            };
+            let private = match options.get("private") {
+                None => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return answer_error(socket, ack, "bad_arguments", name),
+            };
+            let code = match options.get("code") {
+                None => new_code(),
+                Some(Value::String(code)) => match normalize_code(code) {
+                    Some(code) => code,
+                    None => return answer_error(socket, ack, ErrorCode::InvalidName.name(), name),
+                },
+                Some(_) => return answer_error(socket, ack, "bad_arguments", name),
+            };
+            let room = format!("{CODE_PREFIX}{code}");
+            let checked = hooks.check_join(&socket.core.identity.borrow(), &room);
+            if let Err(why) = checked {
+                return answer_forbidden(&shard, socket, ack, name, &why);
+            }
+            let options = RoomOptions {
+                max_members: u32::try_from(max_members).unwrap_or(u32::MAX),
+                private,
+                metadata: options.get("metadata").map(|m| Arc::from(m.to_string())),
+                empty_ttl_ms,
+            };
+            let req = ack.as_ref().map(|a| a.id);
+            let result =
+                shard
+                    .relay
+                    .borrow_mut()
+                    .create_room(player, req, Some(&code), options, now);
+            // On success the relay answers the ack itself (once the home made the room).
+            if result.is_ok() {
+                return;
+            }
+            result.map(|_| ())
         }
         "room:lock" | "room:kick" | "room:set_metadata" | "room:set_state" => {
             let action = match (name, text(0), args.get(1)) {
