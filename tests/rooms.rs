@@ -324,3 +324,83 @@ fn a_created_room_has_a_code_a_size_and_waits_empty_for_its_ttl() {
         assert_eq!(ack[0]["error"], json!("bad_arguments"));
     });
 }
+
+/// `room:list` gathers the public created rooms of every shard, by name, a page at a time,
+/// filtered by metadata and free seats; private rooms and rooms made by a plain join are
+/// not listed.
+#[test]
+fn public_rooms_are_listed_from_every_shard_by_metadata_and_free_seats_in_pages() {
+    let srv = server(2, |c| c.max_rooms_per_connection = 200);
+    let addr = srv.local_addr();
+    run(move || async move {
+        let mut ann = connect_on_shard(addr, 0).await;
+        let mut duel_rooms = Vec::new();
+        let mut free_duels = Vec::new();
+        for i in 0..110u32 {
+            let mode = if i % 2 == 0 { "duel" } else { "ffa" };
+            let created = ann
+                .create_room(NewRoom {
+                    // Every fifth room is full with its creator alone.
+                    max_members: if i % 5 == 0 { 1 } else { 4 },
+                    metadata: Some(format!(r#"{{"mode":"{mode}","n":{i}}}"#)),
+                    ..NewRoom::default()
+                })
+                .await
+                .unwrap();
+            if mode == "duel" {
+                duel_rooms.push(created.room.clone());
+                if i % 5 != 0 {
+                    free_duels.push(created.room);
+                }
+            }
+        }
+        let hidden = NewRoom {
+            private: true,
+            metadata: Some(r#"{"mode":"duel"}"#.into()),
+            ..NewRoom::default()
+        };
+        ann.create_room(hidden).await.unwrap();
+        ann.join("plain").await.unwrap();
+        duel_rooms.sort();
+        free_duels.sort();
+
+        let mut bo = connect_on_shard(addr, 1).await;
+        let first = bo.list_rooms(r#"{"mode":"duel"}"#, false, 0).await.unwrap();
+        assert_eq!(first.rooms.len(), corelay::relay::LIST_PAGE);
+        assert_eq!(first.next_page, Some(1));
+        let second = bo.list_rooms(r#"{"mode":"duel"}"#, false, 1).await.unwrap();
+        assert_eq!(second.next_page, None);
+        let listed: Vec<String> = first
+            .rooms
+            .iter()
+            .chain(&second.rooms)
+            .map(|r| r.room.clone())
+            .collect();
+        assert_eq!(listed, duel_rooms, "every public duel room, by name, once");
+        let one = &first.rooms[0];
+        assert_eq!(one.members, 1);
+        let metadata: Value = serde_json::from_str(&one.metadata).unwrap();
+        assert_eq!(metadata["mode"], json!("duel"));
+
+        let free = bo.list_rooms(r#"{"mode":"duel"}"#, true, 0).await.unwrap();
+        let free: Vec<String> = free.rooms.into_iter().map(|r| r.room).collect();
+        assert_eq!(free, free_duels);
+        assert_eq!(refused(bo.list_rooms("[]", false, 0).await), 22);
+        let past = corelay::relay::MAX_LIST_PAGE + 1;
+        assert_eq!(refused(bo.list_rooms("", false, past).await), 22);
+
+        // Over Socket.IO.
+        let (s, mut codec, _) = sio_connect(addr, "/").await;
+        ws_send(
+            &s,
+            r#"420["room:list",{"metadata":{"mode":"ffa"},"free_seats":true}]"#,
+        )
+        .await;
+        let ack = data(&next_starting(&s, &mut codec, "430").await, "430");
+        let rooms = ack[0]["rooms"].as_array().unwrap();
+        assert_eq!(rooms.len(), 44, "55 ffa rooms, 11 of them full");
+        assert_eq!(ack[0]["next_page"], Value::Null);
+        assert_eq!(rooms[0]["max_members"], json!(4));
+        assert_eq!(rooms[0]["metadata"]["mode"], json!("ffa"));
+    });
+}

@@ -77,6 +77,15 @@ pub struct NewRoom {
     pub code: Option<String>,
 }
 
+/// A page of rooms ([`Client::list_rooms`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listed {
+    /// The rooms, by name.
+    pub rooms: Vec<native::RoomInfo>,
+    /// The next page to ask for, if there are more.
+    pub next_page: Option<u32>,
+}
+
 /// The answer to a room creation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Created {
@@ -222,6 +231,7 @@ enum Answer {
     },
     Joined(Joined),
     Created(Created),
+    Listed(Listed),
     Left,
     Updated,
     Pong,
@@ -563,6 +573,30 @@ impl Client {
         }
     }
 
+    /// Lists page `page` of the public rooms made by `create_room` whose metadata has every
+    /// key and value of `metadata` (a JSON object's text; empty: any), only those with a
+    /// free seat when `free_seats`.
+    pub async fn list_rooms(
+        &mut self,
+        metadata: &str,
+        free_seats: bool,
+        page: u32,
+    ) -> Result<Listed, ClientError> {
+        let req = self.tx.request(|req| ClientFrame::List {
+            req,
+            metadata: metadata.to_owned(),
+            free_seats,
+            page,
+        })?;
+        match self.rx.answer(req).await? {
+            Answer::Listed(listed) => Ok(listed),
+            Answer::Error { code, message } => Err(ClientError::Server { code, message }),
+            other => Err(ClientError::Protocol(format!(
+                "expected Listed, got {other:?}"
+            ))),
+        }
+    }
+
     /// Does, as `room`'s host, `action` (docs/ROOMS.md): lock, kick, set the metadata or
     /// the state. `Err(Server)` with `not_host`, `not_member`, `too_big` or
     /// `invalid_value` when refused.
@@ -807,6 +841,28 @@ impl ClientReceiver {
             ArchivedServerFrame::Updated { req, .. } => {
                 self.answers.push_back((req.to_native(), Answer::Updated))
             }
+            ArchivedServerFrame::Listed {
+                req,
+                rooms,
+                next_page,
+            } => self.answers.push_back((
+                req.to_native(),
+                Answer::Listed(Listed {
+                    rooms: rooms
+                        .iter()
+                        .map(|r| native::RoomInfo {
+                            room: r.room.as_str().to_owned(),
+                            members: r.members.to_native(),
+                            max_members: r.max_members.to_native(),
+                            metadata: r.metadata.as_str().to_owned(),
+                        })
+                        .collect(),
+                    next_page: match next_page.to_native() {
+                        0 => None,
+                        n => Some(n),
+                    },
+                }),
+            )),
             ArchivedServerFrame::Created {
                 req,
                 room,

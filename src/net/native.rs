@@ -23,7 +23,7 @@ use crate::proto::socketio::is_reserved_for_relay;
 use crate::proto::ws::close;
 use crate::rate_limit::{Buckets, Exceeded};
 use crate::relay::{
-    native_frame, new_secret, valid_name, Body, PlayerId, Reply, RoomOptions, Wire,
+    native_frame, new_secret, valid_name, Body, ListFilter, PlayerId, Reply, RoomOptions, Wire,
 };
 use crate::shard::{Cx, Shard, Step};
 use crate::stats::{add, CloseReason, Refusal};
@@ -373,6 +373,33 @@ impl NativeSession {
                     self.error(cx, req, code, "create refused");
                 }
             }
+            ArchivedClientFrame::List {
+                req,
+                metadata,
+                free_seats,
+                page,
+            } => {
+                let req = req.to_native();
+                let metadata = match metadata.as_str() {
+                    "" => Some(serde_json::Map::new()),
+                    text => serde_json::from_str(text).ok(),
+                };
+                let result = match metadata {
+                    Some(metadata) => shard.relay.borrow_mut().list_rooms(
+                        self.player,
+                        u64::from(req),
+                        ListFilter {
+                            metadata,
+                            free_seats: *free_seats,
+                            page: page.to_native(),
+                        },
+                    ),
+                    None => Err(ErrorCode::InvalidValue),
+                };
+                if let Err(code) = result {
+                    self.error(cx, req, code, "list refused");
+                }
+            }
             ArchivedClientFrame::Host { req, room, action } => {
                 let req = req.to_native();
                 let action = match action {
@@ -600,7 +627,8 @@ fn request_id(frame: &ArchivedClientFrame) -> u32 {
         | ArchivedClientFrame::Refresh { req, .. }
         | ArchivedClientFrame::Resume { req, .. }
         | ArchivedClientFrame::Host { req, .. }
-        | ArchivedClientFrame::Create { req, .. } => req.to_native(),
+        | ArchivedClientFrame::Create { req, .. }
+        | ArchivedClientFrame::List { req, .. } => req.to_native(),
     }
 }
 

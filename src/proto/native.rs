@@ -158,6 +158,19 @@ mod frames {
             /// empty: the server picks 6.
             code: String,
         },
+        /// Lists the public rooms made by `Create` (docs/ROOMS.md). Answered by `Listed`,
+        /// or by `Error` `invalid_value` (a page past the last one served, or a filter
+        /// that is not a JSON object).
+        List {
+            /// Request id.
+            req: u32,
+            /// Metadata every listed room must have (a JSON object's text; empty: any).
+            metadata: String,
+            /// Only rooms with a free seat.
+            free_seats: bool,
+            /// Page, from 0.
+            page: u32,
+        },
     }
 
     /// What a room's host asks for (`ClientFrame::Host`, docs/ROOMS.md).
@@ -186,6 +199,20 @@ mod frames {
             /// JSON text.
             state: String,
         },
+    }
+
+    /// A room in a `Listed` page.
+    #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
+    #[rkyv(derive(Debug))]
+    pub struct RoomInfo {
+        /// Its name (`#<code>`).
+        pub room: String,
+        /// Its member count.
+        pub members: u32,
+        /// Its capacity.
+        pub max_members: u32,
+        /// Its metadata (a JSON object's text), empty when none.
+        pub metadata: String,
     }
 
     /// How far a client got in a room: the last sequence number it received.
@@ -374,6 +401,15 @@ mod frames {
             code: String,
             /// Its host.
             host: String,
+        },
+        /// Answer to `List`: one page of rooms, by name.
+        Listed {
+            /// Echoed request id.
+            req: u32,
+            /// The rooms.
+            rooms: Vec<RoomInfo>,
+            /// The next page to ask for; 0 when this is the last.
+            next_page: u32,
         },
     }
 }

@@ -553,6 +553,15 @@ pub enum Reply {
         /// Its host.
         host: PlayerName,
     },
+    /// A page of rooms (`room:list`).
+    Listed {
+        /// Request id.
+        req: u64,
+        /// The rooms, by name.
+        rooms: Vec<super::ListedRoom>,
+        /// The next page, if there are more.
+        next_page: Option<u32>,
+    },
     /// A host action done.
     Updated {
         /// Request id.
@@ -606,6 +615,32 @@ impl Reply {
                 ),
             ),
             Reply::Updated { req, room } => ack(*req, serde_json::json!({"room": room})),
+            Reply::Listed {
+                req,
+                rooms,
+                next_page,
+            } => {
+                let rooms: Vec<serde_json::Value> = rooms
+                    .iter()
+                    .map(|r| {
+                        let metadata = r
+                            .metadata
+                            .as_deref()
+                            .and_then(|m| serde_json::from_str(m).ok())
+                            .unwrap_or(serde_json::Value::Null);
+                        serde_json::json!({
+                            "room": r.room,
+                            "members": r.members,
+                            "max_members": r.max_members,
+                            "metadata": metadata,
+                        })
+                    })
+                    .collect();
+                ack(
+                    *req,
+                    serde_json::json!({"rooms": rooms, "next_page": next_page}),
+                )
+            }
             Reply::Created {
                 req,
                 room,
@@ -651,6 +686,23 @@ impl Reply {
                     room,
                     code,
                     host: host.to_string(),
+                },
+                Reply::Listed {
+                    req,
+                    rooms,
+                    next_page,
+                } => ServerFrame::Listed {
+                    req: req as u32,
+                    rooms: rooms
+                        .into_iter()
+                        .map(|r| crate::proto::native::RoomInfo {
+                            room: r.room,
+                            members: r.members,
+                            max_members: r.max_members,
+                            metadata: r.metadata.as_deref().unwrap_or_default().to_owned(),
+                        })
+                        .collect(),
+                    next_page: next_page.unwrap_or(0),
                 },
                 Reply::Updated { req, room } => ServerFrame::Updated {
                     req: req as u32,

@@ -54,7 +54,11 @@ pub use recovery::{
     parse_sio_pid, sio_pid, Moved, RecoverRequest, Recovery, RecoveryTicket, Waker,
 };
 use recovery::{Pending, SioLog};
-pub use rooms::{new_code, normalize_code, RoomOptions, CODE_PREFIX, MAX_EMPTY_TTL_MS};
+use rooms::Listing;
+pub use rooms::{
+    new_code, normalize_code, ListFilter, ListedRoom, RoomOptions, CODE_PREFIX, LIST_PAGE,
+    MAX_EMPTY_TTL_MS, MAX_LIST_PAGE,
+};
 
 use crate::auth::Identity;
 use crate::hooks::{Hooks, Message};
@@ -254,6 +258,24 @@ pub enum MeshMsg {
         req: Option<u64>,
         /// Done, or why not.
         result: Result<(), ErrorCode>,
+    },
+    /// asker's shard -> every shard: list your homed public rooms.
+    List {
+        /// Who asks.
+        player: PlayerId,
+        /// Its request.
+        req: u64,
+        /// What to list.
+        filter: Box<ListFilter>,
+    },
+    /// answer to `List`.
+    ListAnswer {
+        /// Who asked.
+        player: PlayerId,
+        /// Its request.
+        req: u64,
+        /// Up to a page's worth past the asked page, by name.
+        rooms: Vec<ListedRoom>,
     },
     /// home -> member's shard: the host removed this member.
     Kick {
@@ -524,6 +546,8 @@ pub struct Relay {
     /// Empty rooms kept for `empty_ttl_ms`, with the time they go (an entry whose room
     /// was joined again meanwhile is stale and skipped).
     emptied: Vec<(Instant, String)>,
+    /// Room listings waiting for other shards' answers, by (player, request).
+    listings: HashMap<(PlayerId, u64), Listing>,
 }
 
 impl Relay {
@@ -549,6 +573,7 @@ impl Relay {
             pending: HashMap::new(),
             wakeups: Vec::new(),
             emptied: Vec::new(),
+            listings: HashMap::new(),
         }
     }
 
@@ -1486,10 +1511,11 @@ impl Relay {
                 now,
             ),
             MeshMsg::Recovered { player, moved } => self.on_recovered(from, player, moved, now),
-            msg
-            @ (MeshMsg::HostAction { .. } | MeshMsg::HostDone { .. } | MeshMsg::Kick { .. }) => {
-                self.handle_room_mesh(from, msg, now)
-            }
+            msg @ (MeshMsg::HostAction { .. }
+            | MeshMsg::HostDone { .. }
+            | MeshMsg::Kick { .. }
+            | MeshMsg::List { .. }
+            | MeshMsg::ListAnswer { .. }) => self.handle_room_mesh(from, msg, now),
         }
     }
 

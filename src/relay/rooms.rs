@@ -37,6 +37,46 @@ pub struct RoomOptions {
     pub empty_ttl_ms: u64,
 }
 
+/// Rooms in one page of `room:list`. 50 rooms of at most `max_metadata_bytes` each stay
+/// well inside one answer a client's outbound queue holds.
+pub const LIST_PAGE: usize = 50;
+
+/// Last page a listing may ask for: each shard returns up to `(page + 1) * LIST_PAGE`
+/// rooms for the asker to merge, so the page bounds that work.
+pub const MAX_LIST_PAGE: u32 = 20;
+
+/// What `room:list` asks for.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ListFilter {
+    /// Every key given must be in the room's metadata with an equal value.
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Only rooms with a free seat.
+    pub free_seats: bool,
+    /// Page, from 0.
+    pub page: u32,
+}
+
+/// A listed room.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListedRoom {
+    /// Its name (`#<code>`).
+    pub room: String,
+    /// Its member count.
+    pub members: u32,
+    /// Its capacity.
+    pub max_members: u32,
+    /// Its metadata (JSON text), if its host set one.
+    pub metadata: Option<Arc<str>>,
+}
+
+/// A listing this shard asked every shard for.
+#[derive(Debug)]
+pub(super) struct Listing {
+    left: usize,
+    filter: ListFilter,
+    rooms: Vec<ListedRoom>,
+}
+
 /// A fresh random code.
 pub fn new_code() -> String {
     use rand::RngExt;
@@ -57,6 +97,112 @@ use crate::proto::native::{ErrorCode, HostAction, LeaveReason};
 use crate::stats::Refusal;
 
 impl Relay {
+    /// Lists the public created rooms of every shard that pass `filter`, for `player`'s
+    /// request `req` (answered `Listed` once every shard has answered), sorted by name.
+    pub fn list_rooms(
+        &mut self,
+        player: PlayerId,
+        req: u64,
+        filter: ListFilter,
+    ) -> Result<(), ErrorCode> {
+        if filter.page > MAX_LIST_PAGE {
+            return Err(ErrorCode::InvalidValue);
+        }
+        let key = (player, req);
+        if self.listings.contains_key(&key) {
+            return Err(ErrorCode::InvalidValue);
+        }
+        let rooms = self.home_list(&filter);
+        self.listings.insert(
+            key,
+            Listing {
+                left: self.shards - 1,
+                filter: filter.clone(),
+                rooms,
+            },
+        );
+        let me = self.shard;
+        for shard in (0..self.shards).filter(|&s| s != me) {
+            self.send_mesh(
+                shard,
+                MeshMsg::List {
+                    player,
+                    req,
+                    filter: Box::new(filter.clone()),
+                },
+            );
+        }
+        self.listing_answered(key);
+        Ok(())
+    }
+
+    /// This shard's homed rooms that `filter` lists: the first `(page + 1) * LIST_PAGE`
+    /// by name.
+    fn home_list(&self, filter: &ListFilter) -> Vec<ListedRoom> {
+        let mut rooms: Vec<ListedRoom> = self
+            .homes
+            .iter()
+            .filter_map(|(name, home)| {
+                let options = home.options.as_ref()?;
+                if options.private || home.total == 0 {
+                    return None;
+                }
+                if filter.free_seats && home.total >= options.max_members {
+                    return None;
+                }
+                if !filter.metadata.is_empty() {
+                    let metadata: serde_json::Value =
+                        serde_json::from_str(home.metadata.as_deref()?).ok()?;
+                    let fits = filter
+                        .metadata
+                        .iter()
+                        .all(|(k, v)| metadata.get(k) == Some(v));
+                    if !fits {
+                        return None;
+                    }
+                }
+                Some(ListedRoom {
+                    room: name.clone(),
+                    members: home.total,
+                    max_members: options.max_members,
+                    metadata: home.metadata.clone(),
+                })
+            })
+            .collect();
+        rooms.sort_by(|a, b| a.room.cmp(&b.room));
+        rooms.truncate((filter.page as usize + 1) * LIST_PAGE);
+        rooms
+    }
+
+    /// Answers a listing once every shard has.
+    fn listing_answered(&mut self, key: (PlayerId, u64)) {
+        if self.listings.get(&key).is_none_or(|l| l.left > 0) {
+            return;
+        }
+        let Some(mut listing) = self.listings.remove(&key) else {
+            return;
+        };
+        listing.rooms.sort_by(|a, b| a.room.cmp(&b.room));
+        let start = listing.filter.page as usize * LIST_PAGE;
+        let more = listing.rooms.len() > start + LIST_PAGE;
+        let rooms: Vec<ListedRoom> = listing
+            .rooms
+            .into_iter()
+            .skip(start)
+            .take(LIST_PAGE)
+            .collect();
+        let next_page =
+            (more && listing.filter.page < MAX_LIST_PAGE).then_some(listing.filter.page + 1);
+        self.reply_now(
+            key.0,
+            Reply::Listed {
+                req: key.1,
+                rooms,
+                next_page,
+            },
+        );
+    }
+
     /// Creates a room for `player`, its first member and host, with `options` and `code`
     /// (generated when `None`); answered to `req` with `Created{room, code, host}` once the
     /// room's home has made it, or `room_exists` when the code is taken.
@@ -279,6 +425,21 @@ impl Relay {
                 result,
             } => self.answer_action(player, req, &room, result),
             MeshMsg::Kick { room, player } => self.kick(&room, player, now),
+            MeshMsg::List {
+                player,
+                req,
+                filter,
+            } => {
+                let rooms = self.home_list(&filter);
+                self.send_mesh(from, MeshMsg::ListAnswer { player, req, rooms });
+            }
+            MeshMsg::ListAnswer { player, req, rooms } => {
+                if let Some(listing) = self.listings.get_mut(&(player, req)) {
+                    listing.left = listing.left.saturating_sub(1);
+                    listing.rooms.extend(rooms);
+                }
+                self.listing_answered((player, req));
+            }
             _ => {}
         }
     }

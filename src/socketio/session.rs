@@ -24,7 +24,8 @@ use crate::proto::socketio::{
 use crate::rate_limit::{Buckets, Exceeded};
 use crate::relay::{
     new_code, new_secret, normalize_code, parse_sio_offset, parse_sio_pid, sio_pid, valid_name,
-    Body, Outbox, PlayerId, RecoverRequest, Recovery, RecoveryTicket, RoomOptions, CODE_PREFIX,
+    Body, ListFilter, Outbox, PlayerId, RecoverRequest, Recovery, RecoveryTicket, RoomOptions,
+    CODE_PREFIX,
 };
 use crate::stats::{add, CloseReason, Refusal};
 
@@ -929,6 +930,37 @@ fn relay_convention(
                 if let Some(ack) = ack {
                     ack.send([Arg::Json(json!({ "room": room }))]);
                 }
+                return;
+            }
+            result
+        }
+        "room:list" => {
+            let empty = serde_json::Map::new();
+            let filter = match args.first() {
+                Some(ArgRef::Json(Value::Object(o))) => o,
+                None | Some(ArgRef::Json(Value::Null)) => &empty,
+                _ => return answer_error(socket, ack, "bad_arguments", name),
+            };
+            let metadata = match filter.get("metadata") {
+                None | Some(Value::Null) => serde_json::Map::new(),
+                Some(Value::Object(m)) => m.clone(),
+                Some(_) => return answer_error(socket, ack, "bad_arguments", name),
+            };
+            let free_seats = filter.get("free_seats").and_then(Value::as_bool);
+            let page = filter.get("page").map(Value::as_u64);
+            let (Some(ack_id), Some(page)) = (ack.as_ref().map(|a| a.id), page.unwrap_or(Some(0)))
+            else {
+                // A listing is only worth its answer: without an ack there is none.
+                return answer_error(socket, ack, "bad_arguments", name);
+            };
+            let filter = ListFilter {
+                metadata,
+                free_seats: free_seats.unwrap_or(false),
+                page: u32::try_from(page).unwrap_or(u32::MAX),
+            };
+            let result = shard.relay.borrow_mut().list_rooms(player, ack_id, filter);
+            // On success the relay answers the ack once every shard has.
+            if result.is_ok() {
                 return;
             }
             result
