@@ -159,6 +159,13 @@ fn node_recovery() {
     node_suite("recovery.test.js");
 }
 
+/// The rooms guide's game flow with the official client: `room:create`, a join by code,
+/// the state kept by the host and handed to the next one.
+#[test]
+fn node_rooms() {
+    node_suite("rooms.test.js");
+}
+
 #[test]
 fn node_auth() {
     node_suite("auth.test.js");
