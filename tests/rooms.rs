@@ -8,9 +8,18 @@ use serde_json::{json, Value};
 
 use common::eio::{data, next_starting, sio_connect, ws_send};
 use common::{connect_on_shard, run, server, within};
-use corelay::client::{Client, NewRoom, ServerEvent};
+use corelay::client::{Client, ClientConfig, NewRoom, ServerEvent};
 use corelay::proto::native::HostAction;
 use corelay::relay::home_shard;
+
+const SECRET: &str = "rooms-test-secret";
+
+/// An HS256 token of `claims`, valid until 2096.
+fn token(mut claims: Value) -> String {
+    claims["exp"] = json!(4_000_000_000u64);
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+}
 
 fn room_homed_on(shard: usize, shards: usize) -> String {
     (0..)
@@ -264,10 +273,16 @@ fn a_socketio_host_sets_the_state_with_room_set_state() {
 /// made by creation.
 #[test]
 fn a_created_room_has_a_code_a_size_and_waits_empty_for_its_ttl() {
-    let srv = server(2, |c| c.stats_publish_ms = 50);
+    let srv = server(2, |c| {
+        c.stats_publish_ms = 50;
+        c.auth.jwt_secret = Some(SECRET.into());
+    });
     let addr = srv.local_addr();
     run(move || async move {
-        let mut ann = connect_on_shard(addr, 0).await;
+        // Ann's token carries public metadata, which join answers list with her id.
+        let mut config = ClientConfig::new(common::url(addr));
+        config.token = Some(token(json!({"sub": "ann", "meta": {"skin": "red"}})));
+        let mut ann = Client::connect(&config).await.unwrap();
         let created = ann
             .create_room(NewRoom {
                 max_members: 2,
@@ -281,13 +296,16 @@ fn a_created_room_has_a_code_a_size_and_waits_empty_for_its_ttl() {
         assert_eq!(created.code.len(), 6);
         assert_eq!(created.host, ann.player());
         // Joined by its code, in any case, over Socket.IO.
-        let (s, mut codec, _) = sio_connect(addr, "/").await;
+        let (s, mut codec, dee) = sio_connect(addr, "/").await;
         let lower = created.code.to_lowercase();
         ws_send(&s, &format!(r#"420["join",{{"code":"{lower}"}}]"#)).await;
         let ack = data(&next_starting(&s, &mut codec, "430").await, "430");
         assert_eq!(
             ack[0],
-            json!({"room": created.room, "members": 2, "host": ann.player()})
+            json!({"room": created.room, "members": 2, "host": "ann", "players": [
+                {"id": "ann", "meta": {"skin": "red"}},
+                {"id": dee},
+            ]})
         );
         let mut bo = connect_on_shard(addr, 1).await;
         assert_eq!(refused(bo.join(&created.room).await), 16, "full at 2");
@@ -309,6 +327,12 @@ fn a_created_room_has_a_code_a_size_and_waits_empty_for_its_ttl() {
         next_starting(&s, &mut codec, "431").await;
         let back = bo.join_room(&created.room).await.unwrap();
         assert_eq!((back.members, back.host.as_str()), (1, bo.player()));
+        let only = &back.players[..];
+        assert_eq!(only.len(), 1);
+        assert_eq!(
+            (only[0].id.as_str(), only[0].meta.as_str()),
+            (bo.player(), "")
+        );
         // ... then goes when its time is up.
         bo.leave(&created.room).await.unwrap();
         common::wait_for_stats(&srv, |s| s.rooms == 0);

@@ -106,6 +106,9 @@ pub struct Joined {
     pub host: String,
     /// The room's state as its host last set it (JSON text), if it did.
     pub state: Option<String>,
+    /// Its longest-present members, this player included (at most 100), with their public
+    /// metadata (a token's `meta` claim).
+    pub players: Vec<native::PlayerInfo>,
 }
 
 /// Something the server pushed (not an answer to a request).
@@ -892,6 +895,7 @@ impl ClientReceiver {
                 members,
                 host,
                 state,
+                players,
                 ..
             } => self.answers.push_back((
                 req.to_native(),
@@ -899,6 +903,13 @@ impl ClientReceiver {
                     members: members.to_native(),
                     host: host.as_str().to_owned(),
                     state: non_empty(state.as_str()),
+                    players: players
+                        .iter()
+                        .map(|p| native::PlayerInfo {
+                            id: p.id.as_str().to_owned(),
+                            meta: p.meta.as_str().to_owned(),
+                        })
+                        .collect(),
                 }),
             )),
             ArchivedServerFrame::Left { req, .. } => {

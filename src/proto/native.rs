@@ -201,6 +201,17 @@ mod frames {
         },
     }
 
+    /// A member in a `Joined` answer.
+    #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+    #[rkyv(derive(Debug))]
+    pub struct PlayerInfo {
+        /// Its player id.
+        pub id: String,
+        /// Its public metadata: the `meta` claim of its token (a JSON object's text), empty
+        /// when none.
+        pub meta: String,
+    }
+
     /// A room in a `Listed` page.
     #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
     #[rkyv(derive(Debug))]
@@ -260,6 +271,9 @@ mod frames {
             host: String,
             /// The room's state as its host last set it (JSON text), empty when none.
             state: String,
+            /// Its longest-present members, the joiner included, at most 100 (empty in the
+            /// answer to a `Join` of a room the connection is already in).
+            players: Vec<PlayerInfo>,
         },
         /// Answer to `Leave`.
         Left {

@@ -541,6 +541,8 @@ pub enum Reply {
         host: PlayerName,
         /// The room's state (JSON text), if its host set one.
         state: Option<Arc<str>>,
+        /// Its longest-present members.
+        roster: super::Roster,
     },
     /// A room created (`room:create`).
     Created {
@@ -607,13 +609,28 @@ impl Reply {
                 members,
                 host,
                 state,
-            } => ack(
-                *req,
-                with_state(
+                roster,
+            } => {
+                let mut answer = with_state(
                     serde_json::json!({"room": room, "members": members, "host": &**host}),
                     state.as_deref(),
-                ),
-            ),
+                );
+                if !roster.is_empty() {
+                    let players: Vec<serde_json::Value> = roster
+                        .iter()
+                        .map(|m| {
+                            let mut entry = serde_json::json!({ "id": &*m.id });
+                            let meta = m.meta.as_deref().and_then(|t| serde_json::from_str(t).ok());
+                            if let Some(meta) = meta {
+                                entry["meta"] = meta;
+                            }
+                            entry
+                        })
+                        .collect();
+                    answer["players"] = serde_json::Value::Array(players);
+                }
+                ack(*req, answer)
+            }
             Reply::Updated { req, room } => ack(*req, serde_json::json!({"room": room})),
             Reply::Listed {
                 req,
@@ -669,12 +686,20 @@ impl Reply {
                     members,
                     host,
                     state,
+                    roster,
                 } => ServerFrame::Joined {
                     req: req as u32,
                     room,
                     members,
                     host: host.to_string(),
                     state: state.as_deref().unwrap_or_default().to_owned(),
+                    players: roster
+                        .iter()
+                        .map(|m| crate::proto::native::PlayerInfo {
+                            id: m.id.to_string(),
+                            meta: m.meta.as_deref().unwrap_or_default().to_owned(),
+                        })
+                        .collect(),
                 },
                 Reply::Created {
                     req,

@@ -153,6 +153,8 @@ pub enum MeshMsg {
         player: PlayerId,
         /// Its name, for the room's notice.
         name: PlayerName,
+        /// Its public metadata, for join answers.
+        meta: Option<Arc<str>>,
         /// Create the room with these options (`room:create`): refused if it exists.
         create: Option<Box<RoomOptions>>,
     },
@@ -170,6 +172,8 @@ pub enum MeshMsg {
         host: PlayerName,
         /// The room's state, if its host set one.
         state: Option<Arc<str>>,
+        /// Its longest-present members.
+        roster: Roster,
     },
     /// home -> origin: the join was not counted: the room is full (`max_room_members`) or
     /// locked by its host.
@@ -414,7 +418,27 @@ struct Counted {
     host: PlayerName,
     /// The room's state, if its host set one.
     state: Option<Arc<str>>,
+    /// Its longest-present members, the joiner included.
+    roster: Roster,
 }
+
+/// Most members a join answer lists: the longest-present ones. A game room is far smaller;
+/// a 10,000-member room would make every join answer hundreds of kilobytes. Only rooms made
+/// by `room:create` list them.
+pub const ROSTER_MAX: usize = 100;
+
+/// A member as a join answer lists it: its player id and its public metadata (the `meta`
+/// claim of its token, a JSON object's text), if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RosterEntry {
+    /// The player id others see.
+    pub id: PlayerName,
+    /// Its public metadata.
+    pub meta: Option<Arc<str>>,
+}
+
+/// The members a join answer lists, longest-present first, at most [`ROSTER_MAX`].
+pub type Roster = Arc<[RosterEntry]>;
 
 /// A join sent to the room's home and not answered yet. Until the home counts it the player
 /// is not a member: it receives nothing from the room, so a refused joiner never sees the
@@ -476,6 +500,8 @@ struct HomeMember {
     player: PlayerId,
     name: PlayerName,
     shard: ShardId,
+    /// Its public metadata, for join answers.
+    meta: Option<Arc<str>>,
 }
 
 /// A broadcast a room keeps for replay.
@@ -678,13 +704,15 @@ impl Relay {
                     .host
                     .clone()
                     .unwrap_or_else(|| Arc::clone(&p.identity.player));
-                // The state lives at the home; a member asking again has been given it.
+                // The state and the roster live at the home; a member asking again has been
+                // given them.
                 self.reply(player, req, |req| Reply::Joined {
                     req,
                     room: room.to_owned(),
                     members,
                     host,
                     state: None,
+                    roster: Arc::from([]),
                 });
                 return Ok(());
             }
@@ -707,10 +735,16 @@ impl Relay {
         }
         let home = home_shard(room, self.shards);
         let (wire, outbox, name) = (p.wire, Rc::clone(&p.outbox), Arc::clone(&p.identity.player));
+        let meta = public_meta(&p.identity);
         if home == self.shard {
             let created = create.is_some();
-            let (members, host, state) =
-                self.home_count(self.shard, room, player, &name, create, now)?;
+            let Counted {
+                members,
+                host,
+                state,
+                roster,
+                ..
+            } = self.home_count(self.shard, room, player, &name, meta, create, now)?;
             if let Some(p) = self.players.get_mut(&player) {
                 p.rooms.push(room.to_owned());
             }
@@ -726,7 +760,7 @@ impl Relay {
             local.total = members;
             local.host = Some(Arc::clone(&host));
             self.reply(player, req, |req| {
-                Self::joined_reply(req, room, created, members, host, state)
+                Self::joined_reply(req, room, created, members, host, state, roster)
             });
             self.notify_joined(room, player, name, members, now);
             return Ok(());
@@ -759,6 +793,7 @@ impl Relay {
                 room: room.to_owned(),
                 player,
                 name,
+                meta,
                 create,
             },
         );
@@ -773,6 +808,7 @@ impl Relay {
         members: u32,
         host: PlayerName,
         state: Option<Arc<str>>,
+        roster: Roster,
     ) -> Reply {
         if created {
             Reply::Created {
@@ -788,6 +824,7 @@ impl Relay {
                 members,
                 host,
                 state,
+                roster,
             }
         }
     }
@@ -1397,10 +1434,17 @@ impl Relay {
                 room,
                 player,
                 name,
+                meta,
                 create,
             } => {
-                match self.home_count(from, &room, player, &name, create, now) {
-                    Ok((members, host, state)) => {
+                match self.home_count(from, &room, player, &name, meta, create, now) {
+                    Ok(Counted {
+                        members,
+                        host,
+                        state,
+                        roster,
+                        ..
+                    }) => {
                         let since = self.next_seq(&room);
                         // The answer goes before the notice and before any later message of the
                         // room, on the same FIFO path: the origin admits the player first.
@@ -1413,6 +1457,7 @@ impl Relay {
                                 since,
                                 host,
                                 state,
+                                roster,
                             },
                         );
                         self.notify_joined(&room, player, name, members, now);
@@ -1427,12 +1472,14 @@ impl Relay {
                 since,
                 host,
                 state,
+                roster,
             } => {
                 let counted = Counted {
                     members,
                     since,
                     host,
                     state,
+                    roster,
                 };
                 self.admit(from, &room, player, Ok(counted), now)
             }
@@ -1570,7 +1617,7 @@ impl Relay {
                 }
             }
         }
-        let outcome = outcome.map(|c| (c.members, c.host, c.state));
+        let outcome = outcome.map(|c| (c.members, c.host, c.state, c.roster));
         if local.is_empty() {
             self.rooms.remove(room);
         }
@@ -1583,7 +1630,10 @@ impl Relay {
             self.reply_now(
                 player,
                 match (answer, &outcome) {
-                    (Answer::Join(req) | Answer::Create(req), Ok((members, host, state))) => {
+                    (
+                        Answer::Join(req) | Answer::Create(req),
+                        Ok((members, host, state, roster)),
+                    ) => {
                         let created = matches!(answer, Answer::Create(_));
                         Self::joined_reply(
                             req,
@@ -1592,6 +1642,7 @@ impl Relay {
                             *members,
                             Arc::clone(host),
                             state.clone(),
+                            Arc::clone(roster),
                         )
                     }
                     (Answer::Join(req) | Answer::Create(req), Err(code)) => Reply::Error {
@@ -1633,9 +1684,10 @@ impl Relay {
         room: &str,
         player: PlayerId,
         name: &PlayerName,
+        meta: Option<Arc<str>>,
         create: Option<Box<RoomOptions>>,
         now: Instant,
-    ) -> Result<(u32, PlayerName, Option<Arc<str>>), ErrorCode> {
+    ) -> Result<Counted, ErrorCode> {
         let shards = self.shards;
         // A name of a created room (`#<code>`) is only ever made by `room:create`: a join
         // cannot squat a code, and a join of a room that is gone finds nothing.
@@ -1684,9 +1736,32 @@ impl Relay {
             player,
             name: Arc::clone(name),
             shard: origin,
+            meta,
         });
         let host = Arc::clone(&home.members[0].name);
-        Ok((home.total, host, home.state.clone()))
+        // Game rooms (`room:create`) list their players; a room made by a plain join is a
+        // channel, possibly a large one, and its answer stays a count.
+        let listed = if home.options.is_some() {
+            ROSTER_MAX
+        } else {
+            0
+        };
+        let roster = home
+            .members
+            .iter()
+            .take(listed)
+            .map(|m| RosterEntry {
+                id: Arc::clone(&m.name),
+                meta: m.meta.clone(),
+            })
+            .collect();
+        Ok(Counted {
+            members: home.total,
+            since: 0,
+            host,
+            state: home.state.clone(),
+            roster,
+        })
     }
 
     /// On the home shard: tells the room of a counted join.
@@ -1884,6 +1959,15 @@ impl Relay {
 
 /// Whether two secrets are equal, in time that depends on their lengths only (a `Resume`
 /// must not learn a secret byte by byte from how fast it is refused).
+/// A player's public metadata: the `meta` claim of its token, when it is a JSON object.
+fn public_meta(identity: &Identity) -> Option<Arc<str>> {
+    identity
+        .claims
+        .get("meta")
+        .filter(|m| m.is_object())
+        .map(|m| Arc::from(m.to_string()))
+}
+
 /// A session's secret: 128 random bits in hex, from the thread's CSPRNG (ChaCha seeded by
 /// the OS), so that a session cannot be taken by guessing.
 pub fn new_secret() -> String {

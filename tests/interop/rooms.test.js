@@ -29,7 +29,13 @@ test('a private room: created, joined by code, its state handed to the next host
   assert.deepEqual(await ack(host, 3000, 'room:set_state', room, { turn: 1, board: [] }), { room });
 
   const joined = await ack(friend, 3000, 'join', { code: created.code.toLowerCase() });
-  assert.deepEqual(joined, { room, members: 2, host: host.id, state: { turn: 1, board: [] } });
+  assert.deepEqual(joined, {
+    room,
+    members: 2,
+    host: host.id,
+    state: { turn: 1, board: [] },
+    players: [{ id: host.id }, { id: friend.id }],
+  });
   // Private: not listed.
   const listed = await ack(friend, 3000, 'room:list', { metadata: { mode: 'duel' } });
   assert.deepEqual(listed, { rooms: [], next_page: null });
