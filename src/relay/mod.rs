@@ -744,7 +744,7 @@ impl Relay {
                 state,
                 roster,
                 ..
-            } = self.home_count(self.shard, room, player, &name, meta, create, now)?;
+            } = self.home_count(self.shard, room, player, &name, meta, create)?;
             if let Some(p) = self.players.get_mut(&player) {
                 p.rooms.push(room.to_owned());
             }
@@ -1437,7 +1437,7 @@ impl Relay {
                 meta,
                 create,
             } => {
-                match self.home_count(from, &room, player, &name, meta, create, now) {
+                match self.home_count(from, &room, player, &name, meta, create) {
                     Ok(Counted {
                         members,
                         host,
@@ -1686,7 +1686,6 @@ impl Relay {
         name: &PlayerName,
         meta: Option<Arc<str>>,
         create: Option<Box<RoomOptions>>,
-        now: Instant,
     ) -> Result<Counted, ErrorCode> {
         let shards = self.shards;
         // A name of a created room (`#<code>`) is only ever made by `room:create`: a join
@@ -1729,7 +1728,6 @@ impl Relay {
         });
         // A room kept empty for its players to come back is theirs again.
         home.empty_until = None;
-        let _ = now;
         home.per_shard[origin] += 1;
         home.total += 1;
         home.members.push(HomeMember {
