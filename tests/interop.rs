@@ -95,7 +95,12 @@ fn python() -> Command {
 /// Runs `cmd` to completion within [`SUITE_BUDGET`] and fails with its output unless it
 /// exits 0.
 fn run_suite(name: &str, mut cmd: Command) {
+    use std::os::unix::process::CommandExt;
     let started = Instant::now();
+    // In a process group of its own: `node --test` runs each file in a child process, which
+    // starts servers of its own; a file that fails with sockets still open can outlive its
+    // runner. Whatever is left of the group is stopped when the suite ends.
+    cmd.process_group(0);
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -104,7 +109,11 @@ fn run_suite(name: &str, mut cmd: Command) {
         .unwrap_or_else(|e| panic!("{name}: cannot start {cmd:?}: {e}"));
     let stdout = drain(child.stdout.take().expect("piped stdout"));
     let stderr = drain(child.stderr.take().expect("piped stderr"));
+    let group = child.id() as libc::pid_t;
     let status = wait_bounded(&mut child, SUITE_BUDGET);
+    // SAFETY: signals the process group this suite's child leads (its pid is the group id);
+    // nothing of ours outside it.
+    unsafe { libc::kill(-group, libc::SIGKILL) };
     let out = stdout.join().expect("stdout reader");
     let err = stderr.join().expect("stderr reader");
     let elapsed = started.elapsed();
