@@ -153,10 +153,9 @@ pub enum MeshMsg {
         player: PlayerId,
         /// Its name, for the room's notice.
         name: PlayerName,
-        /// Its public metadata, for join answers.
-        meta: Option<Arc<str>>,
-        /// Create the room with these options (`room:create`): refused if it exists.
-        create: Option<Box<RoomOptions>>,
+        /// Its public metadata and the options of a creation, when there are any (boxed:
+        /// most joins have neither, and every mesh slot is as large as the largest message).
+        extra: Option<Box<JoinExtra>>,
     },
     /// home -> origin: the join is counted; the player is a member from now on.
     Joined {
@@ -164,16 +163,8 @@ pub enum MeshMsg {
         room: String,
         /// Player to admit.
         player: PlayerId,
-        /// Count after the join.
-        members: u32,
-        /// The number the room's notice of this join gets (0 without history).
-        since: u64,
-        /// The room's host.
-        host: PlayerName,
-        /// The room's state, if its host set one.
-        state: Option<Arc<str>>,
-        /// Its longest-present members.
-        roster: Roster,
+        /// What the home answered (boxed, as `Join.extra`).
+        counted: Box<Counted>,
     },
     /// home -> origin: the join was not counted: the room is full (`max_room_members`) or
     /// locked by its host.
@@ -222,25 +213,14 @@ pub enum MeshMsg {
         after: u64,
         /// The shard that held the session before (a recovered socket.io session moves to
         /// the shard its client reconnected to): its place in the count moves here.
-        moved_from: Option<ShardId>,
+        moved_from: Option<u16>,
         /// Whether to replay and tell the room it is back (not when the connection that
         /// recovered it is gone already: it stays away).
         replay: bool,
     },
     /// new shard -> every other shard: a socket.io client reconnected there with a pid;
     /// whoever holds the session hands it over.
-    Recover {
-        /// The session's player.
-        player: PlayerId,
-        /// The pid's secret.
-        secret: Box<str>,
-        /// The last offset the client processed.
-        offset: Option<(u32, u64)>,
-        /// The player id its token names, if any.
-        expect: Option<PlayerName>,
-        /// The namespace the client connects.
-        nsp: Box<str>,
-    },
+    Recover(Box<RecoverRequest>),
     /// member's shard -> home: a host action (docs/ROOMS.md).
     HostAction {
         /// Room.
@@ -249,8 +229,9 @@ pub enum MeshMsg {
         player: PlayerId,
         /// Its request id.
         req: Option<u64>,
-        /// What it asks for.
-        action: crate::proto::native::HostAction,
+        /// What it asks for (boxed: it holds a string, and every mesh slot is as large as
+        /// the largest message).
+        action: Box<crate::proto::native::HostAction>,
     },
     /// home -> member's shard: how the host action went.
     HostDone {
@@ -407,19 +388,35 @@ impl LocalRoom {
     }
 }
 
+/// What a join carries besides its player, when it carries anything.
+#[derive(Debug, Default)]
+pub struct JoinExtra {
+    /// The player's public metadata, for join answers.
+    pub meta: Option<Arc<str>>,
+    /// Create the room with these options (`room:create`): refused if it exists.
+    pub create: Option<Box<RoomOptions>>,
+}
+
+impl JoinExtra {
+    /// `None` when there is nothing to carry.
+    fn of(meta: Option<Arc<str>>, create: Option<Box<RoomOptions>>) -> Option<Box<JoinExtra>> {
+        (meta.is_some() || create.is_some()).then(|| Box::new(JoinExtra { meta, create }))
+    }
+}
+
 /// What the home answered a counted join with.
 #[derive(Debug)]
-struct Counted {
+pub struct Counted {
     /// Count after the join.
-    members: u32,
+    pub members: u32,
     /// The number of the room's notice of the join.
-    since: u64,
+    pub since: u64,
     /// The room's host.
-    host: PlayerName,
+    pub host: PlayerName,
     /// The room's state, if its host set one.
-    state: Option<Arc<str>>,
+    pub state: Option<Arc<str>>,
     /// Its longest-present members, the joiner included.
-    roster: Roster,
+    pub roster: Roster,
 }
 
 /// Most members a join answer lists: the longest-present ones. A game room is far smaller;
@@ -793,8 +790,7 @@ impl Relay {
                 room: room.to_owned(),
                 player,
                 name,
-                meta,
-                create,
+                extra: JoinExtra::of(meta, create),
             },
         );
         Ok(())
@@ -1434,18 +1430,13 @@ impl Relay {
                 room,
                 player,
                 name,
-                meta,
-                create,
+                extra,
             } => {
+                let JoinExtra { meta, create } = extra.map(|e| *e).unwrap_or_default();
                 match self.home_count(from, &room, player, &name, meta, create) {
-                    Ok(Counted {
-                        members,
-                        host,
-                        state,
-                        roster,
-                        ..
-                    }) => {
-                        let since = self.next_seq(&room);
+                    Ok(mut counted) => {
+                        counted.since = self.next_seq(&room);
+                        let members = counted.members;
                         // The answer goes before the notice and before any later message of the
                         // room, on the same FIFO path: the origin admits the player first.
                         self.send_mesh(
@@ -1453,11 +1444,7 @@ impl Relay {
                             MeshMsg::Joined {
                                 room: room.clone(),
                                 player,
-                                members,
-                                since,
-                                host,
-                                state,
-                                roster,
+                                counted: Box::new(counted),
                             },
                         );
                         self.notify_joined(&room, player, name, members, now);
@@ -1468,21 +1455,8 @@ impl Relay {
             MeshMsg::Joined {
                 room,
                 player,
-                members,
-                since,
-                host,
-                state,
-                roster,
-            } => {
-                let counted = Counted {
-                    members,
-                    since,
-                    host,
-                    state,
-                    roster,
-                };
-                self.admit(from, &room, player, Ok(counted), now)
-            }
+                counted,
+            } => self.admit(from, &room, player, Ok(*counted), now),
             MeshMsg::Refused { room, player, code } => {
                 self.admit(from, &room, player, Err(code), now)
             }
@@ -1513,7 +1487,7 @@ impl Relay {
                 replay,
             } => {
                 if let Some(old) = moved_from {
-                    self.move_count(&room, player, old, from);
+                    self.move_count(&room, player, usize::from(old), from);
                 }
                 if !replay {
                     return;
@@ -1540,23 +1514,7 @@ impl Relay {
                 gap,
                 missed,
             } => self.replay(&room, player, members, gap, &missed),
-            MeshMsg::Recover {
-                player,
-                secret,
-                offset,
-                expect,
-                nsp,
-            } => self.on_recover(
-                from,
-                RecoverRequest {
-                    player,
-                    nsp,
-                    secret,
-                    offset,
-                    expect,
-                },
-                now,
-            ),
+            MeshMsg::Recover(req) => self.on_recover(from, *req, now),
             MeshMsg::Recovered { player, moved } => self.on_recovered(from, player, moved, now),
             msg @ (MeshMsg::HostAction { .. }
             | MeshMsg::HostDone { .. }
@@ -2076,6 +2034,14 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Every slot of a mesh queue, and every copy into and out of it, is as large as the
+    /// largest message, while the message that crosses most (`Deliver`) is one pointer:
+    /// rare messages box what they carry to stay within 64 bytes.
+    #[test]
+    fn mesh_messages_stay_small() {
+        assert!(size_of::<MeshMsg>() <= 64, "{}", size_of::<MeshMsg>());
     }
 
     #[test]

@@ -284,16 +284,7 @@ impl Relay {
         }
         let me = self.shard;
         for shard in (0..self.shards).filter(|&s| s != me) {
-            self.send_mesh(
-                shard,
-                MeshMsg::Recover {
-                    player: req.player,
-                    secret: req.secret.clone(),
-                    offset: req.offset,
-                    expect: req.expect.clone(),
-                    nsp: req.nsp.clone(),
-                },
-            );
+            self.send_mesh(shard, MeshMsg::Recover(Box::new(req.clone())));
         }
         let ticket = RecoveryTicket::default();
         self.pending.insert(
@@ -487,7 +478,8 @@ impl Relay {
                         player,
                         name: Arc::clone(&name),
                         after,
-                        moved_from: Some(from),
+                        // Shards are fewer than `MAX_SHARDS` (2^16), so the id fits.
+                        moved_from: Some(from as u16),
                         replay: !abandoned,
                     },
                 );

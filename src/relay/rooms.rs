@@ -284,7 +284,7 @@ impl Relay {
                     room: room.to_owned(),
                     player,
                     req,
-                    action,
+                    action: Box::new(action),
                 },
             );
         }
@@ -407,7 +407,7 @@ impl Relay {
                 req,
                 action,
             } => {
-                let result = self.home_action(&room, player, action, now);
+                let result = self.home_action(&room, player, *action, now);
                 self.send_mesh(
                     from,
                     MeshMsg::HostDone {
