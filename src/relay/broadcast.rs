@@ -440,10 +440,16 @@ impl Broadcast {
 /// `object` with the room's `state` (JSON text, checked when the host set it) as a value,
 /// when there is one.
 fn with_state(mut object: serde_json::Value, state: Option<&str>) -> serde_json::Value {
-    if let Some(value) = state.and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok()) {
+    if let Some(value) = json_value(state) {
         object["state"] = value;
     }
     object
+}
+
+/// The value of JSON text the relay checked when it was set (room state and metadata, a
+/// token's `meta` claim), for a Socket.IO answer.
+fn json_value(text: Option<&str>) -> Option<serde_json::Value> {
+    serde_json::from_str(text?).ok()
 }
 
 /// What a socket.io offset adds to an event at most: 24 characters, quotes and a comma.
@@ -620,8 +626,7 @@ impl Reply {
                         .iter()
                         .map(|m| {
                             let mut entry = serde_json::json!({ "id": &*m.id });
-                            let meta = m.meta.as_deref().and_then(|t| serde_json::from_str(t).ok());
-                            if let Some(meta) = meta {
+                            if let Some(meta) = json_value(m.meta.as_deref()) {
                                 entry["meta"] = meta;
                             }
                             entry
@@ -640,11 +645,8 @@ impl Reply {
                 let rooms: Vec<serde_json::Value> = rooms
                     .iter()
                     .map(|r| {
-                        let metadata = r
-                            .metadata
-                            .as_deref()
-                            .and_then(|m| serde_json::from_str(m).ok())
-                            .unwrap_or(serde_json::Value::Null);
+                        let metadata =
+                            json_value(r.metadata.as_deref()).unwrap_or(serde_json::Value::Null);
                         serde_json::json!({
                             "room": r.room,
                             "members": r.members,

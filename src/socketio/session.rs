@@ -818,6 +818,19 @@ fn answer_forbidden(
 
 /// `join`, `leave` and `to` on the main namespace (docs/SOCKETIO.md, "The relay convention"),
 /// each asked of `hooks` first.
+/// An options argument (`room:create`, `room:list`): an object, or `empty` when left out
+/// or null; `None` for anything else.
+fn options_arg<'a>(
+    arg: Option<&'a ArgRef<'_>>,
+    empty: &'a serde_json::Map<String, Value>,
+) -> Option<&'a serde_json::Map<String, Value>> {
+    match arg {
+        Some(ArgRef::Json(Value::Object(o))) => Some(o),
+        None | Some(ArgRef::Json(Value::Null)) => Some(empty),
+        _ => None,
+    }
+}
+
 fn relay_convention(
     session: &Rc<Session>,
     hooks: &Hooks,
@@ -834,6 +847,7 @@ fn relay_convention(
     };
     let shard = Rc::clone(&session.shard);
     let player = socket.player();
+    let empty = serde_json::Map::new();
     let outcome: Result<(), ErrorCode> = match name {
         "join" | "leave" => {
             // A room created with `room:create` is joined by its code too: `join({code})`.
@@ -871,9 +885,6 @@ fn relay_convention(
                 shard.relay.borrow_mut().leave(player, req, room, now)
             };
             // On success the relay answers the ack itself (once the home shard counted).
-            if result.is_ok() {
-                return;
-            }
             result
         }
         "to" => {
@@ -935,11 +946,8 @@ fn relay_convention(
             result
         }
         "room:list" => {
-            let empty = serde_json::Map::new();
-            let filter = match args.first() {
-                Some(ArgRef::Json(Value::Object(o))) => o,
-                None | Some(ArgRef::Json(Value::Null)) => &empty,
-                _ => return answer_error(socket, ack, "bad_arguments", name),
+            let Some(filter) = options_arg(args.first(), &empty) else {
+                return answer_error(socket, ack, "bad_arguments", name);
             };
             let metadata = match filter.get("metadata") {
                 None | Some(Value::Null) => serde_json::Map::new(),
@@ -958,19 +966,12 @@ fn relay_convention(
                 free_seats: free_seats.unwrap_or(false),
                 page: u32::try_from(page).unwrap_or(u32::MAX),
             };
-            let result = shard.relay.borrow_mut().list_rooms(player, ack_id, filter);
             // On success the relay answers the ack once every shard has.
-            if result.is_ok() {
-                return;
-            }
-            result
+            shard.relay.borrow_mut().list_rooms(player, ack_id, filter)
         }
         "room:create" => {
-            let empty = serde_json::Map::new();
-            let options = match args.first() {
-                Some(ArgRef::Json(Value::Object(o))) => o,
-                None | Some(ArgRef::Json(Value::Null)) => &empty,
-                _ => return answer_error(socket, ack, "bad_arguments", name),
+            let Some(options) = options_arg(args.first(), &empty) else {
+                return answer_error(socket, ack, "bad_arguments", name);
             };
             let number = |key: &str| options.get(key).map(Value::as_u64);
             let (Some(max_members), Some(empty_ttl_ms)) = (
@@ -1010,9 +1011,6 @@ fn relay_convention(
                     .borrow_mut()
                     .create_room(player, req, Some(&code), options, now);
             // On success the relay answers the ack itself (once the home made the room).
-            if result.is_ok() {
-                return;
-            }
             result.map(|_| ())
         }
         "room:lock" | "room:kick" | "room:set_metadata" | "room:set_state" => {
@@ -1042,9 +1040,6 @@ fn relay_convention(
                 .borrow_mut()
                 .host_action(player, req, room, action, now);
             // On success the relay answers the ack itself (once the home decided).
-            if result.is_ok() {
-                return;
-            }
             result
         }
         _ => return answer_error(socket, ack, "unknown_event", name),
