@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::eio::{
-    connected_sid, sio_next, without_offset, ws_connect, ws_next, ws_recv, ws_send, ws_send_binary,
-    EIO_WS,
+    connected_sid, sio_connect_auth, sio_next, without_offset, ws_connect, ws_next, ws_send,
+    ws_send_binary,
 };
 use common::{run, server, url, wait_for_stats};
 use corelay::auth::Expiry;
@@ -255,16 +255,6 @@ fn anonymous_players_keep_playing_when_tokens_are_optional_but_bad_ones_are_refu
         let bad = hs256("wrong", json!({"sub": "carol", "exp": now() + 60}));
         assert_eq!(refused(addr, Some(bad)).await, "bad token signature");
     });
-}
-
-/// A socket.io session on a WebSocket whose CONNECT carries `auth`; returns the answer.
-async fn sio_connect_auth(addr: SocketAddr, auth: Value) -> (Stream, WsCodec, String) {
-    let (s, mut codec) = ws_connect(addr, EIO_WS).await;
-    let open = ws_recv(&s, &mut codec).await.expect("open packet");
-    assert!(open.starts_with('0'), "{open}");
-    ws_send(&s, &format!("40{auth}")).await;
-    let answer = sio_next(&s, &mut codec).await.expect("CONNECT answer");
-    (s, codec, answer)
 }
 
 #[test]

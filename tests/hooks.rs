@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::eio::{
-    connected_sid, sio_next, split_offset, without_offset, ws_connect, ws_recv, ws_send, EIO_WS,
+    connected_sid, sio_connect_auth, sio_next, split_offset, without_offset, ws_send,
 };
 use common::{connect, connect_on_shard, run, url, wait_for_stats};
 use corelay::client::{Client, ClientConfig, ClientError, PayloadKind, ServerEvent, Stream};
@@ -60,19 +60,9 @@ async fn native(addr: SocketAddr, claims: Value) -> Result<Client, ClientError> 
     Client::connect(&config).await
 }
 
-/// A socket.io session on a WebSocket whose CONNECT carries `auth`; returns the answer.
-async fn sio(addr: SocketAddr, auth: Value) -> (Stream, WsCodec, String) {
-    let (s, mut codec) = ws_connect(addr, EIO_WS).await;
-    let open = ws_recv(&s, &mut codec).await.expect("open packet");
-    assert!(open.starts_with('0'), "{open}");
-    ws_send(&s, &format!("40{auth}")).await;
-    let answer = sio_next(&s, &mut codec).await.expect("CONNECT answer");
-    (s, codec, answer)
-}
-
 /// A connected socket.io session of a player with `claims`.
 async fn sio_player(addr: SocketAddr, claims: Value) -> (Stream, WsCodec) {
-    let (s, codec, answer) = sio(addr, json!({ "token": token(claims) })).await;
+    let (s, codec, answer) = sio_connect_auth(addr, json!({ "token": token(claims) })).await;
     connected_sid(&answer, "");
     (s, codec)
 }
@@ -129,7 +119,7 @@ fn the_handshake_hook_refuses_a_player_on_both_protocols_and_no_one_else() {
             (code, message.as_str()),
             (FORBIDDEN, "banned until tomorrow")
         );
-        let (_s, _c, answer) = sio(
+        let (_s, _c, answer) = sio_connect_auth(
             addr,
             json!({"token": token(json!({"sub": "y", "banned": true}))}),
         )

@@ -176,6 +176,20 @@ pub async fn sio_connect(addr: SocketAddr, nsp: &str) -> (Stream, WsCodec, Strin
     (s, codec, id)
 }
 
+/// A Socket.IO session on a WebSocket whose CONNECT (main namespace) carries `auth`;
+/// returns the answer as sent, a CONNECT or a CONNECT_ERROR.
+pub async fn sio_connect_auth(
+    addr: SocketAddr,
+    auth: serde_json::Value,
+) -> (Stream, WsCodec, String) {
+    let (s, mut codec) = ws_connect(addr, EIO_WS).await;
+    let open = ws_recv(&s, &mut codec).await.expect("open packet");
+    assert!(open.starts_with('0'), "{open}");
+    ws_send(&s, &format!("40{auth}")).await;
+    let answer = sio_next(&s, &mut codec).await.expect("CONNECT answer");
+    (s, codec, answer)
+}
+
 /// The next text message that is not a ping (pings are answered), within 5 s; `None` once
 /// the server closed.
 pub async fn sio_next(s: &Stream, codec: &mut WsCodec) -> Option<String> {
