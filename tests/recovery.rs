@@ -12,17 +12,9 @@ use std::net::SocketAddr;
 use serde_json::{json, Value};
 
 use common::eio::{ws_connect, ws_recv, ws_send, EIO_WS};
-use common::{connect, run, server, within};
+use common::{connect, room_homed_on, run, server, within};
 use corelay::client::{Client, PayloadKind, ServerEvent, Stream};
 use corelay::proto::ws::WsCodec;
-use corelay::relay::home_shard;
-
-fn room_homed_on(shard: usize, shards: usize) -> String {
-    (0..)
-        .map(|i| format!("arena-{i}"))
-        .find(|r| home_shard(r, shards) == shard)
-        .expect("some name hashes to every shard")
-}
 
 /// A socket.io client's connection: its WebSocket, and what it keeps across connections.
 struct SioClient {

@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use common::{connect, connect_on_shard, run, server, still_serving};
+use common::{connect, connect_on_shard, room_homed_on, run, server, still_serving};
 use corelay::client::{PayloadKind, ServerEvent};
 use corelay::config::RateProfile;
 use corelay::proto::native::LeaveReason;
@@ -552,14 +552,6 @@ fn a_message_too_big_for_a_recipient_is_refused_to_its_sender_and_nobody_is_clos
         "{stats}"
     );
     srv.stop().unwrap();
-}
-
-/// A room name whose home is `shard` of `shards`.
-fn room_homed_on(shard: usize, shards: usize) -> String {
-    (0..)
-        .map(|i| format!("room-{i}"))
-        .find(|r| corelay::relay::home_shard(r, shards) == shard)
-        .unwrap()
 }
 
 /// `max_room_members` = 2: a third joiner (on the last shard, with the room homed on the

@@ -6,17 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{connect, connect_on_shard, run, server, wait_for_stats};
+use common::{connect, connect_on_shard, room_homed_on, run, server, wait_for_stats};
 use corelay::client::{Client, PayloadKind, ServerEvent};
 use corelay::proto::native::{self, ClientFrame, ErrorCode};
-use corelay::relay::home_shard;
-
-fn room_homed_on(shard: usize, shards: usize) -> String {
-    (0..)
-        .map(|i| format!("match-{i}"))
-        .find(|r| home_shard(r, shards) == shard)
-        .expect("some name hashes to every shard")
-}
 
 /// Reads events until a message arrives; returns its payload as the number it carries.
 async fn next_number(c: &mut Client) -> u32 {

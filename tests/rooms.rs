@@ -7,10 +7,9 @@ mod common;
 use serde_json::{json, Value};
 
 use common::eio::{data, next_starting, sio_connect, ws_send};
-use common::{connect_on_shard, run, server, within};
+use common::{connect_on_shard, room_homed_on, run, server, within};
 use corelay::client::{Client, ClientConfig, NewRoom, ServerEvent};
 use corelay::proto::native::HostAction;
-use corelay::relay::home_shard;
 
 const SECRET: &str = "rooms-test-secret";
 
@@ -19,13 +18,6 @@ fn token(mut claims: Value) -> String {
     claims["exp"] = json!(4_000_000_000u64);
     let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
     jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
-}
-
-fn room_homed_on(shard: usize, shards: usize) -> String {
-    (0..)
-        .map(|i| format!("hall-{i}"))
-        .find(|r| home_shard(r, shards) == shard)
-        .expect("some name hashes to every shard")
 }
 
 /// The next `Host` notice a native member gets.

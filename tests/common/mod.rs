@@ -54,6 +54,15 @@ pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("{what}: nothing within {WAIT:?}"))
 }
 
+/// A room name whose home is `shard` of `shards` (the room's numbering, its joins and its
+/// host live there).
+pub fn room_homed_on(shard: usize, shards: usize) -> String {
+    (0..)
+        .map(|i| format!("room-{i}"))
+        .find(|r| corelay::relay::home_shard(r, shards) == shard)
+        .expect("some name hashes to every shard")
+}
+
 /// The native endpoint URL of a server.
 pub fn url(addr: SocketAddr) -> String {
     format!("ws://{addr}/ws")
