@@ -118,7 +118,7 @@ fn resume_1000(c: &mut Criterion) {
             || {
                 let (mut relay, _a, b) = room(true);
                 let now = Instant::now();
-                relay.dropped(1, &b, now);
+                relay.release(1, |o| Rc::ptr_eq(o, &b), true, now);
                 for i in 0..MISSED as u32 {
                     relay.send(0, ROOM, event(i), now).unwrap();
                 }

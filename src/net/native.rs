@@ -596,11 +596,8 @@ impl WsApp for NativeSession {
             // closed for cause, leaves (docs/SESSIONS.md).
             let lost = !self.said_goodbye
                 && matches!(why, CloseReason::Peer | CloseReason::Io | CloseReason::Idle);
-            if lost {
-                relay.dropped(self.player, cx.out, cx.now);
-            } else {
-                relay.disconnect_connection(self.player, cx.out, cx.now);
-            }
+            let out = cx.out;
+            relay.release(self.player, |o| Rc::ptr_eq(o, out), lost, cx.now);
         }
         cx.shard
             .stats

@@ -26,7 +26,7 @@
 //! mesh hop for members on the sender's shard when the room's home is another shard.
 //!
 //! A native session whose connection drops stays a member of its rooms for the window
-//! ([`Relay::dropped`]): the rooms are told it is away, deliveries to it are skipped (the
+//! ([`Relay::release`]): the rooms are told it is away, deliveries to it are skipped (the
 //! ring keeps them), and when the window ends it leaves as a disconnected member would.
 //!
 //! The relay never touches a socket or an executor: it pushes frames into [`Outbox`]es and
@@ -905,23 +905,13 @@ impl Relay {
         }
     }
 
-    /// The connection that sent frames to `outbox` for `player` is gone. A resumable session
-    /// is detached: its rooms are told it is away, and it ends at the window's end unless
-    /// resumed ([`Relay::expire`]). Without one the player disconnects. Nothing happens when
-    /// another connection took the session over (`outbox` is no longer the player's).
-    pub fn dropped(&mut self, player: PlayerId, outbox: &Rc<Outbox>, now: Instant) {
-        let Some(p) = self.players.get(&player) else {
-            return;
-        };
-        if !Rc::ptr_eq(&p.outbox, outbox) {
-            return;
-        }
-        self.lose(player, now);
-    }
-
-    /// The connection whose outboxes `owned` says are its own ended: `player` is lost
-    /// ([`Relay::lose`]) or, unless `lost`, disconnects. Nothing happens when another
-    /// connection took the player over.
+    /// The connection whose outbox `owned` recognizes ended; nothing happens when another
+    /// connection took the player over (its outbox is no longer one of them).
+    ///
+    /// A connection `lost` (the peer vanished, its socket failed, it fell silent) keeps a
+    /// resumable session: it is detached, its rooms are told it is away, and it ends at the
+    /// window's end unless resumed ([`Relay::expire`]). Otherwise, or without a session,
+    /// the player disconnects.
     pub fn release(
         &mut self,
         player: PlayerId,
@@ -929,52 +919,30 @@ impl Relay {
         lost: bool,
         now: Instant,
     ) {
-        let Some(p) = self.players.get(&player) else {
+        let Some(p) = self.players.get_mut(&player) else {
             return;
         };
         if !owned(&p.outbox) {
             return;
         }
-        if lost {
-            self.lose(player, now);
-        } else {
-            self.disconnect(player, now);
-        }
-    }
-
-    /// `player`'s connection is lost (whichever it was): a resumable session is detached
-    /// as [`Relay::dropped`] says; without one the player disconnects.
-    pub fn lose(&mut self, player: PlayerId, now: Instant) {
-        let Some(p) = self.players.get_mut(&player) else {
-            return;
-        };
-        match (self.limits.history, p.session.as_mut()) {
-            (Some(limits), Some(session)) if session.away_until.is_none() => {
+        let session = p.session.as_mut();
+        match (self.limits.history, session) {
+            (Some(limits), Some(session)) if lost && session.away_until.is_none() => {
                 let until = now + limits.window;
                 session.away_until = Some(until);
                 self.away.push_back((until, player));
                 add(&self.stats.sessions_away, 1);
                 self.detach(player, now);
             }
-            _ => self.disconnect(player, now),
+            (_, session) => {
+                if session.is_some_and(|s| s.away_until.is_some()) {
+                    self.stats
+                        .sessions_away
+                        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                self.disconnect(player, now);
+            }
         }
-    }
-
-    /// The connection that sent frames to `outbox` for `player` ended for good: the player
-    /// disconnects, unless another connection took its session over.
-    pub fn disconnect_connection(&mut self, player: PlayerId, outbox: &Rc<Outbox>, now: Instant) {
-        let Some(p) = self.players.get(&player) else {
-            return;
-        };
-        if !Rc::ptr_eq(&p.outbox, outbox) {
-            return;
-        }
-        if p.session.as_ref().is_some_and(|s| s.away_until.is_some()) {
-            self.stats
-                .sessions_away
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        self.disconnect(player, now);
     }
 
     /// Marks `player` away in every room it is a member of and tells the rooms; joins not
@@ -2350,7 +2318,7 @@ mod tests {
         r.open_session(1, "s3cret");
         r.join(0, None, "r", now).unwrap();
         r.join(1, None, "r", now).unwrap();
-        r.dropped(1, &b, now);
+        r.release(1, |o| Rc::ptr_eq(o, &b), true, now);
         for i in 0u8..10 {
             r.send(0, "r", event(0, &[i]), now).unwrap();
         }
@@ -2390,7 +2358,7 @@ mod tests {
         );
         // Past the window, the oldest go too: a resume then replays nothing, with a gap.
         let later = now + Duration::from_secs(61);
-        r.dropped(1, &c, later);
+        r.release(1, |o| Rc::ptr_eq(o, &c), true, later);
         let d = outbox();
         r.resume(
             1,
@@ -2410,7 +2378,7 @@ mod tests {
             }
         ));
         // And a detached session that nobody resumes ends at its window's end.
-        r.dropped(1, &d, later);
+        r.release(1, |o| Rc::ptr_eq(o, &d), true, later);
         r.expire(later + Duration::from_secs(60));
         assert!(!r.is_member(1, "r"));
         assert!(matches!(

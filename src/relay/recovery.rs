@@ -1,5 +1,5 @@
 //! Socket.IO connection state recovery: a socket.io session whose connection was lost is
-//! kept like a native one ([`Relay::dropped`]) and recovered by the `pid` and offset that
+//! kept like a native one ([`Relay::release`]) and recovered by the `pid` and offset that
 //! the official client sends back in its CONNECT (docs/SESSIONS.md).
 //!
 //! The client sends one offset: that of the last event it processed, whichever room it
