@@ -187,6 +187,24 @@ pub struct QueueConfig {
     pub party_skill: PartySkill,
     /// Seconds a ticket waits before it fails with [`Event::TimedOut`].
     pub timeout_s: f64,
+    /// The room a match becomes (`[matchmaking.queues.<name>.room]`).
+    pub room: MatchRoom,
+}
+
+/// How the room of a match is made: the options of `room:create` (docs/ROOMS.md).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MatchRoom {
+    /// Most members; absent: the queue's `match_size` max (a match fills its room).
+    pub max_members: Option<u32>,
+    /// Listed by `room:list`: absent or `false` keeps the match's room private, joined only
+    /// with its code (players who were not matched do not drop in).
+    pub public: bool,
+    /// Its public metadata (a table, kept as a JSON object).
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// How long it survives being empty, in ms (at most an hour): players who dropped can
+    /// come back.
+    pub empty_ttl_ms: u64,
 }
 
 impl Default for QueueConfig {
@@ -206,6 +224,7 @@ impl Default for QueueConfig {
             // 60 s: players give up on a queue screen after about a minute, and the client
             // can then offer another queue; 42 s of it at the widest window.
             timeout_s: 60.0,
+            room: MatchRoom::default(),
         }
     }
 }
@@ -246,6 +265,19 @@ impl QueueConfig {
         }
         if self.timeout_s <= 0.0 {
             return Some("timeout_s: must be positive".into());
+        }
+        if let Some(n) = self.room.max_members {
+            if (n as usize) < max || n as usize > max_room_members {
+                return Some(format!(
+                    "room.max_members: {n} must hold a match ({max}) and be at most max_room_members ({max_room_members})"
+                ));
+            }
+        }
+        if self.room.empty_ttl_ms > crate::relay::MAX_EMPTY_TTL_MS {
+            return Some(format!(
+                "room.empty_ttl_ms: at most {} ms",
+                crate::relay::MAX_EMPTY_TTL_MS
+            ));
         }
         let mut seen = BTreeSet::new();
         for p in &self.properties {
@@ -364,6 +396,10 @@ pub enum MatchError {
     /// No queue of this name: ask for a configured one, or `default`.
     #[error("unknown queue `{0}`")]
     UnknownQueue(String),
+    /// The id given to [`Matchmaker::enqueue_as`] is a waiting ticket's: a bug of the
+    /// caller, which must take ids from [`Matchmaker::reserve`].
+    #[error("ticket {0} exists")]
+    DuplicateId(TicketId),
     /// The player waits in a ticket already (or is named twice in this one): cancel that
     /// ticket first.
     #[error("player {0} is already queued")]
@@ -401,6 +437,7 @@ pub struct Matchmaker {
     tickets: HashMap<TicketId, Waiting>,
     queued: HashMap<PlayerKey, TicketId>,
     next_id: u64,
+    id_step: u64,
     pass_interval: Duration,
     max_tickets: usize,
 }
@@ -506,14 +543,48 @@ impl Matchmaker {
             tickets: HashMap::new(),
             queued: HashMap::new(),
             next_id: 1,
+            id_step: 1,
             pass_interval: Duration::from_millis(config.pass_interval_ms),
             max_tickets: config.max_tickets_per_queue,
         }
     }
 
+    /// This matchmaker numbering its tickets `first`, `first + step`, ...: matchmakers
+    /// of several shards then never give the same id, and an id tells its shard.
+    pub fn numbered(mut self, first: u64, step: u64) -> Matchmaker {
+        self.next_id = first;
+        self.id_step = step.max(1);
+        self
+    }
+
+    /// An id no ticket has, for [`enqueue_as`](Self::enqueue_as): a party's id is
+    /// handed to its members before the last of them has queued.
+    pub fn reserve(&mut self) -> TicketId {
+        let id = TicketId(self.next_id);
+        self.next_id += self.id_step;
+        id
+    }
+
     /// Puts `ticket` in its queue at `now`. It is matched by a later [`poll`](Self::poll);
     /// nothing matches inside this call.
     pub fn enqueue(&mut self, ticket: Ticket, now: Instant) -> Result<TicketId, MatchError> {
+        // Taken only once the ticket is in: a refused ticket uses up no id.
+        let id = TicketId(self.next_id);
+        self.enqueue_as(id, ticket, now)?;
+        self.next_id += self.id_step;
+        Ok(id)
+    }
+
+    /// [`enqueue`](Self::enqueue) with an id from [`reserve`](Self::reserve).
+    pub fn enqueue_as(
+        &mut self,
+        id: TicketId,
+        ticket: Ticket,
+        now: Instant,
+    ) -> Result<(), MatchError> {
+        if self.tickets.contains_key(&id) {
+            return Err(MatchError::DuplicateId(id));
+        }
         let q = *self
             .by_name
             .get(&ticket.queue)
@@ -569,8 +640,6 @@ impl Matchmaker {
         }
         // Adding 0.0 turns -0.0 into 0.0, so that equal skills have equal keys.
         let skill = skill + 0.0;
-        let id = TicketId(self.next_id);
-        self.next_id += 1;
         // A ticket may cross regions at once (`cross_region_after_s = 0`), later, or never.
         let crossed = config.cross_region_after_s == Some(0.0);
         let crosses_later = !crossed && config.cross_region_after_s.is_some();
@@ -606,7 +675,7 @@ impl Matchmaker {
                 crossed,
             },
         );
-        Ok(id)
+        Ok(())
     }
 
     /// Takes a waiting ticket out of its queue, whole party; `false` when it is not waiting
@@ -632,6 +701,11 @@ impl Matchmaker {
     /// The players of a waiting ticket.
     pub fn players_of(&self, ticket: TicketId) -> Option<&[PlayerKey]> {
         self.tickets.get(&ticket).map(|w| w.players.as_slice())
+    }
+
+    /// The settings of queue `name`, if there is one.
+    pub fn queue(&self, name: &str) -> Option<&QueueConfig> {
+        self.by_name.get(name).map(|&q| &self.queues[q].config)
     }
 
     /// Tickets waiting in `queue` (0 for an unknown queue).

@@ -227,6 +227,10 @@ pub struct ShardStats {
     pub resumes_refused: AtomicU64,
     /// Rooms of resumed sessions whose replay missed messages the window no longer held.
     pub resume_gaps: AtomicU64,
+    /// Players whose matchmaking ticket entered a queue homed on this shard.
+    pub tickets: AtomicU64,
+    /// Matches formed by queues homed on this shard.
+    pub matches: AtomicU64,
     closes: [AtomicU64; CloseReason::ALL.len()],
     refused: [AtomicU64; Refusal::ALL.len()],
     latency: ArrayQueue<Histogram<u64>>,
@@ -256,6 +260,8 @@ impl Default for ShardStats {
             resumes: AtomicU64::new(0),
             resumes_refused: AtomicU64::new(0),
             resume_gaps: AtomicU64::new(0),
+            tickets: AtomicU64::new(0),
+            matches: AtomicU64::new(0),
             closes: Default::default(),
             refused: Default::default(),
             latency: ArrayQueue::new(1),
@@ -359,6 +365,8 @@ impl StatsRegistry {
             s.resumes += l(&shard.resumes);
             s.resumes_refused += l(&shard.resumes_refused);
             s.resume_gaps += l(&shard.resume_gaps);
+            s.tickets += l(&shard.tickets);
+            s.matches += l(&shard.matches);
             for (i, why) in Refusal::ALL.iter().enumerate() {
                 let n = l(&shard.refused[i]);
                 if n > 0 {
@@ -462,6 +470,10 @@ pub struct Stats {
     pub resumes_refused: u64,
     /// Rooms of resumed sessions whose replay missed messages the window no longer held.
     pub resume_gaps: u64,
+    /// Players whose matchmaking ticket entered a queue.
+    pub tickets: u64,
+    /// Matches formed.
+    pub matches: u64,
     /// Closed connections by reason (only reasons seen).
     pub closes: Vec<(String, u64)>,
     /// Refused requests by limit (only limits that triggered).

@@ -175,6 +175,26 @@ pub enum ServerEvent {
         /// Room.
         room: String,
     },
+    /// Our matchmaking ticket matched: we are a member of `room` already.
+    Matched {
+        /// The ticket.
+        ticket: u64,
+        /// The match's room (`#` and its code).
+        room: String,
+        /// Its code.
+        code: String,
+        /// Every player of the match, the host first.
+        players: Vec<native::PlayerInfo>,
+    },
+    /// Our matchmaking ticket ended without a match.
+    Unqueued {
+        /// The ticket.
+        ticket: u64,
+        /// Why.
+        reason: native::UnqueueReason,
+        /// The party member who cancelled or disconnected, if that is why.
+        by: Option<String>,
+    },
     /// After a resumed reconnect, one per room: the messages missed there follow.
     Resumed {
         /// Room.
@@ -237,6 +257,8 @@ enum Answer {
     Listed(Listed),
     Left,
     Updated,
+    Queued(u64),
+    Cancelled(u64),
     Pong,
     Error {
         code: u16,
@@ -629,6 +651,35 @@ impl Client {
         self.tx.send(room, event, payload, kind).await
     }
 
+    /// Puts this player in a matchmaking queue (docs/ROOMS.md); returns the ticket's id.
+    /// The outcome comes later as [`ServerEvent::Matched`] or [`ServerEvent::Unqueued`].
+    pub async fn queue(&mut self, ticket: native::TicketSpec) -> Result<u64, ClientError> {
+        let req = self.tx.request(|req| ClientFrame::Queue {
+            req,
+            ticket: Box::new(ticket),
+        })?;
+        match self.rx.answer(req).await? {
+            Answer::Queued(id) => Ok(id),
+            Answer::Error { code, message } => Err(ClientError::Server { code, message }),
+            other => Err(ClientError::Protocol(format!(
+                "expected Queued, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Cancels this player's ticket (`ticket`, or whichever it holds when 0), with its
+    /// whole party; `Err(Server)` `not_queued` when it has ended already.
+    pub async fn cancel_ticket(&mut self, ticket: u64) -> Result<u64, ClientError> {
+        let req = self.tx.request(|req| ClientFrame::Cancel { req, ticket })?;
+        match self.rx.answer(req).await? {
+            Answer::Cancelled(id) => Ok(id),
+            Answer::Error { code, message } => Err(ClientError::Server { code, message }),
+            other => Err(ClientError::Protocol(format!(
+                "expected Cancelled, got {other:?}"
+            ))),
+        }
+    }
+
     /// Measures a round trip to the server.
     pub async fn ping(&mut self) -> Result<Duration, ClientError> {
         let start = Instant::now();
@@ -903,18 +954,45 @@ impl ClientReceiver {
                     members: members.to_native(),
                     host: host.as_str().to_owned(),
                     state: non_empty(state.as_str()),
-                    players: players
-                        .iter()
-                        .map(|p| native::PlayerInfo {
-                            id: p.id.as_str().to_owned(),
-                            meta: p.meta.as_str().to_owned(),
-                        })
-                        .collect(),
+                    players: player_infos(players),
                 }),
             )),
             ArchivedServerFrame::Left { req, .. } => {
                 self.answers.push_back((req.to_native(), Answer::Left))
             }
+            ArchivedServerFrame::Queued { req, ticket } => self
+                .answers
+                .push_back((req.to_native(), Answer::Queued(ticket.to_native()))),
+            ArchivedServerFrame::Cancelled { req, ticket } => self
+                .answers
+                .push_back((req.to_native(), Answer::Cancelled(ticket.to_native()))),
+            ArchivedServerFrame::Matched {
+                ticket,
+                room,
+                code,
+                players,
+            } => self.events.push_back(ServerEvent::Matched {
+                ticket: ticket.to_native(),
+                room: room.as_str().to_owned(),
+                code: code.as_str().to_owned(),
+                players: player_infos(players),
+            }),
+            ArchivedServerFrame::Unqueued {
+                ticket,
+                reason,
+                player,
+            } => self.events.push_back(ServerEvent::Unqueued {
+                ticket: ticket.to_native(),
+                reason: match reason {
+                    native::ArchivedUnqueueReason::TimedOut => native::UnqueueReason::TimedOut,
+                    native::ArchivedUnqueueReason::Cancelled => native::UnqueueReason::Cancelled,
+                    native::ArchivedUnqueueReason::Disconnected => {
+                        native::UnqueueReason::Disconnected
+                    }
+                    native::ArchivedUnqueueReason::Refused => native::UnqueueReason::Refused,
+                },
+                by: non_empty(player.as_str()),
+            }),
             ArchivedServerFrame::Refreshed { req, exp } => self.answers.push_back((
                 req.to_native(),
                 Answer::Refreshed {
@@ -1000,6 +1078,19 @@ impl ClientReceiver {
         });
         out
     }
+}
+
+/// Owned copies of a frame's players.
+fn player_infos(
+    players: &rkyv::vec::ArchivedVec<native::ArchivedPlayerInfo>,
+) -> Vec<native::PlayerInfo> {
+    players
+        .iter()
+        .map(|p| native::PlayerInfo {
+            id: p.id.as_str().to_owned(),
+            meta: p.meta.as_str().to_owned(),
+        })
+        .collect()
 }
 
 /// `None` for the empty string a frame uses for "none".

@@ -23,7 +23,8 @@ use crate::proto::socketio::is_reserved_for_relay;
 use crate::proto::ws::close;
 use crate::rate_limit::{Buckets, Exceeded};
 use crate::relay::{
-    native_frame, new_secret, valid_name, Body, ListFilter, PlayerId, Reply, RoomOptions, Wire,
+    native_frame, new_secret, valid_name, Body, ListFilter, PlayerId, Reply, RoomOptions,
+    TicketRequest, Wire,
 };
 use crate::shard::{Cx, Shard, Step};
 use crate::stats::{add, CloseReason, Refusal};
@@ -400,6 +401,44 @@ impl NativeSession {
                     self.error(cx, req, code, "list refused");
                 }
             }
+            ArchivedClientFrame::Queue { req, ticket } => {
+                let req = req.to_native();
+                if let Some(Err(exceeded)) = self.auth.rate.as_mut().map(|r| r.join(now)) {
+                    return self.rate_limited(cx, req, exceeded);
+                }
+                let ticket = TicketRequest {
+                    queue: ticket.queue.as_str().to_owned(),
+                    skill: ticket.skill.to_native(),
+                    region: (!ticket.region.is_empty()).then(|| ticket.region.as_str().to_owned()),
+                    properties: ticket
+                        .properties
+                        .iter()
+                        .map(|p| (p.name.as_str().to_owned(), p.value.as_str().to_owned()))
+                        .collect(),
+                    party: ticket.party.iter().map(|n| n.as_str().to_owned()).collect(),
+                };
+                let result = shard.relay.borrow_mut().queue_ticket(
+                    self.player,
+                    Some(u64::from(req)),
+                    ticket,
+                    now,
+                );
+                if let Err(code) = result {
+                    self.error(cx, req, code, "ticket refused");
+                }
+            }
+            ArchivedClientFrame::Cancel { req, ticket } => {
+                let req = req.to_native();
+                let result = shard.relay.borrow_mut().cancel_ticket(
+                    self.player,
+                    Some(u64::from(req)),
+                    ticket.to_native(),
+                    now,
+                );
+                if let Err(code) = result {
+                    self.error(cx, req, code, "no such ticket waiting");
+                }
+            }
             ArchivedClientFrame::Host { req, room, action } => {
                 let req = req.to_native();
                 let action = match action {
@@ -625,7 +664,9 @@ fn request_id(frame: &ArchivedClientFrame) -> u32 {
         | ArchivedClientFrame::Resume { req, .. }
         | ArchivedClientFrame::Host { req, .. }
         | ArchivedClientFrame::Create { req, .. }
-        | ArchivedClientFrame::List { req, .. } => req.to_native(),
+        | ArchivedClientFrame::List { req, .. }
+        | ArchivedClientFrame::Queue { req, .. }
+        | ArchivedClientFrame::Cancel { req, .. } => req.to_native(),
     }
 }
 

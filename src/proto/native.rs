@@ -171,6 +171,72 @@ mod frames {
             /// Page, from 0.
             page: u32,
         },
+        /// Puts this player in a matchmaking queue (docs/ROOMS.md, "Matchmaking").
+        /// Answered by `Queued`; then `Matched` or `Unqueued` comes when the ticket ends.
+        /// Or by `Error` `unknown_queue`, `already_queued`, `invalid_value`, `queue_full`,
+        /// `too_many_rooms`, `rate_limited`.
+        Queue {
+            /// Request id.
+            req: u32,
+            /// The ticket (boxed, so that the frame fits the 30-byte root every client
+            /// frame has).
+            ticket: Box<TicketSpec>,
+        },
+        /// Takes this player's ticket out of its queue, with its whole party (the other
+        /// members get `Unqueued` `Cancelled`). Answered by `Cancelled`, or by `Error`
+        /// `not_queued` (the ticket ended already: matched, timed out, withdrawn).
+        Cancel {
+            /// Request id.
+            req: u32,
+            /// `Queued.ticket`; 0 for whatever ticket this player holds.
+            ticket: u64,
+        },
+    }
+
+    /// A matchmaking ticket (`ClientFrame::Queue`).
+    #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq)]
+    #[rkyv(derive(Debug))]
+    pub struct TicketSpec {
+        /// The queue's name (`default` always exists).
+        pub queue: String,
+        /// This player's skill, a finite number on the game's scale.
+        pub skill: f64,
+        /// Its region; empty for none.
+        pub region: String,
+        /// Properties the queue may require equal within a match.
+        pub properties: Vec<Property>,
+        /// The party's player ids, leader first, this player among them; empty to queue
+        /// alone. Every member queues with the same list; the ticket waits for a match
+        /// once all have.
+        pub party: Vec<String>,
+    }
+
+    /// A named ticket property.
+    #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, PartialEq, Eq)]
+    #[rkyv(derive(Debug))]
+    pub struct Property {
+        /// Its name.
+        pub name: String,
+        /// Its value.
+        pub value: String,
+    }
+
+    /// Why a ticket ended without a match (`ServerFrame::Unqueued`).
+    #[derive(
+        rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, Clone, Copy, PartialEq, Eq,
+    )]
+    #[rkyv(derive(Debug, PartialEq, Eq))]
+    #[repr(u8)]
+    pub enum UnqueueReason {
+        /// It waited its queue's `timeout_s`.
+        TimedOut,
+        /// A member of its party cancelled it.
+        Cancelled,
+        /// A member of its party disconnected.
+        Disconnected,
+        /// The queue refused the party once it was whole (the queue was full, or the
+        /// members' skills summed past a finite number).
+        Refused,
     }
 
     /// What a room's host asks for (`ClientFrame::Host`, docs/ROOMS.md).
@@ -425,6 +491,43 @@ mod frames {
             /// The next page to ask for; 0 when this is the last.
             next_page: u32,
         },
+        /// Answer to `Queue`: the ticket waits (a party's, once every member has queued).
+        Queued {
+            /// Echoed request id.
+            req: u32,
+            /// The ticket's id, the same for every member of a party.
+            ticket: u64,
+        },
+        /// Pushed: the ticket matched, and this player is a member of `room` already (a
+        /// room made for the match with the queue's room options; its host is
+        /// `players[0]`).
+        Matched {
+            /// The ticket.
+            ticket: u64,
+            /// The room's name (`#` and its code).
+            room: String,
+            /// Its code.
+            code: String,
+            /// Every player of the match, the host first (the oldest ticket's leader).
+            players: Vec<PlayerInfo>,
+        },
+        /// Pushed: the ticket ended without a match.
+        Unqueued {
+            /// The ticket.
+            ticket: u64,
+            /// Why.
+            reason: UnqueueReason,
+            /// The player id of the party member who cancelled or disconnected; empty
+            /// otherwise.
+            player: String,
+        },
+        /// Answer to `Cancel`: the ticket is out of its queue.
+        Cancelled {
+            /// Echoed request id.
+            req: u32,
+            /// The ticket.
+            ticket: u64,
+        },
     }
 }
 
@@ -480,6 +583,15 @@ pub enum ErrorCode {
     InvalidValue = 22,
     /// `Create`: a room with that code exists; choose another (or let the server pick).
     RoomExists = 23,
+    /// `Queue`: this player holds a ticket already; cancel it first (or wait for its end).
+    AlreadyQueued = 24,
+    /// `Queue`: no queue has that name; ask for a configured one, or `default`.
+    UnknownQueue = 25,
+    /// `Cancel`: the ticket is not waiting (it matched, timed out or was withdrawn, or it
+    /// is not this player's); nothing changed.
+    NotQueued = 26,
+    /// `Queue`: the queue holds `matchmaking.max_tickets_per_queue` tickets; try later.
+    QueueFull = 27,
 }
 
 impl ErrorCode {
@@ -505,6 +617,10 @@ impl ErrorCode {
             ErrorCode::RoomLocked => "room_locked",
             ErrorCode::InvalidValue => "invalid_value",
             ErrorCode::RoomExists => "room_exists",
+            ErrorCode::AlreadyQueued => "already_queued",
+            ErrorCode::UnknownQueue => "unknown_queue",
+            ErrorCode::NotQueued => "not_queued",
+            ErrorCode::QueueFull => "queue_full",
         }
     }
 
@@ -530,6 +646,10 @@ impl ErrorCode {
             21 => ErrorCode::RoomLocked,
             22 => ErrorCode::InvalidValue,
             23 => ErrorCode::RoomExists,
+            24 => ErrorCode::AlreadyQueued,
+            25 => ErrorCode::UnknownQueue,
+            26 => ErrorCode::NotQueued,
+            27 => ErrorCode::QueueFull,
             _ => return None,
         })
     }
@@ -639,6 +759,35 @@ mod tests {
                     seq: u64::MAX,
                 },
             ],
+        });
+    }
+
+    #[test]
+    fn roots_keep_their_documented_sizes() {
+        // docs/PROTOCOL.md gives every field's offset in these roots; a frame that grew one
+        // would move the end of every message a client writes or reads.
+        assert_eq!(std::mem::size_of::<ArchivedClientFrame>(), 30);
+        assert_eq!(std::mem::size_of::<ArchivedServerFrame>(), 42);
+    }
+
+    #[test]
+    fn matchmaking_frames_roundtrip() {
+        roundtrip_client(ClientFrame::Queue {
+            req: 7,
+            ticket: Box::new(TicketSpec {
+                queue: "ranked".into(),
+                skill: -12.5,
+                region: "eu".into(),
+                properties: vec![Property {
+                    name: "mode".into(),
+                    value: "capture-the-flag".into(),
+                }],
+                party: vec!["ann".into(), "a-longer-player-id".into()],
+            }),
+        });
+        roundtrip_client(ClientFrame::Cancel {
+            req: 8,
+            ticket: 1 << 40,
         });
     }
 

@@ -6,7 +6,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::proto::engineio::{encode_base64_into, RECORD_SEPARATOR};
-use crate::proto::native::{LeaveReason, PayloadKind, ServerFrame};
+use crate::proto::native::{LeaveReason, PayloadKind, PlayerInfo, ServerFrame, UnqueueReason};
 use crate::proto::socketio::{self, encode_relay_event, Arg, RelayPayload};
 use crate::proto::ws;
 
@@ -452,6 +452,31 @@ fn json_value(text: Option<&str>) -> Option<serde_json::Value> {
     serde_json::from_str(text?).ok()
 }
 
+/// A join answer's or a match's members for a Socket.IO client: `[{id, meta?}]`.
+fn players_json(roster: &[super::RosterEntry]) -> serde_json::Value {
+    roster
+        .iter()
+        .map(|m| {
+            let mut entry = serde_json::json!({ "id": &*m.id });
+            if let Some(meta) = json_value(m.meta.as_deref()) {
+                entry["meta"] = meta;
+            }
+            entry
+        })
+        .collect()
+}
+
+/// The same for a native client.
+fn player_infos(roster: &[super::RosterEntry]) -> Vec<PlayerInfo> {
+    roster
+        .iter()
+        .map(|m| PlayerInfo {
+            id: m.id.to_string(),
+            meta: m.meta.as_deref().unwrap_or_default().to_owned(),
+        })
+        .collect()
+}
+
 /// What a socket.io offset adds to an event at most: 24 characters, quotes and a comma.
 const OFFSET_ARG: usize = 8 + 16 + 3;
 
@@ -582,6 +607,38 @@ pub enum Reply {
         /// Room.
         room: String,
     },
+    /// A matchmaking ticket waits (`mm:queue`).
+    Queued {
+        /// Request id.
+        req: u64,
+        /// The ticket.
+        ticket: u64,
+    },
+    /// A ticket cancelled (`mm:cancel`).
+    Cancelled {
+        /// Request id.
+        req: u64,
+        /// The ticket.
+        ticket: u64,
+    },
+    /// Not an answer: the ticket matched, and the player is a member of `room`.
+    Matched {
+        /// The ticket.
+        ticket: u64,
+        /// The room made for the match.
+        room: String,
+        /// Its members, the host first.
+        roster: super::Roster,
+    },
+    /// Not an answer: the ticket ended without a match.
+    Unqueued {
+        /// The ticket.
+        ticket: u64,
+        /// Why.
+        reason: UnqueueReason,
+        /// The party member who cancelled or disconnected.
+        by: Option<PlayerName>,
+    },
     /// Leave done.
     Left {
         /// Request id.
@@ -608,6 +665,10 @@ impl Reply {
             socketio::Packet::ack(socketio::MAIN_NAMESPACE, req, [Arg::Json(data)])
                 .encode_engineio()
         };
+        let event = |name: &str, data: serde_json::Value| {
+            socketio::Packet::event(socketio::MAIN_NAMESPACE, name, [Arg::Json(data)])
+                .encode_engineio()
+        };
         let sio_text = || match self {
             Reply::Joined {
                 req,
@@ -622,17 +683,7 @@ impl Reply {
                     state.as_deref(),
                 );
                 if !roster.is_empty() {
-                    let players: Vec<serde_json::Value> = roster
-                        .iter()
-                        .map(|m| {
-                            let mut entry = serde_json::json!({ "id": &*m.id });
-                            if let Some(meta) = json_value(m.meta.as_deref()) {
-                                entry["meta"] = meta;
-                            }
-                            entry
-                        })
-                        .collect();
-                    answer["players"] = serde_json::Value::Array(players);
+                    answer["players"] = players_json(roster);
                 }
                 ack(*req, answer)
             }
@@ -669,14 +720,45 @@ impl Reply {
                 *req,
                 serde_json::json!({"room": room, "code": code, "host": &**host}),
             ),
-            Reply::Kicked { room } => socketio::Packet::event(
-                socketio::MAIN_NAMESPACE,
-                "room:kicked",
-                [Arg::Json(serde_json::json!({ "room": room }))],
-            )
-            .encode_engineio(),
+            Reply::Kicked { room } => event("room:kicked", serde_json::json!({ "room": room })),
             Reply::Left { req, room } => ack(*req, serde_json::json!({"room": room})),
             Reply::Error { req, code, .. } => ack(*req, serde_json::json!({"error": code.name()})),
+            Reply::Queued { req, ticket } | Reply::Cancelled { req, ticket } => {
+                ack(*req, serde_json::json!({ "ticket_id": ticket }))
+            }
+            Reply::Matched {
+                ticket,
+                room,
+                roster,
+            } => {
+                let players = players_json(roster);
+                let data = serde_json::json!({
+                    "ticket_id": ticket,
+                    "room": room,
+                    "code": room.strip_prefix(super::CODE_PREFIX).unwrap_or(room),
+                    "host": roster.first().map(|m| &*m.id),
+                    "players": players,
+                });
+                event("mm:matched", data)
+            }
+            Reply::Unqueued {
+                ticket,
+                reason: UnqueueReason::TimedOut,
+                ..
+            } => event("mm:timeout", serde_json::json!({ "ticket_id": ticket })),
+            Reply::Unqueued { ticket, reason, by } => {
+                let reason = match reason {
+                    UnqueueReason::Cancelled => "cancelled",
+                    UnqueueReason::Disconnected => "disconnected",
+                    UnqueueReason::Refused | UnqueueReason::TimedOut => "refused",
+                };
+                let data = serde_json::json!({
+                    "ticket_id": ticket,
+                    "reason": reason,
+                    "player": by.as_deref(),
+                });
+                event("mm:cancelled", data)
+            }
         };
         match wire {
             Wire::SioWs => sio_ws_frames(&sio_text(), &[]),
@@ -695,13 +777,7 @@ impl Reply {
                     members,
                     host: host.to_string(),
                     state: state.as_deref().unwrap_or_default().to_owned(),
-                    players: roster
-                        .iter()
-                        .map(|m| crate::proto::native::PlayerInfo {
-                            id: m.id.to_string(),
-                            meta: m.meta.as_deref().unwrap_or_default().to_owned(),
-                        })
-                        .collect(),
+                    players: player_infos(&roster),
                 },
                 Reply::Created {
                     req,
@@ -739,6 +815,32 @@ impl Reply {
                 Reply::Left { req, room } => ServerFrame::Left {
                     req: req as u32,
                     room,
+                },
+                Reply::Queued { req, ticket } => ServerFrame::Queued {
+                    req: req as u32,
+                    ticket,
+                },
+                Reply::Cancelled { req, ticket } => ServerFrame::Cancelled {
+                    req: req as u32,
+                    ticket,
+                },
+                Reply::Matched {
+                    ticket,
+                    room,
+                    roster,
+                } => ServerFrame::Matched {
+                    ticket,
+                    code: room
+                        .strip_prefix(super::CODE_PREFIX)
+                        .unwrap_or(&room)
+                        .to_owned(),
+                    room,
+                    players: player_infos(&roster),
+                },
+                Reply::Unqueued { ticket, reason, by } => ServerFrame::Unqueued {
+                    ticket,
+                    reason,
+                    player: by.as_deref().unwrap_or_default().to_owned(),
                 },
                 Reply::Error { req, code, message } => ServerFrame::Error {
                     req: req as u32,

@@ -33,6 +33,7 @@
 //! collects [`MeshMsg`]s for the shard runtime to carry ([`Relay::drain_mesh`]).
 
 mod broadcast;
+mod matching;
 mod outbox;
 mod recovery;
 mod rooms;
@@ -49,6 +50,8 @@ pub use broadcast::{
     sio_ws_frames, split_room_key, Body, Broadcast, PlayerId, PlayerName, Reply, Wire,
     EVENT_ENVELOPE,
 };
+use matching::{Held, Matching};
+pub use matching::{MatchJoined, MatchRoom, QueueRequest, TicketNews, TicketRequest};
 pub use outbox::{Drained, Outbox, OutboxLimits, PushError, ReadyQueue};
 pub use recovery::{
     parse_sio_pid, sio_pid, Moved, RecoverRequest, Recovery, RecoveryTicket, Waker,
@@ -269,6 +272,29 @@ pub enum MeshMsg {
         /// The member.
         player: PlayerId,
     },
+    /// player's shard -> queue's shard: a matchmaking ticket.
+    Queue(Box<QueueRequest>),
+    /// player's shard -> queue's shard: cancel the player's ticket (`ticket`, or whichever
+    /// it holds when 0).
+    Cancel {
+        /// Who asks.
+        player: PlayerId,
+        /// Its request id.
+        req: Option<u64>,
+        /// The ticket.
+        ticket: u64,
+    },
+    /// player's shard -> queue's shard: the player is gone; withdraw its ticket.
+    Withdraw {
+        /// Who.
+        player: PlayerId,
+    },
+    /// queue's shard -> player's shard: news of the player's ticket.
+    Ticket(PlayerId, Box<TicketNews>),
+    /// queue's shard -> the room's home: make a match's room.
+    MatchRoom(Box<MatchRoom>),
+    /// room's home -> a shard with players of the match: they are members now.
+    MatchJoined(Box<MatchJoined>),
     /// answer to `Recover`: the session (`None` from shards that do not hold it, or refuse).
     Recovered {
         /// The session's player.
@@ -524,6 +550,16 @@ struct Player {
     /// A session that may be resumed (native) or recovered (socket.io); boxed, since
     /// without history players have none.
     session: Option<Box<Session>>,
+    /// The matchmaking ticket it holds (boxed: most players hold none).
+    ticket: Option<Box<Held>>,
+}
+
+impl Player {
+    /// Room slots (`max_rooms_per_connection`) taken: its rooms, and the room a waiting
+    /// ticket will be matched into.
+    fn slots_taken(&self) -> usize {
+        self.rooms.len() + usize::from(self.ticket.is_some())
+    }
 }
 
 /// What a resumable session keeps while its connection is gone.
@@ -571,6 +607,8 @@ pub struct Relay {
     emptied: Vec<(Instant, String)>,
     /// Room listings waiting for other shards' answers, by (player, request).
     listings: HashMap<(PlayerId, u64), Listing>,
+    /// The matchmaking queues homed here, and their tickets.
+    matching: Matching,
 }
 
 impl Relay {
@@ -597,6 +635,7 @@ impl Relay {
             wakeups: Vec::new(),
             emptied: Vec::new(),
             listings: HashMap::new(),
+            matching: Matching::new(&Default::default(), shard, shards),
         }
     }
 
@@ -626,6 +665,7 @@ impl Relay {
                 outbox,
                 rooms: Vec::new(),
                 session: None,
+                ticket: None,
             },
         );
     }
@@ -717,7 +757,7 @@ impl Relay {
                 // Already joining: answered with the same outcome. A join after a leave that
                 // is still waiting too takes the leave back, with nothing sent to the home.
                 if joining.leaving.is_some() {
-                    if p.rooms.len() >= self.limits.max_rooms_per_connection {
+                    if p.slots_taken() >= self.limits.max_rooms_per_connection {
                         return Err(ErrorCode::TooManyRooms);
                     }
                     joining.leaving = None;
@@ -727,7 +767,7 @@ impl Relay {
                 return Ok(());
             }
         }
-        if p.rooms.len() >= self.limits.max_rooms_per_connection {
+        if p.slots_taken() >= self.limits.max_rooms_per_connection {
             return Err(ErrorCode::TooManyRooms);
         }
         let home = home_shard(room, self.shards);
@@ -856,8 +896,9 @@ impl Relay {
         Ok(())
     }
 
-    /// Forgets a disconnected player and tells its rooms.
+    /// Forgets a disconnected player and tells its rooms (and its matchmaking queue).
     pub fn disconnect(&mut self, player: PlayerId, now: Instant) {
+        self.withdraw_ticket(player, now);
         let rooms = self
             .players
             .get_mut(&player)
@@ -948,6 +989,8 @@ impl Relay {
     /// Marks `player` away in every room it is a member of and tells the rooms; joins not
     /// answered yet are given up, as a disconnect would.
     fn detach(&mut self, player: PlayerId, now: Instant) {
+        // A ticket matched while nobody is there to play would hold up the others.
+        self.withdraw_ticket(player, now);
         let Some(p) = self.players.get_mut(&player) else {
             return;
         };
@@ -1489,6 +1532,12 @@ impl Relay {
             | MeshMsg::Kick { .. }
             | MeshMsg::List { .. }
             | MeshMsg::ListAnswer { .. }) => self.handle_room_mesh(from, msg, now),
+            msg @ (MeshMsg::Queue(_)
+            | MeshMsg::Cancel { .. }
+            | MeshMsg::Withdraw { .. }
+            | MeshMsg::Ticket(..)
+            | MeshMsg::MatchRoom(_)
+            | MeshMsg::MatchJoined(_)) => self.handle_match_mesh(from, msg, now),
         }
     }
 

@@ -431,6 +431,8 @@ impl Relay {
                         deliveries: DeliveryLog::starting_at(at),
                     })),
                 })),
+                // Its ticket was withdrawn when its connection dropped.
+                ticket: None,
             },
         );
         for (room, since, _) in &rooms {

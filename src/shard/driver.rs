@@ -205,18 +205,21 @@ struct Driver {
     /// (`write_timeout_ms`): a peer that stops reading must not pin a connection, its
     /// buffers and (for a poll) the packets it was answered with.
     write_timeout: Duration,
+    /// When the matchmaking timer is armed for (`TimerKey::Matchmaking`).
+    matchmaking_at: Option<Instant>,
 }
 
 /// Runs a shard to completion on the current thread (already pinned by the caller), with
 /// the ring made on this thread.
 pub(crate) async fn run(seed: ShardSeed, ring: Ring) {
     let config = seed.config;
-    let relay = Relay::new(
+    let mut relay = Relay::new(
         seed.id,
         seed.shards,
         RelayLimits::of(&config),
         Arc::clone(&seed.stats),
     );
+    relay.set_matchmaking(&config.matchmaking);
     let shard = Rc::new(Shard::new(
         seed.id,
         seed.shards,
@@ -253,6 +256,7 @@ pub(crate) async fn run(seed: ShardSeed, ring: Ring) {
         refusal,
         connections: seed.connections,
         write_timeout: Duration::from_millis(config.write_timeout_ms),
+        matchmaking_at: None,
     };
     driver.run();
 }
@@ -330,7 +334,23 @@ impl Driver {
         self.run_timers(now);
         self.run_ready(now);
         self.run_delayed(now);
+        self.arm_matchmaking();
         self.carry_mesh();
+    }
+
+    /// Puts the matchmaking's next deadline on the wheel when it moved earlier: a ticket
+    /// came, or a pass or a timeout is due sooner than the armed one.
+    fn arm_matchmaking(&mut self) {
+        let Some(at) = self.shard.relay.borrow_mut().matchmaking_wakeup() else {
+            return;
+        };
+        if self.matchmaking_at.is_none_or(|armed| at < armed) {
+            self.matchmaking_at = Some(at);
+            self.shard
+                .timers
+                .borrow_mut()
+                .insert(at, TimerKey::Matchmaking);
+        }
     }
 
     /// Flushes the connections whose output delay is over.
@@ -1147,6 +1167,12 @@ impl Driver {
                     set(&stats.ring_enters, self.ring.enters);
                     let next = now + self.tick_period();
                     self.shard.timers.borrow_mut().insert(next, TimerKey::Tick);
+                }
+                TimerKey::Matchmaking => {
+                    // An entry armed before an earlier one fires too; a poll with nothing
+                    // due does nothing.
+                    self.matchmaking_at = None;
+                    self.shard.relay.borrow_mut().poll_matchmaking(now);
                 }
                 TimerKey::Accept => self.arm_accept(),
                 TimerKey::Write(id) => self.write_timer(id, now),

@@ -121,6 +121,8 @@ pub enum TimerKey {
     Tick,
     /// Accepting again after running out of file descriptors.
     Accept,
+    /// The matchmaking's next deadline (`Relay::poll_matchmaking`).
+    Matchmaking,
     /// Checking that a connection's pending output still moves (`write_timeout_ms`); at
     /// most one per connection is pending.
     Write(ConnId),

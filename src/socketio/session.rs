@@ -16,6 +16,7 @@ use crate::auth::Identity;
 use crate::config::{Config, Protocol};
 use crate::engineio::Session;
 use crate::hooks::{Forbidden, Hooks};
+use crate::matchmaking::DEFAULT_QUEUE;
 use crate::proto::native::{ErrorCode, HostAction, PayloadKind};
 use crate::proto::socketio::{
     is_reserved_for_relay, Arg, ArgRef, BinaryAssembler, DecodeError, Packet, PacketType,
@@ -25,7 +26,7 @@ use crate::rate_limit::{Buckets, Exceeded};
 use crate::relay::{
     new_code, new_secret, normalize_code, parse_sio_offset, parse_sio_pid, sio_pid, valid_name,
     Body, ListFilter, Outbox, PlayerId, RecoverRequest, Recovery, RecoveryTicket, RoomOptions,
-    CODE_PREFIX,
+    TicketRequest, CODE_PREFIX,
 };
 use crate::stats::{add, CloseReason, Refusal};
 
@@ -635,7 +636,9 @@ impl SioSession {
         let relayed = relayed && packet.nsp == MAIN_NAMESPACE;
         if let Stage::Connected(Some(rate)) = &mut self.stage {
             let mut checked = rate.message(size, now);
-            if checked.is_ok() && relayed && (name == "join" || name == "room:create") {
+            // Joins, creations and tickets each cost the server a room's worth of work.
+            let joins = matches!(name.as_str(), "join" | "room:create" | "mm:queue");
+            if checked.is_ok() && relayed && joins {
                 checked = rate.join(now);
             }
             if let Err(exceeded) = checked {
@@ -829,6 +832,48 @@ fn options_arg<'a>(
         None | Some(ArgRef::Json(Value::Null)) => Some(empty),
         _ => None,
     }
+}
+
+/// The ticket of `mm:queue`: `{queue?, skill?, region?, properties?, party?}` (queue
+/// `default` and skill 0 when left out); `None` for a field of the wrong type. A property's
+/// value may be text, a number or a boolean (kept as its JSON text).
+fn ticket_arg(o: &serde_json::Map<String, Value>) -> Option<TicketRequest> {
+    let text = |key: &str| match o.get(key) {
+        None | Some(Value::Null) => Some(None),
+        Some(Value::String(s)) => Some(Some(s.clone())),
+        _ => None,
+    };
+    let skill = match o.get("skill") {
+        None | Some(Value::Null) => 0.0,
+        Some(v) => v.as_f64()?,
+    };
+    let properties = match o.get("properties") {
+        None | Some(Value::Null) => Default::default(),
+        Some(Value::Object(p)) => p
+            .iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => Some((k.clone(), s.clone())),
+                Value::Number(_) | Value::Bool(_) => Some((k.clone(), v.to_string())),
+                _ => None,
+            })
+            .collect::<Option<_>>()?,
+        Some(_) => return None,
+    };
+    let party = match o.get("party") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned))
+            .collect::<Option<_>>()?,
+        Some(_) => return None,
+    };
+    Some(TicketRequest {
+        queue: text("queue")?.unwrap_or_else(|| DEFAULT_QUEUE.to_owned()),
+        skill,
+        region: text("region")?,
+        properties,
+        party,
+    })
 }
 
 fn relay_convention(
@@ -1041,6 +1086,32 @@ fn relay_convention(
                 .host_action(player, req, room, action, now);
             // On success the relay answers the ack itself (once the home decided).
             result
+        }
+        "mm:queue" => {
+            let Some(ticket) = options_arg(args.first(), &empty).and_then(ticket_arg) else {
+                return answer_error(socket, ack, "bad_arguments", name);
+            };
+            let req = ack.as_ref().map(|a| a.id);
+            // On success the relay answers the ack once the queue's shard has the ticket.
+            shard
+                .relay
+                .borrow_mut()
+                .queue_ticket(player, req, ticket, now)
+        }
+        "mm:cancel" => {
+            let ticket = match args.first() {
+                None | Some(ArgRef::Json(Value::Null)) => Some(0),
+                Some(ArgRef::Json(v)) => v.as_u64(),
+                _ => None,
+            };
+            let Some(ticket) = ticket else {
+                return answer_error(socket, ack, "bad_arguments", name);
+            };
+            let req = ack.as_ref().map(|a| a.id);
+            shard
+                .relay
+                .borrow_mut()
+                .cancel_ticket(player, req, ticket, now)
         }
         _ => return answer_error(socket, ack, "unknown_event", name),
     };
