@@ -192,19 +192,30 @@ pub struct QueueConfig {
 }
 
 /// How the room of a match is made: the options of `room:create` (docs/ROOMS.md).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MatchRoom {
     /// Most members; absent: the queue's `match_size` max (a match fills its room).
     pub max_members: Option<u32>,
-    /// Listed by `room:list`: absent or `false` keeps the match's room private, joined only
-    /// with its code (players who were not matched do not drop in).
-    pub public: bool,
+    /// Not listed by `room:list`, joined only with its code: by default a match's room is
+    /// private, so that players who were not matched do not drop in.
+    pub private: bool,
     /// Its public metadata (a table, kept as a JSON object).
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
     /// How long it survives being empty, in ms (at most an hour): players who dropped can
     /// come back.
     pub empty_ttl_ms: u64,
+}
+
+impl Default for MatchRoom {
+    fn default() -> Self {
+        MatchRoom {
+            max_members: None,
+            private: true,
+            metadata: None,
+            empty_ttl_ms: 0,
+        }
+    }
 }
 
 impl Default for QueueConfig {
@@ -1642,6 +1653,8 @@ mod tests {
             "[matchmaking]\npass_interval_ms = 50\n\
              [matchmaking.queues.ranked]\nmatch_size = { min = 2, max = 8 }\nwiden_per_s = 10\n\
              cross_region_after_s = 10\nproperties = [\"mode\"]\nparty_skill = \"max\"\n\
+             [matchmaking.queues.ranked.room]\nprivate = false\nempty_ttl_ms = 30000\n\
+             metadata = { mode = \"ranked\", season = 3 }\n\
              [matchmaking.queues.default]\nmatch_size = 4\n",
             &[("CORELAY_MATCHMAKING_MAX_TICKETS_PER_QUEUE", "10")],
         )
@@ -1652,6 +1665,13 @@ mod tests {
         assert_eq!(ranked.match_size, MatchSize { min: 2, max: 8 });
         assert_eq!(ranked.cross_region_after_s, Some(10.0));
         assert_eq!(ranked.party_skill, PartySkill::Max);
+        assert!(!ranked.room.private);
+        assert_eq!(
+            (ranked.room.max_members, ranked.room.empty_ttl_ms),
+            (None, 30_000)
+        );
+        let metadata = serde_json::Value::Object(ranked.room.metadata.clone().unwrap());
+        assert_eq!(metadata, serde_json::json!({"mode": "ranked", "season": 3}));
         // Keys left out take the built-in queue's values.
         assert_eq!((ranked.skill_window, ranked.timeout_s), (100.0, 60.0));
         let queues = m.effective_queues();
@@ -1692,6 +1712,15 @@ mod tests {
                 "median",
             ),
             ("[matchmaking.queues.q]\nsize = 2\n", "size"),
+            (
+                "[matchmaking.queues.q.room]\nmax_members = 1\n",
+                "room.max_members",
+            ),
+            (
+                "[matchmaking.queues.q.room]\nempty_ttl_ms = 3600001\n",
+                "room.empty_ttl_ms",
+            ),
+            ("[matchmaking.queues.q.room]\npublic = true\n", "public"),
             ("[matchmaking.queues.\"a\\u0001\"]\n", "not a valid name"),
             ("[matchmaking]\npass_interval_ms = 0\n", "pass_interval_ms"),
         ] {

@@ -452,7 +452,7 @@ fn parties_form_from_every_members_request_and_are_never_split() {
 fn socketio_and_native_players_meet_in_a_match_room_made_with_the_queues_options() {
     let srv = server(2, |c| {
         let mut q = queue(2, 2, 100.0, 50.0, 1_000.0, 30.0);
-        q.room.public = true;
+        q.room.private = false;
         q.room.max_members = Some(4);
         q.room.metadata = Some(json!({"mode": "duel"}).as_object().unwrap().clone());
         c.matchmaking.queues.insert("duel".into(), q);

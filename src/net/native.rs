@@ -352,6 +352,10 @@ impl NativeSession {
                 code,
             } => {
                 let req = req.to_native();
+                // A creation costs what a join does (Socket.IO's `room:create` too).
+                if let Some(Err(exceeded)) = self.auth.rate.as_mut().map(|r| r.join(now)) {
+                    return self.rate_limited(cx, req, exceeded);
+                }
                 let max = shard.config.max_room_members as u32;
                 let options = RoomOptions {
                     max_members: match max_members.to_native() {

@@ -770,6 +770,71 @@ mod tests {
         assert_eq!(std::mem::size_of::<ArchivedServerFrame>(), 42);
     }
 
+    /// The offsets docs/PROTOCOL.md gives for the matchmaking frames, read from real
+    /// encodings.
+    #[test]
+    fn matchmaking_frames_have_their_documented_layout() {
+        let le32 = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
+        let le64 = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+        let bytes = encode_client(&ClientFrame::Queue {
+            req: 0x0102_0304,
+            ticket: Box::new(TicketSpec {
+                queue: "q".into(),
+                skill: 1.5,
+                region: "eu".into(),
+                properties: vec![],
+                party: vec![],
+            }),
+        });
+        let root = bytes.len() - 30;
+        assert_eq!(bytes[root], 10, "Queue is tag 10");
+        assert_eq!(le32(&bytes, root + 1), 0x0102_0304);
+        // @5: an i32 offset from the field itself to the 40-byte TicketSpec.
+        let spec = (root as i64 + 5 + i64::from(le32(&bytes, root + 5) as i32)) as usize;
+        assert_eq!(&bytes[spec..spec + 2], b"q\xff");
+        assert_eq!(
+            f64::from_le_bytes(bytes[spec + 8..spec + 16].try_into().unwrap()),
+            1.5
+        );
+        assert_eq!(&bytes[spec + 16..spec + 19], b"eu\xff");
+        assert_eq!(le32(&bytes, spec + 28), 0, "no properties");
+        assert_eq!(le32(&bytes, spec + 36), 0, "no party");
+        assert_eq!(spec + 40, root, "the spec lies just before the root");
+        let bytes = encode_client(&ClientFrame::Cancel { req: 9, ticket: 77 });
+        let root = bytes.len() - 30;
+        assert_eq!(
+            (bytes[root], le32(&bytes, root + 1), le64(&bytes, root + 5)),
+            (11, 9, 77)
+        );
+
+        let server = |frame: &ServerFrame| {
+            let bytes = encode_server(frame);
+            let root = bytes.len() - 42;
+            (bytes, root)
+        };
+        let (b, r) = server(&ServerFrame::Queued { req: 3, ticket: 5 });
+        assert_eq!((b[r], le32(&b, r + 1), le64(&b, r + 5)), (17, 3, 5));
+        let (b, r) = server(&ServerFrame::Matched {
+            ticket: 6,
+            room: "#ABCDEF".into(),
+            code: "ABCDEF".into(),
+            players: vec![],
+        });
+        assert_eq!((b[r], le64(&b, r + 1)), (18, 6));
+        assert_eq!(&b[r + 9..r + 17], b"#ABCDEF\xff");
+        assert_eq!(&b[r + 17..r + 24], b"ABCDEF\xff");
+        assert_eq!(le32(&b, r + 29), 0, "no players");
+        let (b, r) = server(&ServerFrame::Unqueued {
+            ticket: 7,
+            reason: UnqueueReason::Disconnected,
+            player: "ann".into(),
+        });
+        assert_eq!((b[r], le64(&b, r + 1), b[r + 9]), (19, 7, 2));
+        assert_eq!(&b[r + 10..r + 14], b"ann\xff");
+        let (b, r) = server(&ServerFrame::Cancelled { req: 4, ticket: 8 });
+        assert_eq!((b[r], le32(&b, r + 1), le64(&b, r + 5)), (20, 4, 8));
+    }
+
     #[test]
     fn matchmaking_frames_roundtrip() {
         roundtrip_client(ClientFrame::Queue {

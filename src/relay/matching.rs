@@ -648,7 +648,7 @@ impl Relay {
                 .max_members
                 .unwrap_or(config.match_size.max as u32)
                 .max(seats.len() as u32),
-            private: !room.public,
+            private: room.private,
             metadata: room
                 .metadata
                 .as_ref()
