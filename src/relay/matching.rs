@@ -745,7 +745,8 @@ impl Relay {
             roster,
             players,
         } = m;
-        let since = self.next_seq(&room);
+        // Every player was in the room from its first number on: a replay owes it all.
+        let since = 0;
         let host = roster.first().map(|m| Arc::clone(&m.id));
         for (player, name, ticket) in players {
             let present = self

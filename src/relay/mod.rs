@@ -2438,4 +2438,114 @@ mod tests {
             })
         ));
     }
+
+    /// Two players of the built-in queue on shards 0 and 1, queued with skills 0 and 5 and
+    /// carried to the queue's shard; returns their outboxes.
+    fn two_tickets(r: &mut [Relay], now: Instant) -> [Rc<Outbox>; 2] {
+        let boxes = [outbox(), outbox()];
+        for (i, b) in boxes.iter().enumerate() {
+            let p = i as PlayerId + 1;
+            r[i].connect(p, who(p), Wire::Native, Rc::clone(b));
+            let ticket = TicketRequest {
+                queue: "default".into(),
+                skill: 5.0 * i as f64,
+                ..TicketRequest::default()
+            };
+            r[i].queue_ticket(p, Some(p), ticket, now).unwrap();
+        }
+        settle(r);
+        boxes
+    }
+
+    /// A player whose connection ends while its match is being made is in the room only
+    /// for an instant: the others are told `Matched`, then that it left, disconnected.
+    #[test]
+    fn a_matched_player_gone_meanwhile_leaves_the_room_as_disconnected() {
+        let mut r = relays(2);
+        let now = Instant::now();
+        let [a, b] = two_tickets(&mut r, now);
+        let queue_shard = home_shard("default", 2);
+        r[queue_shard].poll_matchmaking(now + Duration::from_secs(1));
+        r[1].disconnect(2, now);
+        settle(&mut r);
+        let got = frames(&a);
+        assert!(
+            matches!(got[0], ServerFrame::Queued { req: 1, .. }),
+            "{got:?}"
+        );
+        let ServerFrame::Matched { room, players, .. } = &got[1] else {
+            panic!("{got:?}");
+        };
+        let ids: Vec<&str> = players.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, ["1", "2"]);
+        assert!(
+            matches!(&got[2], ServerFrame::MemberLeft { room: r, player, members: 1, reason: LeaveReason::Disconnected, .. } if r == room && player == "2"),
+            "{got:?}"
+        );
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(r[0].is_member(1, room));
+        // The queue's shard forgot both tickets: player 1 may queue again.
+        assert_eq!(frames(&b).len(), 1, "player 2 heard only its Queued");
+        let again = TicketRequest {
+            queue: "default".into(),
+            ..TicketRequest::default()
+        };
+        r[0].queue_ticket(1, None, again, now).unwrap();
+    }
+
+    /// A party whose members do not all come fails for those who did at the queue's
+    /// timeout; one whose members all come waits as one ticket.
+    #[test]
+    fn a_party_waits_for_every_member_until_the_queues_timeout() {
+        let mut r = relays(2);
+        let now = Instant::now();
+        let boxes = [outbox(), outbox(), outbox()];
+        for (i, b) in boxes.iter().enumerate() {
+            let p = i as PlayerId + 1;
+            r[i % 2].connect(p, who(p), Wire::Native, Rc::clone(b));
+        }
+        let party = |members: &[PlayerId]| TicketRequest {
+            queue: "default".into(),
+            party: members.iter().map(|p| p.to_string()).collect(),
+            ..TicketRequest::default()
+        };
+        // 1 and 2 form a party of the 1v1 queue... which takes parties of up to 2.
+        r[0].queue_ticket(1, Some(1), party(&[1, 2]), now).unwrap();
+        settle(&mut r);
+        let queue_shard = home_shard("default", 2);
+        // Not whole: nothing happens before the timeout (60 s), even with another player.
+        r[0].queue_ticket(3, Some(3), party(&[]), now).unwrap();
+        settle(&mut r);
+        r[queue_shard].poll_matchmaking(now + Duration::from_secs(59));
+        settle(&mut r);
+        let first = frames(&boxes[0]);
+        assert_eq!(first.len(), 1, "{first:?}");
+        let ServerFrame::Queued { ticket, .. } = first[0] else {
+            panic!("{first:?}");
+        };
+        r[queue_shard].poll_matchmaking(now + Duration::from_secs(61));
+        settle(&mut r);
+        let ended = frames(&boxes[0]);
+        assert!(
+            matches!(ended[..], [ServerFrame::Unqueued { ticket: t, reason: crate::proto::native::UnqueueReason::TimedOut, .. }] if t == ticket),
+            "{ended:?}"
+        );
+        // A list that differs from the one the leader's party was formed with is refused
+        // where the party forms; the right one completes the party.
+        frames(&boxes[2]);
+        r[0].queue_ticket(1, Some(4), party(&[1, 2]), now).unwrap();
+        r[0].queue_ticket(3, Some(5), party(&[1, 3]), now).unwrap();
+        r[1].queue_ticket(2, Some(6), party(&[1, 2]), now).unwrap();
+        settle(&mut r);
+        let refused = frames(&boxes[2]);
+        assert!(
+            matches!(refused[..], [ServerFrame::Error { req: 5, code, .. }] if code == ErrorCode::InvalidValue as u16),
+            "{refused:?}"
+        );
+        let (a, b) = (frames(&boxes[0]), frames(&boxes[1]));
+        assert!(
+            matches!((&a[..], &b[..]), ([ServerFrame::Queued { ticket: x, .. }], [ServerFrame::Queued { ticket: y, .. }]) if x == y),
+            "{a:?} {b:?}"
+        );
+    }
 }
