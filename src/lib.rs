@@ -22,8 +22,11 @@
 //! - [`rate_limit`]: the token buckets of one connection (messages, bytes and joins per
 //!   second) and when persistent refusals close it, sans-IO.
 //! - [`relay`]: rooms, membership, fan-out and the per-connection [`relay::Outbox`], sans-IO;
-//!   each room's sequence numbers and replay ring at its home shard, and the sessions that
-//!   wait to be resumed (`[resume]`, docs/SESSIONS.md).
+//!   each room's sequence numbers and replay ring at its home shard, the sessions that
+//!   wait to be resumed (`[resume]`, docs/SESSIONS.md), host actions and created rooms
+//!   (`relay/rooms.rs`), and matchmaking on the shards (`relay/matching.rs`: a ticket
+//!   crosses to its queue's shard, which runs the [`matchmaking`] state machine, and a
+//!   match becomes a room at that room's home).
 //! - [`hooks`]: authorization: the application's [`hooks::Hooks`] (handshake, join,
 //!   message, delivery) and the `[[auth.rooms]]` rules, over the relay's message bodies;
 //!   the sessions of both protocols call them, and the relay's delivery loop holds the
