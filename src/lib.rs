@@ -66,6 +66,7 @@ pub mod config;
 mod engineio;
 pub mod hooks;
 pub mod matchmaking;
+pub mod metrics;
 pub mod net;
 pub mod proto;
 pub mod rate_limit;

@@ -27,6 +27,7 @@ use crate::hooks::Hooks;
 use crate::net::engineio::EngineEndpoint;
 use crate::net::front::{Front, PathMatch, Routes};
 use crate::net::native::{NativeRoute, NATIVE_PATH};
+use crate::net::ops::{OpsRoute, HEALTH_PATH, METRICS_PATH, READY_PATH};
 use crate::shard::driver::{self, ShardSeed};
 use crate::shard::mesh::MeshQueues;
 use crate::shard::ring::{Ring, RingSizes};
@@ -154,7 +155,10 @@ impl Server {
                     PathMatch::Exact(NATIVE_PATH.to_owned()),
                     Rc::new(NativeRoute::new(Arc::clone(&verifier), Arc::clone(&hooks))),
                 )
-                .route(PathMatch::Exact(socketio_path.clone()), engine.clone());
+                .route(PathMatch::Exact(socketio_path.clone()), engine.clone())
+                .route(PathMatch::Exact(METRICS_PATH.to_owned()), Rc::new(OpsRoute))
+                .route(PathMatch::Exact(HEALTH_PATH.to_owned()), Rc::new(OpsRoute))
+                .route(PathMatch::Exact(READY_PATH.to_owned()), Rc::new(OpsRoute));
             vec![
                 Rc::new(Front::new(routes)) as Rc<dyn Endpoint>,
                 engine as Rc<dyn Endpoint>,
@@ -236,6 +240,7 @@ impl Server {
                 listener,
                 config: Arc::clone(&config),
                 stats: stats.shard(id),
+                registry: stats.clone(),
                 control: Arc::clone(&control),
                 connections: Arc::clone(&connections),
                 mesh: mesh.mesh_for(id, config.mesh_backlog),

@@ -231,6 +231,9 @@ pub struct ShardStats {
     pub tickets: AtomicU64,
     /// Matches formed by queues homed on this shard.
     pub matches: AtomicU64,
+    /// When the shard last turned (ms since the Unix epoch; 0: not started), stamped every
+    /// stats tick.
+    alive_at: AtomicU64,
     closes: [AtomicU64; CloseReason::ALL.len()],
     refused: [AtomicU64; Refusal::ALL.len()],
     latency: ArrayQueue<Histogram<u64>>,
@@ -262,11 +265,19 @@ impl Default for ShardStats {
             resume_gaps: AtomicU64::new(0),
             tickets: AtomicU64::new(0),
             matches: AtomicU64::new(0),
+            alive_at: AtomicU64::new(0),
             closes: Default::default(),
             refused: Default::default(),
             latency: ArrayQueue::new(1),
         }
     }
+}
+
+/// Milliseconds since the Unix epoch: the one clock every shard's thread shares, for the
+/// shards' last-turn stamps.
+pub fn unix_ms(now: std::time::SystemTime) -> u64 {
+    now.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Adds to a single-writer counter.
@@ -302,12 +313,23 @@ impl ShardStats {
         self.refused[why as usize].load(Relaxed)
     }
 
+    /// Stamps the shard's last turn (ms since the Unix epoch).
+    pub fn set_alive(&self, unix_ms: u64) {
+        self.alive_at.store(unix_ms, Relaxed);
+    }
+
+    /// The shard's last turn (ms since the Unix epoch); 0 before it started.
+    pub fn alive_at(&self) -> u64 {
+        self.alive_at.load(Relaxed)
+    }
+
     /// Publishes the shard's latest latency histogram, replacing the previous one.
     pub fn publish_latency(&self, histogram: Histogram<u64>) {
         self.latency.force_push(histogram);
     }
 
-    fn latency_snapshot(&self) -> Option<Histogram<u64>> {
+    /// The latency histogram the shard published last.
+    pub(crate) fn latency_snapshot(&self) -> Option<Histogram<u64>> {
         let h = self.latency.pop()?;
         let copy = h.clone();
         // Put it back unless the shard published a newer one meanwhile.
@@ -333,6 +355,11 @@ impl StatsRegistry {
     /// The stats block of one shard.
     pub fn shard(&self, i: usize) -> Arc<ShardStats> {
         Arc::clone(&self.shards[i])
+    }
+
+    /// Every shard's stats block, by shard.
+    pub fn shards(&self) -> impl Iterator<Item = &ShardStats> {
+        self.shards.iter().map(|s| &**s)
     }
 
     /// Merges every shard into one snapshot.

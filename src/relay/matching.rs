@@ -504,9 +504,12 @@ impl Relay {
             properties: std::mem::take(&mut g.properties),
             ..request
         };
-        let Some(seats) = self.end_gathering(id) else {
+        let Some(mut seats) = self.end_gathering(id) else {
             return Ok(id.0);
         };
+        // In the party's order, whoever came first: its leader is the ticket's first
+        // player, and so the room's host when the ticket is the match's oldest.
+        seats.sort_by_key(|s| party.iter().position(|n| *n == s.name));
         // Members are told the id now; a refusal of the whole party reaches them all as
         // the ticket's end, after this answer on the same path.
         if let Err(e) = self.enqueue(seats.clone(), &request, now) {

@@ -2533,9 +2533,11 @@ mod tests {
         // A list that differs from the one the leader's party was formed with is refused
         // where the party forms; the right one completes the party.
         frames(&boxes[2]);
-        r[0].queue_ticket(1, Some(4), party(&[1, 2]), now).unwrap();
-        r[0].queue_ticket(3, Some(5), party(&[1, 3]), now).unwrap();
+        // The leader comes last: it leads all the same.
         r[1].queue_ticket(2, Some(6), party(&[1, 2]), now).unwrap();
+        settle(&mut r);
+        r[0].queue_ticket(3, Some(5), party(&[1, 3]), now).unwrap();
+        r[0].queue_ticket(1, Some(4), party(&[1, 2]), now).unwrap();
         settle(&mut r);
         let refused = frames(&boxes[2]);
         assert!(
@@ -2547,5 +2549,16 @@ mod tests {
             matches!((&a[..], &b[..]), ([ServerFrame::Queued { ticket: x, .. }], [ServerFrame::Queued { ticket: y, .. }]) if x == y),
             "{a:?} {b:?}"
         );
+        // Whole, the party of two fills a match of the 1v1 queue alone, its leader first.
+        r[queue_shard].poll_matchmaking(now + Duration::from_secs(1));
+        settle(&mut r);
+        for b in &boxes[..2] {
+            let got = frames(b);
+            let [ServerFrame::Matched { players, .. }] = &got[..] else {
+                panic!("{got:?}");
+            };
+            let ids: Vec<&str> = players.iter().map(|p| p.id.as_str()).collect();
+            assert_eq!(ids, ["1", "2"]);
+        }
     }
 }

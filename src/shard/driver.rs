@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use io_uring::{opcode, types};
@@ -27,7 +27,7 @@ use super::{
 use crate::admission::{Full, Occupancy, PeerKey};
 use crate::config::Config;
 use crate::relay::{Drained, Outbox, Relay, RelayLimits, ShardId};
-use crate::stats::{add, set, Refusal, ShardStats};
+use crate::stats::{add, set, unix_ms, Refusal, ShardStats, StatsRegistry};
 
 /// Time a closing connection waits for the peer's FIN after its own, so the last bytes are
 /// read by the peer rather than cut by a reset.
@@ -89,6 +89,8 @@ pub(crate) struct ShardSeed {
     pub listener: OwnedFd,
     pub config: Arc<Config>,
     pub stats: Arc<ShardStats>,
+    /// Every shard's stats, for the operator's endpoints any shard answers.
+    pub registry: StatsRegistry,
     pub control: Arc<Control>,
     /// Sockets open on the server, in total and per source address (`max_connections`,
     /// `max_connections_per_ip`), shared by every shard.
@@ -220,14 +222,17 @@ pub(crate) async fn run(seed: ShardSeed, ring: Ring) {
         Arc::clone(&seed.stats),
     );
     relay.set_matchmaking(&config.matchmaking);
-    let shard = Rc::new(Shard::new(
-        seed.id,
-        seed.shards,
-        Arc::clone(&config),
-        seed.stats,
-        relay,
-        seed.control,
-    ));
+    let shard = Rc::new(
+        Shard::new(
+            seed.id,
+            seed.shards,
+            Arc::clone(&config),
+            seed.stats,
+            relay,
+            seed.control,
+        )
+        .with_registry(seed.registry),
+    );
     let endpoints = (seed.endpoints)(&shard);
     let refusal = endpoints.first().and_then(|ep| ep.refusal());
     let mut driver = Driver {
@@ -264,6 +269,7 @@ pub(crate) async fn run(seed: ShardSeed, ring: Ring) {
 impl Driver {
     fn run(&mut self) {
         let now = Instant::now();
+        self.shard.stats.set_alive(unix_ms(SystemTime::now()));
         self.arm_accept();
         self.arm_doorbell();
         self.shard
@@ -1156,6 +1162,8 @@ impl Driver {
                     }
                 }
                 TimerKey::Tick => {
+                    // `/healthz` reads it: a shard that stops turning stops stamping.
+                    self.shard.stats.set_alive(unix_ms(SystemTime::now()));
                     // Detached sessions end within a tick (`stats_publish_ms`) of their
                     // window: their rooms hear "left" that late at most.
                     self.shard.relay.borrow_mut().expire(now);

@@ -49,7 +49,7 @@ use bytes::Bytes;
 
 use crate::config::Config;
 use crate::relay::{Outbox, OutboxLimits, PlayerId, ReadyQueue, Relay, ShardId};
-use crate::stats::ShardStats;
+use crate::stats::{ShardStats, StatsRegistry};
 use crate::timer::TimerWheel;
 
 use self::mesh::Doorbell;
@@ -145,6 +145,8 @@ pub struct Shard {
     /// Queues that became ready to send, or whose waiter must be woken.
     pub(crate) ready: Rc<ReadyQueue>,
     pub(crate) timers: RefCell<TimerWheel<TimerKey>>,
+    /// Every shard's stats (this one's among them), for the operator's endpoints.
+    pub registry: StatsRegistry,
     control: Arc<Control>,
     players: PlayerIds,
 }
@@ -166,9 +168,16 @@ impl Shard {
             relay: RefCell::new(relay),
             ready: Rc::new(ReadyQueue::default()),
             timers: RefCell::new(TimerWheel::new(Instant::now())),
+            registry: StatsRegistry::default(),
             control,
             players: PlayerIds::new(id),
         }
+    }
+
+    /// This shard with `registry`, every shard's stats.
+    pub(crate) fn with_registry(mut self, registry: StatsRegistry) -> Shard {
+        self.registry = registry;
+        self
     }
 
     /// A fresh player id, unique across shards and across restarts (see [`PlayerIds`]).
