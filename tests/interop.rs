@@ -175,6 +175,15 @@ fn node_rooms() {
     node_suite("rooms.test.js");
 }
 
+/// Matchmaking with the official client: `mm:queue` into a room the players are members
+/// of already, a party never split, `mm:cancel`, `mm:timeout`, a disconnect that withdraws
+/// a party, refusals that touch nobody else, and the guide's matched game up to the host's
+/// migration.
+#[test]
+fn node_matchmaking() {
+    node_suite("matchmaking.test.js");
+}
+
 #[test]
 fn node_auth() {
     node_suite("auth.test.js");
