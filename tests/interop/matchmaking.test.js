@@ -21,7 +21,7 @@ fs.writeFileSync(
     '[matchmaking.queues.trio]      # a party of 2 and a solo: one room of 3',
     'match_size = 3',
     '[matchmaking.queues.trio.room]',
-    'public = true',
+    'private = false',
     'metadata = { mode = "trio" }',
     '',
     '[matchmaking.queues.squad]     # parties that wait for a third nobody sends',
@@ -297,9 +297,8 @@ test('a lost connection withdraws the ticket even when the session is recovered'
   friend.disconnect();
 });
 
-// SERVER BUG (reported, not fixed here): the host of a party's match is the member whose
-// mm:queue reached the queue first, not the party's leader (its list's first id), which
-// docs/ROOMS.md and the native Matched frame promise. This test fails until it is fixed.
+// The party's leader (its list's first id) is its ticket's first player, and so the host,
+// whichever member's mm:queue reached the queue first.
 test('a party\'s leader is host even when a friend queues first', async () => {
   const [leader, friend] = await Promise.all([player(), player()]);
   const party = [leader.id, friend.id];
