@@ -44,6 +44,18 @@ impl PeerKey {
     }
 }
 
+/// The address the key stands for, as a log line gives it: an IPv4 address, an IPv6 /64,
+/// or `unknown`.
+impl std::fmt::Display for PeerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            0 => f.write_str("unknown"),
+            k if k >> 32 == 0xffff_ffff => std::net::Ipv4Addr::from(k as u32).fmt(f),
+            k => write!(f, "{}/64", std::net::Ipv6Addr::from(u128::from(k) << 64)),
+        }
+    }
+}
+
 /// Buckets of the per-address tables: a power of two.
 const BUCKETS: usize = 1 << 16;
 
@@ -188,6 +200,14 @@ mod tests {
         assert_ne!(ip("2001:db8:1:2::1"), ip("2001:db8:1:3::1"));
         assert_eq!(ip("::ffff:10.0.0.1"), ip("10.0.0.1"));
         assert_ne!(ip("10.0.0.1"), ip("10.0.0.2"));
+    }
+
+    #[test]
+    fn keys_show_the_address_they_count() {
+        assert_eq!(ip("10.0.0.1").to_string(), "10.0.0.1");
+        assert_eq!(ip("::ffff:10.0.0.1").to_string(), "10.0.0.1");
+        assert_eq!(ip("2001:db8:1:2::1").to_string(), "2001:db8:1:2::/64");
+        assert_eq!(PeerKey::unknown().to_string(), "unknown");
     }
 
     #[test]

@@ -142,6 +142,9 @@ pub struct Config {
     pub rate_limits: RateLimits,
     /// `[auth]`: JWT authentication of players (docs/AUTH.md).
     pub auth: AuthConfig,
+    /// `[log]`: what `corelay serve` writes to stderr, and how (docs/OPERATIONS.md,
+    /// "Logs"). The library never installs a logger; an embedding application does.
+    pub log: LogConfig,
     /// `[resume]`: how long a dropped native session waits to be resumed and how much of
     /// each room's history is kept to replay to it (docs/SESSIONS.md).
     pub resume: ResumeConfig,
@@ -253,6 +256,7 @@ impl Default for Config {
             write_timeout_ms: 10_000,
             rate_limits: RateLimits::default(),
             auth: AuthConfig::default(),
+            log: LogConfig::default(),
             resume: ResumeConfig::default(),
             matchmaking: MatchmakingConfig::default(),
             rooms: RoomsConfig::default(),
@@ -311,6 +315,73 @@ impl ResumeConfig {
     /// Whether socket.io sessions may be recovered (and room events carry offsets).
     pub fn socketio_enabled(&self) -> bool {
         self.enabled() && self.socketio
+    }
+}
+
+/// `[log]`: the log `corelay serve` writes to stderr (docs/OPERATIONS.md, "Logs").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Which events are written: a level (`error`, `warn`, `info`, `debug`, `trace` or
+    /// `off`), optionally with `target=level` directives for parts of the server
+    /// (`"info,corelay::shard=debug"`). `RUST_LOG`, when set, replaces it (and may use the
+    /// whole `tracing-subscriber` filter syntax).
+    pub level: String,
+    /// `text`: one line per event for people; `json`: one JSON object per line for a log
+    /// pipeline.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            // Start, stop and warnings; connection opens and closes are `debug`: one line
+            // per connection is too many for a busy server's everyday log.
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// How log lines are written (`log.format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event: time, level, where, message and fields.
+    Text,
+    /// One JSON object per line, the event's fields at the top level beside `timestamp`,
+    /// `level`, `target` and `message`.
+    Json,
+}
+
+impl LogConfig {
+    /// What is wrong with `level`, if anything: each comma-separated directive must be a
+    /// level or `target=level`. Checked here because the filter would take a misspelt
+    /// level for a target's name and quietly log nothing.
+    fn problem(&self) -> Option<String> {
+        use std::str::FromStr;
+        use tracing::level_filters::LevelFilter;
+        let is_level = |l: &str| LevelFilter::from_str(l.trim()).is_ok();
+        let is_target = |t: &str| {
+            !t.is_empty()
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':' || c == '-')
+        };
+        if self.level.trim().is_empty() {
+            return Some("log.level is empty (use \"off\" for no log)".into());
+        }
+        self.level.split(',').map(str::trim).find_map(|directive| {
+            let ok = match directive.split_once('=') {
+                Some((target, level)) => is_target(target.trim()) && is_level(level),
+                None => is_level(directive),
+            };
+            (!ok).then(|| {
+                format!(
+                    "log.level: `{directive}` is neither a level (error, warn, info, debug, \
+                     trace, off) nor `target=level`"
+                )
+            })
+        })
     }
 }
 
@@ -591,6 +662,7 @@ const TABLES: &[&str] = &[
     "rate_limits.native",
     "rate_limits",
     "auth",
+    "log",
     "resume",
     "matchmaking",
     "rooms",
@@ -788,6 +860,9 @@ impl Config {
             .map_err(|e| ConfigError::Invalid(format!("auth: {e}")))?;
         if let Some(problem) = self.auth.rooms.iter().find_map(|r| r.problem()) {
             return Err(ConfigError::Invalid(format!("auth: {problem}")));
+        }
+        if let Some(problem) = self.log.problem() {
+            return Err(ConfigError::Invalid(problem));
         }
         if let Some(problem) = self
             .matchmaking
@@ -1058,6 +1133,43 @@ mod tests {
                 || bad("auth.expiry", "sometimes").contains("variant")
         );
         assert!(Config::load(None, vec![], &[("auth.nope", "1".into())]).is_err());
+    }
+
+    #[test]
+    fn log_comes_from_its_table_variables_and_flags_and_refuses_misspelt_levels() {
+        let c = Config::default();
+        assert_eq!(
+            (c.log.level.as_str(), c.log.format),
+            ("info", LogFormat::Text)
+        );
+        let dir = std::env::temp_dir().join(format!("corelay-config-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "[log]\nlevel = \"debug\"\nformat = \"json\"\n").unwrap();
+        let c = Config::load(Some(&file), vec![], &[]).unwrap();
+        assert_eq!(
+            (c.log.level.as_str(), c.log.format),
+            ("debug", LogFormat::Json)
+        );
+        let env = vec![
+            (
+                "CORELAY_LOG_LEVEL".to_owned(),
+                "warn,corelay::shard=debug".to_owned(),
+            ),
+            ("CORELAY_LOG_FORMAT".to_owned(), "json".to_owned()),
+        ];
+        let c = Config::load(None, env, &[("log.format", "text".into())]).unwrap();
+        assert_eq!(c.log.level, "warn,corelay::shard=debug");
+        assert_eq!(c.log.format, LogFormat::Text, "flags win");
+        let bad = |k: &str, v: &str| Config::load(None, vec![], &[(k, v.into())]).is_err();
+        for level in ["verbose", "", "info,corelay=loud", "=debug", "a b=info"] {
+            assert!(bad("log.level", level), "{level:?}");
+        }
+        for level in ["off", "TRACE", "error,corelay::net=trace"] {
+            assert!(!bad("log.level", level), "{level:?}");
+        }
+        assert!(bad("log.format", "xml"));
+        assert!(bad("log.colour", "true"));
     }
 
     #[test]

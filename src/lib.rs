@@ -57,6 +57,9 @@
 //!   sharing the framing with the server and its WebSocket client side with the load
 //!   generator.
 //! - [`tune`]: `corelay tune`, the host inspection.
+//! - [`logs`]: what the server logs through `tracing` (the binary installs the subscriber,
+//!   the library never does) and the per-shard [`logs::Throttle`] that keeps warnings a
+//!   peer can cause from flooding the log.
 #![warn(missing_docs)]
 
 pub mod admission;
@@ -65,6 +68,7 @@ pub mod client;
 pub mod config;
 mod engineio;
 pub mod hooks;
+pub mod logs;
 pub mod matchmaking;
 pub mod metrics;
 pub mod net;

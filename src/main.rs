@@ -1,11 +1,14 @@
 //! `corelay`: the server binary.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use corelay::config::{LogConfig, LogFormat};
 use corelay::{Config, Server};
+use tracing_subscriber::EnvFilter;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -40,6 +43,13 @@ enum Command {
         /// Log merged stats every S seconds.
         #[arg(long, value_name = "S")]
         stats_interval: Option<u64>,
+        /// Log level or filter, e.g. debug or info,corelay::shard=debug (`log.level`;
+        /// RUST_LOG wins over it).
+        #[arg(long, value_name = "FILTER")]
+        log_level: Option<String>,
+        /// Log lines as `text` or `json` (`log.format`).
+        #[arg(long, value_name = "FORMAT")]
+        log_format: Option<String>,
     },
     /// Inspect this host's settings against tuning/ recommendations.
     Tune {
@@ -58,7 +68,17 @@ fn main() {
             shards,
             cpus,
             stats_interval,
-        } => serve(config, listen, shards, cpus, stats_interval),
+            log_level,
+            log_format,
+        } => serve(
+            config,
+            listen,
+            shards,
+            cpus,
+            stats_interval,
+            log_level,
+            log_format,
+        ),
         Command::Tune { strict } => match corelay::tune::run(strict) {
             Ok(true) => Ok(()),
             Ok(false) => std::process::exit(1),
@@ -66,7 +86,13 @@ fn main() {
         },
     };
     if let Err(e) = result {
-        eprintln!("corelay: {e:#}");
+        // Once the log is set up, the failure is its last line (JSON when it is JSON),
+        // unless its filter would drop it: a failure is always said.
+        if tracing::enabled!(tracing::Level::ERROR) {
+            tracing::error!("{e:#}");
+        } else {
+            eprintln!("corelay: {e:#}");
+        }
         std::process::exit(1);
     }
 }
@@ -77,6 +103,8 @@ fn serve(
     shards: Option<usize>,
     cpus: Option<String>,
     stats_interval: Option<u64>,
+    log_level: Option<String>,
+    log_format: Option<String>,
 ) -> anyhow::Result<()> {
     let mut overrides = Vec::new();
     if let Some(l) = listen {
@@ -88,15 +116,22 @@ fn serve(
     if let Some(c) = cpus {
         overrides.push(("cpus", format!("\"{c}\"")));
     }
+    if let Some(l) = log_level {
+        overrides.push(("log.level", format!("\"{l}\"")));
+    }
+    if let Some(f) = log_format {
+        overrides.push(("log.format", format!("\"{f}\"")));
+    }
     let config = Config::load(file.as_deref(), std::env::vars(), &overrides)?;
+    init_logs(&config.log)?;
     if !config.huge_pages {
         // Before the shards start and allocate: every thread inherits it.
         // SAFETY: PR_SET_THP_DISABLE takes integer arguments and touches no memory of ours.
         let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
         if rc != 0 {
-            eprintln!(
-                "corelay: cannot turn transparent huge pages off: {}",
-                std::io::Error::last_os_error()
+            tracing::warn!(
+                error = %std::io::Error::last_os_error(),
+                "cannot turn transparent huge pages off"
             );
         }
     }
@@ -120,6 +155,12 @@ fn serve(
         server.shards(),
         server.cpus()
     );
+    tracing::info!(
+        listen = %server.local_addr(),
+        shards = server.shards(),
+        cpus = ?server.cpus(),
+        "corelay started"
+    );
     if let Some(secs) = stats_interval.filter(|s| *s > 0) {
         let registry = server.stats_registry();
         let control = server.control();
@@ -131,6 +172,34 @@ fn serve(
         });
     }
     server.join()?;
-    println!("corelay stopped");
+    tracing::info!("corelay stopped");
     Ok(())
+}
+
+/// Installs the process's logger: `log.format` on stderr, filtered by `RUST_LOG` when it is
+/// set and by `log.level` otherwise. Colours only on a terminal: escape codes in a file or
+/// the journal are noise.
+fn init_logs(log: &LogConfig) -> anyhow::Result<()> {
+    let filter = match std::env::var("RUST_LOG") {
+        // The parse error repeats its cause in its text: `{e}` alone, not `context`.
+        Ok(directives) if !directives.trim().is_empty() => EnvFilter::try_new(&directives)
+            .map_err(|e| anyhow::anyhow!("RUST_LOG `{directives}`: {e}"))?,
+        _ => EnvFilter::try_new(&log.level).map_err(|e| anyhow::anyhow!("log.level: {e}"))?,
+    };
+    let logger = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let installed = match log.format {
+        LogFormat::Text => logger.try_init(),
+        // Fields at the top level, beside `timestamp`, `level`, `target` and `message`:
+        // what log pipelines index without a nested path.
+        LogFormat::Json => logger
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
+    };
+    installed.map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))
 }

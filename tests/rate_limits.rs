@@ -6,12 +6,10 @@
 
 mod common;
 
-use std::cell::Cell;
-use std::rc::Rc;
 use std::time::Duration;
 
 use common::eio::{data, next_starting, sio_connect, sio_next, ws_next, ws_send};
-use common::{connect, run, server, wait_for_stats, within};
+use common::{close_of, connect, paced_flood, run, server, wait_for_stats, within};
 use corelay::client::{Client, ClientError, PayloadKind, ServerEvent};
 use corelay::config::RateProfile;
 use corelay::proto::native::ErrorCode;
@@ -177,22 +175,8 @@ fn a_persistent_native_abuser_is_closed_with_1008_while_its_room_keeps_receiving
         let mut c = connect(addr).await;
         c.join("r").await.unwrap();
         let (tx, mut rx) = a.split();
-        // Two hundred a second against twenty allowed: paced, so that it is the rate
-        // limit and not its own unread answers (a slow consumer) that ends it.
-        let stop = Rc::new(Cell::new(false));
-        let flooding = Rc::clone(&stop);
-        let flood = glommio::spawn_local(async move {
-            while !flooding.get() {
-                if tx
-                    .send("r", "spam", b"x", PayloadKind::Binary)
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-                glommio::timer::sleep(Duration::from_millis(5)).await;
-            }
-        });
+        // Two hundred a second against twenty allowed.
+        let (stop, flood) = paced_flood(tx, "r");
         // The room goes on meanwhile: b's messages, within b's own rate, reach c.
         for i in 0..5u8 {
             glommio::timer::sleep(Duration::from_millis(100)).await;
@@ -209,16 +193,7 @@ fn a_persistent_native_abuser_is_closed_with_1008_while_its_room_keeps_receiving
                 }
             }
         }
-        let closed = within("the close", async {
-            loop {
-                match rx.next_event().await {
-                    Ok(_) => continue,
-                    Err(ClientError::Closed(c)) => return c,
-                    Err(e) => panic!("{e}"),
-                }
-            }
-        })
-        .await;
+        let closed = close_of(&mut rx).await;
         stop.set(true);
         flood.await;
         assert_eq!(closed, Some((1008, "rate limited".to_owned())));

@@ -111,7 +111,7 @@ impl EngineEndpoint {
             cx.now,
         )
         .map_err(|e| {
-            eprintln!("shard {}: Engine.IO handshake refused: {e}", shard.id);
+            tracing::warn!(shard = shard.id, error = %e, "Engine.IO handshake refused");
             // As the reference answers a failed id generation.
             EngineError::BadRequest
         })?;
@@ -744,6 +744,7 @@ fn answer(
 fn fail(cx: &mut Cx<'_>, request: &Request, err: EngineError) -> Step {
     if err.status().0 == 400 {
         cx.shard.stats.count_close(CloseReason::BadRequest);
+        cx.set_close_reason(CloseReason::BadRequest);
     }
     let body = err.json_body();
     let bytes = respond(

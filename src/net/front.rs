@@ -173,6 +173,7 @@ pub fn upgrade(
 pub fn refuse(cx: &mut Cx<'_>, err: &HttpError) -> Step {
     if *err != HttpError::ForbiddenOrigin {
         cx.shard.stats.count_close(CloseReason::BadRequest);
+        cx.set_close_reason(CloseReason::BadRequest);
     }
     let _ = cx.out.push(Bytes::from(http::error_response(err)));
     Step::Close { linger: true }
@@ -212,6 +213,7 @@ impl Connection for HttpHead {
 
     fn on_timeout(&mut self, cx: &mut Cx<'_>) -> Step {
         cx.shard.stats.count_close(CloseReason::HandshakeTimeout);
+        cx.set_close_reason(CloseReason::HandshakeTimeout);
         Step::Close { linger: true }
     }
 

@@ -256,6 +256,7 @@ impl<A: WsApp> Connection for WebSocket<A> {
             Ended::Io => CloseReason::Io,
             _ => self.ending.unwrap_or_else(|| peer_ended(cx)),
         };
+        cx.set_close_reason(stat);
         self.app.on_close(cx, stat);
     }
 }

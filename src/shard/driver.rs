@@ -9,7 +9,7 @@
 //! shards (an eventfd read).
 
 use std::collections::VecDeque;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -26,8 +26,9 @@ use super::{
 };
 use crate::admission::{Full, Occupancy, PeerKey};
 use crate::config::Config;
+use crate::logs::{Throttle, Warning, WARNING_WINDOW};
 use crate::relay::{Drained, Outbox, Relay, RelayLimits, ShardId};
-use crate::stats::{add, set, unix_ms, Refusal, ShardStats, StatsRegistry};
+use crate::stats::{add, set, unix_ms, CloseReason, Refusal, ShardStats, StatsRegistry};
 
 /// Time a closing connection waits for the peer's FIN after its own, so the last bytes are
 /// read by the peer rather than cut by a reset.
@@ -209,6 +210,11 @@ struct Driver {
     write_timeout: Duration,
     /// When the matchmaking timer is armed for (`TimerKey::Matchmaking`).
     matchmaking_at: Option<Instant>,
+    /// Why the connection being called ends, as its handler named it
+    /// ([`Cx::set_close_reason`]); taken when the handler ends.
+    close_reason: Option<CloseReason>,
+    /// The warnings a peer can cause, a few a second (crate::logs).
+    warnings: Throttle,
 }
 
 /// Runs a shard to completion on the current thread (already pinned by the caller), with
@@ -262,6 +268,8 @@ pub(crate) async fn run(seed: ShardSeed, ring: Ring) {
         connections: seed.connections,
         write_timeout: Duration::from_millis(config.write_timeout_ms),
         matchmaking_at: None,
+        close_reason: None,
+        warnings: Throttle::default(),
     };
     driver.run();
 }
@@ -291,7 +299,7 @@ impl Driver {
             let slept_from = matches!(wait, Wait::Sleep { .. }).then(Instant::now);
             if let Err(e) = self.ring.enter(wait) {
                 // The ring itself failing is not recoverable for this shard.
-                eprintln!("shard {}: io_uring_enter failed: {e}", self.shard.id);
+                tracing::error!(shard = self.shard.id, error = %e, "io_uring_enter failed");
                 break;
             }
             if let Some(from) = slept_from {
@@ -303,6 +311,8 @@ impl Driver {
         self.shard
             .stats
             .publish_latency(self.shard.relay.borrow().latency().clone());
+        // The last window's count is written too, however recent.
+        self.log_suppressed(Instant::now() + WARNING_WINDOW);
     }
 
     fn tick_period(&self) -> Duration {
@@ -536,7 +546,7 @@ impl Driver {
         // SAFETY: callers keep every resource of the entry alive until its completion
         // (documented at each call).
         if let Err(e) = unsafe { self.ring.push(entry) } {
-            eprintln!("shard {}: cannot submit to io_uring: {e}", self.shard.id);
+            tracing::error!(shard = self.shard.id, error = %e, "cannot submit to io_uring");
         }
     }
 
@@ -584,6 +594,7 @@ impl Driver {
                 out: &out,
                 shard: &self.shard,
                 deadline: &mut deadline,
+                close_reason: &mut self.close_reason,
             };
             f(&mut *handler, &mut cx)
         };
@@ -634,7 +645,11 @@ impl Driver {
     /// Tells the handler the connection has ended, and drops it.
     fn end_handler(&mut self, id: ConnId, why: Ended, now: Instant) {
         // The handler, and any deadline it still asks for, go with it.
-        let _ = self.invoke(id, now, |h, cx| h.on_close(cx, why));
+        let ended = self.invoke(id, now, |h, cx| h.on_close(cx, why)).is_some();
+        let named = self.close_reason.take();
+        if ended && why != Ended::HandedOff {
+            self.log_close(id, why, named, now);
+        }
         if let Some(conn) = self.conn(id) {
             conn.deadline = None;
         }
@@ -821,9 +836,14 @@ impl Driver {
             match self.connections.enter(peer) {
                 Ok(()) => {
                     set_nodelay(fd.as_raw_fd());
+                    tracing::debug!(
+                        shard = self.shard.id,
+                        peer = %PeerAddr(fd.as_raw_fd(), peer),
+                        "connection opened"
+                    );
                     self.open(fd, peer, Vec::new(), now);
                 }
-                Err(full) => self.refuse(fd, full),
+                Err(full) => self.refuse(fd, peer, full, now),
             }
         } else if c.result != -libc::ECANCELED {
             add(&self.shard.stats.accept_errors, 1);
@@ -844,12 +864,21 @@ impl Driver {
     /// Closes a socket refused at accept, after the front's answer (`503`). The answer is
     /// written at once, without the ring: a new socket's send buffer is empty, so it fits,
     /// and nothing is kept for the socket after this call.
-    fn refuse(&mut self, fd: OwnedFd, full: Full) {
-        self.shard.stats.count_refusal(match full {
+    fn refuse(&mut self, fd: OwnedFd, peer: PeerKey, full: Full, now: Instant) {
+        let why = match full {
             Full::Total => Refusal::Connections,
             Full::Peer => Refusal::ConnectionsPerIp,
-        });
+        };
+        self.shard.stats.count_refusal(why);
         let raw = fd.as_raw_fd();
+        if tracing::enabled!(tracing::Level::WARN) && self.admit_warning(Warning::Refused, now) {
+            tracing::warn!(
+                shard = self.shard.id,
+                peer = %PeerAddr(raw, peer),
+                reason = why.name(),
+                "connection refused"
+            );
+        }
         if let Some(answer) = &self.refusal {
             // SAFETY: `raw` is open until `fd` drops at the end; `answer` outlives the call.
             // Nonblocking, so a full buffer (which a new socket cannot have) would not
@@ -1173,6 +1202,7 @@ impl Driver {
                     let stats = &self.shard.stats;
                     set(&stats.mesh_backlog, self.mesh.backlog() as u64);
                     set(&stats.ring_enters, self.ring.enters);
+                    self.log_suppressed(now);
                     let next = now + self.tick_period();
                     self.shard.timers.borrow_mut().insert(next, TimerKey::Tick);
                 }
@@ -1212,6 +1242,77 @@ impl Driver {
             }
             Phase::HandingOff(_) | Phase::Dead => {}
         }
+    }
+
+    // ----- logs -----
+
+    /// Logs the end of a connection's handler: one `debug` line with why, named by the
+    /// handler or else from what the runtime saw, and a throttled warning when the peer
+    /// made the server close it (a slow consumer, a flooder).
+    fn log_close(&mut self, id: ConnId, why: Ended, named: Option<CloseReason>, now: Instant) {
+        let shutting_down = self.shard.shutting_down();
+        let reason = named.or(match why {
+            Ended::Peer if shutting_down => Some(CloseReason::Shutdown),
+            Ended::Peer => Some(CloseReason::Peer),
+            Ended::Io => Some(CloseReason::Io),
+            Ended::SlowConsumer => Some(CloseReason::SlowConsumer),
+            Ended::Handler | Ended::HandedOff => shutting_down.then_some(CloseReason::Shutdown),
+        });
+        let Some(conn) = self.conn(id) else { return };
+        let peer = PeerAddr(conn.fd.as_raw_fd(), conn.peer);
+        // `done`: the handler ended it with nothing wrong (an HTTP request answered).
+        let name = reason.map_or("done", CloseReason::name);
+        tracing::debug!(shard = self.shard.id, %peer, reason = name, "connection closed");
+        let warning = match reason {
+            Some(CloseReason::SlowConsumer) => Warning::SlowConsumer,
+            Some(CloseReason::RateLimited) => Warning::RateLimited,
+            _ => return,
+        };
+        if !tracing::enabled!(tracing::Level::WARN) || !self.admit_warning(warning, now) {
+            return;
+        }
+        let shard = self.shard.id;
+        match warning {
+            Warning::SlowConsumer => tracing::warn!(
+                shard,
+                %peer,
+                reason = name,
+                "slow consumer closed: it did not read what it was sent"
+            ),
+            _ => tracing::warn!(
+                shard,
+                %peer,
+                reason = name,
+                "connection closed for exceeding its rate limits"
+            ),
+        }
+    }
+
+    /// Whether a warning of `kind` may be written at `now`; writes the count of the
+    /// warnings left out in the window it ends, if any, first.
+    fn admit_warning(&mut self, kind: Warning, now: Instant) -> bool {
+        let verdict = self.warnings.admit(kind, now);
+        if verdict.suppressed > 0 {
+            self.log_suppressed_kind(kind, verdict.suppressed);
+        }
+        verdict.write
+    }
+
+    /// Writes one line for each kind of warning whose window has ended (by `now`) with
+    /// warnings left out.
+    fn log_suppressed(&mut self, now: Instant) {
+        while let Some((kind, n)) = self.warnings.poll_suppressed(now) {
+            self.log_suppressed_kind(kind, n);
+        }
+    }
+
+    fn log_suppressed_kind(&self, kind: Warning, n: u64) {
+        tracing::warn!(
+            shard = self.shard.id,
+            warning = kind.name(),
+            suppressed = n,
+            "suppressed {n} similar warnings"
+        );
     }
 
     // ----- mesh -----
@@ -1335,6 +1436,12 @@ fn build_send(fd: RawFd, s: &mut Sending) -> io_uring::squeue::Entry {
 
 /// The admission key of a socket's peer address.
 fn peer_of(fd: RawFd) -> PeerKey {
+    peer_addr(fd).map_or(PeerKey::unknown(), |a| PeerKey::of(a.ip()))
+}
+
+/// A socket's peer address: `None` when it is not TCP/IP, or no longer connected (a
+/// connection the peer reset has no peer any more).
+fn peer_addr(fd: RawFd) -> Option<SocketAddr> {
     // SAFETY: an all-zero sockaddr_storage is valid, and getpeername writes at most `len`
     // bytes into it.
     let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
@@ -1347,24 +1454,43 @@ fn peer_of(fd: RawFd) -> PeerKey {
         )
     } == 0;
     if !ok {
-        return PeerKey::unknown();
+        return None;
     }
-    let ip = match i32::from(addr.ss_family) {
+    match i32::from(addr.ss_family) {
         libc::AF_INET => {
             // SAFETY: the family says the storage holds a sockaddr_in.
             let v4 =
                 unsafe { &*(&addr as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            IpAddr::from(u32::from_be(v4.sin_addr.s_addr).to_be_bytes())
+            let ip = IpAddr::from(u32::from_be(v4.sin_addr.s_addr).to_be_bytes());
+            Some(SocketAddr::new(ip, u16::from_be(v4.sin_port)))
         }
         libc::AF_INET6 => {
             // SAFETY: the family says the storage holds a sockaddr_in6.
             let v6 =
                 unsafe { &*(&addr as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-            IpAddr::from(v6.sin6_addr.s6_addr)
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                v6.sin6_addr.s6_addr.into(),
+                u16::from_be(v6.sin6_port),
+                v6.sin6_flowinfo,
+                v6.sin6_scope_id,
+            )))
         }
-        _ => return PeerKey::unknown(),
-    };
-    PeerKey::of(ip)
+        _ => None,
+    }
+}
+
+/// A socket's peer in a log line: its address, read only when the line is written (one
+/// `getpeername`, never on a line the level leaves out), or the admission key's address
+/// when the socket no longer has a peer.
+struct PeerAddr(RawFd, PeerKey);
+
+impl std::fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match peer_addr(self.0) {
+            Some(addr) => addr.fmt(f),
+            None => self.1.fmt(f),
+        }
+    }
 }
 
 fn set_nodelay(fd: RawFd) {

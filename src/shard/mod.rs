@@ -311,6 +311,7 @@ pub struct Cx<'a> {
     /// The shard.
     pub shard: &'a Rc<Shard>,
     pub(crate) deadline: &'a mut Option<Instant>,
+    pub(crate) close_reason: &'a mut Option<crate::stats::CloseReason>,
 }
 
 impl Cx<'_> {
@@ -323,6 +324,14 @@ impl Cx<'_> {
     /// The deadline asked for.
     pub fn deadline(&self) -> Option<Instant> {
         *self.deadline
+    }
+
+    /// Names why this connection ends, for the runtime's `connection closed` log line
+    /// (counting the close is still the caller's). Said in the call that returns
+    /// [`Step::Close`] or in `on_close`; the last one said wins. A connection whose handler
+    /// names none is logged with what the runtime saw ([`Ended`]).
+    pub fn set_close_reason(&mut self, why: crate::stats::CloseReason) {
+        *self.close_reason = Some(why);
     }
 }
 

@@ -4,11 +4,15 @@
 pub mod eio;
 pub mod node;
 
+use std::cell::Cell;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::Duration;
 
-use corelay::client::{Client, ClientConfig};
+use corelay::client::{
+    Client, ClientConfig, ClientError, ClientReceiver, ClientSender, PayloadKind,
+};
 use corelay::{Config, Server};
 
 /// Every test body gets this long before it fails instead of hanging.
@@ -86,6 +90,42 @@ pub async fn connect_on_shard(addr: SocketAddr, shard: u32) -> Client {
         let _ = c.close().await;
     }
     panic!("no connection landed on shard {shard} in 200 tries");
+}
+
+/// A flood into `room` from `tx` at 200 messages a second, paced so that a rate limit, not
+/// its own unread answers (a slow consumer), is what ends it. It stops when its connection
+/// ends or when the flag it returns is set.
+pub fn paced_flood(tx: ClientSender, room: &'static str) -> (Rc<Cell<bool>>, glommio::Task<()>) {
+    let stop = Rc::new(Cell::new(false));
+    let flooding = Rc::clone(&stop);
+    let flood = glommio::spawn_local(async move {
+        while !flooding.get() {
+            if tx
+                .send(room, "spam", b"x", PayloadKind::Binary)
+                .await
+                .is_err()
+            {
+                break;
+            }
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    (stop, flood)
+}
+
+/// The close code and reason `rx`'s connection ends with (what comes before is skipped),
+/// within [`WAIT`].
+pub async fn close_of(rx: &mut ClientReceiver) -> Option<(u16, String)> {
+    within("the close", async {
+        loop {
+            match rx.next_event().await {
+                Ok(_) => continue,
+                Err(ClientError::Closed(c)) => return c,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
 }
 
 /// Asserts the server still serves: a new client connects and gets a pong.
