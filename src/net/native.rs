@@ -625,6 +625,21 @@ impl WsApp for NativeSession {
         Some(self.keepalive)
     }
 
+    /// A welcomed client is told to go, with a random delay below `drain_reconnect_ms`,
+    /// and may finish what it was doing; one still in its handshake is closed.
+    fn on_drain(&mut self, cx: &mut Cx<'_>) -> Flow {
+        if !self.welcomed {
+            return self.on_shutdown(cx);
+        }
+        use rand::RngExt;
+        let spread = cx.shard.config.drain_reconnect_ms.max(1);
+        let reconnect_after_ms = rand::rng().random_range(0..spread);
+        let _ = cx
+            .out
+            .push(native_frame(&ServerFrame::Draining { reconnect_after_ms }));
+        Flow::Continue
+    }
+
     fn on_peer_close(&mut self) {
         self.said_goodbye = true;
     }

@@ -528,6 +528,14 @@ mod frames {
             /// The ticket.
             ticket: u64,
         },
+        /// Pushed: the server is draining (docs/OPERATIONS.md): leave, and reconnect
+        /// (through the load balancer, to another node) after `reconnect_after_ms`. The
+        /// connection works until then; the server closes it with 1001 at its drain's end.
+        Draining {
+            /// How long to wait before reconnecting, chosen at random per client so that
+            /// clients do not all come back at once.
+            reconnect_after_ms: u32,
+        },
     }
 }
 
