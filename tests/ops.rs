@@ -90,6 +90,9 @@ fn metrics_count_the_traffic_the_test_made() {
         for _ in 0..10 {
             within("a message", b.next_event()).await.unwrap();
         }
+        // A Socket.IO session, and an error answered (a room name that is none).
+        let (_sio, _codec, _) = common::eio::sio_connect(addr, "/").await;
+        assert!(a.join("").await.is_err());
         let response = request(addr, "GET", "/metrics", "", "").await;
         assert_eq!(response.status, 200);
         assert!(
@@ -106,6 +109,14 @@ fn metrics_count_the_traffic_the_test_made() {
         assert!(m[r#"corelay_connections{shard="0"}"#] >= 1.0);
         assert!(m[r#"corelay_connections{shard="1"}"#] >= 1.0);
         assert_eq!(total(&m, "corelay_rooms"), 1.0);
+        let sessions = |protocol: &str, transport: &str| {
+            (0..2)
+                .map(|shard| m[&format!(r#"corelay_sessions{{protocol="{protocol}",shard="{shard}",transport="{transport}"}}"#)])
+                .sum::<f64>()
+        };
+        assert_eq!(sessions("native", "websocket"), 2.0);
+        assert_eq!(sessions("socketio", "websocket"), 1.0);
+        assert_eq!(sessions("socketio", "polling"), 0.0);
         assert!(m["corelay_process_resident_memory_bytes"] > 1e6);
         assert!(m["corelay_process_open_fds"] > 0.0);
         assert!(m
@@ -126,6 +137,11 @@ fn metrics_count_the_traffic_the_test_made() {
         // Closes and refusals by reason, every reason present (zeros too).
         assert!(m.contains_key(r#"corelay_closes_total{reason="slow_consumer",shard="1"}"#));
         assert!(m.contains_key(r#"corelay_refused_total{reason="room_full",shard="0"}"#));
+        assert_eq!(total(&m, "corelay_errors_total"), 1.0);
+        let errors = |shard: u32| {
+            m[&format!(r#"corelay_errors_total{{code="invalid_name",shard="{shard}"}}"#)]
+        };
+        assert_eq!(errors(0) + errors(1), 1.0);
     });
 }
 

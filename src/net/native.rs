@@ -93,6 +93,7 @@ impl NativeSession {
     }
 
     fn error(&self, cx: &Cx<'_>, req: u32, code: ErrorCode, message: &str) {
+        cx.shard.stats.count_error(code);
         let reply = Reply::Error {
             req: u64::from(req),
             code,
@@ -567,6 +568,7 @@ impl NativeSession {
 impl WsApp for NativeSession {
     fn on_open(&mut self, cx: &mut Cx<'_>) -> Flow {
         add(&cx.shard.stats.connections, 1);
+        add(&cx.shard.stats.native_connections, 1);
         Flow::Continue
     }
 
@@ -646,6 +648,7 @@ impl WsApp for NativeSession {
 
     fn on_close(&mut self, cx: &mut Cx<'_>, why: CloseReason) {
         cx.shard.stats.count_close(why);
+        crate::stats::sub(&cx.shard.stats.native_connections, 1);
         if self.welcomed {
             let mut relay = cx.shard.relay.borrow_mut();
             // A connection lost (EOF without a close frame, a socket error, silence) keeps

@@ -632,6 +632,38 @@ impl ErrorCode {
         }
     }
 
+    /// Every code, by number.
+    pub const ALL: [ErrorCode; 23] = [
+        ErrorCode::InvalidFrame,
+        ErrorCode::TextFrame,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::NotWelcomed,
+        ErrorCode::Unauthorized,
+        ErrorCode::NotMember,
+        ErrorCode::InvalidName,
+        ErrorCode::TooManyRooms,
+        ErrorCode::ShuttingDown,
+        ErrorCode::ReservedName,
+        ErrorCode::TooBig,
+        ErrorCode::RoomFull,
+        ErrorCode::RateLimited,
+        ErrorCode::Forbidden,
+        ErrorCode::CannotResume,
+        ErrorCode::NotHost,
+        ErrorCode::RoomLocked,
+        ErrorCode::InvalidValue,
+        ErrorCode::RoomExists,
+        ErrorCode::AlreadyQueued,
+        ErrorCode::UnknownQueue,
+        ErrorCode::NotQueued,
+        ErrorCode::QueueFull,
+    ];
+
+    /// Looks a code up by its name (`room_full`).
+    pub fn from_name(name: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.name() == name)
+    }
+
     /// Looks a code up by number.
     pub fn from_code(code: u16) -> Option<ErrorCode> {
         Some(match code {
@@ -936,6 +968,12 @@ mod tests {
             }
         }
         assert_eq!(ErrorCode::NotMember as u16, 10);
+        // `ALL` lists every code, each once, by number.
+        let numbered: Vec<ErrorCode> = (0..100).filter_map(ErrorCode::from_code).collect();
+        assert_eq!(numbered, ErrorCode::ALL);
+        for c in ErrorCode::ALL {
+            assert_eq!(ErrorCode::from_name(c.name()), Some(c));
+        }
         assert_eq!(ErrorCode::from_code(18), Some(ErrorCode::Forbidden));
     }
 }

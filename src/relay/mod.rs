@@ -1919,6 +1919,9 @@ impl Relay {
     }
 
     fn reply_now(&self, player: PlayerId, reply: Reply) {
+        if let Reply::Error { code, .. } = reply {
+            self.stats.count_error(code);
+        }
         if let Some(p) = self.players.get(&player) {
             // A full outbox closes its own connection; there is nobody else to tell.
             let _ = p.outbox.push(reply.frame(p.wire));
