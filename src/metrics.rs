@@ -69,6 +69,11 @@ impl ShardValues {
                 ("connections", "Open connections.", l(&s.connections)),
                 ("rooms", "Rooms homed on the shard.", l(&s.rooms)),
                 (
+                    "room_members",
+                    "Members of the rooms homed on the shard, wherever they are connected.",
+                    l(&s.room_members),
+                ),
+                (
                     "mesh_backlog",
                     "Messages for other shards waiting because their queue was full.",
                     l(&s.mesh_backlog),

@@ -233,6 +233,8 @@ pub struct ShardStats {
     pub tickets: AtomicU64,
     /// Matches formed by queues homed on this shard.
     pub matches: AtomicU64,
+    /// Members of the rooms homed on this shard, across shards (a gauge).
+    pub room_members: AtomicU64,
     /// Native connections open (a gauge).
     pub native_connections: AtomicU64,
     /// Engine.IO sessions on long-polling (a gauge; an upgrade moves one to WebSocket).
@@ -277,6 +279,7 @@ impl Default for ShardStats {
             resume_gaps: AtomicU64::new(0),
             tickets: AtomicU64::new(0),
             matches: AtomicU64::new(0),
+            room_members: AtomicU64::new(0),
             native_connections: AtomicU64::new(0),
             engineio_polling: AtomicU64::new(0),
             engineio_websocket: AtomicU64::new(0),

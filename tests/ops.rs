@@ -109,6 +109,7 @@ fn metrics_count_the_traffic_the_test_made() {
         assert!(m[r#"corelay_connections{shard="0"}"#] >= 1.0);
         assert!(m[r#"corelay_connections{shard="1"}"#] >= 1.0);
         assert_eq!(total(&m, "corelay_rooms"), 1.0);
+        assert_eq!(total(&m, "corelay_room_members"), 2.0);
         let sessions = |protocol: &str, transport: &str| {
             (0..2)
                 .map(|shard| m[&format!(r#"corelay_sessions{{protocol="{protocol}",shard="{shard}",transport="{transport}"}}"#)])
