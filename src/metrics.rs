@@ -322,7 +322,8 @@ pub fn encode(registry: &StatsRegistry, process: Process) -> String {
         .collect();
     let scrape = Scrape {
         shards,
-        latency,
+        // Empty before the first delivery, but there: a dashboard's queries have a series.
+        latency: Some(latency.unwrap_or_else(crate::stats::new_latency_histogram)),
         process,
         version: env!("CARGO_PKG_VERSION"),
     };

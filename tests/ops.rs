@@ -219,3 +219,50 @@ fn health_fails_while_a_shard_is_stuck() {
     });
     srv.stop().unwrap();
 }
+
+/// The Grafana dashboard in `tuning/` queries only metrics the server exposes, with the
+/// labels it gives them: a renamed metric fails here, not on an operator's empty panel.
+#[test]
+fn the_grafana_dashboard_queries_only_metrics_that_exist() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tuning/grafana-dashboard.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap())
+        .expect("tuning/grafana-dashboard.json is JSON");
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().expect("an expr").to_owned())
+        .collect();
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    let srv = server(1, |_| {});
+    let addr = srv.local_addr();
+    run(move || async move {
+        let text = request(addr, "GET", "/metrics", "", "").await.body;
+        let samples = parse_metrics(&text);
+        for expr in &exprs {
+            let mut rest = expr.as_str();
+            while let Some(at) = rest.find("corelay_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                assert!(
+                    samples
+                        .keys()
+                        .any(|k| k.split('{').next() == Some(name.as_str())),
+                    "{expr}: no {name} in /metrics"
+                );
+                rest = &rest[at + name.len()..];
+            }
+            for label in ["protocol", "transport", "reason", "code", "shard"] {
+                if expr.contains(&format!("by ({label}")) || expr.contains(&format!(", {label})")) {
+                    assert!(
+                        samples.keys().any(|k| k.contains(&format!("{label}=\""))),
+                        "{expr}: no metric has the label {label}"
+                    );
+                }
+            }
+        }
+    });
+}
