@@ -80,8 +80,20 @@ pub struct Config {
     /// shard for milliseconds whenever memory grows (rooms' replay rings filling doubled
     /// p99 in docs/BENCHMARKS.md); the TLB savings matter less to a relay than the stall.
     pub huge_pages: bool,
-    /// On SIGINT/SIGTERM, time given to close frames to go out before exit, in ms.
+    /// At the end of a drain, time given to close frames and queued output to go out
+    /// before exit, in ms.
     pub shutdown_grace_ms: u64,
+    /// On SIGINT/SIGTERM, how long the server still accepts new connections while
+    /// `/readyz` already answers 503, in ms, so that a load balancer notices before
+    /// connections are refused (docs/OPERATIONS.md, "Drain").
+    pub drain_accept_ms: u64,
+    /// How long clients told to go (native `Draining`) may stay before the rest are closed,
+    /// in ms; the server exits as soon as the last one leaves. A second signal closes them
+    /// at once.
+    pub drain_timeout_ms: u64,
+    /// The most a native client is told to wait before it reconnects (`Draining`), in ms;
+    /// each is told a random time below it, so that they do not all come back at once.
+    pub drain_reconnect_ms: u32,
     /// Period at which each shard publishes its latency histogram for readers, in ms.
     pub stats_publish_ms: u64,
     /// Microseconds a shard spins before it sleeps when idle, while its recent sleeps were
@@ -223,6 +235,14 @@ impl Default for Config {
             flush_delay_us: 0,
             huge_pages: false,
             shutdown_grace_ms: 1_000,
+            // 0: a server without a load balancer in front has nobody to wait for.
+            drain_accept_ms: 0,
+            // 10 s: a match in progress gets time to reach a pause and move; a stop
+            // (systemd's TimeoutStopSec, Kubernetes' terminationGracePeriodSeconds) must
+            // allow this plus `drain_accept_ms` and `shutdown_grace_ms`.
+            drain_timeout_ms: 10_000,
+            // 5 s: 10,000 players coming back spread over 5 s is 2,000 handshakes a second.
+            drain_reconnect_ms: 5_000,
             stats_publish_ms: 500,
             spin_before_park_us: 0,
             socketio_path: "/socket.io/".to_owned(),
@@ -632,6 +652,9 @@ const KEYS: &[&str] = &[
     "flush_delay_us",
     "huge_pages",
     "shutdown_grace_ms",
+    "drain_accept_ms",
+    "drain_timeout_ms",
+    "drain_reconnect_ms",
     "stats_publish_ms",
     "spin_before_park_us",
     "socketio_path",

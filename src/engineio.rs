@@ -342,6 +342,12 @@ impl Session {
             handler: RefCell::new(Some(handler)),
         });
         sessions.insert(Rc::clone(&session));
+        let transport = if websocket.is_some() {
+            &shard.stats.engineio_websocket
+        } else {
+            &shard.stats.engineio_polling
+        };
+        add(transport, 1);
         if session.counted.get() {
             add(&shard.stats.connections, 1);
         }
@@ -543,6 +549,13 @@ impl Session {
         if let Some(sessions) = self.registry.upgrade() {
             sessions.remove(self.key);
         }
+        let stats = &self.shard.stats;
+        let transport = if self.ws.borrow().is_some() {
+            &stats.engineio_websocket
+        } else {
+            &stats.engineio_polling
+        };
+        crate::stats::sub(transport, 1);
         let handler = self.handler.borrow_mut().take();
         if let Some(Handler::SocketIo(mut sio)) = handler {
             // A connection lost (the peer went, its socket failed, it fell silent) keeps its
@@ -708,6 +721,10 @@ impl Session {
         *self.ws.borrow_mut() = Some(Rc::clone(ws));
         *self.probe.borrow_mut() = None;
         self.phase.set(Phase::WebSocket);
+        let stats = &self.shard.stats;
+        crate::stats::sub(&stats.engineio_polling, 1);
+        add(&stats.engineio_websocket, 1);
+        add(&stats.upgrades, 1);
         // The WebSocket counts itself from here on.
         self.uncount();
         let joined = pending

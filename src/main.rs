@@ -144,8 +144,9 @@ fn serve(
         signal_hook::consts::SIGTERM,
     ])
     .context("cannot install signal handlers")?;
+    // The first signal drains; a second one closes what is left at once.
     std::thread::spawn(move || {
-        if signals.forever().next().is_some() {
+        for _ in signals.forever() {
             control.request_shutdown();
         }
     });

@@ -17,6 +17,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::proto::native::ErrorCode;
 use crate::stats::{CloseReason, Refusal, ShardStats, StatsRegistry};
 
 /// The `Content-Type` of the answer.
@@ -54,6 +55,9 @@ struct ShardValues {
     counters: Vec<(&'static str, &'static str, u64)>,
     closes: Vec<(&'static str, u64)>,
     refused: Vec<(&'static str, u64)>,
+    errors: Vec<(&'static str, u64)>,
+    /// Open sessions by (protocol, transport).
+    sessions: [(&'static str, &'static str, u64); 3],
 }
 
 impl ShardValues {
@@ -64,6 +68,11 @@ impl ShardValues {
             gauges: vec![
                 ("connections", "Open connections.", l(&s.connections)),
                 ("rooms", "Rooms homed on the shard.", l(&s.rooms)),
+                (
+                    "room_members",
+                    "Members of the rooms homed on the shard, wherever they are connected.",
+                    l(&s.room_members),
+                ),
                 (
                     "mesh_backlog",
                     "Messages for other shards waiting because their queue was full.",
@@ -118,6 +127,11 @@ impl ShardValues {
                 ),
                 ("ring_enters", "io_uring kernel entries.", l(&s.ring_enters)),
                 (
+                    "engineio_upgrades",
+                    "Engine.IO sessions upgraded from long-polling to WebSocket.",
+                    l(&s.upgrades),
+                ),
+                (
                     "ack_timeouts",
                     "Server-to-client Socket.IO acks given up.",
                     l(&s.ack_timeouts),
@@ -144,6 +158,15 @@ impl ShardValues {
                     l(&s.matches),
                 ),
             ],
+            sessions: [
+                ("native", "websocket", l(&s.native_connections)),
+                ("socketio", "websocket", l(&s.engineio_websocket)),
+                ("socketio", "polling", l(&s.engineio_polling)),
+            ],
+            errors: ErrorCode::ALL
+                .iter()
+                .map(|&c| (c.name(), s.errors(c)))
+                .collect(),
             closes: CloseReason::ALL
                 .iter()
                 .map(|&r| (r.name(), s.closes(r)))
@@ -176,20 +199,43 @@ impl Collector for Scrape {
                 ConstCounter::new(s.counters[k].2).encode(m.encode_family(&labels)?)?;
             }
         }
+        let mut m = encoder.encode_descriptor(
+            "sessions",
+            "Open sessions by protocol and transport (a Socket.IO session is one Engine.IO session, whatever its namespaces).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (i, s) in self.shards.iter().enumerate() {
+            for &(protocol, transport, n) in &s.sessions {
+                let labels = [
+                    ("shard", i.to_string()),
+                    ("protocol", protocol.to_owned()),
+                    ("transport", transport.to_owned()),
+                ];
+                ConstGauge::new(n).encode(m.encode_family(&labels)?)?;
+            }
+        }
         let by_reason = [
-            ("closes", "Connections closed, by reason.", true),
+            ("closes", "Connections closed, by reason.", "reason", 0),
             (
                 "refused",
                 "Requests and connections refused, by limit.",
-                false,
+                "reason",
+                1,
+            ),
+            (
+                "errors",
+                "Errors answered to clients, by code name.",
+                "code",
+                2,
             ),
         ];
-        for (name, help, closes) in by_reason {
+        for (name, help, label, which) in by_reason {
             let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for (i, s) in self.shards.iter().enumerate() {
-                let values = if closes { &s.closes } else { &s.refused };
+                let values = [&s.closes, &s.refused, &s.errors][which];
                 for &(reason, n) in values {
-                    let labels = [("shard", i.to_string()), ("reason", reason.to_owned())];
+                    let labels = [("shard", i.to_string()), (label, reason.to_owned())];
                     ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
                 }
             }
@@ -276,7 +322,8 @@ pub fn encode(registry: &StatsRegistry, process: Process) -> String {
         .collect();
     let scrape = Scrape {
         shards,
-        latency,
+        // Empty before the first delivery, but there: a dashboard's queries have a series.
+        latency: Some(latency.unwrap_or_else(crate::stats::new_latency_histogram)),
         process,
         version: env!("CARGO_PKG_VERSION"),
     };

@@ -270,6 +270,9 @@ impl Server {
                             return;
                         }
                     };
+                    // Alive from here: `/healthz` reads a shard not stamped yet as stuck.
+                    seed.stats
+                        .set_alive(crate::stats::unix_ms(std::time::SystemTime::now()));
                     let _ = ready.send((id, Ok(())));
                     // A panic on a shard (a bug, or a panicking application handler) leaves
                     // its state broken and its clients unserved: the shard ends (its

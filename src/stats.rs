@@ -13,6 +13,8 @@ use crossbeam_queue::ArrayQueue;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::proto::native::ErrorCode;
+
 /// Why a connection closed, for the `closes` counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(usize)]
@@ -231,10 +233,22 @@ pub struct ShardStats {
     pub tickets: AtomicU64,
     /// Matches formed by queues homed on this shard.
     pub matches: AtomicU64,
+    /// Members of the rooms homed on this shard, across shards (a gauge).
+    pub room_members: AtomicU64,
+    /// Native connections open (a gauge).
+    pub native_connections: AtomicU64,
+    /// Engine.IO sessions on long-polling (a gauge; an upgrade moves one to WebSocket).
+    pub engineio_polling: AtomicU64,
+    /// Engine.IO sessions on WebSocket (a gauge).
+    pub engineio_websocket: AtomicU64,
+    /// Engine.IO sessions upgraded from long-polling to WebSocket.
+    pub upgrades: AtomicU64,
     /// When the shard last turned (ms since the Unix epoch; 0: not started), stamped every
     /// stats tick.
     alive_at: AtomicU64,
     closes: [AtomicU64; CloseReason::ALL.len()],
+    /// Errors answered to clients, by [`ErrorCode`] number.
+    errors: [AtomicU64; ERROR_SLOTS],
     refused: [AtomicU64; Refusal::ALL.len()],
     latency: ArrayQueue<Histogram<u64>>,
 }
@@ -265,8 +279,14 @@ impl Default for ShardStats {
             resume_gaps: AtomicU64::new(0),
             tickets: AtomicU64::new(0),
             matches: AtomicU64::new(0),
+            room_members: AtomicU64::new(0),
+            native_connections: AtomicU64::new(0),
+            engineio_polling: AtomicU64::new(0),
+            engineio_websocket: AtomicU64::new(0),
+            upgrades: AtomicU64::new(0),
             alive_at: AtomicU64::new(0),
             closes: Default::default(),
+            errors: Default::default(),
             refused: Default::default(),
             latency: ArrayQueue::new(1),
         }
@@ -278,6 +298,15 @@ impl Default for ShardStats {
 pub fn unix_ms(now: std::time::SystemTime) -> u64 {
     now.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Slots of the errors counters: one past the largest [`ErrorCode`] number.
+const ERROR_SLOTS: usize = 32;
+
+/// Takes from a single-writer gauge.
+#[inline]
+pub fn sub(gauge: &AtomicU64, n: u64) {
+    gauge.fetch_sub(n, Relaxed);
 }
 
 /// Adds to a single-writer counter.
@@ -306,6 +335,20 @@ impl ShardStats {
     /// Counts a refusal.
     pub fn count_refusal(&self, why: Refusal) {
         add(&self.refused[why as usize], 1);
+    }
+
+    /// Counts an error answered to a client.
+    pub fn count_error(&self, code: ErrorCode) {
+        if let Some(slot) = self.errors.get(code as usize) {
+            slot.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Errors answered with `code` on this shard.
+    pub fn errors(&self, code: ErrorCode) -> u64 {
+        self.errors
+            .get(code as usize)
+            .map_or(0, |s| s.load(Relaxed))
     }
 
     /// Refusals counted for `why` on this shard.

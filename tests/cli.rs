@@ -68,32 +68,129 @@ fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
     }
 }
 
+/// SIGTERM drains (docs/OPERATIONS.md, "Drain"): `/readyz` answers 503 while new
+/// connections are still accepted for `drain_accept_ms`; then every client is told to go
+/// (native `Draining`; Socket.IO: its transport closes) after everything sent to it before
+/// (nothing in flight is lost), a client that leaves is let go, one that stays is closed
+/// with 1001 at `drain_timeout_ms`, and the process exits 0.
 #[test]
-fn sigterm_closes_clients_with_1001_and_exits_zero_within_two_seconds() {
-    let mut srv = serve(&["--listen", "127.0.0.1:0", "--shards", "2"]);
+fn sigterm_drains_tells_every_client_to_go_loses_nothing_and_exits_zero() {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--shards", "2"])
+        .env("CORELAY_DRAIN_ACCEPT_MS", "400")
+        .env("CORELAY_DRAIN_TIMEOUT_MS", "1000");
+    let mut srv = spawn(cmd);
+    let addr = srv.addr;
+    let pid = srv.child.id() as i32;
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (signalled_tx, signalled_rx) = mpsc::channel::<()>();
+    const SENT: usize = 200;
+    let clients = std::thread::spawn(move || {
+        use common::eio::{next_starting, sio_connect, ws_send};
+        use corelay::client::{PayloadKind, ServerEvent};
+        common::run(move || async move {
+            let mut a = common::connect(addr).await;
+            let mut b = common::connect(addr).await;
+            let (c, mut c_codec, _) = sio_connect(addr, "/").await;
+            a.join("arena").await.unwrap();
+            b.join("arena").await.unwrap();
+            ws_send(&c, r#"420["join","arena"]"#).await;
+            next_starting(&c, &mut c_codec, "430").await;
+            // Sent as the signal goes: some are still in flight when the drain starts.
+            for i in 0..SENT as u32 {
+                a.send("arena", "move", &i.to_be_bytes(), PayloadKind::Binary)
+                    .await
+                    .unwrap();
+            }
+            ready_tx.send(()).unwrap();
+            signalled_rx.recv().unwrap();
+            // Not ready any more, still accepting for drain_accept_ms.
+            let ready = common::eio::request(addr, "GET", "/readyz", "", "").await;
+            assert_eq!(ready.status, 503, "{}", ready.body);
+            assert!(ready.body.contains("\"draining\":true"), "{}", ready.body);
+            // b gets every message, then Draining, and stays.
+            let mut got = 0;
+            let reconnect = loop {
+                match b.next_event().await.unwrap() {
+                    ServerEvent::Message { payload, .. } => {
+                        assert_eq!(payload[..], (got as u32).to_be_bytes());
+                        got += 1;
+                    }
+                    ServerEvent::Draining { reconnect_after_ms } => break reconnect_after_ms,
+                    _ => {}
+                }
+            };
+            assert_eq!(got, SENT, "every message before the drain's notice");
+            assert!(reconnect < 5_000, "{reconnect}");
+            // The Socket.IO client: every message, then its transport closes.
+            let mut got = 0;
+            loop {
+                match common::eio::sio_next(&c, &mut c_codec).await {
+                    Some(m) if m.starts_with("451-[\"move\"") || m.starts_with("42[\"move\"") => {
+                        got += 1
+                    }
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+            assert_eq!(got, SENT, "the Socket.IO client too");
+            // a leaves by itself; b stays until the drain's timeout closes it.
+            a.close().await.unwrap();
+            assert_eq!(b.closed().await.map(|c| c.0), Some(1001));
+        })
+    });
+    ready_rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    let signalled = Instant::now();
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    signalled_tx.send(()).unwrap();
+    let status = wait_exit(&mut srv.child, Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+    // drain_accept_ms + drain_timeout_ms, then b's close: not the 10 s default.
+    assert!(
+        signalled.elapsed() >= Duration::from_millis(1_400),
+        "exited after {:?}, before b's drain timeout",
+        signalled.elapsed()
+    );
+    clients.join().unwrap();
+}
+
+/// A second SIGTERM closes the clients still there at once.
+#[test]
+fn a_second_sigterm_closes_the_rest_at_once() {
+    let mut srv = serve(&["--listen", "127.0.0.1:0", "--shards", "1"]);
     let addr = srv.addr;
     let pid = srv.child.id() as i32;
     let (tx, rx) = mpsc::channel();
     let clients = std::thread::spawn(move || {
         common::run(move || async move {
             let mut a = common::connect(addr).await;
-            let mut b = common::connect(addr).await;
             a.ping().await.unwrap();
             tx.send(()).unwrap();
+            loop {
+                if let corelay::client::ServerEvent::Draining { .. } = a.next_event().await.unwrap()
+                {
+                    break;
+                }
+            }
+            tx.send(()).unwrap();
             assert_eq!(a.closed().await.map(|c| c.0), Some(1001));
-            assert_eq!(b.closed().await.map(|c| c.0), Some(1001));
         })
     });
     rx.recv_timeout(Duration::from_secs(20)).unwrap();
-    let signalled = Instant::now();
     // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let second = Instant::now();
+    // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGTERM) };
     let status = wait_exit(&mut srv.child, Duration::from_secs(5));
     assert!(status.success(), "{status:?}");
+    // Not the 10 s drain timeout.
     assert!(
-        signalled.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        signalled.elapsed()
+        second.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        second.elapsed()
     );
     clients.join().unwrap();
 }

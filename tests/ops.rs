@@ -90,6 +90,9 @@ fn metrics_count_the_traffic_the_test_made() {
         for _ in 0..10 {
             within("a message", b.next_event()).await.unwrap();
         }
+        // A Socket.IO session, and an error answered (a room name that is none).
+        let (_sio, _codec, _) = common::eio::sio_connect(addr, "/").await;
+        assert!(a.join("").await.is_err());
         let response = request(addr, "GET", "/metrics", "", "").await;
         assert_eq!(response.status, 200);
         assert!(
@@ -106,6 +109,15 @@ fn metrics_count_the_traffic_the_test_made() {
         assert!(m[r#"corelay_connections{shard="0"}"#] >= 1.0);
         assert!(m[r#"corelay_connections{shard="1"}"#] >= 1.0);
         assert_eq!(total(&m, "corelay_rooms"), 1.0);
+        assert_eq!(total(&m, "corelay_room_members"), 2.0);
+        let sessions = |protocol: &str, transport: &str| {
+            (0..2)
+                .map(|shard| m[&format!(r#"corelay_sessions{{protocol="{protocol}",shard="{shard}",transport="{transport}"}}"#)])
+                .sum::<f64>()
+        };
+        assert_eq!(sessions("native", "websocket"), 2.0);
+        assert_eq!(sessions("socketio", "websocket"), 1.0);
+        assert_eq!(sessions("socketio", "polling"), 0.0);
         assert!(m["corelay_process_resident_memory_bytes"] > 1e6);
         assert!(m["corelay_process_open_fds"] > 0.0);
         assert!(m
@@ -126,6 +138,11 @@ fn metrics_count_the_traffic_the_test_made() {
         // Closes and refusals by reason, every reason present (zeros too).
         assert!(m.contains_key(r#"corelay_closes_total{reason="slow_consumer",shard="1"}"#));
         assert!(m.contains_key(r#"corelay_refused_total{reason="room_full",shard="0"}"#));
+        assert_eq!(total(&m, "corelay_errors_total"), 1.0);
+        let errors = |shard: u32| {
+            m[&format!(r#"corelay_errors_total{{code="invalid_name",shard="{shard}"}}"#)]
+        };
+        assert_eq!(errors(0) + errors(1), 1.0);
     });
 }
 
@@ -201,4 +218,51 @@ fn health_fails_while_a_shard_is_stuck() {
         drop(s);
     });
     srv.stop().unwrap();
+}
+
+/// The Grafana dashboard in `tuning/` queries only metrics the server exposes, with the
+/// labels it gives them: a renamed metric fails here, not on an operator's empty panel.
+#[test]
+fn the_grafana_dashboard_queries_only_metrics_that_exist() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tuning/grafana-dashboard.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap())
+        .expect("tuning/grafana-dashboard.json is JSON");
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().expect("an expr").to_owned())
+        .collect();
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    let srv = server(1, |_| {});
+    let addr = srv.local_addr();
+    run(move || async move {
+        let text = request(addr, "GET", "/metrics", "", "").await.body;
+        let samples = parse_metrics(&text);
+        for expr in &exprs {
+            let mut rest = expr.as_str();
+            while let Some(at) = rest.find("corelay_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                assert!(
+                    samples
+                        .keys()
+                        .any(|k| k.split('{').next() == Some(name.as_str())),
+                    "{expr}: no {name} in /metrics"
+                );
+                rest = &rest[at + name.len()..];
+            }
+            for label in ["protocol", "transport", "reason", "code", "shard"] {
+                if expr.contains(&format!("by ({label}")) || expr.contains(&format!(", {label})")) {
+                    assert!(
+                        samples.keys().any(|k| k.contains(&format!("{label}=\""))),
+                        "{expr}: no metric has the label {label}"
+                    );
+                }
+            }
+        }
+    });
 }

@@ -247,9 +247,11 @@ fn a_thousand_clients_in_a_hundred_rooms_get_every_message_exactly_once() {
     srv.stop().unwrap();
 }
 
+/// A shutdown drains: every client is told to go (`Draining`), and those still there at
+/// `drain_timeout_ms` are closed with 1001.
 #[test]
-fn shutdown_closes_every_client_with_1001() {
-    let srv = server(2, |_| {});
+fn shutdown_tells_every_client_to_go_then_closes_the_rest_with_1001() {
+    let srv = server(2, |c| c.drain_timeout_ms = 200);
     let addr = srv.local_addr();
     let control = srv.control();
     let joined = std::thread::spawn(move || {
@@ -262,6 +264,13 @@ fn shutdown_closes_every_client_with_1001() {
             still_serving(addr).await;
             control.request_shutdown();
             for mut c in clients {
+                loop {
+                    match c.next_event().await {
+                        Ok(ServerEvent::Draining { .. }) => break,
+                        Ok(_) => {}
+                        Err(e) => panic!("closed before it was told to go: {e}"),
+                    }
+                }
                 let close = c.closed().await;
                 assert_eq!(close.map(|(code, _)| code), Some(1001));
             }

@@ -346,7 +346,11 @@ fn a_created_room_has_a_code_a_size_and_waits_empty_for_its_ttl() {
 /// not listed.
 #[test]
 fn public_rooms_are_listed_from_every_shard_by_metadata_and_free_seats_in_pages() {
-    let srv = server(2, |c| c.max_rooms_per_connection = 200);
+    let srv = server(2, |c| {
+        c.max_rooms_per_connection = 200;
+        // 110 creations in a row: each takes a join token.
+        c.rate_limits.native.joins_burst = 200;
+    });
     let addr = srv.local_addr();
     run(move || async move {
         let mut ann = connect_on_shard(addr, 0).await;

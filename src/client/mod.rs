@@ -195,6 +195,11 @@ pub enum ServerEvent {
         /// The party member who cancelled or disconnected, if that is why.
         by: Option<String>,
     },
+    /// The server drains: leave, and reconnect (elsewhere) after `reconnect_after_ms`.
+    Draining {
+        /// How long to wait before reconnecting.
+        reconnect_after_ms: u32,
+    },
     /// After a resumed reconnect, one per room: the messages missed there follow.
     Resumed {
         /// Room.
@@ -959,6 +964,11 @@ impl ClientReceiver {
             )),
             ArchivedServerFrame::Left { req, .. } => {
                 self.answers.push_back((req.to_native(), Answer::Left))
+            }
+            ArchivedServerFrame::Draining { reconnect_after_ms } => {
+                self.events.push_back(ServerEvent::Draining {
+                    reconnect_after_ms: reconnect_after_ms.to_native(),
+                })
             }
             ArchivedServerFrame::Queued { req, ticket } => self
                 .answers

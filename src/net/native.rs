@@ -93,6 +93,7 @@ impl NativeSession {
     }
 
     fn error(&self, cx: &Cx<'_>, req: u32, code: ErrorCode, message: &str) {
+        cx.shard.stats.count_error(code);
         let reply = Reply::Error {
             req: u64::from(req),
             code,
@@ -567,6 +568,7 @@ impl NativeSession {
 impl WsApp for NativeSession {
     fn on_open(&mut self, cx: &mut Cx<'_>) -> Flow {
         add(&cx.shard.stats.connections, 1);
+        add(&cx.shard.stats.native_connections, 1);
         Flow::Continue
     }
 
@@ -625,12 +627,28 @@ impl WsApp for NativeSession {
         Some(self.keepalive)
     }
 
+    /// A welcomed client is told to go, with a random delay below `drain_reconnect_ms`,
+    /// and may finish what it was doing; one still in its handshake is closed.
+    fn on_drain(&mut self, cx: &mut Cx<'_>) -> Flow {
+        if !self.welcomed {
+            return self.on_shutdown(cx);
+        }
+        use rand::RngExt;
+        let spread = cx.shard.config.drain_reconnect_ms.max(1);
+        let reconnect_after_ms = rand::rng().random_range(0..spread);
+        let _ = cx
+            .out
+            .push(native_frame(&ServerFrame::Draining { reconnect_after_ms }));
+        Flow::Continue
+    }
+
     fn on_peer_close(&mut self) {
         self.said_goodbye = true;
     }
 
     fn on_close(&mut self, cx: &mut Cx<'_>, why: CloseReason) {
         cx.shard.stats.count_close(why);
+        crate::stats::sub(&cx.shard.stats.native_connections, 1);
         if self.welcomed {
             let mut relay = cx.shard.relay.borrow_mut();
             // A connection lost (EOF without a close frame, a socket error, silence) keeps

@@ -74,6 +74,12 @@ pub trait WsApp {
         None
     }
 
+    /// The server drains: tell the client to go elsewhere; by default, close as at
+    /// shutdown.
+    fn on_drain(&mut self, cx: &mut Cx<'_>) -> Flow {
+        self.on_shutdown(cx)
+    }
+
     /// The server shuts down: by default, close with 1001.
     fn on_shutdown(&mut self, _cx: &mut Cx<'_>) -> Flow {
         Flow::Close {
@@ -243,6 +249,11 @@ impl<A: WsApp> Connection for WebSocket<A> {
         // The peer went away without a close handshake.
         self.ending.get_or_insert(peer_ended(cx));
         Step::Close { linger: false }
+    }
+
+    fn on_drain(&mut self, cx: &mut Cx<'_>) -> Step {
+        let flow = self.app.on_drain(cx);
+        self.after(cx, flow)
     }
 
     fn on_shutdown(&mut self, cx: &mut Cx<'_>) -> Step {

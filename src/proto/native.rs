@@ -528,6 +528,14 @@ mod frames {
             /// The ticket.
             ticket: u64,
         },
+        /// Pushed: the server is draining (docs/OPERATIONS.md): leave, and reconnect
+        /// (through the load balancer, to another node) after `reconnect_after_ms`. The
+        /// connection works until then; the server closes it with 1001 at its drain's end.
+        Draining {
+            /// How long to wait before reconnecting, chosen at random per client so that
+            /// clients do not all come back at once.
+            reconnect_after_ms: u32,
+        },
     }
 }
 
@@ -622,6 +630,38 @@ impl ErrorCode {
             ErrorCode::NotQueued => "not_queued",
             ErrorCode::QueueFull => "queue_full",
         }
+    }
+
+    /// Every code, by number.
+    pub const ALL: [ErrorCode; 23] = [
+        ErrorCode::InvalidFrame,
+        ErrorCode::TextFrame,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::NotWelcomed,
+        ErrorCode::Unauthorized,
+        ErrorCode::NotMember,
+        ErrorCode::InvalidName,
+        ErrorCode::TooManyRooms,
+        ErrorCode::ShuttingDown,
+        ErrorCode::ReservedName,
+        ErrorCode::TooBig,
+        ErrorCode::RoomFull,
+        ErrorCode::RateLimited,
+        ErrorCode::Forbidden,
+        ErrorCode::CannotResume,
+        ErrorCode::NotHost,
+        ErrorCode::RoomLocked,
+        ErrorCode::InvalidValue,
+        ErrorCode::RoomExists,
+        ErrorCode::AlreadyQueued,
+        ErrorCode::UnknownQueue,
+        ErrorCode::NotQueued,
+        ErrorCode::QueueFull,
+    ];
+
+    /// Looks a code up by its name (`room_full`).
+    pub fn from_name(name: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.name() == name)
     }
 
     /// Looks a code up by number.
@@ -928,6 +968,12 @@ mod tests {
             }
         }
         assert_eq!(ErrorCode::NotMember as u16, 10);
+        // `ALL` lists every code, each once, by number.
+        let numbered: Vec<ErrorCode> = (0..100).filter_map(ErrorCode::from_code).collect();
+        assert_eq!(numbered, ErrorCode::ALL);
+        for c in ErrorCode::ALL {
+            assert_eq!(ErrorCode::from_name(c.name()), Some(c));
+        }
         assert_eq!(ErrorCode::from_code(18), Some(ErrorCode::Forbidden));
     }
 }

@@ -704,6 +704,7 @@ impl Relay {
             .collect();
         let total = members.len() as u32;
         add(&self.stats.rooms, 1);
+        add(&self.stats.room_members, u64::from(total));
         self.homes.insert(
             room.clone(),
             HomeRoom {

@@ -1705,6 +1705,7 @@ impl Relay {
         home.empty_until = None;
         home.per_shard[origin] += 1;
         home.total += 1;
+        add(&self.stats.room_members, 1);
         home.members.push(HomeMember {
             player,
             name: Arc::clone(name),
@@ -1784,6 +1785,9 @@ impl Relay {
             return;
         };
         home.per_shard[origin] = home.per_shard[origin].saturating_sub(1);
+        if home.total > 0 {
+            crate::stats::sub(&self.stats.room_members, 1);
+        }
         home.total = home.total.saturating_sub(1);
         let members = home.total;
         let at = home.members.iter().position(|m| m.player == player);
@@ -1919,6 +1923,9 @@ impl Relay {
     }
 
     fn reply_now(&self, player: PlayerId, reply: Reply) {
+        if let Reply::Error { code, .. } = reply {
+            self.stats.count_error(code);
+        }
         if let Some(p) = self.players.get(&player) {
             // A full outbox closes its own connection; there is nobody else to tell.
             let _ = p.outbox.push(reply.frame(p.wire));

@@ -189,7 +189,7 @@ struct Driver {
     /// spares keep those allocations for reuse.
     #[allow(clippy::vec_box)]
     spare_sends: Vec<Box<Sending>>,
-    draining: Option<Instant>,
+    draining: Option<Drain>,
     /// Recent time asleep per park (moving average), to decide whether spinning pays.
     idle_gap: Duration,
     /// Where received bytes are copied before their handler sees them.
@@ -289,10 +289,8 @@ impl Driver {
             if self.shard.shutting_down() && self.draining.is_none() {
                 self.begin_drain(now);
             }
-            if let Some(deadline) = self.draining {
-                if self.live == 0 || now >= deadline {
-                    break;
-                }
+            if self.draining.is_some() && self.advance_drain(now) {
+                break;
             }
             self.turn(now);
             let wait = self.next_wait();
@@ -400,7 +398,7 @@ impl Driver {
             (a, b) => a.or(b),
         }
         .map(|d| d.saturating_duration_since(now));
-        if let Some(deadline) = self.draining {
+        if let Some(deadline) = self.draining.as_ref().map(Drain::next_deadline) {
             let left = deadline.saturating_duration_since(now);
             timeout = Some(timeout.map_or(left, |t| t.min(left)));
         }
@@ -848,7 +846,7 @@ impl Driver {
         } else if c.result != -libc::ECANCELED {
             add(&self.shard.stats.accept_errors, 1);
         }
-        if !self.accepting && self.draining.is_none() {
+        if !self.accepting && !self.draining.as_ref().is_some_and(|d| d.told) {
             if c.result >= 0 {
                 self.arm_accept();
             } else {
@@ -915,7 +913,7 @@ impl Driver {
     }
 
     fn arm_accept(&mut self) {
-        if self.accepting || self.draining.is_some() {
+        if self.accepting || self.draining.as_ref().is_some_and(|d| d.told) {
             return;
         }
         self.accepting = true;
@@ -1325,7 +1323,7 @@ impl Driver {
             match msg {
                 ShardMsg::Relay(msg) => self.shard.relay.borrow_mut().handle_mesh(from, msg, now),
                 ShardMsg::Handoff { fd, peer, read } => {
-                    if self.draining.is_none() {
+                    if !self.draining.as_ref().is_some_and(|d| d.told) {
                         // The socket's place in the count came with it.
                         self.open(fd, peer, read, now);
                     } else {
@@ -1358,17 +1356,72 @@ impl Driver {
 
     // ----- shutdown -----
 
+    /// The server was asked to stop: the drain starts (docs/OPERATIONS.md, "Drain").
+    /// `/readyz` answers 503 from now on.
     fn begin_drain(&mut self, now: Instant) {
-        self.draining = Some(now + Duration::from_millis(self.shard.config.shutdown_grace_ms));
-        if self.accepting {
-            let cancel = opcode::AsyncCancel::new(user_data(Op::Accept, 0))
-                .build()
-                .user_data(user_data(Op::Cancel, SLOT_NONE));
-            // SAFETY: a cancel refers to no memory.
-            self.push(&cancel);
+        let config = &self.shard.config;
+        self.draining = Some(Drain {
+            tell_at: now + Duration::from_millis(config.drain_accept_ms),
+            told: false,
+            close_at: now + Duration::from_millis(config.drain_accept_ms + config.drain_timeout_ms),
+            stop_at: None,
+        });
+    }
+
+    /// Moves the drain on at `now`; `true` when the shard is done.
+    ///
+    /// At `tell_at` accepting stops and every client is told to go elsewhere (native:
+    /// `Draining`; Socket.IO: its transport closes, and the official clients reconnect).
+    /// Connections may stay until `close_at` (or a second signal), when the rest are closed
+    /// with their output flushed; the shard stops once every connection is gone, or
+    /// `shutdown_grace_ms` after that.
+    fn advance_drain(&mut self, now: Instant) -> bool {
+        let Some(d) = &self.draining else {
+            return false;
+        };
+        if !d.told && now >= d.tell_at {
+            if let Some(d) = &mut self.draining {
+                d.told = true;
+            }
+            if self.accepting {
+                let cancel = opcode::AsyncCancel::new(user_data(Op::Accept, 0))
+                    .build()
+                    .user_data(user_data(Op::Cancel, SLOT_NONE));
+                // SAFETY: a cancel refers to no memory.
+                self.push(&cancel);
+            }
+            for id in self.open_connections() {
+                self.call(id, now, |h, cx| h.on_drain(cx));
+            }
+            for ep in self.endpoints.clone() {
+                ep.on_shutdown(&self.shard);
+            }
+            self.run_ready(now);
+            self.carry_mesh();
         }
-        let open: Vec<ConnId> = self
-            .slots
+        let Some(d) = &self.draining else {
+            return false;
+        };
+        let forced = self.shard.control().forced();
+        if d.told && d.stop_at.is_none() && (now >= d.close_at || forced) {
+            if let Some(d) = &mut self.draining {
+                d.stop_at = Some(now + Duration::from_millis(self.shard.config.shutdown_grace_ms));
+            }
+            for id in self.open_connections() {
+                self.call(id, now, |h, cx| h.on_shutdown(cx));
+            }
+            self.run_ready(now);
+            self.carry_mesh();
+        }
+        let Some(d) = &self.draining else {
+            return false;
+        };
+        (d.told && self.live == 0) || d.stop_at.is_some_and(|at| now >= at)
+    }
+
+    /// Every connection its handler still serves.
+    fn open_connections(&self) -> Vec<ConnId> {
+        self.slots
             .iter()
             .enumerate()
             .filter(|(_, s)| {
@@ -1377,15 +1430,30 @@ impl Driver {
                     .is_some_and(|c| matches!(c.phase, Phase::Open))
             })
             .map(|(i, s)| conn_id(s.generation, i))
-            .collect();
-        for id in open {
-            self.call(id, now, |h, cx| h.on_shutdown(cx));
+            .collect()
+    }
+}
+
+/// Where a shard's drain is.
+struct Drain {
+    /// When accepting stops and the clients are told to go (`drain_accept_ms` after the
+    /// request).
+    tell_at: Instant,
+    told: bool,
+    /// When the connections still open are closed (`drain_timeout_ms` after `tell_at`).
+    close_at: Instant,
+    /// Once they were: when the shard stops whatever is left (`shutdown_grace_ms` later).
+    stop_at: Option<Instant>,
+}
+
+impl Drain {
+    /// The next instant the drain has something to do.
+    fn next_deadline(&self) -> Instant {
+        match (self.told, self.stop_at) {
+            (false, _) => self.tell_at,
+            (true, None) => self.close_at,
+            (true, Some(at)) => at,
         }
-        for ep in self.endpoints.clone() {
-            ep.on_shutdown(&self.shard);
-        }
-        self.run_ready(now);
-        self.carry_mesh();
     }
 }
 

@@ -58,6 +58,8 @@ use self::mesh::Doorbell;
 #[derive(Debug)]
 pub struct Control {
     shutdown: AtomicBool,
+    /// Asked twice: close what is left at once.
+    forced: AtomicBool,
     doorbells: Vec<Arc<Doorbell>>,
     /// The first shard that failed, and why; set once.
     failure: OnceLock<(ShardId, String)>,
@@ -68,17 +70,25 @@ impl Control {
     pub(crate) fn new(doorbells: Vec<Arc<Doorbell>>) -> Control {
         Control {
             shutdown: AtomicBool::new(false),
+            forced: AtomicBool::new(false),
             doorbells,
             failure: OnceLock::new(),
         }
     }
 
-    /// Asks every shard to drain and stop.
+    /// Asks every shard to drain and stop; asked again, to close what is left at once.
     pub fn request_shutdown(&self) {
-        self.shutdown.store(true, Ordering::Release);
+        if self.shutdown.swap(true, Ordering::AcqRel) {
+            self.forced.store(true, Ordering::Release);
+        }
         for bell in &self.doorbells {
             bell.ring_always();
         }
+    }
+
+    /// Whether shutdown was requested twice: the drain's clients are closed now.
+    pub fn forced(&self) -> bool {
+        self.forced.load(Ordering::Acquire)
     }
 
     /// Whether shutdown was requested.
@@ -90,6 +100,8 @@ impl Control {
     /// stops every other shard, so the server is never left half alive.
     pub(crate) fn fail(&self, shard: ShardId, why: String) {
         let _ = self.failure.set((shard, why));
+        // Half a server serves nobody well: no drain, the rest closes at once.
+        self.forced.store(true, Ordering::Release);
         self.request_shutdown();
     }
 
@@ -196,6 +208,11 @@ impl Shard {
     /// Whether the server is draining.
     pub fn shutting_down(&self) -> bool {
         self.control.shutting_down()
+    }
+
+    /// The server's control: shutdown and drain.
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
     }
 
     /// Schedules an endpoint timer: the endpoint's [`Endpoint::on_timer`] is called with
@@ -409,6 +426,12 @@ pub trait Connection {
 
     /// The peer sent its FIN (or the socket failed); no more data will come.
     fn on_eof(&mut self, cx: &mut Cx<'_>) -> Step;
+
+    /// The server drains: tell the client to go elsewhere (it may stay until
+    /// `drain_timeout_ms`). By default it is closed as at shutdown.
+    fn on_drain(&mut self, cx: &mut Cx<'_>) -> Step {
+        self.on_shutdown(cx)
+    }
 
     /// The server is shutting down: say goodbye (the runtime waits `shutdown_grace_ms`).
     fn on_shutdown(&mut self, cx: &mut Cx<'_>) -> Step;

@@ -786,6 +786,9 @@ fn close_reason(error: &DecodeError) -> CloseReason {
 /// Errors go back as an ack `{"error": code}` when the client asked for one, else as an
 /// `error` event `{"error": code, "event": name}`: never a silent drop.
 fn answer_error(socket: &Socket, ack: Option<Ack>, code: &str, event: &str) {
+    if let Some(code) = ErrorCode::from_name(code) {
+        socket.core.shard.stats.count_error(code);
+    }
     match ack {
         Some(ack) => ack.send([Arg::Json(json!({ "error": code }))]),
         None => socket.send(Packet::event(
