@@ -27,7 +27,7 @@ use crate::engineio::{owner_of, Admitted, Handler, Phase, Session, Sessions};
 use crate::proto::engineio::{self, EngineError, Handshake, Packet, Query, Transport};
 use crate::proto::http::{self, Request};
 use crate::proto::ws::close;
-use crate::relay::{sio_ws_frames, Drained, Outbox};
+use crate::relay::{sio_ws_frames, Drained, Outbox, PlayerId};
 use crate::shard::{Connection, Cx, Ended, Endpoint, EndpointId, Shard, Step};
 use crate::socketio::{SioSession, SocketIo};
 use crate::stats::{add, CloseReason, Refusal};
@@ -117,6 +117,20 @@ impl EngineEndpoint {
         })?;
         self.schedule(&shard, &session);
         Ok(session)
+    }
+
+    /// Ends the sessions that hold one of `players`, kicked by an operator (a scan of
+    /// this shard's sessions: kicks are rare, and an index would cost every session).
+    /// How many were found.
+    pub fn kick(&self, players: &[PlayerId]) -> usize {
+        let mut found = 0;
+        for session in self.sessions.all() {
+            if players.iter().any(|&p| session.holds(p)) {
+                session.kick();
+                found += 1;
+            }
+        }
+        found
     }
 
     fn me(&self) -> Rc<EngineEndpoint> {
