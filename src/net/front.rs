@@ -159,10 +159,23 @@ pub fn upgrade(
     if !origin_allowed(cx, request) {
         return refuse(cx, &HttpError::ForbiddenOrigin);
     }
+    accept_upgrade(cx, request, head.leftover, head.started, open)
+}
+
+/// [`upgrade`] without the `cors_origins` check, for a route with an origin policy of its
+/// own (the dashboard's feed accepts its own origin only): `leftover` is what was read
+/// past the head, `started` when the request began.
+pub fn accept_upgrade(
+    cx: &mut Cx<'_>,
+    request: &Request,
+    leftover: Vec<u8>,
+    started: Instant,
+    open: impl FnOnce(&mut Cx<'_>, Instant) -> Box<dyn Connection>,
+) -> Step {
     match request.websocket_key() {
         Ok(key) => {
             let _ = cx.out.push(Bytes::from(http::upgrade_response(key)));
-            Step::Upgrade(open(cx, head.started), head.leftover)
+            Step::Upgrade(open(cx, started), leftover)
         }
         Err(e) => refuse(cx, &e),
     }

@@ -198,6 +198,11 @@ impl Shard {
         self.control.shutting_down()
     }
 
+    /// The server's control: shutdown and drain.
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
+    }
+
     /// Schedules an endpoint timer: the endpoint's [`Endpoint::on_timer`] is called with
     /// `key` at `at` (or soon after). Timers are not cancelled: an endpoint checks when
     /// called whether the deadline still holds.
