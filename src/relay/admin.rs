@@ -341,10 +341,12 @@ impl Relay {
                 members: members.flatten(),
             },
         );
+        // Only the home answers: the one shard to wait for, or none when it is this one.
+        let left = usize::from(members.is_none());
+        if let Some(g) = self.admin_gather_mut(query) {
+            g.left = left;
+        }
         if members.is_none() {
-            if let Some(g) = self.admin_gather_mut(query) {
-                g.left = 1;
-            }
             self.send_mesh(
                 home,
                 MeshMsg::Admin(Box::new(AdminMsg::Close {
@@ -923,8 +925,8 @@ mod tests {
     #[test]
     fn a_kick_reaches_the_players_shard_and_ends_it_by_its_protocol() {
         let mut r = relays(2);
-        for shard in 0..2 {
-            r[shard].set_admin_waker((2, 0));
+        for relay in &mut r {
+            relay.set_admin_waker((2, 0));
         }
         let native = member(&mut r, 1, 20, Wire::Native, &["arena"]);
         let sio = member(&mut r, 1, 21, Wire::SioWs, &["arena"]);
@@ -996,7 +998,9 @@ mod tests {
             while o.drain(&mut Vec::new()) == Drained::Frames {}
         }
         let inbox = outbox();
-        r[1].admin_close_room("doomed", &inbox, Instant::now());
+        // Asked on a shard that is not the room's home (then on the home, below).
+        let asker = (home_shard("doomed", 3) + 1) % 3;
+        r[asker].admin_close_room("doomed", &inbox, Instant::now());
         settle(&mut r);
         let a = answer(&inbox);
         assert_eq!(
@@ -1022,9 +1026,16 @@ mod tests {
         let home = home_shard("doomed", 3);
         assert!(!r[home].homes.contains_key("doomed"));
         let inbox = outbox();
-        r[0].admin_close_room("doomed", &inbox, Instant::now());
-        settle(&mut r);
-        assert_eq!(answer(&inbox)["closed"], false);
+        r[home].admin_close_room("doomed", &inbox, Instant::now());
+        assert_eq!(
+            answer(&inbox)["closed"],
+            false,
+            "answered at once on the home"
+        );
+        member(&mut r, home, 39, Wire::Native, &["doomed"]);
+        let inbox = outbox();
+        r[home].admin_close_room("doomed", &inbox, Instant::now());
+        assert_eq!(answer(&inbox)["members"], 1);
     }
 
     #[test]
