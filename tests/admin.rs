@@ -9,7 +9,6 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use corelay::client::{PayloadKind, ServerEvent, Stream};
@@ -20,10 +19,17 @@ use serde_json::{json, Value};
 use tungstenite::protocol::Role;
 
 use common::eio::{request, sio_connect, sio_next, ws_next, ws_send, Response};
-use common::node::{drain, wait_bounded};
-use common::{connect, connect_on_shard, room_homed_on, run, server, wait_for_stats, within};
+use common::node::run_suite;
+use common::{
+    connect, connect_on_shard, room_homed_on, run, server, wait_for_registry, wait_for_stats,
+    within,
+};
 
 const TOKEN: &str = "test-admin-token-0123456789";
+
+/// Longest the browser test may run before it is killed and fails (it takes a few seconds;
+/// a browser that hangs must not hold up the run).
+const BROWSER_BUDGET: Duration = Duration::from_secs(120);
 
 fn admin_server(shards: usize) -> Server {
     server(shards, |c| c.admin.token = Some(TOKEN.to_owned()))
@@ -95,21 +101,6 @@ async fn next_of(s: &Stream, codec: &mut WsCodec, kind: &str) -> Value {
         if v["kind"] == kind {
             return v;
         }
-    }
-}
-
-/// Waits (bounded) until `registry`'s stats satisfy `cond`.
-fn wait_for_stats_in(
-    registry: &corelay::stats::StatsRegistry,
-    cond: impl Fn(&corelay::Stats) -> bool,
-) -> corelay::Stats {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let stats = registry.snapshot();
-        if cond(&stats) || std::time::Instant::now() > deadline {
-            return stats;
-        }
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -252,7 +243,7 @@ fn the_api_and_the_feed_report_the_traffic_the_test_made() {
         // The clients that landed on other shards than asked have gone (their closes are
         // counted as their shards see them).
         let settled = |s: &corelay::Stats| s.connections == 3;
-        let stats = wait_for_stats_in(&registry, settled);
+        let stats = wait_for_registry(&registry, settled);
         assert_eq!(stats.messages_in, 5);
         let api = json_of(&get(addr, "/admin/api/stats").await);
         let totals = &api["totals"];
@@ -512,26 +503,6 @@ fn dashboard_in_a_real_browser() {
         .env("CHROMIUM", &chromium)
         .args(["--test", "--test-reporter=spec"])
         .arg(&script);
-    use std::os::unix::process::CommandExt;
-    // Its own process group: the browser and the server it starts go with it.
-    cmd.process_group(0);
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("node starts");
-    let stdout = drain(child.stdout.take().expect("piped stdout"));
-    let stderr = drain(child.stderr.take().expect("piped stderr"));
-    let group = child.id() as libc::pid_t;
-    let status = wait_bounded(&mut child, Duration::from_secs(120));
-    // SAFETY: signals the process group this test's node leads (its pid is the group id):
-    // what is left of the browser and server it started, nothing else.
-    unsafe { libc::kill(-group, libc::SIGKILL) };
-    let out = stdout.join().expect("stdout");
-    let err = stderr.join().expect("stderr");
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "the browser test failed ({status:?})\n--- stdout ---\n{out}\n--- stderr ---\n{err}"
-    );
+    // Its own process group: the browser and the server it starts end with it.
+    run_suite("tests/browser/admin.test.js", cmd, BROWSER_BUDGET);
 }

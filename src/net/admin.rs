@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 
 use self::feed::{AdminFeed, ANSWER_TIMEOUT, INBOX_LIMITS, MAX_VIEW_MESSAGE};
 use super::engineio::EngineEndpoint;
-use super::front::{self, Head, HttpHead, Route, Routes};
+use super::front::{self, Head, Next, Route};
 use super::websocket::WebSocket;
 use crate::auth::constant_time_eq;
 use crate::config::AdminConfig;
@@ -152,29 +152,6 @@ impl AdminRoute {
                 cookie: token.map(cookie_value).unwrap_or_default().into(),
                 endpoint,
             }),
-        }
-    }
-}
-
-/// What follows an answer: the next request of a keep-alive connection, or the close.
-struct Next {
-    keep_alive: bool,
-    routes: Rc<Routes>,
-}
-
-impl Next {
-    fn of(request: &Request, head: &Head<'_>) -> Next {
-        Next {
-            keep_alive: request.keep_alive(),
-            routes: head.routes(),
-        }
-    }
-
-    fn step(self, leftover: Vec<u8>) -> Step {
-        if self.keep_alive {
-            Step::Upgrade(Box::new(HttpHead::new(self.routes)), leftover)
-        } else {
-            Step::Close { linger: true }
         }
     }
 }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tungstenite::Message;
 
-use super::front::{self, Head, HttpHead, Route, Routes};
+use super::front::{self, Head, Next, Route};
 use super::websocket::{Flow, WebSocket, WsApp};
 use crate::admission::{Full, Occupancy, RateLimiter};
 use crate::engineio::{owner_of, Admitted, Handler, Phase, Session, Sessions};
@@ -386,22 +386,6 @@ impl EngineEndpoint {
             body: Vec::new(),
         };
         Step::Upgrade(Box::new(post), body)
-    }
-}
-
-/// What follows an answer: the next request on a keep-alive connection, or the close.
-struct Next {
-    keep_alive: bool,
-    routes: Rc<Routes>,
-}
-
-impl Next {
-    fn step(self, leftover: Vec<u8>) -> Step {
-        if self.keep_alive {
-            Step::Upgrade(Box::new(HttpHead::new(self.routes)), leftover)
-        } else {
-            Step::Close { linger: true }
-        }
     }
 }
 

@@ -715,7 +715,8 @@ mod tests {
     use super::*;
     use crate::auth::Identity;
     use crate::proto::native::ServerFrame;
-    use crate::relay::{Body, OutboxLimits, RelayLimits};
+    use crate::relay::tests::{outbox, settle};
+    use crate::relay::{Body, RelayLimits};
     use crate::stats::ShardStats;
 
     const LIMITS: RelayLimits = RelayLimits {
@@ -731,29 +732,6 @@ mod tests {
         (0..shards)
             .map(|i| Relay::new(i, shards, LIMITS, Arc::new(ShardStats::default())))
             .collect()
-    }
-
-    fn outbox() -> Rc<Outbox> {
-        Rc::new(Outbox::new(OutboxLimits {
-            frames: 1000,
-            bytes: 1 << 20,
-        }))
-    }
-
-    /// Carries every mesh message until none is left, as the shard runtimes would.
-    fn settle(relays: &mut [Relay]) {
-        loop {
-            let mut moved = Vec::new();
-            for (from, relay) in relays.iter_mut().enumerate() {
-                moved.extend(relay.drain_mesh().map(|(to, msg)| (from, to, msg)));
-            }
-            if moved.is_empty() {
-                return;
-            }
-            for (from, to, msg) in moved {
-                relays[to].handle_mesh(from, msg, Instant::now());
-            }
-        }
     }
 
     /// The one answer an inbox holds.

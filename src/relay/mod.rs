@@ -2002,7 +2002,7 @@ mod tests {
             .collect()
     }
 
-    fn outbox() -> Rc<Outbox> {
+    pub(super) fn outbox() -> Rc<Outbox> {
         Rc::new(Outbox::new(OutboxLimits {
             frames: 1000,
             bytes: 1 << 20,
@@ -2018,7 +2018,7 @@ mod tests {
     }
 
     /// Carries every mesh message until none is left, as the shard runtimes would.
-    fn settle(relays: &mut [Relay]) {
+    pub(super) fn settle(relays: &mut [Relay]) {
         loop {
             let mut moved = Vec::new();
             for (from, relay) in relays.iter_mut().enumerate() {
