@@ -594,6 +594,14 @@ impl Session {
             let packet = crate::proto::socketio::Packet::disconnect(&nsp);
             self.send(&packet.encode_engineio(), &[]);
         }
+        if let (Some(polling), Phase::Polling | Phase::Upgrading) = (&self.polling, self.phase()) {
+            // The poll carries the DISCONNECT alone. The official client hands a payload's
+            // packets to Socket.IO a tick later, so a close packet in the same answer would
+            // end its transport first and read as `transport close`, and it would
+            // reconnect (the reference sends its close in a later poll). The session ends
+            // here all the same; a later poll finds it gone.
+            polling.finish();
+        }
         self.close("forced server close", CloseReason::Kicked);
     }
 
