@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one test command (README.md, .ci/run): installs what the tests need, builds, lints,
-# and runs every test — unit, integration over real sockets, and interop with the real
-# socket.io clients (npm socket.io-client, PyPI python-socketio).
+# and runs every test — unit, integration over real sockets, interop with the real
+# socket.io clients (npm socket.io-client, PyPI python-socketio), and the admin dashboard
+# in a real browser (Debian's chromium, driven by npm puppeteer-core).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,8 @@ have python3 || missing+=(python3)
 have nginx || missing+=(nginx)
 have haproxy || missing+=(haproxy)
 have openssl || missing+=(openssl)
+# tests/admin.rs drives the dashboard in headless chromium (tests/browser/).
+have chromium || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
@@ -36,7 +39,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-say "interop clients (npm socket.io-client, PyPI python-socketio)"
+say "interop clients (npm socket.io-client and puppeteer-core, PyPI python-socketio)"
 npm ci --prefix tests/interop --no-audit --no-fund --loglevel=error
 if [ ! -x tests/interop/.venv/bin/python ]; then
   python3 -m venv tests/interop/.venv 2>/dev/null || {

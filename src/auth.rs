@@ -348,6 +348,19 @@ fn refusal(kind: &ErrorKind) -> TokenError {
     }
 }
 
+/// Whether `given` equals the secret `known` (an admin token, a session's secret), in time
+/// that depends on the length of `known` only: how fast a guess is refused tells neither
+/// where it first differs nor, by varying its length, how long the secret is. Every byte
+/// of `known` is compared, past the end of `given` against a byte that cannot match.
+pub fn constant_time_eq(known: &[u8], given: &[u8]) -> bool {
+    let mut diff = u8::from(known.len() != given.len());
+    for (i, &k) in known.iter().enumerate() {
+        diff |= k ^ given.get(i).copied().unwrap_or(!k);
+    }
+    // Opaque to the optimizer, so that the loop is not turned into an early exit.
+    std::hint::black_box(diff) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -522,5 +535,25 @@ mod tests {
         })
         .unwrap();
         assert!(ignore.deadline(&id, start).is_none());
+    }
+
+    #[test]
+    fn constant_time_eq_matches_only_the_same_bytes() {
+        let known = b"0123456789abcdef";
+        assert!(constant_time_eq(known, b"0123456789abcdef"));
+        for wrong in [
+            &b"0123456789abcdeF"[..],
+            b"x123456789abcdef",
+            b"0123456789abcde",
+            b"0123456789abcdef0",
+            b"",
+            b"0123456789abcdef\0",
+        ] {
+            assert!(!constant_time_eq(known, wrong), "{wrong:?}");
+        }
+        // A prefix of the secret, or the secret with a NUL where it ends, is no match.
+        assert!(!constant_time_eq(b"ab", b"a"));
+        assert!(!constant_time_eq(b"a", b"a\0"));
+        assert!(constant_time_eq(b"", b""));
     }
 }

@@ -165,6 +165,49 @@ pub struct Config {
     pub matchmaking: MatchmakingConfig,
     /// `[rooms]`: what a room's host may store in it (docs/ROOMS.md).
     pub rooms: RoomsConfig,
+    /// `[admin]`: the operator's dashboard at `/admin` (docs/OPERATIONS.md, "Dashboard").
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`: who may open the dashboard at `/admin` and act from it.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// The operator's token (`CORELAY_ADMIN_TOKEN`), sent as `Authorization: Bearer` or
+    /// typed into the dashboard's login form. Unset (the default), the dashboard and every
+    /// admin action answer 404. Never a player's JWT: it can kick players and drain the
+    /// server.
+    #[serde(deserialize_with = "token_text")]
+    pub token: Option<String>,
+}
+
+/// A token given in the environment or a flag is read as a TOML scalar first
+/// ([`scalar`]): one of digits only arrives as an integer, and is still the token.
+fn token_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        Text(String),
+        Digits(i64),
+    }
+    Ok(match Option::<Text>::deserialize(d)? {
+        Some(Text::Text(t)) => Some(t),
+        Some(Text::Digits(n)) => Some(n.to_string()),
+        None => None,
+    })
+}
+
+/// Shortest admin token accepted: 16 characters of a random token are beyond guessing
+/// over the network, and anything shorter is likely a word someone chose.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
+impl std::fmt::Debug for AdminConfig {
+    // The token stays out of logs and panic messages that print the configuration.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish()
+    }
 }
 
 /// `[rooms]`: bounds of what a room's host keeps in it at the room's home shard.
@@ -280,6 +323,7 @@ impl Default for Config {
             resume: ResumeConfig::default(),
             matchmaking: MatchmakingConfig::default(),
             rooms: RoomsConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -689,6 +733,7 @@ const TABLES: &[&str] = &[
     "resume",
     "matchmaking",
     "rooms",
+    "admin",
 ];
 
 /// Where an environment variable's (lower-cased, after `CORELAY_`) or a flag's value goes:
@@ -886,6 +931,18 @@ impl Config {
         }
         if let Some(problem) = self.log.problem() {
             return Err(ConfigError::Invalid(problem));
+        }
+        if let Some(token) = &self.admin.token {
+            if token.chars().count() < MIN_ADMIN_TOKEN_LEN {
+                return Err(ConfigError::Invalid(format!(
+                    "admin.token must be at least {MIN_ADMIN_TOKEN_LEN} characters (a random one: it can kick players and drain the server)"
+                )));
+            }
+            if self.auth.jwt_secret.as_ref() == Some(token) {
+                return Err(ConfigError::Invalid(
+                    "admin.token must not be auth.jwt_secret: whoever can mint player tokens could act as the operator".into(),
+                ));
+            }
         }
         if let Some(problem) = self
             .matchmaking
@@ -1193,6 +1250,35 @@ mod tests {
         }
         assert!(bad("log.format", "xml"));
         assert!(bad("log.colour", "true"));
+    }
+
+    #[test]
+    fn the_admin_token_comes_from_its_variable_and_is_never_printed() {
+        let token = "0123456789abcdef-admin";
+        let env = [("CORELAY_ADMIN_TOKEN".to_owned(), token.to_owned())];
+        let c = Config::load(None, env, &[]).unwrap();
+        assert_eq!(c.admin.token.as_deref(), Some(token));
+        assert!(!format!("{c:?}").contains(token));
+        let c = Config::load(None, vec![], &[("admin.token", token.into())]).unwrap();
+        assert_eq!(c.admin.token.as_deref(), Some(token));
+        assert_eq!(Config::default().admin.token, None, "off unless set");
+        let short = Config::load(None, vec![], &[("admin.token", "secret".into())]);
+        assert!(short.unwrap_err().to_string().contains("admin.token"));
+        let digits = [(
+            "CORELAY_ADMIN_TOKEN".to_owned(),
+            "1234567890123456".to_owned(),
+        )];
+        let c = Config::load(None, digits, &[]).unwrap();
+        assert_eq!(c.admin.token.as_deref(), Some("1234567890123456"));
+        let shared = Config::load(
+            None,
+            vec![],
+            &[
+                ("admin.token", token.into()),
+                ("auth.jwt_secret", token.into()),
+            ],
+        );
+        assert!(shared.unwrap_err().to_string().contains("jwt_secret"));
     }
 
     #[test]

@@ -25,7 +25,7 @@ use bytes::Bytes;
 use crate::admission::{Occupancy, PeerKey};
 use crate::proto::engineio::{self, Data, Packet, PacketType};
 use crate::proto::ws::{self, close};
-use crate::relay::{sio_ws_frames, Drained, Outbox, Wire};
+use crate::relay::{sio_ws_frames, Drained, Outbox, PlayerId, Wire};
 use crate::shard::Shard;
 use crate::socketio::SioSession;
 use crate::stats::{add, CloseReason};
@@ -588,6 +588,34 @@ impl Session {
         self.uncount();
         drop(self.admitted.borrow_mut().take());
         self.shard.stats.count_close(stat);
+    }
+
+    /// Whether one of the session's namespace sockets is `player` (a kick's target).
+    pub fn holds(&self, player: PlayerId) -> bool {
+        matches!(self.handler.borrow().as_ref(), Some(Handler::SocketIo(sio)) if sio.holds(player))
+    }
+
+    /// An operator kicked the session's player: every namespace socket is sent a
+    /// DISCONNECT (an official client then does not reconnect: `io server disconnect`),
+    /// and the session ends as the reference's `socket.disconnect(true)` ends it.
+    pub fn kick(self: &Rc<Self>) {
+        let namespaces = match self.handler.borrow().as_ref() {
+            Some(Handler::SocketIo(sio)) => sio.namespaces(),
+            _ => Vec::new(),
+        };
+        for nsp in namespaces {
+            let packet = crate::proto::socketio::Packet::disconnect(&nsp);
+            self.send(&packet.encode_engineio(), &[]);
+        }
+        if let (Some(polling), Phase::Polling | Phase::Upgrading) = (&self.polling, self.phase()) {
+            // The poll carries the DISCONNECT alone. The official client hands a payload's
+            // packets to Socket.IO a tick later, so a close packet in the same answer would
+            // end its transport first and read as `transport close`, and it would
+            // reconnect (the reference sends its close in a later poll). The session ends
+            // here all the same; a later poll finds it gone.
+            polling.finish();
+        }
+        self.close("forced server close", CloseReason::Kicked);
     }
 
     /// Server shutdown: close with a going-away code on WebSocket.

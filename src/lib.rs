@@ -49,7 +49,10 @@
 //! - [`net`]: the endpoints, which give bytes their meaning: the HTTP front
 //!   ([`net::front`]) that routes every accepted connection by path, the one WebSocket
 //!   driver ([`net::websocket`]) and its applications (native on `/ws`, the Engine.IO
-//!   transport, echo), and Engine.IO long-polling ([`net::engineio`]).
+//!   transport, echo), Engine.IO long-polling ([`net::engineio`]), and the operator's
+//!   endpoints: `/metrics` and health ([`net::ops`]), the dashboard at `/admin`
+//!   ([`net::admin`]: its live feed, and the relay's admin requests, `relay/admin.rs`,
+//!   which gather rooms and carry kicks over the mesh only when asked).
 //! - [`server`]: [`Server::start`] binds, registers the endpoints and spawns the shards
 //!   ([`Server::start_with_hooks`] with application code and authorization hooks);
 //!   [`config`] builds the one [`Config`]; [`stats`] merges per-shard counters.

@@ -51,12 +51,51 @@ enum Command {
         #[arg(long, value_name = "FORMAT")]
         log_format: Option<String>,
     },
+    /// Drain a running server (docs/OPERATIONS.md, "Drain"), as SIGTERM would: through its
+    /// admin API, with the admin token (`admin.token`).
+    Drain {
+        /// The server's address, e.g. 127.0.0.1:7700.
+        #[arg(long, default_value = "127.0.0.1:7700")]
+        addr: String,
+        /// The admin token; by default `CORELAY_ADMIN_TOKEN`.
+        #[arg(long, env = "CORELAY_ADMIN_TOKEN", hide_env_values = true)]
+        token: String,
+    },
     /// Inspect this host's settings against tuning/ recommendations.
     Tune {
         /// Exit non-zero when any recommendation is not met.
         #[arg(long)]
         strict: bool,
     },
+}
+
+/// `corelay drain`: `POST /admin/api/drain` with the token; prints the server's answer.
+fn drain(addr: &str, token: &str) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect(addr).with_context(|| format!("cannot connect to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let body = "{}";
+    write!(
+        stream,
+        "POST {} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        corelay::net::admin::DRAIN_PATH,
+        body.len()
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let status = answer.split_whitespace().nth(1).unwrap_or("");
+    let text = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    match status {
+        "202" => {
+            println!("{}", text.trim());
+            Ok(())
+        }
+        "401" => anyhow::bail!("{addr} refused the admin token"),
+        "404" => anyhow::bail!("{addr} has no admin API (set admin.token on the server)"),
+        _ => anyhow::bail!("{addr} answered {status}: {}", text.trim()),
+    }
 }
 
 fn main() {
@@ -79,6 +118,7 @@ fn main() {
             log_level,
             log_format,
         ),
+        Command::Drain { addr, token } => drain(&addr, &token),
         Command::Tune { strict } => match corelay::tune::run(strict) {
             Ok(true) => Ok(()),
             Ok(false) => std::process::exit(1),

@@ -24,6 +24,7 @@ use crate::admission::Occupancy;
 use crate::auth::Verifier;
 use crate::config::Config;
 use crate::hooks::Hooks;
+use crate::net::admin::{AdminEndpoint, AdminRoute, ADMIN_PATHS};
 use crate::net::engineio::EngineEndpoint;
 use crate::net::front::{Front, PathMatch, Routes};
 use crate::net::native::{NativeRoute, NATIVE_PATH};
@@ -47,6 +48,9 @@ const IO_MEMORY: usize = 256 * 1024;
 
 /// The Engine.IO endpoint's index in the default endpoint table (after the front).
 const ENGINE_ENDPOINT: u16 = 1;
+
+/// The dashboard's endpoint's index in the default endpoint table (after Engine.IO).
+const ADMIN_ENDPOINT: u16 = 2;
 
 /// Why the server could not start. The binary prints it as one line and exits non-zero.
 #[derive(Debug, thiserror::Error)]
@@ -141,16 +145,24 @@ impl Server {
             config.engineio_max_sessions_per_ip,
         ));
         let handshake_rate = config.engineio_handshake_rate;
+        let admin = config.admin.clone();
         let endpoints = move |shard: &Rc<Shard>| {
-            // The relay runs the delivery hook on each recipient's shard.
+            // The relay runs the delivery hook on each recipient's shard, and fires the
+            // dashboard's endpoint to end the sessions of Socket.IO players it kicked.
             shard.relay.borrow_mut().set_hooks(Arc::clone(&hooks));
+            shard
+                .relay
+                .borrow_mut()
+                .set_admin_waker((ADMIN_ENDPOINT, 0));
             let engine = EngineEndpoint::new(
                 Arc::clone(&app),
                 ENGINE_ENDPOINT,
                 Arc::clone(&sessions),
                 handshake_rate,
             );
-            let routes = Routes::new()
+            let admin_endpoint = AdminEndpoint::new(Rc::clone(&engine));
+            let dashboard = Rc::new(AdminRoute::new(&admin, Rc::clone(&admin_endpoint)));
+            let mut routes = Routes::new()
                 .route(
                     PathMatch::Exact(NATIVE_PATH.to_owned()),
                     Rc::new(NativeRoute::new(Arc::clone(&verifier), Arc::clone(&hooks))),
@@ -159,9 +171,13 @@ impl Server {
                 .route(PathMatch::Exact(METRICS_PATH.to_owned()), Rc::new(OpsRoute))
                 .route(PathMatch::Exact(HEALTH_PATH.to_owned()), Rc::new(OpsRoute))
                 .route(PathMatch::Exact(READY_PATH.to_owned()), Rc::new(OpsRoute));
+            for path in ADMIN_PATHS {
+                routes = routes.route(PathMatch::Exact(path.to_owned()), dashboard.clone());
+            }
             vec![
                 Rc::new(Front::new(routes)) as Rc<dyn Endpoint>,
                 engine as Rc<dyn Endpoint>,
+                admin_endpoint as Rc<dyn Endpoint>,
             ]
         };
         Server::start_endpoints(config, Arc::new(endpoints))

@@ -49,11 +49,14 @@ pub enum CloseReason {
     Unauthorized,
     /// The handshake hook refused the player (1008 `forbidden`).
     Forbidden,
+    /// An operator kicked the player from the admin dashboard (native: 1008 `kicked`;
+    /// Socket.IO: a DISCONNECT, then the session ends).
+    Kicked,
 }
 
 impl CloseReason {
     /// Every reason, in counter order.
-    pub const ALL: [CloseReason; 14] = [
+    pub const ALL: [CloseReason; 15] = [
         CloseReason::Peer,
         CloseReason::Shutdown,
         CloseReason::Protocol,
@@ -68,6 +71,7 @@ impl CloseReason {
         CloseReason::RateLimited,
         CloseReason::Unauthorized,
         CloseReason::Forbidden,
+        CloseReason::Kicked,
     ];
 
     /// Stable name used in logs and metrics.
@@ -87,6 +91,7 @@ impl CloseReason {
             CloseReason::RateLimited => "rate_limited",
             CloseReason::Unauthorized => "unauthorized",
             CloseReason::Forbidden => "forbidden",
+            CloseReason::Kicked => "kicked",
         }
     }
 }

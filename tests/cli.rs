@@ -389,3 +389,36 @@ fn serve_turns_transparent_huge_pages_off_unless_asked() {
         r.child.wait().unwrap();
     }
 }
+
+/// `corelay drain` drains a running server through its admin API, with the admin token;
+/// a wrong token is refused and changes nothing.
+#[test]
+fn corelay_drain_drains_a_running_server_with_the_admin_token() {
+    const TOKEN: &str = "drain-test-admin-token";
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--shards", "1"])
+        .env("CORELAY_ADMIN_TOKEN", TOKEN);
+    let mut srv = spawn(cmd);
+    let addr = srv.addr.to_string();
+    let wrong = Command::new(BIN)
+        .args(["drain", "--addr", &addr, "--token", "not-the-admin-token"])
+        .env_remove("CORELAY_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("refused"));
+    assert!(srv.child.try_wait().unwrap().is_none(), "still serving");
+    let out = Command::new(BIN)
+        .args(["drain", "--addr", &addr])
+        .env("CORELAY_ADMIN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"draining\":true"));
+    let status = wait_exit(&mut srv.child, Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+}

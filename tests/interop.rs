@@ -19,14 +19,14 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use corelay::client::{PayloadKind, ServerEvent};
 use corelay::proto::native::ErrorCode;
 use serde_json::{json, Value};
 
-use common::node::{drain, wait_bounded, MixedPeer};
+use common::node::{run_suite, MixedPeer};
 
 const SETUP: &str =
     "run the README's interop test command first: `npm ci --prefix tests/interop`, \
@@ -92,46 +92,10 @@ fn python() -> Command {
     cmd
 }
 
-/// Runs `cmd` to completion within [`SUITE_BUDGET`] and fails with its output unless it
-/// exits 0.
-fn run_suite(name: &str, mut cmd: Command) {
-    use std::os::unix::process::CommandExt;
-    let started = Instant::now();
-    // In a process group of its own: `node --test` runs each file in a child process, which
-    // starts servers of its own; a file that fails with sockets still open can outlive its
-    // runner. Whatever is left of the group is stopped when the suite ends.
-    cmd.process_group(0);
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{name}: cannot start {cmd:?}: {e}"));
-    let stdout = drain(child.stdout.take().expect("piped stdout"));
-    let stderr = drain(child.stderr.take().expect("piped stderr"));
-    let group = child.id() as libc::pid_t;
-    let status = wait_bounded(&mut child, SUITE_BUDGET);
-    // SAFETY: signals the process group this suite's child leads (its pid is the group id);
-    // nothing of ours outside it.
-    unsafe { libc::kill(-group, libc::SIGKILL) };
-    let out = stdout.join().expect("stdout reader");
-    let err = stderr.join().expect("stderr reader");
-    let elapsed = started.elapsed();
-    match status {
-        Some(s) if s.success() => {
-            eprintln!("{name}: passed in {elapsed:.1?}");
-        }
-        _ => panic!(
-            "{name} failed ({}) after {elapsed:.1?}\n--- stdout ---\n{out}\n--- stderr ---\n{err}",
-            status.map_or_else(|| "timed out, killed".to_owned(), |s| s.to_string())
-        ),
-    }
-}
-
 fn node_suite(file: &str) {
     let mut cmd = node();
     cmd.args(["--test", "--test-reporter=spec", file]);
-    run_suite(file, cmd);
+    run_suite(file, cmd, SUITE_BUDGET);
 }
 
 #[test]
@@ -212,7 +176,7 @@ fn python_client() {
         "no:cacheprovider",
         "test_python_client.py",
     ]);
-    run_suite("test_python_client.py", cmd);
+    run_suite("test_python_client.py", cmd, SUITE_BUDGET);
 }
 
 /// A native client and a socket.io client (over `transport`) in one room of an in-process

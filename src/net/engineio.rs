@@ -20,14 +20,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tungstenite::Message;
 
-use super::front::{self, Head, HttpHead, Route, Routes};
+use super::front::{self, Head, Next, Route};
 use super::websocket::{Flow, WebSocket, WsApp};
 use crate::admission::{Full, Occupancy, RateLimiter};
 use crate::engineio::{owner_of, Admitted, Handler, Phase, Session, Sessions};
 use crate::proto::engineio::{self, EngineError, Handshake, Packet, Query, Transport};
 use crate::proto::http::{self, Request};
 use crate::proto::ws::close;
-use crate::relay::{sio_ws_frames, Drained, Outbox};
+use crate::relay::{sio_ws_frames, Drained, Outbox, PlayerId};
 use crate::shard::{Connection, Cx, Ended, Endpoint, EndpointId, Shard, Step};
 use crate::socketio::{SioSession, SocketIo};
 use crate::stats::{add, CloseReason, Refusal};
@@ -117,6 +117,20 @@ impl EngineEndpoint {
         })?;
         self.schedule(&shard, &session);
         Ok(session)
+    }
+
+    /// Ends the sessions that hold one of `players`, kicked by an operator (a scan of
+    /// this shard's sessions: kicks are rare, and an index would cost every session).
+    /// How many were found.
+    pub fn kick(&self, players: &[PlayerId]) -> usize {
+        let mut found = 0;
+        for session in self.sessions.all() {
+            if players.iter().any(|&p| session.holds(p)) {
+                session.kick();
+                found += 1;
+            }
+        }
+        found
     }
 
     fn me(&self) -> Rc<EngineEndpoint> {
@@ -372,22 +386,6 @@ impl EngineEndpoint {
             body: Vec::new(),
         };
         Step::Upgrade(Box::new(post), body)
-    }
-}
-
-/// What follows an answer: the next request on a keep-alive connection, or the close.
-struct Next {
-    keep_alive: bool,
-    routes: Rc<Routes>,
-}
-
-impl Next {
-    fn step(self, leftover: Vec<u8>) -> Step {
-        if self.keep_alive {
-            Step::Upgrade(Box::new(HttpHead::new(self.routes)), leftover)
-        } else {
-            Step::Close { linger: true }
-        }
     }
 }
 

@@ -87,6 +87,35 @@ impl Head<'_> {
     }
 }
 
+/// What follows a route's answer: the next request of a keep-alive connection, or the
+/// close.
+pub struct Next {
+    /// The connection stays open for another request.
+    pub keep_alive: bool,
+    /// The routes that request is read with.
+    pub routes: Rc<Routes>,
+}
+
+impl Next {
+    /// What follows the answer to `request`, read with `head`.
+    pub fn of(request: &Request, head: &Head<'_>) -> Next {
+        Next {
+            keep_alive: request.keep_alive(),
+            routes: head.routes(),
+        }
+    }
+
+    /// Goes on after the answer: reads the next request (`leftover` holds what came past
+    /// this one), or closes.
+    pub fn step(self, leftover: Vec<u8>) -> Step {
+        if self.keep_alive {
+            Step::Upgrade(Box::new(HttpHead::new(self.routes)), leftover)
+        } else {
+            Step::Close { linger: true }
+        }
+    }
+}
+
 /// The front endpoint (id 0): the handler every socket starts in.
 pub struct Front {
     routes: Rc<Routes>,
@@ -159,10 +188,23 @@ pub fn upgrade(
     if !origin_allowed(cx, request) {
         return refuse(cx, &HttpError::ForbiddenOrigin);
     }
+    accept_upgrade(cx, request, head.leftover, head.started, open)
+}
+
+/// [`upgrade`] without the `cors_origins` check, for a route with an origin policy of its
+/// own (the dashboard's feed accepts its own origin only): `leftover` is what was read
+/// past the head, `started` when the request began.
+pub fn accept_upgrade(
+    cx: &mut Cx<'_>,
+    request: &Request,
+    leftover: Vec<u8>,
+    started: Instant,
+    open: impl FnOnce(&mut Cx<'_>, Instant) -> Box<dyn Connection>,
+) -> Step {
     match request.websocket_key() {
         Ok(key) => {
             let _ = cx.out.push(Bytes::from(http::upgrade_response(key)));
-            Step::Upgrade(open(cx, head.started), head.leftover)
+            Step::Upgrade(open(cx, started), leftover)
         }
         Err(e) => refuse(cx, &e),
     }

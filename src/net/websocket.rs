@@ -131,11 +131,12 @@ impl<A: WsApp> WebSocket<A> {
             Flow::Continue => {
                 if !cx.out.is_open() {
                     // The queue was closed under the application: it overflowed (a slow
-                    // consumer), or the application closed it itself (a refusal).
+                    // consumer), the relay ended it (an operator's kick), or the
+                    // application closed it itself (a refusal).
                     self.ending.get_or_insert(if cx.out.overflowed() {
                         CloseReason::SlowConsumer
                     } else {
-                        CloseReason::Protocol
+                        kicked_or(cx, CloseReason::Protocol)
                     });
                     return Step::Close { linger: true };
                 }
@@ -187,7 +188,9 @@ impl<A: WsApp> WebSocket<A> {
                     self.app.on_peer_close();
                     // The close echo is in the codec's output; send it and end.
                     self.flush_codec(cx);
-                    self.ending.get_or_insert(peer_ended(cx));
+                    // The peer's close may answer a kick's close frame.
+                    let why = kicked_or(cx, peer_ended(cx));
+                    self.ending.get_or_insert(why);
                     cx.out.finish();
                     return Step::Close { linger: false };
                 }
@@ -265,10 +268,21 @@ impl<A: WsApp> Connection for WebSocket<A> {
         let stat = match why {
             Ended::SlowConsumer => CloseReason::SlowConsumer,
             Ended::Io => CloseReason::Io,
-            _ => self.ending.unwrap_or_else(|| peer_ended(cx)),
+            // A queue ended from outside (the relay, on a kick) says why.
+            _ => self.ending.unwrap_or_else(|| kicked_or(cx, peer_ended(cx))),
         };
         cx.set_close_reason(stat);
         self.app.on_close(cx, stat);
+    }
+}
+
+/// `kicked` when an operator's kick ended the connection's queue (from outside it, see
+/// [`crate::relay::Outbox::kick`]), else `otherwise`.
+fn kicked_or(cx: &Cx<'_>, otherwise: CloseReason) -> CloseReason {
+    if cx.out.kicked() {
+        CloseReason::Kicked
+    } else {
+        otherwise
     }
 }
 

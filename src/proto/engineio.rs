@@ -20,6 +20,8 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::proto::http;
+
 /// The record separator (ASCII RS) that splits packets in a long-polling payload.
 pub const RECORD_SEPARATOR: u8 = 0x1e;
 
@@ -413,48 +415,10 @@ impl<'a> Query<'a> {
     }
 }
 
-/// Decodes `%XX` escapes and `+` (a space in form encoding); borrows when there is
-/// nothing to decode.
+/// Decodes `%XX` escapes and `+` (see [`http::form_decode`]); a bad escape or text that
+/// is not UTF-8 is a bad request.
 fn percent_decode(text: &str) -> Result<Cow<'_, str>, EngineError> {
-    if !text.bytes().any(|b| b == b'%' || b == b'+') {
-        return Ok(Cow::Borrowed(text));
-    }
-    let bytes = text.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let high = bytes.get(i + 1).and_then(|&b| hex_value(b));
-                let low = bytes.get(i + 2).and_then(|&b| hex_value(b));
-                let (Some(high), Some(low)) = (high, low) else {
-                    return Err(EngineError::BadRequest);
-                };
-                decoded.push(high << 4 | low);
-                i += 3;
-            }
-            b'+' => {
-                decoded.push(b' ');
-                i += 1;
-            }
-            other => {
-                decoded.push(other);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(decoded)
-        .map(Cow::Owned)
-        .map_err(|_| EngineError::BadRequest)
-}
-
-fn hex_value(byte: u8) -> Option<u8> {
-    match byte {
-        b'0'..=b'9' => Some(byte - b'0'),
-        b'a'..=b'f' => Some(byte - b'a' + 10),
-        b'A'..=b'F' => Some(byte - b'A' + 10),
-        _ => None,
-    }
+    http::form_decode(text).ok_or(EngineError::BadRequest)
 }
 
 /// A refused Engine.IO HTTP request, with the spec's error codes. The caller answers

@@ -10,6 +10,7 @@
 //! `Content-Length`s, a list, anything but digits), is refused: a proxy in front could
 //! read its body differently and smuggle a second request past it.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 /// Most headers a request may carry; more is treated as malformed (431-style abuse).
@@ -188,6 +189,18 @@ impl Request {
         }
     }
 
+    /// The value of cookie `name` from the `Cookie` headers, if sent.
+    pub fn cookie(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == "cookie")
+            .flat_map(|(_, v)| v.split(';'))
+            .find_map(|pair| {
+                let (key, value) = pair.trim().split_once('=')?;
+                (key == name).then_some(value)
+            })
+    }
+
     /// The declared body length, if any (its form was checked by [`parse_request`]; a
     /// value too large for `usize` is still an error).
     pub fn content_length(&self) -> Result<usize, HttpError> {
@@ -292,6 +305,55 @@ pub fn error_response(err: &HttpError) -> Vec<u8> {
         format!("{err}\n").as_bytes(),
         false,
     )
+}
+
+/// Decodes `%XX` escapes and `+` (a space in form encoding), as query strings and
+/// `application/x-www-form-urlencoded` bodies carry text; borrows when there is nothing to
+/// decode. `None` for a bad escape or text that is not UTF-8.
+pub fn form_decode(text: &str) -> Option<Cow<'_, str>> {
+    if !text.bytes().any(|b| b == b'%' || b == b'+') {
+        return Some(Cow::Borrowed(text));
+    }
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let high = bytes.get(i + 1).and_then(|&b| hex_value(b))?;
+                let low = bytes.get(i + 2).and_then(|&b| hex_value(b))?;
+                decoded.push(high << 4 | low);
+                i += 3;
+            }
+            b'+' => {
+                decoded.push(b' ');
+                i += 1;
+            }
+            other => {
+                decoded.push(other);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(decoded).ok().map(Cow::Owned)
+}
+
+fn hex_value(byte: u8) -> Option<u8> {
+    match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'a'..=b'f' => Some(byte - b'a' + 10),
+        b'A'..=b'F' => Some(byte - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// The decoded value of `name` in a query string or form body (`a=1&b=two`): the first
+/// one given, `None` when absent or badly escaped.
+pub fn form_value(form: &str, name: &str) -> Option<String> {
+    form.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (form_decode(key)?.as_ref() == name).then(|| form_decode(value).map(Cow::into_owned))?
+    })
 }
 
 #[cfg(test)]
@@ -446,5 +508,23 @@ mod tests {
                 let _ = req.websocket_key();
             }
         }
+    }
+
+    #[test]
+    fn forms_and_cookies_are_read_by_name() {
+        assert_eq!(
+            form_value("a=1&token=x%2By+z&b", "token").as_deref(),
+            Some("x+y z")
+        );
+        assert_eq!(form_value("b&a=", "a").as_deref(), Some(""));
+        assert_eq!(form_value("a=%zz", "a"), None);
+        assert_eq!(form_value("a=1", "token"), None);
+        assert_eq!(form_decode("%C3%A9").as_deref(), Some("\u{e9}"));
+        assert_eq!(form_decode("%FF"), None, "not UTF-8");
+        let head = b"GET / HTTP/1.1\r\nCookie: a=1; corelay_admin=abc\r\nCookie: b=2\r\n\r\n";
+        let (req, _) = parse_request(head, 1024).unwrap().unwrap();
+        assert_eq!(req.cookie("corelay_admin"), Some("abc"));
+        assert_eq!(req.cookie("b"), Some("2"));
+        assert_eq!(req.cookie("corelay"), None);
     }
 }

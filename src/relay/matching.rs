@@ -719,6 +719,7 @@ impl Relay {
                 seq: 0,
                 kept: Default::default(),
                 kept_bytes: 0,
+                messages: 0,
             },
         );
         let mut by_shard: BTreeMap<ShardId, Vec<(PlayerId, PlayerName, u64)>> = BTreeMap::new();

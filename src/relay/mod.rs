@@ -32,6 +32,7 @@
 //! The relay never touches a socket or an executor: it pushes frames into [`Outbox`]es and
 //! collects [`MeshMsg`]s for the shard runtime to carry ([`Relay::drain_mesh`]).
 
+mod admin;
 mod broadcast;
 mod matching;
 mod outbox;
@@ -45,6 +46,10 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+pub use admin::{
+    AdminMember, AdminMsg, AdminRoom, AdminRoomHome, RoomsFilter, MAX_ROOMS_PAGE, MEMBERS_LISTED,
+    ROOMS_PAGE,
+};
 pub use broadcast::{
     native_frame, parse_sio_offset, room_key, room_tag, sio_offset, sio_polling_text,
     sio_ws_frames, split_room_key, Body, Broadcast, PlayerId, PlayerName, Reply, Wire,
@@ -302,6 +307,9 @@ pub enum MeshMsg {
         /// The session, taken out of the old shard's rooms.
         moved: Option<Box<Moved>>,
     },
+    /// The operator's dashboard: its scatter-gathers and actions (`relay/admin.rs`; boxed,
+    /// as they are rare and every mesh slot is as large as the largest message).
+    Admin(Box<AdminMsg>),
     /// home -> origin: what a resuming member missed, in order. Deliveries after this one
     /// on the same path are newer, so the origin delivers to the member again from here.
     Replay {
@@ -515,6 +523,9 @@ struct HomeRoom {
     kept: VecDeque<Kept>,
     /// Sum of `kept`'s sizes.
     kept_bytes: usize,
+    /// Messages broadcast to the room (members' and the application's, not notices), for
+    /// the dashboard's rates: one add at a lookup the home makes for every broadcast.
+    messages: u64,
 }
 
 /// A member as its room's home knows it.
@@ -609,6 +620,9 @@ pub struct Relay {
     listings: HashMap<(PlayerId, u64), Listing>,
     /// The matchmaking queues homed here, and their tickets.
     matching: Matching,
+    /// The dashboard's requests waiting for other shards, and its kicks of Socket.IO
+    /// players for their sessions to end.
+    admin: admin::AdminState,
 }
 
 impl Relay {
@@ -636,6 +650,7 @@ impl Relay {
             emptied: Vec::new(),
             listings: HashMap::new(),
             matching: Matching::new(&Default::default(), shard, shards),
+            admin: admin::AdminState::default(),
         }
     }
 
@@ -898,6 +913,12 @@ impl Relay {
 
     /// Forgets a disconnected player and tells its rooms (and its matchmaking queue).
     pub fn disconnect(&mut self, player: PlayerId, now: Instant) {
+        self.disconnect_as(player, LeaveReason::Disconnected, now);
+    }
+
+    /// Forgets a player that is gone, telling its rooms why (`Disconnected`, or `Kicked`
+    /// by an operator).
+    fn disconnect_as(&mut self, player: PlayerId, reason: LeaveReason, now: Instant) {
         self.withdraw_ticket(player, now);
         let rooms = self
             .players
@@ -906,13 +927,13 @@ impl Relay {
             .unwrap_or_default();
         for room in rooms {
             if self.is_member(player, &room) {
-                self.remove_member(player, &room, LeaveReason::Disconnected, now);
+                self.remove_member(player, &room, reason, now);
             } else if let Some(joining) = self
                 .rooms
                 .get_mut(&room)
                 .and_then(|r| r.joining.get_mut(&player))
             {
-                joining.leaving = Some(LeaveReason::Disconnected);
+                joining.leaving = Some(reason);
             }
         }
         self.players.remove(&player);
@@ -1532,6 +1553,7 @@ impl Relay {
             | MeshMsg::Kick { .. }
             | MeshMsg::List { .. }
             | MeshMsg::ListAnswer { .. }) => self.handle_room_mesh(from, msg, now),
+            MeshMsg::Admin(msg) => self.handle_admin_mesh(from, *msg, now),
             msg @ (MeshMsg::Queue(_)
             | MeshMsg::Cancel { .. }
             | MeshMsg::Withdraw { .. }
@@ -1693,6 +1715,7 @@ impl Relay {
                 seq: 0,
                 kept: VecDeque::new(),
                 kept_bytes: 0,
+                messages: 0,
                 members: Vec::new(),
                 locked: false,
                 state: None,
@@ -1842,9 +1865,12 @@ impl Relay {
     /// On the home shard: sends `bcast` once to every other shard with members, except the
     /// shard it came from (which delivered locally already).
     fn forward_from_home(&mut self, bcast: &Arc<Broadcast>, came_from: Option<ShardId>) {
-        let Some(home) = self.homes.get(&bcast.room) else {
+        let Some(home) = self.homes.get_mut(&bcast.room) else {
             return;
         };
+        if let Body::Event { .. } | Body::Nested { .. } | Body::Emit { .. } = bcast.body {
+            home.messages += 1;
+        }
         for (shard, &count) in home.per_shard.iter().enumerate() {
             if count > 0 && shard != self.shard && Some(shard) != came_from {
                 self.mesh.push((shard, MeshMsg::Deliver(Arc::clone(bcast))));
@@ -1937,8 +1963,6 @@ impl Relay {
     }
 }
 
-/// Whether two secrets are equal, in time that depends on their lengths only (a `Resume`
-/// must not learn a secret byte by byte from how fast it is refused).
 /// A player's public metadata: the `meta` claim of its token, when it is a JSON object.
 fn public_meta(identity: &Identity) -> Option<Arc<str>> {
     identity
@@ -1956,13 +1980,11 @@ pub fn new_secret() -> String {
     format!("{:016x}{:016x}", rng.next_u64(), rng.next_u64())
 }
 
-fn secret_eq(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    let mut diff = u8::from(a.len() != b.len());
-    for i in 0..a.len().max(b.len()) {
-        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0xff);
-    }
-    diff == 0
+/// Whether `given` is the session's secret `known`, in time that depends on the secret's
+/// length only (a `Resume` must not learn a secret byte by byte from how fast it is
+/// refused).
+fn secret_eq(known: &str, given: &str) -> bool {
+    crate::auth::constant_time_eq(known.as_bytes(), given.as_bytes())
 }
 
 #[cfg(test)]
@@ -1987,7 +2009,7 @@ mod tests {
             .collect()
     }
 
-    fn outbox() -> Rc<Outbox> {
+    pub(super) fn outbox() -> Rc<Outbox> {
         Rc::new(Outbox::new(OutboxLimits {
             frames: 1000,
             bytes: 1 << 20,
@@ -2003,7 +2025,7 @@ mod tests {
     }
 
     /// Carries every mesh message until none is left, as the shard runtimes would.
-    fn settle(relays: &mut [Relay]) {
+    pub(super) fn settle(relays: &mut [Relay]) {
         loop {
             let mut moved = Vec::new();
             for (from, relay) in relays.iter_mut().enumerate() {

@@ -88,6 +88,9 @@ struct Inner {
     notify: Option<(Rc<ReadyQueue>, u64)>,
     state: State,
     overflowed: bool,
+    /// An operator's kick ended the queue ([`Outbox::kick`]): the connection counts its
+    /// close as `kicked`.
+    kicked: bool,
     /// The token is in the ready queue and not drained since.
     notified: bool,
 }
@@ -130,6 +133,7 @@ impl Outbox {
                 notify: None,
                 state: State::Open,
                 overflowed: false,
+                kicked: false,
                 notified: false,
             }),
         }
@@ -182,6 +186,25 @@ impl Outbox {
     /// queued, then the end of the connection.
     pub fn close(&self, code: u16, reason: &str) {
         self.end_with(ws::close_frame(code, reason));
+    }
+
+    /// Ends a WebSocket connection's queue on an operator's kick, from outside the
+    /// connection (the relay): a close 1008 `kicked` after what is queued. The connection
+    /// counts its close as `kicked` ([`Outbox::kicked`]).
+    pub fn kick(&self) {
+        let mut inner = self.inner.borrow_mut();
+        if inner.state == State::Open {
+            inner.kicked = true;
+        }
+        Self::end(
+            &mut inner,
+            Some(ws::close_frame(ws::close::POLICY, "kicked")),
+        );
+    }
+
+    /// Whether an operator's kick ended the queue ([`Outbox::kick`]).
+    pub fn kicked(&self) -> bool {
+        self.inner.borrow().kicked
     }
 
     /// Asks for `frame` after what is already queued, then the end of the queue; `frame`

@@ -298,6 +298,16 @@ impl SioSession {
         }
     }
 
+    /// Whether `player` is one of the session's namespace sockets.
+    pub fn holds(&self, player: PlayerId) -> bool {
+        self.sockets.values().any(|(core, _)| core.player == player)
+    }
+
+    /// The namespaces the session's sockets are connected to.
+    pub fn namespaces(&self) -> Vec<String> {
+        self.sockets.keys().cloned().collect()
+    }
+
     /// Disconnects one namespace socket on the server's initiative.
     pub fn disconnect(&mut self, session: &Rc<Session>, nsp: &str) {
         self.remove(session, nsp, "server namespace disconnect", false);

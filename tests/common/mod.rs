@@ -138,9 +138,17 @@ pub async fn still_serving(addr: SocketAddr) {
 /// Waits (bounded) until the server's stats satisfy `cond`; stats are counted by the shard
 /// as it closes a connection, a moment after the client saw the close.
 pub fn wait_for_stats(srv: &Server, cond: impl Fn(&corelay::Stats) -> bool) -> corelay::Stats {
+    wait_for_registry(&srv.stats_registry(), cond)
+}
+
+/// [`wait_for_stats`] from a registry (for a test body that runs apart from its server).
+pub fn wait_for_registry(
+    registry: &corelay::stats::StatsRegistry,
+    cond: impl Fn(&corelay::Stats) -> bool,
+) -> corelay::Stats {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let stats = srv.stats();
+        let stats = registry.snapshot();
         if cond(&stats) || std::time::Instant::now() > deadline {
             return stats;
         }

@@ -62,6 +62,42 @@ pub fn wait_bounded(child: &mut Child, budget: Duration) -> Option<ExitStatus> {
     }
 }
 
+/// Runs `cmd` (a `node --test` suite, or pytest) to completion within `budget` and fails
+/// with its output unless it exits 0.
+pub fn run_suite(name: &str, mut cmd: Command, budget: Duration) {
+    use std::os::unix::process::CommandExt;
+    let started = Instant::now();
+    // In a process group of its own: `node --test` runs each file in a child process, which
+    // starts servers (and browsers) of its own; a file that fails with them still open can
+    // outlive its runner. Whatever is left of the group is stopped when the suite ends.
+    cmd.process_group(0);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{name}: cannot start {cmd:?}: {e}"));
+    let stdout = drain(child.stdout.take().expect("piped stdout"));
+    let stderr = drain(child.stderr.take().expect("piped stderr"));
+    let group = child.id() as libc::pid_t;
+    let status = wait_bounded(&mut child, budget);
+    // SAFETY: signals the process group this suite's child leads (its pid is the group id);
+    // nothing of ours outside it.
+    unsafe { libc::kill(-group, libc::SIGKILL) };
+    let out = stdout.join().expect("stdout reader");
+    let err = stderr.join().expect("stderr reader");
+    let elapsed = started.elapsed();
+    match status {
+        Some(s) if s.success() => {
+            eprintln!("{name}: passed in {elapsed:.1?}");
+        }
+        _ => panic!(
+            "{name} failed ({}) after {elapsed:.1?}\n--- stdout ---\n{out}\n--- stderr ---\n{err}",
+            status.map_or_else(|| "timed out, killed".to_owned(), |s| s.to_string())
+        ),
+    }
+}
+
 /// `node mixed_peer.js`, the socket.io side of a mixed room, its stdout lines as parsed JSON.
 pub struct MixedPeer {
     child: Child,
