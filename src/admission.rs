@@ -44,6 +44,20 @@ impl PeerKey {
     }
 }
 
+/// The address as far as the key holds it: an IPv4 address whole, an IPv6 one as its /64
+/// (`2001:db8:1:2::/64`), nothing for an unknown peer.
+impl std::fmt::Display for PeerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            0 => Ok(()),
+            k if k >> 32 == 0xffff_ffff => {
+                write!(f, "{}", std::net::Ipv4Addr::from((k & 0xffff_ffff) as u32))
+            }
+            k => write!(f, "{}/64", std::net::Ipv6Addr::from(u128::from(k) << 64)),
+        }
+    }
+}
+
 /// Buckets of the per-address tables: a power of two.
 const BUCKETS: usize = 1 << 16;
 
@@ -188,6 +202,13 @@ mod tests {
         assert_ne!(ip("2001:db8:1:2::1"), ip("2001:db8:1:3::1"));
         assert_eq!(ip("::ffff:10.0.0.1"), ip("10.0.0.1"));
         assert_ne!(ip("10.0.0.1"), ip("10.0.0.2"));
+    }
+
+    #[test]
+    fn a_key_shows_the_address_it_holds() {
+        assert_eq!(ip("::ffff:127.0.0.1").to_string(), "127.0.0.1");
+        assert_eq!(ip("2001:db8:1:2::1").to_string(), "2001:db8:1:2::/64");
+        assert_eq!(PeerKey::unknown().to_string(), "");
     }
 
     #[test]

@@ -32,6 +32,7 @@
 //! The relay never touches a socket or an executor: it pushes frames into [`Outbox`]es and
 //! collects [`MeshMsg`]s for the shard runtime to carry ([`Relay::drain_mesh`]).
 
+mod admin_ui;
 mod broadcast;
 mod matching;
 mod outbox;
@@ -45,6 +46,9 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+pub use admin_ui::{
+    iso8601, AdminCommand, AdminUiMsg, AdminUiShared, ListedSocket, DISCONNECT_TIMER, STATS_TIMER,
+};
 pub use broadcast::{
     native_frame, parse_sio_offset, room_key, room_tag, sio_offset, sio_polling_text,
     sio_ws_frames, split_room_key, Body, Broadcast, PlayerId, PlayerName, Reply, Wire,
@@ -302,6 +306,9 @@ pub enum MeshMsg {
         /// The session, taken out of the old shard's rooms.
         moved: Option<Box<Moved>>,
     },
+    /// The official Socket.IO Admin UI's lists, changes and commands (`relay/admin_ui.rs`;
+    /// boxed, as they are rare and every mesh slot is as large as the largest message).
+    AdminUi(Box<AdminUiMsg>),
     /// home -> origin: what a resuming member missed, in order. Deliveries after this one
     /// on the same path are newer, so the origin delivers to the member again from here.
     Replay {
@@ -609,6 +616,9 @@ pub struct Relay {
     listings: HashMap<(PlayerId, u64), Listing>,
     /// The matchmaking queues homed here, and their tickets.
     matching: Matching,
+    /// The official Socket.IO Admin UI's view of this shard (`[admin_ui]`); `None`, and
+    /// every hook one branch, while it is off.
+    admin_ui: Option<Box<admin_ui::AdminUi>>,
 }
 
 impl Relay {
@@ -636,6 +646,7 @@ impl Relay {
             emptied: Vec::new(),
             listings: HashMap::new(),
             matching: Matching::new(&Default::default(), shard, shards),
+            admin_ui: None,
         }
     }
 
@@ -796,6 +807,7 @@ impl Relay {
             });
             local.total = members;
             local.host = Some(Arc::clone(&host));
+            self.admin_ui_joined(player, room, now);
             self.reply(player, req, |req| {
                 Self::joined_reply(req, room, created, members, host, state, roster)
             });
@@ -1234,6 +1246,7 @@ impl Relay {
                 self.rooms.remove(room);
             }
         }
+        self.admin_ui_left(player, room, now);
         let home = home_shard(room, self.shards);
         if home == self.shard {
             self.home_leave(self.shard, room, player, name, reason, now);
@@ -1432,6 +1445,7 @@ impl Relay {
                 m.outbox = Rc::clone(&outbox);
             }
         }
+        self.admin_ui_rewired(player, wire);
     }
 
     /// Handles a message from shard `from`.
@@ -1538,6 +1552,7 @@ impl Relay {
             | MeshMsg::Ticket(..)
             | MeshMsg::MatchRoom(_)
             | MeshMsg::MatchJoined(_)) => self.handle_match_mesh(from, msg, now),
+            MeshMsg::AdminUi(msg) => self.handle_admin_ui_mesh(from, *msg, now),
         }
     }
 
@@ -1569,6 +1584,7 @@ impl Relay {
         let Some(joining) = local.joining.remove(&player) else {
             return;
         };
+        let mut admitted = false;
         if let Ok(Counted {
             members,
             since,
@@ -1589,6 +1605,7 @@ impl Relay {
                         away: false,
                         since,
                     });
+                    admitted = true;
                 }
             }
         }
@@ -1600,6 +1617,9 @@ impl Relay {
             if let Some(p) = self.players.get_mut(&player) {
                 p.rooms.retain(|r| r != room);
             }
+        }
+        if admitted {
+            self.admin_ui_joined(player, room, now);
         }
         for answer in joining.answers {
             self.reply_now(
