@@ -654,7 +654,7 @@ impl WsApp for NativeSession {
         crate::stats::sub(&cx.shard.stats.native_connections, 1);
         if self.welcomed {
             let mut relay = cx.shard.relay.borrow_mut();
-            admin_ui::native_gone(&mut relay, self.player, why, cx.now);
+            admin_ui::native_gone(&mut relay, cx, self.player, why);
             // A connection lost (EOF without a close frame, a socket error, silence) keeps
             // its session for the resume window, as socket.io's recovery does for transport
             // errors and ping timeouts; a client that said goodbye, or one the server

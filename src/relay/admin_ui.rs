@@ -157,6 +157,10 @@ pub struct ListedSocket {
     pub issued_ms: u64,
     /// A native player rather than a Socket.IO socket.
     pub native: bool,
+    /// Who listed it: the address of its Engine.IO session or native connection, so that
+    /// one that ends after another took its player over (a resume, a recovery) leaves the
+    /// new one listed ([`Relay::admin_ui_unregister`]).
+    pub owner: usize,
     /// Ends it as `socket.disconnect()` on the server does (a native connection is
     /// closed). Run by the admin UI endpoint outside the relay's borrow: it calls back into
     /// the session, which releases the player from the relay.
@@ -352,14 +356,24 @@ impl Relay {
         self.admin_ui_emit("socket_connected", vec![described, Value::String(ts)]);
     }
 
-    /// A socket is gone for `reason` (socket.io's disconnect reasons): admins are told
-    /// (`socket_disconnected`, then `room_left` for each of its rooms, as socket.io's
-    /// adapter does when a socket leaves them all), and it is no longer listed. Call it
-    /// before the relay releases the player, while its rooms are known.
-    pub fn admin_ui_unregister(&mut self, player: PlayerId, reason: &str, now: Instant) {
+    /// The socket that `owner` listed is gone for `reason` (socket.io's disconnect
+    /// reasons): admins are told (`socket_disconnected`, then `room_left` for each of its
+    /// rooms, as socket.io's adapter does when a socket leaves them all), and it is no
+    /// longer listed. Nothing happens when another session or connection listed the player
+    /// since. Call it before the relay releases the player, while its rooms are known.
+    pub fn admin_ui_unregister(
+        &mut self,
+        player: PlayerId,
+        owner: usize,
+        reason: &str,
+        now: Instant,
+    ) {
         let Some(ui) = self.admin_ui.as_mut() else {
             return;
         };
+        if ui.sockets.get(&player).is_none_or(|s| s.owner != owner) {
+            return;
+        }
         let Some(socket) = ui.sockets.remove(&player) else {
             return;
         };

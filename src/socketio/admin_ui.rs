@@ -17,7 +17,7 @@
 //!
 //! - The password is checked as the package checks it, against a bcrypt hash, but never on
 //!   a shard: a hash takes tens of milliseconds, which would stall every player of the
-//!   shard. One thread of the lowest priority checks logins from a short queue, and the
+//!   shard. One thread of low priority checks logins from a short queue, and the
 //!   CONNECT waits for its verdict ([`super::Namespace::authorize_later`]).
 //! - Sockets, rooms and commands: the relay of each shard ([`crate::relay::AdminUiShared`],
 //!   `relay/admin_ui.rs`), fed by the sessions of both protocols at connect and disconnect
@@ -57,6 +57,11 @@ const STATS_PERIOD: Duration = Duration::from_secs(2);
 /// usual cost of 10); past four waiting, a login is refused at once ("retry") rather than
 /// queued, so that a flood of guesses costs one low-priority thread and never grows a queue.
 const CHECKS_QUEUED: usize = 4;
+
+/// The login checker's nice value: a lower priority than the shards' (0), so that a flood of
+/// guesses takes little CPU time from those who serve players, and not the lowest (19), so
+/// that a login still goes through on a busy host.
+const LOGIN_NICE: libc::c_int = 10;
 
 /// Largest event (its name and arguments as JSON) that `event_received` shows whole; a
 /// larger one is shown by its name and size. The UI lists the last thousand events; a few
@@ -578,8 +583,8 @@ impl Totals {
 /// verdict to decide.
 type Login = (bool, String, Verdict);
 
-/// Checks logins off the shards: one thread at the lowest priority, fed through a queue
-/// of [`CHECKS_QUEUED`]. It ends when the namespace holding its sender is dropped (the
+/// Checks logins off the shards: one thread of low priority ([`LOGIN_NICE`]), fed through
+/// a queue of [`CHECKS_QUEUED`]. It ends when the namespace holding its sender is dropped (the
 /// server stopped).
 struct Checker {
     logins: SyncSender<Login>,
@@ -593,10 +598,12 @@ impl Checker {
             .name("corelay-admin-login".to_owned())
             .spawn(move || {
                 // Started from the thread that starts the server, so not pinned to a
-                // shard's CPU; at the lowest priority, a login waits for the shards rather
-                // than the other way round. Linux applies it to this thread alone.
+                // shard's CPU; at nice 10 (a tenth of a shard's share of a busy core), a
+                // login waits for the shards rather than the other way round, and still
+                // takes well under a second at the usual cost. Linux applies it to this
+                // thread alone.
                 // SAFETY: setpriority only reads its integer arguments.
-                unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, LOGIN_NICE) };
                 for (user_ok, password, verdict) in queue {
                     let ok = bcrypt::verify(&password, &hash).unwrap_or(false) && user_ok;
                     verdict.decide(match ok {
@@ -700,6 +707,7 @@ pub(crate) fn socket_connected(session: &Rc<Session>, core: &Rc<SocketCore>, now
         peer: session.peer(),
         issued_ms: crate::stats::unix_ms(SystemTime::now()),
         native: false,
+        owner: Rc::as_ptr(session) as usize,
         disconnect: Rc::new(move || {
             if let Some(core) = weak.upgrade() {
                 Socket { core }.disconnect();
@@ -709,12 +717,11 @@ pub(crate) fn socket_connected(session: &Rc<Session>, core: &Rc<SocketCore>, now
     relay.admin_ui_register(core.player, socket, now);
 }
 
-/// A Socket.IO socket is gone for `reason` (socket.io's reasons).
-pub(crate) fn socket_gone(shard: &Shard, player: PlayerId, reason: &str) {
-    shard
-        .relay
-        .borrow_mut()
-        .admin_ui_unregister(player, reason, Instant::now());
+/// A Socket.IO socket of `session` is gone for `reason` (socket.io's reasons).
+pub(crate) fn socket_gone(session: &Rc<Session>, player: PlayerId, reason: &str) {
+    let owner = Rc::as_ptr(session) as usize;
+    let mut relay = session.shard.relay.borrow_mut();
+    relay.admin_ui_unregister(player, owner, reason, Instant::now());
 }
 
 /// A native player was welcomed (by `Hello` or `Resume`) on the connection of `cx`: listed
@@ -732,6 +739,7 @@ pub(crate) fn native_connected(relay: &mut Relay, cx: &Cx<'_>, player: PlayerId)
         peer: cx.peer,
         issued_ms: crate::stats::unix_ms(SystemTime::now()),
         native: true,
+        owner: Rc::as_ptr(cx.out) as usize,
         disconnect: Rc::new(move || {
             if let Some(out) = out.upgrade() {
                 out.close(close::POLICY, "disconnected by an operator");
@@ -741,8 +749,8 @@ pub(crate) fn native_connected(relay: &mut Relay, cx: &Cx<'_>, player: PlayerId)
     relay.admin_ui_register(player, socket, cx.now);
 }
 
-/// A native player's connection closed (`why`), before the relay releases it.
-pub(crate) fn native_gone(relay: &mut Relay, player: PlayerId, why: CloseReason, now: Instant) {
+/// A native player's connection (of `cx`) closed (`why`), before the relay releases it.
+pub(crate) fn native_gone(relay: &mut Relay, cx: &Cx<'_>, player: PlayerId, why: CloseReason) {
     // In socket.io's words where it has some, else the close's own name.
     let reason = match why {
         CloseReason::Peer => "transport close",
@@ -751,7 +759,7 @@ pub(crate) fn native_gone(relay: &mut Relay, player: PlayerId, why: CloseReason,
         CloseReason::Shutdown => "server shutting down",
         other => other.name(),
     };
-    relay.admin_ui_unregister(player, reason, now);
+    relay.admin_ui_unregister(player, Rc::as_ptr(cx.out) as usize, reason, cx.now);
 }
 
 /// A Socket.IO socket sent an event: shown to admins (`event_received`) while one watches

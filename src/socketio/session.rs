@@ -338,7 +338,7 @@ impl SioSession {
             return;
         };
         core.connected.set(false);
-        super::admin_ui::socket_gone(&session.shard, core.player, reason);
+        super::admin_ui::socket_gone(session, core.player, reason);
         // Unless another connection recovered the socket meanwhile.
         let owned = |outbox: &Rc<Outbox>| session.owns(outbox);
         session
@@ -1423,6 +1423,69 @@ mod tests {
         assert_eq!(outcomes.lock().unwrap().len(), 1);
         assert!(!s.is_closed());
         assert!(s.poll_timeout() > Some(due));
+    }
+
+    #[test]
+    fn a_connect_waits_for_a_verdict_decided_elsewhere() {
+        let shard = shard(|_| {});
+        let t0 = Instant::now();
+        let verdicts: Arc<Mutex<Vec<Verdict>>> = Arc::default();
+        let handed = Arc::clone(&verdicts);
+        let app = SocketIo::empty().namespace(
+            "/ops",
+            Namespace::new().authorize_later(move |auth| {
+                let verdict = Verdict::pending();
+                if auth["ok"] == true {
+                    handed.lock().unwrap().push(verdict.clone());
+                }
+                verdict
+            }),
+        );
+        let (_sessions, s) = session(&shard, app, t0);
+        message(&s, t0, r#"0/ops,{"ok":true}"#);
+        assert!(polled(&s).is_empty(), "no answer before the verdict");
+        // A second CONNECT meanwhile is a broken client's: ignored, as when connected.
+        message(&s, t0, r#"0/ops,{"ok":true}"#);
+        assert_eq!(verdicts.lock().unwrap().len(), 1);
+        let poll = s.poll_timeout().expect("the session looks again");
+        assert!(poll <= t0 + AUTHORIZE_POLL, "{:?}", poll - t0);
+        s.handle_timeout(poll);
+        assert!(polled(&s).is_empty(), "still undecided");
+        verdicts.lock().unwrap()[0].decide(Ok(()));
+        let poll = s.poll_timeout().expect("the session looks again");
+        s.handle_timeout(poll);
+        let answers = polled(&s);
+        assert!(answers[0].starts_with("40/ops,{"), "{answers:?}");
+        assert!(answers[0].contains("\"sid\":"), "{answers:?}");
+
+        // One that is never decided is refused once it has waited long enough.
+        let (_sessions, s) = session(
+            &shard,
+            SocketIo::empty().namespace(
+                "/ops",
+                Namespace::new().authorize_later(|_| Verdict::pending()),
+            ),
+            t0,
+        );
+        message(&s, t0, "0/ops,");
+        s.handle_timeout(t0 + AUTHORIZE_WAIT);
+        assert_eq!(
+            polled(&s),
+            vec![r#"44/ops,{"message":"authorization timed out"}"#]
+        );
+        assert!(!s.is_closed(), "a namespace refused, the session goes on");
+
+        // One decided at once is answered at once, a refusal with its data.
+        let (_sessions, s) = session(
+            &shard,
+            SocketIo::empty().namespace(
+                "/ops",
+                Namespace::new().authorize_later(|_| Verdict::ready(Err(json!({"message": "no"})))),
+            ),
+            t0,
+        );
+        message(&s, t0, "0/ops,");
+        assert_eq!(polled(&s), vec![r#"44/ops,{"message":"no"}"#]);
     }
 
     #[test]
