@@ -343,7 +343,10 @@ impl Relay {
             return;
         };
         ui.shared.count(&socket.nsp, self.shard, true);
-        ui.sockets.insert(player, socket);
+        // A session that took the player over (a resume, a recovery) lists it anew.
+        if let Some(old) = ui.sockets.insert(player, socket) {
+            ui.shared.count(&old.nsp, self.shard, false);
+        }
         if !self.admin_ui_told() {
             return;
         }

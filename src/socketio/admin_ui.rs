@@ -158,7 +158,7 @@ impl AdminUiConfig {
         if let Err(e) = self.password_hash.parse::<bcrypt::HashParts>() {
             return Some(format!(
                 "password_hash must be a bcrypt hash ($2b$10$...), not the password ({e}); \
-                 make one with `htpasswd -nbBC 10 \"\" <password> | cut -c2-` \
+                 make one with `htpasswd -nbBC 10 \"\" <password> | tr -d ':\\n'` \
                  or bcryptjs (docs/ADMIN_UI.md)"
             ));
         }

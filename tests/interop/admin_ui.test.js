@@ -255,6 +255,11 @@ test('commands: join, leave and disconnect act on the players, on every shard', 
   assert.deepEqual(await ack(a, 3000, 'to', 'vip', 'hi', 1), { room: 'vip' });
   assert.deepEqual(await ack(b, 3000, 'to', 'vip', 'hi', 1), { error: 'not_member' });
 
+  // The protocol's emit (no button in the UI of 0.5): to one socket, by its id.
+  const notice = once(a, 'notice');
+  ui.socket.emit('emit', '/', a.id, 'notice', { from: 'ops' });
+  assert.deepEqual(await notice, [{ from: 'ops' }]);
+
   // Every socket of a room (the Rooms page): b joins vip by the room's filter too.
   ui.socket.emit('join', '/', 'vip', b.id);
   await ui.wait(([e, , room, id]) => e === 'room_joined' && room === 'vip' && id === b.id, 'b in vip');
