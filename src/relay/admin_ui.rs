@@ -874,7 +874,166 @@ pub fn iso8601(t: SystemTime) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::Cell;
+
     use super::*;
+    use crate::auth::Identity;
+    use crate::relay::{Drained, Outbox, OutboxLimits, RelayLimits};
+    use crate::stats::ShardStats;
+
+    /// Two shards' relays with the admin UI on, sharing one view.
+    fn relays() -> (Vec<Relay>, Arc<AdminUiShared>) {
+        let config = crate::config::Config::default();
+        let shared = Arc::new(AdminUiShared::new(
+            "/admin",
+            2,
+            [],
+            true,
+            1 << 19,
+            ["/socket.io/", "/ws"],
+        ));
+        let relays = (0..2)
+            .map(|i| {
+                let stats = Arc::new(ShardStats::default());
+                let mut r = Relay::new(i, 2, RelayLimits::of(&config), stats);
+                r.enable_admin_ui(Arc::clone(&shared), 2);
+                r
+            })
+            .collect();
+        (relays, shared)
+    }
+
+    /// Carries every mesh message until none is left, as the shard runtimes would.
+    fn settle(relays: &mut [Relay]) {
+        loop {
+            let mut moved = Vec::new();
+            for (from, relay) in relays.iter_mut().enumerate() {
+                moved.extend(relay.drain_mesh().map(|(to, msg)| (from, to, msg)));
+            }
+            if moved.is_empty() {
+                return;
+            }
+            for (from, to, msg) in moved {
+                relays[to].handle_mesh(from, msg, Instant::now());
+            }
+        }
+    }
+
+    /// A player `p` of namespace `nsp` connected to `relay` on long-polling (whose frames
+    /// are the packets' text), listed by `owner`; its disconnect counts in `kicked`.
+    fn connect(
+        relay: &mut Relay,
+        p: PlayerId,
+        nsp: &str,
+        owner: usize,
+        kicked: &Rc<Cell<u32>>,
+    ) -> Rc<Outbox> {
+        let out = Rc::new(Outbox::new(OutboxLimits {
+            frames: 1000,
+            bytes: 1 << 20,
+        }));
+        let id = p.to_string();
+        relay.connect(
+            p,
+            Identity::anonymous(id.clone()),
+            Wire::SioPolling,
+            Rc::clone(&out),
+        );
+        let kicked = Rc::clone(kicked);
+        let socket = ListedSocket {
+            id: Arc::from(id.as_str()),
+            nsp: Arc::from(nsp),
+            client: Arc::from(id.as_str()),
+            peer: PeerKey::unknown(),
+            issued_ms: 0,
+            native: false,
+            owner,
+            disconnect: Rc::new(move || kicked.set(kicked.get() + 1)),
+        };
+        relay.admin_ui_register(p, socket, Instant::now());
+        out
+    }
+
+    /// The admin events `out` holds, as `[name, ...args]`.
+    fn events(out: &Outbox) -> Vec<Value> {
+        let mut raw = Vec::new();
+        while let Drained::Frames = out.drain(&mut raw) {}
+        raw.iter()
+            .filter_map(|f| std::str::from_utf8(f).ok()?.strip_prefix("42/admin,"))
+            .map(|json| serde_json::from_str(json).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn an_admin_sees_and_commands_the_sockets_of_every_shard() {
+        let (mut r, shared) = relays();
+        let kicked = Rc::new(Cell::new(0));
+        let watcher = connect(&mut r[0], 10, "/admin", 1, &kicked);
+        connect(&mut r[0], 11, "/", 1, &kicked);
+        connect(&mut r[1], 21, "/", 2, &kicked);
+        assert_eq!(
+            r[0].admin_ui_watch(10),
+            Some(2),
+            "the first admin arms the stats"
+        );
+        assert_eq!(r[0].admin_ui_watch(10), None);
+        assert!(shared.watching());
+        r[0].admin_ui_list(10);
+        settle(&mut r);
+        let listed = events(&watcher);
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!(listed[0][0], "all_sockets");
+        let mut ids: Vec<&str> = listed[0][1]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, ["10", "11", "21"]);
+
+        // A change on the other shard reaches the admin.
+        r[1].join(21, None, "arena", Instant::now()).unwrap();
+        settle(&mut r);
+        let seen = events(&watcher);
+        assert!(
+            seen.iter()
+                .any(|e| e[0] == "room_joined" && e[1] == "/" && e[2] == "arena" && e[3] == "21"),
+            "{seen:?}"
+        );
+
+        // A disconnect by room reaches the shard of its socket, and waits for its endpoint.
+        let command = AdminCommand::Disconnect {
+            nsp: "/".into(),
+            close: false,
+            filter: Some("arena".into()),
+        };
+        assert_eq!(r[0].admin_ui_command(command, Instant::now()), None);
+        settle(&mut r);
+        assert_eq!(r[1].take_wakeups(), vec![(2, DISCONNECT_TIMER)]);
+        for disconnect in r[1].admin_ui_disconnects() {
+            disconnect();
+        }
+        assert_eq!(kicked.get(), 1);
+
+        // Unlisted only by who listed it; then the admin hears it left its rooms too.
+        r[1].admin_ui_unregister(21, 99, "transport close", Instant::now());
+        settle(&mut r);
+        assert!(
+            events(&watcher).is_empty(),
+            "another owner's end changes nothing"
+        );
+        r[1].admin_ui_unregister(21, 2, "transport close", Instant::now());
+        settle(&mut r);
+        let seen: Vec<Value> = events(&watcher).into_iter().map(|e| e[0].clone()).collect();
+        assert_eq!(seen, ["socket_disconnected", "room_left"]);
+        assert_eq!(shared.sockets_by_namespace(), [("/", 1), ("/admin", 1)]);
+
+        // The admin gone, nobody watches and nothing is described.
+        r[0].admin_ui_unregister(10, 1, "transport close", Instant::now());
+        assert!(!shared.watching());
+        assert!(!r[0].admin_ui_told());
+    }
 
     #[test]
     fn timestamps_read_as_javascript_writes_them() {

@@ -850,6 +850,51 @@ mod tests {
     }
 
     #[test]
+    fn the_table_is_read_from_the_environment_and_flags_and_checked() {
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let on = [
+            ("CORELAY_ADMIN_UI_ENABLED", "true"),
+            ("CORELAY_ADMIN_UI_USERNAME", "ops"),
+            ("CORELAY_ADMIN_UI_PASSWORD_HASH", CHANGEIT),
+            ("CORELAY_ADMIN_UI_MODE", "production"),
+        ];
+        let flags = [("admin_ui.readonly", "true".to_owned())];
+        let config = Config::load(None, env(&on), &flags).unwrap();
+        assert_eq!(
+            config.admin_ui,
+            AdminUiConfig {
+                username: "ops".to_owned(),
+                mode: AdminUiMode::Production,
+                readonly: true,
+                ..enabled()
+            }
+        );
+        let refused =
+            |pairs: &[(&str, &str)]| Config::load(None, env(pairs), &[]).unwrap_err().to_string();
+        let no_user = refused(&[("CORELAY_ADMIN_UI_ENABLED", "true")]);
+        assert!(
+            no_user.contains("admin_ui.username is required"),
+            "{no_user}"
+        );
+        let plain = refused(&[
+            ("CORELAY_ADMIN_UI_ENABLED", "true"),
+            ("CORELAY_ADMIN_UI_USERNAME", "ops"),
+            ("CORELAY_ADMIN_UI_PASSWORD_HASH", "changeit"),
+        ]);
+        assert!(
+            plain.contains("admin_ui.password_hash must be a bcrypt hash"),
+            "{plain}"
+        );
+        let unknown = refused(&[("CORELAY_ADMIN_UI_PASSWORD", "changeit")]);
+        assert!(unknown.contains("password"), "{unknown}");
+    }
+
+    #[test]
     fn the_hashes_of_other_tools_are_read() {
         // bcryptjs writes $2b$ (older versions $2a$), htpasswd -B writes $2y$.
         for prefix in ["$2a$", "$2b$", "$2y$"] {
