@@ -10,6 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 pub use crate::auth::{AuthConfig, Expiry};
 pub use crate::matchmaking::{MatchmakingConfig, QueueConfig};
+pub use crate::socketio::admin_ui::{AdminUiConfig, AdminUiMode};
 
 /// The server's settings. Field names are also the TOML keys and, upper-cased after
 /// `CORELAY_`, the environment variables. A table's keys (`[auth]` `required`) are
@@ -167,6 +168,8 @@ pub struct Config {
     pub rooms: RoomsConfig,
     /// `[admin]`: the operator's dashboard at `/admin` (docs/OPERATIONS.md, "Dashboard").
     pub admin: AdminConfig,
+    /// `[admin_ui]`: the official Socket.IO Admin UI's namespace (docs/ADMIN_UI.md).
+    pub admin_ui: AdminUiConfig,
 }
 
 /// `[admin]`: who may open the dashboard at `/admin` and act from it.
@@ -324,6 +327,7 @@ impl Default for Config {
             matchmaking: MatchmakingConfig::default(),
             rooms: RoomsConfig::default(),
             admin: AdminConfig::default(),
+            admin_ui: AdminUiConfig::default(),
         }
     }
 }
@@ -728,6 +732,9 @@ const TABLES: &[&str] = &[
     "rate_limits.socketio",
     "rate_limits.native",
     "rate_limits",
+    // Before any table whose name it starts with (`admin`): `CORELAY_ADMIN_UI_<KEY>` is
+    // this table's.
+    "admin_ui",
     "auth",
     "log",
     "resume",
@@ -926,6 +933,9 @@ impl Config {
         // line instead of refusing every player later.
         crate::auth::Verifier::new(&self.auth)
             .map_err(|e| ConfigError::Invalid(format!("auth: {e}")))?;
+        if let Some(problem) = self.admin_ui.problem() {
+            return Err(ConfigError::Invalid(format!("admin_ui.{problem}")));
+        }
         if let Some(problem) = self.auth.rooms.iter().find_map(|r| r.problem()) {
             return Err(ConfigError::Invalid(format!("auth: {problem}")));
         }

@@ -380,6 +380,14 @@ impl Session {
         }
     }
 
+    /// Where the session's handshake came from.
+    pub fn peer(&self) -> PeerKey {
+        self.admitted
+            .borrow()
+            .as_ref()
+            .map_or(PeerKey::unknown(), |a| a.peer)
+    }
+
     /// The session id, as the client sees it.
     pub fn sid(&self) -> String {
         self.id.to_string()

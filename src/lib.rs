@@ -45,7 +45,9 @@
 //! - `engineio` (crate-private) and [`socketio`]: the Engine.IO session machine (packets
 //!   and `now` in, packets, events and its next deadline out) and Socket.IO on top of it:
 //!   namespaces, acks, the relay convention and the application API
-//!   ([`socketio::SocketIo`], [`socketio::Namespace`]).
+//!   ([`socketio::SocketIo`], [`socketio::Namespace`]); the official Socket.IO Admin UI's
+//!   namespace ([`socketio::admin_ui`], docs/ADMIN_UI.md), whose view of every shard's
+//!   sockets and rooms the relays keep and gather over the mesh (`relay/admin_ui.rs`).
 //! - [`net`]: the endpoints, which give bytes their meaning: the HTTP front
 //!   ([`net::front`]) that routes every accepted connection by path, the one WebSocket
 //!   driver ([`net::websocket`]) and its applications (native on `/ws`, the Engine.IO

@@ -33,6 +33,7 @@ use crate::shard::driver::{self, ShardSeed};
 use crate::shard::mesh::MeshQueues;
 use crate::shard::ring::{Ring, RingSizes};
 use crate::shard::{Control, Endpoint, EndpointFactory, Shard};
+use crate::socketio::admin_ui::AdminUi;
 use crate::socketio::{Namespace, SocketIo};
 use crate::stats::{Stats, StatsRegistry};
 
@@ -81,6 +82,9 @@ pub enum ServerError {
     /// The `[auth]` key could not be loaded: fix the named setting.
     #[error("auth: {0}")]
     Auth(#[from] crate::auth::KeyError),
+    /// The admin UI could not be installed (`[admin_ui]`): fix what it names.
+    #[error("{0}")]
+    AdminUi(#[from] crate::socketio::admin_ui::AdminUiError),
     /// A shard thread panicked.
     #[error("shard thread failed: {0}")]
     Panicked(String),
@@ -136,6 +140,8 @@ impl Server {
         let hooks = Arc::new(hooks.with_rules(&config.auth.rooms));
         app.verifier = Some(Arc::clone(&verifier));
         app.hooks = Arc::clone(&hooks);
+        let shards = config.shard_count(&allowed_cpus());
+        let admin_ui = AdminUi::install(&config, shards, &mut app)?;
         let app = Arc::new(app);
         let socketio_path = config.socketio_path.clone();
         // One count of Engine.IO sessions for the whole server: the caps are server-wide
@@ -174,11 +180,16 @@ impl Server {
             for path in ADMIN_PATHS {
                 routes = routes.route(PathMatch::Exact(path.to_owned()), dashboard.clone());
             }
-            vec![
+            let mut endpoints = vec![
                 Rc::new(Front::new(routes)) as Rc<dyn Endpoint>,
                 engine as Rc<dyn Endpoint>,
                 admin_endpoint as Rc<dyn Endpoint>,
-            ]
+            ];
+            if let Some(ui) = &admin_ui {
+                let id = endpoints.len() as u16;
+                endpoints.push(ui.endpoint(shard, id));
+            }
+            endpoints
         };
         Server::start_endpoints(config, Arc::new(endpoints))
     }

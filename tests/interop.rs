@@ -139,6 +139,14 @@ fn node_rooms() {
     node_suite("rooms.test.js");
 }
 
+/// The official Socket.IO Admin UI's protocol with the official client: a bcrypt login
+/// refused and accepted, `server_stats` and `all_sockets` describing players of both shards,
+/// the changes as they happen and the `join`, `leave` and `_disconnect` commands.
+#[test]
+fn node_admin_ui() {
+    node_suite("admin_ui.test.js");
+}
+
 /// Matchmaking with the official client: `mm:queue` into a room the players are members
 /// of already, a party never split, `mm:cancel`, `mm:timeout`, a disconnect that withdraws
 /// a party, refusals that touch nobody else, and the guide's matched game up to the host's

@@ -27,6 +27,7 @@ use crate::relay::{
     TicketRequest, Wire,
 };
 use crate::shard::{Cx, Shard, Step};
+use crate::socketio::admin_ui;
 use crate::stats::{add, CloseReason, Refusal};
 
 /// Path of the native protocol endpoint.
@@ -222,6 +223,7 @@ impl NativeSession {
                         Wire::Native,
                         Rc::clone(cx.out),
                     );
+                    admin_ui::native_connected(&mut relay, cx, self.player);
                     let (session, secret) = if relay.keeps_sessions() {
                         let secret = new_secret();
                         relay.open_session(self.player, &secret);
@@ -279,6 +281,7 @@ impl NativeSession {
                             secret: secret.as_str().to_owned(),
                             resumed: true,
                         }));
+                        admin_ui::native_connected(&mut shard.relay.borrow_mut(), cx, session);
                         shard
                             .relay
                             .borrow_mut()
@@ -651,6 +654,7 @@ impl WsApp for NativeSession {
         crate::stats::sub(&cx.shard.stats.native_connections, 1);
         if self.welcomed {
             let mut relay = cx.shard.relay.borrow_mut();
+            admin_ui::native_gone(&mut relay, cx, self.player, why);
             // A connection lost (EOF without a close frame, a socket error, silence) keeps
             // its session for the resume window, as socket.io's recovery does for transport
             // errors and ping timeouts; a client that said goodbye, or one the server

@@ -782,6 +782,7 @@ impl Relay {
             local.add(member);
             local.total = members;
             local.host = host.clone();
+            self.admin_ui_joined(player, &room, now);
             if let Some(p) = self.players.get_mut(&player) {
                 p.rooms.push(room.clone());
                 if p.ticket

@@ -33,6 +33,7 @@
 //! collects [`MeshMsg`]s for the shard runtime to carry ([`Relay::drain_mesh`]).
 
 mod admin;
+mod admin_ui;
 mod broadcast;
 mod matching;
 mod outbox;
@@ -49,6 +50,9 @@ use hdrhistogram::Histogram;
 pub use admin::{
     AdminMember, AdminMsg, AdminRoom, AdminRoomHome, RoomsFilter, MAX_ROOMS_PAGE, MEMBERS_LISTED,
     ROOMS_PAGE,
+};
+pub use admin_ui::{
+    iso8601, AdminCommand, AdminUiMsg, AdminUiShared, ListedSocket, DISCONNECT_TIMER, STATS_TIMER,
 };
 pub use broadcast::{
     native_frame, parse_sio_offset, room_key, room_tag, sio_offset, sio_polling_text,
@@ -310,6 +314,9 @@ pub enum MeshMsg {
     /// The operator's dashboard: its scatter-gathers and actions (`relay/admin.rs`; boxed,
     /// as they are rare and every mesh slot is as large as the largest message).
     Admin(Box<AdminMsg>),
+    /// The official Socket.IO Admin UI's lists, changes and commands (`relay/admin_ui.rs`;
+    /// boxed, as they are rare and every mesh slot is as large as the largest message).
+    AdminUi(Box<AdminUiMsg>),
     /// home -> origin: what a resuming member missed, in order. Deliveries after this one
     /// on the same path are newer, so the origin delivers to the member again from here.
     Replay {
@@ -623,6 +630,9 @@ pub struct Relay {
     /// The dashboard's requests waiting for other shards, and its kicks of Socket.IO
     /// players for their sessions to end.
     admin: admin::AdminState,
+    /// The official Socket.IO Admin UI's view of this shard (`[admin_ui]`); `None`, and
+    /// every hook one branch, while it is off.
+    admin_ui: Option<Box<admin_ui::AdminUi>>,
 }
 
 impl Relay {
@@ -651,6 +661,7 @@ impl Relay {
             listings: HashMap::new(),
             matching: Matching::new(&Default::default(), shard, shards),
             admin: admin::AdminState::default(),
+            admin_ui: None,
         }
     }
 
@@ -811,6 +822,7 @@ impl Relay {
             });
             local.total = members;
             local.host = Some(Arc::clone(&host));
+            self.admin_ui_joined(player, room, now);
             self.reply(player, req, |req| {
                 Self::joined_reply(req, room, created, members, host, state, roster)
             });
@@ -1255,6 +1267,7 @@ impl Relay {
                 self.rooms.remove(room);
             }
         }
+        self.admin_ui_left(player, room, now);
         let home = home_shard(room, self.shards);
         if home == self.shard {
             self.home_leave(self.shard, room, player, name, reason, now);
@@ -1453,6 +1466,7 @@ impl Relay {
                 m.outbox = Rc::clone(&outbox);
             }
         }
+        self.admin_ui_rewired(player, wire);
     }
 
     /// Handles a message from shard `from`.
@@ -1560,6 +1574,7 @@ impl Relay {
             | MeshMsg::Ticket(..)
             | MeshMsg::MatchRoom(_)
             | MeshMsg::MatchJoined(_)) => self.handle_match_mesh(from, msg, now),
+            MeshMsg::AdminUi(msg) => self.handle_admin_ui_mesh(from, *msg, now),
         }
     }
 
@@ -1591,6 +1606,7 @@ impl Relay {
         let Some(joining) = local.joining.remove(&player) else {
             return;
         };
+        let mut admitted = false;
         if let Ok(Counted {
             members,
             since,
@@ -1611,6 +1627,7 @@ impl Relay {
                         away: false,
                         since,
                     });
+                    admitted = true;
                 }
             }
         }
@@ -1622,6 +1639,9 @@ impl Relay {
             if let Some(p) = self.players.get_mut(&player) {
                 p.rooms.retain(|r| r != room);
             }
+        }
+        if admitted {
+            self.admin_ui_joined(player, room, now);
         }
         for answer in joining.answers {
             self.reply_now(

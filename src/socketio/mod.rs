@@ -37,12 +37,13 @@
 //! where socket.io's server throws `"connect" is a reserved event name`.
 
 mod ack;
+pub mod admin_ui;
 mod session;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::{Rc, Weak};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -59,6 +60,7 @@ pub use ack::AckError;
 pub(crate) use session::SioSession;
 
 type AuthorizeFn = dyn Fn(&Value) -> Result<(), Value> + Send + Sync;
+type AuthorizeLaterFn = dyn Fn(&Value) -> Verdict + Send + Sync;
 type ConnectFn = dyn Fn(&Socket) + Send + Sync;
 type EventFn = dyn Fn(&Socket, Vec<Arg>, Option<Ack>) + Send + Sync;
 type DisconnectFn = dyn Fn(&Socket, &str) + Send + Sync;
@@ -98,6 +100,8 @@ pub struct SocketIo {
     pub(crate) verifier: Option<Arc<Verifier>>,
     /// Authorization hooks and rules; set by [`crate::Server::start_with_hooks`].
     pub(crate) hooks: Arc<Hooks>,
+    /// The admin UI, when it is to hear every event received (`[admin_ui]` `events`).
+    pub(crate) admin_events: Option<Arc<crate::relay::AdminUiShared>>,
 }
 
 impl Default for SocketIo {
@@ -120,6 +124,7 @@ impl SocketIo {
             engine_echo: false,
             verifier: None,
             hooks: Arc::new(Hooks::new()),
+            admin_events: None,
         }
     }
 
@@ -131,6 +136,7 @@ impl SocketIo {
             engine_echo: true,
             verifier: None,
             hooks: Arc::new(Hooks::new()),
+            admin_events: None,
         }
     }
 
@@ -154,7 +160,11 @@ impl SocketIo {
 #[derive(Default)]
 pub struct Namespace {
     relay_convention: bool,
+    /// The admin UI's namespace: its sockets are operators, who prove themselves to it
+    /// (`authorize_later`), not players: no player token, no handshake hook, no recovery.
+    admin: bool,
     authorize: Option<Arc<AuthorizeFn>>,
+    authorize_later: Option<Arc<AuthorizeLaterFn>>,
     on_connect: Option<Arc<ConnectFn>>,
     events: HashMap<String, Arc<EventFn>>,
     on_disconnect: Option<Arc<DisconnectFn>>,
@@ -186,6 +196,19 @@ impl Namespace {
         self
     }
 
+    /// Like [`Namespace::authorize`], for a check that must not run on the shard (a password
+    /// hash that takes tens of milliseconds, a call to a backend): `f` answers with a
+    /// [`Verdict`] that another thread decides, and the CONNECT waits for it (at most
+    /// [`AUTHORIZE_WAIT`], then it is refused) while the shard serves everyone else. Runs
+    /// after `authorize`, if both are set.
+    pub fn authorize_later(
+        mut self,
+        f: impl Fn(&Value) -> Verdict + Send + Sync + 'static,
+    ) -> Namespace {
+        self.authorize_later = Some(Arc::new(f));
+        self
+    }
+
     /// Runs after a connection is accepted (the client already has its CONNECT answer).
     pub fn on_connect(mut self, f: impl Fn(&Socket) + Send + Sync + 'static) -> Namespace {
         self.on_connect = Some(Arc::new(f));
@@ -208,6 +231,40 @@ impl Namespace {
     pub fn on_disconnect(mut self, f: impl Fn(&Socket, &str) + Send + Sync + 'static) -> Namespace {
         self.on_disconnect = Some(Arc::new(f));
         self
+    }
+}
+
+/// Longest a CONNECT waits for a [`Verdict`] before it is refused: a check that has not
+/// answered by then is stuck, and the client is better told so than left waiting.
+pub const AUTHORIZE_WAIT: Duration = Duration::from_secs(10);
+
+/// The answer to a CONNECT's [`Namespace::authorize_later`]: decided once, by any thread
+/// (`Ok`, or `Err(data)` for a CONNECT_ERROR carrying `data`), and read by the session that
+/// waits for it.
+#[derive(Debug, Clone, Default)]
+pub struct Verdict(Arc<OnceLock<Result<(), Value>>>);
+
+impl Verdict {
+    /// A verdict still to be decided (hand a clone to whoever decides it).
+    pub fn pending() -> Verdict {
+        Verdict::default()
+    }
+
+    /// A verdict decided already.
+    pub fn ready(verdict: Result<(), Value>) -> Verdict {
+        let v = Verdict::default();
+        v.decide(verdict);
+        v
+    }
+
+    /// Decides it; only the first decision counts.
+    pub fn decide(&self, verdict: Result<(), Value>) {
+        let _ = self.0.set(verdict);
+    }
+
+    /// The decision, once there is one.
+    pub fn outcome(&self) -> Option<&Result<(), Value>> {
+        self.0.get()
     }
 }
 

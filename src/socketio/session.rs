@@ -11,7 +11,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use super::ack::{AckCallback, AckError, PendingAcks};
-use super::{Ack, Namespace, Socket, SocketCore, SocketIo};
+use super::{Ack, Namespace, Socket, SocketCore, SocketIo, Verdict, AUTHORIZE_WAIT};
 use crate::auth::Identity;
 use crate::config::{Config, Protocol};
 use crate::engineio::Session;
@@ -88,14 +88,37 @@ pub(crate) struct SioSession {
     sockets: Sockets,
     assembler: BinaryAssembler,
     stage: Stage,
-    /// Namespaces whose CONNECT waits for other shards to decide a recovery (boxed: a
-    /// session rarely has any, and every session pays for the field).
-    recovering: Option<Box<Recoveries>>,
+    /// Namespaces whose CONNECT waits: for other shards to decide a recovery, or for a
+    /// [`Namespace::authorize_later`] verdict (boxed: a session rarely has any, and every
+    /// session pays for the field).
+    waiting: Option<Box<Waiting>>,
 }
 
-/// The CONNECTs of a session that wait for recoveries.
+/// How often a CONNECT waiting for a [`Verdict`] looks whether it came: the verdict is
+/// decided on another thread, which cannot reach the shard's timers. 10 ms adds that much
+/// at most to a check that takes tens (a password hash), in a handful of timer turns.
+const AUTHORIZE_POLL: Duration = Duration::from_millis(10);
+
+/// A CONNECT waiting for its namespace's [`Verdict`].
+struct Authorizing {
+    nsp: String,
+    namespace: Arc<Namespace>,
+    auth: Value,
+    verdict: Verdict,
+    /// When to look again.
+    next: Instant,
+    /// When to stop waiting ([`AUTHORIZE_WAIT`] after the CONNECT).
+    until: Instant,
+}
+
+/// The CONNECTs of a session that wait.
 #[derive(Default)]
-struct Recoveries(Vec<Recovering>);
+struct Waiting {
+    /// For recoveries.
+    recoveries: Vec<Recovering>,
+    /// For verdicts.
+    verdicts: Vec<Authorizing>,
+}
 
 /// How long a CONNECT waits for the other shards to answer a recovery before the socket
 /// gets a fresh session (they answer within a mesh round trip unless one is stuck).
@@ -138,7 +161,7 @@ impl SioSession {
             // Replaced with the configured limits by `start`.
             assembler: BinaryAssembler::new(MAX_ATTACHMENTS, 0),
             stage: Stage::New,
-            recovering: None,
+            waiting: None,
         }
     }
 
@@ -174,15 +197,20 @@ impl SioSession {
             .values()
             .filter_map(|(core, _)| core.expires.get());
         let recoveries = self
-            .recovering
+            .waiting
             .iter()
-            .flat_map(|r| r.0.iter().map(Recovering::due));
+            .flat_map(|w| w.recoveries.iter().map(Recovering::due));
+        let authorizations = self
+            .waiting
+            .iter()
+            .flat_map(|w| w.verdicts.iter().map(|a| a.next));
         [self.connect_deadline(), self.assembler.deadline()]
             .into_iter()
             .flatten()
             .chain(acks)
             .chain(expiries)
             .chain(recoveries)
+            .chain(authorizations)
             .min()
     }
 
@@ -202,6 +230,7 @@ impl SioSession {
             return Err(("parse error", CloseReason::Invalid));
         }
         self.recoveries_decided(session, now);
+        self.authorizations_decided(session, now);
         // A socket whose token expired is told why (an `error` event: the DISCONNECT packet
         // carries no reason) and disconnected; its session and other namespaces go on.
         let lapsed: Vec<String> = self
@@ -281,8 +310,9 @@ impl SioSession {
     /// The session ended: every socket disconnects with `reason`. With `lost` (the
     /// connection went, the server did not end it) their sessions wait for recovery.
     pub fn on_close(&mut self, session: &Rc<Session>, reason: &str, lost: bool) {
-        // A recovery still undecided: the relay keeps the session away when it comes.
-        self.recovering = None;
+        // A recovery still undecided: the relay keeps the session away when it comes. A
+        // verdict still undecided is decided for nobody.
+        self.waiting = None;
         let names: Vec<String> = self.sockets.keys().cloned().collect();
         for nsp in names {
             self.remove(session, &nsp, reason, lost);
@@ -318,6 +348,7 @@ impl SioSession {
             return;
         };
         core.connected.set(false);
+        super::admin_ui::socket_gone(session, core.player, reason);
         // Unless another connection recovered the socket meanwhile.
         let owned = |outbox: &Rc<Outbox>| session.owns(outbox);
         session
@@ -410,28 +441,114 @@ impl SioSession {
             session.send(&refusal.encode_engineio(), &[]);
             return Ok(());
         };
-        let recovering = |r: &Recoveries| r.0.iter().any(|r| r.admission.nsp == nsp);
-        if self.sockets.contains_key(&nsp) || self.recovering.as_deref().is_some_and(recovering) {
+        let waiting = |w: &Waiting| {
+            w.recoveries.iter().any(|r| r.admission.nsp == nsp)
+                || w.verdicts.iter().any(|a| a.nsp == nsp)
+        };
+        if self.sockets.contains_key(&nsp) || self.waiting.as_deref().is_some_and(waiting) {
             // Already connected: a broken client; the reference server ignores it too.
             return Ok(());
         }
         let auth = packet.data.clone().unwrap_or_else(|| json!({}));
         if let Some(check) = &namespace.authorize {
             if let Err(data) = check(&auth) {
-                let refusal = Packet {
-                    packet_type: PacketType::ConnectError,
-                    nsp: nsp.clone(),
-                    ack_id: None,
-                    data: Some(data),
-                    attachments: Vec::new(),
-                };
-                session.send(&refusal.encode_engineio(), &[]);
+                refuse(session, &nsp, data);
                 return Ok(());
             }
         }
+        if let Some(check) = &namespace.authorize_later {
+            let verdict = check(&auth);
+            match verdict.outcome() {
+                Some(Ok(())) => {}
+                Some(Err(data)) => {
+                    refuse(session, &nsp, data.clone());
+                    return Ok(());
+                }
+                None => {
+                    self.waiting
+                        .get_or_insert_default()
+                        .verdicts
+                        .push(Authorizing {
+                            nsp,
+                            namespace,
+                            auth,
+                            verdict,
+                            next: now + AUTHORIZE_POLL,
+                            until: now + AUTHORIZE_WAIT,
+                        });
+                    return Ok(());
+                }
+            }
+        }
+        self.authorized(session, nsp, namespace, auth, now)
+    }
+
+    /// Connects the CONNECTs whose verdict came (or refuses them), and refuses those that
+    /// waited [`AUTHORIZE_WAIT`] for one.
+    fn authorizations_decided(&mut self, session: &Rc<Session>, now: Instant) {
+        let Some(all) = self
+            .waiting
+            .as_mut()
+            .map(|w| std::mem::take(&mut w.verdicts))
+        else {
+            return;
+        };
+        let mut waiting = Vec::new();
+        for mut a in all {
+            match a.verdict.outcome() {
+                Some(Ok(())) => {
+                    // A namespace CONNECT never ends the session.
+                    let result = self.authorized(session, a.nsp, a.namespace, a.auth, now);
+                    debug_assert!(result.is_ok());
+                }
+                Some(Err(data)) => refuse(session, &a.nsp, data.clone()),
+                None if now >= a.until => refuse(
+                    session,
+                    &a.nsp,
+                    json!({ "message": "authorization timed out" }),
+                ),
+                None => {
+                    if a.next <= now {
+                        a.next = now + AUTHORIZE_POLL;
+                    }
+                    waiting.push(a);
+                }
+            }
+        }
+        // One decided meanwhile may have queued more (a connect handler): keep both.
+        self.waiting
+            .get_or_insert_default()
+            .verdicts
+            .extend(waiting);
+        self.forget_empty_wait();
+    }
+
+    /// Frees the waiting CONNECTs' box once none waits.
+    fn forget_empty_wait(&mut self) {
+        if self
+            .waiting
+            .as_deref()
+            .is_some_and(|w| w.recoveries.is_empty() && w.verdicts.is_empty())
+        {
+            self.waiting = None;
+        }
+    }
+
+    /// The rest of a CONNECT, once its namespace let it in: the player's token, a
+    /// recovery, the socket.
+    fn authorized(
+        &mut self,
+        session: &Rc<Session>,
+        nsp: String,
+        namespace: Arc<Namespace>,
+        auth: Value,
+        now: Instant,
+    ) -> Result<(), CloseReason> {
         let shard = Rc::clone(&session.shard);
         let token = auth.get("token").and_then(Value::as_str);
         let verified = match &self.app.verifier {
+            // Operators prove themselves to their namespace, never with a player's token.
+            Some(_) if namespace.admin => Ok(None),
             Some(verifier) => verifier.check(token),
             None => Ok(None),
         };
@@ -461,7 +578,7 @@ impl SioSession {
             auth,
             verified,
         };
-        let recover = shard.relay.borrow().recovers_sio();
+        let recover = shard.relay.borrow().recovers_sio() && !admission.namespace.admin;
         if let Some(req) = recover.then(|| recover_request(&admission)).flatten() {
             let (outbox, wire) = session.transport();
             let (player, secret) = (req.player, req.secret.clone());
@@ -474,13 +591,16 @@ impl SioSession {
                     return self.admit(session, admission, player, &secret, Some(identity), now);
                 }
                 Recovery::Pending(ticket) => {
-                    self.recovering.get_or_insert_default().0.push(Recovering {
-                        admission,
-                        player,
-                        secret,
-                        ticket,
-                        asked: now,
-                    });
+                    self.waiting
+                        .get_or_insert_default()
+                        .recoveries
+                        .push(Recovering {
+                            admission,
+                            player,
+                            secret,
+                            ticket,
+                            asked: now,
+                        });
                     return Ok(());
                 }
                 Recovery::Failed => {}
@@ -493,14 +613,20 @@ impl SioSession {
     /// Connects the CONNECTs whose recovery other shards decided, or that waited too long
     /// (those get a fresh session).
     fn recoveries_decided(&mut self, session: &Rc<Session>, now: Instant) {
-        let Some(all) = self.recovering.take() else {
+        let Some(all) = self
+            .waiting
+            .as_mut()
+            .map(|w| std::mem::take(&mut w.recoveries))
+        else {
             return;
         };
         let (due, waiting): (Vec<Recovering>, Vec<Recovering>) =
-            all.0.into_iter().partition(|r| r.due() <= now);
-        if !waiting.is_empty() {
-            self.recovering = Some(Box::new(Recoveries(waiting)));
-        }
+            all.into_iter().partition(|r| r.due() <= now);
+        self.waiting
+            .get_or_insert_default()
+            .recoveries
+            .extend(waiting);
+        self.forget_empty_wait();
         for r in due {
             let result = match r.ticket.outcome() {
                 Some(Some(identity)) => self.admit(
@@ -548,7 +674,11 @@ impl SioSession {
             Arc::from(text)
         };
         let nsp = a.nsp;
-        if let Err(why) = self.app.hooks.check_handshake(&identity) {
+        let checked = match a.namespace.admin {
+            false => self.app.hooks.check_handshake(&identity),
+            true => Ok(()),
+        };
+        if let Err(why) = checked {
             // As a refused token: the official client's `connect_error` shows the message.
             shard.stats.count_refusal(Refusal::Forbidden);
             if was_recovered {
@@ -592,9 +722,11 @@ impl SioSession {
         } else {
             let (outbox, wire) = session.transport();
             relay.connect(player, relayed_as, wire, outbox);
-            relay.open_sio_session(player, secret, &nsp);
+            if !a.namespace.admin {
+                relay.open_sio_session(player, secret, &nsp);
+            }
         }
-        let recovers = relay.recovers_sio();
+        let recovers = relay.recovers_sio() && !a.namespace.admin;
         drop(relay);
         if !matches!(self.stage, Stage::Connected(_)) {
             // The limits are the session's, set by its first namespace: they bound what
@@ -616,6 +748,7 @@ impl SioSession {
         session.send(&answer.encode_engineio(), &[]);
         self.sockets
             .insert((Rc::clone(&core), Arc::clone(&a.namespace)));
+        super::admin_ui::socket_connected(session, &core, now);
         if let Some(f) = &a.namespace.on_connect {
             f(&Socket { core });
         }
@@ -654,6 +787,9 @@ impl SioSession {
             if let Err(exceeded) = checked {
                 return self.rate_limited(session, &socket, ack, &name, exceeded);
             }
+        }
+        if let Some(ui) = &self.app.admin_events {
+            super::admin_ui::event_received(ui, &socket, &packet);
         }
         if name == REFRESH_EVENT {
             if let Some(verifier) = self.app.verifier.as_ref().filter(|v| v.keyed()) {
@@ -783,6 +919,19 @@ fn refresh(
 
 fn owned_args(packet: &Packet) -> Vec<Arg> {
     packet.owned_args()
+}
+
+/// Refuses a namespace CONNECT with a CONNECT_ERROR carrying `data` (the official client's
+/// `connect_error` Error takes its `message`).
+fn refuse(session: &Session, nsp: &str, data: Value) {
+    let refusal = Packet {
+        packet_type: PacketType::ConnectError,
+        nsp: nsp.to_owned(),
+        ack_id: None,
+        data: Some(data),
+        attachments: Vec::new(),
+    };
+    session.send(&refusal.encode_engineio(), &[]);
 }
 
 /// The stat of a session that sent what does not decode.
@@ -1284,6 +1433,69 @@ mod tests {
         assert_eq!(outcomes.lock().unwrap().len(), 1);
         assert!(!s.is_closed());
         assert!(s.poll_timeout() > Some(due));
+    }
+
+    #[test]
+    fn a_connect_waits_for_a_verdict_decided_elsewhere() {
+        let shard = shard(|_| {});
+        let t0 = Instant::now();
+        let verdicts: Arc<Mutex<Vec<Verdict>>> = Arc::default();
+        let handed = Arc::clone(&verdicts);
+        let app = SocketIo::empty().namespace(
+            "/ops",
+            Namespace::new().authorize_later(move |auth| {
+                let verdict = Verdict::pending();
+                if auth["ok"] == true {
+                    handed.lock().unwrap().push(verdict.clone());
+                }
+                verdict
+            }),
+        );
+        let (_sessions, s) = session(&shard, app, t0);
+        message(&s, t0, r#"0/ops,{"ok":true}"#);
+        assert!(polled(&s).is_empty(), "no answer before the verdict");
+        // A second CONNECT meanwhile is a broken client's: ignored, as when connected.
+        message(&s, t0, r#"0/ops,{"ok":true}"#);
+        assert_eq!(verdicts.lock().unwrap().len(), 1);
+        let poll = s.poll_timeout().expect("the session looks again");
+        assert!(poll <= t0 + AUTHORIZE_POLL, "{:?}", poll - t0);
+        s.handle_timeout(poll);
+        assert!(polled(&s).is_empty(), "still undecided");
+        verdicts.lock().unwrap()[0].decide(Ok(()));
+        let poll = s.poll_timeout().expect("the session looks again");
+        s.handle_timeout(poll);
+        let answers = polled(&s);
+        assert!(answers[0].starts_with("40/ops,{"), "{answers:?}");
+        assert!(answers[0].contains("\"sid\":"), "{answers:?}");
+
+        // One that is never decided is refused once it has waited long enough.
+        let (_sessions, s) = session(
+            &shard,
+            SocketIo::empty().namespace(
+                "/ops",
+                Namespace::new().authorize_later(|_| Verdict::pending()),
+            ),
+            t0,
+        );
+        message(&s, t0, "0/ops,");
+        s.handle_timeout(t0 + AUTHORIZE_WAIT);
+        assert_eq!(
+            polled(&s),
+            vec![r#"44/ops,{"message":"authorization timed out"}"#]
+        );
+        assert!(!s.is_closed(), "a namespace refused, the session goes on");
+
+        // One decided at once is answered at once, a refusal with its data.
+        let (_sessions, s) = session(
+            &shard,
+            SocketIo::empty().namespace(
+                "/ops",
+                Namespace::new().authorize_later(|_| Verdict::ready(Err(json!({"message": "no"})))),
+            ),
+            t0,
+        );
+        message(&s, t0, "0/ops,");
+        assert_eq!(polled(&s), vec![r#"44/ops,{"message":"no"}"#]);
     }
 
     #[test]
