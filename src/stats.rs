@@ -2,14 +2,15 @@
 //!
 //! Counters are atomics with a single writer (their shard) and relaxed ordering: a reader
 //! on another thread may see a slightly stale value, never a torn one. The relay-latency
-//! histogram lives in its shard and is published every stats tick into a one-slot
-//! lock-free mailbox (crossbeam's `ArrayQueue`), from which readers merge it; so latency
-//! figures are at most one tick (`stats_publish_ms`) old.
+//! histogram lives in its shard and is published every stats tick into a one-slot mailbox
+//! that readers copy from; the shard only tries its lock (a reader holding it delays the
+//! publication by a tick, never the shard), so latency figures are at most a tick or two
+//! (`stats_publish_ms`) old, and two readers at once (a scrape and the dashboard) both see
+//! it.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
-use crossbeam_queue::ArrayQueue;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -255,7 +256,10 @@ pub struct ShardStats {
     /// Errors answered to clients, by [`ErrorCode`] number.
     errors: [AtomicU64; ERROR_SLOTS],
     refused: [AtomicU64; Refusal::ALL.len()],
-    latency: ArrayQueue<Histogram<u64>>,
+    /// The last histogram the shard published. A reader holds the lock for a copy; the
+    /// shard only tries it, and publishes on its next tick when a reader has it: the shard
+    /// never waits for a reader.
+    latency: std::sync::Mutex<Option<Histogram<u64>>>,
 }
 
 impl Default for ShardStats {
@@ -293,7 +297,7 @@ impl Default for ShardStats {
             closes: Default::default(),
             errors: Default::default(),
             refused: Default::default(),
-            latency: ArrayQueue::new(1),
+            latency: std::sync::Mutex::new(None),
         }
     }
 }
@@ -373,16 +377,16 @@ impl ShardStats {
 
     /// Publishes the shard's latest latency histogram, replacing the previous one.
     pub fn publish_latency(&self, histogram: Histogram<u64>) {
-        self.latency.force_push(histogram);
+        if let Ok(mut last) = self.latency.try_lock() {
+            *last = Some(histogram);
+        }
     }
 
     /// The latency histogram the shard published last.
     pub(crate) fn latency_snapshot(&self) -> Option<Histogram<u64>> {
-        let h = self.latency.pop()?;
-        let copy = h.clone();
-        // Put it back unless the shard published a newer one meanwhile.
-        let _ = self.latency.push(h);
-        Some(copy)
+        // Concurrent readers (a scrape and the dashboard) each get a copy: none takes it
+        // away from the other.
+        self.latency.lock().ok()?.clone()
     }
 }
 
