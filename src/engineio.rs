@@ -575,15 +575,24 @@ impl Session {
             sio.on_close(self, reason, lost);
         }
         if let Some(polling) = &self.polling {
-            // The poll that is pending (or comes next) ends: with the close packet when the
-            // server ends the session, with a noop when the client did. After an upgrade
-            // the queue is closed already and this does nothing.
-            let last = if stat == CloseReason::Peer {
-                &NOOP_PACKET
-            } else {
-                &CLOSE_PACKET
-            };
-            polling.end_with(last.clone());
+            // The poll that is pending (or comes next) ends: with a noop when the client
+            // ended the session, with the close packet when the server did. After an
+            // upgrade the queue is closed already and this does nothing.
+            //
+            // A session the server ends for cause has queued its DISCONNECTs: they go alone.
+            // The official client hands a payload's packets to Socket.IO a tick late, so a
+            // close packet beside them would end its transport first, read as `transport
+            // close`, and it would reconnect (the reference sends its close in a later
+            // poll); the session ends here all the same, and a later poll finds it gone.
+            let for_cause = !matches!(
+                stat,
+                CloseReason::Peer | CloseReason::Io | CloseReason::Idle | CloseReason::Shutdown
+            );
+            match stat {
+                CloseReason::Peer => polling.end_with(NOOP_PACKET.clone()),
+                _ if for_cause && !polling.is_empty() => polling.finish(),
+                _ => polling.end_with(CLOSE_PACKET.clone()),
+            }
         }
         if let Some(ws) = self.ws.borrow().as_ref() {
             ws.close(close::NORMAL, "");
@@ -614,14 +623,6 @@ impl Session {
         for nsp in namespaces {
             let packet = crate::proto::socketio::Packet::disconnect(&nsp);
             self.send(&packet.encode_engineio(), &[]);
-        }
-        if let (Some(polling), Phase::Polling | Phase::Upgrading) = (&self.polling, self.phase()) {
-            // The poll carries the DISCONNECT alone. The official client hands a payload's
-            // packets to Socket.IO a tick later, so a close packet in the same answer would
-            // end its transport first and read as `transport close`, and it would
-            // reconnect (the reference sends its close in a later poll). The session ends
-            // here all the same; a later poll finds it gone.
-            polling.finish();
         }
         self.close("forced server close", CloseReason::Kicked);
     }

@@ -52,9 +52,10 @@ for (const transport of ['websocket', 'polling']) {
   });
 }
 
-test('a client that keeps exceeding its limit is disconnected by the server; the room goes on', async () => {
-  const room = 'rl-abuse';
-  const [abuser, sender, receiver] = [client(), client(), client()];
+for (const transport of ['websocket', 'polling']) {
+test(`[${transport}] a client that keeps exceeding its limit is disconnected by the server and does not reconnect; the room goes on`, async () => {
+  const room = `rl-abuse-${transport}`;
+  const [abuser, sender, receiver] = [client([transport]), client(), client()];
   await Promise.all([connected(abuser), connected(sender), connected(receiver)]);
   await ack(receiver, 3000, 'join', room);
   await ack(sender, 3000, 'join', room);
@@ -73,3 +74,4 @@ test('a client that keeps exceeding its limit is disconnected by the server; the
   sender.emit('to', room, 'tick', 'after');
   assert.equal((await tick)[0], 'after');
 });
+}
