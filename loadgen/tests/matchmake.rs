@@ -1,18 +1,16 @@
 //! End-to-end: `matchmake` against an in-process corelay on 127.0.0.1:0. Every ticket is
 //! accounted for, every matched room is played with no loss, and every run ends by itself.
 
-use std::sync::mpsc;
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::run_bounded;
 use corelay::config::{MatchmakingConfig, QueueConfig};
 use corelay::matchmaking::MatchSize;
 use corelay::{Config, Server};
 use corelay_loadgen::tickets::TicketPlan;
-use corelay_loadgen::{Options, Outcome, Protocol, Scenario};
-
-/// Every run here ends by itself within a few seconds; this is the point at which a
-/// hang is declared a failure.
-const BUDGET: Duration = Duration::from_secs(60);
+use corelay_loadgen::{Options, Protocol, Scenario};
 
 fn server(shards: usize, queues: &[(&str, QueueConfig)]) -> Server {
     let mut matchmaking = MatchmakingConfig::default();
@@ -26,17 +24,6 @@ fn server(shards: usize, queues: &[(&str, QueueConfig)]) -> Server {
         ..Config::default()
     })
     .expect("server starts")
-}
-
-/// Runs the load generator on its own thread and fails if it outlives [`BUDGET`].
-fn run_bounded(opts: Options) -> Outcome {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(corelay_loadgen::run(&opts));
-    });
-    rx.recv_timeout(BUDGET)
-        .expect("the run ended within its budget")
-        .expect("the run succeeded")
 }
 
 fn options(server: &Server, protocol: Protocol) -> Options {
