@@ -166,8 +166,13 @@ pub struct MatchmakingReport {
     /// First ticket's due time -> last match, s.
     pub span_s: f64,
     /// `matches / span_s`: the server's matching rate under this arrival rate (with tickets
-    /// paced, at most what arrives).
+    /// paced, at most what arrives; one pair that waits long for a partner stretches the
+    /// span).
     pub matches_per_s: f64,
+    /// Matches in the busiest `--interval` (counted from the first ticket's due time), per
+    /// second.
+    #[serde(default)]
+    pub peak_matches_per_s: f64,
     /// With `--server-pid`: the server's CPU seconds over the matching phase (from the
     /// first ticket's due time to the start of the play).
     pub server_cpu_s: Option<f64>,
@@ -419,8 +424,8 @@ impl Report {
             let _ = writeln!(t);
             let _ = write!(
                 t,
-                "matches      {} of {:.2} players, {:.0}/s over {:.2} s (first due ticket -> last match)",
-                mm.matches, mm.players_per_match, mm.matches_per_s, mm.span_s
+                "matches      {} of {:.2} players, {:.0}/s over {:.2} s (first due ticket -> last match), {:.0}/s at the busiest",
+                mm.matches, mm.players_per_match, mm.matches_per_s, mm.span_s, mm.peak_matches_per_s
             );
             if let Some(cpu) = mm.server_cpu_s {
                 let _ = write!(

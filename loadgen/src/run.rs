@@ -47,7 +47,7 @@ use crate::report::{
     RssSample, ServerReport, Settings,
 };
 use crate::schedule::Schedule;
-use crate::tickets::TicketTally;
+use crate::tickets::{busiest_rate, TicketTally};
 use crate::transport::{reason, Connection, Endpoint, TransportError};
 use crate::Error;
 
@@ -1015,6 +1015,7 @@ fn build_report(
             } else {
                 0.0
             },
+            peak_matches_per_s: busiest_rate(&shared.rooms.formed_ns(), origin, opts.interval),
             server_cpu_s,
             phase_s: w.matching.as_secs_f64(),
             tickets,

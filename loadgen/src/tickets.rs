@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -220,6 +221,20 @@ impl TicketTally {
     }
 }
 
+/// Events per second in the busiest `interval` of `times_ns`, intervals counted from
+/// `origin_ns`: unlike a rate over the whole span, one late event does not dilute it.
+pub fn busiest_rate(times_ns: &[u64], origin_ns: u64, interval: Duration) -> f64 {
+    let interval_ns = interval.as_nanos().max(1) as u64;
+    let mut per_interval: BTreeMap<u64, u64> = BTreeMap::new();
+    for at in times_ns {
+        *per_interval
+            .entry(at.saturating_sub(origin_ns) / interval_ns)
+            .or_default() += 1;
+    }
+    let busiest = per_interval.values().copied().max().unwrap_or(0);
+    busiest as f64 * 1e9 / interval_ns as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,6 +304,16 @@ mod tests {
                 "{bad} should not parse"
             );
         }
+    }
+
+    #[test]
+    fn the_busiest_interval_is_not_diluted_by_a_late_event() {
+        let s = 1_000_000_000;
+        // Three in the first second, one in the second, one ten seconds later.
+        let times = [0, s / 2, s - 1, s, 11 * s].map(|t| t + 5);
+        assert_eq!(busiest_rate(&times, 5, Duration::from_secs(1)), 3.0);
+        assert_eq!(busiest_rate(&times, 5, Duration::from_millis(500)), 4.0);
+        assert_eq!(busiest_rate(&[], 0, Duration::from_secs(1)), 0.0);
     }
 
     #[test]

@@ -118,7 +118,7 @@ impl Player {
                     if let TicketOutcome::Matched { room: name, .. } = outcome {
                         record_ns(&mut st.hist.time_to_match, now.saturating_sub(due));
                         st.last_match_ns = st.last_match_ns.max(now);
-                        room = Some(shared.rooms.enter_match(self.index, name));
+                        room = Some(shared.rooms.enter_match(self.index, name, now));
                         counters.matched.fetch_add(1, Ordering::Relaxed);
                     } else {
                         counters.unmatched.fetch_add(1, Ordering::Relaxed);

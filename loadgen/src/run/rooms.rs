@@ -30,6 +30,8 @@ pub(super) struct Rooms {
 struct Matched {
     names: Vec<String>,
     numbers: HashMap<String, u32>,
+    /// When each room's first player heard of its match, ns since the run's epoch.
+    formed_ns: Vec<u64>,
 }
 
 impl Rooms {
@@ -72,6 +74,13 @@ impl Rooms {
         }
     }
 
+    /// When each match was first heard of (ns since the run's epoch); empty for blocks.
+    pub(super) fn formed_ns(&self) -> Vec<u64> {
+        self.matched
+            .as_ref()
+            .map_or_else(Vec::new, |m| lock(m).formed_ns.clone())
+    }
+
     /// The name the clients use for `room`.
     pub(super) fn name(&self, room: usize) -> String {
         match &self.matched {
@@ -80,8 +89,9 @@ impl Rooms {
         }
     }
 
-    /// Client `index` is a member of the match's room `name` (numbered on first sight).
-    pub(super) fn enter_match(&self, index: usize, name: &str) -> usize {
+    /// Client `index` is a member of the match's room `name` since `now_ns` (numbered on
+    /// first sight).
+    pub(super) fn enter_match(&self, index: usize, name: &str, now_ns: u64) -> usize {
         let room = match &self.matched {
             Some(m) => {
                 let mut m = lock(m);
@@ -91,6 +101,7 @@ impl Rooms {
                         let n = m.names.len() as u32;
                         m.names.push(name.to_owned());
                         m.numbers.insert(name.to_owned(), n);
+                        m.formed_ns.push(now_ns);
                         n
                     }
                 }
@@ -171,9 +182,10 @@ mod tests {
         let rooms = Rooms::new(&o);
         assert_eq!(rooms.count(), 0);
         assert_eq!(rooms.of(0), None);
-        assert_eq!(rooms.enter_match(3, "#b"), 0);
-        assert_eq!(rooms.enter_match(0, "#a"), 1);
-        assert_eq!(rooms.enter_match(1, "#b"), 0);
+        assert_eq!(rooms.enter_match(3, "#b", 10), 0);
+        assert_eq!(rooms.enter_match(0, "#a", 20), 1);
+        assert_eq!(rooms.enter_match(1, "#b", 30), 0);
+        assert_eq!(rooms.formed_ns(), [10, 20]);
         assert_eq!(rooms.count(), 2);
         assert_eq!(
             (rooms.of(1), rooms.of(2), rooms.of(3)),
