@@ -11,10 +11,13 @@
 //!
 //! - [`options`]: a run's validated settings ([`Options`]), scenarios, protocols, the SLO spec.
 //! - [`schedule`]: the open-loop send schedule (even start offsets, intended times).
+//! - [`tickets`]: `matchmake`'s tickets: when each is due, its seeded skill and region,
+//!   what came of it.
 //! - [`header`]: the timing header at the start of every payload.
 //! - [`accounting`]: per (receiver, sender) sequence windows; loss, duplicates, reordering.
 //! - [`metrics`]: HdrHistograms (µs, 3 digits), summaries, the `.hgrm` text format.
-//! - [`mod@run`]: threads, phases, the main thread's watch, building the [`Report`].
+//! - [`mod@run`]: threads, phases, the main thread's watch, building the [`Report`]; the
+//!   rooms of a run (blocks or matches) and `matchmake`'s matching phase.
 //! - [`transport`]: one interface over the native client (`corelay::client`) and [`socketio`].
 //! - [`socketio`]: a minimal Socket.IO v4 client over corelay's WebSocket client on glommio,
 //!   and the sans-IO decoder the load phase uses.
@@ -37,6 +40,7 @@ pub mod report;
 pub mod run;
 pub mod schedule;
 pub mod socketio;
+pub mod tickets;
 pub mod transport;
 
 use std::io;

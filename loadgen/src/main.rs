@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use corelay_loadgen::options::ProgressMode;
+use corelay_loadgen::tickets::{SkillSpread, TicketPlan};
 use corelay_loadgen::{Options, Protocol, Scenario, Slo};
 
 #[derive(Parser)]
@@ -32,6 +33,9 @@ enum Command {
     Idle(Common),
     /// Relay for a long --duration, a progress line every --interval, memory drift.
     Soak(Common),
+    /// Queue --clients for matchmaking (time to match), then play the matched rooms at
+    /// --rate for --duration.
+    Matchmake(Matchmake),
     /// Overlay the latency distributions of runs saved with --json in one SVG.
     Plot {
         /// SVG file to write.
@@ -120,6 +124,32 @@ struct Common {
     token: Option<String>,
 }
 
+/// The `matchmake` flags, beside the common ones.
+#[derive(Args)]
+struct Matchmake {
+    #[command(flatten)]
+    common: Common,
+    /// Matchmaking queue every ticket goes to.
+    #[arg(long, default_value = "default")]
+    queue: String,
+    /// Tickets per second: ticket i is due at i / rate (default, or 0: all at once).
+    #[arg(long)]
+    queue_rate: Option<f64>,
+    /// Skills are drawn uniformly from LO..HI.
+    #[arg(long, default_value_t = SkillSpread::default())]
+    skill_spread: SkillSpread,
+    /// Regions, one picked at random per ticket (e.g. eu,us; default: none).
+    #[arg(long, value_delimiter = ',')]
+    regions: Vec<String>,
+    /// Seed of the skills and regions: the same seed queues the same tickets.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Longest wait for a ticket's outcome, from its due time, seconds; a ticket still
+    /// waiting then counts as unanswered.
+    #[arg(long, default_value_t = 65.0)]
+    match_timeout: f64,
+}
+
 fn secs(s: f64, flag: &str) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(s)
         .with_context(|| format!("--{flag} {s}: not a duration in seconds"))
@@ -191,6 +221,23 @@ struct Outputs {
 
 fn scenario(scenario: Scenario, common: Common) -> anyhow::Result<ExitCode> {
     let (opts, out) = common.into_options(scenario)?;
+    execute(opts, out)
+}
+
+fn matchmake(args: Matchmake) -> anyhow::Result<ExitCode> {
+    let (mut opts, out) = args.common.into_options(Scenario::Matchmake)?;
+    opts.tickets = TicketPlan {
+        queue: args.queue,
+        rate: args.queue_rate.unwrap_or(0.0),
+        skill: args.skill_spread,
+        regions: args.regions,
+        seed: args.seed,
+    };
+    opts.match_timeout = secs(args.match_timeout, "match-timeout")?;
+    execute(opts, out)
+}
+
+fn execute(opts: Options, out: Outputs) -> anyhow::Result<ExitCode> {
     let outcome = corelay_loadgen::run(&opts)?;
     print!("{}", outcome.report.table());
     if let Some(path) = &out.json {
@@ -234,6 +281,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Connect(c) => scenario(Scenario::Connect, c),
         Command::Idle(c) => scenario(Scenario::Idle, c),
         Command::Soak(c) => scenario(Scenario::Soak, c),
+        Command::Matchmake(m) => matchmake(m),
         Command::Plot { out, runs } => {
             let reports = runs
                 .iter()

@@ -45,6 +45,8 @@ pub struct Histograms {
     pub handshake: Histogram<u64>,
     /// Connection handshake from the actual start of the attempt.
     pub handshake_uncorrected: Histogram<u64>,
+    /// `matchmake`: a ticket's intended queue time to its match.
+    pub time_to_match: Histogram<u64>,
 }
 
 impl Default for Histograms {
@@ -63,6 +65,7 @@ impl Histograms {
             pacing_lag: histogram(),
             handshake: histogram(),
             handshake_uncorrected: histogram(),
+            time_to_match: histogram(),
         }
     }
 
@@ -79,6 +82,7 @@ impl Histograms {
                 &mut self.handshake_uncorrected,
                 &other.handshake_uncorrected,
             ),
+            (&mut self.time_to_match, &other.time_to_match),
         ];
         for (into, from) in pairs {
             merge_into(into, from);

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::header;
+use crate::tickets::TicketPlan;
 use crate::transport::Endpoint;
 use crate::Error;
 
@@ -28,6 +29,8 @@ pub enum Scenario {
     Idle,
     /// Relay for a long time with a progress line every `interval`; memory drift.
     Soak,
+    /// Queue every client for matchmaking (time to match), then play the matched rooms.
+    Matchmake,
 }
 
 impl fmt::Display for Scenario {
@@ -38,6 +41,7 @@ impl fmt::Display for Scenario {
             Self::Connect => "connect",
             Self::Idle => "idle",
             Self::Soak => "soak",
+            Self::Matchmake => "matchmake",
         })
     }
 }
@@ -127,6 +131,11 @@ pub struct Options {
     pub token: Option<String>,
     /// Objectives to check at the end (`--slo`).
     pub slo: Option<Slo>,
+    /// `matchmake`: the tickets (queue, pace, skills, regions).
+    pub tickets: TicketPlan,
+    /// `matchmake`: the longest the generator waits for a ticket's outcome, from its due
+    /// time; a ticket still waiting then counts as unanswered. Every run ends by itself.
+    pub match_timeout: Duration,
 }
 
 impl Options {
@@ -138,6 +147,9 @@ impl Options {
             Scenario::Connect => (1000, 0, 0.0, 0.0),
             Scenario::Idle => (1000, 0, 0.0, 10.0),
             Scenario::Soak => (100, 10, 10.0, 600.0),
+            // Rooms come from the matches; a second of play is enough to leave out the
+            // first messages of every room.
+            Scenario::Matchmake => (1000, 0, 1.0, 10.0),
         };
         Self {
             scenario,
@@ -167,6 +179,10 @@ impl Options {
             max_message_size: 1 << 20,
             token: None,
             slo: None,
+            tickets: TicketPlan::default(),
+            // Past the `default` queue's 60 s timeout, so that the server's own timeout is
+            // what a run normally sees.
+            match_timeout: Duration::from_secs(65),
         }
     }
 
@@ -174,7 +190,7 @@ impl Options {
     pub fn sends(&self) -> bool {
         matches!(
             self.scenario,
-            Scenario::Relay | Scenario::Fanout | Scenario::Soak
+            Scenario::Relay | Scenario::Fanout | Scenario::Soak | Scenario::Matchmake
         )
     }
 
@@ -192,10 +208,11 @@ impl Options {
         (self.room_size > 0).then(|| index / self.room_size)
     }
 
-    /// Does client `index` send? (In `fanout` only the first member of each room.)
+    /// Does client `index` send? (In `fanout` only the first member of each room; in
+    /// `matchmake` every client whose ticket matched.)
     pub fn is_sender(&self, index: usize) -> bool {
         match self.scenario {
-            Scenario::Relay | Scenario::Soak => true,
+            Scenario::Relay | Scenario::Soak | Scenario::Matchmake => true,
             Scenario::Fanout => self.room_size > 0 && index % self.room_size == 0,
             Scenario::Connect | Scenario::Idle => false,
         }
@@ -238,10 +255,12 @@ impl Options {
         if self.threads == 0 {
             return invalid("--threads must be at least 1".into());
         }
+        if self.scenario == Scenario::Matchmake {
+            self.validate_tickets()?;
+        } else if self.sends() && self.room_size < 2 {
+            return invalid("--room-size must be at least 2 for a scenario that sends".into());
+        }
         if self.sends() {
-            if self.room_size < 2 {
-                return invalid("--room-size must be at least 2 for a scenario that sends".into());
-            }
             if !(self.rate.is_finite() && self.rate > 0.0) {
                 return invalid(format!(
                     "--rate must be a positive number, not {}",
@@ -289,6 +308,36 @@ impl Options {
             });
         }
         self.endpoint()
+    }
+
+    /// The `matchmake` settings: rooms come from the server's matches, tickets need a
+    /// queue, a pace and a bound.
+    fn validate_tickets(&self) -> Result<(), Error> {
+        let invalid = |m: &str| Err(Error::InvalidOptions(m.into()));
+        let plan = &self.tickets;
+        if self.room_size != 0 {
+            return invalid(
+                "--room-size does not apply to matchmake: the server's matches make the rooms",
+            );
+        }
+        if plan.queue.is_empty() {
+            return invalid("--queue must name a queue");
+        }
+        if !(plan.rate.is_finite() && plan.rate >= 0.0) {
+            return invalid("--queue-rate must be a number of tickets per second (0: all at once)");
+        }
+        if !(plan.skill.min.is_finite() && plan.skill.max.is_finite())
+            || plan.skill.min > plan.skill.max
+        {
+            return invalid("--skill-spread must be LO..HI with finite LO <= HI");
+        }
+        if plan.regions.iter().any(String::is_empty) {
+            return invalid("--regions must not hold an empty name");
+        }
+        if self.match_timeout.is_zero() {
+            return invalid("--match-timeout must be above zero");
+        }
+        Ok(())
     }
 
     /// Parses and resolves the URL.
@@ -355,6 +404,23 @@ impl Options {
                 format!(
                     "{} {} {} clients",
                     self.scenario, self.protocol, self.clients
+                )
+            }
+            Scenario::Matchmake => {
+                let pace = if self.tickets.rate > 0.0 {
+                    format!("{}/s", self.tickets.rate)
+                } else {
+                    "at once".into()
+                };
+                format!(
+                    "{} {} {} tickets {} to {}, play @{}/s {}B",
+                    self.scenario,
+                    self.protocol,
+                    self.clients,
+                    pace,
+                    self.tickets.queue,
+                    self.rate,
+                    self.payload
                 )
             }
             _ => format!(
@@ -569,6 +635,24 @@ mod tests {
         assert!(o.validate().is_err());
         o.protocol = Protocol::Native;
         assert!(o.validate().is_ok());
+    }
+
+    #[test]
+    fn matchmake_takes_its_rooms_from_the_matches_and_checks_its_tickets() {
+        let mut o = Options::new(Scenario::Matchmake, Protocol::Native, "ws://127.0.0.1:1/ws");
+        assert!(o.validate().is_ok());
+        assert!(o.sends() && o.is_sender(7) && o.rooms() == 0);
+        o.room_size = 2;
+        assert!(o.validate().is_err());
+        o.room_size = 0;
+        o.tickets.rate = -1.0;
+        assert!(o.validate().is_err());
+        o.tickets.rate = 0.0;
+        o.tickets.queue.clear();
+        assert!(o.validate().is_err());
+        o.tickets.queue = "ranked".into();
+        o.match_timeout = Duration::ZERO;
+        assert!(o.validate().is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::metrics::{LatencySummary, PercentilePoint};
 use crate::options::{Objective, Slo};
+use crate::tickets::{TicketPlan, TicketTally};
 
 /// Everything a run measured. Latencies are in microseconds, memory in KiB, times in
 /// seconds. Every field is always present in the JSON (`null` or zero when it does not
@@ -18,7 +19,7 @@ pub struct Report {
     pub loadgen_version: String,
     /// Name of the run in plots.
     pub label: String,
-    /// `relay`, `fanout`, `connect`, `idle` or `soak`.
+    /// `relay`, `fanout`, `connect`, `idle`, `soak` or `matchmake`.
     pub scenario: String,
     /// `native` or `socketio`.
     pub protocol: String,
@@ -52,6 +53,10 @@ pub struct Report {
     pub distribution: Vec<PercentilePoint>,
     /// Server process figures (with `--server-pid`).
     pub server: Option<ServerReport>,
+    /// `matchmake`: the tickets, time to match and matches (`null` in other scenarios,
+    /// and in reports written before it existed).
+    #[serde(default)]
+    pub matchmaking: Option<MatchmakingReport>,
     /// The generator's own cost.
     pub generator: GeneratorReport,
     /// One row per progress interval.
@@ -67,11 +72,11 @@ pub struct Report {
 pub struct Settings {
     /// Clients (connections).
     pub clients: usize,
-    /// Members per room (0: no rooms).
+    /// Members per room (0: no rooms, or rooms made by matches in `matchmake`).
     pub room_size: usize,
-    /// Number of rooms.
+    /// Number of rooms (`matchmake`: the matches).
     pub rooms: usize,
-    /// Number of sending clients.
+    /// Number of sending clients (`matchmake`: the matched ones).
     pub senders: usize,
     /// Messages per second per sender.
     pub rate: f64,
@@ -139,6 +144,40 @@ pub struct Messages {
     pub fanout_complete: u64,
     /// Fan-out: messages that missed at least one member.
     pub fanout_incomplete: u64,
+}
+
+/// The matching phase of a `matchmake` run: from the first ticket's due time until every
+/// ticket has an outcome (or was given up on at `--match-timeout`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MatchmakingReport {
+    /// How the tickets were made and paced.
+    pub plan: TicketPlan,
+    /// The generator's bound on one ticket's wait, s.
+    pub match_timeout_s: f64,
+    /// What came of the tickets.
+    pub tickets: TicketTally,
+    /// Ticket due time -> `Matched` arrival, µs (coordinated-omission corrected: a late
+    /// queue request counts against the match).
+    pub time_to_match: LatencySummary,
+    /// Matches (distinct rooms the generator's players were matched into).
+    pub matches: u64,
+    /// Matched tickets per match.
+    pub players_per_match: f64,
+    /// First ticket's due time -> last match, s.
+    pub span_s: f64,
+    /// `matches / span_s`: the server's matching rate under this arrival rate (with tickets
+    /// paced, at most what arrives; one pair that waits long for a partner stretches the
+    /// span).
+    pub matches_per_s: f64,
+    /// Matches in the busiest `--interval` (counted from the first ticket's due time), per
+    /// second.
+    #[serde(default)]
+    pub peak_matches_per_s: f64,
+    /// With `--server-pid`: the server's CPU seconds over the matching phase (from the
+    /// first ticket's due time to the start of the play).
+    pub server_cpu_s: Option<f64>,
+    /// Length of the matching phase over which `server_cpu_s` counts, s.
+    pub phase_s: f64,
 }
 
 /// The server process over the measured window (from `/proc/PID`).
@@ -314,6 +353,8 @@ impl Report {
         );
         let rooms = if s.room_size > 0 {
             format!(", {} rooms of {}", s.rooms, s.room_size)
+        } else if self.matchmaking.is_some() {
+            format!(", {} matched rooms", s.rooms)
         } else {
             String::new()
         };
@@ -338,7 +379,13 @@ impl Report {
             "{:<24} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
             "latency", "p50", "p90", "p99", "p99.9", "p99.99", "max", "count"
         );
+        let no_match = LatencySummary::default();
+        let time_to_match = self
+            .matchmaking
+            .as_ref()
+            .map_or(&no_match, |m| &m.time_to_match);
         let rows = [
+            ("time to match", time_to_match),
             ("intended -> arrival", &self.latency),
             ("sent -> arrival", &self.latency_uncorrected),
             ("last member (fanout)", &self.last_member),
@@ -364,6 +411,36 @@ impl Report {
             );
         }
         let _ = writeln!(t);
+        if let Some(mm) = &self.matchmaking {
+            let k = &mm.tickets;
+            let _ = write!(
+                t,
+                "tickets      queued {} to {}, matched {}, timed out {}, refused {}, withdrawn {}, unanswered {}",
+                k.queued, mm.plan.queue, k.matched, k.timed_out, k.refused, k.withdrawn, k.unanswered
+            );
+            for (why, n) in &k.reasons {
+                let _ = write!(t, "; {why}: {n}");
+            }
+            let _ = writeln!(t);
+            let _ = write!(
+                t,
+                "matches      {} of {:.2} players, {:.0}/s over {:.2} s (first due ticket -> last match), {:.0}/s at the busiest",
+                mm.matches, mm.players_per_match, mm.matches_per_s, mm.span_s, mm.peak_matches_per_s
+            );
+            if let Some(cpu) = mm.server_cpu_s {
+                let _ = write!(
+                    t,
+                    "; server {cpu:.2} CPU-s over the {:.2} s phase ({:.0}% of a core)",
+                    mm.phase_s,
+                    if mm.phase_s > 0.0 {
+                        cpu / mm.phase_s * 100.0
+                    } else {
+                        0.0
+                    }
+                );
+            }
+            let _ = writeln!(t);
+        }
         let m = &self.messages;
         if m.sent > 0 || m.expected > 0 {
             let _ = writeln!(

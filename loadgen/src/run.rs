@@ -3,12 +3,17 @@
 //! Threads: `--threads` glommio executors, clients dealt round-robin (client `i` lives on
 //! thread `i % threads`). Each thread owns its clients, histograms and counts outright;
 //! the only things shared are atomics (the load start time, the stop flag, progress
-//! counters, each room's live member count) and, once per interval, a copy of the
-//! thread's interval histogram sent to the main thread.
+//! counters), the room table (`run/rooms.rs`: each client's room, each room's live member
+//! count) and, once per interval, a copy of the thread's interval histogram sent to the
+//! main thread.
 //!
 //! Phases of a run, driven by the main thread:
 //!
 //! 1. setup: every thread connects (and joins) its clients; receivers start at once.
+//!    `matchmake` then has a matching phase (`run/matching.rs`): when every thread has
+//!    connected, the main thread publishes the queue origin, every client queues its
+//!    ticket at its due time and enters the room it was matched into, and the setup is
+//!    done when every ticket has an outcome.
 //! 2. load: when every thread is set up, the main thread publishes the load start time;
 //!    senders follow their [`Schedule`] from there (warm-up, then the measured window).
 //!    `connect` has no setup: its connections *are* the load.
@@ -21,7 +26,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal, Write};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -38,14 +43,20 @@ use crate::metrics::{self, distribution, record_ns, Histograms, LatencySummary};
 use crate::options::{Options, ProgressMode, Scenario};
 use crate::procfs::{self, ProcSample};
 use crate::report::{
-    format_us, Connections, GeneratorReport, IntervalRow, Messages, Report, RssSample,
-    ServerReport, Settings,
+    format_us, Connections, GeneratorReport, IntervalRow, MatchmakingReport, Messages, Report,
+    RssSample, ServerReport, Settings,
 };
 use crate::schedule::Schedule;
+use crate::tickets::{busiest_rate, TicketTally};
 use crate::transport::{reason, Connection, Endpoint, TransportError};
 use crate::Error;
 
 mod load;
+mod matching;
+mod rooms;
+
+use matching::Matching;
+use rooms::Rooms;
 
 /// Connections a thread opens at once when not paced: enough to keep the server's accept
 /// loop busy, few enough not to overflow a default listen backlog (4096) with 8 threads.
@@ -100,6 +111,12 @@ struct Counters {
     delivered: AtomicU64,
     setup_done: AtomicBool,
     sending_done: AtomicBool,
+    /// `matchmake`: every connection of the thread was attempted.
+    connected: AtomicBool,
+    /// `matchmake`: tickets queued, matched, and ended otherwise.
+    queued: AtomicU64,
+    matched: AtomicU64,
+    unmatched: AtomicU64,
 }
 
 /// What all threads share.
@@ -111,8 +128,9 @@ struct Shared {
     load_start_ns: AtomicU64,
     stop: AtomicBool,
     counters: Vec<CachePadded<Counters>>,
-    /// Connected members of each room.
-    room_live: Vec<AtomicU32>,
+    rooms: Rooms,
+    /// `matchmake`: when ticket 0 is due, ns since `epoch`; `u64::MAX` until published.
+    queue_start_ns: AtomicU64,
     warmup_ns: u64,
     window_ns: u64,
 }
@@ -124,6 +142,13 @@ impl Shared {
 
     fn load_start(&self) -> Option<u64> {
         match self.load_start_ns.load(Ordering::Acquire) {
+            u64::MAX => None,
+            t => Some(t),
+        }
+    }
+
+    fn queue_start(&self) -> Option<u64> {
+        match self.queue_start_ns.load(Ordering::Acquire) {
             u64::MAX => None,
             t => Some(t),
         }
@@ -157,6 +182,10 @@ struct ThreadState {
     /// Fan-out, per room of a local sender: per seq, deliveries owed (`u32::MAX`: not
     /// measured).
     fanout_expected: HashMap<usize, Vec<u32>>,
+    /// `matchmake`: what came of the thread's tickets, and when the last match arrived (ns
+    /// since the epoch).
+    tickets: TicketTally,
+    last_match_ns: u64,
 }
 
 /// What a thread hands back.
@@ -167,6 +196,8 @@ struct ThreadResult {
     drops: BTreeMap<String, u64>,
     fanout_arrivals: HashMap<usize, Vec<(u64, u32)>>,
     fanout_expected: HashMap<usize, Vec<u32>>,
+    tickets: TicketTally,
+    last_match_ns: u64,
 }
 
 /// A thread's interval histogram, sent to the main thread every interval.
@@ -198,7 +229,8 @@ pub fn run(opts: &Options) -> Result<Outcome, Error> {
         counters: (0..threads)
             .map(|_| CachePadded::new(Counters::default()))
             .collect(),
-        room_live: (0..opts.rooms()).map(|_| AtomicU32::new(0)).collect(),
+        rooms: Rooms::new(opts),
+        queue_start_ns: AtomicU64::new(u64::MAX),
         warmup_ns: opts.warmup.as_nanos() as u64,
         window_ns: opts.window().as_nanos() as u64,
     });
@@ -249,6 +281,10 @@ struct Watch {
     self_end: Option<ProcSample>,
     intervals: Vec<IntervalRow>,
     drain: Duration,
+    /// `matchmake`: the server at the queue origin and at the end of the matching phase.
+    matching_server: (Option<ProcSample>, Option<ProcSample>),
+    /// `matchmake`: length of the matching phase.
+    matching: Duration,
 }
 
 fn total(shared: &Shared, f: impl Fn(&Counters) -> u64) -> u64 {
@@ -278,6 +314,8 @@ fn watch(
         self_end: None,
         intervals: Vec::new(),
         drain: Duration::ZERO,
+        matching_server: (None, None),
+        matching: Duration::ZERO,
     };
     let mut progress = Progress::new(opts.progress, opts.scenario);
     let interval_ns = opts.interval.as_nanos() as u64;
@@ -311,16 +349,38 @@ fn watch(
         }
 
         let Some(start) = shared.load_start() else {
+            let queue_start = shared.queue_start();
             if all(shared, |c| c.setup_done.load(Ordering::Acquire)) {
+                if let Some(origin) = queue_start {
+                    w.matching = Duration::from_nanos(now.saturating_sub(origin));
+                    w.matching_server.1 = sample_server(pid, &mut w.server_lost);
+                }
                 publish_start(shared);
+            } else if opts.scenario == Scenario::Matchmake
+                && queue_start.is_none()
+                && all(shared, |c| c.connected.load(Ordering::Acquire))
+            {
+                w.matching_server.0 = sample_server(pid, &mut w.server_lost);
+                let origin = shared.now_ns() + START_LEAD.as_nanos() as u64;
+                shared.queue_start_ns.store(origin, Ordering::Release);
             } else if last_setup_line.elapsed() >= Duration::from_secs(1) {
                 last_setup_line = Instant::now();
-                progress.line(&format!(
-                    "connecting: {}/{} established, {} failed",
-                    total(shared, |c| c.established.load(Ordering::Relaxed)),
-                    opts.clients,
-                    total(shared, |c| c.failed.load(Ordering::Relaxed)),
-                ));
+                progress.line(&match queue_start {
+                    Some(origin) => format!(
+                        "t={:>6.1}s matching: queued {}/{}, matched {}, not matched {}",
+                        now.saturating_sub(origin) as f64 / 1e9,
+                        total(shared, |c| c.queued.load(Ordering::Relaxed)),
+                        total(shared, |c| c.established.load(Ordering::Relaxed)),
+                        total(shared, |c| c.matched.load(Ordering::Relaxed)),
+                        total(shared, |c| c.unmatched.load(Ordering::Relaxed)),
+                    ),
+                    None => format!(
+                        "connecting: {}/{} established, {} failed",
+                        total(shared, |c| c.established.load(Ordering::Relaxed)),
+                        opts.clients,
+                        total(shared, |c| c.failed.load(Ordering::Relaxed)),
+                    ),
+                });
             }
             continue;
         };
@@ -392,7 +452,7 @@ fn watch(
         let stop = match opts.scenario {
             Scenario::Idle => now >= window_to,
             Scenario::Connect => everyone_done,
-            Scenario::Relay | Scenario::Fanout | Scenario::Soak => {
+            Scenario::Relay | Scenario::Fanout | Scenario::Soak | Scenario::Matchmake => {
                 if everyone_done {
                     let since = *drain_start.get_or_insert_with(Instant::now);
                     let delivered = total(shared, |c| c.delivered.load(Ordering::Relaxed));
@@ -550,6 +610,8 @@ async fn thread_main(
         drops: BTreeMap::new(),
         fanout_arrivals: HashMap::new(),
         fanout_expected: HashMap::new(),
+        tickets: TicketTally::default(),
+        last_match_ns: 0,
     }));
     let local: Vec<usize> = (t..opts.clients).step_by(opts.threads).collect();
     let opened: Rc<RefCell<Vec<(usize, Connection)>>> = Rc::new(RefCell::new(Vec::new()));
@@ -601,18 +663,32 @@ async fn thread_main(
     for task in connecting {
         task.await;
     }
+    let matching = if opts.scenario == Scenario::Matchmake {
+        shared.counters[t].connected.store(true, Ordering::Release);
+        wait_until(&shared, || shared.queue_start().is_some()).await;
+        let origin = shared.queue_start().unwrap_or_else(|| shared.now_ns());
+        let conns = std::mem::take(&mut *opened.borrow_mut());
+        let matching = Matching::start(&shared, t, origin, conns, &state);
+        matching.resolved(&shared).await;
+        Some(matching)
+    } else {
+        None
+    };
     shared.counters[t].setup_done.store(true, Ordering::Release);
 
     // The load phase runs on the thread's own ring: take every connection apart.
     wait_until(&shared, || shared.load_start().is_some()).await;
+    if let Some(matching) = matching {
+        *opened.borrow_mut() = matching.finish().await;
+    }
     let opened = std::mem::take(&mut *opened.borrow_mut());
     let mut parts = Vec::with_capacity(opened.len());
     for (index, conn) in opened {
         match conn.into_parts().await {
             Ok(p) => parts.push((index, p)),
             Err(e) => {
-                if let Some(room) = opts.room_of(index) {
-                    shared.room_live[room].fetch_sub(1, Ordering::AcqRel);
+                if let Some(room) = shared.rooms.of(index) {
+                    shared.rooms.left(room);
                 }
                 *state.borrow_mut().drops.entry(reason(&e.0)).or_default() += 1;
             }
@@ -656,6 +732,8 @@ async fn thread_main(
                 drops: s.drops.clone(),
                 fanout_arrivals: s.fanout_arrivals.clone(),
                 fanout_expected: s.fanout_expected.clone(),
+                tickets: s.tickets.clone(),
+                last_match_ns: s.last_match_ns,
             }
         });
     ThreadResult {
@@ -665,6 +743,8 @@ async fn thread_main(
         drops: state.drops,
         fanout_arrivals: state.fanout_arrivals,
         fanout_expected: state.fanout_expected,
+        tickets: state.tickets,
+        last_match_ns: state.last_match_ns,
     }
 }
 
@@ -713,23 +793,16 @@ async fn open_client(
             }
         }
     }
-    let room = opts.room_of(index);
-    if let Some(room) = room {
-        let name = room_name(room);
+    if let Some(room) = shared.rooms.of(index) {
+        let name = shared.rooms.name(room);
         if let Err(e) = within(opts.connect_timeout, "join", conn.join(&name)).await {
             fail(e);
             return None;
         }
-        shared.room_live[room].fetch_add(1, Ordering::AcqRel);
+        shared.rooms.joined(room);
     }
     counters.established.fetch_add(1, Ordering::Relaxed);
     Some(conn)
-}
-
-/// Room names carry the process id so that runs against a long-lived server never meet
-/// the rooms of an earlier run.
-fn room_name(room: usize) -> String {
-    format!("lg{}-{room}", std::process::id())
 }
 
 /// Sends the thread's interval histogram to the main thread at every interval boundary
@@ -773,9 +846,13 @@ fn build_report(
     let mut drops: BTreeMap<String, u64> = BTreeMap::new();
     let mut fanout_arrivals: HashMap<usize, Vec<(u64, u32)>> = HashMap::new();
     let mut fanout_expected: HashMap<usize, Vec<u32>> = HashMap::new();
+    let mut tickets = TicketTally::default();
+    let mut last_match_ns = 0;
     for r in results {
         hist.merge(&r.hist);
         tally.merge(&r.tally);
+        tickets.merge(&r.tickets);
+        last_match_ns = last_match_ns.max(r.last_match_ns);
         for (k, v) in r.failures {
             *failures.entry(k).or_default() += v;
         }
@@ -914,6 +991,43 @@ fn build_report(
         warnings.push("no server figures: the measured window was never reached".into());
     }
 
+    let matchmaking = (opts.scenario == Scenario::Matchmake).then(|| {
+        let matches = shared.rooms.count() as u64;
+        let origin = shared.queue_start().unwrap_or(0);
+        let span_s = last_match_ns.saturating_sub(origin) as f64 / 1e9;
+        let server_cpu_s = match w.matching_server {
+            (Some(a), Some(b)) => Some((b.cpu_s - a.cpu_s).max(0.0)),
+            _ => None,
+        };
+        MatchmakingReport {
+            plan: opts.tickets.clone(),
+            match_timeout_s: opts.match_timeout.as_secs_f64(),
+            time_to_match: LatencySummary::of(&hist.time_to_match),
+            matches,
+            players_per_match: if matches > 0 {
+                tickets.matched as f64 / matches as f64
+            } else {
+                0.0
+            },
+            span_s,
+            matches_per_s: if span_s > 0.0 {
+                matches as f64 / span_s
+            } else {
+                0.0
+            },
+            peak_matches_per_s: busiest_rate(&shared.rooms.formed_ns(), origin, opts.interval),
+            server_cpu_s,
+            phase_s: w.matching.as_secs_f64(),
+            tickets,
+        }
+    });
+    if let Some(m) = &matchmaking {
+        let unmatched = m.tickets.queued.saturating_sub(m.tickets.matched);
+        if unmatched > 0 {
+            warnings.push(format!("{unmatched} ticket(s) were not matched"));
+        }
+    }
+
     let distribution_of = match opts.scenario {
         Scenario::Connect | Scenario::Idle => "handshake",
         _ => "latency",
@@ -939,8 +1053,11 @@ fn build_report(
         settings: Settings {
             clients: opts.clients,
             room_size: opts.room_size,
-            rooms: opts.rooms(),
-            senders: opts.senders(),
+            rooms: shared.rooms.count(),
+            senders: match &matchmaking {
+                Some(m) => m.tickets.matched as usize,
+                None => opts.senders(),
+            },
             rate: if opts.sends() { opts.rate } else { 0.0 },
             payload: if opts.sends() { opts.payload } else { 0 },
             duration_s: window_s,
@@ -983,6 +1100,7 @@ fn build_report(
         distribution_of: distribution_of.to_string(),
         distribution: distribution(main_hist),
         server,
+        matchmaking,
         generator,
         intervals: w.intervals,
         slo,

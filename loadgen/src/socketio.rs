@@ -3,7 +3,8 @@
 //! Only what the relay convention needs: connect to the main namespace, `join` a room with
 //! an ack, emit `to`, receive `msg` events, answer Engine.IO pings. That is enough to
 //! measure corelay's socket.io side and any socket.io server implementing the convention
-//! (see `loadgen/reference/socketio-relay.js`).
+//! (see `loadgen/reference/socketio-relay.js`). For `matchmake`, corelay's matchmaking
+//! events too: `mm:queue` with an ack, then `mm:matched`, `mm:timeout` or `mm:cancelled`.
 //!
 //! The WebSocket is corelay's client side ([`corelay::client::ws`]): the same upgrade,
 //! framing and codec as the native client and the server. What is here is the Engine.IO
@@ -27,6 +28,8 @@ use bytes::Bytes;
 use corelay::client::{ws, ClientError, WsReceiver, WsSender};
 use corelay::proto::ws::WsCodec;
 use tungstenite::Message;
+
+use crate::tickets::{Ticket, TicketOutcome};
 
 /// Time allowed for TCP connect and the WebSocket upgrade.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -85,6 +88,13 @@ pub enum Packet {
     Msg(Payload),
     /// A `msg` binary event whose payload comes in the next binary frame(s).
     MsgAwaitingAttachment,
+    /// A matchmaking event (`mm:matched`, `mm:timeout`, `mm:cancelled`) about a ticket.
+    Ticket {
+        /// The ticket's id (`ticket_id`).
+        ticket: u64,
+        /// What came of it.
+        outcome: TicketOutcome,
+    },
     /// Any other event.
     OtherEvent,
     /// An ack with its id and JSON arguments.
@@ -169,18 +179,42 @@ fn parse_event(data: &Bytes) -> Packet {
         }
     }
     // Slow path: escapes, spaces or another event.
-    match serde_json::from_slice::<Vec<serde_json::Value>>(data) {
-        Ok(args) if args.first().and_then(|v| v.as_str()) == Some("msg") => {
-            match args.get(1).and_then(|v| v.as_str()) {
-                Some(s) => Packet::Msg(Payload {
-                    bytes: Bytes::copy_from_slice(s.as_bytes()),
-                    text: true,
-                }),
-                None => Packet::OtherEvent,
-            }
+    let Ok(args) = serde_json::from_slice::<Vec<serde_json::Value>>(data) else {
+        return Packet::OtherEvent;
+    };
+    match (args.first().and_then(|v| v.as_str()), args.get(1)) {
+        (Some("msg"), Some(serde_json::Value::String(s))) => Packet::Msg(Payload {
+            bytes: Bytes::copy_from_slice(s.as_bytes()),
+            text: true,
+        }),
+        (Some(name), Some(data)) if name.starts_with("mm:") => {
+            ticket_event(name, data).unwrap_or(Packet::OtherEvent)
         }
         _ => Packet::OtherEvent,
     }
+}
+
+/// A matchmaking event: `mm:matched {ticket_id, room, players}`, `mm:timeout {ticket_id}`,
+/// `mm:cancelled {ticket_id, reason}`; `None` for anything else.
+fn ticket_event(name: &str, data: &serde_json::Value) -> Option<Packet> {
+    let ticket = data.get("ticket_id")?.as_u64()?;
+    let outcome = match name {
+        "mm:matched" => TicketOutcome::Matched {
+            room: data.get("room")?.as_str()?.to_owned(),
+            players: data
+                .get("players")
+                .and_then(|p| p.as_array())
+                .map_or(0, Vec::len),
+        },
+        "mm:timeout" => TicketOutcome::TimedOut,
+        "mm:cancelled" => match data.get("reason").and_then(|r| r.as_str()) {
+            Some("refused") => TicketOutcome::Refused("refused".into()),
+            Some(why) => TicketOutcome::Withdrawn(why.to_owned()),
+            None => TicketOutcome::Withdrawn("cancelled".into()),
+        },
+        _ => return None,
+    };
+    Some(Packet::Ticket { ticket, outcome })
 }
 
 /// Writes a JSON string literal (quotes and escapes included).
@@ -337,6 +371,67 @@ impl SocketIoClient {
         }
     }
 
+    /// `emit("mm:queue", {queue, skill, region?}, ack)`, then waits for what comes of the
+    /// ticket: `mm:matched` (the client is a member of the match's room), `mm:timeout` or
+    /// `mm:cancelled`; an `{error}` ack is [`TicketOutcome::Refused`]. Other events are
+    /// dropped.
+    pub async fn matchmake(&mut self, ticket: &Ticket) -> Result<TicketOutcome, SocketIoError> {
+        let id = self.next_ack;
+        self.next_ack += 1;
+        let mut request = serde_json::json!({ "queue": ticket.queue, "skill": ticket.skill });
+        if let Some(region) = &ticket.region {
+            request["region"] = region.as_str().into();
+        }
+        self.tx
+            .send_text(&format!("42{id}[\"mm:queue\",{request}]"))?;
+        // The outcome comes from the match's room, the ack from the queue's shard: with
+        // several shards the outcome may come first.
+        let mut ticket_id = None;
+        let mut early = Vec::new();
+        loop {
+            match self.next_packet().await? {
+                Packet::Ack { id: got, args } if got == id => {
+                    let value: serde_json::Value = serde_json::from_str(&args).map_err(|e| {
+                        SocketIoError::Protocol(format!("mm:queue ack {args}: {e}"))
+                    })?;
+                    let first = value.get(0).cloned().unwrap_or_default();
+                    if let Some(err) = first.get("error") {
+                        let why = err.as_str().map_or_else(|| err.to_string(), str::to_owned);
+                        return Ok(TicketOutcome::Refused(why));
+                    }
+                    let Some(got) = first.get("ticket_id").and_then(|t| t.as_u64()) else {
+                        return Err(SocketIoError::Protocol(format!("mm:queue ack {args}")));
+                    };
+                    if let Some((_, outcome)) = early.into_iter().find(|(t, _)| *t == got) {
+                        return Ok(outcome);
+                    }
+                    ticket_id = Some(got);
+                    early = Vec::new();
+                }
+                Packet::Ticket { ticket, outcome } => match ticket_id {
+                    Some(id) if id == ticket => return Ok(outcome),
+                    Some(_) => {}
+                    None => early.push((ticket, outcome)),
+                },
+                Packet::Disconnect => return Err(SocketIoError::Closed),
+                _ => {}
+            }
+        }
+    }
+
+    /// Reads and drops what the server sends, answering its pings, until the connection
+    /// fails; returns why. Keeps an idle client alive while it waits for the load phase.
+    /// Cancelling it loses nothing: a read is either whole or has not taken any byte.
+    pub async fn keep_alive(&mut self) -> SocketIoError {
+        loop {
+            match self.next_packet().await {
+                Ok(Packet::Disconnect) => return SocketIoError::Closed,
+                Ok(_) => {}
+                Err(e) => return e,
+            }
+        }
+    }
+
     /// Takes the connection apart for the load phase's event loop: the socket, the codec,
     /// and the Socket.IO decoder state.
     pub async fn into_parts(self) -> Result<(OwnedFd, WsCodec, SioDecoder), SocketIoError> {
@@ -411,6 +506,51 @@ mod tests {
         );
         assert!(parse_socketio(&Bytes::from_static(b"9")).is_err());
         assert!(parse_socketio(&Bytes::from_static(b"5x-[]")).is_err());
+    }
+
+    #[test]
+    fn matchmaking_events() {
+        assert_eq!(
+            packet(
+                r##"2["mm:matched",{"ticket_id":7,"room":"#ab12","code":"ab12","host":"p1","players":[{"id":"p1"},{"id":"p2"}]}]"##
+            ),
+            Packet::Ticket {
+                ticket: 7,
+                outcome: TicketOutcome::Matched {
+                    room: "#ab12".into(),
+                    players: 2
+                }
+            }
+        );
+        assert_eq!(
+            packet(r#"2["mm:timeout",{"ticket_id":8}]"#),
+            Packet::Ticket {
+                ticket: 8,
+                outcome: TicketOutcome::TimedOut
+            }
+        );
+        assert_eq!(
+            packet(r#"2["mm:cancelled",{"ticket_id":9,"reason":"refused","player":null}]"#),
+            Packet::Ticket {
+                ticket: 9,
+                outcome: TicketOutcome::Refused("refused".into())
+            }
+        );
+        assert_eq!(
+            packet(r#"2["mm:cancelled",{"ticket_id":9,"reason":"disconnected","player":"p2"}]"#),
+            Packet::Ticket {
+                ticket: 9,
+                outcome: TicketOutcome::Withdrawn("disconnected".into())
+            }
+        );
+        assert_eq!(
+            packet(r##"2["mm:matched",{"room":"#x"}]"##),
+            Packet::OtherEvent
+        );
+        assert_eq!(
+            packet(r#"2["mm:other",{"ticket_id":1}]"#),
+            Packet::OtherEvent
+        );
     }
 
     #[test]

@@ -9,8 +9,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::OwnedFd;
 
 use bytes::Bytes;
-use corelay::client::{Client, ClientConfig, PayloadKind};
-use corelay::proto::native::{self, ArchivedClientFrame, ArchivedServerFrame, ClientFrame};
+use corelay::client::{Client, ClientConfig, ClientError, PayloadKind, ServerEvent};
+use corelay::proto::native::{
+    self, ArchivedClientFrame, ArchivedServerFrame, ClientFrame, ErrorCode, TicketSpec,
+    UnqueueReason,
+};
 use corelay::proto::ws::{self, WsCodec};
 use tungstenite::Message;
 
@@ -19,6 +22,7 @@ use crate::options::Protocol;
 use crate::socketio::{
     to_room_prefix, Decoded, Packet, SioDecoder, SocketIoClient, SocketIoConfig, SocketIoError,
 };
+use crate::tickets::{Ticket, TicketOutcome};
 
 /// The event name load messages are sent under.
 pub const EVENT: &str = "msg";
@@ -128,6 +132,74 @@ impl Connection {
         match self {
             Self::Native(c) => Ok(c.join(room).await?),
             Self::SocketIo(c) => Ok(c.join(room).await?),
+        }
+    }
+
+    /// Queues `ticket` for matchmaking and waits for what comes of it. On
+    /// [`TicketOutcome::Matched`] the client is a member of the match's room already.
+    pub async fn matchmake(&mut self, ticket: &Ticket) -> Result<TicketOutcome, TransportError> {
+        match self {
+            Self::Native(c) => {
+                let spec = TicketSpec {
+                    queue: ticket.queue.clone(),
+                    skill: ticket.skill,
+                    region: ticket.region.clone().unwrap_or_default(),
+                    properties: Vec::new(),
+                    party: Vec::new(),
+                };
+                let id = match c.queue(spec).await {
+                    Ok(id) => id,
+                    Err(ClientError::Server { code, message }) => {
+                        let why = ErrorCode::from_code(code).map_or(message, |c| c.name().into());
+                        return Ok(TicketOutcome::Refused(why));
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                loop {
+                    match c.next_event().await? {
+                        ServerEvent::Matched {
+                            ticket,
+                            room,
+                            players,
+                            ..
+                        } if ticket == id => {
+                            return Ok(TicketOutcome::Matched {
+                                room,
+                                players: players.len(),
+                            })
+                        }
+                        ServerEvent::Unqueued { ticket, reason, .. } if ticket == id => {
+                            return Ok(match reason {
+                                UnqueueReason::TimedOut => TicketOutcome::TimedOut,
+                                UnqueueReason::Refused => TicketOutcome::Refused("refused".into()),
+                                UnqueueReason::Cancelled => {
+                                    TicketOutcome::Withdrawn("cancelled".into())
+                                }
+                                UnqueueReason::Disconnected => {
+                                    TicketOutcome::Withdrawn("disconnected".into())
+                                }
+                            })
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Self::SocketIo(c) => Ok(c.matchmake(ticket).await?),
+        }
+    }
+
+    /// Reads and drops what the server sends, answering its pings, until the connection
+    /// fails; returns why. Keeps a client alive while it waits for the load phase (the
+    /// server closes a connection that answers no ping). Cancelling it loses nothing: a
+    /// read is either whole or has not taken any byte (glommio reads sockets on readiness).
+    pub async fn keep_alive(&mut self) -> TransportError {
+        match self {
+            Self::Native(c) => loop {
+                if let Err(e) = c.next_event().await {
+                    return e.into();
+                }
+            },
+            Self::SocketIo(c) => c.keep_alive().await.into(),
         }
     }
 

@@ -1,16 +1,14 @@
 //! End-to-end: the load generator against an in-process corelay on 127.0.0.1:0.
 
+mod common;
+
 use std::net::TcpListener;
-use std::sync::mpsc;
 use std::time::Duration;
 
+use common::{run_bounded, BUDGET};
 use corelay::{Config, Server};
-use corelay_loadgen::{Options, Outcome, Protocol, Scenario};
+use corelay_loadgen::{Options, Protocol, Scenario};
 use tungstenite::Message;
-
-/// Every run here ends by itself within a few seconds; this is the point at which a
-/// hang is declared a failure.
-const BUDGET: Duration = Duration::from_secs(60);
 
 fn server() -> Server {
     Server::start(Config {
@@ -19,17 +17,6 @@ fn server() -> Server {
         ..Config::default()
     })
     .expect("server starts")
-}
-
-/// Runs the load generator on its own thread and fails if it outlives [`BUDGET`].
-fn run_bounded(opts: Options) -> Outcome {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(corelay_loadgen::run(&opts));
-    });
-    rx.recv_timeout(BUDGET)
-        .expect("the run ended within its budget")
-        .expect("the run succeeded")
 }
 
 fn options(scenario: Scenario, server: &Server) -> Options {

@@ -4,21 +4,15 @@
 //! Alone in its test binary because it reads the CPU use of the whole process (the
 //! report's generator figures), which tests running beside it would add to.
 
-use std::sync::mpsc;
+mod common;
+
 use std::time::Duration;
 
 use corelay::{Config, Server};
 use corelay_loadgen::{Options, Protocol, Report, Scenario};
 
 fn run(o: Options) -> Report {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(corelay_loadgen::run(&o));
-    });
-    rx.recv_timeout(Duration::from_secs(60))
-        .expect("the run ended within its budget")
-        .expect("the run succeeded")
-        .report
+    common::run_bounded(o).report
 }
 
 #[test]

@@ -20,7 +20,7 @@ use corelay::proto::ws::{Incoming, MaskKeys};
 use corelay::shard::ring::{Completion, Ring, RingSizes, Wait};
 use crossbeam::channel::Sender as ChannelSender;
 
-use super::{room_name, Shared, Snapshot, ThreadState};
+use super::{Shared, Snapshot, ThreadState};
 use crate::accounting::{Arrival, SeqWindow};
 use crate::header::TimingHeader;
 use crate::metrics::record_ns;
@@ -46,8 +46,6 @@ struct LoadConn {
     alive: bool,
     mask: MaskKeys,
     room: Option<usize>,
-    room_first: usize,
-    room_end: usize,
     /// Frames written since the last send.
     pending: Vec<u8>,
     /// The bytes of the send in flight (the kernel holds a pointer into them).
@@ -82,29 +80,22 @@ pub(super) fn run(
     let opts = &shared.opts;
     let mut conns: Vec<LoadConn> = conns
         .into_iter()
-        .map(|(index, parts)| {
-            let room = opts.room_of(index);
-            let room_first = room.map_or(0, |r| r * opts.room_size);
-            let room_end = room.map_or(0, |r| ((r + 1) * opts.room_size).min(opts.clients));
-            LoadConn {
-                index,
-                parts,
-                alive: true,
-                mask: MaskKeys::new(),
-                room,
-                room_first,
-                room_end,
-                pending: Vec::new(),
-                inflight: Vec::new(),
-                written: 0,
-                queued: false,
-                recv_armed: false,
-                windows: HashMap::new(),
-                slot: 0,
-                message: LoadMessage::default(),
-                next_seq: 0,
-                messages: 0,
-            }
+        .map(|(index, parts)| LoadConn {
+            index,
+            parts,
+            alive: true,
+            mask: MaskKeys::new(),
+            room: shared.rooms.of(index),
+            pending: Vec::new(),
+            inflight: Vec::new(),
+            written: 0,
+            queued: false,
+            recv_armed: false,
+            windows: HashMap::new(),
+            slot: 0,
+            message: LoadMessage::default(),
+            next_seq: 0,
+            messages: 0,
         })
         .collect();
 
@@ -115,11 +106,13 @@ pub(super) fn run(
             if !opts.is_sender(c.index) {
                 continue;
             }
+            // A `matchmake` client whose ticket did not match is in no room: it sends nothing.
+            let Some(room) = c.room else { continue };
             c.slot = opts.sender_slot(c.index) as u64;
             c.message = c
                 .parts
                 .wire
-                .load_message(&room_name(c.room.unwrap_or(0)), opts.payload);
+                .load_message(&shared.rooms.name(room), opts.payload);
             c.messages = schedule.messages_for(c.slot);
             if c.messages > 0 {
                 due.push(Reverse((schedule.intended_ns(c.slot, 0), i)));
@@ -170,9 +163,7 @@ pub(super) fn run(
                 continue;
             }
             let room = c.room.unwrap_or(0);
-            let owed = shared.room_live[room]
-                .load(Ordering::Acquire)
-                .saturating_sub(1);
+            let owed = shared.rooms.live(room).saturating_sub(1);
             let sent_ns = shared.now_ns();
             let header = TimingHeader {
                 intended_ns: at,
@@ -426,7 +417,7 @@ fn process(shared: &Shared, t: usize, c: &mut LoadConn, state: &mut ThreadState)
         let sender = header.sender as usize;
         // Only messages of this run's room members count (a shared server may carry other
         // traffic with the same event name).
-        if !(c.room_first..c.room_end).contains(&sender) || sender == c.index {
+        if c.room.is_none() || shared.rooms.of(sender) != c.room || sender == c.index {
             continue;
         }
         if !shared.in_window(header.intended_ns) {
@@ -478,7 +469,7 @@ fn drop_conn(shared: &Shared, c: &mut LoadConn, state: &mut ThreadState, error: 
         return;
     }
     if let Some(room) = c.room {
-        shared.room_live[room].fetch_sub(1, Ordering::AcqRel);
+        shared.rooms.left(room);
     }
     *state.drops.entry(reason(&error.0)).or_default() += 1;
 }
