@@ -605,6 +605,10 @@ impl std::fmt::Display for Stats {
         if self.ack_timeouts > 0 {
             write!(f, " ack_timeouts={}", self.ack_timeouts)?;
         }
+        // Shown once matchmaking is in use, as the other optional counters.
+        if self.tickets > 0 {
+            write!(f, " tickets={} matches={}", self.tickets, self.matches)?;
+        }
         for (reason, n) in &self.closes {
             write!(f, " close.{reason}={n}")?;
         }
