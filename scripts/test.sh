@@ -24,6 +24,8 @@ have haproxy || missing+=(haproxy)
 have openssl || missing+=(openssl)
 # tests/admin.rs drives the dashboard in headless chromium (tests/browser/).
 have chromium || missing+=(chromium)
+# tests/cluster.rs runs nodes sharing a Redis of its own.
+have redis-server || missing+=(redis-server)
 if [ ${#missing[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
@@ -31,7 +33,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   # on port 80). The tests start their own on ports of their own, so stop and disable the
   # services this install brought, and only those.
   if [ -d /run/systemd/system ]; then
-    for service in nginx haproxy; do
+    for service in nginx haproxy redis-server; do
       if [[ " ${missing[*]} " == *" $service "* ]]; then
         as_root systemctl disable --now --quiet "$service" || true
       fi

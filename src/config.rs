@@ -158,6 +158,8 @@ pub struct Config {
     /// `[log]`: what `corelay serve` writes to stderr, and how (docs/OPERATIONS.md,
     /// "Logs"). The library never installs a logger; an embedding application does.
     pub log: LogConfig,
+    /// `[cluster]`: several nodes through Redis (docs/SCALING.md); off by default.
+    pub cluster: crate::cluster::ClusterConfig,
     /// `[resume]`: how long a dropped native session waits to be resumed and how much of
     /// each room's history is kept to replay to it (docs/SESSIONS.md).
     pub resume: ResumeConfig,
@@ -323,6 +325,7 @@ impl Default for Config {
             rate_limits: RateLimits::default(),
             auth: AuthConfig::default(),
             log: LogConfig::default(),
+            cluster: crate::cluster::ClusterConfig::default(),
             resume: ResumeConfig::default(),
             matchmaking: MatchmakingConfig::default(),
             rooms: RoomsConfig::default(),
@@ -737,6 +740,7 @@ const TABLES: &[&str] = &[
     "admin_ui",
     "auth",
     "log",
+    "cluster",
     "resume",
     "matchmaking",
     "rooms",
@@ -941,6 +945,9 @@ impl Config {
         }
         if let Some(problem) = self.log.problem() {
             return Err(ConfigError::Invalid(problem));
+        }
+        if let Some(problem) = self.cluster.problem() {
+            return Err(ConfigError::Invalid(format!("cluster.{problem}")));
         }
         if let Some(token) = &self.admin.token {
             if token.chars().count() < MIN_ADMIN_TOKEN_LEN {

@@ -61,6 +61,9 @@
 //! - [`client`]: an async Rust client of the native protocol (tests, loadgen, games),
 //!   sharing the framing with the server and its WebSocket client side with the load
 //!   generator.
+//! - [`cluster`]: several nodes through Redis (`[cluster]`): each node's lease, kept by a
+//!   thread of its own outside the shards, and what it learns for `/readyz` and
+//!   `/metrics` (docs/SCALING.md).
 //! - [`tune`]: `corelay tune`, the host inspection.
 //! - [`logs`]: what the server logs through `tracing` (the binary installs the subscriber,
 //!   the library never does) and the per-shard [`logs::Throttle`] that keeps warnings a
@@ -70,6 +73,7 @@
 pub mod admission;
 pub mod auth;
 pub mod client;
+pub mod cluster;
 pub mod config;
 mod engineio;
 pub mod hooks;

@@ -61,6 +61,11 @@ enum Command {
         #[arg(long, env = "CORELAY_ADMIN_TOKEN", hide_env_values = true)]
         token: String,
     },
+    /// The nodes of a cluster (`[cluster]`, docs/SCALING.md).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Inspect this host's settings against tuning/ recommendations.
     Tune {
         /// Exit non-zero when any recommendation is not met.
@@ -98,6 +103,51 @@ fn drain(addr: &str, token: &str) -> anyhow::Result<()> {
     }
 }
 
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// List the live nodes: id, address, shards, load, lease, draining.
+    Status {
+        /// The cluster's Redis; by default `CORELAY_CLUSTER_REDIS`.
+        #[arg(long, env = "CORELAY_CLUSTER_REDIS")]
+        redis: String,
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `corelay cluster status`: the nodes whose lease is live.
+fn cluster_status(redis: &str, json: bool) -> anyhow::Result<()> {
+    let client = redis::Client::open(redis).with_context(|| format!("bad redis url {redis}"))?;
+    let mut con = client
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .with_context(|| format!("cannot reach {redis}"))?;
+    let now = corelay::stats::unix_ms(std::time::SystemTime::now());
+    let nodes = corelay::cluster::live_nodes(&mut con, now)?;
+    if json {
+        println!("{}", serde_json::to_string(&nodes)?);
+        return Ok(());
+    }
+    println!(
+        "{:<32} {:<22} {:>6} {:>11} {:>7} {:>9} draining",
+        "node", "address", "shards", "connections", "rooms", "renewed"
+    );
+    for n in &nodes {
+        println!(
+            "{:<32} {:<22} {:>6} {:>11} {:>7} {:>7}ms {}",
+            n.id,
+            n.addr,
+            n.shards,
+            n.connections,
+            n.rooms,
+            now.saturating_sub(n.renewed_ms),
+            n.draining
+        );
+    }
+    println!("{} live nodes", nodes.len());
+    Ok(())
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -119,6 +169,9 @@ fn main() {
             log_format,
         ),
         Command::Drain { addr, token } => drain(&addr, &token),
+        Command::Cluster {
+            command: ClusterCommand::Status { redis, json },
+        } => cluster_status(&redis, json),
         Command::Tune { strict } => match corelay::tune::run(strict) {
             Ok(true) => Ok(()),
             Ok(false) => std::process::exit(1),

@@ -47,6 +47,8 @@ struct Scrape {
     latency: Option<Histogram<u64>>,
     process: Process,
     version: &'static str,
+    /// `[cluster]`: Redis reached, and the live nodes.
+    cluster: Option<(bool, u64)>,
 }
 
 #[derive(Debug)]
@@ -290,6 +292,23 @@ impl Collector for Scrape {
                 self.shards.len() as u64,
             ),
         ];
+        let cluster = self.cluster.map(|(up, nodes)| {
+            [
+                (
+                    "cluster_redis_up",
+                    "1 while the cluster's Redis answers ([cluster]).",
+                    u64::from(up),
+                ),
+                (
+                    "cluster_nodes",
+                    "Live nodes of the cluster, this one included, as last read.",
+                    nodes,
+                ),
+            ]
+        });
+        let process_gauges = process_gauges
+            .into_iter()
+            .chain(cluster.into_iter().flatten());
         for (name, help, value) in process_gauges {
             let m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
             ConstGauge::new(value).encode(m)?;
@@ -326,6 +345,10 @@ pub fn encode(registry: &StatsRegistry, process: Process) -> String {
         latency: Some(latency.unwrap_or_else(crate::stats::new_latency_histogram)),
         process,
         version: env!("CARGO_PKG_VERSION"),
+        cluster: {
+            let c = registry.cluster();
+            c.enabled().then(|| (c.redis_up(), c.nodes()))
+        },
     };
     let mut metrics = Registry::with_prefix("corelay");
     metrics.register_collector(Box::new(scrape));

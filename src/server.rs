@@ -22,6 +22,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::admission::Occupancy;
 use crate::auth::Verifier;
+use crate::cluster::Membership;
 use crate::config::Config;
 use crate::hooks::Hooks;
 use crate::net::admin::{AdminEndpoint, AdminRoute, ADMIN_PATHS};
@@ -56,6 +57,10 @@ const ADMIN_ENDPOINT: u16 = 2;
 /// Why the server could not start. The binary prints it as one line and exits non-zero.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// The cluster's membership thread could not start (`[cluster]`): the machine is out of
+    /// threads or memory.
+    #[error("cannot start the cluster membership: {0}")]
+    Cluster(String),
     /// Binding the listen address failed (in use, not local, no permission): pick another.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -110,6 +115,8 @@ pub struct Server {
     threads: Vec<JoinHandle<()>>,
     control: Arc<Control>,
     stats: StatsRegistry,
+    /// This node's lease in the cluster (`[cluster]`), taken back once the shards stop.
+    membership: Option<Membership>,
 }
 
 impl Server {
@@ -336,17 +343,33 @@ impl Server {
                 }
             }
         }
-        let server = Server {
+        let mut server = Server {
             addr,
             cpus,
             threads,
             control,
             stats,
+            membership: None,
         };
         if let Some(err) = failure {
             server.shutdown();
             let _ = server.join();
             return Err(err);
+        }
+        let membership = Membership::start(
+            &config.cluster,
+            addr,
+            shards,
+            server.stats.clone(),
+            Arc::clone(&server.control),
+        );
+        match membership {
+            Ok(m) => server.membership = m,
+            Err(e) => {
+                server.shutdown();
+                let _ = server.join();
+                return Err(ServerError::Cluster(e.to_string()));
+            }
         }
         Ok(server)
     }
@@ -394,6 +417,10 @@ impl Server {
             if let Err(panic) = t.join() {
                 result = Err(ServerError::Panicked(panic_message(panic.as_ref())));
             }
+        }
+        // Every shard is done: the other nodes stop listing this one now.
+        if let Some(m) = self.membership {
+            m.leave();
         }
         if let Some((shard, message)) = self.control.failure() {
             result = Err(ServerError::ShardFailed {

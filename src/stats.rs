@@ -394,6 +394,8 @@ impl ShardStats {
 #[derive(Debug, Clone, Default)]
 pub struct StatsRegistry {
     shards: Vec<Arc<ShardStats>>,
+    /// What the cluster's membership thread learned (`[cluster]`).
+    cluster: Arc<crate::cluster::ClusterStatus>,
 }
 
 impl StatsRegistry {
@@ -401,12 +403,18 @@ impl StatsRegistry {
     pub fn new(shards: usize) -> StatsRegistry {
         StatsRegistry {
             shards: (0..shards).map(|_| Arc::default()).collect(),
+            cluster: Arc::default(),
         }
     }
 
     /// The stats block of one shard.
     pub fn shard(&self, i: usize) -> Arc<ShardStats> {
         Arc::clone(&self.shards[i])
+    }
+
+    /// The cluster's status, as the membership thread keeps it.
+    pub fn cluster(&self) -> &crate::cluster::ClusterStatus {
+        &self.cluster
     }
 
     /// Every shard's stats block, by shard.

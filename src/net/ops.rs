@@ -107,8 +107,15 @@ fn health(cx: &Cx<'_>) -> (u16, &'static str, Vec<u8>) {
 fn ready(cx: &Cx<'_>) -> (u16, &'static str, Vec<u8>) {
     let (alive, shards) = shard_turns(cx);
     let draining = cx.shard.shutting_down();
-    let ready = alive && !draining;
-    let body = json!({ "ready": ready, "draining": draining, "shards": shards });
+    let cluster = cx.shard.registry.cluster();
+    // A node of a cluster whose Redis is gone serves its own rooms only: it says so, and a
+    // load balancer sends new players to nodes that reach the others.
+    let redis_down = cluster.enabled() && !cluster.redis_up();
+    let ready = alive && !draining && !redis_down;
+    let mut body = json!({ "ready": ready, "draining": draining, "shards": shards });
+    if cluster.enabled() {
+        body["cluster"] = json!({ "redis": cluster.redis_up(), "nodes": cluster.nodes() });
+    }
     (
         if ready { 200 } else { 503 },
         "application/json",
