@@ -109,6 +109,9 @@ pub struct ClusterStatus {
     enabled: AtomicBool,
     redis_up: AtomicBool,
     nodes: AtomicU64,
+    /// The live nodes as last read, for the dashboard. Written by the membership thread a
+    /// few times a lease, read when a dashboard asks; no shard ever writes it.
+    listed: std::sync::Mutex<Vec<NodeInfo>>,
 }
 
 impl ClusterStatus {
@@ -125,6 +128,11 @@ impl ClusterStatus {
     /// Live nodes as last read, this one included.
     pub fn nodes(&self) -> u64 {
         self.nodes.load(Relaxed)
+    }
+
+    /// What each live node said of itself, as last read.
+    pub fn listed(&self) -> Vec<NodeInfo> {
+        self.listed.lock().map(|l| l.clone()).unwrap_or_default()
     }
 }
 
@@ -265,6 +273,9 @@ fn keep_lease(
                     }
                     status.redis_up.store(true, Relaxed);
                     status.nodes.store(nodes.len() as u64, Relaxed);
+                    if let Ok(mut listed) = status.listed.lock() {
+                        *listed = nodes;
+                    }
                     backoff = Duration::from_millis(100);
                     next_renewal = std::time::Instant::now() + renew_every;
                 }

@@ -17,6 +17,9 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_corelay");
 
+/// The nodes' admin token (the dashboard shows the cluster).
+const ADMIN_TOKEN: &str = "cluster-test-admin-token";
+
 /// A `redis-server` of the test's own, stopped (by PID) when dropped.
 struct Redis {
     child: Child,
@@ -91,6 +94,7 @@ impl Node {
             .env("CORELAY_CLUSTER_NODE_ID", id)
             .env("CORELAY_CLUSTER_LEASE_MS", "1000")
             .env("CORELAY_DRAIN_TIMEOUT_MS", "200")
+            .env("CORELAY_ADMIN_TOKEN", ADMIN_TOKEN)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -115,10 +119,16 @@ impl Node {
 
     /// `GET /readyz`: status and body.
     fn ready(&self) -> (u16, Value) {
+        self.get("/readyz")
+    }
+
+    /// `GET path` with the admin token: status and body.
+    fn get(&self, path: &'static str) -> (u16, Value) {
         let (tx, rx) = std::sync::mpsc::channel();
         let addr = self.addr;
         common::run(move || async move {
-            let r = common::eio::request(addr, "GET", "/readyz", "", "").await;
+            let auth = format!("Authorization: Bearer {ADMIN_TOKEN}\r\n");
+            let r = common::eio::request(addr, "GET", path, &auth, "").await;
             tx.send((r.status, serde_json::from_str(&r.body).unwrap()))
                 .unwrap();
         });
@@ -179,6 +189,19 @@ fn nodes_list_each_other_leave_when_drained_and_drop_out_when_killed() {
     let (code, ready) = nodes[0].ready();
     assert_eq!(code, 200, "{ready}");
     assert_eq!(ready["cluster"]["redis"], true);
+    // The dashboard shows every node with its load.
+    bounded("bo's dashboard lists three nodes", || {
+        nodes[1].get("/admin/api/stats").1["cluster"]["nodes"]
+            .as_array()
+            .is_some_and(|n| n.len() == 3)
+    });
+    let (code, stats) = nodes[1].get("/admin/api/stats");
+    assert_eq!(code, 200);
+    assert_eq!(
+        ids(stats["cluster"]["nodes"].as_array().unwrap()),
+        ["ann", "bo", "cy"]
+    );
+    assert_eq!(stats["cluster"]["redis"], true);
 
     // A drained node leaves as it stops, not a lease later.
     let mut ann = nodes.remove(0);

@@ -171,11 +171,16 @@ pub fn stats(shard: &Shard, prev: Option<&Sample>, now: Instant) -> (Value, Samp
     totals_json.insert("out_per_s".into(), total_rate(|s| s.messages_out));
     totals_json.insert("bytes_in_per_s".into(), total_rate(|s| s.bytes_in));
     totals_json.insert("bytes_out_per_s".into(), total_rate(|s| s.bytes_out));
+    let cluster = shard.registry.cluster();
+    let cluster = cluster
+        .enabled()
+        .then(|| json!({ "redis": cluster.redis_up(), "nodes": cluster.listed() }));
     let value = json!({
         "kind": "stats",
         "at_ms": wall,
         "shard": shard.id,
         "draining": shard.shutting_down(),
+        "cluster": cluster,
         "totals": totals_json,
         "latency": {
             // Over the last period (since the server started for a first sample).

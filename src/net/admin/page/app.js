@@ -119,6 +119,21 @@ function showStats(s) {
       el('td', { class: 'num' }, int(sh.mesh_backlog))));
   $('shards').tBodies[0].replaceChildren(...rows);
 
+  // Several nodes through Redis ([cluster]): each node as its lease last said.
+  $('cluster').hidden = !s.cluster;
+  if (s.cluster) {
+    $('cluster-redis').textContent = s.cluster.redis ? 'Redis up' : 'Redis unreachable';
+    const nodes = s.cluster.nodes.map((n) =>
+      el('tr', { 'data-node': n.id },
+        el('td', {}, n.id),
+        el('td', {}, n.addr),
+        el('td', { class: 'num' }, int(n.shards)),
+        el('td', { class: 'num' }, int(n.connections)),
+        el('td', { class: 'num' }, int(n.rooms)),
+        el('td', { class: n.draining ? 'bad' : 'ok' }, n.draining ? 'draining' : 'serving')));
+    $('nodes').tBodies[0].replaceChildren(...nodes);
+  }
+
   showCounts($('closes'), s.closes);
   showCounts($('refused'), s.refused);
 
