@@ -19,7 +19,7 @@
 pub mod feed;
 
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use serde_json::{json, Value};
@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 
 use self::feed::{AdminFeed, ANSWER_TIMEOUT, INBOX_LIMITS, MAX_VIEW_MESSAGE};
 use super::engineio::EngineEndpoint;
-use super::front::{self, Head, Next, Route};
+use super::front::{self, Head, Next, ReadBody, Route};
 use super::websocket::WebSocket;
 use crate::auth::constant_time_eq;
 use crate::config::AdminConfig;
@@ -464,60 +464,13 @@ impl Route for AdminRoute {
             }
             Err(e) => return front::refuse(cx, &e),
         };
-        let reading = ReadBody {
-            admin: Rc::clone(&self.admin),
-            request: Some(request),
-            next: Some(next),
+        let admin = Rc::clone(&self.admin);
+        let reading = ReadBody::new(
             length,
-            body: Vec::new(),
-        };
+            Box::new(move |cx, body, rest| admin.serve(cx, request, &body, next, rest)),
+        );
         Step::Upgrade(Box::new(reading), head.leftover)
     }
-}
-
-/// A POST whose body is being read.
-struct ReadBody {
-    admin: Rc<Admin>,
-    request: Option<Request>,
-    next: Option<Next>,
-    length: usize,
-    body: Vec<u8>,
-}
-
-impl Connection for ReadBody {
-    fn on_open(&mut self, cx: &mut Cx<'_>) -> Step {
-        let timeout = Duration::from_millis(cx.shard.config.handshake_timeout_ms);
-        cx.set_deadline(Some(cx.now + timeout));
-        self.on_data(cx, &[])
-    }
-
-    fn on_data(&mut self, cx: &mut Cx<'_>, data: &[u8]) -> Step {
-        self.body.extend_from_slice(data);
-        if self.body.len() < self.length {
-            return Step::Continue;
-        }
-        let (Some(request), Some(next)) = (self.request.take(), self.next.take()) else {
-            return Step::Continue;
-        };
-        cx.set_deadline(None);
-        let rest = self.body.split_off(self.length);
-        let admin = Rc::clone(&self.admin);
-        admin.serve(cx, request, &self.body, next, rest)
-    }
-
-    fn on_timeout(&mut self, _cx: &mut Cx<'_>) -> Step {
-        Step::Close { linger: false }
-    }
-
-    fn on_eof(&mut self, _cx: &mut Cx<'_>) -> Step {
-        Step::Close { linger: false }
-    }
-
-    fn on_shutdown(&mut self, _cx: &mut Cx<'_>) -> Step {
-        Step::Close { linger: false }
-    }
-
-    fn on_close(&mut self, _cx: &mut Cx<'_>, _why: Ended) {}
 }
 
 /// What a request asks of the shards.

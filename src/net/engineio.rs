@@ -377,14 +377,10 @@ impl EngineEndpoint {
             session.close("transport error", CloseReason::Protocol);
             return fail(cx, &request, EngineError::BadRequest);
         }
-        let post = PostBody {
-            endpoint: self.me(),
-            session,
-            request,
-            next,
-            length,
-            body: Vec::new(),
-        };
+        // A POST that never completes still lets the session take the next one.
+        let done = Rc::clone(&session);
+        let post = front::ReadBody::new(length, posted(self.me(), session, request, next))
+            .on_close(move || done.polling_post.set(false));
         Step::Upgrade(Box::new(post), body)
     }
 }
@@ -520,41 +516,21 @@ impl Connection for PollGet {
     }
 }
 
-/// A long-polling POST whose body is being read.
-struct PostBody {
+/// What a long-polling POST's body is handed to once read: its packets go to the session,
+/// and the POST is answered `ok`.
+fn posted(
     endpoint: Rc<EngineEndpoint>,
     session: Rc<Session>,
     request: Request,
     next: Next,
-    length: usize,
-    body: Vec<u8>,
-}
-
-impl Connection for PostBody {
-    fn on_open(&mut self, cx: &mut Cx<'_>) -> Step {
-        cx.set_deadline(Some(
-            cx.now + Duration::from_millis(cx.shard.config.handshake_timeout_ms),
-        ));
-        if self.length == 0 {
-            return self.on_data(cx, &[]);
-        }
-        Step::Continue
-    }
-
-    fn on_data(&mut self, cx: &mut Cx<'_>, data: &[u8]) -> Step {
-        self.body.extend_from_slice(data);
-        if self.body.len() < self.length {
-            return Step::Continue;
-        }
-        cx.set_deadline(None);
-        let rest = self.body.split_off(self.length);
-        self.session.polling_post.set(false);
-        let session = Rc::clone(&self.session);
-        let packets = match engineio::decode_payload(&self.body) {
+) -> front::BodyThen {
+    Box::new(move |cx, body, rest| {
+        session.polling_post.set(false);
+        let packets = match engineio::decode_payload(&body) {
             Ok(p) => p,
             Err(_) => {
                 session.close("parse error", CloseReason::Invalid);
-                return fail(cx, &self.request, EngineError::BadRequest);
+                return fail(cx, &request, EngineError::BadRequest);
             }
         };
         for packet in packets {
@@ -563,40 +539,20 @@ impl Connection for PostBody {
             }
             if let Err(reason) = session.handle_packet(cx.now, packet, None) {
                 session.close("parse error", reason);
-                return fail(cx, &self.request, EngineError::BadRequest);
+                return fail(cx, &request, EngineError::BadRequest);
             }
         }
-        self.endpoint.schedule(cx.shard, &session);
+        endpoint.schedule(cx.shard, &session);
         answer(
             cx,
-            &self.request,
+            &request,
             (200, "OK"),
             "text/html",
             b"ok",
-            self.next.keep_alive,
+            next.keep_alive,
         );
-        let next = Next {
-            keep_alive: self.next.keep_alive,
-            routes: Rc::clone(&self.next.routes),
-        };
         next.step(rest)
-    }
-
-    fn on_timeout(&mut self, _cx: &mut Cx<'_>) -> Step {
-        Step::Close { linger: false }
-    }
-
-    fn on_eof(&mut self, _cx: &mut Cx<'_>) -> Step {
-        Step::Close { linger: false }
-    }
-
-    fn on_shutdown(&mut self, _cx: &mut Cx<'_>) -> Step {
-        Step::Close { linger: false }
-    }
-
-    fn on_close(&mut self, _cx: &mut Cx<'_>, _why: Ended) {
-        self.session.polling_post.set(false);
-    }
+    })
 }
 
 /// An Engine.IO WebSocket: a new session, or the upgrade of a long-polling one. It counts

@@ -210,6 +210,77 @@ pub fn accept_upgrade(
     }
 }
 
+/// What a read body is handed to: the connection, the body, and the bytes that came
+/// past it (the start of a keep-alive connection's next request).
+pub type BodyThen = Box<dyn FnOnce(&mut Cx<'_>, Vec<u8>, Vec<u8>) -> Step>;
+
+/// Reads a request body of a known length (`Content-Length`, checked against the route's
+/// bound by the caller) within the handshake timeout, then hands it on. A peer that stops
+/// sending, or goes, is closed.
+pub struct ReadBody {
+    length: usize,
+    body: Vec<u8>,
+    then: Option<BodyThen>,
+    on_close: Option<Box<dyn FnOnce()>>,
+}
+
+impl ReadBody {
+    /// A reader of `length` bytes that calls `then` with them.
+    pub fn new(length: usize, then: BodyThen) -> ReadBody {
+        ReadBody {
+            length,
+            body: Vec::new(),
+            then: Some(then),
+            on_close: None,
+        }
+    }
+
+    /// Also calls `f` when the connection ends, whether or not the body came.
+    pub fn on_close(mut self, f: impl FnOnce() + 'static) -> ReadBody {
+        self.on_close = Some(Box::new(f));
+        self
+    }
+}
+
+impl Connection for ReadBody {
+    fn on_open(&mut self, cx: &mut Cx<'_>) -> Step {
+        let timeout = Duration::from_millis(cx.shard.config.handshake_timeout_ms);
+        cx.set_deadline(Some(cx.now + timeout));
+        self.on_data(cx, &[])
+    }
+
+    fn on_data(&mut self, cx: &mut Cx<'_>, data: &[u8]) -> Step {
+        self.body.extend_from_slice(data);
+        if self.body.len() < self.length {
+            return Step::Continue;
+        }
+        let Some(then) = self.then.take() else {
+            return Step::Continue;
+        };
+        cx.set_deadline(None);
+        let rest = self.body.split_off(self.length);
+        then(cx, std::mem::take(&mut self.body), rest)
+    }
+
+    fn on_timeout(&mut self, _cx: &mut Cx<'_>) -> Step {
+        Step::Close { linger: false }
+    }
+
+    fn on_eof(&mut self, _cx: &mut Cx<'_>) -> Step {
+        Step::Close { linger: false }
+    }
+
+    fn on_shutdown(&mut self, _cx: &mut Cx<'_>) -> Step {
+        Step::Close { linger: false }
+    }
+
+    fn on_close(&mut self, _cx: &mut Cx<'_>, _why: Ended) {
+        if let Some(f) = self.on_close.take() {
+            f();
+        }
+    }
+}
+
 /// Answers a bad request and closes, counting it (a forbidden origin is counted as a
 /// refusal by [`origin_allowed`], not as a bad request).
 pub fn refuse(cx: &mut Cx<'_>, err: &HttpError) -> Step {

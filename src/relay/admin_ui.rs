@@ -878,7 +878,8 @@ mod tests {
 
     use super::*;
     use crate::auth::Identity;
-    use crate::relay::{Drained, Outbox, OutboxLimits, RelayLimits};
+    use crate::relay::tests::{outbox, settle};
+    use crate::relay::{Drained, Outbox, RelayLimits};
     use crate::stats::ShardStats;
 
     /// Two shards' relays with the admin UI on, sharing one view.
@@ -903,22 +904,6 @@ mod tests {
         (relays, shared)
     }
 
-    /// Carries every mesh message until none is left, as the shard runtimes would.
-    fn settle(relays: &mut [Relay]) {
-        loop {
-            let mut moved = Vec::new();
-            for (from, relay) in relays.iter_mut().enumerate() {
-                moved.extend(relay.drain_mesh().map(|(to, msg)| (from, to, msg)));
-            }
-            if moved.is_empty() {
-                return;
-            }
-            for (from, to, msg) in moved {
-                relays[to].handle_mesh(from, msg, Instant::now());
-            }
-        }
-    }
-
     /// A player `p` of namespace `nsp` connected to `relay` on long-polling (whose frames
     /// are the packets' text), listed by `owner`; its disconnect counts in `kicked`.
     fn connect(
@@ -928,10 +913,7 @@ mod tests {
         owner: usize,
         kicked: &Rc<Cell<u32>>,
     ) -> Rc<Outbox> {
-        let out = Rc::new(Outbox::new(OutboxLimits {
-            frames: 1000,
-            bytes: 1 << 20,
-        }));
+        let out = outbox();
         let id = p.to_string();
         relay.connect(
             p,
