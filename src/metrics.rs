@@ -7,6 +7,7 @@
 //!
 //! Sans-IO: the process figures (CPU, memory) are read by the caller and handed in.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -51,10 +52,112 @@ struct Scrape {
     cluster: Option<(bool, u64)>,
 }
 
+/// A per-shard metric: its name, its help, and the counter of [`ShardStats`] it reads.
+type PerShard = (&'static str, &'static str, fn(&ShardStats) -> &AtomicU64);
+
+/// The per-shard gauges.
+const GAUGES: &[PerShard] = &[
+    ("connections", "Open connections.", |s| &s.connections),
+    ("rooms", "Rooms homed on the shard.", |s| &s.rooms),
+    (
+        "room_members",
+        "Members of the rooms homed on the shard, wherever they are connected.",
+        |s| &s.room_members,
+    ),
+    (
+        "mesh_backlog",
+        "Messages for other shards waiting because their queue was full.",
+        |s| &s.mesh_backlog,
+    ),
+    (
+        "history_messages",
+        "Messages kept in the replay rings of the shard's rooms.",
+        |s| &s.history_messages,
+    ),
+    (
+        "history_bytes",
+        "Bytes those messages take (each at its largest encoding).",
+        |s| &s.history_bytes,
+    ),
+    (
+        "sessions_away",
+        "Sessions whose connection dropped, waiting to be resumed.",
+        |s| &s.sessions_away,
+    ),
+];
+
+/// The per-shard counters (`_total` is added by the encoder).
+const COUNTERS: &[PerShard] = &[
+    ("accepted", "Connections accepted.", |s| &s.accepted),
+    ("messages_in", "Messages received from clients.", |s| {
+        &s.messages_in
+    }),
+    (
+        "deliveries",
+        "Messages queued to clients, one per recipient.",
+        |s| &s.messages_out,
+    ),
+    ("bytes_in", "Bytes read from sockets.", |s| &s.bytes_in),
+    ("bytes_out", "Bytes written to sockets.", |s| &s.bytes_out),
+    ("socket_writes", "Socket send operations.", |s| &s.writes),
+    ("mesh_messages", "Messages sent to other shards.", |s| {
+        &s.mesh_out
+    }),
+    (
+        "mesh_stalls",
+        "Input held back because the cross-shard backlog was full.",
+        |s| &s.mesh_stalls,
+    ),
+    ("accept_errors", "Accept errors.", |s| &s.accept_errors),
+    (
+        "handoffs",
+        "Connections handed to the shard of their Engine.IO session.",
+        |s| &s.handoffs,
+    ),
+    ("ring_enters", "io_uring kernel entries.", |s| {
+        &s.ring_enters
+    }),
+    (
+        "engineio_upgrades",
+        "Engine.IO sessions upgraded from long-polling to WebSocket.",
+        |s| &s.upgrades,
+    ),
+    (
+        "ack_timeouts",
+        "Server-to-client Socket.IO acks given up.",
+        |s| &s.ack_timeouts,
+    ),
+    ("resumes", "Sessions taken back by a resume.", |s| {
+        &s.resumes
+    }),
+    (
+        "resumes_refused",
+        "Resumes refused (expired, unknown, wrong secret).",
+        |s| &s.resumes_refused,
+    ),
+    (
+        "resume_gaps",
+        "Resumed rooms whose replay missed messages no longer kept.",
+        |s| &s.resume_gaps,
+    ),
+    (
+        "matchmaking_tickets",
+        "Players whose matchmaking ticket entered a queue homed on the shard.",
+        |s| &s.tickets,
+    ),
+    (
+        "matches",
+        "Matches formed by queues homed on the shard.",
+        |s| &s.matches,
+    ),
+];
+
 #[derive(Debug)]
 struct ShardValues {
-    gauges: Vec<(&'static str, &'static str, u64)>,
-    counters: Vec<(&'static str, &'static str, u64)>,
+    /// [`GAUGES`]' values, in order.
+    gauges: Vec<u64>,
+    /// [`COUNTERS`]' values, in order.
+    counters: Vec<u64>,
     closes: Vec<(&'static str, u64)>,
     refused: Vec<(&'static str, u64)>,
     errors: Vec<(&'static str, u64)>,
@@ -64,102 +167,11 @@ struct ShardValues {
 
 impl ShardValues {
     fn read(s: &ShardStats) -> ShardValues {
-        use std::sync::atomic::Ordering::Relaxed;
-        let l = |c: &std::sync::atomic::AtomicU64| c.load(Relaxed);
+        let l = |c: &AtomicU64| c.load(Relaxed);
+        let read = |table: &[PerShard]| table.iter().map(|(_, _, f)| l(f(s))).collect();
         ShardValues {
-            gauges: vec![
-                ("connections", "Open connections.", l(&s.connections)),
-                ("rooms", "Rooms homed on the shard.", l(&s.rooms)),
-                (
-                    "room_members",
-                    "Members of the rooms homed on the shard, wherever they are connected.",
-                    l(&s.room_members),
-                ),
-                (
-                    "mesh_backlog",
-                    "Messages for other shards waiting because their queue was full.",
-                    l(&s.mesh_backlog),
-                ),
-                (
-                    "history_messages",
-                    "Messages kept in the replay rings of the shard's rooms.",
-                    l(&s.history_messages),
-                ),
-                (
-                    "history_bytes",
-                    "Bytes those messages take (each at its largest encoding).",
-                    l(&s.history_bytes),
-                ),
-                (
-                    "sessions_away",
-                    "Sessions whose connection dropped, waiting to be resumed.",
-                    l(&s.sessions_away),
-                ),
-            ],
-            counters: vec![
-                ("accepted", "Connections accepted.", l(&s.accepted)),
-                (
-                    "messages_in",
-                    "Messages received from clients.",
-                    l(&s.messages_in),
-                ),
-                (
-                    "deliveries",
-                    "Messages queued to clients, one per recipient.",
-                    l(&s.messages_out),
-                ),
-                ("bytes_in", "Bytes read from sockets.", l(&s.bytes_in)),
-                ("bytes_out", "Bytes written to sockets.", l(&s.bytes_out)),
-                ("socket_writes", "Socket send operations.", l(&s.writes)),
-                (
-                    "mesh_messages",
-                    "Messages sent to other shards.",
-                    l(&s.mesh_out),
-                ),
-                (
-                    "mesh_stalls",
-                    "Input held back because the cross-shard backlog was full.",
-                    l(&s.mesh_stalls),
-                ),
-                ("accept_errors", "Accept errors.", l(&s.accept_errors)),
-                (
-                    "handoffs",
-                    "Connections handed to the shard of their Engine.IO session.",
-                    l(&s.handoffs),
-                ),
-                ("ring_enters", "io_uring kernel entries.", l(&s.ring_enters)),
-                (
-                    "engineio_upgrades",
-                    "Engine.IO sessions upgraded from long-polling to WebSocket.",
-                    l(&s.upgrades),
-                ),
-                (
-                    "ack_timeouts",
-                    "Server-to-client Socket.IO acks given up.",
-                    l(&s.ack_timeouts),
-                ),
-                ("resumes", "Sessions taken back by a resume.", l(&s.resumes)),
-                (
-                    "resumes_refused",
-                    "Resumes refused (expired, unknown, wrong secret).",
-                    l(&s.resumes_refused),
-                ),
-                (
-                    "resume_gaps",
-                    "Resumed rooms whose replay missed messages no longer kept.",
-                    l(&s.resume_gaps),
-                ),
-                (
-                    "matchmaking_tickets",
-                    "Players whose matchmaking ticket entered a queue homed on the shard.",
-                    l(&s.tickets),
-                ),
-                (
-                    "matches",
-                    "Matches formed by queues homed on the shard.",
-                    l(&s.matches),
-                ),
-            ],
+            gauges: read(GAUGES),
+            counters: read(COUNTERS),
             sessions: [
                 ("native", "websocket", l(&s.native_connections)),
                 ("socketio", "websocket", l(&s.engineio_websocket)),
@@ -183,22 +195,19 @@ impl ShardValues {
 
 impl Collector for Scrape {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let Some(first) = self.shards.first() else {
-            return Ok(());
-        };
         let shard_label = |i: usize| [("shard", i.to_string())];
-        for (k, &(name, help, _)) in first.gauges.iter().enumerate() {
+        for (k, &(name, help, _)) in GAUGES.iter().enumerate() {
             let mut m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
             for (i, s) in self.shards.iter().enumerate() {
                 let labels = shard_label(i);
-                ConstGauge::new(s.gauges[k].2).encode(m.encode_family(&labels)?)?;
+                ConstGauge::new(s.gauges[k]).encode(m.encode_family(&labels)?)?;
             }
         }
-        for (k, &(name, help, _)) in first.counters.iter().enumerate() {
+        for (k, &(name, help, _)) in COUNTERS.iter().enumerate() {
             let mut m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for (i, s) in self.shards.iter().enumerate() {
                 let labels = shard_label(i);
-                ConstCounter::new(s.counters[k].2).encode(m.encode_family(&labels)?)?;
+                ConstCounter::new(s.counters[k]).encode(m.encode_family(&labels)?)?;
             }
         }
         let mut m = encoder.encode_descriptor(
