@@ -41,12 +41,7 @@ fn spawn(mut cmd: Command) -> Running {
     let first = rx
         .recv_timeout(Duration::from_secs(20))
         .expect("start line");
-    // "corelay listening on 127.0.0.1:PORT with N shards on cpus [..]"
-    let addr = first
-        .split_whitespace()
-        .nth(3)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected start line: {first}"));
+    let addr = common::start_line_addr(&first);
     Running {
         child,
         addr,

@@ -103,12 +103,7 @@ impl Node {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        // "corelay listening on 127.0.0.1:PORT with N shards on cpus [..]"
-        let addr = line
-            .split_whitespace()
-            .nth(3)
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected start line: {line}"));
+        let addr = common::start_line_addr(&line);
         Node { child, addr }
     }
 

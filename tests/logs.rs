@@ -52,12 +52,7 @@ fn serve(args: &[&str], env: &[(&str, &str)]) -> Running {
         }
     });
     let first = start_rx.recv_timeout(WAIT).expect("a start line");
-    // "corelay listening on 127.0.0.1:PORT with 1 shards on cpus [..]"
-    let addr = first
-        .split_whitespace()
-        .nth(3)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected start line: {first:?}"));
+    let addr = common::start_line_addr(&first);
     let (tx, rx) = mpsc::channel();
     let stderr = child.stderr.take().unwrap();
     std::thread::spawn(move || {

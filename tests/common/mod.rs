@@ -67,6 +67,15 @@ pub fn room_homed_on(shard: usize, shards: usize) -> String {
         .expect("some name hashes to every shard")
 }
 
+/// The address in `corelay serve`'s start line, "corelay listening on 127.0.0.1:PORT with
+/// N shards on cpus [..]", which tests that run the binary read first.
+pub fn start_line_addr(line: &str) -> SocketAddr {
+    line.split_whitespace()
+        .nth(3)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected start line: {line:?}"))
+}
+
 /// The native endpoint URL of a server.
 pub fn url(addr: SocketAddr) -> String {
     format!("ws://{addr}/ws")
