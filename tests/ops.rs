@@ -266,3 +266,42 @@ fn the_grafana_dashboard_queries_only_metrics_that_exist() {
         }
     });
 }
+
+/// Scrapers keep their connection: two requests on one keep-alive connection are both
+/// answered, and a method other than GET is 405.
+#[test]
+fn the_endpoints_keep_a_scrapers_connection_and_answer_only_get() {
+    use std::io::{Read, Write};
+    let srv = server(1, |_| {});
+    let mut s = std::net::TcpStream::connect(srv.local_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let ask = |s: &mut std::net::TcpStream, request: &str| {
+        s.write_all(request.as_bytes()).unwrap();
+        // Read one whole answer: its head, then Content-Length bytes.
+        let mut got = Vec::new();
+        let mut byte = [0u8; 1];
+        while !got.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).unwrap();
+            got.push(byte[0]);
+        }
+        let head = String::from_utf8(got).unwrap();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("a Content-Length");
+        let mut body = vec![0u8; length];
+        s.read_exact(&mut body).unwrap();
+        head
+    };
+    let first = ask(&mut s, "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(first.contains("keep-alive"), "{first}");
+    let second = ask(&mut s, "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    let post = ask(
+        &mut s,
+        "POST /readyz HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+}
