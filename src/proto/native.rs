@@ -873,6 +873,10 @@ mod tests {
         assert_eq!(&b[r + 10..r + 14], b"ann\xff");
         let (b, r) = server(&ServerFrame::Cancelled { req: 4, ticket: 8 });
         assert_eq!((b[r], le32(&b, r + 1), le64(&b, r + 5)), (20, 4, 8));
+        let (b, r) = server(&ServerFrame::Draining {
+            reconnect_after_ms: 1234,
+        });
+        assert_eq!((b[r], le32(&b, r + 1)), (21, 1234));
     }
 
     #[test]
