@@ -810,10 +810,10 @@ mod tests {
         assert_eq!(std::mem::size_of::<ArchivedServerFrame>(), 42);
     }
 
-    /// The offsets docs/PROTOCOL.md gives for the matchmaking frames, read from real
+    /// The offsets docs/PROTOCOL.md gives for the matchmaking and drain frames, read from real
     /// encodings.
     #[test]
-    fn matchmaking_frames_have_their_documented_layout() {
+    fn matchmaking_and_drain_frames_have_their_documented_layout() {
         let le32 = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
         let le64 = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
         let bytes = encode_client(&ClientFrame::Queue {
