@@ -48,8 +48,9 @@ struct Scrape {
     latency: Option<Histogram<u64>>,
     process: Process,
     version: &'static str,
-    /// `[cluster]`: Redis reached, and the live nodes.
-    cluster: Option<(bool, u64)>,
+    /// `[cluster]`: Redis reached, the live nodes, and the bridge's counts
+    /// ([`crate::cluster::ClusterStatus::traffic`]).
+    cluster: Option<(bool, u64, [u64; 5])>,
 }
 
 /// A per-shard metric: its name, its help, and the counter of [`ShardStats`] it reads.
@@ -301,7 +302,7 @@ impl Collector for Scrape {
                 self.shards.len() as u64,
             ),
         ];
-        let cluster = self.cluster.map(|(up, nodes)| {
+        let cluster = self.cluster.map(|(up, nodes, [followed, ..])| {
             [
                 (
                     "cluster_redis_up",
@@ -313,6 +314,11 @@ impl Collector for Scrape {
                     "Live nodes of the cluster, this one included, as last read.",
                     nodes,
                 ),
+                (
+                    "cluster_rooms_followed",
+                    "Rooms whose Redis channel this node follows: those with members here.",
+                    followed,
+                ),
             ]
         });
         let process_gauges = process_gauges
@@ -321,6 +327,34 @@ impl Collector for Scrape {
         for (name, help, value) in process_gauges {
             let m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
             ConstGauge::new(value).encode(m)?;
+        }
+        if let Some((_, _, [_, published, dropped, received, refused])) = self.cluster {
+            let counters = [
+                (
+                    "cluster_published",
+                    "Broadcasts published to the other nodes (one per message, whatever the nodes).",
+                    published,
+                ),
+                (
+                    "cluster_dropped",
+                    "Broadcasts not published: Redis was unreachable.",
+                    dropped,
+                ),
+                (
+                    "cluster_received",
+                    "Broadcasts and presence received from other nodes.",
+                    received,
+                ),
+                (
+                    "cluster_refused",
+                    "Messages on a room's channel that were not corelay envelopes.",
+                    refused,
+                ),
+            ];
+            for (name, help, value) in counters {
+                let m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+                ConstCounter::new(value).encode(m)?;
+            }
         }
         let mut m =
             encoder.encode_descriptor("build", "The server's version.", None, MetricType::Info)?;
@@ -356,7 +390,7 @@ pub fn encode(registry: &StatsRegistry, process: Process) -> String {
         version: env!("CARGO_PKG_VERSION"),
         cluster: {
             let c = registry.cluster();
-            c.enabled().then(|| (c.redis_up(), c.nodes()))
+            c.enabled().then(|| (c.redis_up(), c.nodes(), c.traffic()))
         },
     };
     let mut metrics = Registry::with_prefix("corelay");

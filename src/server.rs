@@ -22,6 +22,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::admission::Occupancy;
 use crate::auth::Verifier;
+use crate::cluster::bridge::Bridge;
 use crate::cluster::Membership;
 use crate::config::Config;
 use crate::hooks::Hooks;
@@ -117,6 +118,8 @@ pub struct Server {
     stats: StatsRegistry,
     /// This node's lease in the cluster (`[cluster]`), taken back once the shards stop.
     membership: Option<Membership>,
+    /// Rooms across nodes (`[cluster]`), stopped once the shards have.
+    bridge: Option<Bridge>,
 }
 
 impl Server {
@@ -245,8 +248,15 @@ impl Server {
             listeners.push(unsafe { OwnedFd::from_raw_fd(socket.into_raw_fd()) });
         }
 
-        // One queue per ordered pair of shards, and one doorbell per shard.
-        let mesh = MeshQueues::new(shards, config.mesh_queue).map_err(|e| ServerError::Shard {
+        // One queue per ordered pair of shards, and one doorbell per shard; in a cluster
+        // the bridge is one more end of the mesh, after the last shard.
+        let incarnation = config.cluster.redis.is_some().then(|| {
+            use rand::Rng;
+            // Never 0: envelopes of nodes that predate incarnations would claim it.
+            rand::rng().next_u64() | 1
+        });
+        let ends = shards + usize::from(incarnation.is_some());
+        let mesh = MeshQueues::new(ends, config.mesh_queue).map_err(|e| ServerError::Shard {
             shard: 0,
             reason: format!("cannot create the cross-shard doorbells: {e}"),
         })?;
@@ -256,7 +266,7 @@ impl Server {
             config.max_connections,
             config.max_connections_per_ip,
         ));
-        let control = Arc::new(Control::new(mesh.doorbells().to_vec()));
+        let control = Arc::new(Control::new(mesh.doorbells()[..shards].to_vec()));
         let sizes = RingSizes {
             submissions: config.ring_entries,
             completions: config.ring_entries.saturating_mul(4),
@@ -279,6 +289,7 @@ impl Server {
                 connections: Arc::clone(&connections),
                 mesh: mesh.mesh_for(id, config.mesh_backlog),
                 endpoints: Arc::clone(&endpoints),
+                cluster_node: incarnation,
             };
             let cpu = cpus[id];
             let ready = ready_tx.clone();
@@ -350,6 +361,7 @@ impl Server {
             control,
             stats,
             membership: None,
+            bridge: None,
         };
         if let Some(err) = failure {
             server.shutdown();
@@ -360,9 +372,26 @@ impl Server {
             &config.cluster,
             addr,
             shards,
+            incarnation.unwrap_or(0),
             server.stats.clone(),
             Arc::clone(&server.control),
         );
+        let bridge = match (&config.cluster.redis, incarnation) {
+            (Some(url), Some(node)) => Bridge::start(
+                url,
+                node,
+                shards,
+                std::time::Duration::from_millis(config.cluster.lease_ms),
+                mesh.mesh_for(shards, config.mesh_backlog),
+                server.stats.cluster_status(),
+            )
+            .map(Some),
+            _ => Ok(None),
+        };
+        let membership = bridge.and_then(|b| {
+            server.bridge = b;
+            membership
+        });
         match membership {
             Ok(m) => server.membership = m,
             Err(e) => {
@@ -418,7 +447,11 @@ impl Server {
                 result = Err(ServerError::Panicked(panic_message(panic.as_ref())));
             }
         }
-        // Every shard is done: the other nodes stop listing this one now.
+        // Every shard is done: what they left for the other nodes goes out, and the
+        // other nodes stop listing this one.
+        if let Some(b) = self.bridge {
+            b.stop();
+        }
         if let Some(m) = self.membership {
             m.leave();
         }

@@ -417,6 +417,11 @@ impl StatsRegistry {
         &self.cluster
     }
 
+    /// The cluster's status, shared (for the bridge to write).
+    pub fn cluster_status(&self) -> Arc<crate::cluster::ClusterStatus> {
+        Arc::clone(&self.cluster)
+    }
+
     /// Every shard's stats block, by shard.
     pub fn shards(&self) -> impl Iterator<Item = &ShardStats> {
         self.shards.iter().map(|s| &**s)

@@ -242,3 +242,207 @@ fn a_node_without_its_redis_is_not_ready_until_redis_is_back() {
     bounded("ready again", || node.ready().0 == 200);
     bounded("listed again", || ids(&status(&redis.url())) == ["solo"]);
 }
+
+/// Redis's count of subscribers of each of `channels` (`PUBSUB NUMSUB`).
+fn numsub(url: &str, rooms: &[&str]) -> Vec<i64> {
+    let mut con = redis::Client::open(url)
+        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+        .unwrap();
+    let channels: Vec<String> = rooms
+        .iter()
+        .map(|r| corelay::cluster::bridge::channel(r))
+        .collect();
+    let answer: Vec<redis::Value> = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(&channels)
+        .query(&mut con)
+        .unwrap();
+    answer
+        .chunks(2)
+        .map(|pair| redis::from_redis_value_ref::<i64>(&pair[1]).unwrap())
+        .collect()
+}
+
+/// An in-process node of the cluster on `url`, with two shards (so that a room's home is
+/// not always its members' shard).
+fn node(url: &str, id: &str) -> corelay::Server {
+    let (url, id) = (url.to_owned(), id.to_owned());
+    common::server(2, move |c| {
+        c.cluster.redis = Some(url);
+        c.cluster.node_id = Some(id);
+        c.cluster.lease_ms = 1_000;
+    })
+}
+
+/// What one receiver got from each sender: the numbers in order of arrival.
+type Heard = std::collections::BTreeMap<String, Vec<u64>>;
+
+/// Receives `expected` messages on a native client, by sender, skipping notices.
+async fn native_hears(rx: &mut corelay::client::ClientReceiver, expected: usize) -> Heard {
+    let mut heard = Heard::new();
+    let mut n = 0;
+    while n < expected {
+        let event = common::within("a relayed message", rx.next_event())
+            .await
+            .unwrap();
+        if let corelay::client::ServerEvent::Message { from, payload, .. } = event {
+            let k: u64 = serde_json::from_slice(&payload).unwrap();
+            heard.entry(from).or_default().push(k);
+            n += 1;
+        }
+    }
+    heard
+}
+
+/// Receives `expected` `m` events on a Socket.IO session, by sender, skipping the rest.
+async fn sio_hears(
+    s: &corelay::client::Stream,
+    codec: &mut corelay::proto::ws::WsCodec,
+    expected: usize,
+) -> Heard {
+    let mut heard = Heard::new();
+    let mut n = 0;
+    while n < expected {
+        let text = common::within(
+            "a relayed event",
+            common::eio::next_starting(s, codec, "42[\"m\""),
+        )
+        .await;
+        let v = common::eio::data(&text, "42");
+        heard
+            .entry(v[2].as_str().unwrap().to_owned())
+            .or_default()
+            .push(v[1].as_u64().unwrap());
+        n += 1;
+    }
+    heard
+}
+
+/// Each sender's numbers 0..per, exactly once and in order.
+fn assert_each_once_in_order(who: &str, heard: &Heard, senders: &[String], per: u64) {
+    let expected: Vec<u64> = (0..per).collect();
+    assert_eq!(
+        heard.keys().collect::<Vec<_>>(),
+        senders.iter().collect::<Vec<_>>(),
+        "{who} heard these senders"
+    );
+    for (from, got) in heard {
+        assert_eq!(got, &expected, "{who} from {from}");
+    }
+}
+
+/// Three nodes share a room: native and Socket.IO members on every node receive every
+/// other member's messages exactly once and in each sender's order, and notices carry the
+/// room's count across nodes. A node follows a room's channel only while it has members
+/// in it, as Redis itself reports.
+#[test]
+fn a_room_spans_three_nodes_with_every_message_once_in_each_senders_order() {
+    use corelay::client::PayloadKind;
+    use corelay::client::ServerEvent;
+    let redis = Redis::start();
+    let url = redis.url();
+    let nodes: Vec<_> = ["a", "b", "c"].iter().map(|id| node(&url, id)).collect();
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.local_addr()).collect();
+    const PER: u64 = 100;
+    common::run(move || async move {
+        // Two native members and one Socket.IO member on each node.
+        let mut natives = Vec::new();
+        let mut sios = Vec::new();
+        for &addr in &addrs {
+            for _ in 0..2 {
+                let mut c = common::connect(addr).await;
+                c.join("arena").await.unwrap();
+                natives.push(c);
+            }
+            let (s, mut codec, sid) = common::eio::sio_connect(addr, "/").await;
+            common::eio::ws_send(&s, r#"421["join","arena"]"#).await;
+            common::eio::next_starting(&s, &mut codec, "431").await;
+            sios.push((s, codec, sid));
+        }
+        // Interest routing, from Redis: every node follows `arena`; only the first
+        // follows `quiet`, and nobody follows a room without members.
+        let mut quiet = common::connect(addrs[0]).await;
+        quiet.join("quiet").await.unwrap();
+        bounded("every node follows arena, one follows quiet", || {
+            numsub(&url, &["arena", "quiet", "nobody"]) == [3, 1, 0]
+        });
+        quiet.leave("quiet").await.unwrap();
+        bounded("nobody follows quiet once it is empty", || {
+            numsub(&url, &["quiet"]) == [0]
+        });
+
+        // Everyone sends PER numbered messages.
+        let mut senders: Vec<String> = natives.iter().map(|c| c.player().to_owned()).collect();
+        senders.extend(sios.iter().map(|(_, _, sid)| sid.clone()));
+        senders.sort();
+        let mut natives: Vec<_> = natives
+            .into_iter()
+            .map(|c| (c.player().to_owned(), c.split()))
+            .collect();
+        for (_, (tx, _)) in &natives {
+            for k in 0..PER {
+                tx.send("arena", "m", k.to_string().as_bytes(), PayloadKind::Json)
+                    .await
+                    .unwrap();
+            }
+        }
+        for (s, _, _) in &sios {
+            for k in 0..PER {
+                common::eio::ws_send(s, &format!(r#"42["to","arena","m",{k}]"#)).await;
+            }
+        }
+        let others = (senders.len() - 1) * PER as usize;
+        for (me, (_, rx)) in natives.iter_mut() {
+            let heard = native_hears(rx, others).await;
+            let from: Vec<String> = senders.iter().filter(|s| *s != me).cloned().collect();
+            assert_each_once_in_order(me, &heard, &from, PER);
+        }
+        for (s, codec, sid) in sios.iter_mut() {
+            let heard = sio_hears(s, codec, others).await;
+            let from: Vec<String> = senders.iter().filter(|x| *x != sid).cloned().collect();
+            assert_each_once_in_order(sid, &heard, &from, PER);
+        }
+
+        // Presence across nodes: a newcomer on the last node is counted with the nine
+        // members of the three nodes, and the others are told of it with that count.
+        let mut watcher = common::connect(addrs[0]).await;
+        watcher.join("arena").await.unwrap();
+        let mut newcomer = common::connect(addrs[2]).await;
+        let joined = newcomer.join_room("arena").await.unwrap();
+        assert_eq!(
+            joined.members, 11,
+            "nine members, the watcher and the newcomer"
+        );
+        let me = newcomer.player().to_owned();
+        loop {
+            let event = common::within("the newcomer's notice", watcher.next_event())
+                .await
+                .unwrap();
+            if let ServerEvent::MemberJoined {
+                player, members, ..
+            } = event
+            {
+                if player == me {
+                    assert_eq!(members, 11);
+                    break;
+                }
+            }
+        }
+        newcomer.leave("arena").await.unwrap();
+        loop {
+            let event = common::within("the newcomer's leave", watcher.next_event())
+                .await
+                .unwrap();
+            if let ServerEvent::MemberLeft {
+                player, members, ..
+            } = event
+            {
+                if player == me {
+                    assert_eq!(members, 10);
+                    break;
+                }
+            }
+        }
+    });
+    drop(nodes);
+}

@@ -720,6 +720,8 @@ impl Relay {
                 kept: Default::default(),
                 kept_bytes: 0,
                 messages: 0,
+                shared: false,
+                remote: Vec::new(),
             },
         );
         let mut by_shard: BTreeMap<ShardId, Vec<(PlayerId, PlayerName, u64)>> = BTreeMap::new();

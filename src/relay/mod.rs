@@ -36,6 +36,7 @@ mod admin;
 mod admin_ui;
 mod broadcast;
 mod matching;
+mod nodes;
 mod outbox;
 mod recovery;
 mod rooms;
@@ -61,6 +62,7 @@ pub use broadcast::{
 };
 use matching::{Held, Matching};
 pub use matching::{MatchJoined, MatchRoom, QueueRequest, TicketNews, TicketRequest};
+pub use nodes::{crosses, ClusterMsg, NOBODY};
 pub use outbox::{Drained, Outbox, OutboxLimits, PushError, ReadyQueue};
 pub use recovery::{
     parse_sio_pid, sio_pid, Moved, RecoverRequest, Recovery, RecoveryTicket, Waker,
@@ -317,6 +319,25 @@ pub enum MeshMsg {
     /// The official Socket.IO Admin UI's lists, changes and commands (`relay/admin_ui.rs`;
     /// boxed, as they are rare and every mesh slot is as large as the largest message).
     AdminUi(Box<AdminUiMsg>),
+    /// room's home -> the cluster bridge: a broadcast made on this node, for the room's
+    /// members on others (`relay/nodes.rs`).
+    Publish {
+        /// The broadcast, shared with this node's deliveries.
+        bcast: Arc<Broadcast>,
+        /// The room's members on this node.
+        members: u32,
+    },
+    /// the cluster bridge -> room's home: a broadcast another node published.
+    FromNode {
+        /// The publishing node's incarnation.
+        node: u64,
+        /// The room's members there.
+        members: u32,
+        /// The broadcast, to count and deliver here.
+        bcast: Box<Broadcast>,
+    },
+    /// The rest of the cluster's business (boxed: rare).
+    Cluster(Box<ClusterMsg>),
     /// home -> origin: what a resuming member missed, in order. Deliveries after this one
     /// on the same path are newer, so the origin delivers to the member again from here.
     Replay {
@@ -533,6 +554,10 @@ struct HomeRoom {
     /// Messages broadcast to the room (members' and the application's, not notices), for
     /// the dashboard's rates: one add at a lookup the home makes for every broadcast.
     messages: u64,
+    /// The room is followed across nodes (`[cluster]`, it has members here).
+    shared: bool,
+    /// Its members on other nodes, as far as known (`relay/nodes.rs`).
+    remote: Vec<nodes::RemoteMembers>,
 }
 
 /// A member as its room's home knows it.
@@ -633,6 +658,8 @@ pub struct Relay {
     /// The official Socket.IO Admin UI's view of this shard (`[admin_ui]`); `None`, and
     /// every hook one branch, while it is off.
     admin_ui: Option<Box<admin_ui::AdminUi>>,
+    /// This node's incarnation in a cluster (`[cluster]`); `None` for a node alone.
+    node: Option<u64>,
 }
 
 impl Relay {
@@ -662,6 +689,7 @@ impl Relay {
             matching: Matching::new(&Default::default(), shard, shards),
             admin: admin::AdminState::default(),
             admin_ui: None,
+            node: None,
         }
     }
 
@@ -1575,6 +1603,14 @@ impl Relay {
             | MeshMsg::MatchRoom(_)
             | MeshMsg::MatchJoined(_)) => self.handle_match_mesh(from, msg, now),
             MeshMsg::AdminUi(msg) => self.handle_admin_ui_mesh(from, *msg, now),
+            MeshMsg::FromNode {
+                node,
+                members,
+                bcast,
+            } => self.heard_from_node(node, members, bcast, now),
+            MeshMsg::Cluster(msg) => self.handle_cluster_mesh(*msg, now),
+            // The bridge's to carry; never sent to a shard.
+            MeshMsg::Publish { .. } => {}
         }
     }
 
@@ -1718,7 +1754,7 @@ impl Relay {
                 .options
                 .as_ref()
                 .map_or(self.limits.max_room_members, |o| o.max_members as usize);
-            if home.total as usize >= cap {
+            if home.cluster_total() as usize >= cap {
                 self.stats.count_refusal(Refusal::RoomFull);
                 return Err(ErrorCode::RoomFull);
             }
@@ -1742,6 +1778,8 @@ impl Relay {
                 metadata: create.as_ref().and_then(|o| o.metadata.clone()),
                 options: create,
                 empty_until: None,
+                shared: false,
+                remote: Vec::new(),
             }
         });
         // A room kept empty for its players to come back is theirs again.
@@ -1772,13 +1810,17 @@ impl Relay {
                 meta: m.meta.clone(),
             })
             .collect();
-        Ok(Counted {
-            members: home.total,
+        let counted = Counted {
+            members: home.cluster_total(),
             since: 0,
             host,
             state: home.state.clone(),
             roster,
-        })
+        };
+        if home.total == 1 {
+            self.share_room(room);
+        }
+        Ok(counted)
     }
 
     /// On the home shard: tells the room of a counted join.
@@ -1804,6 +1846,8 @@ impl Relay {
     /// On the home shard: the room is gone (its history with it).
     fn destroy_home(&mut self, room: &str) {
         use std::sync::atomic::Ordering::Relaxed;
+        // Closed with members (the operator's): the other nodes forget them.
+        self.unshare_room(room, None, Instant::now());
         if let Some(gone) = self.homes.remove(room) {
             self.stats
                 .history_messages
@@ -1832,7 +1876,8 @@ impl Relay {
             crate::stats::sub(&self.stats.room_members, 1);
         }
         home.total = home.total.saturating_sub(1);
-        let members = home.total;
+        let members = home.cluster_total();
+        let here = home.total;
         let at = home.members.iter().position(|m| m.player == player);
         if let Some(at) = at {
             home.members.remove(at);
@@ -1842,16 +1887,25 @@ impl Relay {
             .then(|| home.members.first().map(|m| Arc::clone(&m.name)))
             .flatten();
         let state = home.state.clone();
-        if members == 0 {
+        if here == 0 {
             // A room created with `empty_ttl_ms` waits that long for its players.
             let ttl = home
                 .options
                 .as_ref()
                 .map_or(0, |o| o.empty_ttl_ms)
                 .min(MAX_EMPTY_TTL_MS);
+            // The other nodes' members are told by the notice it would have been here.
+            let last = Body::MemberLeft {
+                player: Arc::clone(&name),
+                members,
+                reason,
+            };
+            self.unshare_room(room, Some(last), now);
             if ttl > 0 {
                 let until = now + Duration::from_millis(ttl);
-                home.empty_until = Some(until);
+                if let Some(home) = self.homes.get_mut(room) {
+                    home.empty_until = Some(until);
+                }
                 self.emptied.push((until, room.to_owned()));
                 return;
             }
@@ -1891,10 +1945,14 @@ impl Relay {
         if let Body::Event { .. } | Body::Nested { .. } | Body::Emit { .. } = bcast.body {
             home.messages += 1;
         }
+        let from_node = came_from == Some(self.shards);
         for (shard, &count) in home.per_shard.iter().enumerate() {
             if count > 0 && shard != self.shard && Some(shard) != came_from {
                 self.mesh.push((shard, MeshMsg::Deliver(Arc::clone(bcast))));
             }
+        }
+        if self.node.is_some() && !from_node {
+            self.publish(bcast);
         }
     }
 

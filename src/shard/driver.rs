@@ -98,6 +98,9 @@ pub(crate) struct ShardSeed {
     pub connections: Arc<Occupancy>,
     pub mesh: Mesh,
     pub endpoints: Arc<EndpointFactory>,
+    /// This node's incarnation in a cluster (`[cluster]`): the relay shares rooms across
+    /// nodes through the bridge, the mesh's end after the last shard.
+    pub cluster_node: Option<u64>,
 }
 
 /// Where a connection is in its life.
@@ -228,6 +231,9 @@ pub(crate) async fn run(seed: ShardSeed, ring: Ring) {
         Arc::clone(&seed.stats),
     );
     relay.set_matchmaking(&config.matchmaking);
+    if let Some(node) = seed.cluster_node {
+        relay.set_cluster(node);
+    }
     let shard = Rc::new(
         Shard::new(
             seed.id,

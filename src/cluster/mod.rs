@@ -1,4 +1,5 @@
-//! Several nodes through Redis (`[cluster]`, docs/SCALING.md): node membership.
+//! Several nodes through Redis (`[cluster]`, docs/SCALING.md): node membership, and rooms
+//! across nodes ([`bridge`]).
 //!
 //! Each node keeps a lease in Redis while it serves: a key `corelay:node:<id>` holding what
 //! it is (address, shards, load) that expires `lease_ms` after its last renewal, and its id
@@ -10,8 +11,13 @@
 //! stalls a shard. It publishes what it learns (Redis up or not, the live nodes) in a
 //! [`ClusterStatus`] that the shards' `/readyz` and `/metrics` read.
 //!
-//! This is the first part of the scale-out: rooms, history and matchmaking across nodes
+//! Rooms cross nodes through the [`bridge`], one more thread per node, which publishes what
+//! rooms' homes broadcast on each room's Redis channel and follows the channels of rooms
+//! with members here ([`envelope`] is the format). History and matchmaking across nodes
 //! come next (docs/SCALING.md says what works today).
+
+pub mod bridge;
+pub mod envelope;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -101,6 +107,10 @@ pub struct NodeInfo {
     pub renewed_ms: u64,
     /// It is draining: it takes no new players and leaves soon.
     pub draining: bool,
+    /// This run of it: a random number drawn at start, which its publications carry (a
+    /// node restarted with the same id is another incarnation).
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 /// What the membership thread learned, for the shards to read.
@@ -112,6 +122,16 @@ pub struct ClusterStatus {
     /// The live nodes as last read, for the dashboard. Written by the membership thread a
     /// few times a lease, read when a dashboard asks; no shard ever writes it.
     listed: std::sync::Mutex<Vec<NodeInfo>>,
+    /// Rooms whose channel the bridge follows now.
+    pub(crate) subscriptions: AtomicU64,
+    /// Envelopes published.
+    pub(crate) published: AtomicU64,
+    /// Envelopes not published: Redis was unreachable, or the publisher's queue was full.
+    pub(crate) dropped: AtomicU64,
+    /// Envelopes of other nodes received.
+    pub(crate) received: AtomicU64,
+    /// Messages on a room's channel that were not envelopes.
+    pub(crate) refused: AtomicU64,
 }
 
 impl ClusterStatus {
@@ -133,6 +153,19 @@ impl ClusterStatus {
     /// What each live node said of itself, as last read.
     pub fn listed(&self) -> Vec<NodeInfo> {
         self.listed.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// The bridge's counts: rooms followed, envelopes published, dropped, received and
+    /// refused.
+    pub fn traffic(&self) -> [u64; 5] {
+        [
+            &self.subscriptions,
+            &self.published,
+            &self.dropped,
+            &self.received,
+            &self.refused,
+        ]
+        .map(|c| c.load(Relaxed))
     }
 }
 
@@ -173,6 +206,7 @@ impl Membership {
         config: &ClusterConfig,
         addr: std::net::SocketAddr,
         shards: usize,
+        incarnation: u64,
         registry: StatsRegistry,
         control: Arc<Control>,
     ) -> std::io::Result<Option<Membership>> {
@@ -194,6 +228,7 @@ impl Membership {
             started_ms: unix_ms(SystemTime::now()),
             renewed_ms: 0,
             draining: false,
+            incarnation,
         };
         let lease = Duration::from_millis(config.lease_ms);
         let stopped = Arc::new(AtomicBool::new(false));

@@ -1,0 +1,300 @@
+//! Rooms across nodes (`[cluster]`, docs/SCALING.md): what a room's home does for members
+//! on other nodes.
+//!
+//! A room's home on each node is that node's end of the room's Redis channel. While the
+//! room has members on this node (and only then: interest routing), the home has the
+//! cluster bridge follow the channel ([`ClusterMsg::Interest`]) and hands it every
+//! broadcast it fans out that was made on this node ([`MeshMsg::Publish`]), once, whichever
+//! shard it came from. What another node published comes back from the bridge to the home
+//! ([`MeshMsg::FromNode`]), which delivers it here exactly as a broadcast of its own shards,
+//! but never publishes it again.
+//!
+//! One sender's messages keep their order across nodes: its shard to its home is FIFO, the
+//! home to the bridge is FIFO, the bridge publishes on one connection in order, Redis
+//! delivers a channel's messages to a subscriber in order, and the receiving bridge hands
+//! them to the room's home, which forwards them on FIFO paths.
+//!
+//! **Presence.** The home knows the room's members on every other node by name, from their
+//! join and leave notices and from the snapshots nodes publish when another begins to
+//! follow the room ([`crate::cluster::envelope::Content::Hello`]). Counts in notices and
+//! join answers, and the room's capacity, are the room's count across nodes as this home
+//! knows it: exact once notices have crossed, and a node's members leave every other
+//! node's count (as disconnected, told to the room) when its lease ends.
+//!
+//! Created rooms (`#CODE`, matches) and hosts stay per node for now (docs/SCALING.md).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{Body, Broadcast, HomeRoom, MeshMsg, PlayerName, Relay, CODE_PREFIX};
+use crate::proto::native::LeaveReason;
+
+/// The player id no connection has: what a broadcast made by no player of this node (one
+/// from another node, a notice for a node gone) excludes.
+pub const NOBODY: u64 = u64::MAX;
+
+/// Whether a broadcast's body crosses nodes: everything but the host's notice (a room's
+/// host is chosen per node until hosts are cluster-wide, docs/SCALING.md).
+pub fn crosses(body: &Body) -> bool {
+    !matches!(body, Body::Host { .. })
+}
+
+/// Cluster business between a shard and the bridge (`MeshMsg::Cluster`, boxed: rare).
+#[derive(Debug)]
+pub enum ClusterMsg {
+    /// home -> bridge: follow the room's channel (it has members here), or stop.
+    Interest {
+        /// Room key.
+        room: String,
+        /// Follow or stop.
+        on: bool,
+    },
+    /// bridge -> home: another node began to follow the room; say who is here.
+    Hello {
+        /// Room key.
+        room: String,
+    },
+    /// home -> bridge: publish the room's members here (`node` unused); bridge -> home:
+    /// node `node`'s members in the room, replacing what was known of them.
+    Presence {
+        /// Room key.
+        room: String,
+        /// Whose members.
+        node: u64,
+        /// Them, by name.
+        names: Vec<PlayerName>,
+    },
+    /// bridge -> every shard: node `0`'s lease ended; its members are gone.
+    NodeGone(u64),
+}
+
+/// A room's members on another node, as its home here knows them.
+#[derive(Debug)]
+pub(super) struct RemoteMembers {
+    node: u64,
+    /// The count that node last gave (its notices carry it).
+    count: u32,
+    /// Their names, one entry per connection.
+    names: Vec<PlayerName>,
+}
+
+impl HomeRoom {
+    /// Members on other nodes, as far as known.
+    pub(super) fn remote_count(&self) -> u32 {
+        self.remote.iter().map(|r| r.count).sum()
+    }
+
+    /// Members across nodes, as far as known.
+    pub(super) fn cluster_total(&self) -> u32 {
+        self.total + self.remote_count()
+    }
+
+    fn remote_mut(&mut self, node: u64) -> &mut RemoteMembers {
+        let at = match self.remote.iter().position(|r| r.node == node) {
+            Some(at) => at,
+            None => {
+                self.remote.push(RemoteMembers {
+                    node,
+                    count: 0,
+                    names: Vec::new(),
+                });
+                self.remote.len() - 1
+            }
+        };
+        &mut self.remote[at]
+    }
+}
+
+impl Relay {
+    /// Makes this relay one node's of a cluster: its incarnation is `node` (`[cluster]`).
+    pub fn set_cluster(&mut self, node: u64) {
+        self.node = Some(node);
+    }
+
+    /// The cluster bridge's place in the mesh: after the last shard.
+    pub(super) fn bridge(&self) -> super::ShardId {
+        self.shards
+    }
+
+    /// On the home shard: the room's members here went from none to some; follow the room
+    /// across nodes (created rooms stay on their node).
+    pub(super) fn share_room(&mut self, room: &str) {
+        if self.node.is_none() || room.starts_with(CODE_PREFIX) {
+            return;
+        }
+        let Some(home) = self.homes.get_mut(room) else {
+            return;
+        };
+        if home.shared {
+            return;
+        }
+        home.shared = true;
+        let bridge = self.bridge();
+        self.send_mesh(
+            bridge,
+            MeshMsg::Cluster(Box::new(ClusterMsg::Interest {
+                room: room.to_owned(),
+                on: true,
+            })),
+        );
+    }
+
+    /// On the home shard: the room has no members here any more; tell the other nodes
+    /// (with `last`, the notice of the last one to go, or an empty presence) and stop
+    /// following it. Their members are forgotten: the room's count here starts again from
+    /// what the nodes say when it is followed again.
+    pub(super) fn unshare_room(&mut self, room: &str, last: Option<Body>, now: Instant) {
+        let bridge = self.bridge();
+        let Some(home) = self.homes.get_mut(room) else {
+            return;
+        };
+        if !std::mem::take(&mut home.shared) {
+            return;
+        }
+        home.remote.clear();
+        let members = home.total;
+        let told = match last {
+            Some(body) => MeshMsg::Publish {
+                bcast: Arc::new(Broadcast::new(room.to_owned(), NOBODY, body, now)),
+                members,
+            },
+            None => MeshMsg::Cluster(Box::new(ClusterMsg::Presence {
+                room: room.to_owned(),
+                node: 0,
+                names: Vec::new(),
+            })),
+        };
+        self.send_mesh(bridge, told);
+        self.send_mesh(
+            bridge,
+            MeshMsg::Cluster(Box::new(ClusterMsg::Interest {
+                room: room.to_owned(),
+                on: false,
+            })),
+        );
+    }
+
+    /// On the home shard: hands a broadcast made on this node to the bridge, for the
+    /// room's members elsewhere.
+    pub(super) fn publish(&mut self, bcast: &Arc<Broadcast>) {
+        let bridge = self.bridge();
+        let Some(home) = self.homes.get(&bcast.room) else {
+            return;
+        };
+        if home.shared && crosses(&bcast.body) {
+            let members = home.total;
+            self.send_mesh(
+                bridge,
+                MeshMsg::Publish {
+                    bcast: Arc::clone(bcast),
+                    members,
+                },
+            );
+        }
+    }
+
+    /// On the home shard: node `node`, with `members` members in the room, published
+    /// `bcast`: count it, and deliver it here and to the other shards with members.
+    pub(super) fn heard_from_node(
+        &mut self,
+        node: u64,
+        members: u32,
+        mut bcast: Box<Broadcast>,
+        now: Instant,
+    ) {
+        let Some(home) = self.homes.get_mut(&bcast.room) else {
+            return;
+        };
+        if !home.shared {
+            // No member here: followed no more, and this was on its way.
+            return;
+        }
+        let remote = home.remote_mut(node);
+        remote.count = members;
+        match &bcast.body {
+            Body::MemberJoined { player, .. } => remote.names.push(Arc::clone(player)),
+            Body::MemberLeft { player, .. } => {
+                if let Some(at) = remote.names.iter().position(|n| n == player) {
+                    remote.names.swap_remove(at);
+                }
+            }
+            _ => {}
+        }
+        if members == 0 {
+            home.remote.retain(|r| r.node != node);
+        }
+        let total = home.cluster_total();
+        if let Body::MemberJoined { members, .. } | Body::MemberLeft { members, .. } =
+            &mut bcast.body
+        {
+            *members = total;
+        }
+        let from_bridge = Some(self.bridge());
+        self.home_relay(Arc::new(*bcast), from_bridge, now);
+    }
+
+    /// Cluster business from the bridge.
+    pub(super) fn handle_cluster_mesh(&mut self, msg: ClusterMsg, now: Instant) {
+        match msg {
+            ClusterMsg::Hello { room } => {
+                let Some(home) = self.homes.get(&room).filter(|h| h.shared) else {
+                    return;
+                };
+                let names = home.members.iter().map(|m| Arc::clone(&m.name)).collect();
+                let bridge = self.bridge();
+                self.send_mesh(
+                    bridge,
+                    MeshMsg::Cluster(Box::new(ClusterMsg::Presence {
+                        room,
+                        node: 0,
+                        names,
+                    })),
+                );
+            }
+            ClusterMsg::Presence { room, node, names } => {
+                let Some(home) = self.homes.get_mut(&room).filter(|h| h.shared) else {
+                    return;
+                };
+                home.remote.retain(|r| r.node != node);
+                if !names.is_empty() {
+                    home.remote.push(RemoteMembers {
+                        node,
+                        count: names.len() as u32,
+                        names,
+                    });
+                }
+            }
+            ClusterMsg::NodeGone(node) => self.node_gone(node, now),
+            // The bridge's own business.
+            ClusterMsg::Interest { .. } => {}
+        }
+    }
+
+    /// Node `node` is gone: its members leave every room homed here, told to the members
+    /// here as disconnected. Every node does the same, so nothing is published.
+    fn node_gone(&mut self, node: u64, now: Instant) {
+        let mut gone: Vec<(String, Vec<PlayerName>)> = Vec::new();
+        for (room, home) in &mut self.homes {
+            if let Some(at) = home.remote.iter().position(|r| r.node == node) {
+                gone.push((room.clone(), home.remote.swap_remove(at).names));
+            }
+        }
+        let from_bridge = Some(self.bridge());
+        for (room, names) in gone {
+            let Some(mut total) = self.homes.get(&room).map(HomeRoom::cluster_total) else {
+                continue;
+            };
+            total += names.len() as u32;
+            for player in names {
+                total -= 1;
+                let body = Body::MemberLeft {
+                    player,
+                    members: total,
+                    reason: LeaveReason::Disconnected,
+                };
+                let bcast = Arc::new(Broadcast::new(room.clone(), NOBODY, body, now));
+                self.home_relay(bcast, from_bridge, now);
+            }
+        }
+    }
+}
