@@ -446,3 +446,167 @@ fn a_room_spans_three_nodes_with_every_message_once_in_each_senders_order() {
     });
     drop(nodes);
 }
+
+/// The next notice that `player` left, skipping everything else.
+async fn left_notice(
+    c: &mut corelay::client::Client,
+    player: &str,
+) -> (u32, corelay::proto::native::LeaveReason) {
+    loop {
+        let event = common::within("a member_left notice", c.next_event())
+            .await
+            .unwrap();
+        if let corelay::client::ServerEvent::MemberLeft {
+            player: p,
+            members,
+            reason,
+            ..
+        } = event
+        {
+            if p == player {
+                return (members, reason);
+            }
+        }
+    }
+}
+
+/// Sends `probe` into `room` from `tx` until `rx` receives it (a node follows a room only
+/// once Redis confirmed its subscription, and not while Redis is away).
+async fn until_heard(
+    tx: &mut corelay::client::Client,
+    rx: &mut corelay::client::Client,
+    room: &str,
+) {
+    use corelay::client::{PayloadKind, ServerEvent};
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < deadline, "nothing crossed within 10 s");
+        tx.send(room, "probe", b"1", PayloadKind::Json)
+            .await
+            .unwrap();
+        let heard = glommio::timer::timeout(Duration::from_millis(200), async {
+            loop {
+                if let ServerEvent::Message { event, .. } = rx.next_event().await.unwrap() {
+                    if event == "probe" {
+                        return Ok(());
+                    }
+                }
+            }
+        })
+        .await;
+        if heard.is_ok() {
+            return;
+        }
+    }
+}
+
+/// A node killed with SIGKILL says nothing; once its lease has ended, every other node
+/// tells its rooms that the dead node's members left, disconnected, with the count after.
+#[test]
+fn a_killed_nodes_members_leave_their_rooms_when_its_lease_ends() {
+    let redis = Redis::start();
+    let url = redis.url();
+    let doomed = Node::start(&url, "doomed");
+    let survivor = node(&url, "survivor");
+    let (doomed_addr, survivor_addr) = (doomed.addr, survivor.local_addr());
+    let (killed_tx, killed_rx) = std::sync::mpsc::channel::<()>();
+    let (kill_tx, kill_rx) = std::sync::mpsc::channel::<()>();
+    let killer = std::thread::spawn(move || {
+        let mut doomed = doomed;
+        kill_rx.recv().unwrap();
+        doomed.signal(libc::SIGKILL);
+        let _ = doomed.child.wait();
+        killed_tx.send(()).unwrap();
+    });
+    common::run(move || async move {
+        let mut here = common::connect(survivor_addr).await;
+        here.join("arena").await.unwrap();
+        let mut there = common::connect(doomed_addr).await;
+        there.join("arena").await.unwrap();
+        until_heard(&mut there, &mut here, "arena").await;
+        let gone = there.player().to_owned();
+        kill_tx.send(()).unwrap();
+        let killed = Instant::now();
+        killed_rx.recv().unwrap();
+        let (members, reason) = left_notice(&mut here, &gone).await;
+        assert_eq!(reason, corelay::proto::native::LeaveReason::Disconnected);
+        assert_eq!(members, 1, "the survivor's member alone");
+        // Not before its lease (1 s) had ended.
+        assert!(
+            killed.elapsed() >= Duration::from_millis(900),
+            "{:?}",
+            killed.elapsed()
+        );
+    });
+    killer.join().unwrap();
+    drop(survivor);
+}
+
+/// Redis restarts under traffic: each node's own members go on being served meanwhile,
+/// and once Redis is back the nodes follow their rooms again by themselves and messages
+/// cross again.
+#[test]
+fn rooms_cross_nodes_again_after_redis_restarts() {
+    use corelay::client::{PayloadKind, ServerEvent};
+    let redis = Redis::start();
+    let (url, port) = (redis.url(), redis.port);
+    let a = node(&url, "a");
+    let b = node(&url, "b");
+    let (a_addr, b_addr) = (a.local_addr(), b.local_addr());
+    let (down_tx, down_rx) = std::sync::mpsc::channel::<()>();
+    let (gone_tx, gone_rx) = std::sync::mpsc::channel::<()>();
+    let (up_tx, up_rx) = std::sync::mpsc::channel::<()>();
+    let (back_tx, back_rx) = std::sync::mpsc::channel::<()>();
+    let restarter = std::thread::spawn(move || {
+        down_rx.recv().unwrap();
+        drop(redis);
+        gone_tx.send(()).unwrap();
+        up_rx.recv().unwrap();
+        let redis = Redis::start_on(port);
+        back_tx.send(()).unwrap();
+        redis
+    });
+    common::run(move || async move {
+        let mut a1 = common::connect(a_addr).await;
+        let mut a2 = common::connect(a_addr).await;
+        let mut b1 = common::connect(b_addr).await;
+        for c in [&mut a1, &mut a2, &mut b1] {
+            c.join("arena").await.unwrap();
+        }
+        until_heard(&mut a1, &mut b1, "arena").await;
+        down_tx.send(()).unwrap();
+        gone_rx.recv().unwrap();
+        // Redis is gone: a node's own members still hear each other, at once.
+        for k in 0..50u32 {
+            a1.send(
+                "arena",
+                "local",
+                k.to_string().as_bytes(),
+                PayloadKind::Json,
+            )
+            .await
+            .unwrap();
+        }
+        let mut next = 0u32;
+        while next < 50 {
+            if let ServerEvent::Message { event, payload, .. } =
+                common::within("a local message", a2.next_event())
+                    .await
+                    .unwrap()
+            {
+                if event == "local" {
+                    assert_eq!(payload, next.to_string().as_bytes());
+                    next += 1;
+                }
+            }
+        }
+        up_tx.send(()).unwrap();
+        back_rx.recv().unwrap();
+        // Back, empty: both nodes subscribe again by themselves, and messages cross.
+        until_heard(&mut a1, &mut b1, "arena").await;
+        until_heard(&mut b1, &mut a2, "arena").await;
+    });
+    let redis = restarter.join().unwrap();
+    assert_eq!(numsub(&redis.url(), &["arena"]), [2]);
+    drop((a, b));
+}
