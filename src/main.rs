@@ -110,6 +110,10 @@ enum ClusterCommand {
         /// The cluster's Redis; by default `CORELAY_CLUSTER_REDIS`.
         #[arg(long, env = "CORELAY_CLUSTER_REDIS")]
         redis: String,
+        /// `--redis` is a Redis Cluster's seed list; by default
+        /// `CORELAY_CLUSTER_REDIS_CLUSTER`.
+        #[arg(long, env = "CORELAY_CLUSTER_REDIS_CLUSTER")]
+        redis_cluster: bool,
         /// One JSON array instead of a table.
         #[arg(long)]
         json: bool,
@@ -117,13 +121,14 @@ enum ClusterCommand {
 }
 
 /// `corelay cluster status`: the nodes whose lease is live.
-fn cluster_status(redis: &str, json: bool) -> anyhow::Result<()> {
-    let client = redis::Client::open(redis).with_context(|| format!("bad redis url {redis}"))?;
-    let mut con = client
-        .get_connection_with_timeout(Duration::from_secs(2))
+fn cluster_status(redis: &str, redis_cluster: bool, json: bool) -> anyhow::Result<()> {
+    let target = corelay::cluster::Target::open(redis, redis_cluster)
+        .with_context(|| format!("bad redis url {redis}"))?;
+    let mut con = target
+        .blocking(Duration::from_secs(2))
         .with_context(|| format!("cannot reach {redis}"))?;
     let now = corelay::stats::unix_ms(std::time::SystemTime::now());
-    let nodes = corelay::cluster::live_nodes(&mut con, now)?;
+    let nodes = corelay::cluster::live_nodes(&mut *con, now)?;
     if json {
         println!("{}", serde_json::to_string(&nodes)?);
         return Ok(());
@@ -170,8 +175,13 @@ fn main() {
         ),
         Command::Drain { addr, token } => drain(&addr, &token),
         Command::Cluster {
-            command: ClusterCommand::Status { redis, json },
-        } => cluster_status(&redis, json),
+            command:
+                ClusterCommand::Status {
+                    redis,
+                    redis_cluster,
+                    json,
+                },
+        } => cluster_status(&redis, redis_cluster, json),
         Command::Tune { strict } => match corelay::tune::run(strict) {
             Ok(true) => Ok(()),
             Ok(false) => std::process::exit(1),

@@ -379,6 +379,7 @@ impl Server {
         let bridge = match (&config.cluster.redis, incarnation) {
             (Some(url), Some(node)) => Bridge::start(
                 url,
+                config.cluster.redis_cluster,
                 node,
                 shards,
                 std::time::Duration::from_millis(config.cluster.lease_ms),

@@ -610,3 +610,220 @@ fn rooms_cross_nodes_again_after_redis_restarts() {
     assert_eq!(numsub(&redis.url(), &["arena"]), [2]);
     drop((a, b));
 }
+
+/// A Redis Cluster of three masters (no replicas) of the test's own, on free ports, each
+/// stopped by its PID when dropped.
+struct RedisCluster {
+    masters: Vec<Redis>,
+    _dir: TempDir,
+}
+
+/// A directory of the test's own, removed when dropped (the masters' cluster files).
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl RedisCluster {
+    fn start() -> RedisCluster {
+        let dir = std::env::temp_dir().join(format!(
+            "corelay-redis-cluster-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let masters: Vec<Redis> = (0..3)
+            .map(|_| {
+                let port = free_port();
+                let child = Command::new("redis-server")
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--save", "", "--appendonly", "no"])
+                    .args(["--cluster-enabled", "yes"])
+                    .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                    .args(["--cluster-node-timeout", "2000"])
+                    .arg("--dir")
+                    .arg(&dir)
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .expect("redis-server: run the README's test command, which installs it");
+                let redis = Redis { child, port };
+                bounded("a cluster master answers", || redis.ping());
+                redis
+            })
+            .collect();
+        // Each master takes a third of the slots, and they meet.
+        let slots = 16_384 / masters.len();
+        for (i, m) in masters.iter().enumerate() {
+            let last = if i + 1 == masters.len() {
+                16_383
+            } else {
+                (i + 1) * slots - 1
+            };
+            let mut con = m.connection();
+            redis::cmd("CLUSTER")
+                .arg("ADDSLOTSRANGE")
+                .arg(i * slots)
+                .arg(last)
+                .query::<()>(&mut con)
+                .unwrap();
+            for other in &masters[..i] {
+                redis::cmd("CLUSTER")
+                    .arg("MEET")
+                    .arg("127.0.0.1")
+                    .arg(other.port)
+                    .query::<()>(&mut con)
+                    .unwrap();
+            }
+        }
+        bounded("the cluster is ok on every master", || {
+            masters.iter().all(|m| {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query(&mut m.connection())
+                    .unwrap_or_default();
+                info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3")
+            })
+        });
+        RedisCluster {
+            masters,
+            _dir: TempDir(dir),
+        }
+    }
+
+    /// The seed list nodes are given.
+    fn seeds(&self) -> String {
+        self.masters
+            .iter()
+            .map(Redis::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn ports(&self) -> Vec<u16> {
+        self.masters.iter().map(|m| m.port).collect()
+    }
+}
+
+/// Sharded subscribers of `room`'s channel on each master of `ports` (`PUBSUB
+/// SHARDNUMSUB`).
+fn shardnumsub(ports: &[u16], room: &str) -> Vec<i64> {
+    let channel = corelay::cluster::bridge::channel(room);
+    ports
+        .iter()
+        .map(|port| {
+            let mut con = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+                .unwrap();
+            let answer: Vec<redis::Value> = redis::cmd("PUBSUB")
+                .arg("SHARDNUMSUB")
+                .arg(&channel)
+                .query(&mut con)
+                .unwrap();
+            redis::from_redis_value_ref::<i64>(&answer[1]).unwrap()
+        })
+        .collect()
+}
+
+impl Redis {
+    fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+            .unwrap()
+    }
+}
+
+/// On a Redis Cluster of three masters, rooms cross nodes through sharded pub/sub: each
+/// room's channel lives on the master owning its slot, the nodes follow it there only while
+/// they have members, and the nodes list each other through the cluster.
+#[test]
+fn rooms_cross_nodes_through_sharded_pubsub_on_a_redis_cluster() {
+    use corelay::client::{PayloadKind, ServerEvent};
+    let cluster = RedisCluster::start();
+    let seeds = cluster.seeds();
+    let on_cluster = |id: &str| {
+        let (seeds, id) = (seeds.clone(), id.to_owned());
+        common::server(2, move |c| {
+            c.cluster.redis = Some(seeds);
+            c.cluster.redis_cluster = true;
+            c.cluster.node_id = Some(id);
+            c.cluster.lease_ms = 1_000;
+        })
+    };
+    let (a, b) = (on_cluster("a"), on_cluster("b"));
+    let (a_addr, b_addr) = (a.local_addr(), b.local_addr());
+    // Enough rooms for their channels to live on every master.
+    let rooms: Vec<String> = (0..12).map(|i| format!("table-{i}")).collect();
+    let ports = cluster.ports();
+    common::run(move || async move {
+        // Every member stays: each room's channel stays followed by both nodes.
+        let mut members = Vec::new();
+        for room in &rooms {
+            let mut here = common::connect(a_addr).await;
+            let mut there = common::connect(b_addr).await;
+            here.join(room).await.unwrap();
+            there.join(room).await.unwrap();
+            until_heard(&mut here, &mut there, room).await;
+            until_heard(&mut there, &mut here, room).await;
+            // Then every message, in order.
+            for k in 0..20u32 {
+                here.send(room, "m", k.to_string().as_bytes(), PayloadKind::Json)
+                    .await
+                    .unwrap();
+            }
+            let mut next = 0u32;
+            while next < 20 {
+                if let ServerEvent::Message { event, payload, .. } =
+                    common::within("a message", there.next_event())
+                        .await
+                        .unwrap()
+                {
+                    if event == "m" {
+                        assert_eq!(payload, next.to_string().as_bytes(), "{room}");
+                        next += 1;
+                    }
+                }
+            }
+            members.push((here, there));
+        }
+        // Each room's channel is followed by both nodes, on one master, and the rooms
+        // use every master.
+        let mut masters_used = std::collections::BTreeSet::new();
+        for room in &rooms {
+            let per_master = shardnumsub(&ports, room);
+            assert_eq!(per_master.iter().sum::<i64>(), 2, "{room}: {per_master:?}");
+            let owner = per_master.iter().position(|&n| n == 2).unwrap();
+            masters_used.insert(owner);
+        }
+        assert_eq!(masters_used.len(), 3, "rooms spread over every master");
+        // A room left by its member on one node is followed by the other alone.
+        let (here, _) = members.pop().unwrap();
+        here.close().await.unwrap();
+        let last = rooms.last().unwrap();
+        bounded("one node follows a room it alone has members in", || {
+            shardnumsub(&ports, last).iter().sum::<i64>() == 1
+        });
+    });
+    // Membership through the cluster too.
+    let out = Command::new(BIN)
+        .args([
+            "cluster",
+            "status",
+            "--json",
+            "--redis-cluster",
+            "--redis",
+            &cluster.seeds(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let nodes: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ids(&nodes), ["a", "b"]);
+    drop((a, b));
+}

@@ -36,7 +36,7 @@ use tokio::io::Interest;
 use tokio::sync::mpsc;
 
 use super::envelope::{self, Content, Envelope};
-use super::ClusterStatus;
+use super::{ClusterStatus, Target};
 use crate::relay::{home_shard, ClusterMsg, MeshMsg};
 use crate::shard::mesh::{Mesh, ShardMsg};
 
@@ -87,13 +87,14 @@ impl Bridge {
     /// lease is out of the live list for `lease` (`[cluster] lease_ms`) is gone.
     pub fn start(
         url: &str,
+        cluster: bool,
         node: u64,
         shards: usize,
         lease: Duration,
         mesh: Mesh,
         status: Arc<ClusterStatus>,
     ) -> std::io::Result<Bridge> {
-        let client = redis::Client::open(url).map_err(std::io::Error::other)?;
+        let target = Target::open(url, cluster).map_err(std::io::Error::other)?;
         let stop = Arc::new(AtomicBool::new(false));
         let bell = Arc::clone(mesh.doorbell());
         let stopping = Arc::clone(&stop);
@@ -111,7 +112,7 @@ impl Bridge {
                     status,
                     stop: stopping,
                 };
-                runtime.block_on(bridge.run(client));
+                runtime.block_on(bridge.run(target));
             })?;
         Ok(Bridge {
             thread: Some(thread),
@@ -150,7 +151,7 @@ struct Loop {
 }
 
 impl Loop {
-    async fn run(mut self, client: redis::Client) {
+    async fn run(mut self, target: Target) {
         let watched = BellFd(Arc::clone(self.mesh.doorbell()));
         // SAFETY: the eventfd belongs to the doorbell the wrapper holds, so it stays open
         // and the same for as long as the `AsyncFd` lives, and `as_raw_fd` always names it.
@@ -165,12 +166,12 @@ impl Loop {
         let (follow_tx, follow_rx) = mpsc::unbounded_channel();
         let (heard_tx, mut heard_rx) = mpsc::channel(HEARD_QUEUE);
         let publisher = tokio::spawn(publish(
-            client.clone(),
+            target.clone(),
             publish_rx,
             Arc::clone(&self.status),
         ));
         let follower = tokio::spawn(follow(
-            client,
+            target,
             self.node,
             follow_rx,
             heard_tx,
@@ -340,21 +341,77 @@ impl Loop {
     }
 }
 
-/// The publisher: envelopes out on one connection, in order.
+/// A connection to publish on.
+enum Publishing {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl Publishing {
+    async fn open(target: &Target) -> redis::RedisResult<Publishing> {
+        match target {
+            Target::Single(client) => client
+                .get_multiplexed_async_connection()
+                .await
+                .map(Publishing::Single),
+            Target::Cluster { client, .. } => {
+                client.get_async_connection().await.map(Publishing::Cluster)
+            }
+        }
+    }
+
+    /// Publishes `batch` in order per room: one pipeline on one server, or on a Redis
+    /// Cluster one pipeline per room (a pipeline stays within a slot), all at once.
+    async fn send(&mut self, batch: &[(String, Vec<u8>)]) -> redis::RedisResult<()> {
+        match self {
+            Publishing::Single(con) => {
+                let mut pipe = redis::pipe();
+                for (channel, envelope) in batch {
+                    pipe.cmd("PUBLISH").arg(channel).arg(envelope).ignore();
+                }
+                pipe.query_async::<()>(con).await
+            }
+            Publishing::Cluster(con) => {
+                let mut by_room: HashMap<&str, redis::Pipeline> = HashMap::new();
+                for (channel, envelope) in batch {
+                    by_room
+                        .entry(channel)
+                        .or_insert_with(redis::pipe)
+                        .cmd("SPUBLISH")
+                        .arg(channel)
+                        .arg(envelope)
+                        .ignore();
+                }
+                let mut sent = tokio::task::JoinSet::new();
+                for (_, pipe) in by_room {
+                    let mut con = con.clone();
+                    sent.spawn(async move { pipe.query_async::<()>(&mut con).await });
+                }
+                let mut result = Ok(());
+                while let Some(done) = sent.join_next().await {
+                    if let Ok(Err(e)) = done {
+                        result = Err(e);
+                    }
+                }
+                result
+            }
+        }
+    }
+}
+
+/// The publisher: envelopes out in order, pipelined.
 async fn publish(
-    client: redis::Client,
+    target: Target,
     mut queue: mpsc::Receiver<(String, Vec<u8>)>,
     status: Arc<ClusterStatus>,
 ) {
-    let mut con: Option<redis::aio::MultiplexedConnection> = None;
+    let mut con: Option<Publishing> = None;
     let mut retry_at = Instant::now();
     let mut backoff = Duration::from_millis(100);
     let mut batch = Vec::with_capacity(PIPELINE);
     while queue.recv_many(&mut batch, PIPELINE).await > 0 {
         if con.is_none() && Instant::now() >= retry_at {
-            let made =
-                tokio::time::timeout(REDIS_TIMEOUT, client.get_multiplexed_async_connection());
-            match made.await {
+            match tokio::time::timeout(REDIS_TIMEOUT, Publishing::open(&target)).await {
                 Ok(Ok(c)) => {
                     con = Some(c);
                     backoff = Duration::from_millis(100);
@@ -371,11 +428,7 @@ async fn publish(
             batch.clear();
             continue;
         };
-        let mut pipe = redis::pipe();
-        for (channel, envelope) in &batch {
-            pipe.cmd("PUBLISH").arg(channel).arg(envelope).ignore();
-        }
-        match tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async::<()>(c)).await {
+        match tokio::time::timeout(REDIS_TIMEOUT, c.send(&batch)).await {
             Ok(Ok(())) => {
                 status.published.fetch_add(n, Relaxed);
             }
@@ -389,9 +442,103 @@ async fn publish(
     }
 }
 
+/// The follower on a Redis Cluster: sharded subscriptions (`SSUBSCRIBE`), each on the
+/// master owning the room's slot. The client subscribes again by itself after a
+/// reconnection or a slot's move, and every confirmation (ours or those) comes as a push:
+/// the hello goes then.
+async fn follow_sharded(
+    seeds: Vec<String>,
+    node: u64,
+    mut interest: mpsc::UnboundedReceiver<(String, bool)>,
+    heard: mpsc::Sender<redis::Msg>,
+    publish: mpsc::Sender<(String, Vec<u8>)>,
+    status: Arc<ClusterStatus>,
+) {
+    let (push_tx, mut pushes) = mpsc::unbounded_channel::<redis::PushInfo>();
+    let client = redis::cluster::ClusterClientBuilder::new(seeds)
+        .use_protocol(redis::ProtocolVersion::RESP3)
+        .push_sender(push_tx)
+        .connection_timeout(REDIS_TIMEOUT)
+        .response_timeout(REDIS_TIMEOUT)
+        .build();
+    let client = match client {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cluster: bad redis cluster seeds");
+            return;
+        }
+    };
+    let mut rooms: HashSet<String> = HashSet::new();
+    let mut con: Option<redis::cluster_async::ClusterConnection> = None;
+    let mut backoff = Duration::from_millis(100);
+    let mut retry = tokio::time::Instant::now();
+    loop {
+        if con.is_none() && tokio::time::Instant::now() >= retry {
+            let made = tokio::time::timeout(REDIS_TIMEOUT, client.get_async_connection()).await;
+            if let Ok(Ok(mut c)) = made {
+                let mut ok = true;
+                for room in &rooms {
+                    ok &= c.ssubscribe(channel(room)).await.is_ok();
+                }
+                if ok {
+                    backoff = Duration::from_millis(100);
+                    con = Some(c);
+                }
+            }
+            if con.is_none() {
+                retry = tokio::time::Instant::now() + backoff;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+        status
+            .subscriptions
+            .store(if con.is_some() { rooms.len() as u64 } else { 0 }, Relaxed);
+        tokio::select! {
+            change = interest.recv() => {
+                let Some((room, on)) = change else { return };
+                let changed = if on { rooms.insert(room.clone()) } else { rooms.remove(&room) };
+                if let (true, Some(c)) = (changed, con.as_mut()) {
+                    let done = if on {
+                        c.ssubscribe(channel(&room)).await
+                    } else {
+                        c.sunsubscribe(channel(&room)).await
+                    };
+                    if let Err(e) = done {
+                        tracing::warn!(%room, error = %e, "cluster: a sharded subscription failed; connecting again");
+                        con = None;
+                    }
+                }
+            }
+            push = pushes.recv() => {
+                let Some(push) = push else { return };
+                match push.kind {
+                    redis::PushKind::SSubscribe => {
+                        let room = push.data.first().and_then(|c| match c {
+                            redis::Value::BulkString(b) => room_of(b),
+                            _ => None,
+                        });
+                        if let Some(room) = room.filter(|r| rooms.contains(r)) {
+                            let _ = publish.send((channel(&room), envelope::encode_hello(node))).await;
+                        }
+                    }
+                    redis::PushKind::SMessage => {
+                        if let Some(msg) = redis::Msg::from_push_info(push) {
+                            if heard.send(msg).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            () = tokio::time::sleep_until(retry), if con.is_none() => {}
+        }
+    }
+}
+
 /// The follower: the subscriber connection, following the rooms with members here.
 async fn follow(
-    client: redis::Client,
+    target: Target,
     node: u64,
     mut interest: mpsc::UnboundedReceiver<(String, bool)>,
     heard: mpsc::Sender<redis::Msg>,
@@ -400,6 +547,12 @@ async fn follow(
 ) {
     let mut rooms: HashSet<String> = HashSet::new();
     let mut backoff = Duration::from_millis(100);
+    let client = match target {
+        Target::Single(client) => client,
+        Target::Cluster { seeds, .. } => {
+            return follow_sharded(seeds, node, interest, heard, publish, status).await
+        }
+    };
     let hello = |room: &str| (channel(room), envelope::encode_hello(node));
     loop {
         status.subscriptions.store(0, Relaxed);

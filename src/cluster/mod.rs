@@ -29,11 +29,64 @@ use crate::shard::Control;
 use crate::stats::{unix_ms, StatsRegistry};
 
 /// The sorted set of node ids, scored by their lease's expiry (ms since the Unix epoch).
-pub const NODES_KEY: &str = "corelay:nodes";
+/// Membership's keys share the hash tag `{corelay}`, so that on Redis Cluster a lease's
+/// key and the set are written in one transaction (one slot).
+pub const NODES_KEY: &str = "{corelay}:nodes";
 
 /// The key of node `id`'s lease.
 pub fn node_key(id: &str) -> String {
-    format!("corelay:node:{id}")
+    format!("{{corelay}}:node:{id}")
+}
+
+/// Where the cluster's Redis is: one server, or a Redis Cluster reached through its seed
+/// nodes (`redis_cluster`).
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// One Redis server.
+    Single(redis::Client),
+    /// A Redis Cluster: keys and room channels are spread over its masters by hash slot.
+    Cluster {
+        /// The client (boxed: it is large, and made once).
+        client: Box<redis::cluster::ClusterClient>,
+        /// Its seed nodes' URLs (the bridge's subscriber is a client of its own).
+        seeds: Vec<String>,
+    },
+}
+
+impl Target {
+    /// The target `redis` names: one URL, or with `cluster` a comma-separated list of
+    /// seed nodes' URLs.
+    pub fn open(redis: &str, cluster: bool) -> redis::RedisResult<Target> {
+        if cluster {
+            let seeds: Vec<String> = redis.split(',').map(|s| s.trim().to_owned()).collect();
+            redis::cluster::ClusterClientBuilder::new(seeds.clone())
+                .connection_timeout(std::time::Duration::from_secs(1))
+                .response_timeout(std::time::Duration::from_secs(1))
+                .build()
+                .map(|client| Target::Cluster {
+                    client: Box::new(client),
+                    seeds,
+                })
+        } else {
+            redis::Client::open(redis).map(Target::Single)
+        }
+    }
+
+    /// A blocking connection whose every call gives up after `timeout`.
+    pub fn blocking(
+        &self,
+        timeout: std::time::Duration,
+    ) -> redis::RedisResult<Box<dyn redis::ConnectionLike + Send>> {
+        match self {
+            Target::Single(client) => {
+                let c = client.get_connection_with_timeout(timeout)?;
+                c.set_read_timeout(Some(timeout))?;
+                c.set_write_timeout(Some(timeout))?;
+                Ok(Box::new(c))
+            }
+            Target::Cluster { client, .. } => Ok(Box::new(client.get_connection()?)),
+        }
+    }
 }
 
 /// `[cluster]`: how this node finds the others (docs/SCALING.md). Off unless `redis` is set.
@@ -51,6 +104,10 @@ pub struct ClusterConfig {
     pub lease_ms: u64,
     /// The address clients and other nodes reach this node at; by default `listen`.
     pub advertise: Option<String>,
+    /// `redis` is a Redis Cluster: a comma-separated list of seed nodes' URLs. Rooms then
+    /// use sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`), each room's channel on the master
+    /// owning its slot.
+    pub redis_cluster: bool,
 }
 
 impl Default for ClusterConfig {
@@ -62,6 +119,7 @@ impl Default for ClusterConfig {
             // as long), and renewals every 1.7 s are nothing to Redis.
             lease_ms: 5_000,
             advertise: None,
+            redis_cluster: false,
         }
     }
 }
@@ -69,9 +127,17 @@ impl Default for ClusterConfig {
 impl ClusterConfig {
     /// What is wrong with this section, if anything, as `key: reason`.
     pub fn problem(&self) -> Option<String> {
-        if let Some(url) = &self.redis {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        if let Some(urls) = &self.redis {
+            let mut urls = urls.split(',').map(str::trim);
+            if let Some(url) =
+                urls.find(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
+            {
                 return Some(format!("redis: `{url}` is not a redis:// URL"));
+            }
+            if !self.redis_cluster && self.redis.as_ref().is_some_and(|u| u.contains(',')) {
+                return Some(
+                    "redis: several URLs name a Redis Cluster's seeds: set redis_cluster".into(),
+                );
             }
         }
         if !(300..=600_000).contains(&self.lease_ms) {
@@ -170,7 +236,10 @@ impl ClusterStatus {
 }
 
 /// The live nodes in `redis`, by id (dead ones' entries are dropped on the way).
-pub fn live_nodes(con: &mut redis::Connection, now_ms: u64) -> redis::RedisResult<Vec<NodeInfo>> {
+pub fn live_nodes(
+    con: &mut dyn redis::ConnectionLike,
+    now_ms: u64,
+) -> redis::RedisResult<Vec<NodeInfo>> {
     let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
         .arg(NODES_KEY)
         .arg(now_ms)
@@ -213,6 +282,7 @@ impl Membership {
         let Some(url) = config.redis.clone() else {
             return Ok(None);
         };
+        let target = Target::open(&url, config.redis_cluster).map_err(std::io::Error::other)?;
         let status = registry.cluster();
         status.enabled.store(true, Relaxed);
         let id = config
@@ -235,7 +305,7 @@ impl Membership {
         let done = Arc::clone(&stopped);
         let thread = std::thread::Builder::new()
             .name("corelay-cluster".into())
-            .spawn(move || keep_lease(&url, info, lease, &registry, &control, &done))?;
+            .spawn(move || keep_lease(&target, info, lease, &registry, &control, &done))?;
         Ok(Some(Membership {
             thread: Some(thread),
             stopped,
@@ -268,7 +338,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// The membership thread: renew, watch for the stop, leave.
 fn keep_lease(
-    url: &str,
+    target: &Target,
     mut info: NodeInfo,
     lease: Duration,
     registry: &StatsRegistry,
@@ -276,19 +346,13 @@ fn keep_lease(
     stopped: &AtomicBool,
 ) {
     let status = registry.cluster();
-    let client = match redis::Client::open(url) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(%url, error = %e, "cluster: bad redis url");
-            return;
-        }
-    };
-    let mut con: Option<redis::Connection> = None;
+    let mut con: Option<Box<dyn redis::ConnectionLike + Send>> = None;
     let mut backoff = Duration::from_millis(100);
     let renew_every = lease / 3;
     let mut next_renewal = std::time::Instant::now();
     // Short steps, so that a drain is announced (and a stop's leave made) at once.
     let step = Duration::from_millis(50).min(renew_every);
+    let mut warned = false;
     loop {
         let stopping = control.shutting_down();
         let draining_now = stopping && !info.draining;
@@ -298,7 +362,7 @@ fn keep_lease(
             info.connections = snapshot.connections;
             info.rooms = snapshot.rooms;
             info.renewed_ms = unix_ms(SystemTime::now());
-            let renewed = connection(&client, &mut con)
+            let renewed = connection(target, &mut con)
                 .and_then(|c| renew(c, &info, lease).map(|()| c))
                 .and_then(|c| live_nodes(c, unix_ms(SystemTime::now())));
             match renewed {
@@ -315,8 +379,10 @@ fn keep_lease(
                     next_renewal = std::time::Instant::now() + renew_every;
                 }
                 Err(e) => {
-                    if status.redis_up() {
+                    // Said once per outage, and at start when Redis never answered.
+                    if status.redis_up() || !warned {
                         tracing::warn!(node = %info.id, error = %e, "cluster: redis unreachable");
+                        warned = true;
                     }
                     status.redis_up.store(false, Relaxed);
                     con = None;
@@ -331,53 +397,63 @@ fn keep_lease(
         std::thread::sleep(step);
     }
     // Gone: the others stop listing this node now rather than at the lease's end.
-    if let Ok(c) = connection(&client, &mut con) {
-        let _: redis::RedisResult<()> = redis::pipe()
-            .atomic()
-            .del(node_key(&info.id))
-            .zrem(NODES_KEY, &info.id)
+    if let Ok(c) = connection(target, &mut con) {
+        let _: redis::RedisResult<()> = redis::cmd("EVAL")
+            .arg(LEAVE)
+            .arg(2)
+            .arg(node_key(&info.id))
+            .arg(NODES_KEY)
+            .arg(&info.id)
             .query(c);
     }
 }
 
 /// The open connection, made anew when there is none.
 fn connection<'a>(
-    client: &redis::Client,
-    con: &'a mut Option<redis::Connection>,
-) -> redis::RedisResult<&'a mut redis::Connection> {
+    target: &Target,
+    con: &'a mut Option<Box<dyn redis::ConnectionLike + Send>>,
+) -> redis::RedisResult<&'a mut (dyn redis::ConnectionLike + Send + 'static)> {
     if con.is_none() {
-        let c = client.get_connection_with_timeout(Duration::from_secs(1))?;
-        c.set_read_timeout(Some(Duration::from_secs(1)))?;
-        c.set_write_timeout(Some(Duration::from_secs(1)))?;
-        *con = Some(c);
+        *con = Some(target.blocking(Duration::from_secs(1))?);
     }
     // Set just above when it was not.
-    con.as_mut()
+    con.as_deref_mut()
         .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Io, "no connection")))
 }
 
 /// Writes the lease: the key with its expiry, the id scored by it, and drops ids whose
 /// lease ran out (a node killed without leaving).
-fn renew(con: &mut redis::Connection, info: &NodeInfo, lease: Duration) -> redis::RedisResult<()> {
+fn renew(
+    con: &mut dyn redis::ConnectionLike,
+    info: &NodeInfo,
+    lease: Duration,
+) -> redis::RedisResult<()> {
     let now = unix_ms(SystemTime::now());
     let value = serde_json::to_string(info).unwrap_or_default();
-    redis::pipe()
-        .atomic()
-        .cmd("SET")
+    let lease = lease.as_millis() as u64;
+    redis::cmd("EVAL")
+        .arg(RENEW)
+        .arg(2)
         .arg(node_key(&info.id))
-        .arg(value)
-        .arg("PX")
-        .arg(lease.as_millis() as u64)
-        .ignore()
-        .zadd(NODES_KEY, &info.id, now + lease.as_millis() as u64)
-        .ignore()
-        .cmd("ZREMRANGEBYSCORE")
         .arg(NODES_KEY)
-        .arg("-inf")
-        .arg(format!("({now}"))
-        .ignore()
+        .arg(value)
+        .arg(lease)
+        .arg(&info.id)
+        .arg(now + lease)
+        .arg(now)
         .query(con)
 }
+
+/// Renews a lease in one atomic step (a script rather than a transaction: Redis Cluster
+/// clients pipeline nothing, and the keys share a slot): the lease's key with its expiry,
+/// the id scored by it, and the ids whose lease ran out dropped.
+const RENEW: &str = "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) \
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3]) \
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[5]) \
+return 1";
+
+/// Takes a lease back.
+const LEAVE: &str = "redis.call('DEL', KEYS[1]) redis.call('ZREM', KEYS[2], ARGV[1]) return 1";
 
 #[cfg(test)]
 mod tests {
@@ -409,6 +485,7 @@ mod tests {
             ("cluster.redis", "10.0.0.5:6379", "redis"),
             ("cluster.lease_ms", "10", "lease_ms"),
             ("cluster.node_id", "two words", "node_id"),
+            ("cluster.redis", "redis://a:1,redis://b:2", "redis_cluster"),
         ] {
             let e = crate::Config::load(None, vec![], &[(key, value.into())]).unwrap_err();
             assert!(e.to_string().contains(says), "{key}: {e}");
