@@ -168,6 +168,16 @@ fn node_room_rules() {
     node_suite("room_rules.test.js");
 }
 
+/// Rooms across nodes with the official client: two `corelay serve` processes on one
+/// `redis-server` (Debian's, which the README's test command installs), clients of one room
+/// on both. Every message crosses once and in its sender's order, Buffers intact, and
+/// `member_joined` / `member_left` carry the room's count across nodes, over WebSocket and
+/// long-polling alike.
+#[test]
+fn node_cluster() {
+    node_suite("cluster.test.js");
+}
+
 #[test]
 fn node_500_clients() {
     node_suite("load.test.js");

@@ -106,6 +106,146 @@ function startReference() {
   });
 }
 
+/**
+ * Sends one Redis command (its arguments as strings) over a fresh TCP connection to
+ * 127.0.0.1:`port` and resolves with the parsed reply, within `ms`. Raw RESP because the
+ * tests need only PING and PUBSUB NUMSUB, not a Redis client package.
+ */
+function redisCommand(port, args, ms = 1000) {
+  const request =
+    `*${args.length}\r\n` +
+    args.map((a) => `$${Buffer.byteLength(String(a))}\r\n${a}\r\n`).join('');
+  let socket;
+  return within(
+    ms,
+    `redis ${args.join(' ')}`,
+    new Promise((resolve, reject) => {
+      let buf = Buffer.alloc(0);
+      socket = net.connect(port, '127.0.0.1', () => socket.write(request));
+      socket.on('error', reject);
+      socket.on('data', (d) => {
+        buf = Buffer.concat([buf, d]);
+        const parsed = parseResp(buf, 0);
+        if (!parsed) return; // The reply is not complete yet.
+        if (parsed.value instanceof Error) reject(parsed.value);
+        else resolve(parsed.value);
+      });
+      socket.on('close', () => reject(new Error(`redis closed before replying to ${args[0]}`)));
+    }),
+  ).finally(() => socket && socket.destroy());
+}
+
+/**
+ * One RESP2 reply at `at` in `buf`: {value, end}, or null when `buf` holds only part of it.
+ * Errors come back as Error values so that the caller decides.
+ */
+function parseResp(buf, at) {
+  const eol = buf.indexOf('\r\n', at);
+  if (eol < 0) return null;
+  const line = buf.toString('utf8', at + 1, eol);
+  const next = eol + 2;
+  switch (String.fromCharCode(buf[at])) {
+    case '+':
+      return { value: line, end: next };
+    case '-':
+      return { value: new Error(`redis: ${line}`), end: next };
+    case ':':
+      return { value: Number(line), end: next };
+    case '$': {
+      const len = Number(line);
+      if (len < 0) return { value: null, end: next };
+      if (buf.length < next + len + 2) return null;
+      return { value: buf.toString('utf8', next, next + len), end: next + len + 2 };
+    }
+    case '*': {
+      const n = Number(line);
+      if (n < 0) return { value: null, end: next };
+      const items = [];
+      let end = next;
+      for (let i = 0; i < n; i++) {
+        const item = parseResp(buf, end);
+        if (!item) return null;
+        items.push(item.value);
+        end = item.end;
+      }
+      return { value: items, end };
+    }
+    default:
+      return { value: new Error(`redis: unexpected reply ${JSON.stringify(line)}`), end: next };
+  }
+}
+
+/** Redis's count of subscribers of `channel` (`PUBSUB NUMSUB`). */
+async function numsub(port, channel) {
+  const [, count] = await redisCommand(port, ['PUBSUB', 'NUMSUB', channel]);
+  return count;
+}
+
+/**
+ * Debian's `redis-server` on a free port of 127.0.0.1, without persistence, resolved once it
+ * answers PING (within `ms`). Killed by PID when the test process exits, like the servers.
+ */
+async function startRedis({ ms = 10000 } = {}) {
+  const port = await freePort();
+  const child = spawn(
+    'redis-server',
+    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  live.add(child);
+  let stderr = '';
+  child.stderr.on('data', (d) => {
+    stderr += d;
+  });
+  const exited = new Promise((res) => {
+    child.on('exit', (code, signal) => {
+      live.delete(child);
+      res({ code, signal });
+    });
+  });
+  const spawned = new Promise((_, reject) => {
+    child.on('error', (e) => reject(new Error(`cannot start redis-server: ${e.message}`)));
+    exited.then(({ code, signal }) =>
+      reject(new Error(`redis-server exited early (code ${code}, signal ${signal}): ${stderr}`)),
+    );
+  });
+  // Until it listens, a connection is refused: ask again until it answers or time is up.
+  let waiting = true;
+  const answers = (async () => {
+    while (waiting) {
+      try {
+        if ((await redisCommand(port, ['PING'], 200)) === 'PONG') return;
+      } catch {
+        // Not listening yet.
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  })();
+  try {
+    await within(ms, 'redis-server to answer PING', Promise.race([answers, spawned]));
+  } catch (e) {
+    child.kill('SIGKILL');
+    throw e;
+  } finally {
+    waiting = false;
+  }
+  spawned.catch(() => {}); // Its exit later is the stop we asked for.
+  return {
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    child,
+    /** SIGTERM (SIGKILL after `ms`); resolves with {code, signal}. */
+    async stop(sig = 'SIGTERM', ms = 5000) {
+      if (child.exitCode !== null || child.signalCode !== null) return exited;
+      child.kill(sig);
+      const t = setTimeout(() => child.kill('SIGKILL'), ms);
+      const result = await exited;
+      clearTimeout(t);
+      return result;
+    },
+  };
+}
+
 /** A currently free TCP port on 127.0.0.1. */
 function freePort() {
   return new Promise((resolve, reject) => {
@@ -225,6 +365,9 @@ module.exports = {
   REFERENCE_BIN,
   startCorelay,
   startReference,
+  startRedis,
+  redisCommand,
+  numsub,
   freePort,
   within,
   once,
