@@ -6,6 +6,14 @@
 //   taskset -c 0 node socketio-relay.js &                            # pinned, as in README
 //   corelay-loadgen relay --protocol socketio --url ws://127.0.0.1:3000/socket.io/
 //
+// Several processes sharing rooms, the way socket.io users do it: with REDIS_URL set
+// (redis://host:port), the official Redis adapter (@socket.io/redis-adapter with the
+// `redis` client) relays every room broadcast to the other processes through Redis:
+//   REDIS_URL=redis://127.0.0.1:6379 PORT=3000 node socketio-relay.js &
+//   REDIS_URL=redis://127.0.0.1:6379 PORT=3002 node socketio-relay.js &
+// The join ack's `members` then counts this process's members only (a count across
+// processes would cost a request to every process per join).
+//
 // Convention: emit("join", room, ack) -> ack({room, members}); emit("leave", room, ack)
 // -> ack({room}); emit("to", room, event, payload) -> every OTHER member of room gets
 // emit(event, payload, from) where from is the sender's id. Bad input gets {error}.
@@ -22,6 +30,7 @@ const io = new Server(httpServer, {
   maxHttpBufferSize: 1e6,
   cors: { origin: "*" },
 });
+const redisUrl = process.env.REDIS_URL;
 
 const ok = (room) => typeof room === "string" && room.length > 0 && room.length <= 128;
 
@@ -46,6 +55,31 @@ io.on("connection", (socket) => {
   });
 });
 
-httpServer.listen(port, host, () => {
-  console.log(`socket.io relay listening on ws://${host}:${port}/socket.io/ (pid ${process.pid})`);
-});
+// With Redis, listen only once both connections are up, so that a client that gets in
+// is already part of the cluster (benchmark scripts wait for the port).
+async function useRedis(url) {
+  const { createClient } = require("redis");
+  const { createAdapter } = require("@socket.io/redis-adapter");
+  const pubClient = createClient({ url });
+  const subClient = pubClient.duplicate();
+  for (const client of [pubClient, subClient]) {
+    client.on("error", (err) => console.error(`redis: ${err.message}`));
+  }
+  await Promise.all([pubClient.connect(), subClient.connect()]);
+  io.adapter(createAdapter(pubClient, subClient));
+}
+
+(redisUrl ? useRedis(redisUrl) : Promise.resolve()).then(
+  () => {
+    httpServer.listen(port, host, () => {
+      const via = redisUrl ? ` with the Redis adapter on ${redisUrl}` : "";
+      console.log(
+        `socket.io relay listening on ws://${host}:${port}/socket.io/${via} (pid ${process.pid})`,
+      );
+    });
+  },
+  (err) => {
+    console.error(`cannot reach Redis at ${redisUrl}: ${err.message}`);
+    process.exit(1);
+  },
+);

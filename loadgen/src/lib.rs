@@ -9,7 +9,8 @@
 //!
 //! # Layout
 //!
-//! - [`options`]: a run's validated settings ([`Options`]), scenarios, protocols, the SLO spec.
+//! - [`options`]: a run's validated settings ([`Options`]), scenarios, protocols, how clients
+//!   are spread over several nodes ([`Spread`]), the SLO spec.
 //! - [`schedule`]: the open-loop send schedule (even start offsets, intended times).
 //! - [`tickets`]: `matchmake`'s tickets: when each is due, its seeded skill and region,
 //!   what came of it.
@@ -46,7 +47,7 @@ pub mod transport;
 use std::io;
 use std::path::Path;
 
-pub use options::{Options, Protocol, Scenario, Slo};
+pub use options::{Options, Protocol, Scenario, Slo, Spread};
 pub use report::Report;
 pub use run::{run, Outcome};
 

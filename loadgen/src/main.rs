@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use corelay_loadgen::options::ProgressMode;
 use corelay_loadgen::tickets::{SkillSpread, TicketPlan};
-use corelay_loadgen::{Options, Protocol, Scenario, Slo};
+use corelay_loadgen::{Options, Protocol, Scenario, Slo, Spread};
 
 #[derive(Parser)]
 #[command(
@@ -50,9 +50,14 @@ enum Command {
 /// Flags shared by every scenario. Unset flags take the scenario's defaults (README).
 #[derive(Args)]
 struct Common {
-    /// Server URL: ws://127.0.0.1:7700/ws (native), ws://127.0.0.1:3000/socket.io/ (socketio).
+    /// Server URL: ws://127.0.0.1:7700/ws (native), ws://127.0.0.1:3000/socket.io/ (socketio);
+    /// several, comma-separated, for the nodes of a cluster (see --spread).
     #[arg(long)]
     url: Option<String>,
+    /// With several --url: `members` puts consecutive members of a room on different nodes
+    /// (rooms span the nodes), `rooms` puts a whole room on one node (rooms round-robin).
+    #[arg(long, value_enum, default_value_t = Spread::Members)]
+    spread: Spread,
     /// Client protocol.
     #[arg(long, value_enum, default_value_t = Protocol::Native)]
     protocol: Protocol,
@@ -162,6 +167,7 @@ impl Common {
             Protocol::SocketIo => "ws://127.0.0.1:3000/socket.io/".into(),
         });
         let mut o = Options::new(scenario, self.protocol, url);
+        o.spread = self.spread;
         if let Some(v) = self.clients {
             o.clients = v;
         }

@@ -35,6 +35,11 @@ pub fn record_ns(h: &mut Histogram<u64>, ns: u64) {
 pub struct Histograms {
     /// Relay latency from the intended send time to arrival (coordinated-omission corrected).
     pub latency: Histogram<u64>,
+    /// `latency`, of the deliveries whose sender and receiver are on the same node (every
+    /// delivery, with one node).
+    pub latency_same_node: Histogram<u64>,
+    /// `latency`, of the deliveries whose sender is on another node than the receiver.
+    pub latency_cross_node: Histogram<u64>,
     /// Relay latency from the actual send time to arrival.
     pub latency_uncorrected: Histogram<u64>,
     /// Fan-out: latency from the intended send time to the last member's arrival.
@@ -60,6 +65,8 @@ impl Histograms {
     pub fn new() -> Self {
         Self {
             latency: histogram(),
+            latency_same_node: histogram(),
+            latency_cross_node: histogram(),
             latency_uncorrected: histogram(),
             last_member: histogram(),
             pacing_lag: histogram(),
@@ -74,6 +81,8 @@ impl Histograms {
         // All histograms share the same bounds, so `add` cannot fail; saturate anyway.
         let pairs = [
             (&mut self.latency, &other.latency),
+            (&mut self.latency_same_node, &other.latency_same_node),
+            (&mut self.latency_cross_node, &other.latency_cross_node),
             (&mut self.latency_uncorrected, &other.latency_uncorrected),
             (&mut self.last_member, &other.last_member),
             (&mut self.pacing_lag, &other.pacing_lag),

@@ -67,6 +67,45 @@ impl fmt::Display for Protocol {
     }
 }
 
+/// How the clients are placed on the nodes when `--url` names several (one per node).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Spread {
+    /// Consecutive clients on consecutive nodes, round-robin: consecutive members of a room
+    /// are on different nodes, so every room of at least as many members as nodes spans
+    /// every node and most deliveries cross nodes.
+    #[default]
+    Members,
+    /// Every member of a room on one node, rooms round-robin over the nodes: no delivery
+    /// needs to cross nodes, which a cluster that routes by interest can exploit.
+    Rooms,
+}
+
+impl fmt::Display for Spread {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Members => "members",
+            Self::Rooms => "rooms",
+        })
+    }
+}
+
+impl Spread {
+    /// The node (an index into the URLs) of client `index`, whose room is `room`, among
+    /// `nodes` nodes. A pure function of the run's settings, so that a receiver tells a
+    /// same-node delivery from a cross-node one by the sender's index alone.
+    pub fn node_of(self, nodes: usize, index: usize, room: Option<usize>) -> usize {
+        if nodes <= 1 {
+            return 0;
+        }
+        match (self, room) {
+            (Self::Rooms, Some(room)) => room % nodes,
+            // A client in no room has no room to follow: round-robin like `members`.
+            _ => index % nodes,
+        }
+    }
+}
+
 /// How progress is shown while the run goes on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProgressMode {
@@ -85,8 +124,11 @@ pub struct Options {
     pub scenario: Scenario,
     /// Client protocol.
     pub protocol: Protocol,
-    /// Server URL: `ws://127.0.0.1:7700/ws` (native), `ws://127.0.0.1:3000/socket.io/`.
+    /// Server URL: `ws://127.0.0.1:7700/ws` (native), `ws://127.0.0.1:3000/socket.io/`; or
+    /// several, comma-separated, one per node of a cluster (see [`Options::spread`]).
     pub url: String,
+    /// With several URLs: which clients go to which node.
+    pub spread: Spread,
     /// Number of clients (connections).
     pub clients: usize,
     /// Members per room; 0 in `connect`/`idle` means no room is joined.
@@ -155,6 +197,7 @@ impl Options {
             scenario,
             protocol,
             url: url.into(),
+            spread: Spread::Members,
             clients,
             room_size,
             rate: 10.0,
@@ -208,6 +251,26 @@ impl Options {
         (self.room_size > 0).then(|| index / self.room_size)
     }
 
+    /// The URLs, one per node: `url` split at commas.
+    pub fn urls(&self) -> Vec<&str> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect()
+    }
+
+    /// Number of nodes (URLs), at least 1.
+    pub fn nodes(&self) -> usize {
+        self.urls().len().max(1)
+    }
+
+    /// The node (index into [`Options::urls`]) client `index` connects to.
+    pub fn node_of(&self, index: usize) -> usize {
+        self.spread
+            .node_of(self.nodes(), index, self.room_of(index))
+    }
+
     /// Does client `index` send? (In `fanout` only the first member of each room; in
     /// `matchmake` every client whose ticket matched.)
     pub fn is_sender(&self, index: usize) -> bool {
@@ -246,8 +309,9 @@ impl Options {
         self.clients as u64 + 64 + 16 * self.threads as u64
     }
 
-    /// Checks every setting and resolves the URL.
-    pub fn validate(&self) -> Result<Endpoint, Error> {
+    /// Checks every setting and resolves the URLs: one endpoint per node, in the order
+    /// given.
+    pub fn validate(&self) -> Result<Vec<Endpoint>, Error> {
         let invalid = |m: String| Err(Error::InvalidOptions(m));
         if self.clients == 0 {
             return invalid("--clients must be at least 1".into());
@@ -300,6 +364,18 @@ impl Options {
                 return invalid("--cpus needs at least one CPU".into());
             }
         }
+        if self.urls().is_empty() {
+            return invalid("--url names no server".into());
+        }
+        // The server makes matchmake's rooms after the clients have connected, so a client's
+        // node cannot follow its room.
+        if self.scenario == Scenario::Matchmake && self.nodes() > 1 && self.spread == Spread::Rooms
+        {
+            return invalid(
+                "--spread rooms does not apply to matchmake: its rooms are made after connecting"
+                    .into(),
+            );
+        }
         let (soft, _hard) = crate::procfs::fd_limits().map_err(Error::Io)?;
         if self.fds_needed() > soft {
             return Err(Error::FdLimit {
@@ -307,7 +383,10 @@ impl Options {
                 limit: soft,
             });
         }
-        self.endpoint()
+        self.urls()
+            .into_iter()
+            .map(|url| self.endpoint(url))
+            .collect()
     }
 
     /// The `matchmake` settings: rooms come from the server's matches, tickets need a
@@ -340,11 +419,10 @@ impl Options {
         Ok(())
     }
 
-    /// Parses and resolves the URL.
-    fn endpoint(&self) -> Result<Endpoint, Error> {
-        let bad = |why: &str| Error::InvalidOptions(format!("--url {}: {why}", self.url));
-        let rest = self
-            .url
+    /// Parses and resolves one URL.
+    fn endpoint(&self, url: &str) -> Result<Endpoint, Error> {
+        let bad = |why: &str| Error::InvalidOptions(format!("--url {url}: {why}"));
+        let rest = url
             .strip_prefix("ws://")
             .ok_or_else(|| bad("only ws:// URLs are supported"))?;
         let (authority, path) = match rest.find('/') {
@@ -371,7 +449,7 @@ impl Options {
             .ok_or_else(|| bad("host has no address"))?;
         Ok(Endpoint {
             protocol: self.protocol,
-            url: self.url.clone(),
+            url: url.to_string(),
             addr,
             host: authority.to_string(),
             path: path.to_string(),
@@ -399,7 +477,18 @@ impl Options {
 
     /// The run's label for plots and tables.
     pub fn label(&self) -> String {
-        self.label.clone().unwrap_or_else(|| match self.scenario {
+        if let Some(label) = &self.label {
+            return label.clone();
+        }
+        let label = self.settings_label();
+        match self.nodes() {
+            1 => label,
+            n => format!("{label} on {n} nodes, spread {}", self.spread),
+        }
+    }
+
+    fn settings_label(&self) -> String {
+        match self.scenario {
             Scenario::Connect | Scenario::Idle => {
                 format!(
                     "{} {} {} clients",
@@ -427,7 +516,7 @@ impl Options {
                 "{} {} {}x{} @{}/s {}B",
                 self.scenario, self.protocol, self.clients, self.room_size, self.rate, self.payload
             ),
-        })
+        }
     }
 }
 
@@ -617,15 +706,104 @@ mod tests {
     fn url_resolution_and_source_addresses() {
         let o = Options::new(Scenario::Relay, Protocol::SocketIo, "ws://127.0.0.1:3000");
         let e = o.validate().unwrap();
+        assert_eq!(e.len(), 1);
+        let e = &e[0];
         assert_eq!(e.path, "/socket.io/");
         assert_eq!(e.host, "127.0.0.1:3000");
-        assert_eq!(o.source_address(&e, 0), Some("127.0.0.1".parse().unwrap()));
-        assert_eq!(
-            o.source_address(&e, 251),
-            Some("127.0.0.2".parse().unwrap())
-        );
+        assert_eq!(o.source_address(e, 0), Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(o.source_address(e, 251), Some("127.0.0.2".parse().unwrap()));
         let o = Options::new(Scenario::Relay, Protocol::Native, "http://x/ws");
         assert!(o.validate().is_err());
+    }
+
+    #[test]
+    fn several_urls_are_one_endpoint_per_node_in_order() {
+        let mut o = Options::new(
+            Scenario::Relay,
+            Protocol::Native,
+            "ws://127.0.0.1:7701/ws, ws://127.0.0.1:7702/ws,ws://127.0.0.1:7703,",
+        );
+        assert_eq!(o.nodes(), 3);
+        let e = o.validate().unwrap();
+        let ports: Vec<u16> = e.iter().map(|e| e.addr.port()).collect();
+        assert_eq!(ports, [7701, 7702, 7703]);
+        assert_eq!(e[1].url, "ws://127.0.0.1:7702/ws");
+        assert_eq!(e[2].path, "/ws");
+        assert!(
+            o.label().ends_with("on 3 nodes, spread members"),
+            "{}",
+            o.label()
+        );
+        o.url = "ws://127.0.0.1:7701/ws,http://x/ws".into();
+        assert!(o.validate().is_err());
+        o.url = " , ".into();
+        assert!(o.validate().is_err());
+    }
+
+    #[test]
+    fn one_url_is_one_node_whatever_the_spread() {
+        let mut o = Options::new(Scenario::Relay, Protocol::Native, "ws://127.0.0.1:1/ws");
+        o.clients = 30;
+        for spread in [Spread::Members, Spread::Rooms] {
+            o.spread = spread;
+            assert!((0..30).all(|i| o.node_of(i) == 0));
+        }
+        assert!(!o.label().contains("nodes"));
+    }
+
+    #[test]
+    fn members_spread_puts_consecutive_members_on_different_nodes() {
+        let mut o = Options::new(Scenario::Relay, Protocol::Native, "ws://a:1,ws://b:2");
+        o.clients = 40;
+        o.room_size = 10;
+        let nodes: Vec<usize> = (0..10).map(|i| o.node_of(i)).collect();
+        assert_eq!(nodes, [0, 1, 0, 1, 0, 1, 0, 1, 0, 1]);
+        // Three nodes, rooms of 10: every room spans all three, and over the rooms every
+        // node has as many clients as the others.
+        o.url = "ws://a:1,ws://b:2,ws://c:3".into();
+        o.clients = 30;
+        let mut per_node = [0; 3];
+        for room in 0..3 {
+            let mut seen = [false; 3];
+            for i in room * 10..room * 10 + 10 {
+                seen[o.node_of(i)] = true;
+                per_node[o.node_of(i)] += 1;
+                assert_ne!(o.node_of(i), o.node_of(i + 1), "members {i} and {}", i + 1);
+            }
+            assert_eq!(seen, [true; 3], "room {room}");
+        }
+        assert_eq!(per_node, [10, 10, 10]);
+    }
+
+    #[test]
+    fn rooms_spread_keeps_each_room_on_one_node_and_deals_rooms_round_robin() {
+        let mut o = Options::new(
+            Scenario::Relay,
+            Protocol::Native,
+            "ws://a:1,ws://b:2,ws://c:3",
+        );
+        o.spread = Spread::Rooms;
+        o.clients = 47;
+        o.room_size = 5;
+        for i in 0..o.clients {
+            let room = o.room_of(i).unwrap();
+            assert_eq!(o.node_of(i), room % 3, "client {i} of room {room}");
+        }
+        // A run without rooms (idle, connect) deals the clients round-robin.
+        o.scenario = Scenario::Idle;
+        o.room_size = 0;
+        let nodes: Vec<usize> = (0..5).map(|i| o.node_of(i)).collect();
+        assert_eq!(nodes, [0, 1, 2, 0, 1]);
+        // matchmake's rooms are the server's, made after connecting: refused.
+        let mut m = Options::new(
+            Scenario::Matchmake,
+            Protocol::Native,
+            "ws://127.0.0.1:1/ws,ws://127.0.0.1:2/ws",
+        );
+        m.spread = Spread::Rooms;
+        assert!(m.validate().is_err());
+        m.spread = Spread::Members;
+        assert!(m.validate().is_ok());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::{LatencySummary, PercentilePoint};
-use crate::options::{Objective, Slo};
+use crate::options::{Objective, Slo, Spread};
 use crate::tickets::{TicketPlan, TicketTally};
 
 /// Everything a run measured. Latencies are in microseconds, memory in KiB, times in
@@ -23,7 +23,7 @@ pub struct Report {
     pub scenario: String,
     /// `native` or `socketio`.
     pub protocol: String,
-    /// Server URL.
+    /// Server URL; several, comma-separated, for a cluster (`settings.nodes`).
     pub url: String,
     /// Start of the run, seconds since the Unix epoch.
     pub started_unix_s: u64,
@@ -35,6 +35,13 @@ pub struct Report {
     pub messages: Messages,
     /// Relay latency, intended send time -> arrival (coordinated-omission corrected).
     pub latency: LatencySummary,
+    /// `latency` of the deliveries whose sender is on the receiver's node (all of them with
+    /// one node; zero count in reports written before it existed).
+    #[serde(default)]
+    pub latency_same_node: LatencySummary,
+    /// `latency` of the deliveries whose sender is on another node than the receiver.
+    #[serde(default)]
+    pub latency_cross_node: LatencySummary,
     /// Relay latency, actual send time -> arrival.
     pub latency_uncorrected: LatencySummary,
     /// Fan-out: intended send time -> arrival at the last member of the room.
@@ -96,6 +103,16 @@ pub struct Settings {
     pub interval_s: f64,
     /// Longest wait for in-flight messages after the last send, s.
     pub drain_limit_s: f64,
+    /// Nodes: the URLs of `url` (1 in reports written before it existed).
+    #[serde(default = "one")]
+    pub nodes: usize,
+    /// How the clients were placed on the nodes (meaningful with several).
+    #[serde(default)]
+    pub spread: Spread,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Connection counts over the whole run.
@@ -105,6 +122,9 @@ pub struct Connections {
     pub attempted: u64,
     /// Connections that completed the handshake (and the join, when there is one).
     pub established: u64,
+    /// `established` on each node, in the order of the URLs.
+    #[serde(default)]
+    pub established_per_node: Vec<u64>,
     /// Attempts that failed.
     pub failed: u64,
     /// Failed attempts by reason.
@@ -373,6 +393,18 @@ impl Report {
             "{} clients{rooms}{load}, {:.1} s measured after {:.1} s warm-up, {} thread(s)",
             s.clients, s.duration_s, s.warmup_s, s.threads
         );
+        if s.nodes > 1 {
+            let _ = writeln!(
+                t,
+                "{} nodes, spread {}: {}",
+                s.nodes,
+                s.spread,
+                match s.spread {
+                    Spread::Members => "consecutive members of a room on different nodes",
+                    Spread::Rooms => "every room on one node, rooms round-robin",
+                }
+            );
+        }
         let _ = writeln!(t);
         let _ = writeln!(
             t,
@@ -384,9 +416,17 @@ impl Report {
             .matchmaking
             .as_ref()
             .map_or(&no_match, |m| &m.time_to_match);
+        // With several nodes, the deliveries within a node and across nodes, apart.
+        let (same, cross) = if s.nodes > 1 {
+            (&self.latency_same_node, &self.latency_cross_node)
+        } else {
+            (&no_match, &no_match)
+        };
         let rows = [
             ("time to match", time_to_match),
             ("intended -> arrival", &self.latency),
+            ("  same node", same),
+            ("  cross node", cross),
             ("sent -> arrival", &self.latency_uncorrected),
             ("last member (fanout)", &self.last_member),
             ("handshake", &self.handshake),
@@ -468,9 +508,14 @@ impl Report {
         let c = &self.connections;
         let _ = write!(
             t,
-            "connections  attempted {}, established {}, failed {}",
-            c.attempted, c.established, c.failed
+            "connections  attempted {}, established {}",
+            c.attempted, c.established
         );
+        if c.established_per_node.len() > 1 {
+            let per: Vec<String> = c.established_per_node.iter().map(u64::to_string).collect();
+            let _ = write!(t, " ({} per node)", per.join("/"));
+        }
+        let _ = write!(t, ", failed {}", c.failed);
         for (reason, n) in &c.failures {
             let _ = write!(t, "; {reason}: {n}");
         }

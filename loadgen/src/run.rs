@@ -122,7 +122,11 @@ struct Counters {
 /// What all threads share.
 struct Shared {
     opts: Options,
-    endpoint: Endpoint,
+    /// One per node (`--url`), in order.
+    endpoints: Vec<Endpoint>,
+    /// `endpoints.len()`, for [`Shared::node_of`] on every arrival (`Options::nodes` splits
+    /// the URLs each time).
+    nodes: usize,
     epoch: Instant,
     /// Load start, ns since `epoch`; `u64::MAX` until published.
     load_start_ns: AtomicU64,
@@ -165,6 +169,12 @@ impl Shared {
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::Acquire)
     }
+
+    /// The node client `index` is on: [`Options::node_of`], without parsing the URLs.
+    fn node_of(&self, index: usize) -> usize {
+        let opts = &self.opts;
+        opts.spread.node_of(self.nodes, index, opts.room_of(index))
+    }
 }
 
 /// What one thread records; owned by the thread, shared by its tasks.
@@ -177,6 +187,8 @@ struct ThreadState {
     tally: Tally,
     failures: BTreeMap<String, u64>,
     drops: BTreeMap<String, u64>,
+    /// Connections established on each node.
+    established_per_node: Vec<u64>,
     /// Fan-out, per room: per seq (latest arrival ns after intended, arrivals).
     fanout_arrivals: HashMap<usize, Vec<(u64, u32)>>,
     /// Fan-out, per room of a local sender: per seq, deliveries owed (`u32::MAX`: not
@@ -194,6 +206,7 @@ struct ThreadResult {
     tally: Tally,
     failures: BTreeMap<String, u64>,
     drops: BTreeMap<String, u64>,
+    established_per_node: Vec<u64>,
     fanout_arrivals: HashMap<usize, Vec<(u64, u32)>>,
     fanout_expected: HashMap<usize, Vec<u32>>,
     tickets: TicketTally,
@@ -209,7 +222,7 @@ struct Snapshot {
 /// Runs the scenario described by `opts` and returns its report. Blocks until the run
 /// is over; prints progress to stderr as `opts.progress` says.
 pub fn run(opts: &Options) -> Result<Outcome, Error> {
-    let endpoint = opts.validate()?;
+    let endpoints = opts.validate()?;
     let started_unix_s = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -222,7 +235,8 @@ pub fn run(opts: &Options) -> Result<Outcome, Error> {
     let threads = opts.threads;
     let shared = Arc::new(Shared {
         opts: opts.clone(),
-        endpoint,
+        nodes: endpoints.len(),
+        endpoints,
         epoch: Instant::now(),
         load_start_ns: AtomicU64::new(u64::MAX),
         stop: AtomicBool::new(false),
@@ -608,6 +622,7 @@ async fn thread_main(
         tally: Tally::default(),
         failures: BTreeMap::new(),
         drops: BTreeMap::new(),
+        established_per_node: vec![0; opts.nodes()],
         fanout_arrivals: HashMap::new(),
         fanout_expected: HashMap::new(),
         tickets: TicketTally::default(),
@@ -730,6 +745,7 @@ async fn thread_main(
                 tally: s.tally,
                 failures: s.failures.clone(),
                 drops: s.drops.clone(),
+                established_per_node: s.established_per_node.clone(),
                 fanout_arrivals: s.fanout_arrivals.clone(),
                 fanout_expected: s.fanout_expected.clone(),
                 tickets: s.tickets.clone(),
@@ -741,6 +757,7 @@ async fn thread_main(
         tally: state.tally,
         failures: state.failures,
         drops: state.drops,
+        established_per_node: state.established_per_node,
         fanout_arrivals: state.fanout_arrivals,
         fanout_expected: state.fanout_expected,
         tickets: state.tickets,
@@ -759,7 +776,9 @@ async fn open_client(
     let opts = &shared.opts;
     let counters = &shared.counters[t];
     counters.attempted.fetch_add(1, Ordering::Relaxed);
-    let bind = opts.source_address(&shared.endpoint, index);
+    let node = shared.node_of(index);
+    let endpoint = &shared.endpoints[node];
+    let bind = opts.source_address(endpoint, index);
     let started = shared.now_ns();
     let intended = intended.unwrap_or(started);
     let fail = |e: TransportError| {
@@ -769,7 +788,7 @@ async fn open_client(
     let mut conn = match within(
         opts.connect_timeout,
         "connect",
-        Connection::connect(&shared.endpoint, bind),
+        Connection::connect(endpoint, bind),
     )
     .await
     {
@@ -802,6 +821,9 @@ async fn open_client(
         shared.rooms.joined(room);
     }
     counters.established.fetch_add(1, Ordering::Relaxed);
+    if let Some(n) = state.borrow_mut().established_per_node.get_mut(node) {
+        *n += 1;
+    }
     Some(conn)
 }
 
@@ -844,6 +866,7 @@ fn build_report(
     let mut tally = Tally::default();
     let mut failures: BTreeMap<String, u64> = BTreeMap::new();
     let mut drops: BTreeMap<String, u64> = BTreeMap::new();
+    let mut established_per_node = vec![0u64; opts.nodes()];
     let mut fanout_arrivals: HashMap<usize, Vec<(u64, u32)>> = HashMap::new();
     let mut fanout_expected: HashMap<usize, Vec<u32>> = HashMap::new();
     let mut tickets = TicketTally::default();
@@ -858,6 +881,9 @@ fn build_report(
         }
         for (k, v) in r.drops {
             *drops.entry(k).or_default() += v;
+        }
+        for (into, n) in established_per_node.iter_mut().zip(r.established_per_node) {
+            *into += n;
         }
         for (room, per_seq) in r.fanout_arrivals {
             let into = fanout_arrivals.entry(room).or_default();
@@ -1067,10 +1093,13 @@ fn build_report(
             connect_rate: opts.connect_rate,
             interval_s: opts.interval.as_secs_f64(),
             drain_limit_s: opts.drain.as_secs_f64(),
+            nodes: opts.nodes(),
+            spread: opts.spread,
         },
         connections: Connections {
             attempted,
             established,
+            established_per_node,
             failed,
             failures,
             dropped: drops.values().sum(),
@@ -1092,6 +1121,8 @@ fn build_report(
             fanout_incomplete: incomplete,
         },
         latency: LatencySummary::of(&hist.latency),
+        latency_same_node: LatencySummary::of(&hist.latency_same_node),
+        latency_cross_node: LatencySummary::of(&hist.latency_cross_node),
         latency_uncorrected: LatencySummary::of(&hist.latency_uncorrected),
         last_member: LatencySummary::of(&hist.last_member),
         pacing_lag: lag,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{run_bounded, BUDGET};
 use corelay::{Config, Server};
-use corelay_loadgen::{Options, Protocol, Scenario};
+use corelay_loadgen::{Options, Protocol, Scenario, Spread};
 use tungstenite::Message;
 
 fn server() -> Server {
@@ -91,6 +91,8 @@ fn relay_run_delivers_everything_and_reports_every_figure() {
         "connections",
         "messages",
         "latency",
+        "latency_same_node",
+        "latency_cross_node",
         "latency_uncorrected",
         "last_member",
         "pacing_lag",
@@ -222,6 +224,74 @@ fn socketio_relay_delivers_everything() {
     assert_eq!(r.messages.duplicated, 0);
     server.shutdown();
     server.join().unwrap();
+}
+
+#[test]
+fn several_urls_split_the_latency_into_same_node_and_cross_node() {
+    // One server named twice: two "nodes" that share every room, so everything arrives,
+    // and which deliveries count as crossing depends on the URLs' order alone.
+    let server = server();
+    let mut o = options(Scenario::Relay, &server);
+    o.server_pid = None;
+    let url = format!("ws://{}/ws", server.local_addr());
+    o.url = format!("{url},{url}");
+    o.clients = 20;
+    o.room_size = 5;
+    o.rate = 20.0;
+    o.warmup = Duration::from_millis(200);
+    o.duration = Duration::from_secs(1);
+    let r = run_bounded(o).report;
+    // Members alternate between the nodes: room 0 is 0,1,0,1,0. A sender with two others
+    // on its node owes 2 same-node and 2 cross-node deliveries, one with one other 1 and 3:
+    // per round of a room's 5 messages, 8 same-node and 12 cross-node.
+    assert_eq!(r.settings.nodes, 2);
+    assert_eq!(r.connections.established_per_node, [10, 10]);
+    assert_eq!(r.messages.sent, 400);
+    assert_eq!(r.messages.delivered, 1600);
+    assert_eq!(r.messages.lost, 0);
+    assert_eq!(r.latency_same_node.count, 640);
+    assert_eq!(r.latency_cross_node.count, 960);
+    assert_eq!(r.latency.count, 1600);
+    let table = r.table();
+    assert!(table.contains("2 nodes, spread members"), "{table}");
+    assert!(table.contains("  same node") && table.contains("  cross node"));
+    server.shutdown();
+    server.join().unwrap();
+}
+
+#[test]
+fn the_rooms_spread_keeps_each_room_on_one_of_two_servers() {
+    // Two servers that know nothing of each other: a room is whole only if all its
+    // members are on one of them.
+    let (a, b) = (server(), server());
+    let mut o = options(Scenario::Relay, &a);
+    o.server_pid = None;
+    o.url = format!("ws://{}/ws,ws://{}/ws", a.local_addr(), b.local_addr());
+    o.spread = Spread::Rooms;
+    o.clients = 20;
+    o.room_size = 5;
+    o.rate = 20.0;
+    o.warmup = Duration::from_millis(200);
+    o.duration = Duration::from_secs(1);
+    let r = run_bounded(o.clone()).report;
+    assert_eq!(r.connections.established_per_node, [10, 10]);
+    assert_eq!(r.messages.delivered, 1600);
+    assert_eq!(r.messages.lost, 0);
+    assert_eq!(r.latency_same_node.count, 1600);
+    assert_eq!(r.latency_cross_node.count, 0);
+    // Spread by members, every room is split between the two servers, which do not relay
+    // to each other: only the same-node deliveries arrive.
+    o.spread = Spread::Members;
+    o.drain = Duration::from_millis(500);
+    let r = run_bounded(o).report;
+    assert_eq!(r.connections.established_per_node, [10, 10]);
+    assert_eq!(r.messages.expected, 1600);
+    assert_eq!(r.messages.delivered, 640);
+    assert_eq!(r.latency_cross_node.count, 0);
+    for s in [a, b] {
+        s.shutdown();
+        s.join().unwrap();
+    }
 }
 
 #[test]

@@ -46,6 +46,8 @@ struct LoadConn {
     alive: bool,
     mask: MaskKeys,
     room: Option<usize>,
+    /// The node (index of its URL) the connection is on.
+    node: usize,
     /// Frames written since the last send.
     pending: Vec<u8>,
     /// The bytes of the send in flight (the kernel holds a pointer into them).
@@ -86,6 +88,7 @@ pub(super) fn run(
             alive: true,
             mask: MaskKeys::new(),
             room: shared.rooms.of(index),
+            node: shared.node_of(index),
             pending: Vec::new(),
             inflight: Vec::new(),
             written: 0,
@@ -435,6 +438,13 @@ fn process(shared: &Shared, t: usize, c: &mut LoadConn, state: &mut ThreadState)
         shared.counters[t].delivered.fetch_add(1, Ordering::Relaxed);
         let corrected = now.saturating_sub(header.intended_ns);
         record_ns(&mut state.hist.latency, corrected);
+        // The sender's node is a function of its index, as the receiver's is.
+        let by_node = if shared.node_of(sender) == c.node {
+            &mut state.hist.latency_same_node
+        } else {
+            &mut state.hist.latency_cross_node
+        };
+        record_ns(by_node, corrected);
         record_ns(
             &mut state.hist.latency_uncorrected,
             now.saturating_sub(header.sent_ns),
