@@ -121,7 +121,7 @@ impl Bridge {
         })
     }
 
-    /// The shards have stopped: publishes what they left (for at most [`REDIS_TIMEOUT`])
+    /// The shards have stopped: publishes what they left (for at most 2 s)
     /// and ends.
     pub fn stop(mut self) {
         self.stop.store(true, Relaxed);
