@@ -37,7 +37,7 @@ use tokio::sync::mpsc;
 
 use super::envelope::{self, Content, Envelope};
 use super::{ClusterStatus, Target};
-use crate::relay::{home_shard, ClusterMsg, MeshMsg};
+use crate::relay::{home_shard, Broadcast, ClusterMsg, MeshMsg, NOBODY};
 use crate::shard::mesh::{Mesh, ShardMsg};
 
 /// The Redis channel of room key `room`. The braces make the room name the hash tag, so
@@ -297,7 +297,8 @@ impl Loop {
             Content::Broadcast(body) => MeshMsg::FromNode {
                 node,
                 members,
-                bcast: Box::new(Envelope::broadcast(body, room, Instant::now())),
+                // Nobody here is excluded: the sender is on the publishing node.
+                bcast: Box::new(Broadcast::new(room, NOBODY, body, Instant::now())),
             },
             Content::Hello => MeshMsg::Cluster(Box::new(ClusterMsg::Hello { room })),
             Content::Presence(names) => {

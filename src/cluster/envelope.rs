@@ -27,13 +27,12 @@
 //! envelope: the reader drops it and counts it.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 
 use crate::proto::native::{LeaveReason, PayloadKind};
 use crate::proto::socketio::Arg;
-use crate::relay::{Body, Broadcast, PlayerName, NOBODY};
+use crate::relay::{Body, PlayerName};
 
 /// The format's version, first byte of every envelope.
 const VERSION: u8 = 1;
@@ -63,49 +62,30 @@ pub struct Envelope {
     pub content: Content,
 }
 
-impl Envelope {
-    /// The broadcast it carries, for `room`, received now; nobody is excluded (the sender
-    /// is on the publishing node).
-    pub fn broadcast(body: Body, room: String, now: Instant) -> Broadcast {
-        Broadcast::new(room, NOBODY, body, now)
-    }
-}
-
 /// `body` from node `node`, whose room has `members` members there, as an envelope; `None`
 /// for a body that does not cross ([`crate::relay::crosses`]).
 pub fn encode(node: u64, members: u32, body: &Body) -> Option<Vec<u8>> {
-    let (kind, size) = match body {
+    // The kind byte is written once the body has said which it is; the capacity is the
+    // header and the largest fields (names and args are small beside a payload).
+    let payload = match body {
+        Body::Event { payload, .. } => payload.len(),
+        _ => 0,
+    };
+    let mut out = header(0, node, members, 64 + payload);
+    let kind = match body {
         Body::Event {
             from,
             event,
             payload,
             kind,
-        } => (
-            match kind {
-                PayloadKind::Json => 1,
-                PayloadKind::Binary => 2,
-            },
-            4 + from.len() + event.len() + payload.len(),
-        ),
-        Body::Nested { from, event, .. } => (3, 4 + from.len() + event.len() + 64),
-        Body::Emit { event, args } => (4, 4 + event.len() + 64 * args.len()),
-        Body::MemberJoined { player, .. } => (5, 2 + player.len()),
-        Body::MemberLeft { player, .. } => (6, 3 + player.len()),
-        Body::MemberAway { player } => (7, 2 + player.len()),
-        Body::MemberBack { player } => (8, 2 + player.len()),
-        Body::Host { .. } => return None,
-    };
-    let mut out = header(kind, node, members, size);
-    match body {
-        Body::Event {
-            from,
-            event,
-            payload,
-            ..
         } => {
             put_str(&mut out, from);
             put_str(&mut out, event);
             out.extend_from_slice(payload);
+            match kind {
+                PayloadKind::Json => 1,
+                PayloadKind::Binary => 2,
+            }
         }
         Body::Nested {
             from,
@@ -115,6 +95,7 @@ pub fn encode(node: u64, members: u32, body: &Body) -> Option<Vec<u8>> {
             put_str(&mut out, from);
             put_str(&mut out, event);
             put_arg(&mut out, payload);
+            3
         }
         Body::Emit { event, args } => {
             put_str(&mut out, event);
@@ -122,10 +103,12 @@ pub fn encode(node: u64, members: u32, body: &Body) -> Option<Vec<u8>> {
             for arg in args.iter().take(usize::from(u16::MAX)) {
                 put_arg(&mut out, arg);
             }
+            4
         }
-        Body::MemberJoined { player, .. }
-        | Body::MemberAway { player }
-        | Body::MemberBack { player } => put_str(&mut out, player),
+        Body::MemberJoined { player, .. } => {
+            put_str(&mut out, player);
+            5
+        }
         Body::MemberLeft { player, reason, .. } => {
             put_str(&mut out, player);
             out.push(match reason {
@@ -133,9 +116,19 @@ pub fn encode(node: u64, members: u32, body: &Body) -> Option<Vec<u8>> {
                 LeaveReason::Disconnected => 1,
                 LeaveReason::Kicked => 2,
             });
+            6
         }
-        Body::Host { .. } => {}
-    }
+        Body::MemberAway { player } => {
+            put_str(&mut out, player);
+            7
+        }
+        Body::MemberBack { player } => {
+            put_str(&mut out, player);
+            8
+        }
+        Body::Host { .. } => return None,
+    };
+    out[1] = kind;
     Some(out)
 }
 

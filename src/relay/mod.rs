@@ -1945,14 +1945,21 @@ impl Relay {
         if let Body::Event { .. } | Body::Nested { .. } | Body::Emit { .. } = bcast.body {
             home.messages += 1;
         }
-        let from_node = came_from == Some(self.shards);
         for (shard, &count) in home.per_shard.iter().enumerate() {
             if count > 0 && shard != self.shard && Some(shard) != came_from {
                 self.mesh.push((shard, MeshMsg::Deliver(Arc::clone(bcast))));
             }
         }
-        if self.node.is_some() && !from_node {
-            self.publish(bcast);
+        // Made on this node, in a room followed across nodes: once to the bridge, for the
+        // room's members on other nodes (`relay/nodes.rs`). What came from the bridge
+        // (another node's) is never published again.
+        let bridge = self.shards;
+        if home.shared && came_from != Some(bridge) && crosses(&bcast.body) {
+            let publish = MeshMsg::Publish {
+                bcast: Arc::clone(bcast),
+                members: home.total,
+            };
+            self.mesh.push((bridge, publish));
         }
     }
 

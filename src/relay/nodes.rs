@@ -4,8 +4,8 @@
 //! A room's home on each node is that node's end of the room's Redis channel. While the
 //! room has members on this node (and only then: interest routing), the home has the
 //! cluster bridge follow the channel ([`ClusterMsg::Interest`]) and hands it every
-//! broadcast it fans out that was made on this node ([`MeshMsg::Publish`]), once, whichever
-//! shard it came from. What another node published comes back from the bridge to the home
+//! broadcast it fans out that was made on this node ([`MeshMsg::Publish`], from
+//! `forward_from_home`), once, whichever shard it came from. What another node published comes back from the bridge to the home
 //! ([`MeshMsg::FromNode`]), which delivers it here exactly as a broadcast of its own shards,
 //! but never publishes it again.
 //!
@@ -172,25 +172,6 @@ impl Relay {
                 on: false,
             })),
         );
-    }
-
-    /// On the home shard: hands a broadcast made on this node to the bridge, for the
-    /// room's members elsewhere.
-    pub(super) fn publish(&mut self, bcast: &Arc<Broadcast>) {
-        let bridge = self.bridge();
-        let Some(home) = self.homes.get(&bcast.room) else {
-            return;
-        };
-        if home.shared && crosses(&bcast.body) {
-            let members = home.total;
-            self.send_mesh(
-                bridge,
-                MeshMsg::Publish {
-                    bcast: Arc::clone(bcast),
-                    members,
-                },
-            );
-        }
     }
 
     /// On the home shard: node `node`, with `members` members in the room, published
