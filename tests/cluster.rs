@@ -140,8 +140,14 @@ impl Drop for Node {
 
 /// `corelay cluster status --json`: the live nodes' ids, and what each says of itself.
 fn status(redis: &str) -> Vec<Value> {
+    status_with(&["--redis", redis])
+}
+
+/// `corelay cluster status --json` with `args`.
+fn status_with(args: &[&str]) -> Vec<Value> {
     let out = Command::new(BIN)
-        .args(["cluster", "status", "--json", "--redis", redis])
+        .args(["cluster", "status", "--json"])
+        .args(args)
         .output()
         .unwrap();
     assert!(
@@ -429,20 +435,8 @@ fn a_room_spans_three_nodes_with_every_message_once_in_each_senders_order() {
             }
         }
         newcomer.leave("arena").await.unwrap();
-        loop {
-            let event = common::within("the newcomer's leave", watcher.next_event())
-                .await
-                .unwrap();
-            if let ServerEvent::MemberLeft {
-                player, members, ..
-            } = event
-            {
-                if player == me {
-                    assert_eq!(members, 10);
-                    break;
-                }
-            }
-        }
+        let (members, _) = left_notice(&mut watcher, &me).await;
+        assert_eq!(members, 10);
     });
     drop(nodes);
 }
@@ -807,23 +801,7 @@ fn rooms_cross_nodes_through_sharded_pubsub_on_a_redis_cluster() {
         });
     });
     // Membership through the cluster too.
-    let out = Command::new(BIN)
-        .args([
-            "cluster",
-            "status",
-            "--json",
-            "--redis-cluster",
-            "--redis",
-            &cluster.seeds(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let nodes: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let nodes = status_with(&["--redis-cluster", "--redis", &cluster.seeds()]);
     assert_eq!(ids(&nodes), ["a", "b"]);
     drop((a, b));
 }

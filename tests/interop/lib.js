@@ -23,6 +23,21 @@ process.on('exit', () => {
 });
 
 /**
+ * The `stop(sig = 'SIGTERM', ms = 5000)` of a spawned `child` whose exit `exited` resolves:
+ * sends `sig` (SIGKILL after `ms`) and resolves with {code, signal}.
+ */
+function stopper(child, exited) {
+  return async (sig = 'SIGTERM', ms = 5000) => {
+    if (child.exitCode !== null || child.signalCode !== null) return exited;
+    child.kill(sig);
+    const t = setTimeout(() => child.kill('SIGKILL'), ms);
+    const result = await exited;
+    clearTimeout(t);
+    return result;
+  };
+}
+
+/**
  * Spawns `bin args...` and resolves once its stdout prints a line matching `ready`
  * (a regexp whose group 1 is the port). Rejects if it exits first or takes over `ms`.
  */
@@ -72,15 +87,7 @@ function spawnServer(bin, args, { env = {}, ready, ms = 10000 } = {}) {
         child,
         exited,
         stderr: () => stderr,
-        /** SIGTERM (SIGKILL after `ms`); resolves with {code, signal}. */
-        async stop(sig = 'SIGTERM', ms = 5000) {
-          if (child.exitCode !== null || child.signalCode !== null) return exited;
-          child.kill(sig);
-          const t = setTimeout(() => child.kill('SIGKILL'), ms);
-          const result = await exited;
-          clearTimeout(t);
-          return result;
-        },
+        stop: stopper(child, exited),
       });
     });
   });
@@ -234,15 +241,7 @@ async function startRedis({ ms = 10000 } = {}) {
     port,
     url: `redis://127.0.0.1:${port}`,
     child,
-    /** SIGTERM (SIGKILL after `ms`); resolves with {code, signal}. */
-    async stop(sig = 'SIGTERM', ms = 5000) {
-      if (child.exitCode !== null || child.signalCode !== null) return exited;
-      child.kill(sig);
-      const t = setTimeout(() => child.kill('SIGKILL'), ms);
-      const result = await exited;
-      clearTimeout(t);
-      return result;
-    },
+    stop: stopper(child, exited),
   };
 }
 
