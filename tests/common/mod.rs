@@ -1,6 +1,7 @@
 //! Shared test harness: an in-process server on 127.0.0.1:0 and a bounded glommio runner.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod eio;
 pub mod node;
 
