@@ -63,7 +63,9 @@
 //!   generator.
 //! - [`cluster`]: several nodes through Redis (`[cluster]`): each node's lease, kept by a
 //!   thread of its own outside the shards, and what it learns for `/readyz` and
-//!   `/metrics` (docs/SCALING.md).
+//!   `/metrics` (docs/SCALING.md); the bridge between the shards' mesh and Redis pub/sub
+//!   (`cluster/bridge.rs`), and on its runtime the cluster's matchmaking queues
+//!   (`cluster/queues.rs`: tickets in Redis, a pass per queue on one node under a lease).
 //! - [`tune`]: `corelay tune`, the host inspection.
 //! - [`logs`]: what the server logs through `tracing` (the binary installs the subscriber,
 //!   the library never does) and the per-shard [`logs::Throttle`] that keeps warnings a

@@ -51,6 +51,9 @@ struct Scrape {
     /// `[cluster]`: Redis reached, the live nodes, and the bridge's counts
     /// ([`crate::cluster::ClusterStatus::traffic`]).
     cluster: Option<(bool, u64, [u64; 5])>,
+    /// `[cluster]` with its queues: the cluster queues' counts
+    /// ([`crate::cluster::ClusterStatus::matchmaking`]).
+    queues: Option<[u64; 4]>,
 }
 
 /// A per-shard metric: its name, its help, and the counter of [`ShardStats`] it reads.
@@ -356,6 +359,36 @@ impl Collector for Scrape {
                 ConstCounter::new(value).encode(m)?;
             }
         }
+        if let Some([tickets, matches, malformed, waiting]) = self.queues {
+            let counters = [
+                (
+                    "cluster_matchmaking_tickets",
+                    "Players whose ticket this node put in a matchmaking queue in Redis.",
+                    tickets,
+                ),
+                (
+                    "cluster_matches",
+                    "Matches this node's matching passes claimed.",
+                    matches,
+                ),
+                (
+                    "cluster_matchmaking_malformed",
+                    "Ticket records and outcomes read from Redis that were malformed, dropped.",
+                    malformed,
+                ),
+            ];
+            for (name, help, value) in counters {
+                let m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+                ConstCounter::new(value).encode(m)?;
+            }
+            let m = encoder.encode_descriptor(
+                "cluster_matchmaking_waiting",
+                "Players' matchmaking requests waiting for Redis to answer.",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(waiting).encode(m)?;
+        }
         let mut m =
             encoder.encode_descriptor("build", "The server's version.", None, MetricType::Info)?;
         m.encode_info(&[("version", self.version)])?;
@@ -391,6 +424,10 @@ pub fn encode(registry: &StatsRegistry, process: Process) -> String {
         cluster: {
             let c = registry.cluster();
             c.enabled().then(|| (c.redis_up(), c.nodes(), c.traffic()))
+        },
+        queues: {
+            let c = registry.cluster();
+            c.enabled().then(|| c.matchmaking())
         },
     };
     let mut metrics = Registry::with_prefix("corelay");

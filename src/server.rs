@@ -385,6 +385,10 @@ impl Server {
                 std::time::Duration::from_millis(config.cluster.lease_ms),
                 mesh.mesh_for(shards, config.mesh_backlog),
                 server.stats.cluster_status(),
+                config
+                    .cluster
+                    .matchmaking
+                    .then(|| config.matchmaking.clone()),
             )
             .map(Some),
             _ => Ok(None),

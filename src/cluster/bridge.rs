@@ -36,7 +36,9 @@ use tokio::io::Interest;
 use tokio::sync::mpsc;
 
 use super::envelope::{self, Content, Envelope};
+use super::queues::{self, QueuesPort};
 use super::{ClusterStatus, Target};
+use crate::matchmaking::MatchmakingConfig;
 use crate::relay::{home_shard, Broadcast, ClusterMsg, MeshMsg, NOBODY};
 use crate::shard::mesh::{Mesh, ShardMsg};
 
@@ -84,7 +86,9 @@ pub struct Bridge {
 impl Bridge {
     /// Starts the bridge of node `node` (its incarnation) with `shards` shards, on `mesh`
     /// (its end of the shards' mesh), publishing and following on `url`. A node whose
-    /// lease is out of the live list for `lease` (`[cluster] lease_ms`) is gone.
+    /// lease is out of the live list for `lease` (`[cluster] lease_ms`) is gone. With
+    /// `matchmaking`, the queues are the cluster's and run here too ([`super::queues`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         url: &str,
         cluster: bool,
@@ -93,6 +97,7 @@ impl Bridge {
         lease: Duration,
         mesh: Mesh,
         status: Arc<ClusterStatus>,
+        matchmaking: Option<MatchmakingConfig>,
     ) -> std::io::Result<Bridge> {
         let target = Target::open(url, cluster).map_err(std::io::Error::other)?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -111,6 +116,8 @@ impl Bridge {
                     mesh,
                     status,
                     stop: stopping,
+                    matchmaking,
+                    queues: None,
                 };
                 runtime.block_on(bridge.run(target));
             })?;
@@ -148,6 +155,9 @@ struct Loop {
     mesh: Mesh,
     status: Arc<ClusterStatus>,
     stop: Arc<AtomicBool>,
+    /// The cluster's matchmaking queues, started with the loop.
+    matchmaking: Option<MatchmakingConfig>,
+    queues: Option<QueuesPort>,
 }
 
 impl Loop {
@@ -170,6 +180,16 @@ impl Loop {
             publish_rx,
             Arc::clone(&self.status),
         ));
+        self.queues = self.matchmaking.take().map(|config| {
+            QueuesPort::start(
+                &target,
+                self.node,
+                self.shards,
+                self.lease,
+                &config,
+                Arc::clone(&self.status),
+            )
+        });
         let follower = tokio::spawn(follow(
             target,
             self.node,
@@ -197,6 +217,9 @@ impl Loop {
                     Err(_) => break,
                 }
             }
+            while let Some((shard, msg)) = self.queues.as_mut().and_then(QueuesPort::try_next) {
+                self.mesh.send(shard, ShardMsg::Relay(msg));
+            }
             if Instant::now() >= next_look {
                 self.look_at_nodes(&mut seen);
                 next_look = Instant::now() + TICK;
@@ -208,7 +231,8 @@ impl Loop {
             let doorbell = Arc::clone(self.mesh.doorbell());
             doorbell.prepare_to_sleep();
             let hearing = !self.mesh.congested() && !heard_rx.is_empty();
-            if self.mesh.has_inbound() || hearing || self.mesh.backlog_can_move() {
+            let answering = self.queues.as_ref().is_some_and(QueuesPort::has_next);
+            if self.mesh.has_inbound() || hearing || answering || self.mesh.backlog_can_move() {
                 doorbell.woke();
                 continue;
             }
@@ -228,6 +252,9 @@ impl Loop {
                         self.heard(&msg);
                     }
                 }
+                (shard, msg) = queues::next_for_shards(&mut self.queues) => {
+                    self.mesh.send(shard, ShardMsg::Relay(msg));
+                }
                 () = tokio::time::sleep(TICK) => {}
             }
             doorbell.woke();
@@ -237,6 +264,9 @@ impl Loop {
         follower.abort();
         drop(publish_tx);
         let _ = tokio::time::timeout(REDIS_TIMEOUT, publisher).await;
+        if let Some(queues) = self.queues.take() {
+            queues.finish(REDIS_TIMEOUT).await;
+        }
     }
 
     /// A message of a shard for the bridge.
@@ -260,6 +290,12 @@ impl Loop {
                 }
                 ClusterMsg::Hello { .. } | ClusterMsg::NodeGone(_) => None,
             },
+            MeshMsg::Queues(msg) => {
+                if let Some(queues) = &self.queues {
+                    queues.carry(*msg);
+                }
+                None
+            }
             _ => None,
         };
         if let Some(out) = out {

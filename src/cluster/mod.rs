@@ -13,11 +13,14 @@
 //!
 //! Rooms cross nodes through the [`bridge`], one more thread per node, which publishes what
 //! rooms' homes broadcast on each room's Redis channel and follows the channels of rooms
-//! with members here ([`envelope`] is the format). History and matchmaking across nodes
-//! come next (docs/SCALING.md says what works today).
+//! with members here ([`envelope`] is the format). Matchmaking queues are the cluster's
+//! ([`queues`], on the bridge's thread): tickets wait in Redis and one node at a time runs
+//! a queue's matching pass under a lease. History across nodes comes next
+//! (docs/SCALING.md says what works today).
 
 pub mod bridge;
 pub mod envelope;
+pub mod queues;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -108,6 +111,10 @@ pub struct ClusterConfig {
     /// use sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`), each room's channel on the master
     /// owning its slot.
     pub redis_cluster: bool,
+    /// Matchmaking queues are the cluster's: tickets wait in Redis and players on different
+    /// nodes match together ([`queues`]). `false` keeps each node's queues its own, as
+    /// without `[cluster]` (players then meet only those on their node).
+    pub matchmaking: bool,
 }
 
 impl Default for ClusterConfig {
@@ -120,6 +127,7 @@ impl Default for ClusterConfig {
             lease_ms: 5_000,
             advertise: None,
             redis_cluster: false,
+            matchmaking: true,
         }
     }
 }
@@ -198,6 +206,8 @@ pub struct ClusterStatus {
     pub(crate) received: AtomicU64,
     /// Messages on a room's channel that were not envelopes.
     pub(crate) refused: AtomicU64,
+    /// The cluster's matchmaking queues, as this node sees them.
+    pub(crate) queues: queues::QueueCounts,
 }
 
 impl ClusterStatus {
@@ -232,6 +242,14 @@ impl ClusterStatus {
             &self.refused,
         ]
         .map(|c| c.load(Relaxed))
+    }
+
+    /// The cluster queues' counts ([`queues::QueueCounts`]): players queued through this
+    /// node, matches its passes claimed, records of Redis dropped as malformed, and
+    /// requests waiting for Redis now.
+    pub fn matchmaking(&self) -> [u64; 4] {
+        let q = &self.queues;
+        [&q.tickets, &q.matches, &q.malformed, &q.waiting].map(|c| c.load(Relaxed))
     }
 }
 

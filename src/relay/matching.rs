@@ -19,14 +19,24 @@
 //! so that the players of a shard become members in the same turn and none of them can
 //! send to the room before the others are in. A player gone meanwhile leaves the room as
 //! disconnected.
+//!
+//! **In a cluster** (`[cluster]` with `matchmaking` on, docs/SCALING.md) the queues live in
+//! Redis instead, kept by the node's cluster queues (`cluster/queues.rs`) on the bridge's
+//! end of the mesh: a player's shard checks the ticket as above and sends it there
+//! ([`QueuesMsg`]), and the answers and endings come back as they do from a queue's shard.
+//! A match arrives in two steps at its room's home on every node with players of it:
+//! [`QueuesMsg::Match`] makes the room with this node's players counted and follows it
+//! across nodes (the other nodes' players counted as their members), and
+//! [`QueuesMsg::Go`], once every node of the match follows the room, admits and tells the
+//! players as above, so that nothing a player sends at once misses a node.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{
-    home_shard, new_code, public_meta, HomeMember, HomeRoom, Member, MeshMsg, PlayerId, PlayerName,
-    Relay, Reply, RoomOptions, RosterEntry, ShardId, CODE_PREFIX, ROSTER_MAX,
+    home_shard, new_code, public_meta, ClusterMsg, HomeMember, HomeRoom, Member, MeshMsg, PlayerId,
+    PlayerName, Relay, Reply, RoomOptions, Roster, RosterEntry, ShardId, CODE_PREFIX, ROSTER_MAX,
 };
 use crate::matchmaking::{
     Event, MatchError, Matchmaker, MatchmakingConfig, Member as TicketMember, QueueConfig, Ticket,
@@ -51,14 +61,91 @@ pub struct TicketRequest {
     pub party: Vec<String>,
 }
 
-/// A player's request as it crosses to the queue's shard.
+/// A player's request as it crosses to the queue's shard (or to the cluster's queues).
 #[derive(Debug)]
 pub struct QueueRequest {
-    player: PlayerId,
-    req: Option<u64>,
-    name: PlayerName,
-    meta: Option<Arc<str>>,
-    ticket: TicketRequest,
+    /// The player.
+    pub player: PlayerId,
+    /// Its request, to answer.
+    pub req: Option<u64>,
+    /// Its player id as others see it.
+    pub name: PlayerName,
+    /// Its public metadata, for the match's roster.
+    pub meta: Option<Arc<str>>,
+    /// The ticket, checked against its queue.
+    pub ticket: TicketRequest,
+}
+
+/// Matchmaking between the shards and the node's cluster queues (`cluster/queues.rs`),
+/// which keep the queues in Redis when `[cluster]` shares them; it travels on the bridge's
+/// end of the mesh ([`MeshMsg::Queues`]).
+#[derive(Debug)]
+pub enum QueuesMsg {
+    /// player's shard -> cluster queues: a checked ticket.
+    Enqueue {
+        /// The player's shard, to answer.
+        shard: ShardId,
+        /// The request.
+        request: QueueRequest,
+    },
+    /// player's shard -> cluster queues: cancel the player's ticket (`ticket`, or whichever
+    /// it holds when 0).
+    Cancel {
+        /// The player's shard, to answer.
+        shard: ShardId,
+        /// Who asks.
+        player: PlayerId,
+        /// Its request id.
+        req: Option<u64>,
+        /// The ticket.
+        ticket: u64,
+    },
+    /// player's shard -> cluster queues: the player is gone; withdraw its ticket.
+    Withdraw {
+        /// The player's shard.
+        shard: ShardId,
+        /// Who.
+        player: PlayerId,
+    },
+    /// cluster queues -> the room's home: a match with players on this node. Make its
+    /// room with them counted and follow it across nodes; tell nobody yet.
+    Match(ClusterMatch),
+    /// cluster queues -> the room's home: every node of the match follows the room (or
+    /// the wait for them is over): admit the players and tell them.
+    Go {
+        /// The match's room.
+        room: String,
+    },
+}
+
+/// A match formed across nodes, as one node's players' home learns it.
+#[derive(Debug)]
+pub struct ClusterMatch {
+    /// Its queue (the room's options are the queue's).
+    pub queue: String,
+    /// Its room, `#` and a code the passing node drew.
+    pub room: String,
+    /// Its players on this node.
+    pub here: Vec<MatchedPlayer>,
+    /// Every player of the match, the host first (the oldest ticket's leader).
+    pub roster: Vec<RosterEntry>,
+    /// Its players on other nodes, by name, per node incarnation.
+    pub elsewhere: Vec<(u64, Vec<PlayerName>)>,
+}
+
+/// A matched player on this node.
+#[derive(Debug, Clone)]
+pub struct MatchedPlayer {
+    /// The player.
+    pub player: PlayerId,
+    /// Its player id as others see it.
+    pub name: PlayerName,
+    /// Its shard.
+    pub shard: ShardId,
+    /// Its public metadata.
+    pub meta: Option<Arc<str>>,
+    /// Its ticket.
+    pub ticket: u64,
 }
 
 /// What a queue's shard tells a player's shard about its ticket.
@@ -155,6 +242,16 @@ pub(super) struct Matching {
     max_tickets: usize,
     /// Something changed that may move the next deadline since the runtime last asked.
     touched: bool,
+    /// The queues are the cluster's, in Redis (`[cluster]`): tickets go to the bridge.
+    shared: bool,
+    /// Match rooms across nodes homed here, followed across nodes as plain rooms are;
+    /// pruned of rooms gone once it has doubled (`remember_shared_match`).
+    shared_matches: HashSet<String>,
+    /// Its size after the last pruning.
+    pruned_at: usize,
+    /// Match rooms made here whose players wait for [`QueuesMsg::Go`]: the roster, and
+    /// the players here.
+    waiting_go: HashMap<String, (Roster, Vec<Seat>)>,
 }
 
 impl Matching {
@@ -171,6 +268,10 @@ impl Matching {
             gathering_until: BTreeSet::new(),
             max_tickets: config.max_tickets_per_queue,
             touched: false,
+            shared: false,
+            shared_matches: HashSet::new(),
+            pruned_at: 0,
+            waiting_go: HashMap::new(),
         }
     }
 }
@@ -200,7 +301,21 @@ fn refusal(e: &MatchError) -> ErrorCode {
 impl Relay {
     /// Sets the matchmaking queues (once per shard, before it serves).
     pub fn set_matchmaking(&mut self, config: &MatchmakingConfig) {
+        let shared = self.matching.shared;
         self.matching = Matching::new(config, self.shard, self.shards);
+        self.matching.shared = shared;
+    }
+
+    /// Puts this shard's players' tickets in the cluster's queues, in Redis, rather than in
+    /// a queue's shard (`[cluster]` with `matchmaking` on; after [`Relay::set_cluster`]).
+    pub fn share_queues(&mut self) {
+        self.matching.shared = self.node.is_some();
+    }
+
+    /// Whether `room` is a match room across nodes homed here (followed across nodes like
+    /// a room made by a join, though its name is a code's).
+    pub(super) fn is_shared_match(&self, room: &str) -> bool {
+        self.matching.shared_matches.contains(room)
     }
 
     /// Puts `player` in a matchmaking queue with `ticket`; answered to `req` with `Queued`
@@ -237,7 +352,11 @@ impl Relay {
             self.limits.max_name_len,
         )?;
         let (name, meta) = (Arc::clone(&p.identity.player), public_meta(&p.identity));
-        let shard = home_shard(&ticket.queue, self.shards);
+        let shard = if self.matching.shared {
+            self.bridge()
+        } else {
+            home_shard(&ticket.queue, self.shards)
+        };
         if let Some(p) = self.players.get_mut(&player) {
             p.ticket = Some(Box::new(Held { shard, id: 0 }));
         }
@@ -248,7 +367,15 @@ impl Relay {
             meta,
             ticket,
         };
-        self.post(shard, MeshMsg::Queue(Box::new(request)), now);
+        let msg = if self.matching.shared {
+            MeshMsg::Queues(Box::new(QueuesMsg::Enqueue {
+                shard: self.shard,
+                request,
+            }))
+        } else {
+            MeshMsg::Queue(Box::new(request))
+        };
+        self.post(shard, msg, now);
         Ok(())
     }
 
@@ -273,15 +400,21 @@ impl Relay {
             return Err(ErrorCode::NotQueued);
         }
         let shard = held.shard;
-        self.post(
-            shard,
+        let msg = if self.matching.shared {
+            MeshMsg::Queues(Box::new(QueuesMsg::Cancel {
+                shard: self.shard,
+                player,
+                req,
+                ticket,
+            }))
+        } else {
             MeshMsg::Cancel {
                 player,
                 req,
                 ticket,
-            },
-            now,
-        );
+            }
+        };
+        self.post(shard, msg, now);
         Ok(())
     }
 
@@ -291,7 +424,15 @@ impl Relay {
         let Some(held) = self.players.get_mut(&player).and_then(|p| p.ticket.take()) else {
             return;
         };
-        self.post(held.shard, MeshMsg::Withdraw { player }, now);
+        let msg = if self.matching.shared {
+            MeshMsg::Queues(Box::new(QueuesMsg::Withdraw {
+                shard: self.shard,
+                player,
+            }))
+        } else {
+            MeshMsg::Withdraw { player }
+        };
+        self.post(held.shard, msg, now);
     }
 
     /// Runs the matchmaking due at `now`: parties that waited too long for their members,
@@ -363,6 +504,14 @@ impl Relay {
             MeshMsg::Ticket(player, news) => self.ticket_news(player, *news),
             MeshMsg::MatchRoom(m) => self.home_match(*m, now),
             MeshMsg::MatchJoined(m) => self.admit_match(from, *m, now),
+            MeshMsg::Queues(msg) => match *msg {
+                QueuesMsg::Match(m) => self.cluster_match(m, now),
+                QueuesMsg::Go { room } => self.cluster_go(&room, now),
+                // The cluster queues' to carry; never sent to a shard.
+                QueuesMsg::Enqueue { .. }
+                | QueuesMsg::Cancel { .. }
+                | QueuesMsg::Withdraw { .. } => {}
+            },
             _ => {}
         }
     }
@@ -645,19 +794,7 @@ impl Relay {
             return;
         };
         add(&self.stats.matches, 1);
-        let room = &config.room;
-        let options = RoomOptions {
-            max_members: room
-                .max_members
-                .unwrap_or(config.match_size.max as u32)
-                .max(seats.len() as u32),
-            private: room.private,
-            metadata: room
-                .metadata
-                .as_ref()
-                .map(|m| Arc::from(serde_json::Value::Object(m.clone()).to_string())),
-            empty_ttl_ms: room.empty_ttl_ms,
-        };
+        let options = match_options(config, seats.len());
         let room = format!("{CODE_PREFIX}{}", new_code());
         let home = home_shard(&room, self.shards);
         let m = MatchRoom {
@@ -681,8 +818,23 @@ impl Relay {
         while self.homes.contains_key(&room) || home_shard(&room, self.shards) != self.shard {
             room = format!("{CODE_PREFIX}{}", new_code());
         }
+        self.make_match_home(&room, options, &seats);
+        let roster: Roster = seats
+            .iter()
+            .take(ROSTER_MAX)
+            .map(|s| RosterEntry {
+                id: Arc::clone(&s.name),
+                meta: s.meta.clone(),
+            })
+            .collect();
+        self.tell_matched(&room, seats.len() as u32, roster, seats, now);
+    }
+
+    /// On the room's home: makes a match's room with `seats` (this node's players of it)
+    /// counted as its members, the first one its host.
+    fn make_match_home(&mut self, room: &str, options: RoomOptions, seats: &[Seat]) {
         let mut per_shard = vec![0; self.shards];
-        for s in &seats {
+        for s in seats {
             per_shard[s.shard] += 1;
         }
         let members: Vec<HomeMember> = seats
@@ -694,19 +846,11 @@ impl Relay {
                 meta: s.meta.clone(),
             })
             .collect();
-        let roster: super::Roster = members
-            .iter()
-            .take(ROSTER_MAX)
-            .map(|m| RosterEntry {
-                id: Arc::clone(&m.name),
-                meta: m.meta.clone(),
-            })
-            .collect();
         let total = members.len() as u32;
         add(&self.stats.rooms, 1);
         add(&self.stats.room_members, u64::from(total));
         self.homes.insert(
-            room.clone(),
+            room.to_owned(),
             HomeRoom {
                 per_shard,
                 total,
@@ -724,6 +868,18 @@ impl Relay {
                 remote: Vec::new(),
             },
         );
+    }
+
+    /// On the room's home: tells each shard with players of `seats` which of its players
+    /// are members of the match's room (of `members` members) now.
+    fn tell_matched(
+        &mut self,
+        room: &str,
+        members: u32,
+        roster: Roster,
+        seats: Vec<Seat>,
+        now: Instant,
+    ) {
         let mut by_shard: BTreeMap<ShardId, Vec<(PlayerId, PlayerName, u64)>> = BTreeMap::new();
         for s in seats {
             by_shard
@@ -733,12 +889,88 @@ impl Relay {
         }
         for (shard, players) in by_shard {
             let joined = MatchJoined {
-                room: room.clone(),
-                members: total,
+                room: room.to_owned(),
+                members,
                 roster: Arc::clone(&roster),
                 players,
             };
             self.post(shard, MeshMsg::MatchJoined(Box::new(joined)), now);
+        }
+    }
+
+    /// On the room's home, in a cluster: a match with players on this node. Its room is
+    /// made with them counted, followed across nodes, and counts the other nodes' players
+    /// as their members (as their presence would); they are told at [`QueuesMsg::Go`].
+    fn cluster_match(&mut self, m: ClusterMatch, now: Instant) {
+        let ClusterMatch {
+            queue,
+            room,
+            here,
+            roster,
+            elsewhere,
+        } = m;
+        let seats: Vec<Seat> = here
+            .into_iter()
+            .filter(|p| p.shard < self.shards)
+            .map(|p| Seat {
+                player: p.player,
+                name: p.name,
+                shard: p.shard,
+                meta: p.meta,
+                skill: 0.0,
+                ticket: p.ticket,
+            })
+            .collect();
+        if self.homes.contains_key(&room) {
+            // The same match told twice (a stream read again) changes nothing; another
+            // room of the same code (12 letters: about one in 10^17) cannot take it in.
+            if !self.is_shared_match(&room) {
+                self.tell_ended(&seats, UnqueueReason::Refused, None, now);
+            }
+            return;
+        }
+        if seats.is_empty() {
+            return;
+        }
+        let players = roster.len().max(seats.len());
+        let options = match self.matching.matchmaker.queue(&queue) {
+            Some(config) => match_options(config, players),
+            // Nodes share their `[matchmaking]` queues; one this node lacks gets the
+            // built-in queue's room.
+            None => match_options(&QueueConfig::default(), players),
+        };
+        self.make_match_home(&room, options, &seats);
+        self.remember_shared_match(&room);
+        self.share_room(&room);
+        for (node, names) in elsewhere {
+            let room = room.clone();
+            self.handle_cluster_mesh(ClusterMsg::Presence { room, node, names }, now);
+        }
+        let roster: Roster = roster.into_iter().take(ROSTER_MAX).collect();
+        self.matching.waiting_go.insert(room, (roster, seats));
+    }
+
+    /// On the room's home, in a cluster: the match's players here are admitted and told.
+    fn cluster_go(&mut self, room: &str, now: Instant) {
+        let Some((roster, seats)) = self.matching.waiting_go.remove(room) else {
+            return;
+        };
+        let members = self
+            .homes
+            .get(room)
+            .map_or(roster.len() as u32, HomeRoom::cluster_total);
+        self.tell_matched(room, members, roster, seats, now);
+    }
+
+    /// Marks `room` a match room across nodes; the rooms gone are pruned once the set has
+    /// doubled since the last pruning, so that it stays within twice the live ones.
+    fn remember_shared_match(&mut self, room: &str) {
+        let m = &mut self.matching;
+        m.shared_matches.insert(room.to_owned());
+        if m.shared_matches.len() >= 2 * m.pruned_at.max(32) {
+            let homes = &self.homes;
+            m.shared_matches.retain(|r| homes.contains_key(r));
+            m.pruned_at = m.shared_matches.len();
         }
     }
 
@@ -806,6 +1038,23 @@ impl Relay {
     }
 }
 
+/// The options of the room a match of `players` players of a queue of `config` becomes.
+fn match_options(config: &QueueConfig, players: usize) -> RoomOptions {
+    let room = &config.room;
+    RoomOptions {
+        max_members: room
+            .max_members
+            .unwrap_or(config.match_size.max as u32)
+            .max(players as u32),
+        private: room.private,
+        metadata: room
+            .metadata
+            .as_ref()
+            .map(|m| Arc::from(serde_json::Value::Object(m.clone()).to_string())),
+        empty_ttl_ms: room.empty_ttl_ms,
+    }
+}
+
 /// Checks a ticket against its queue where it arrives, and keeps of its properties those
 /// the queue lists.
 fn check_ticket(
@@ -839,4 +1088,186 @@ fn check_ticket(
         return Err(ErrorCode::InvalidValue);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::rc::Rc;
+
+    use super::*;
+    use crate::auth::Identity;
+    use crate::proto::native::{access_server, ServerFrame};
+    use crate::relay::tests::outbox;
+    use crate::relay::{Drained, Outbox, RelayLimits, Wire};
+    use crate::stats::ShardStats;
+
+    /// Two shards of one node of a cluster, whose queues are the cluster's.
+    fn clustered() -> Vec<Relay> {
+        let stats = Arc::new(ShardStats::default());
+        let limits = RelayLimits {
+            max_name_len: 64,
+            max_rooms_per_connection: 4,
+            max_room_members: 100,
+            max_message_bytes: 4096,
+            history: None,
+            rooms: crate::config::RoomsConfig::DEFAULT,
+        };
+        (0..2)
+            .map(|i| {
+                let mut r = Relay::new(i, 2, limits, Arc::clone(&stats));
+                r.set_cluster(7);
+                r.share_queues();
+                r.set_matchmaking(&MatchmakingConfig::default());
+                r
+            })
+            .collect()
+    }
+
+    fn frames(outbox: &Outbox) -> Vec<ServerFrame> {
+        let mut raw = Vec::new();
+        while let Drained::Frames = outbox.drain(&mut raw) {}
+        raw.iter()
+            .map(|f| {
+                let body = if f[1] == 126 { &f[4..] } else { &f[2..] };
+                let archived = access_server(body).expect("a valid server frame");
+                rkyv::deserialize::<ServerFrame, rkyv::rancor::Error>(archived).expect("owned")
+            })
+            .collect()
+    }
+
+    /// Carries every message between the shards until none is left; those for the bridge
+    /// (index 2) are dropped.
+    fn settle(r: &mut [Relay]) {
+        loop {
+            let mut moved = Vec::new();
+            for (from, relay) in r.iter_mut().enumerate() {
+                moved.extend(relay.drain_mesh().map(|(to, msg)| (from, to, msg)));
+            }
+            if moved.is_empty() {
+                return;
+            }
+            for (from, to, msg) in moved {
+                if let Some(relay) = r.get_mut(to) {
+                    relay.handle_mesh(from, msg, Instant::now());
+                }
+            }
+        }
+    }
+
+    /// What the shards sent the bridge (the cluster queues), taken out of their mesh.
+    fn to_bridge(r: &mut [Relay]) -> Vec<QueuesMsg> {
+        let mut out = Vec::new();
+        for relay in r.iter_mut() {
+            let mut kept = Vec::new();
+            for (to, msg) in relay.drain_mesh() {
+                match msg {
+                    MeshMsg::Queues(q) if to == 2 => out.push(*q),
+                    MeshMsg::Cluster(_) if to == 2 => {}
+                    msg => kept.push((to, msg)),
+                }
+            }
+            relay.mesh.extend(kept);
+        }
+        out
+    }
+
+    /// A ticket goes to the bridge; a match comes back in two steps: the room is made
+    /// (counting the other node's player) with nobody told, then the go admits and tells
+    /// the players here, with the count across nodes. The same match told twice changes
+    /// nothing.
+    #[test]
+    fn a_cluster_match_is_made_first_and_told_at_its_go() {
+        let mut r = clustered();
+        let now = Instant::now();
+        let boxes = [outbox(), outbox()];
+        for (i, b) in boxes.iter().enumerate() {
+            let p = i as PlayerId + 1;
+            r[i].connect(
+                p,
+                Identity::anonymous(p.to_string()),
+                Wire::Native,
+                Rc::clone(b),
+            );
+            let ticket = TicketRequest {
+                queue: "default".into(),
+                ..TicketRequest::default()
+            };
+            r[i].queue_ticket(p, Some(p), ticket, now).unwrap();
+        }
+        let sent = to_bridge(&mut r);
+        assert!(
+            matches!(&sent[..], [QueuesMsg::Enqueue { shard: 0, request: a }, QueuesMsg::Enqueue { shard: 1, request: b }] if a.player == 1 && b.player == 2),
+            "{sent:?}"
+        );
+        for (i, p) in [(0, 1), (1, 2)] {
+            let news = TicketNews::Queued {
+                req: Some(p),
+                result: Ok(40 + p),
+            };
+            r[i].handle_mesh(2, MeshMsg::Ticket(p, Box::new(news)), now);
+        }
+        let room = "#ABCDEFGHJKMN".to_owned();
+        let home = home_shard(&room, 2);
+        let player = |p: PlayerId, shard| MatchedPlayer {
+            player: p,
+            name: Arc::from(p.to_string()),
+            shard,
+            meta: None,
+            ticket: 40 + p,
+        };
+        let roster = ["1", "2", "elsewhere"]
+            .map(|id| RosterEntry {
+                id: Arc::from(id),
+                meta: None,
+            })
+            .to_vec();
+        let m = || {
+            MeshMsg::Queues(Box::new(QueuesMsg::Match(ClusterMatch {
+                queue: "default".into(),
+                room: room.clone(),
+                here: vec![player(1, 0), player(2, 1)],
+                roster: roster.clone(),
+                elsewhere: vec![(9, vec![Arc::from("elsewhere")])],
+            })))
+        };
+        r[home].handle_mesh(2, m(), now);
+        settle(&mut r);
+        assert!(r[home].homes[&room].shared, "followed across nodes");
+        assert_eq!(r[home].homes[&room].cluster_total(), 3);
+        for b in &boxes {
+            let got = frames(b);
+            assert!(matches!(got[..], [ServerFrame::Queued { .. }]), "{got:?}");
+        }
+        assert!(!r[0].is_member(1, &room), "not before the go");
+        let go = || MeshMsg::Queues(Box::new(QueuesMsg::Go { room: room.clone() }));
+        r[home].handle_mesh(2, go(), now);
+        settle(&mut r);
+        for (i, b) in boxes.iter().enumerate() {
+            let got = frames(b);
+            let [ServerFrame::Matched {
+                room: told,
+                players,
+                ticket,
+                ..
+            }] = &got[..]
+            else {
+                panic!("{got:?}");
+            };
+            assert_eq!((told, *ticket), (&room, 41 + i as u64));
+            assert_eq!(players.len(), 3);
+        }
+        assert!(r[0].is_member(1, &room) && r[1].is_member(2, &room));
+        assert_eq!(r[0].rooms[&room].total, 3, "the count across nodes");
+        // Told again (a stream read twice): nothing changes, nobody is told anything.
+        r[home].handle_mesh(2, m(), now);
+        r[home].handle_mesh(2, go(), now);
+        settle(&mut r);
+        assert!(boxes.iter().all(|b| frames(b).is_empty()));
+        // Both may queue again: their tickets ended with the match.
+        let again = TicketRequest {
+            queue: "default".into(),
+            ..TicketRequest::default()
+        };
+        r[0].queue_ticket(1, None, again, now).unwrap();
+    }
 }

@@ -60,8 +60,11 @@ pub use broadcast::{
     sio_ws_frames, split_room_key, Body, Broadcast, PlayerId, PlayerName, Reply, Wire,
     EVENT_ENVELOPE,
 };
+pub use matching::{
+    ClusterMatch, MatchJoined, MatchRoom, MatchedPlayer, QueueRequest, QueuesMsg, TicketNews,
+    TicketRequest,
+};
 use matching::{Held, Matching};
-pub use matching::{MatchJoined, MatchRoom, QueueRequest, TicketNews, TicketRequest};
 pub use nodes::{crosses, ClusterMsg, NOBODY};
 pub use outbox::{Drained, Outbox, OutboxLimits, PushError, ReadyQueue};
 pub use recovery::{
@@ -306,6 +309,9 @@ pub enum MeshMsg {
     MatchRoom(Box<MatchRoom>),
     /// room's home -> a shard with players of the match: they are members now.
     MatchJoined(Box<MatchJoined>),
+    /// Matchmaking with the cluster's queues in Redis, through the bridge's end of the mesh
+    /// (`relay/matching.rs`; boxed: rare).
+    Queues(Box<QueuesMsg>),
     /// answer to `Recover`: the session (`None` from shards that do not hold it, or refuse).
     Recovered {
         /// The session's player.
@@ -1601,7 +1607,8 @@ impl Relay {
             | MeshMsg::Withdraw { .. }
             | MeshMsg::Ticket(..)
             | MeshMsg::MatchRoom(_)
-            | MeshMsg::MatchJoined(_)) => self.handle_match_mesh(from, msg, now),
+            | MeshMsg::MatchJoined(_)
+            | MeshMsg::Queues(_)) => self.handle_match_mesh(from, msg, now),
             MeshMsg::AdminUi(msg) => self.handle_admin_ui_mesh(from, *msg, now),
             MeshMsg::FromNode {
                 node,

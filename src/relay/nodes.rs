@@ -21,7 +21,8 @@
 //! knows it: exact once notices have crossed, and a node's members leave every other
 //! node's count (as disconnected, told to the room) when its lease ends.
 //!
-//! Created rooms (`#CODE`, matches) and hosts stay per node for now (docs/SCALING.md).
+//! Created rooms (`#CODE`) and hosts stay per node for now (docs/SCALING.md); the rooms of
+//! matches made by the cluster's queues are shared like any other.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -117,9 +118,9 @@ impl Relay {
     }
 
     /// On the home shard: the room's members here went from none to some; follow the room
-    /// across nodes (created rooms stay on their node).
+    /// across nodes (created rooms stay on their node, matches across nodes excepted).
     pub(super) fn share_room(&mut self, room: &str) {
-        if self.node.is_none() || room.starts_with(CODE_PREFIX) {
+        if self.node.is_none() || (room.starts_with(CODE_PREFIX) && !self.is_shared_match(room)) {
             return;
         }
         let Some(home) = self.homes.get_mut(room) else {

@@ -233,6 +233,9 @@ pub(crate) async fn run(seed: ShardSeed, ring: Ring) {
     relay.set_matchmaking(&config.matchmaking);
     if let Some(node) = seed.cluster_node {
         relay.set_cluster(node);
+        if config.cluster.matchmaking {
+            relay.share_queues();
+        }
     }
     let shard = Rc::new(
         Shard::new(
