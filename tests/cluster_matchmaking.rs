@@ -20,22 +20,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::cluster::*;
+use common::matchmaking::{matched, next_outcome, outcome, server_error, ticket};
 use common::{connect, run, within};
-use corelay::client::{Client, ClientError, PayloadKind, ServerEvent};
+use corelay::client::{Client, PayloadKind, ServerEvent};
 use corelay::config::QueueConfig;
 use corelay::matchmaking::MatchSize;
 use corelay::proto::native::{ErrorCode, LeaveReason, Property, TicketSpec, UnqueueReason};
-
-/// A ticket of `queue` with `skill`.
-fn ticket(queue: &str, skill: f64) -> TicketSpec {
-    TicketSpec {
-        queue: queue.into(),
-        skill,
-        region: String::new(),
-        properties: Vec::new(),
-        party: Vec::new(),
-    }
-}
 
 /// A ticket of `queue` whose `mode` is `mode`.
 fn moded(queue: &str, mode: &str) -> TicketSpec {
@@ -75,39 +65,15 @@ fn mm_node(url: &str, id: &str, tweak: impl FnOnce(&mut corelay::Config)) -> cor
     })
 }
 
-/// The next matchmaking event of a native client (room notices and messages are skipped).
-async fn next_outcome(c: &mut Client) -> ServerEvent {
-    within("a matchmaking outcome", outcome(c)).await
-}
-
-/// The next matchmaking event of a native client, however long it takes.
-async fn outcome(c: &mut Client) -> ServerEvent {
-    loop {
-        let e = c.next_event().await.expect("event");
-        if matches!(
-            e,
-            ServerEvent::Matched { .. } | ServerEvent::Unqueued { .. }
-        ) {
-            return e;
-        }
-    }
-}
-
-/// The room of a `Matched` event, and its players.
-fn matched(e: &ServerEvent) -> (String, Vec<String>) {
-    match e {
-        ServerEvent::Matched { room, players, .. } => {
-            (room.clone(), players.iter().map(|p| p.id.clone()).collect())
-        }
-        other => panic!("expected Matched, got {other:?}"),
-    }
-}
-
-fn server_error(e: ClientError) -> u16 {
-    match e {
-        ClientError::Server { code, .. } => code,
-        other => panic!("expected a server error, got {other:?}"),
-    }
+/// In-process nodes `ids` of the cluster on `url` ([`mm_node`]), and their addresses.
+fn mm_nodes(
+    url: &str,
+    ids: &[&str],
+    tweak: fn(&mut corelay::Config),
+) -> (Vec<corelay::Server>, Vec<SocketAddr>) {
+    let nodes: Vec<_> = ids.iter().map(|id| mm_node(url, id, tweak)).collect();
+    let addrs = nodes.iter().map(|n| n.local_addr()).collect();
+    (nodes, addrs)
 }
 
 /// The next message (not a notice) a client receives in `room`: its sender and payload.
@@ -155,11 +121,7 @@ fn waiting_in(url: &str, queue: &str) -> (usize, usize) {
 fn players_on_three_nodes_are_matched_into_one_room_and_hear_each_other() {
     let redis = Redis::start();
     let url = redis.url();
-    let nodes: Vec<_> = ["a", "b", "c"]
-        .iter()
-        .map(|id| mm_node(&url, id, |_| {}))
-        .collect();
-    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.local_addr()).collect();
+    let (_nodes, addrs) = mm_nodes(&url, &["a", "b", "c"], |_| {});
     run(move || async move {
         let mut players = Vec::new();
         for &addr in &addrs {
@@ -247,11 +209,7 @@ fn players_on_three_nodes_are_matched_into_one_room_and_hear_each_other() {
 fn a_party_across_two_nodes_is_one_ticket_matched_with_a_third_node() {
     let redis = Redis::start();
     let url = redis.url();
-    let nodes: Vec<_> = ["a", "b", "c"]
-        .iter()
-        .map(|id| mm_node(&url, id, |_| {}))
-        .collect();
-    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.local_addr()).collect();
+    let (_nodes, addrs) = mm_nodes(&url, &["a", "b", "c"], |_| {});
     let check = url.clone();
     run(move || async move {
         let mut leader = connect(addrs[0]).await;
@@ -312,11 +270,7 @@ fn a_party_across_two_nodes_is_one_ticket_matched_with_a_third_node() {
 fn a_cancel_on_one_node_ends_the_ticket_on_every_node() {
     let redis = Redis::start();
     let url = redis.url();
-    let nodes: Vec<_> = ["a", "b", "c"]
-        .iter()
-        .map(|id| mm_node(&url, id, |_| {}))
-        .collect();
-    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.local_addr()).collect();
+    let (_nodes, addrs) = mm_nodes(&url, &["a", "b", "c"], |_| {});
     let check = url.clone();
     run(move || async move {
         // A party across nodes, cancelled by the friend: the leader is told who.
@@ -538,11 +492,7 @@ fn a_killed_lease_holder_is_replaced_and_its_players_tickets_are_dropped() {
 fn no_ticket_is_in_two_matches_among_sixty_players_while_the_lease_moves() {
     let redis = Redis::start();
     let url = redis.url();
-    let nodes: Vec<_> = ["a", "b", "c"]
-        .iter()
-        .map(|id| mm_node(&url, id, |_| {}))
-        .collect();
-    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.local_addr()).collect();
+    let (_nodes, addrs) = mm_nodes(&url, &["a", "b", "c"], |_| {});
     let stop = Arc::new(AtomicBool::new(false));
     let chaos = {
         let (url, stop) = (url.clone(), Arc::clone(&stop));
@@ -632,15 +582,9 @@ fn no_ticket_is_in_two_matches_among_sixty_players_while_the_lease_moves() {
 fn on_a_redis_cluster_a_queue_lives_on_one_master_and_matches_across_nodes() {
     let cluster = RedisCluster::start();
     let seeds = cluster.seeds();
-    let nodes: Vec<_> = ["a", "b"]
-        .iter()
-        .map(|id| {
-            mm_node(&seeds, id, |c| {
-                c.cluster.redis_cluster = true;
-            })
-        })
-        .collect();
-    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.local_addr()).collect();
+    let (_nodes, addrs) = mm_nodes(&seeds, &["a", "b"], |c| {
+        c.cluster.redis_cluster = true;
+    });
     run(move || async move {
         for round in 0..3 {
             let mut ann = connect(addrs[0]).await;
@@ -686,15 +630,9 @@ fn on_a_redis_cluster_a_queue_lives_on_one_master_and_matches_across_nodes() {
 fn with_cluster_matchmaking_off_each_node_matches_only_its_own_players() {
     let redis = Redis::start();
     let url = redis.url();
-    let nodes: Vec<_> = ["a", "b"]
-        .iter()
-        .map(|id| {
-            mm_node(&url, id, |c| {
-                c.cluster.matchmaking = false;
-            })
-        })
-        .collect();
-    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.local_addr()).collect();
+    let (_nodes, addrs) = mm_nodes(&url, &["a", "b"], |c| {
+        c.cluster.matchmaking = false;
+    });
     run(move || async move {
         let mut ann = connect(addrs[0]).await;
         let mut bo = connect(addrs[1]).await;
@@ -719,11 +657,7 @@ fn with_cluster_matchmaking_off_each_node_matches_only_its_own_players() {
 fn a_queue_waits_while_redis_does_not_answer_and_goes_on_after() {
     let redis = Redis::start();
     let url = redis.url();
-    let nodes: Vec<_> = ["a", "b"]
-        .iter()
-        .map(|id| mm_node(&url, id, |_| {}))
-        .collect();
-    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.local_addr()).collect();
+    let (_nodes, addrs) = mm_nodes(&url, &["a", "b"], |_| {});
     let pid = redis.child.id() as i32;
     run(move || async move {
         let mut ann = connect(addrs[0]).await;
@@ -766,11 +700,7 @@ fn a_queue_waits_while_redis_does_not_answer_and_goes_on_after() {
 fn malformed_records_in_redis_are_dropped_and_counted() {
     let redis = Redis::start();
     let url = redis.url();
-    let nodes: Vec<_> = ["a", "b"]
-        .iter()
-        .map(|id| mm_node(&url, id, |_| {}))
-        .collect();
-    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.local_addr()).collect();
+    let (_nodes, addrs) = mm_nodes(&url, &["a", "b"], |_| {});
     let node_a = {
         bounded("both listed", || incarnations(&url).len() == 2);
         incarnations(&url)["a"]

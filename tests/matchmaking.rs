@@ -10,54 +10,12 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use common::eio::{data, next_starting, sio_connect, ws_send};
+use common::matchmaking::{matched, next_outcome, server_error, ticket};
 use common::{connect, connect_on_shard, run, server, within};
 use corelay::client::{Client, ServerEvent};
 use corelay::config::QueueConfig;
 use corelay::matchmaking::MatchSize;
 use corelay::proto::native::{ErrorCode, PayloadKind, Property, TicketSpec, UnqueueReason};
-
-/// A ticket of `queue` with `skill`.
-fn ticket(queue: &str, skill: f64) -> TicketSpec {
-    TicketSpec {
-        queue: queue.into(),
-        skill,
-        region: String::new(),
-        properties: Vec::new(),
-        party: Vec::new(),
-    }
-}
-
-/// The next matchmaking event of a native client (room notices are skipped).
-async fn next_outcome(c: &mut Client) -> ServerEvent {
-    loop {
-        let e = within("a matchmaking outcome", c.next_event())
-            .await
-            .expect("event");
-        if matches!(
-            e,
-            ServerEvent::Matched { .. } | ServerEvent::Unqueued { .. }
-        ) {
-            return e;
-        }
-    }
-}
-
-/// The room of a `Matched` event, and its players.
-fn matched(e: &ServerEvent) -> (String, Vec<String>) {
-    match e {
-        ServerEvent::Matched { room, players, .. } => {
-            (room.clone(), players.iter().map(|p| p.id.clone()).collect())
-        }
-        other => panic!("expected Matched, got {other:?}"),
-    }
-}
-
-fn server_error(e: corelay::client::ClientError) -> u16 {
-    match e {
-        corelay::client::ClientError::Server { code, .. } => code,
-        other => panic!("expected a server error, got {other:?}"),
-    }
-}
 
 /// Two players on different shards queue in the built-in `default` queue: both are told
 /// the same room, are members of it already, and can play.

@@ -815,37 +815,20 @@ impl Queues {
 
     /// A shard's request: in line behind the others.
     fn take_request(&mut self, msg: QueuesMsg) {
-        if self.backlog.len() >= MAX_BACKLOG {
-            match msg {
-                QueuesMsg::Enqueue { shard, request } => {
-                    let news = TicketNews::Queued {
-                        req: request.req,
-                        result: Err(ErrorCode::QueueFull),
-                    };
-                    self.tell(shard, request.player, news);
-                    return;
-                }
-                QueuesMsg::Cancel {
-                    shard, player, req, ..
-                } => {
-                    let news = TicketNews::Cancelled {
-                        req,
-                        result: Err(ErrorCode::NotQueued),
-                    };
-                    self.tell(shard, player, news);
-                    return;
-                }
-                _ => {}
+        match msg {
+            QueuesMsg::Enqueue { .. } | QueuesMsg::Cancel { .. }
+                if self.backlog.len() >= MAX_BACKLOG =>
+            {
+                self.refuse(msg);
             }
-        }
-        if let QueuesMsg::Enqueue { .. } | QueuesMsg::Cancel { .. } | QueuesMsg::Withdraw { .. } =
-            msg
-        {
-            self.backlog.push_back(msg);
-            self.status
-                .queues
-                .waiting
-                .store(self.backlog.len() as u64, Relaxed);
+            QueuesMsg::Enqueue { .. } | QueuesMsg::Cancel { .. } | QueuesMsg::Withdraw { .. } => {
+                self.backlog.push_back(msg);
+                self.status
+                    .queues
+                    .waiting
+                    .store(self.backlog.len() as u64, Relaxed);
+            }
+            QueuesMsg::Match(_) | QueuesMsg::Go { .. } => {}
         }
     }
 
@@ -882,7 +865,9 @@ impl Queues {
             .store(self.backlog.len() as u64, Relaxed);
     }
 
-    /// Answers a request Redis refused (a bug: it is not tried again).
+    /// Refuses a request: the queue is full (`queue_full`), the cancel finds nothing
+    /// (`not_queued`). For requests past [`MAX_BACKLOG`], and those Redis refused (a bug:
+    /// they are not tried again).
     fn refuse(&mut self, msg: QueuesMsg) {
         match msg {
             QueuesMsg::Enqueue { shard, request } => {

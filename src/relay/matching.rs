@@ -1096,9 +1096,9 @@ mod tests {
 
     use super::*;
     use crate::auth::Identity;
-    use crate::proto::native::{access_server, ServerFrame};
-    use crate::relay::tests::outbox;
-    use crate::relay::{Drained, Outbox, RelayLimits, Wire};
+    use crate::proto::native::ServerFrame;
+    use crate::relay::tests::{frames, outbox};
+    use crate::relay::{RelayLimits, Wire};
     use crate::stats::ShardStats;
 
     /// Two shards of one node of a cluster, whose queues are the cluster's.
@@ -1119,18 +1119,6 @@ mod tests {
                 r.share_queues();
                 r.set_matchmaking(&MatchmakingConfig::default());
                 r
-            })
-            .collect()
-    }
-
-    fn frames(outbox: &Outbox) -> Vec<ServerFrame> {
-        let mut raw = Vec::new();
-        while let Drained::Frames = outbox.drain(&mut raw) {}
-        raw.iter()
-            .map(|f| {
-                let body = if f[1] == 126 { &f[4..] } else { &f[2..] };
-                let archived = access_server(body).expect("a valid server frame");
-                rkyv::deserialize::<ServerFrame, rkyv::rancor::Error>(archived).expect("owned")
             })
             .collect()
     }

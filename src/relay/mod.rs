@@ -2132,7 +2132,7 @@ mod tests {
         }
     }
 
-    fn frames(outbox: &Outbox) -> Vec<ServerFrame> {
+    pub(super) fn frames(outbox: &Outbox) -> Vec<ServerFrame> {
         let mut raw = Vec::new();
         while let Drained::Frames = outbox.drain(&mut raw) {}
         raw.iter()

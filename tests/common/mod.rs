@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod eio;
+pub mod matchmaking;
 pub mod node;
 
 use std::cell::Cell;
