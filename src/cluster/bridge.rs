@@ -22,6 +22,19 @@
 //! for, so a slow Redis slows the shards' mesh (which stops reading clients past its
 //! backlog) rather than growing memory. While Redis is unreachable the publisher drops what
 //! it is given (counted), so that the node's own rooms go on at full speed.
+//!
+//! **History on** (`[resume]`): a room's broadcasts are not published but appended to the
+//! room's stream `corelay:history:{<room>}` by a script ([`APPEND`]) that numbers each one
+//! above the stream's last, trims the stream, and publishes it numbered
+//! ([`envelope::NUMBERED`]), all in one step: Redis's order is the room's order on every
+//! node, and a number names the same message everywhere. Every node, the publishing one
+//! included, delivers a broadcast when it hears it back, so the loop hands the home its own
+//! broadcasts back by token ([`MeshMsg::Appended`]). The loop keeps the last number heard
+//! per room and drops anything not above it. After the follower subscribed to a room again
+//! (Redis came back), the loop reads what the stream holds past that number before it
+//! takes anything newer, so the room's members here miss nothing that Redis numbered
+//! meanwhile. Appends wait for the room's subscription (or their echo would be lost); while
+//! Redis is away they fail at once and the home numbers them itself.
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, RawFd};
@@ -44,6 +57,42 @@ use crate::shard::mesh::{Mesh, ShardMsg};
 /// that on Redis Cluster a room's channel (and later its stream) live on one shard.
 pub fn channel(room: &str) -> String {
     format!("corelay:room:{{{room}}}")
+}
+
+/// The Redis stream of room key `room`'s history (history on), in its channel's slot.
+pub fn history(room: &str) -> String {
+    format!("corelay:history:{{{room}}}")
+}
+
+/// The script that appends a broadcast to its room's stream and publishes it, numbered.
+///
+/// `KEYS[1]` the stream; `ARGV`: the channel, the token and envelope
+/// ([`envelope::for_stream`]), the least number to give minus one (the home's last: its
+/// numbers never go back, even into a stream Redis lost), the stream's length bound, its
+/// time to live in ms, and `PUBLISH` or `SPUBLISH`. The entry's id is `<number>-1`, so
+/// that a replay reads from a number with `XRANGE`. Returns the number.
+pub const APPEND: &str = r"
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local n = tonumber(ARGV[3]) + 1
+if last[1] then
+  local at = tonumber(string.match(last[1][1], '^(%d+)'))
+  if at >= n then n = at + 1 end
+end
+local m = string.char(2) .. struct.pack('<I4I4', n % 4294967296, math.floor(n / 4294967296)) .. ARGV[2]
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], string.format('%.0f', n) .. '-1', 'm', m)
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call(ARGV[6], ARGV[1], m)
+return n
+";
+
+/// How much of each room's history its stream keeps (history on): `[resume]`'s message
+/// bound, and its window as the stream's time to live once the room falls silent.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamLimits {
+    /// Entries kept, about (`MAXLEN ~`).
+    pub messages: usize,
+    /// The stream goes this long after the room's last message.
+    pub ttl: Duration,
 }
 
 /// The room key of a channel named by [`channel`].
@@ -84,13 +133,16 @@ pub struct Bridge {
 impl Bridge {
     /// Starts the bridge of node `node` (its incarnation) with `shards` shards, on `mesh`
     /// (its end of the shards' mesh), publishing and following on `url`. A node whose
-    /// lease is out of the live list for `lease` (`[cluster] lease_ms`) is gone.
+    /// lease is out of the live list for `lease` (`[cluster] lease_ms`) is gone. With
+    /// `history`, rooms' broadcasts go through their streams.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         url: &str,
         cluster: bool,
         node: u64,
         shards: usize,
         lease: Duration,
+        history: Option<StreamLimits>,
         mesh: Mesh,
         status: Arc<ClusterStatus>,
     ) -> std::io::Result<Bridge> {
@@ -108,6 +160,9 @@ impl Bridge {
                     node,
                     shards,
                     lease,
+                    history,
+                    streams: HashMap::new(),
+                    following: false,
                     mesh,
                     status,
                     stop: stopping,
@@ -145,9 +200,48 @@ struct Loop {
     node: u64,
     shards: usize,
     lease: Duration,
+    history: Option<StreamLimits>,
+    /// The followed rooms' streams (history on).
+    streams: HashMap<String, Followed>,
+    /// The follower holds a connection (it said `Subscribed` since its last `Down`).
+    following: bool,
     mesh: Mesh,
     status: Arc<ClusterStatus>,
     stop: Arc<AtomicBool>,
+}
+
+/// What the publisher sends: a publication, or (history on) an append to the room's stream.
+#[derive(Debug)]
+struct Out {
+    room: String,
+    payload: Vec<u8>,
+    /// An append's token and floor ([`APPEND`]).
+    append: Option<(u64, u64)>,
+}
+
+/// What the follower (or a read of a stream) tells the loop.
+#[derive(Debug)]
+enum Heard {
+    Msg(redis::Msg),
+    /// The room's channel is subscribed (for the first time, or again).
+    Subscribed(String),
+    /// The subscriber connection is gone: nothing is followed until `Subscribed` again.
+    Down,
+    /// What the room's stream holds past the number the loop asked from (history on).
+    Filled(String, Vec<Bytes>),
+}
+
+/// A followed room's stream, as the loop sees it (history on).
+#[derive(Debug, Default)]
+struct Followed {
+    /// Subscribed, and caught up with the stream: appends go out.
+    up: bool,
+    /// The last number heard.
+    last: u64,
+    /// Appends waiting for the subscription.
+    held: Vec<Out>,
+    /// Reading the stream after a resubscription: what is heard meanwhile waits here.
+    filling: Option<Vec<Bytes>>,
 }
 
 impl Loop {
@@ -165,16 +259,19 @@ impl Loop {
         let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
         let (follow_tx, follow_rx) = mpsc::unbounded_channel();
         let (heard_tx, mut heard_rx) = mpsc::channel(HEARD_QUEUE);
+        let (failed_tx, mut failed_rx) = mpsc::unbounded_channel();
         let publisher = tokio::spawn(publish(
             target.clone(),
             publish_rx,
+            failed_tx,
+            self.history,
             Arc::clone(&self.status),
         ));
         let follower = tokio::spawn(follow(
-            target,
+            target.clone(),
             self.node,
             follow_rx,
-            heard_tx,
+            heard_tx.clone(),
             publish_tx.clone(),
             Arc::clone(&self.status),
         ));
@@ -191,9 +288,12 @@ impl Loop {
                     self.carry(msg, &publish_tx, &follow_tx);
                 }
             }
+            while let Ok((room, token)) = failed_rx.try_recv() {
+                self.not_appended(&room, token);
+            }
             while !self.mesh.congested() {
                 match heard_rx.try_recv() {
-                    Ok(msg) => self.heard(&msg),
+                    Ok(heard) => self.hear(heard, &target, &heard_tx, &publish_tx),
                     Err(_) => break,
                 }
             }
@@ -208,7 +308,11 @@ impl Loop {
             let doorbell = Arc::clone(self.mesh.doorbell());
             doorbell.prepare_to_sleep();
             let hearing = !self.mesh.congested() && !heard_rx.is_empty();
-            if self.mesh.has_inbound() || hearing || self.mesh.backlog_can_move() {
+            if self.mesh.has_inbound()
+                || hearing
+                || !failed_rx.is_empty()
+                || self.mesh.backlog_can_move()
+            {
                 doorbell.woke();
                 continue;
             }
@@ -224,8 +328,13 @@ impl Loop {
                     }
                 }
                 heard = heard_rx.recv(), if !congested => {
-                    if let Some(msg) = heard {
-                        self.heard(&msg);
+                    if let Some(heard) = heard {
+                        self.hear(heard, &target, &heard_tx, &publish_tx);
+                    }
+                }
+                failed = failed_rx.recv() => {
+                    if let Some((room, token)) = failed {
+                        self.not_appended(&room, token);
                     }
                 }
                 () = tokio::time::sleep(TICK) => {}
@@ -243,21 +352,54 @@ impl Loop {
     fn carry(
         &mut self,
         msg: MeshMsg,
-        publish: &mpsc::Sender<(String, Vec<u8>)>,
+        publish: &mpsc::Sender<Out>,
         follow: &mpsc::UnboundedSender<(String, bool)>,
     ) {
         let out = match msg {
             MeshMsg::Publish { bcast, members } => {
-                envelope::encode(self.node, members, &bcast.body).map(|e| (channel(&bcast.room), e))
+                envelope::encode(self.node, members, &bcast.body).map(|payload| Out {
+                    room: bcast.room.clone(),
+                    payload,
+                    append: None,
+                })
+            }
+            MeshMsg::Append {
+                bcast,
+                members,
+                token,
+                floor,
+            } => {
+                let Some(envelope) = envelope::encode(self.node, members, &bcast.body) else {
+                    self.not_appended(&bcast.room, token);
+                    return;
+                };
+                let out = Out {
+                    room: bcast.room.clone(),
+                    payload: envelope::for_stream(token, &envelope),
+                    append: Some((token, floor)),
+                };
+                self.append(out, publish);
+                return;
             }
             MeshMsg::Cluster(msg) => match *msg {
                 ClusterMsg::Interest { room, on } => {
+                    if self.history.is_some() {
+                        if on {
+                            self.streams.entry(room.clone()).or_default();
+                        } else if let Some(gone) = self.streams.remove(&room) {
+                            for out in gone.held {
+                                self.fail(&out);
+                            }
+                        }
+                    }
                     let _ = follow.send((room, on));
                     None
                 }
-                ClusterMsg::Presence { room, names, .. } => {
-                    Some((channel(&room), envelope::encode_presence(self.node, &names)))
-                }
+                ClusterMsg::Presence { room, names, .. } => Some(Out {
+                    payload: envelope::encode_presence(self.node, &names),
+                    room,
+                    append: None,
+                }),
                 ClusterMsg::Hello { .. } | ClusterMsg::NodeGone(_) => None,
             },
             _ => None,
@@ -270,6 +412,168 @@ impl Loop {
         }
     }
 
+    /// An append goes out once its room is subscribed and caught up; it fails at once
+    /// while Redis is away, so that the home numbers it itself.
+    fn append(&mut self, out: Out, publish: &mpsc::Sender<Out>) {
+        let following = self.following;
+        match self.streams.get_mut(&out.room) {
+            Some(f) if f.up => {
+                if let Err(e) = publish.try_send(out) {
+                    self.fail(&e.into_inner());
+                }
+            }
+            Some(f) if following => f.held.push(out),
+            _ => self.fail(&out),
+        }
+    }
+
+    /// Tells an append's home that it did not reach the stream.
+    fn fail(&mut self, out: &Out) {
+        if let Some((token, _)) = out.append {
+            self.not_appended(&out.room, token);
+        } else {
+            self.status.dropped.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn not_appended(&mut self, room: &str, token: u64) {
+        self.status.dropped.fetch_add(1, Relaxed);
+        let home = home_shard(room, self.shards);
+        self.mesh
+            .send(home, ShardMsg::Relay(MeshMsg::Appended { token, seq: 0 }));
+    }
+
+    /// The room is subscribed and caught up: its held appends go out.
+    fn release(&mut self, room: &str, publish: &mpsc::Sender<Out>) {
+        let Some(f) = self.streams.get_mut(room) else {
+            return;
+        };
+        f.up = true;
+        let held = std::mem::take(&mut f.held);
+        for out in held {
+            if let Err(e) = publish.try_send(out) {
+                self.fail(&e.into_inner());
+            }
+        }
+    }
+
+    /// What the follower (or a stream's read) says.
+    fn hear(
+        &mut self,
+        heard: Heard,
+        target: &Target,
+        heard_tx: &mpsc::Sender<Heard>,
+        publish: &mpsc::Sender<Out>,
+    ) {
+        match heard {
+            Heard::Msg(msg) => self.heard(&msg),
+            Heard::Subscribed(room) => {
+                self.following = true;
+                let (Some(limits), Some(f)) = (self.history, self.streams.get_mut(&room)) else {
+                    return;
+                };
+                if f.filling.is_some() {
+                    return;
+                }
+                if f.last == 0 {
+                    // Followed for the first time: nothing heard here yet to catch up on.
+                    self.release(&room, publish);
+                    return;
+                }
+                f.filling = Some(Vec::new());
+                let (target, heard, after) = (target.clone(), heard_tx.clone(), f.last);
+                tokio::spawn(async move {
+                    let read = tokio::time::timeout(
+                        REDIS_TIMEOUT,
+                        read_stream(&target, &room, after, limits.messages),
+                    )
+                    .await;
+                    let entries = match read {
+                        Ok(Ok(entries)) => entries,
+                        _ => Vec::new(),
+                    };
+                    let _ = heard.send(Heard::Filled(room, entries)).await;
+                });
+            }
+            Heard::Filled(room, entries) => {
+                for bytes in entries {
+                    self.heard_numbered(&room, bytes);
+                }
+                let waiting = self
+                    .streams
+                    .get_mut(&room)
+                    .and_then(|f| f.filling.take())
+                    .unwrap_or_default();
+                for bytes in waiting {
+                    self.heard_numbered(&room, bytes);
+                }
+                if self.following {
+                    self.release(&room, publish);
+                }
+            }
+            Heard::Down => {
+                self.following = false;
+                let rooms: Vec<String> = self.streams.keys().cloned().collect();
+                for room in rooms {
+                    let Some(f) = self.streams.get_mut(&room) else {
+                        continue;
+                    };
+                    f.up = false;
+                    let waiting = f.filling.take().unwrap_or_default();
+                    let held = std::mem::take(&mut f.held);
+                    for bytes in waiting {
+                        self.heard_numbered(&room, bytes);
+                    }
+                    for out in held {
+                        self.fail(&out);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A numbered broadcast of `room` (history on): dropped unless above the last number
+    /// heard; this node's own goes back to its home by token, another's is delivered.
+    fn heard_numbered(&mut self, room: &str, bytes: Bytes) {
+        let Some((seq, token, inner)) = envelope::numbered(&bytes) else {
+            self.status.refused.fetch_add(1, Relaxed);
+            return;
+        };
+        let Some(f) = self.streams.get_mut(room) else {
+            // Followed no more.
+            return;
+        };
+        if seq <= f.last {
+            return;
+        }
+        f.last = seq;
+        let home = home_shard(room, self.shards);
+        if envelope::node_of(&inner) == Some(self.node) {
+            self.mesh
+                .send(home, ShardMsg::Relay(MeshMsg::Appended { token, seq }));
+            return;
+        }
+        let Some(Envelope {
+            node,
+            members,
+            content: Content::Broadcast(body),
+        }) = envelope::decode(&inner)
+        else {
+            self.status.refused.fetch_add(1, Relaxed);
+            tracing::warn!(%room, len = bytes.len(), "cluster: not a numbered broadcast, dropped");
+            return;
+        };
+        self.status.received.fetch_add(1, Relaxed);
+        let mut bcast = Broadcast::new(room.to_owned(), NOBODY, body, Instant::now());
+        bcast.seq = seq;
+        let msg = MeshMsg::FromNode {
+            node,
+            members,
+            bcast: Box::new(bcast),
+        };
+        self.mesh.send(home, ShardMsg::Relay(msg));
+    }
+
     /// A message heard on a room's channel: to the room's home, unless it is this node's
     /// own.
     fn heard(&mut self, msg: &redis::Msg) {
@@ -277,6 +581,14 @@ impl Loop {
             return;
         };
         let bytes = msg.get_payload_bytes();
+        if bytes.first() == Some(&envelope::NUMBERED) {
+            let bytes = Bytes::copy_from_slice(bytes);
+            match self.streams.get_mut(&room).and_then(|f| f.filling.as_mut()) {
+                Some(waiting) => waiting.push(bytes),
+                None => self.heard_numbered(&room, bytes),
+            }
+            return;
+        }
         if envelope::node_of(bytes) == Some(self.node) {
             return;
         }
@@ -361,27 +673,50 @@ impl Publishing {
         }
     }
 
+    async fn query(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<redis::Value> {
+        match self {
+            Publishing::Single(con) => cmd.query_async(con).await,
+            Publishing::Cluster(con) => cmd.query_async(con).await,
+        }
+    }
+
+    /// Adds `out` to `pipe`: a publication, or an append to its room's stream by the
+    /// loaded [`APPEND`] script.
+    fn add(pipe: &mut redis::Pipeline, out: &Out, stream: Option<&Appending>, sharded: bool) {
+        let publish = if sharded { "SPUBLISH" } else { "PUBLISH" };
+        match (out.append, stream) {
+            (Some((_, floor)), Some(a)) => pipe
+                .cmd("EVALSHA")
+                .arg(&a.sha)
+                .arg(1)
+                .arg(history(&out.room))
+                .arg(channel(&out.room))
+                .arg(&out.payload)
+                .arg(floor)
+                .arg(a.limits.messages)
+                .arg(a.limits.ttl.as_millis() as u64)
+                .arg(publish),
+            _ => pipe.cmd(publish).arg(channel(&out.room)).arg(&out.payload),
+        }
+        .ignore();
+    }
+
     /// Publishes `batch` in order per room: one pipeline on one server, or on a Redis
     /// Cluster one pipeline per room (a pipeline stays within a slot), all at once.
-    async fn send(&mut self, batch: &[(String, Vec<u8>)]) -> redis::RedisResult<()> {
+    async fn send(&mut self, batch: &[Out], stream: Option<&Appending>) -> redis::RedisResult<()> {
         match self {
             Publishing::Single(con) => {
                 let mut pipe = redis::pipe();
-                for (channel, envelope) in batch {
-                    pipe.cmd("PUBLISH").arg(channel).arg(envelope).ignore();
+                for out in batch {
+                    Publishing::add(&mut pipe, out, stream, false);
                 }
                 pipe.query_async::<()>(con).await
             }
             Publishing::Cluster(con) => {
                 let mut by_room: HashMap<&str, redis::Pipeline> = HashMap::new();
-                for (channel, envelope) in batch {
-                    by_room
-                        .entry(channel)
-                        .or_insert_with(redis::pipe)
-                        .cmd("SPUBLISH")
-                        .arg(channel)
-                        .arg(envelope)
-                        .ignore();
+                for out in batch {
+                    let pipe = by_room.entry(&out.room).or_insert_with(redis::pipe);
+                    Publishing::add(pipe, out, stream, true);
                 }
                 let mut sent = tokio::task::JoinSet::new();
                 for (_, pipe) in by_room {
@@ -400,19 +735,60 @@ impl Publishing {
     }
 }
 
-/// The publisher: envelopes out in order, pipelined.
+/// The [`APPEND`] script as the publisher runs it (history on).
+struct Appending {
+    sha: String,
+    limits: StreamLimits,
+}
+
+/// Opens a connection to publish on and, with history on, loads [`APPEND`] (on every
+/// master of a Redis Cluster).
+async fn open_publishing(
+    target: &Target,
+    stream: Option<&Appending>,
+) -> redis::RedisResult<Publishing> {
+    let mut con = Publishing::open(target).await?;
+    if stream.is_some() {
+        con.query(redis::cmd("SCRIPT").arg("LOAD").arg(APPEND))
+            .await?;
+    }
+    Ok(con)
+}
+
+/// The publisher: envelopes out in order, pipelined. An append that may not have reached
+/// Redis goes back to the loop (`failed`) for its home to number it; if it did reach
+/// Redis after all, its echo finds its token gone and is dropped.
 async fn publish(
     target: Target,
-    mut queue: mpsc::Receiver<(String, Vec<u8>)>,
+    mut queue: mpsc::Receiver<Out>,
+    failed: mpsc::UnboundedSender<(String, u64)>,
+    history: Option<StreamLimits>,
     status: Arc<ClusterStatus>,
 ) {
+    let stream = history.map(|limits| Appending {
+        sha: sha1_hex(APPEND),
+        limits,
+    });
     let mut con: Option<Publishing> = None;
     let mut retry_at = Instant::now();
     let mut backoff = Duration::from_millis(100);
     let mut batch = Vec::with_capacity(PIPELINE);
+    let fail = |batch: &[Out]| {
+        let mut dropped = 0;
+        for out in batch {
+            match out.append {
+                Some((token, _)) => {
+                    let _ = failed.send((out.room.clone(), token));
+                }
+                None => dropped += 1,
+            }
+        }
+        status.dropped.fetch_add(dropped, Relaxed);
+    };
     while queue.recv_many(&mut batch, PIPELINE).await > 0 {
         if con.is_none() && Instant::now() >= retry_at {
-            match tokio::time::timeout(REDIS_TIMEOUT, Publishing::open(&target)).await {
+            let opened = open_publishing(&target, stream.as_ref());
+            match tokio::time::timeout(REDIS_TIMEOUT, opened).await {
                 Ok(Ok(c)) => {
                     con = Some(c);
                     backoff = Duration::from_millis(100);
@@ -423,23 +799,80 @@ async fn publish(
                 }
             }
         }
-        let n = batch.len() as u64;
         let Some(c) = con.as_mut() else {
-            status.dropped.fetch_add(n, Relaxed);
+            fail(&batch);
             batch.clear();
             continue;
         };
-        match tokio::time::timeout(REDIS_TIMEOUT, c.send(&batch)).await {
+        match tokio::time::timeout(REDIS_TIMEOUT, c.send(&batch, stream.as_ref())).await {
             Ok(Ok(())) => {
-                status.published.fetch_add(n, Relaxed);
+                status.published.fetch_add(batch.len() as u64, Relaxed);
             }
             _ => {
-                status.dropped.fetch_add(n, Relaxed);
+                fail(&batch);
                 con = None;
                 retry_at = Instant::now() + backoff;
             }
         }
         batch.clear();
+    }
+}
+
+/// The SHA-1 of `script` in hex, as `EVALSHA` names it.
+fn sha1_hex(script: &str) -> String {
+    redis::Script::new(script).get_hash().to_owned()
+}
+
+/// What room `room`'s stream holds after number `after`, at most `count` entries, oldest
+/// first: each a numbered envelope ([`envelope::NUMBERED`]).
+pub async fn read_stream(
+    target: &Target,
+    room: &str,
+    after: u64,
+    count: usize,
+) -> redis::RedisResult<Vec<Bytes>> {
+    let mut con = Publishing::open(target).await?;
+    let answer = con
+        .query(
+            redis::cmd("XRANGE")
+                .arg(history(room))
+                .arg(format!("{}-0", after.saturating_add(1)))
+                .arg("+")
+                .arg("COUNT")
+                .arg(count.max(1)),
+        )
+        .await?;
+    Ok(stream_entries(answer))
+}
+
+/// The `m` fields of an `XRANGE` answer, in order; anything else is skipped.
+fn stream_entries(answer: redis::Value) -> Vec<Bytes> {
+    let redis::Value::Array(entries) = answer else {
+        return Vec::new();
+    };
+    entries
+        .into_iter()
+        .filter_map(|entry| {
+            let redis::Value::Array(mut parts) = entry else {
+                return None;
+            };
+            let redis::Value::Array(fields) = parts.pop()? else {
+                return None;
+            };
+            match fields.into_iter().nth(1)? {
+                redis::Value::BulkString(b) => Some(Bytes::from(b)),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// A hello from node `node` on room `room`'s channel.
+fn hello(node: u64, room: &str) -> Out {
+    Out {
+        room: room.to_owned(),
+        payload: envelope::encode_hello(node),
+        append: None,
     }
 }
 
@@ -451,8 +884,8 @@ async fn follow_sharded(
     seeds: Vec<String>,
     node: u64,
     mut interest: mpsc::UnboundedReceiver<(String, bool)>,
-    heard: mpsc::Sender<redis::Msg>,
-    publish: mpsc::Sender<(String, Vec<u8>)>,
+    heard: mpsc::Sender<Heard>,
+    publish: mpsc::Sender<Out>,
     status: Arc<ClusterStatus>,
 ) {
     let (push_tx, mut pushes) = mpsc::unbounded_channel::<redis::PushInfo>();
@@ -484,6 +917,13 @@ async fn follow_sharded(
                 if ok {
                     backoff = Duration::from_millis(100);
                     con = Some(c);
+                    // The rooms' confirmations come as pushes; with none, the loop still
+                    // learns that Redis is there.
+                    if rooms.is_empty()
+                        && heard.send(Heard::Subscribed(String::new())).await.is_err()
+                    {
+                        return;
+                    }
                 }
             }
             if con.is_none() {
@@ -507,6 +947,9 @@ async fn follow_sharded(
                     if let Err(e) = done {
                         tracing::warn!(%room, error = %e, "cluster: a sharded subscription failed; connecting again");
                         con = None;
+                        if heard.send(Heard::Down).await.is_err() {
+                            return;
+                        }
                     }
                 }
             }
@@ -519,14 +962,22 @@ async fn follow_sharded(
                             _ => None,
                         });
                         if let Some(room) = room.filter(|r| rooms.contains(r)) {
-                            let _ = publish.send((channel(&room), envelope::encode_hello(node))).await;
+                            let _ = publish.send(hello(node, &room)).await;
+                            if heard.send(Heard::Subscribed(room)).await.is_err() {
+                                return;
+                            }
                         }
                     }
                     redis::PushKind::SMessage => {
                         if let Some(msg) = redis::Msg::from_push_info(push) {
-                            if heard.send(msg).await.is_err() {
+                            if heard.send(Heard::Msg(msg)).await.is_err() {
                                 return;
                             }
+                        }
+                    }
+                    redis::PushKind::Disconnection => {
+                        if heard.send(Heard::Down).await.is_err() {
+                            return;
                         }
                     }
                     _ => {}
@@ -542,24 +993,27 @@ async fn follow(
     target: Target,
     node: u64,
     mut interest: mpsc::UnboundedReceiver<(String, bool)>,
-    heard: mpsc::Sender<redis::Msg>,
-    publish: mpsc::Sender<(String, Vec<u8>)>,
+    heard: mpsc::Sender<Heard>,
+    publish: mpsc::Sender<Out>,
     status: Arc<ClusterStatus>,
 ) {
     let mut rooms: HashSet<String> = HashSet::new();
     let mut backoff = Duration::from_millis(100);
+    let mut down = false;
     let client = match target {
         Target::Single(client) => client,
         Target::Cluster { seeds, .. } => {
             return follow_sharded(seeds, node, interest, heard, publish, status).await
         }
     };
-    let hello = |room: &str| (channel(room), envelope::encode_hello(node));
     loop {
         status.subscriptions.store(0, Relaxed);
         let pubsub = match tokio::time::timeout(REDIS_TIMEOUT, client.get_async_pubsub()).await {
             Ok(Ok(p)) => p,
             _ => {
+                if !std::mem::replace(&mut down, true) && heard.send(Heard::Down).await.is_err() {
+                    return;
+                }
                 // Keep up with the rooms while Redis is away, then try again.
                 let until = tokio::time::Instant::now() + backoff;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -596,7 +1050,13 @@ async fn follow(
             tracing::info!(rooms = rooms.len(), "cluster: following rooms again");
         }
         for room in &rooms {
-            let _ = publish.send(hello(room)).await;
+            let _ = publish.send(hello(node, room)).await;
+            if heard.send(Heard::Subscribed(room.clone())).await.is_err() {
+                return;
+            }
+        }
+        if rooms.is_empty() && heard.send(Heard::Subscribed(String::new())).await.is_err() {
+            return;
         }
         status.subscriptions.store(rooms.len() as u64, Relaxed);
         loop {
@@ -607,7 +1067,10 @@ async fn follow(
                         if rooms.insert(room.clone()) {
                             let ok = sink.subscribe(channel(&room)).await.is_ok();
                             if ok {
-                                let _ = publish.send(hello(&room)).await;
+                                let _ = publish.send(hello(node, &room)).await;
+                                if heard.send(Heard::Subscribed(room)).await.is_err() {
+                                    return;
+                                }
                             }
                             ok
                         } else {
@@ -625,7 +1088,7 @@ async fn follow(
                 }
                 msg = stream.next() => match msg {
                     Some(msg) => {
-                        if heard.send(msg).await.is_err() {
+                        if heard.send(Heard::Msg(msg)).await.is_err() {
                             return;
                         }
                     }
@@ -634,6 +1097,10 @@ async fn follow(
             }
         }
         tracing::warn!("cluster: the subscriber connection dropped; connecting again");
+        down = true;
+        if heard.send(Heard::Down).await.is_err() {
+            return;
+        }
     }
 }
 

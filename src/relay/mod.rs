@@ -327,7 +327,28 @@ pub enum MeshMsg {
         /// The room's members on this node.
         members: u32,
     },
-    /// the cluster bridge -> room's home: a broadcast another node published.
+    /// room's home -> the cluster bridge (history on): a broadcast made on this node, to
+    /// append to the room's stream; the home delivers it when it hears it back numbered.
+    Append {
+        /// The broadcast (the home keeps it by `token`).
+        bcast: Arc<Broadcast>,
+        /// The room's members on this node.
+        members: u32,
+        /// The home's handle on it (0: nothing waits for it).
+        token: u64,
+        /// The room's last number here: the stream numbers it above.
+        floor: u64,
+    },
+    /// the cluster bridge -> room's home: this node's broadcast `token` has number `seq`
+    /// in its room's stream (0: it did not reach the stream; the home numbers it).
+    Appended {
+        /// The home's handle on it.
+        token: u64,
+        /// Its number.
+        seq: u64,
+    },
+    /// the cluster bridge -> room's home: a broadcast another node published (numbered,
+    /// with history on).
     FromNode {
         /// The publishing node's incarnation.
         node: u64,
@@ -363,9 +384,14 @@ struct Member {
     /// skip it, the room's ring keeps them.
     away: bool,
     /// The room's number of the notice of its join (history on): what came before was
-    /// never its to receive, so a replay starts after it.
+    /// never its to receive, so a replay starts after it. In a room numbered by its stream
+    /// ([`SINCE_UNKNOWN`]) the number before the first broadcast it was given.
     since: u64,
 }
+
+/// A member's `since` in a room whose stream numbers it (`[cluster]` with history): not
+/// known until the first broadcast after its join reaches its shard.
+const SINCE_UNKNOWN: u64 = u64::MAX;
 
 /// Members of a room on one shard up to which a member is found by a scan of `members`
 /// (32 members of 24 bytes: a few cache lines); past it the room keeps an index
@@ -660,6 +686,11 @@ pub struct Relay {
     admin_ui: Option<Box<admin_ui::AdminUi>>,
     /// This node's incarnation in a cluster (`[cluster]`); `None` for a node alone.
     node: Option<u64>,
+    /// Broadcasts of rooms homed here waiting in the bridge for their stream's number
+    /// (`[cluster]` with history), by token.
+    appending: HashMap<u64, Arc<Broadcast>>,
+    /// The last token given.
+    last_token: u64,
 }
 
 impl Relay {
@@ -690,6 +721,8 @@ impl Relay {
             admin: admin::AdminState::default(),
             admin_ui: None,
             node: None,
+            appending: HashMap::new(),
+            last_token: 0,
         }
     }
 
@@ -1408,8 +1441,31 @@ impl Relay {
     /// On the home shard: numbers and keeps `bcast` (history on), delivers it here and
     /// sends it on to the other shards with members. `came_from` delivered it already
     /// (history off only: with history, nobody delivers before the home).
+    ///
+    /// In a room followed across nodes with history on, a broadcast made here goes to the
+    /// room's stream instead ([`MeshMsg::Append`]) and is delivered when the bridge hands
+    /// it back numbered (`relay/nodes.rs`).
     fn home_relay(&mut self, bcast: Arc<Broadcast>, came_from: Option<ShardId>, now: Instant) {
-        let bcast = self.number(bcast, now);
+        let bridge = Some(self.bridge());
+        if came_from != bridge && crosses(&bcast.body) && self.streams(&bcast.room) {
+            self.append(bcast);
+            return;
+        }
+        // Another node's, numbered by the room's stream.
+        let given = (came_from == bridge && bcast.seq > 0).then_some(bcast.seq);
+        self.numbered_relay(bcast, given, came_from, now);
+    }
+
+    /// [`Relay::home_relay`] once the broadcast's number is known (`given` by the room's
+    /// stream; 0 when it did not reach it).
+    fn numbered_relay(
+        &mut self,
+        bcast: Arc<Broadcast>,
+        given: Option<u64>,
+        came_from: Option<ShardId>,
+        now: Instant,
+    ) {
+        let bcast = self.number(bcast, given, now);
         self.deliver_local(&bcast, now);
         self.forward_from_home(&bcast, came_from);
     }
@@ -1417,14 +1473,29 @@ impl Relay {
     /// On the home shard, history on: gives `bcast` the room's next number and keeps it in
     /// the room's ring, dropping what falls out of [`HistoryLimits`]. Unchanged when history
     /// is off or the room has no members (nobody to receive it).
-    fn number(&mut self, bcast: Arc<Broadcast>, now: Instant) -> Arc<Broadcast> {
+    ///
+    /// In a room its stream numbers, the number is the stream's (`given`; one above the
+    /// last here if it is not above it, as after Redis was away, or 0: the stream never
+    /// had it), and a broadcast that did not go through the stream (a host notice, a node's
+    /// members gone) takes no number: it gets the last one and is not kept.
+    fn number(
+        &mut self,
+        bcast: Arc<Broadcast>,
+        given: Option<u64>,
+        now: Instant,
+    ) -> Arc<Broadcast> {
         let Some(limits) = self.limits.history else {
             return bcast;
         };
         let Some(home) = self.homes.get_mut(&bcast.room) else {
             return bcast;
         };
-        home.seq += 1;
+        let kept = given.is_some() || !home.shared;
+        home.seq = match given {
+            Some(n) if n > home.seq => n,
+            None if home.shared => home.seq,
+            _ => home.seq + 1,
+        };
         // The origin let go of its reference when it sent it here; a copy is made only if
         // someone still holds one.
         let owned = Arc::try_unwrap(bcast).unwrap_or_else(|shared| {
@@ -1436,6 +1507,9 @@ impl Relay {
             )
         });
         let bcast = Arc::new(owned.numbered(home.seq, limits.socketio));
+        if !kept {
+            return bcast;
+        }
         let size = bcast.max_frame_len();
         home.kept.push_back(Kept {
             at: now,
@@ -1468,6 +1542,7 @@ impl Relay {
     /// history).
     fn next_seq(&self, room: &str) -> u64 {
         match (self.limits.history, self.homes.get(room)) {
+            (Some(_), Some(home)) if home.shared => SINCE_UNKNOWN,
             (Some(_), Some(home)) => home.seq + 1,
             _ => 0,
         }
@@ -1608,9 +1683,10 @@ impl Relay {
                 members,
                 bcast,
             } => self.heard_from_node(node, members, bcast, now),
+            MeshMsg::Appended { token, seq } => self.appended(token, seq, now),
             MeshMsg::Cluster(msg) => self.handle_cluster_mesh(*msg, now),
             // The bridge's to carry; never sent to a shard.
-            MeshMsg::Publish { .. } => {}
+            MeshMsg::Publish { .. } | MeshMsg::Append { .. } => {}
         }
     }
 
@@ -1995,7 +2071,10 @@ impl Relay {
             let cap = self.limits.history.map_or(0, |h| h.messages);
             (room_tag(&bcast.room), cap)
         });
-        for m in &room.members {
+        for m in &mut room.members {
+            if m.since == SINCE_UNKNOWN && bcast.seq > 0 {
+                m.since = bcast.seq - 1;
+            }
             if m.player == bcast.exclude || m.away {
                 continue;
             }

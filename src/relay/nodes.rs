@@ -153,7 +153,20 @@ impl Relay {
         }
         home.remote.clear();
         let members = home.total;
+        let floor = home.seq;
+        let streamed = self.limits.history.is_some();
+        if streamed {
+            // What waits for its number will not be heard back (the room is followed no
+            // more), and nobody here would receive it.
+            self.appending.retain(|_, b| b.room != room);
+        }
         let told = match last {
+            Some(body) if streamed => MeshMsg::Append {
+                bcast: Arc::new(Broadcast::new(room.to_owned(), NOBODY, body, now)),
+                members,
+                token: 0,
+                floor,
+            },
             Some(body) => MeshMsg::Publish {
                 bcast: Arc::new(Broadcast::new(room.to_owned(), NOBODY, body, now)),
                 members,
@@ -172,6 +185,47 @@ impl Relay {
                 on: false,
             })),
         );
+    }
+
+    /// On the home shard: whether the room's broadcasts go through its stream (followed
+    /// across nodes, history on).
+    pub(super) fn streams(&self, room: &str) -> bool {
+        self.limits.history.is_some() && self.homes.get(room).is_some_and(|h| h.shared)
+    }
+
+    /// On the home shard: hands `bcast` to the bridge for the room's stream, and keeps it
+    /// until its number comes back ([`Relay::appended`]).
+    pub(super) fn append(&mut self, bcast: Arc<Broadcast>) {
+        let Some(home) = self.homes.get(&bcast.room) else {
+            return;
+        };
+        let (members, floor) = (home.total, home.seq);
+        self.last_token += 1;
+        let token = self.last_token;
+        self.appending.insert(token, Arc::clone(&bcast));
+        let bridge = self.bridge();
+        self.send_mesh(
+            bridge,
+            MeshMsg::Append {
+                bcast,
+                members,
+                token,
+                floor,
+            },
+        );
+    }
+
+    /// On the home shard: broadcast `token` has number `seq` in its room's stream (0: it
+    /// did not get there). Delivered now, in the stream's order; never published again.
+    pub(super) fn appended(&mut self, token: u64, seq: u64, now: Instant) {
+        // Gone when the room was followed no more, or numbered here already (the bridge
+        // gave up on Redis, which had it after all: the other nodes have it by the
+        // stream's number).
+        let Some(bcast) = self.appending.remove(&token) else {
+            return;
+        };
+        let bridge = Some(self.bridge());
+        self.numbered_relay(bcast, Some(seq), bridge, now);
     }
 
     /// On the home shard: node `node`, with `members` members in the room, published
