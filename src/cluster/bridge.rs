@@ -49,6 +49,7 @@ use tokio::io::Interest;
 use tokio::sync::mpsc;
 
 use super::envelope::{self, Content, Envelope};
+use super::sessions::{self, SessionOp};
 use super::{ClusterStatus, Target};
 use crate::relay::{home_shard, Broadcast, ClusterMsg, MeshMsg, NOBODY};
 use crate::shard::mesh::{Mesh, ShardMsg};
@@ -117,7 +118,7 @@ const HEARD_QUEUE: usize = 16_384;
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Longest a connect or a round trip may take before Redis counts as unreachable.
-const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How often the loop looks at the live nodes when nothing else wakes it.
 const TICK: Duration = Duration::from_millis(200);
@@ -163,6 +164,7 @@ impl Bridge {
                     history,
                     streams: HashMap::new(),
                     following: false,
+                    io: None,
                     mesh,
                     status,
                     stop: stopping,
@@ -205,6 +207,8 @@ struct Loop {
     streams: HashMap<String, Followed>,
     /// The follower holds a connection (it said `Subscribed` since its last `Down`).
     following: bool,
+    /// Where stream reads go, and what they answer on (set by `run`).
+    io: Option<Io>,
     mesh: Mesh,
     status: Arc<ClusterStatus>,
     stop: Arc<AtomicBool>,
@@ -219,6 +223,13 @@ struct Out {
     append: Option<(u64, u64)>,
 }
 
+/// The loop's handles on Redis besides its queues: for stream reads and session records.
+struct Io {
+    target: Target,
+    heard: mpsc::Sender<Heard>,
+    sessions: mpsc::UnboundedSender<SessionOp>,
+}
+
 /// What the follower (or a read of a stream) tells the loop.
 #[derive(Debug)]
 enum Heard {
@@ -229,6 +240,17 @@ enum Heard {
     Down,
     /// What the room's stream holds past the number the loop asked from (history on).
     Filled(String, Vec<Bytes>),
+    /// A read for a member's replay: what the room's stream holds past its number (`None`:
+    /// the read failed).
+    Read(String, Reading, Option<Vec<Bytes>>),
+}
+
+/// A member's replay that waits for a read of its room's stream.
+#[derive(Debug, Clone, Copy)]
+struct Reading {
+    player: crate::relay::PlayerId,
+    shard: usize,
+    after: u64,
 }
 
 /// A followed room's stream, as the loop sees it (history on).
@@ -242,6 +264,8 @@ struct Followed {
     held: Vec<Out>,
     /// Reading the stream after a resubscription: what is heard meanwhile waits here.
     filling: Option<Vec<Bytes>>,
+    /// Replays that wait for the room to be caught up before their read.
+    reads: Vec<Reading>,
 }
 
 impl Loop {
@@ -260,6 +284,23 @@ impl Loop {
         let (follow_tx, follow_rx) = mpsc::unbounded_channel();
         let (heard_tx, mut heard_rx) = mpsc::channel(HEARD_QUEUE);
         let (failed_tx, mut failed_rx) = mpsc::unbounded_channel();
+        let (sessions_tx, sessions_rx) = mpsc::unbounded_channel();
+        let (answers_tx, mut answers_rx) = mpsc::unbounded_channel::<(usize, MeshMsg)>();
+        self.io = Some(Io {
+            target: target.clone(),
+            heard: heard_tx.clone(),
+            sessions: sessions_tx,
+        });
+        let sessions = self.history.map(|limits| {
+            tokio::spawn(sessions::keep(
+                target.clone(),
+                self.node,
+                self.lease + limits.ttl,
+                sessions_rx,
+                answers_tx,
+                Arc::clone(&self.status),
+            ))
+        });
         let publisher = tokio::spawn(publish(
             target.clone(),
             publish_rx,
@@ -278,6 +319,7 @@ impl Loop {
         let mut inbound = Vec::new();
         let mut seen: HashMap<u64, Instant> = HashMap::new();
         let mut next_look = Instant::now();
+        let mut next_refresh = Instant::now();
         loop {
             let room = publish_tx.capacity();
             if room > 0 {
@@ -291,15 +333,22 @@ impl Loop {
             while let Ok((room, token)) = failed_rx.try_recv() {
                 self.not_appended(&room, token);
             }
+            while let Ok((shard, msg)) = answers_rx.try_recv() {
+                self.mesh.send(shard, ShardMsg::Relay(msg));
+            }
             while !self.mesh.congested() {
                 match heard_rx.try_recv() {
-                    Ok(heard) => self.hear(heard, &target, &heard_tx, &publish_tx),
+                    Ok(heard) => self.hear(heard, &publish_tx),
                     Err(_) => break,
                 }
             }
             if Instant::now() >= next_look {
                 self.look_at_nodes(&mut seen);
                 next_look = Instant::now() + TICK;
+                if self.history.is_some() && Instant::now() >= next_refresh {
+                    self.session_op(SessionOp::Refresh);
+                    next_refresh = Instant::now() + self.lease / 2;
+                }
             }
             self.mesh.flush();
             if self.stop.load(Relaxed) {
@@ -311,6 +360,7 @@ impl Loop {
             if self.mesh.has_inbound()
                 || hearing
                 || !failed_rx.is_empty()
+                || !answers_rx.is_empty()
                 || self.mesh.backlog_can_move()
             {
                 doorbell.woke();
@@ -329,12 +379,17 @@ impl Loop {
                 }
                 heard = heard_rx.recv(), if !congested => {
                     if let Some(heard) = heard {
-                        self.hear(heard, &target, &heard_tx, &publish_tx);
+                        self.hear(heard, &publish_tx);
                     }
                 }
                 failed = failed_rx.recv() => {
                     if let Some((room, token)) = failed {
                         self.not_appended(&room, token);
+                    }
+                }
+                answer = answers_rx.recv(), if self.history.is_some() => {
+                    if let Some((shard, msg)) = answer {
+                        self.mesh.send(shard, ShardMsg::Relay(msg));
                     }
                 }
                 () = tokio::time::sleep(TICK) => {}
@@ -344,6 +399,9 @@ impl Loop {
         // Stopping: what the shards left goes out (the publisher ends once its queue is
         // empty), within bounds.
         follower.abort();
+        if let Some(sessions) = sessions {
+            sessions.abort();
+        }
         drop(publish_tx);
         let _ = tokio::time::timeout(REDIS_TIMEOUT, publisher).await;
     }
@@ -400,7 +458,52 @@ impl Loop {
                     room,
                     append: None,
                 }),
-                ClusterMsg::Hello { .. } | ClusterMsg::NodeGone(_) => None,
+                ClusterMsg::SaveSession { player, record } => {
+                    let json = record.and_then(|r| serde_json::to_string(&r).ok());
+                    self.session_op(SessionOp::Save(player, json));
+                    None
+                }
+                ClusterMsg::Claim {
+                    player,
+                    secret,
+                    shard,
+                } => {
+                    match crate::relay::node_of_secret(&secret).filter(|&n| n != self.node) {
+                        Some(from) => self.session_op(SessionOp::Claim {
+                            player,
+                            secret,
+                            from,
+                            shard,
+                        }),
+                        None => self.mesh.send(
+                            shard,
+                            ShardMsg::Relay(MeshMsg::Cluster(Box::new(ClusterMsg::Claimed {
+                                player,
+                                record: None,
+                            }))),
+                        ),
+                    }
+                    None
+                }
+                ClusterMsg::ReadStream {
+                    room,
+                    player,
+                    shard,
+                    after,
+                } => {
+                    let reading = Reading {
+                        player,
+                        shard,
+                        after,
+                    };
+                    match self.streams.get_mut(&room) {
+                        Some(f) if f.up => self.read(&room, reading),
+                        Some(f) if self.following => f.reads.push(reading),
+                        _ => self.stream_read(room, reading, None),
+                    }
+                    None
+                }
+                _ => None,
             },
             _ => None,
         };
@@ -450,21 +553,80 @@ impl Loop {
         };
         f.up = true;
         let held = std::mem::take(&mut f.held);
+        let reads = std::mem::take(&mut f.reads);
         for out in held {
             if let Err(e) = publish.try_send(out) {
                 self.fail(&e.into_inner());
             }
         }
+        for reading in reads {
+            self.read(room, reading);
+        }
+    }
+
+    /// Reads what `room`'s stream holds for a member's replay; the answer comes back as
+    /// [`Heard::Read`].
+    fn read(&self, room: &str, reading: Reading) {
+        let (Some(io), Some(limits)) = (&self.io, self.history) else {
+            return;
+        };
+        let (target, heard, room) = (io.target.clone(), io.heard.clone(), room.to_owned());
+        tokio::spawn(async move {
+            let read = tokio::time::timeout(
+                REDIS_TIMEOUT,
+                read_stream(&target, &room, reading.after, limits.messages),
+            )
+            .await;
+            let entries = match read {
+                Ok(Ok(entries)) => Some(entries),
+                _ => None,
+            };
+            let _ = heard.send(Heard::Read(room, reading, entries)).await;
+        });
+    }
+
+    fn session_op(&self, op: SessionOp) {
+        if let Some(io) = &self.io {
+            let _ = io.sessions.send(op);
+        }
+    }
+
+    /// A member's replay read: the broadcasts, decoded, to the room's home.
+    fn stream_read(&mut self, room: String, reading: Reading, entries: Option<Vec<Bytes>>) {
+        let read = entries.is_some();
+        let now = Instant::now();
+        let entries = entries
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|bytes| {
+                let (seq, _, inner) = envelope::numbered(&bytes)?;
+                let Envelope {
+                    content: Content::Broadcast(body),
+                    ..
+                } = envelope::decode(&inner)?
+                else {
+                    return None;
+                };
+                let mut bcast = Broadcast::new(room.clone(), NOBODY, body, now);
+                bcast.seq = seq;
+                Some(bcast)
+            })
+            .collect();
+        let home = home_shard(&room, self.shards);
+        let msg = ClusterMsg::StreamRead {
+            room,
+            player: reading.player,
+            shard: reading.shard,
+            after: reading.after,
+            read,
+            entries,
+        };
+        self.mesh
+            .send(home, ShardMsg::Relay(MeshMsg::Cluster(Box::new(msg))));
     }
 
     /// What the follower (or a stream's read) says.
-    fn hear(
-        &mut self,
-        heard: Heard,
-        target: &Target,
-        heard_tx: &mpsc::Sender<Heard>,
-        publish: &mpsc::Sender<Out>,
-    ) {
+    fn hear(&mut self, heard: Heard, publish: &mpsc::Sender<Out>) {
         match heard {
             Heard::Msg(msg) => self.heard(&msg),
             Heard::Subscribed(room) => {
@@ -481,7 +643,11 @@ impl Loop {
                     return;
                 }
                 f.filling = Some(Vec::new());
-                let (target, heard, after) = (target.clone(), heard_tx.clone(), f.last);
+                let after = f.last;
+                let Some(io) = &self.io else {
+                    return;
+                };
+                let (target, heard) = (io.target.clone(), io.heard.clone());
                 tokio::spawn(async move {
                     let read = tokio::time::timeout(
                         REDIS_TIMEOUT,
@@ -495,6 +661,7 @@ impl Loop {
                     let _ = heard.send(Heard::Filled(room, entries)).await;
                 });
             }
+            Heard::Read(room, reading, entries) => self.stream_read(room, reading, entries),
             Heard::Filled(room, entries) => {
                 for bytes in entries {
                     self.heard_numbered(&room, bytes);
@@ -521,11 +688,15 @@ impl Loop {
                     f.up = false;
                     let waiting = f.filling.take().unwrap_or_default();
                     let held = std::mem::take(&mut f.held);
+                    let reads = std::mem::take(&mut f.reads);
                     for bytes in waiting {
                         self.heard_numbered(&room, bytes);
                     }
                     for out in held {
                         self.fail(&out);
+                    }
+                    for reading in reads {
+                        self.stream_read(room.clone(), reading, None);
                     }
                 }
             }
@@ -577,7 +748,18 @@ impl Loop {
     /// A message heard on a room's channel: to the room's home, unless it is this node's
     /// own.
     fn heard(&mut self, msg: &redis::Msg) {
-        let Some(room) = room_of(msg.get_channel_name().as_bytes()) else {
+        let name = msg.get_channel_name().as_bytes();
+        if sessions::node_of_channel(name) == Some(self.node) {
+            // One of this node's sessions was restored on another node.
+            if let Ok(player) = <[u8; 8]>::try_from(msg.get_payload_bytes()) {
+                let player = u64::from_le_bytes(player);
+                let shard = crate::shard::PlayerIds::shard_of(player).min(self.shards - 1);
+                let taken = MeshMsg::Cluster(Box::new(ClusterMsg::Taken(player)));
+                self.mesh.send(shard, ShardMsg::Relay(taken));
+            }
+            return;
+        }
+        let Some(room) = room_of(name) else {
             return;
         };
         let bytes = msg.get_payload_bytes();
@@ -640,6 +822,7 @@ impl Loop {
             .collect();
         for node in gone {
             seen.remove(&node);
+            self.status.nodes_gone.fetch_add(1, Relaxed);
             tracing::info!(
                 node = format_args!("{node:016x}"),
                 "cluster: a node is gone; its members leave their rooms"
@@ -655,13 +838,13 @@ impl Loop {
 }
 
 /// A connection to publish on.
-enum Publishing {
+pub(super) enum Publishing {
     Single(redis::aio::MultiplexedConnection),
     Cluster(redis::cluster_async::ClusterConnection),
 }
 
 impl Publishing {
-    async fn open(target: &Target) -> redis::RedisResult<Publishing> {
+    pub(super) async fn open(target: &Target) -> redis::RedisResult<Publishing> {
         match target {
             Target::Single(client) => client
                 .get_multiplexed_async_connection()
@@ -673,11 +856,24 @@ impl Publishing {
         }
     }
 
-    async fn query(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<redis::Value> {
+    pub(super) async fn query(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<redis::Value> {
         match self {
             Publishing::Single(con) => cmd.query_async(con).await,
             Publishing::Cluster(con) => cmd.query_async(con).await,
         }
+    }
+
+    /// Runs `pipe` (its keys in one slot on a Redis Cluster).
+    pub(super) async fn pipeline(&mut self, pipe: &redis::Pipeline) -> redis::RedisResult<()> {
+        match self {
+            Publishing::Single(con) => pipe.query_async(con).await,
+            Publishing::Cluster(con) => pipe.query_async(con).await,
+        }
+    }
+
+    /// On a Redis Cluster: channels are sharded (`SPUBLISH`).
+    pub(super) fn sharded(&self) -> bool {
+        matches!(self, Publishing::Cluster(_))
     }
 
     /// Adds `out` to `pipe`: a publication, or an append to its room's stream by the
@@ -910,7 +1106,7 @@ async fn follow_sharded(
         if con.is_none() && tokio::time::Instant::now() >= retry {
             let made = tokio::time::timeout(REDIS_TIMEOUT, client.get_async_connection()).await;
             if let Ok(Ok(mut c)) = made {
-                let mut ok = true;
+                let mut ok = c.ssubscribe(sessions::node_channel(node)).await.is_ok();
                 for room in &rooms {
                     ok &= c.ssubscribe(channel(room)).await.is_ok();
                 }
@@ -1035,7 +1231,9 @@ async fn follow(
         let (mut sink, mut stream) = pubsub.split();
         // Every followed room again (after a reconnect), with a hello for each: the other
         // nodes' members may have changed meanwhile.
-        let all: Vec<String> = rooms.iter().map(|r| channel(r)).collect();
+        // And the node's own channel.
+        let mut all: Vec<String> = rooms.iter().map(|r| channel(r)).collect();
+        all.push(sessions::node_channel(node));
         let mut subscribed = true;
         for chunk in all.chunks(PIPELINE) {
             if sink.subscribe(chunk).await.is_err() {

@@ -18,6 +18,7 @@
 
 pub mod bridge;
 pub mod envelope;
+pub mod sessions;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -198,6 +199,8 @@ pub struct ClusterStatus {
     pub(crate) received: AtomicU64,
     /// Messages on a room's channel that were not envelopes.
     pub(crate) refused: AtomicU64,
+    /// Nodes whose lease ended while this one was up (their members left its rooms).
+    pub(crate) nodes_gone: AtomicU64,
 }
 
 impl ClusterStatus {
@@ -222,14 +225,15 @@ impl ClusterStatus {
     }
 
     /// The bridge's counts: rooms followed, envelopes published, dropped, received and
-    /// refused.
-    pub fn traffic(&self) -> [u64; 5] {
+    /// refused, and nodes found gone.
+    pub fn traffic(&self) -> [u64; 6] {
         [
             &self.subscriptions,
             &self.published,
             &self.dropped,
             &self.received,
             &self.refused,
+            &self.nodes_gone,
         ]
         .map(|c| c.load(Relaxed))
     }

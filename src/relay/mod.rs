@@ -35,6 +35,7 @@
 mod admin;
 mod admin_ui;
 mod broadcast;
+mod failover;
 mod matching;
 mod nodes;
 mod outbox;
@@ -60,6 +61,7 @@ pub use broadcast::{
     sio_ws_frames, split_room_key, Body, Broadcast, PlayerId, PlayerName, Reply, Wire,
     EVENT_ENVELOPE,
 };
+pub use failover::{node_of_secret, secret_hash, SessionRecord};
 use matching::{Held, Matching};
 pub use matching::{MatchJoined, MatchRoom, QueueRequest, TicketNews, TicketRequest};
 pub use nodes::{crosses, ClusterMsg, NOBODY};
@@ -483,12 +485,21 @@ pub struct JoinExtra {
     pub meta: Option<Arc<str>>,
     /// Create the room with these options (`room:create`): refused if it exists.
     pub create: Option<Box<RoomOptions>>,
+    /// A session restored from another node rejoins (`relay/failover.rs`): the number
+    /// its replay starts after, and whether to replay now.
+    pub resume: Option<(u64, bool)>,
 }
 
 impl JoinExtra {
     /// `None` when there is nothing to carry.
     fn of(meta: Option<Arc<str>>, create: Option<Box<RoomOptions>>) -> Option<Box<JoinExtra>> {
-        (meta.is_some() || create.is_some()).then(|| Box::new(JoinExtra { meta, create }))
+        (meta.is_some() || create.is_some()).then(|| {
+            Box::new(JoinExtra {
+                meta,
+                create,
+                resume: None,
+            })
+        })
     }
 }
 
@@ -542,6 +553,8 @@ struct Joining {
     leaving: Option<LeaveReason>,
     /// The player's name, for that notice (the player may be gone by then).
     name: PlayerName,
+    /// A restored session rejoining: a member away until its replay.
+    resumed: bool,
 }
 
 /// A request of a joining player, answered when the home answers the join.
@@ -691,6 +704,8 @@ pub struct Relay {
     appending: HashMap<u64, Arc<Broadcast>>,
     /// The last token given.
     last_token: u64,
+    /// Native `Resume`s of sessions another node made, waiting for the bridge.
+    claims: HashMap<PlayerId, failover::Claiming>,
 }
 
 impl Relay {
@@ -723,6 +738,7 @@ impl Relay {
             node: None,
             appending: HashMap::new(),
             last_token: 0,
+            claims: HashMap::new(),
         }
     }
 
@@ -884,6 +900,7 @@ impl Relay {
             local.total = members;
             local.host = Some(Arc::clone(&host));
             self.admin_ui_joined(player, room, now);
+            self.save_session(player);
             self.reply(player, req, |req| {
                 Self::joined_reply(req, room, created, members, host, state, roster)
             });
@@ -964,6 +981,7 @@ impl Relay {
     ) -> Result<(), ErrorCode> {
         if self.is_member(player, room) {
             self.remove_member(player, room, LeaveReason::Left, now);
+            self.save_session(player);
             self.reply(player, req, |req| Reply::Left {
                 req,
                 room: room.to_owned(),
@@ -1009,6 +1027,7 @@ impl Relay {
                 joining.leaving = Some(reason);
             }
         }
+        self.drop_session_record(player);
         self.players.remove(&player);
     }
 
@@ -1581,9 +1600,28 @@ impl Relay {
                 name,
                 extra,
             } => {
-                let JoinExtra { meta, create } = extra.map(|e| *e).unwrap_or_default();
+                let JoinExtra {
+                    meta,
+                    create,
+                    resume,
+                } = extra.map(|e| *e).unwrap_or_default();
                 match self.home_count(from, &room, player, &name, meta, create) {
                     Ok(mut counted) => {
+                        if let Some((after, replay)) = resume {
+                            // A session restored from another node: no notice until its
+                            // replay (`relay/failover.rs`).
+                            counted.since = after;
+                            self.send_mesh(
+                                from,
+                                MeshMsg::Joined {
+                                    room: room.clone(),
+                                    player,
+                                    counted: Box::new(counted),
+                                },
+                            );
+                            self.counted_back(&room, player, from, after, replay);
+                            return;
+                        }
                         counted.since = self.next_seq(&room);
                         let members = counted.members;
                         // The answer goes before the notice and before any later message of the
@@ -1684,7 +1722,7 @@ impl Relay {
                 bcast,
             } => self.heard_from_node(node, members, bcast, now),
             MeshMsg::Appended { token, seq } => self.appended(token, seq, now),
-            MeshMsg::Cluster(msg) => self.handle_cluster_mesh(*msg, now),
+            MeshMsg::Cluster(msg) => self.handle_cluster_mesh(from, *msg, now),
             // The bridge's to carry; never sent to a shard.
             MeshMsg::Publish { .. } | MeshMsg::Append { .. } => {}
         }
@@ -1736,7 +1774,7 @@ impl Relay {
                         player,
                         wire: p.wire,
                         outbox: Rc::clone(&p.outbox),
-                        away: false,
+                        away: joining.resumed,
                         since,
                     });
                     admitted = true;
@@ -1754,6 +1792,7 @@ impl Relay {
         }
         if admitted {
             self.admin_ui_joined(player, room, now);
+            self.save_session(player);
         }
         for answer in joining.answers {
             self.reply_now(
@@ -2066,6 +2105,9 @@ impl Relay {
             .delivery()
             .and_then(|f| Some((f, Message::of(&bcast.room, &bcast.body)?)));
         let mut delivered = 0;
+        // Members whose place in a stream-numbered room is known from now on: their
+        // session records say so (rare: once per member and room).
+        let mut placed = Vec::new();
         // Socket.IO members' logs place the offset their client sends back (recovery on).
         let logged = bcast.offsets.then(|| {
             let cap = self.limits.history.map_or(0, |h| h.messages);
@@ -2074,6 +2116,7 @@ impl Relay {
         for m in &mut room.members {
             if m.since == SINCE_UNKNOWN && bcast.seq > 0 {
                 m.since = bcast.seq - 1;
+                placed.push(m.player);
             }
             if m.player == bcast.exclude || m.away {
                 continue;
@@ -2102,6 +2145,9 @@ impl Relay {
                 let micros = now.saturating_duration_since(bcast.received_at).as_micros() as u64;
                 self.latency.saturating_record(micros.max(1));
             }
+        }
+        for player in placed {
+            self.save_session(player);
         }
     }
 

@@ -26,7 +26,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Body, Broadcast, HomeRoom, MeshMsg, PlayerName, Relay, CODE_PREFIX};
+use super::{
+    Body, Broadcast, HomeRoom, MeshMsg, PlayerId, PlayerName, Relay, SessionRecord, ShardId,
+    CODE_PREFIX,
+};
 use crate::proto::native::LeaveReason;
 
 /// The player id no connection has: what a broadcast made by no player of this node (one
@@ -66,6 +69,66 @@ pub enum ClusterMsg {
     },
     /// bridge -> every shard: node `0`'s lease ended; its members are gone.
     NodeGone(u64),
+    /// player's shard -> bridge: write (or, `None`, remove) a native session's record
+    /// (`relay/failover.rs`).
+    SaveSession {
+        /// The session.
+        player: PlayerId,
+        /// Its record.
+        record: Option<Box<SessionRecord>>,
+    },
+    /// shard -> bridge: a client showed a session another node made; take its record.
+    Claim {
+        /// The session.
+        player: PlayerId,
+        /// The secret the client showed.
+        secret: Box<str>,
+        /// The shard that asks.
+        shard: ShardId,
+    },
+    /// bridge -> the shard that asked: the session's record, or `None`.
+    Claimed {
+        /// The session.
+        player: PlayerId,
+        /// Its record, taken from its old node.
+        record: Option<Box<SessionRecord>>,
+    },
+    /// home -> bridge: read the room's stream after `after` for a restored member's
+    /// replay, once the room is followed and caught up.
+    ReadStream {
+        /// Room key.
+        room: String,
+        /// The member.
+        player: PlayerId,
+        /// Its shard.
+        shard: ShardId,
+        /// The last number it saw.
+        after: u64,
+    },
+    /// bridge -> home: what the read found.
+    StreamRead {
+        /// Room key.
+        room: String,
+        /// The member.
+        player: PlayerId,
+        /// Its shard.
+        shard: ShardId,
+        /// The last number it saw.
+        after: u64,
+        /// Whether Redis answered.
+        read: bool,
+        /// The room's broadcasts after `after`, numbered, oldest first.
+        entries: Vec<Broadcast>,
+    },
+    /// bridge -> the player's shard: another node restored this node's session.
+    Taken(PlayerId),
+    /// player's shard -> home: the member left for another node; no notice.
+    MovedAway {
+        /// Room key.
+        room: String,
+        /// The member.
+        player: PlayerId,
+    },
 }
 
 /// A room's members on another node, as its home here knows them.
@@ -73,9 +136,9 @@ pub enum ClusterMsg {
 pub(super) struct RemoteMembers {
     node: u64,
     /// The count that node last gave (its notices carry it).
-    count: u32,
+    pub(super) count: u32,
     /// Their names, one entry per connection.
-    names: Vec<PlayerName>,
+    pub(super) names: Vec<PlayerName>,
 }
 
 impl HomeRoom {
@@ -244,10 +307,18 @@ impl Relay {
             // No member here: followed no more, and this was on its way.
             return;
         }
+        if let Body::MemberJoined { player, .. } | Body::MemberBack { player } = &bcast.body {
+            // A player is on one node at a time: one whose session moved to `node` is
+            // no longer on the node it left (whose lease may end without taking it).
+            super::failover::forget_remote(home, player);
+        }
         let remote = home.remote_mut(node);
         remote.count = members;
         match &bcast.body {
             Body::MemberJoined { player, .. } => remote.names.push(Arc::clone(player)),
+            Body::MemberBack { player } if !remote.names.contains(player) => {
+                remote.names.push(Arc::clone(player))
+            }
             Body::MemberLeft { player, .. } => {
                 if let Some(at) = remote.names.iter().position(|n| n == player) {
                     remote.names.swap_remove(at);
@@ -268,9 +339,20 @@ impl Relay {
         self.home_relay(Arc::new(*bcast), from_bridge, now);
     }
 
-    /// Cluster business from the bridge.
-    pub(super) fn handle_cluster_mesh(&mut self, msg: ClusterMsg, now: Instant) {
+    /// Cluster business from the bridge (or, `MovedAway`, from shard `from`).
+    pub(super) fn handle_cluster_mesh(&mut self, from: ShardId, msg: ClusterMsg, now: Instant) {
         match msg {
+            ClusterMsg::Claimed { player, record } => self.on_claimed(player, record, now),
+            ClusterMsg::StreamRead {
+                room,
+                player,
+                shard,
+                after,
+                read,
+                entries,
+            } => self.on_stream_read(&room, player, shard, after, read, entries, now),
+            ClusterMsg::Taken(player) => self.on_taken(player, now),
+            ClusterMsg::MovedAway { room, player } => self.moved_away(from, &room, player, now),
             ClusterMsg::Hello { room } => {
                 let Some(home) = self.homes.get(&room).filter(|h| h.shared) else {
                     return;
@@ -301,7 +383,10 @@ impl Relay {
             }
             ClusterMsg::NodeGone(node) => self.node_gone(node, now),
             // The bridge's own business.
-            ClusterMsg::Interest { .. } => {}
+            ClusterMsg::Interest { .. }
+            | ClusterMsg::SaveSession { .. }
+            | ClusterMsg::Claim { .. }
+            | ClusterMsg::ReadStream { .. } => {}
         }
     }
 

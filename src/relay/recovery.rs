@@ -147,12 +147,12 @@ impl RecoveryTicket {
         self.0.borrow().clone()
     }
 
-    fn decide(&self, outcome: Option<Identity>) {
+    pub(super) fn decide(&self, outcome: Option<Identity>) {
         *self.0.borrow_mut() = Some(outcome);
     }
 
     /// The session gave up waiting: nobody holds the ticket but the relay.
-    fn abandoned(&self) -> bool {
+    pub(super) fn abandoned(&self) -> bool {
         Rc::strong_count(&self.0) == 1
     }
 }
