@@ -178,6 +178,13 @@ fn node_cluster() {
     node_suite("cluster.test.js");
 }
 
+/// Socket.IO recovery across nodes: the official client's node is killed, a proxy sends
+/// its reconnect to another node, and it comes back `recovered` with what it missed.
+#[test]
+fn node_cluster_recovery() {
+    node_suite("cluster_recovery.test.js");
+}
+
 #[test]
 fn node_500_clients() {
     node_suite("load.test.js");

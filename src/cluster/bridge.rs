@@ -1171,10 +1171,8 @@ async fn follow_sharded(
                             }
                         }
                     }
-                    redis::PushKind::Disconnection => {
-                        if heard.send(Heard::Down).await.is_err() {
-                            return;
-                        }
+                    redis::PushKind::Disconnection if heard.send(Heard::Down).await.is_err() => {
+                        return;
                     }
                     _ => {}
                 }

@@ -37,8 +37,8 @@ pub const NATIVE_PATH: &str = "/ws";
 pub struct NativeSession {
     player: PlayerId,
     /// A `Resume` of a session another node made waits for the cluster's answer
-    /// (`relay/failover.rs`): `player` is that session, and this the request to answer.
-    resuming: Option<u32>,
+    /// (`relay/failover.rs`): `player` is that session (the relay keeps the request).
+    resuming: bool,
     /// Boxed: one pointer in the session, which every idle connection pays for
     /// (`per_connection_structures_stay_small`).
     auth: Box<SessionAuth>,
@@ -78,7 +78,7 @@ impl NativeSession {
         let player = shard.next_player_id();
         let session = NativeSession {
             player,
-            resuming: None,
+            resuming: false,
             auth: Box::new(SessionAuth {
                 identity: Identity::anonymous(player.to_string()),
                 gate,
@@ -302,6 +302,7 @@ impl NativeSession {
                             .map(|&(room, seq)| (room.to_owned(), seq))
                             .collect();
                         let asked = shard.relay.borrow_mut().claim_session(
+                            req,
                             session,
                             secret.as_str(),
                             (Wire::Native, Rc::clone(cx.out)),
@@ -311,7 +312,7 @@ impl NativeSession {
                         if asked {
                             cx.shard.wake_on(&inbox, cx.id);
                             self.player = session;
-                            self.resuming = Some(req);
+                            self.resuming = true;
                         } else {
                             // The same answer whether the session never existed, ended, or
                             // the secret is wrong. The connection may go on with a `Hello`.
@@ -678,13 +679,14 @@ impl WsApp for NativeSession {
     }
 
     fn on_wake(&mut self, cx: &mut Cx<'_>) -> Flow {
-        let Some(req) = self.resuming else {
+        if !self.resuming {
             return Flow::Continue;
-        };
+        }
         let Some(claimed) = cx.shard.relay.borrow_mut().take_claim(self.player) else {
             return Flow::Continue;
         };
-        self.resuming = None;
+        self.resuming = false;
+        let req = claimed.req;
         cx.shard.stop_waking(&claimed.inbox);
         let Some(identity) = claimed.identity else {
             // A new player id for a `Hello` that may follow.
@@ -717,7 +719,7 @@ impl WsApp for NativeSession {
     fn on_close(&mut self, cx: &mut Cx<'_>, why: CloseReason) {
         cx.shard.stats.count_close(why);
         crate::stats::sub(&cx.shard.stats.native_connections, 1);
-        if self.resuming.take().is_some() {
+        if std::mem::take(&mut self.resuming) {
             // A session restored after all waits away for its window.
             let inbox = cx
                 .shard

@@ -32,8 +32,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{
-    home_shard, public_meta, Body, Broadcast, ClusterMsg, HomeRoom, JoinExtra, Joining, Member,
-    MeshMsg, Outbox, Player, PlayerId, Relay, Session, ShardId, Wire, SINCE_UNKNOWN,
+    home_shard, public_meta, room_tag, Body, Broadcast, ClusterMsg, HomeRoom, JoinExtra, Joining,
+    Member, MeshMsg, Outbox, Player, PlayerId, Relay, Session, ShardId, SioLog, Wire,
+    SINCE_UNKNOWN,
 };
 use crate::auth::Identity;
 use crate::stats::add;
@@ -55,6 +56,9 @@ pub struct SessionRecord {
     /// (`u64::MAX` while not known yet).
     #[serde(default)]
     pub rooms: Vec<(String, u64)>,
+    /// A Socket.IO session's namespace; `None` for a native session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nsp: Option<String>,
 }
 
 /// The hash a session record keeps of a secret: SHA-256, hex.
@@ -77,6 +81,8 @@ pub fn node_of_secret(secret: &str) -> Option<u64> {
 /// A `Resume` waiting for the bridge's claim, then for its connection to take the answer.
 #[derive(Debug)]
 pub(super) struct Claiming {
+    /// The `Resume`'s request id.
+    req: u32,
     wire: Wire,
     outbox: Rc<Outbox>,
     /// Woken when decided.
@@ -94,6 +100,8 @@ pub(super) struct Claiming {
 /// A claim's answer, as its connection takes it ([`Relay::take_claim`]).
 #[derive(Debug)]
 pub struct Claimed {
+    /// The `Resume`'s request id.
+    pub req: u32,
     /// What woke the connection (it stops waking on it).
     pub inbox: Rc<Outbox>,
     /// The secret the client showed.
@@ -131,6 +139,35 @@ impl Relay {
         self.node.is_some() && self.limits.history.is_some()
     }
 
+    /// Whether a session with `secret` may be another node's, to claim.
+    pub(super) fn claimable(&self, secret: &str) -> bool {
+        self.across_nodes() && node_of_secret(secret).is_some_and(|n| Some(n) != self.node)
+    }
+
+    /// A Socket.IO recovery no shard here could answer: asks the cluster, if the pid's
+    /// secret names another node. `false` when there is nobody to ask.
+    pub(super) fn claim_sio(&mut self, player: PlayerId) -> bool {
+        let Some(secret) = self.pending.get(&player).map(|p| p.req.secret.clone()) else {
+            return false;
+        };
+        if !self.claimable(&secret) {
+            return false;
+        }
+        if let Some(p) = self.pending.get_mut(&player) {
+            p.claiming = true;
+        }
+        let bridge = self.bridge();
+        self.send_mesh(
+            bridge,
+            MeshMsg::Cluster(Box::new(ClusterMsg::Claim {
+                player,
+                secret,
+                shard: self.shard,
+            })),
+        );
+        true
+    }
+
     /// A new session's secret: random, and in a cluster prefixed by this node's
     /// incarnation (16 hex digits), so that another node knows where the session was.
     pub fn new_session_secret(&self) -> String {
@@ -147,15 +184,14 @@ impl Relay {
     /// [`Relay::take_claim`].
     pub fn claim_session(
         &mut self,
+        req: u32,
         session: PlayerId,
         secret: &str,
         (wire, outbox): (Wire, Rc<Outbox>),
         inbox: Rc<Outbox>,
         last_seen: Vec<(String, u64)>,
     ) -> bool {
-        let elsewhere = node_of_secret(secret).is_some_and(|n| Some(n) != self.node);
-        if !self.across_nodes()
-            || !elsewhere
+        if !self.claimable(secret)
             || self.players.contains_key(&session)
             || self.claims.contains_key(&session)
         {
@@ -164,6 +200,7 @@ impl Relay {
         self.claims.insert(
             session,
             Claiming {
+                req,
                 wire,
                 outbox,
                 inbox,
@@ -190,6 +227,7 @@ impl Relay {
         let identity = self.claims.get(&session)?.outcome.clone()?;
         let c = self.claims.remove(&session)?;
         Some(Claimed {
+            req: c.req,
             inbox: c.inbox,
             secret: c.secret,
             identity,
@@ -241,6 +279,9 @@ impl Relay {
         now: Instant,
     ) {
         let Some(c) = self.claims.get_mut(&player) else {
+            if self.pending.get(&player).is_some_and(|p| p.claiming) {
+                self.on_claimed_sio(player, record, now);
+            }
             return;
         };
         let record = record.filter(|_| !self.players.contains_key(&player));
@@ -310,6 +351,94 @@ impl Relay {
             c.outcome = Some(Some(identity));
             let _ = c.inbox.push(Bytes::new());
         }
+    }
+
+    /// The cluster's answer to a Socket.IO recovery: the session's record, taken from its
+    /// old node.
+    ///
+    /// The client's offset places it exactly in the room it names: numbers are the same on
+    /// every node. A socket that was in other rooms too cannot be placed in them (each node
+    /// delivers rooms to a socket in an order of its own), so it gets a fresh session, and
+    /// its old one leaves its rooms as disconnected.
+    fn on_claimed_sio(
+        &mut self,
+        player: PlayerId,
+        record: Option<Box<SessionRecord>>,
+        now: Instant,
+    ) {
+        let Some(pending) = self.pending.remove(&player) else {
+            return;
+        };
+        let record = record.filter(|_| !self.players.contains_key(&player));
+        let Some(record) = record else {
+            add(&self.stats.resumes_refused, 1);
+            pending.ticket.decide(None);
+            self.wakeups.push(pending.waker);
+            return;
+        };
+        let req = &pending.req;
+        let named = req.expect.as_ref().is_none_or(|n| **n == *record.player);
+        let mut placed = named && record.nsp.as_deref() == Some(&*req.nsp);
+        let mut rooms = Vec::with_capacity(record.rooms.len());
+        for (room, since) in record.rooms {
+            let after = match req.offset {
+                // It processed nothing: everything from its join.
+                None => since,
+                Some((tag, seq)) if tag == room_tag(&room) => match since {
+                    SINCE_UNKNOWN => seq,
+                    since => since.max(seq),
+                },
+                Some(_) => {
+                    placed = false;
+                    since
+                }
+            };
+            rooms.push((room, after));
+        }
+        let identity = Identity {
+            player: Arc::from(record.player.as_str()),
+            claims: Arc::new(record.claims),
+            exp: record.exp.and_then(NonZeroU64::new),
+        };
+        let at = rooms
+            .iter()
+            .filter(|(_, after)| *after != SINCE_UNKNOWN)
+            .map(|(room, after)| (room_tag(room), *after))
+            .collect();
+        let abandoned = pending.ticket.abandoned();
+        self.players.insert(
+            player,
+            Player {
+                identity: identity.clone(),
+                wire: pending.wire,
+                outbox: Rc::clone(&pending.outbox),
+                rooms: Vec::new(),
+                session: Some(Box::new(Session {
+                    secret: req.secret.clone(),
+                    away_until: None,
+                    log: Some(Box::new(SioLog::starting_at(&req.nsp, at))),
+                })),
+                ticket: None,
+            },
+        );
+        for (room, after) in rooms {
+            self.rejoin(player, room, after, placed && !abandoned);
+        }
+        if !placed {
+            // Taken from its old node, which let it go: it leaves its rooms now.
+            self.disconnect(player, now);
+            add(&self.stats.resumes_refused, 1);
+            pending.ticket.decide(None);
+            self.wakeups.push(pending.waker);
+            return;
+        }
+        add(&self.stats.resumes, 1);
+        if abandoned {
+            self.wait_away(player, now);
+        }
+        self.save_session(player);
+        pending.ticket.decide(Some(identity));
+        self.wakeups.push(pending.waker);
     }
 
     /// A restored player becomes a member of `room` again, away until its replay of what
@@ -483,7 +612,7 @@ impl Relay {
         let Some(p) = self.players.get(&player) else {
             return;
         };
-        let Some(s) = p.session.as_deref().filter(|s| s.log.is_none()) else {
+        let Some(s) = p.session.as_deref() else {
             return;
         };
         let rooms = p
@@ -501,6 +630,7 @@ impl Relay {
             claims: (*p.identity.claims).clone(),
             exp: p.identity.exp.map(NonZeroU64::get),
             rooms,
+            nsp: s.log.as_ref().map(|log| log.nsp.to_string()),
         };
         let bridge = self.bridge();
         self.send_mesh(
@@ -514,12 +644,11 @@ impl Relay {
 
     /// `player`'s session ended: its record goes.
     pub(super) fn drop_session_record(&mut self, player: PlayerId) {
-        let native = self
+        let kept = self
             .players
             .get(&player)
-            .and_then(|p| p.session.as_deref())
-            .is_some_and(|s| s.log.is_none());
-        if !self.across_nodes() || !native {
+            .is_some_and(|p| p.session.is_some());
+        if !self.across_nodes() || !kept {
             return;
         }
         let bridge = self.bridge();
@@ -535,10 +664,10 @@ impl Relay {
     /// Another node restored `player`'s session: if it is here, its connection is closed
     /// and it leaves its rooms without a notice (it is still a member, there).
     pub(super) fn on_taken(&mut self, player: PlayerId, now: Instant) {
-        if !self
+        if self
             .players
             .get(&player)
-            .is_some_and(|p| p.session.is_some())
+            .is_none_or(|p| p.session.is_none())
         {
             return;
         }

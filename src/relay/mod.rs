@@ -1049,6 +1049,7 @@ impl Relay {
                 log: None,
             }));
         }
+        self.save_session(player);
     }
 
     /// Records `player`'s new identity (a refreshed token), for the delivery hook and a later
