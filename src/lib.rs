@@ -86,6 +86,7 @@ pub mod rate_limit;
 pub mod relay;
 pub mod server;
 pub mod shard;
+pub mod socketcluster;
 pub mod socketio;
 pub mod stats;
 pub mod timer;
