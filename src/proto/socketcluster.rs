@@ -720,6 +720,38 @@ mod tests {
         assert_eq!(sc_value(&arg), nested);
     }
 
+    /// The decoder on mutated packets and noise (fixed seed, 20,000 cases): never a panic,
+    /// and whatever decodes splits and rebuilds its binary objects.
+    #[test]
+    fn randomized_inputs_never_panic() {
+        use crate::proto::engineio::tests::XorShift;
+        let mut rng = XorShift::new(0x5c_c1a5);
+        let seeds = [
+            r##"{"event":"#handshake","data":{"authToken":"a.b.c"},"cid":1}"##,
+            r##"{"event":"#publish","data":{"channel":"c","data":{"base64":true,"data":"AQID"}},"cid":2}"##,
+            r##"[{"event":"#subscribe","data":{"channel":"c"},"cid":3},{"event":"#unsubscribe","data":"c"}]"##,
+            r##"{"event":"move","data":[1,{"base64":true,"data":"BA=="}],"cid":4}"##,
+            r##"{"rid":5,"error":{"name":"E","message":"m"}}"##,
+        ];
+        let alphabet = b"{}[]\":,#0123456789abcdefbase64truedatacidrid= ";
+        for _ in 0..20_000 {
+            let input = if rng.below(3) == 0 {
+                rng.bytes(48)
+            } else {
+                let seed = seeds[rng.below(seeds.len())];
+                rng.mutate(seed.as_bytes(), alphabet)
+            };
+            let text = String::from_utf8_lossy(&input);
+            if let Ok(Inbound::Packets(packets)) = decode(&text) {
+                for packet in packets.into_iter().flatten() {
+                    if let Packet::Publish { data, .. } | Packet::Event { data, .. } = packet {
+                        let _ = sc_value(&split_binary(data));
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn the_heartbeat_pings_and_times_out() {
         let t0 = Instant::now();
