@@ -7,8 +7,8 @@
 //! Procedures (`socket.invoke(name, data)` on the client): `echo` answers `data`; `fail`
 //! refuses with `MyAppError`; `login` issues a token for `data.username`
 //! (`#setAuthToken`); `whoami` answers `{id, player, authenticated}`; `announce` publishes
-//! `data.data` to `data.channel` from the server; `tell-me` transmits `told` with `data`
-//! back. Middleware: an invoke of a name starting with `secret` is refused
+//! `data.data` to `data.channel` from the server; `kick-me` unsubscribes the client from
+//! `data.channel` with a `#kickOut`; `tell-me` transmits `told` with `data` back. Middleware: an invoke of a name starting with `secret` is refused
 //! (`ForbiddenError`), a subscription to a `private-` channel is refused, and a publish to
 //! a `readonly-` channel is refused; Socket.IO and native players meet the same hooks.
 
@@ -62,6 +62,16 @@ fn app() -> SocketCluster {
                 match published {
                     Ok(()) => response.end_empty(),
                     Err(e) => response.error(ScError::new("PublishError", e.to_string())),
+                }
+            }
+        })
+        .on("kick-me", |socket, data, response| {
+            let channel = data.get("channel").and_then(Value::as_str).unwrap_or("");
+            let kicked = socket.kick_out(channel, "you asked for it");
+            if let Some(response) = response {
+                match kicked {
+                    Ok(()) => response.end_empty(),
+                    Err(code) => response.error(ScError::new("KickError", code.name())),
                 }
             }
         })

@@ -148,6 +148,13 @@ test('a channel is a room: socket.io members and SocketCluster subscribers meet'
     { news: 1 },
   ]);
 
+  // Kicked out by server code: the client's `kickOut`, and the channel is unsubscribed.
+  await subscribed(s, 'kick-zone');
+  const kicked = next(s, 'kickOut');
+  await s.invoke('kick-me', { channel: 'kick-zone' });
+  assert.deepEqual(await kicked, { channel: 'kick-zone', message: 'you asked for it' });
+  assert.equal(s.isSubscribed('kick-zone', true), false);
+
   // Unsubscribed: the room sees it leave.
   const left = new Promise((resolve) => sio.once('member_left', (...args) => resolve(args)));
   s.unsubscribe('arena-42');
