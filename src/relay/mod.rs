@@ -57,8 +57,8 @@ pub use admin_ui::{
     iso8601, AdminCommand, AdminUiMsg, AdminUiShared, ListedSocket, DISCONNECT_TIMER, STATS_TIMER,
 };
 pub use broadcast::{
-    native_frame, parse_sio_offset, room_key, room_tag, sio_offset, sio_polling_text,
-    sio_ws_frames, split_room_key, Body, Broadcast, PlayerId, PlayerName, Reply, Wire,
+    native_frame, parse_sio_offset, room_key, room_tag, sc_error, sio_offset, sio_polling_text,
+    sio_ws_frames, split_room_key, text_frame, Body, Broadcast, PlayerId, PlayerName, Reply, Wire,
     EVENT_ENVELOPE,
 };
 pub use failover::{node_of_secret, secret_hash, SessionRecord};
@@ -1322,7 +1322,7 @@ impl Relay {
             // The window fits the outbound queue (config check), so this overflows only
             // when the client's queue was full already; then it is closed, as any slow one.
             let _ = outbox.push(bcast.frame(wire));
-            if bcast.offsets && wire != Wire::Native {
+            if bcast.offsets && matches!(wire, Wire::SioWs | Wire::SioPolling) {
                 Self::log_delivery(&mut self.players, player, tag, bcast.seq, cap);
             }
         }
