@@ -567,7 +567,7 @@ impl Relay {
         Self::trim(home, &limits, now, &self.stats);
         let first = entries.first().map(|b| b.seq);
         let last = entries.last().map_or(after, |b| b.seq).max(after);
-        let gap = match first {
+        let mut gap = match first {
             Some(first) => first > after.saturating_add(1),
             None => !read && home.seq > after,
         };
@@ -585,6 +585,22 @@ impl Relay {
                 .filter(|k| k.bcast.seq > last && k.bcast.exclude != player)
                 .map(|k| Arc::clone(&k.bcast)),
         );
+        // Within the window's bounds, as a replay from the home's own ring is: the newest
+        // that fit, so that the client's outbound queue takes them at once.
+        let mut bytes = 0;
+        let fit = missed
+            .iter()
+            .rev()
+            .take(limits.messages)
+            .take_while(|b| {
+                bytes += b.max_frame_len();
+                bytes <= limits.bytes
+            })
+            .count();
+        if fit < missed.len() {
+            missed.drain(..missed.len() - fit);
+            gap = true;
+        }
         let members = home.cluster_total();
         if origin == self.shard {
             self.replay(room, player, members, gap, &missed);
