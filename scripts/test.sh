@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one test command (README.md, .ci/run): installs what the tests need, builds, lints,
 # and runs every test — unit, integration over real sockets, interop with the real
-# socket.io clients (npm socket.io-client, PyPI python-socketio), and the admin dashboard
-# in a real browser (Debian's chromium, driven by npm puppeteer-core).
+# socket.io and SocketCluster clients (npm socket.io-client and socketcluster-client, PyPI
+# python-socketio), and the admin dashboard in a real browser (Debian's chromium, driven
+# by npm puppeteer-core).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,7 +42,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-say "interop clients (npm socket.io-client and puppeteer-core, PyPI python-socketio)"
+say "interop clients (npm socket.io-client, socketcluster-client and puppeteer-core, PyPI python-socketio)"
 npm ci --prefix tests/interop --no-audit --no-fund --loglevel=error
 if [ ! -x tests/interop/.venv/bin/python ]; then
   python3 -m venv tests/interop/.venv 2>/dev/null || {

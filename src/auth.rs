@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -149,6 +149,23 @@ pub enum TokenError {
     SubjectChanged,
 }
 
+/// How long a token the server issues ([`Verifier::sign`]) lasts when its claims set no
+/// `exp`: a day, as SocketCluster's `authDefaultExpiry`.
+pub const ISSUED_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// Why the server could not issue a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SignError {
+    /// No `jwt_secret` is configured (none at all, or a public key, which cannot sign):
+    /// tokens come from the game backend.
+    #[error("the server has no jwt_secret to sign tokens with")]
+    NoSecret,
+    /// The claims do not make a token the server would accept (`sub` missing or invalid,
+    /// `exp` in the past, the wrong `iss` or `aud`).
+    #[error("the claims make no valid token: {0}")]
+    Invalid(TokenError),
+}
+
 /// Who a connection is: the player id others see and the token's claims.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -189,6 +206,9 @@ impl Identity {
 /// Checks tokens against the configured key. One per server, shared by the shards.
 pub struct Verifier {
     key: Option<(DecodingKey, Validation)>,
+    /// The HMAC secret as a signing key, so that the server may issue tokens itself
+    /// (SocketCluster's `setAuthToken`); `None` with a public key, which cannot sign.
+    signer: Option<EncodingKey>,
     required: bool,
     expiry: Expiry,
     leeway: u64,
@@ -208,6 +228,11 @@ impl std::fmt::Debug for Verifier {
 impl Verifier {
     /// The verifier `config` describes; reads the key file.
     pub fn new(config: &AuthConfig) -> Result<Verifier, KeyError> {
+        let signer = config
+            .jwt_secret
+            .as_ref()
+            .filter(|s| !s.is_empty())
+            .map(|s| EncodingKey::from_secret(s.as_bytes()));
         let key = match (&config.jwt_secret, &config.jwt_public_key_file) {
             (Some(_), Some(_)) => return Err(KeyError::TwoKeys),
             (Some(secret), None) if secret.is_empty() => return Err(KeyError::EmptySecret),
@@ -250,10 +275,34 @@ impl Verifier {
         });
         Ok(Verifier {
             key,
+            signer,
             required: config.required,
             expiry: config.expiry,
             leeway: config.leeway_s,
         })
+    }
+
+    /// A token of `claims` signed with the HMAC secret (HS256), and the identity it proves,
+    /// for a server that issues tokens itself. `exp` is added, [`ISSUED_TOKEN_LIFETIME`]
+    /// from now, when `claims` has none; `sub` must be there, as in every token.
+    pub fn sign(&self, claims: &Map<String, Value>) -> Result<(String, Identity), SignError> {
+        let signer = self.signer.as_ref().ok_or(SignError::NoSecret)?;
+        let mut claims = claims.clone();
+        if !claims.contains_key("exp") {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let exp = now + ISSUED_TOKEN_LIFETIME.as_secs();
+            claims.insert("exp".into(), Value::from(exp));
+        }
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, signer)
+            .map_err(|_| SignError::Invalid(TokenError::Malformed))?;
+        // Checked as any token the client could bring back: a bad `sub` is refused here.
+        match self.check(Some(&token)) {
+            Ok(Some(identity)) => Ok((token, identity)),
+            Ok(None) => Err(SignError::NoSecret),
+            Err(e) => Err(SignError::Invalid(e)),
+        }
     }
 
     /// Whether tokens are checked at all (a key is configured).

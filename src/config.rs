@@ -10,6 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 pub use crate::auth::{AuthConfig, Expiry};
 pub use crate::matchmaking::{MatchmakingConfig, QueueConfig};
+pub use crate::socketcluster::SocketClusterConfig;
 pub use crate::socketio::admin_ui::{AdminUiConfig, AdminUiMode};
 
 /// The server's settings. Field names are also the TOML keys and, upper-cased after
@@ -172,6 +173,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `[admin_ui]`: the official Socket.IO Admin UI's namespace (docs/ADMIN_UI.md).
     pub admin_ui: AdminUiConfig,
+    /// `[socketcluster]`: the SocketCluster endpoint (docs/SOCKETCLUSTER.md).
+    pub socketcluster: SocketClusterConfig,
 }
 
 /// `[admin]`: who may open the dashboard at `/admin` and act from it.
@@ -331,6 +334,7 @@ impl Default for Config {
             rooms: RoomsConfig::default(),
             admin: AdminConfig::default(),
             admin_ui: AdminUiConfig::default(),
+            socketcluster: SocketClusterConfig::default(),
         }
     }
 }
@@ -476,6 +480,10 @@ pub struct RateLimits {
     /// The profile of Socket.IO sessions; a key left out keeps its default.
     #[serde(deserialize_with = "socketio_profile")]
     pub socketio: RateProfile,
+    /// The profile of SocketCluster connections (messages: every event, publish and
+    /// invoke; joins: subscriptions); a key left out keeps its default.
+    #[serde(deserialize_with = "socketcluster_profile")]
+    pub socketcluster: RateProfile,
     /// Named profiles (`[rate_limits.tiers.<name>]`), picked by the `tier` claim of a
     /// connection's verified token (never from what the client writes beside it); a key a
     /// tier leaves out is taken from the protocol's profile, and a connection without a
@@ -528,6 +536,8 @@ pub enum Protocol {
     Native,
     /// Socket.IO (either transport).
     SocketIo,
+    /// SocketCluster.
+    SocketCluster,
 }
 
 impl Default for RateLimits {
@@ -553,6 +563,17 @@ impl Default for RateLimits {
             // less often. The byte burst is `engineio_max_payload`, so any message the
             // transport accepts can pass.
             socketio: RateProfile {
+                messages_per_s: 120.0,
+                messages_burst: 240,
+                bytes_per_s: 1_000_000.0,
+                bytes_burst: 1_000_000,
+                joins_per_s: 10.0,
+                joins_burst: 64,
+            },
+            // Socket.IO's: a SocketCluster packet costs about what a Socket.IO event does
+            // (JSON in a text frame). The byte burst holds any message the endpoint accepts
+            // (`max_message_size`).
+            socketcluster: RateProfile {
                 messages_per_s: 120.0,
                 messages_burst: 240,
                 bytes_per_s: 1_000_000.0,
@@ -598,6 +619,11 @@ fn native_profile<'de, D: Deserializer<'de>>(d: D) -> Result<RateProfile, D::Err
     Ok(TierProfile::deserialize(d)?.over(RateLimits::default().native))
 }
 
+/// `[rate_limits.socketcluster]` over the SocketCluster defaults, as [`native_profile`].
+fn socketcluster_profile<'de, D: Deserializer<'de>>(d: D) -> Result<RateProfile, D::Error> {
+    Ok(TierProfile::deserialize(d)?.over(RateLimits::default().socketcluster))
+}
+
 /// `[rate_limits.socketio]` over the Socket.IO defaults, as [`native_profile`].
 fn socketio_profile<'de, D: Deserializer<'de>>(d: D) -> Result<RateProfile, D::Error> {
     Ok(TierProfile::deserialize(d)?.over(RateLimits::default().socketio))
@@ -612,6 +638,7 @@ impl RateLimits {
         let base = match protocol {
             Protocol::Native => self.native,
             Protocol::SocketIo => self.socketio,
+            Protocol::SocketCluster => self.socketcluster,
         };
         match tier.and_then(|name| self.tiers.get(name)) {
             Some(t) => t.over(base),
@@ -625,12 +652,18 @@ impl RateLimits {
             let table = format!("rate_limits.tiers.{name}");
             [
                 (table.clone(), Protocol::Native, Some(name.as_str())),
-                (table, Protocol::SocketIo, Some(name.as_str())),
+                (table.clone(), Protocol::SocketIo, Some(name.as_str())),
+                (table, Protocol::SocketCluster, Some(name.as_str())),
             ]
         });
         let all = [
             ("rate_limits.native".to_owned(), Protocol::Native, None),
             ("rate_limits.socketio".to_owned(), Protocol::SocketIo, None),
+            (
+                "rate_limits.socketcluster".to_owned(),
+                Protocol::SocketCluster,
+                None,
+            ),
         ]
         .into_iter()
         .chain(tiers);
@@ -732,6 +765,7 @@ const KEYS: &[&str] = &[
 /// `[table]`. Longest first, so that a name goes to the deepest table it starts with. A key
 /// a table does not have is refused when the configuration is read, as in the file.
 const TABLES: &[&str] = &[
+    "rate_limits.socketcluster",
     "rate_limits.socketio",
     "rate_limits.native",
     "rate_limits",
@@ -745,6 +779,7 @@ const TABLES: &[&str] = &[
     "matchmaking",
     "rooms",
     "admin",
+    "socketcluster",
 ];
 
 /// Where an environment variable's (lower-cased, after `CORELAY_`) or a flag's value goes:
@@ -945,6 +980,9 @@ impl Config {
         }
         if let Some(problem) = self.log.problem() {
             return Err(ConfigError::Invalid(problem));
+        }
+        if let Some(problem) = self.socketcluster.problem() {
+            return Err(ConfigError::Invalid(format!("socketcluster.{problem}")));
         }
         if let Some(problem) = self.cluster.problem() {
             return Err(ConfigError::Invalid(format!("cluster.{problem}")));

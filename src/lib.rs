@@ -18,7 +18,7 @@
 //!   server, shared by the shards without locks.
 //! - [`proto`]: wire formats, sans-IO: HTTP/1.1 heads ([`proto::http`]), WebSocket framing
 //!   ([`proto::ws`]), the native rkyv protocol ([`proto::native`]), Engine.IO and
-//!   Socket.IO packets.
+//!   Socket.IO packets, SocketCluster packets and heartbeat ([`proto::socketcluster`]).
 //! - [`rate_limit`]: the token buckets of one connection (messages, bytes and joins per
 //!   second) and when persistent refusals close it, sans-IO.
 //! - [`relay`]: rooms, membership, fan-out and the per-connection [`relay::Outbox`], sans-IO;
@@ -48,10 +48,13 @@
 //!   ([`socketio::SocketIo`], [`socketio::Namespace`]); the official Socket.IO Admin UI's
 //!   namespace ([`socketio::admin_ui`], docs/ADMIN_UI.md), whose view of every shard's
 //!   sockets and rooms the relays keep and gather over the mesh (`relay/admin_ui.rs`).
+//! - [`socketcluster`]: SocketCluster's settings and application API (procedures with
+//!   responses, the exchange, invoke middleware; the [`hooks`] are its other middleware),
+//!   docs/SOCKETCLUSTER.md.
 //! - [`net`]: the endpoints, which give bytes their meaning: the HTTP front
 //!   ([`net::front`]) that routes every accepted connection by path, the one WebSocket
 //!   driver ([`net::websocket`]) and its applications (native on `/ws`, the Engine.IO
-//!   transport, echo), Engine.IO long-polling ([`net::engineio`]), and the operator's
+//!   transport, SocketCluster on `/socketcluster/` ([`net::socketcluster`]), echo), Engine.IO long-polling ([`net::engineio`]), and the operator's
 //!   endpoints: `/metrics` and health ([`net::ops`]), the dashboard at `/admin`
 //!   ([`net::admin`]: its live feed, and the relay's admin requests, `relay/admin.rs`,
 //!   which gather rooms and carry kicks over the mesh only when asked).
@@ -88,6 +91,7 @@ pub mod rate_limit;
 pub mod relay;
 pub mod server;
 pub mod shard;
+pub mod socketcluster;
 pub mod socketio;
 pub mod stats;
 pub mod timer;

@@ -50,7 +50,7 @@ struct Scrape {
     version: &'static str,
     /// `[cluster]`: Redis reached, the live nodes, and the bridge's counts
     /// ([`crate::cluster::ClusterStatus::traffic`]).
-    cluster: Option<(bool, u64, [u64; 5])>,
+    cluster: Option<(bool, u64, [u64; 6])>,
     /// `[cluster]` with its queues: the cluster queues' counts
     /// ([`crate::cluster::ClusterStatus::matchmaking`]).
     queues: Option<[u64; 4]>,
@@ -331,7 +331,7 @@ impl Collector for Scrape {
             let m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
             ConstGauge::new(value).encode(m)?;
         }
-        if let Some((_, _, [_, published, dropped, received, refused])) = self.cluster {
+        if let Some((_, _, [_, published, dropped, received, refused, gone])) = self.cluster {
             let counters = [
                 (
                     "cluster_published",
@@ -352,6 +352,11 @@ impl Collector for Scrape {
                     "cluster_refused",
                     "Messages on a room's channel that were not corelay envelopes.",
                     refused,
+                ),
+                (
+                    "cluster_nodes_gone",
+                    "Nodes whose lease ended (their members left this node's rooms).",
+                    gone,
                 ),
             ];
             for (name, help, value) in counters {

@@ -31,10 +31,12 @@ use crate::net::engineio::EngineEndpoint;
 use crate::net::front::{Front, PathMatch, Routes};
 use crate::net::native::{NativeRoute, NATIVE_PATH};
 use crate::net::ops::{OpsRoute, HEALTH_PATH, METRICS_PATH, READY_PATH};
+use crate::net::socketcluster::ScRoute;
 use crate::shard::driver::{self, ShardSeed};
 use crate::shard::mesh::MeshQueues;
 use crate::shard::ring::{Ring, RingSizes};
 use crate::shard::{Control, Endpoint, EndpointFactory, Shard};
+use crate::socketcluster::SocketCluster;
 use crate::socketio::admin_ui::AdminUi;
 use crate::socketio::{Namespace, SocketIo};
 use crate::stats::{Stats, StatsRegistry};
@@ -143,7 +145,18 @@ impl Server {
     /// added to them.
     pub fn start_with_hooks(
         config: Config,
+        app: SocketIo,
+        hooks: Hooks,
+    ) -> Result<Server, ServerError> {
+        Server::start_with_socketcluster(config, app, SocketCluster::new(), hooks)
+    }
+
+    /// Like [`Server::start_with_hooks`], with application code on the SocketCluster
+    /// endpoint too (docs/SOCKETCLUSTER.md); the hooks are its middleware as well.
+    pub fn start_with_socketcluster(
+        config: Config,
         mut app: SocketIo,
+        socketcluster: SocketCluster,
         hooks: Hooks,
     ) -> Result<Server, ServerError> {
         let verifier = Arc::new(Verifier::new(&config.auth)?);
@@ -162,6 +175,10 @@ impl Server {
         ));
         let handshake_rate = config.engineio_handshake_rate;
         let admin = config.admin.clone();
+        let socketcluster = config
+            .socketcluster
+            .enabled
+            .then(|| (config.socketcluster.path.clone(), Arc::new(socketcluster)));
         let endpoints = move |shard: &Rc<Shard>| {
             // The relay runs the delivery hook on each recipient's shard, and fires the
             // dashboard's endpoint to end the sessions of Socket.IO players it kicked.
@@ -189,6 +206,11 @@ impl Server {
                 .route(PathMatch::Exact(READY_PATH.to_owned()), Rc::new(OpsRoute));
             for path in ADMIN_PATHS {
                 routes = routes.route(PathMatch::Exact(path.to_owned()), dashboard.clone());
+            }
+            if let Some((path, app)) = &socketcluster {
+                let route =
+                    ScRoute::new(Arc::clone(&verifier), Arc::clone(&hooks), Arc::clone(app));
+                routes = routes.route(PathMatch::Exact(path.clone()), Rc::new(route));
             }
             let mut endpoints = vec![
                 Rc::new(Front::new(routes)) as Rc<dyn Endpoint>,
@@ -383,6 +405,15 @@ impl Server {
                 node,
                 shards,
                 std::time::Duration::from_millis(config.cluster.lease_ms),
+                // A stream outlives its room's last message by two resume windows: every
+                // session that may still ask for it has ended by then.
+                config
+                    .resume
+                    .enabled()
+                    .then(|| crate::cluster::bridge::StreamLimits {
+                        messages: config.resume.window_messages,
+                        ttl: std::time::Duration::from_millis(config.resume.window_ms * 2),
+                    }),
                 mesh.mesh_for(shards, config.mesh_backlog),
                 server.stats.cluster_status(),
                 config

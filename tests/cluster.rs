@@ -230,6 +230,21 @@ fn a_room_spans_three_nodes_with_every_message_once_in_each_senders_order() {
         // members of the three nodes, and the others are told of it with that count.
         let mut watcher = common::connect(addrs[0]).await;
         watcher.join("arena").await.unwrap();
+        // Counts across nodes are as fresh as the notices that crossed: the newcomer's
+        // node has heard of the watcher once a member there has.
+        let seen = watcher.player().to_owned();
+        let (_, (_, on_last)) = &mut natives[4];
+        loop {
+            let event = common::within(
+                "the watcher's notice on the last node",
+                on_last.next_event(),
+            )
+            .await
+            .unwrap();
+            if matches!(&event, ServerEvent::MemberJoined { player, .. } if *player == seen) {
+                break;
+            }
+        }
         let mut newcomer = common::connect(addrs[2]).await;
         let joined = newcomer.join_room("arena").await.unwrap();
         assert_eq!(

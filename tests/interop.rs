@@ -1,9 +1,10 @@
-//! Interoperability with the official Socket.IO clients.
+//! Interoperability with the official Socket.IO and SocketCluster clients.
 //!
-//! Runs the Node (`socket.io-client`) and Python (`python-socketio`) test suites of
-//! `tests/interop/` against the `corelay` binary and the `socketio_reference` example, one
-//! `#[test]` per suite, and checks that a native client and a socket.io client in one room
-//! see each other's messages (`mixed_room_*`).
+//! Runs the Node (`socket.io-client`, `socketcluster-client`) and Python (`python-socketio`)
+//! test suites of `tests/interop/` against the `corelay` binary and the `socketio_reference`
+//! and `socketcluster_app` examples, one `#[test]` per suite, and checks that a native
+//! client and a socket.io or SocketCluster client in one room see each other's messages
+//! (`mixed_room_*`, `socketcluster_meets_native_clients`).
 //!
 //! Prerequisites (the README's interop test command):
 //!
@@ -55,10 +56,22 @@ fn reference_bin() -> PathBuf {
     bin
 }
 
+/// target/<profile>/examples/socketcluster_app, next to the corelay binary.
+fn socketcluster_app_bin() -> PathBuf {
+    let bin = reference_bin().with_file_name("socketcluster_app");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it with `cargo build --examples` ({SETUP})",
+        bin.display()
+    );
+    bin
+}
+
 fn node() -> Command {
     let mut cmd = common::node::command(SETUP);
     cmd.env("CORELAY_BIN", corelay_bin())
-        .env("SOCKETIO_REFERENCE_BIN", reference_bin());
+        .env("SOCKETIO_REFERENCE_BIN", reference_bin())
+        .env("SOCKETCLUSTER_APP_BIN", socketcluster_app_bin());
     cmd
 }
 
@@ -176,6 +189,23 @@ fn node_room_rules() {
 #[test]
 fn node_cluster() {
     node_suite("cluster.test.js");
+}
+
+/// Socket.IO recovery across nodes: the official client's node is killed, a proxy sends
+/// its reconnect to another node, and it comes back `recovered` with what it missed.
+#[test]
+fn node_cluster_recovery() {
+    node_suite("cluster_recovery.test.js");
+}
+
+/// The official SocketCluster client (issue 13): invoke with a result and an error,
+/// channels shared with socket.io clients both ways (binary too), JWT `#authenticate` and
+/// a refusal, a token the server issues, middleware refusals as errors, a reconnection
+/// after a restart that resubscribes by itself, and 500 clients in 50 channels with every
+/// message delivered once.
+#[test]
+fn node_socketcluster() {
+    node_suite("socketcluster.test.js");
 }
 
 #[test]
@@ -297,6 +327,77 @@ fn mixed_room(transport: &'static str) {
             } => assert_eq!((player.as_str(), members), (sio_id.as_str(), 1)),
             other => panic!("unexpected {other:?}"),
         }
+        let _ = native.close().await;
+    });
+    server.stop().expect("server stops");
+}
+
+/// The official SocketCluster client (`sc_peer.js`) subscribed to the channel of a native
+/// member's room: a native `publish` is the channel's message, another event arrives as
+/// `{event, data, from}` with binary as the codec's base64 object, and the client's publishes
+/// reach the native member as the event `publish`, JSON as JSON and a Buffer as binary.
+#[test]
+fn socketcluster_meets_native_clients() {
+    let server = common::server(2, |_| {});
+    let addr = server.local_addr();
+    drop(node());
+    common::run(move || async move {
+        let channel = "mixed-sc";
+        let mut native = common::connect(addr).await;
+        native.join(channel).await.expect("native joins");
+        let native_id = native.player().to_string();
+        let port = addr.port().to_string();
+        let mut peer = MixedPeer::spawn_script(node(), &["sc_peer.js", &port, channel]);
+        let subscribed = peer.next().await;
+        assert_eq!(subscribed["type"], "subscribed", "first line: {subscribed}");
+        let sc_id = subscribed["id"].as_str().expect("an id").to_owned();
+        loop {
+            if let ServerEvent::MemberJoined { player, .. } = native.next_event().await.unwrap() {
+                assert_eq!(player, sc_id);
+                break;
+            }
+        }
+
+        native
+            .send(channel, "publish", br#"{"a":[1,"x"]}"#, PayloadKind::Json)
+            .await
+            .unwrap();
+        native
+            .send(channel, "move", &[1, 2, 3, 255], PayloadKind::Binary)
+            .await
+            .unwrap();
+        let message = peer.next().await;
+        assert_eq!(message, json!({"type": "message", "data": {"a": [1, "x"]}}));
+        let message = peer.next().await;
+        assert_eq!(
+            message["data"],
+            json!({"event": "move", "data": {"base64": true, "data": "AQID/w=="}, "from": native_id})
+        );
+
+        peer.command(json!({"publish": {"b": 2}}));
+        peer.command(json!({"publish_buffer": [7, 8, 9]}));
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            if let ServerEvent::Message {
+                from,
+                event,
+                payload,
+                kind,
+                ..
+            } = native.next_event().await.unwrap()
+            {
+                assert_eq!((from.as_str(), event.as_str()), (sc_id.as_str(), "publish"));
+                got.push((payload, kind));
+            }
+        }
+        assert_eq!(got[0].1, PayloadKind::Json);
+        let value: Value = serde_json::from_slice(&got[0].0).unwrap();
+        assert_eq!(value, json!({"b": 2}));
+        assert_eq!(
+            got[1],
+            (bytes::Bytes::from_static(&[7, 8, 9]), PayloadKind::Binary)
+        );
+        peer.finish();
         let _ = native.close().await;
     });
     server.stop().expect("server stops");

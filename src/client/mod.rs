@@ -495,6 +495,12 @@ impl Client {
         Ok(resumed)
     }
 
+    /// Sends the next [`Client::reconnect`] to `url`: another node of a cluster, which
+    /// resumes the session when its own node is gone (docs/SCALING.md).
+    pub fn move_to(&mut self, url: impl Into<String>) {
+        self.resume.config.url = url.into();
+    }
+
     /// Cuts the connection at once, with no close handshake, as a lost network does (the
     /// server keeps the session for its resume window); [`Client::reconnect`] resumes it.
     pub fn drop_connection(&mut self) {

@@ -157,6 +157,36 @@ fn header(kind: u8, node: u64, members: u32, size: usize) -> Vec<u8> {
     out
 }
 
+/// First byte of a numbered envelope: a broadcast that went through its room's stream
+/// (history on, docs/SCALING.md "History and resume across nodes").
+///
+/// ```text
+/// 2 | seq u64 LE | token u64 LE | envelope
+/// ```
+///
+/// The publishing node writes the token (its home's handle on the broadcast it waits to
+/// hear back) and the envelope; the stream's script puts the number in front.
+pub const NUMBERED: u8 = 2;
+
+/// What a node hands the stream's script for `envelope`, whose broadcast its home knows
+/// by `token`.
+pub fn for_stream(token: u64, envelope: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + envelope.len());
+    out.extend_from_slice(&token.to_le_bytes());
+    out.extend_from_slice(envelope);
+    out
+}
+
+/// A numbered envelope's number, token and envelope; `None` when `bytes` is not one.
+pub fn numbered(bytes: &Bytes) -> Option<(u64, u64, Bytes)> {
+    if bytes.first() != Some(&NUMBERED) || bytes.len() < 17 {
+        return None;
+    }
+    let seq = u64::from_le_bytes(bytes[1..9].try_into().ok()?);
+    let token = u64::from_le_bytes(bytes[9..17].try_into().ok()?);
+    Some((seq, token, bytes.slice(17..)))
+}
+
 /// The node that published `bytes`, read without decoding the rest (a node drops its own
 /// publications before anything else).
 pub fn node_of(bytes: &[u8]) -> Option<u64> {
@@ -445,6 +475,22 @@ mod tests {
         assert_eq!(
             encode(1, 1, &body).unwrap().len(),
             HEADER + 2 + 2 + 2 + 1 + 32
+        );
+    }
+
+    #[test]
+    fn a_numbered_envelope_carries_its_number_and_token_before_the_envelope() {
+        let envelope = encode_hello(7);
+        let mut bytes = vec![NUMBERED];
+        bytes.extend_from_slice(&5_000_000_000u64.to_le_bytes());
+        bytes.extend_from_slice(&for_stream(42, &envelope));
+        let (seq, token, inner) = numbered(&Bytes::from(bytes.clone())).unwrap();
+        assert_eq!((seq, token, &inner[..]), (5_000_000_000, 42, &envelope[..]));
+        assert_eq!(node_of(&inner), Some(7));
+        assert!(numbered(&Bytes::from(envelope)).is_none(), "not numbered");
+        assert!(
+            numbered(&Bytes::copy_from_slice(&bytes[..16])).is_none(),
+            "short"
         );
     }
 

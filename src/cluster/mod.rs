@@ -15,12 +15,12 @@
 //! rooms' homes broadcast on each room's Redis channel and follows the channels of rooms
 //! with members here ([`envelope`] is the format). Matchmaking queues are the cluster's
 //! ([`queues`], on the bridge's thread): tickets wait in Redis and one node at a time runs
-//! a queue's matching pass under a lease. History across nodes comes next
-//! (docs/SCALING.md says what works today).
+//! a queue's matching pass under a lease (docs/SCALING.md says what works today).
 
 pub mod bridge;
 pub mod envelope;
 pub mod queues;
+pub mod sessions;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -208,6 +208,8 @@ pub struct ClusterStatus {
     pub(crate) refused: AtomicU64,
     /// The cluster's matchmaking queues, as this node sees them.
     pub(crate) queues: queues::QueueCounts,
+    /// Nodes whose lease ended while this one was up (their members left its rooms).
+    pub(crate) nodes_gone: AtomicU64,
 }
 
 impl ClusterStatus {
@@ -232,14 +234,15 @@ impl ClusterStatus {
     }
 
     /// The bridge's counts: rooms followed, envelopes published, dropped, received and
-    /// refused.
-    pub fn traffic(&self) -> [u64; 5] {
+    /// refused, and nodes found gone.
+    pub fn traffic(&self) -> [u64; 6] {
         [
             &self.subscriptions,
             &self.published,
             &self.dropped,
             &self.received,
             &self.refused,
+            &self.nodes_gone,
         ]
         .map(|c| c.load(Relaxed))
     }

@@ -11,6 +11,7 @@ pub mod engineio;
 pub mod front;
 pub mod native;
 pub mod ops;
+pub mod socketcluster;
 pub mod websocket;
 
 pub use native::NATIVE_PATH;

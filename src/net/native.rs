@@ -23,7 +23,7 @@ use crate::proto::socketio::is_reserved_for_relay;
 use crate::proto::ws::close;
 use crate::rate_limit::{Buckets, Exceeded};
 use crate::relay::{
-    native_frame, new_secret, valid_name, Body, ListFilter, PlayerId, Reply, RoomOptions,
+    native_frame, valid_name, Body, ListFilter, Outbox, OutboxLimits, PlayerId, Reply, RoomOptions,
     TicketRequest, Wire,
 };
 use crate::shard::{Cx, Shard, Step};
@@ -36,6 +36,9 @@ pub const NATIVE_PATH: &str = "/ws";
 /// One native-protocol session.
 pub struct NativeSession {
     player: PlayerId,
+    /// A `Resume` of a session another node made waits for the cluster's answer
+    /// (`relay/failover.rs`): `player` is that session (the relay keeps the request).
+    resuming: bool,
     /// Boxed: one pointer in the session, which every idle connection pays for
     /// (`per_connection_structures_stay_small`).
     auth: Box<SessionAuth>,
@@ -75,6 +78,7 @@ impl NativeSession {
         let player = shard.next_player_id();
         let session = NativeSession {
             player,
+            resuming: false,
             auth: Box::new(SessionAuth {
                 identity: Identity::anonymous(player.to_string()),
                 gate,
@@ -225,7 +229,7 @@ impl NativeSession {
                     );
                     admin_ui::native_connected(&mut relay, cx, self.player);
                     let (session, secret) = if relay.keeps_sessions() {
-                        let secret = new_secret();
+                        let secret = relay.new_session_secret();
                         relay.open_session(self.player, &secret);
                         (self.player, secret)
                     } else {
@@ -287,14 +291,39 @@ impl NativeSession {
                             .borrow_mut()
                             .replay_missed(session, &last_seen, now);
                     }
-                    // The same answer whether the session never existed, ended, or the
-                    // secret is wrong. The connection may go on with a `Hello`.
-                    Err(code) => self.error(
-                        cx,
-                        req,
-                        code,
-                        "session cannot be resumed; send Hello for a new one",
-                    ),
+                    Err(code) => {
+                        // Not a session of this node's: in a cluster, maybe another's.
+                        let inbox = Rc::new(Outbox::new(OutboxLimits {
+                            frames: 1,
+                            bytes: 1,
+                        }));
+                        let seen = last_seen
+                            .iter()
+                            .map(|&(room, seq)| (room.to_owned(), seq))
+                            .collect();
+                        let asked = shard.relay.borrow_mut().claim_session(
+                            req,
+                            session,
+                            secret.as_str(),
+                            (Wire::Native, Rc::clone(cx.out)),
+                            Rc::clone(&inbox),
+                            seen,
+                        );
+                        if asked {
+                            cx.shard.wake_on(&inbox, cx.id);
+                            self.player = session;
+                            self.resuming = true;
+                        } else {
+                            // The same answer whether the session never existed, ended, or
+                            // the secret is wrong. The connection may go on with a `Hello`.
+                            self.error(
+                                cx,
+                                req,
+                                code,
+                                "session cannot be resumed; send Hello for a new one",
+                            );
+                        }
+                    }
                 }
             }
             _ if !self.welcomed => {
@@ -649,9 +678,58 @@ impl WsApp for NativeSession {
         self.said_goodbye = true;
     }
 
+    fn on_wake(&mut self, cx: &mut Cx<'_>) -> Flow {
+        if !self.resuming {
+            return Flow::Continue;
+        }
+        let Some(claimed) = cx.shard.relay.borrow_mut().take_claim(self.player) else {
+            return Flow::Continue;
+        };
+        self.resuming = false;
+        let req = claimed.req;
+        cx.shard.stop_waking(&claimed.inbox);
+        let Some(identity) = claimed.identity else {
+            // A new player id for a `Hello` that may follow.
+            self.player = cx.shard.next_player_id();
+            self.error(
+                cx,
+                req,
+                ErrorCode::CannotResume,
+                "session cannot be resumed; send Hello for a new one",
+            );
+            return Flow::Continue;
+        };
+        // Restored from the node that made it; its rooms' `Resumed` frames and replays
+        // follow this Welcome, as their homes read the rooms' streams.
+        self.auth.expires = self.auth.gate.verifier.deadline(&identity, cx.now);
+        self.auth.identity = identity;
+        self.welcome(cx);
+        let _ = cx.out.push(native_frame(&ServerFrame::Welcome {
+            req,
+            player: self.auth.identity.player.to_string(),
+            shard: cx.shard.id as u32,
+            session: self.player,
+            secret: claimed.secret.into(),
+            resumed: true,
+        }));
+        admin_ui::native_connected(&mut cx.shard.relay.borrow_mut(), cx, self.player);
+        Flow::Continue
+    }
+
     fn on_close(&mut self, cx: &mut Cx<'_>, why: CloseReason) {
         cx.shard.stats.count_close(why);
         crate::stats::sub(&cx.shard.stats.native_connections, 1);
+        if std::mem::take(&mut self.resuming) {
+            // A session restored after all waits away for its window.
+            let inbox = cx
+                .shard
+                .relay
+                .borrow_mut()
+                .abandon_claim(self.player, cx.now);
+            if let Some(inbox) = inbox {
+                cx.shard.stop_waking(&inbox);
+            }
+        }
         if self.welcomed {
             let mut relay = cx.shard.relay.borrow_mut();
             admin_ui::native_gone(&mut relay, cx, self.player, why);

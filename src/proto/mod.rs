@@ -4,5 +4,6 @@
 pub mod engineio;
 pub mod http;
 pub mod native;
+pub mod socketcluster;
 pub mod socketio;
 pub mod ws;

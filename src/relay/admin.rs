@@ -239,6 +239,7 @@ fn wire_names(wire: Wire) -> (&'static str, &'static str) {
         Wire::Native => ("native", "websocket"),
         Wire::SioWs => ("socket.io", "websocket"),
         Wire::SioPolling => ("socket.io", "polling"),
+        Wire::SocketCluster => ("socketcluster", "websocket"),
     }
 }
 
@@ -639,7 +640,7 @@ impl Relay {
         self.disconnect_as(player, LeaveReason::Kicked, now);
         match wire {
             // The connection counts the close as `kicked` when it ends.
-            Wire::Native => outbox.kick(),
+            Wire::Native | Wire::SocketCluster => outbox.kick(),
             Wire::SioWs | Wire::SioPolling => {
                 if let Some(waker) = self.admin.waker {
                     self.admin.kicked_sessions.push(player);

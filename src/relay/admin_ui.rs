@@ -810,7 +810,7 @@ impl Relay {
             Wire::SioWs => sio_ws_frames(text, &[]),
             Wire::SioPolling => sio_polling_text(text, &[]),
             // An admin is a Socket.IO socket.
-            Wire::Native => return,
+            Wire::Native | Wire::SocketCluster => return,
         };
         // A full outbox closes its own connection: an admin that cannot keep up with the
         // changes is closed as any slow consumer, and its UI reconnects for a fresh list.
@@ -825,6 +825,7 @@ fn transport_name(wire: Wire) -> &'static str {
         Wire::SioWs => "websocket",
         Wire::SioPolling => "polling",
         Wire::Native => "native",
+        Wire::SocketCluster => "socketcluster",
     }
 }
 

@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use crate::proto::engineio::{encode_base64_into, RECORD_SEPARATOR};
 use crate::proto::native::{LeaveReason, PayloadKind, PlayerInfo, ServerFrame, UnqueueReason};
+use crate::proto::socketcluster as sc;
 use crate::proto::socketio::{self, encode_relay_event, Arg, RelayPayload};
 use crate::proto::ws;
 
@@ -31,6 +32,9 @@ pub enum Wire {
     /// Socket.IO over Engine.IO long-polling: packets as text (`b<base64>` for binary),
     /// joined with the record separator when a poll collects them.
     SioPolling,
+    /// SocketCluster over WebSocket: one JSON text frame per packet (channel messages as
+    /// `#publish`, docs/SOCKETCLUSTER.md).
+    SocketCluster,
 }
 
 /// The relay's key for a room of namespace `nsp`: the name itself on the main namespace
@@ -148,6 +152,17 @@ pub struct Broadcast {
     native: OnceLock<Bytes>,
     sio_ws: OnceLock<Bytes>,
     sio_polling: OnceLock<Bytes>,
+    socketcluster: OnceLock<Bytes>,
+}
+
+impl Wire {
+    /// Every wire, for what is measured on all of them.
+    pub const ALL: [Wire; 4] = [
+        Wire::Native,
+        Wire::SioWs,
+        Wire::SioPolling,
+        Wire::SocketCluster,
+    ];
 }
 
 impl Broadcast {
@@ -163,6 +178,7 @@ impl Broadcast {
             native: OnceLock::new(),
             sio_ws: OnceLock::new(),
             sio_polling: OnceLock::new(),
+            socketcluster: OnceLock::new(),
         }
     }
 
@@ -200,6 +216,10 @@ impl Broadcast {
                     sio_polling_text(&text, &attachments)
                 })
                 .clone(),
+            Wire::SocketCluster => self
+                .socketcluster
+                .get_or_init(|| text_frame(&self.encode_socketcluster()))
+                .clone(),
         }
     }
 
@@ -236,7 +256,7 @@ impl Broadcast {
             }
             // Measured before its home numbers it: room for the offset numbering adds.
             Body::Nested { .. } | Body::Emit { .. } => {
-                [Wire::Native, Wire::SioWs, Wire::SioPolling]
+                Wire::ALL
                     .into_iter()
                     .map(|wire| self.frame(wire).len())
                     .max()
@@ -337,6 +357,88 @@ impl Broadcast {
                 let packet = socketio::Packet::event(nsp, event, args);
                 (packet.encode_engineio(), packet.attachments)
             }
+        }
+    }
+
+    /// The SocketCluster message for subscribers of the room's channel: a member's message
+    /// as a `#publish` (docs/SOCKETCLUSTER.md has the mapping), a notice as the event that
+    /// socket.io clients get under the same name.
+    fn encode_socketcluster(&self) -> String {
+        let (_, channel) = split_room_key(&self.room);
+        let notice = |event: &str, data: serde_json::Value| sc::transmit(event, &data);
+        match &self.body {
+            Body::Event {
+                from,
+                event,
+                payload,
+                kind,
+            } => {
+                // Checked once per broadcast, as for socket.io: JSON that does not parse
+                // travels as binary rather than break every subscriber's decoder.
+                let json = match kind {
+                    PayloadKind::Json => std::str::from_utf8(payload)
+                        .ok()
+                        .filter(|t| serde_json::from_str::<serde::de::IgnoredAny>(t).is_ok()),
+                    PayloadKind::Binary => None,
+                };
+                let data = match json {
+                    Some(text) => sc::ChannelData::Json(text),
+                    None => sc::ChannelData::Binary(payload),
+                };
+                sc::channel_message(channel, event, from, data)
+            }
+            Body::Nested {
+                from,
+                event,
+                payload,
+            } => {
+                let data = sc::sc_value(payload);
+                sc::channel_message(channel, event, from, sc::ChannelData::Value(&data))
+            }
+            Body::Emit { event, args } => {
+                let data = match args.as_slice() {
+                    [single] => sc::sc_value(single),
+                    many => serde_json::Value::Array(many.iter().map(sc::sc_value).collect()),
+                };
+                // No player sent it: the server's own, as on the native wire.
+                sc::channel_message(channel, event, "", sc::ChannelData::Value(&data))
+            }
+            Body::MemberJoined { player, members } => notice(
+                "member_joined",
+                serde_json::json!({"room": channel, "player": &**player, "members": members}),
+            ),
+            Body::MemberLeft {
+                player,
+                members,
+                reason,
+            } => notice(
+                "member_left",
+                serde_json::json!({
+                    "room": channel,
+                    "player": &**player,
+                    "members": members,
+                    "reason": match reason {
+                        LeaveReason::Left => "left",
+                        LeaveReason::Disconnected => "disconnected",
+                        LeaveReason::Kicked => "kicked",
+                    },
+                }),
+            ),
+            Body::MemberAway { player } => notice(
+                "member_away",
+                serde_json::json!({"room": channel, "player": &**player}),
+            ),
+            Body::MemberBack { player } => notice(
+                "member_back",
+                serde_json::json!({"room": channel, "player": &**player}),
+            ),
+            Body::Host { player, state } => notice(
+                "room:host",
+                with_state(
+                    serde_json::json!({"room": channel, "host": &**player}),
+                    state.as_deref(),
+                ),
+            ),
         }
     }
 
@@ -552,6 +654,25 @@ pub fn sio_polling_text(text: &str, attachments: &[Bytes]) -> Bytes {
     Bytes::from(out)
 }
 
+/// A relay error as a SocketCluster error: `InvalidActionError` (the class the reference
+/// server refuses requests with), `ForbiddenError` for an authorization refusal, with
+/// corelay's code beside the message.
+pub fn sc_error(code: crate::proto::native::ErrorCode, message: &str) -> sc::ScError {
+    let name = match code {
+        crate::proto::native::ErrorCode::Forbidden => "ForbiddenError",
+        _ => "InvalidActionError",
+    };
+    sc::ScError::new(name, message).with_code(code.name())
+}
+
+/// A whole WebSocket text frame carrying `text`.
+pub fn text_frame(text: &str) -> Bytes {
+    ws::text_frame(|mut v| {
+        v.extend_from_slice(text.as_bytes());
+        v
+    })
+}
+
 /// A whole WebSocket binary frame carrying one native server frame.
 pub fn native_frame(frame: &ServerFrame) -> Bytes {
     ws::binary_frame(|prefix| crate::proto::native::encode_server_after(frame, prefix))
@@ -657,19 +778,20 @@ pub enum Reply {
     },
 }
 
+/// A reply as JSON: the answer to a request, or an event of its own.
+enum ReplyJson {
+    /// The answer to request `.0`.
+    Answer(u64, serde_json::Value),
+    /// An event named `.0`.
+    Event(&'static str, serde_json::Value),
+}
+
 impl Reply {
-    /// The frame answering the request on `wire`.
-    pub fn frame(&self, wire: Wire) -> Bytes {
-        let ack = |req: u64, data: serde_json::Value| {
-            // Relay-convention acks are on the main namespace.
-            socketio::Packet::ack(socketio::MAIN_NAMESPACE, req, [Arg::Json(data)])
-                .encode_engineio()
-        };
-        let event = |name: &str, data: serde_json::Value| {
-            socketio::Packet::event(socketio::MAIN_NAMESPACE, name, [Arg::Json(data)])
-                .encode_engineio()
-        };
-        let sio_text = || match self {
+    /// The reply's JSON, which the socket.io and SocketCluster encodings share.
+    fn json(&self) -> ReplyJson {
+        let ack = ReplyJson::Answer;
+        let event = ReplyJson::Event;
+        match self {
             Reply::Joined {
                 req,
                 room,
@@ -759,10 +881,46 @@ impl Reply {
                 });
                 event("mm:cancelled", data)
             }
+        }
+    }
+
+    /// The SocketCluster packet of this reply: an answer to the request's `cid` (an error
+    /// answer for a refusal), a `#kickOut` for a host's kick, an event otherwise.
+    fn sc_text(&self) -> String {
+        match self {
+            Reply::Joined { req, .. } | Reply::Left { req, .. } => sc::answer(*req, None),
+            Reply::Error { req, code, message } => {
+                sc::answer_error(*req, &sc_error(*code, message))
+            }
+            Reply::Kicked { room } => sc::transmit(
+                "#kickOut",
+                &serde_json::json!({"channel": room, "message": "kicked by the room's host"}),
+            ),
+            _ => match self.json() {
+                ReplyJson::Answer(req, data) => sc::answer(req, Some(&data)),
+                ReplyJson::Event(name, data) => sc::transmit(name, &data),
+            },
+        }
+    }
+
+    /// The frame answering the request on `wire`.
+    pub fn frame(&self, wire: Wire) -> Bytes {
+        let sio_text = || {
+            let packet = match self.json() {
+                // Relay-convention acks are on the main namespace.
+                ReplyJson::Answer(req, data) => {
+                    socketio::Packet::ack(socketio::MAIN_NAMESPACE, req, [Arg::Json(data)])
+                }
+                ReplyJson::Event(name, data) => {
+                    socketio::Packet::event(socketio::MAIN_NAMESPACE, name, [Arg::Json(data)])
+                }
+            };
+            packet.encode_engineio()
         };
         match wire {
             Wire::SioWs => sio_ws_frames(&sio_text(), &[]),
             Wire::SioPolling => Bytes::from(sio_text()),
+            Wire::SocketCluster => text_frame(&self.sc_text()),
             Wire::Native => native_frame(&match self.clone() {
                 Reply::Joined {
                     req,
@@ -856,7 +1014,7 @@ impl Reply {
 mod tests {
     use super::*;
 
-    const WIRES: [Wire; 3] = [Wire::Native, Wire::SioWs, Wire::SioPolling];
+    const WIRES: [Wire; 4] = Wire::ALL;
 
     fn check(room: &str, body: Body) {
         let bcast = Broadcast::new(room.to_owned(), 0, body, Instant::now());
@@ -973,9 +1131,12 @@ mod tests {
             Instant::now(),
         );
         let bound = bcast.max_frame_len();
-        // Native recipients get the buffer as base64 inside a JSON array: the largest here,
-        // and room for the offset its numbering adds for socket.io recipients.
-        assert_eq!(bound, bcast.frame(Wire::Native).len() + OFFSET_ARG);
+        // Native and SocketCluster recipients get the buffer as base64 inside JSON (the
+        // latter in the codec's object, inside the `{event, data, from}` of a channel
+        // message: the largest here), and room for the offset its numbering adds for
+        // socket.io recipients.
+        assert!(bcast.frame(Wire::SocketCluster).len() > bcast.frame(Wire::Native).len());
+        assert_eq!(bound, bcast.frame(Wire::SocketCluster).len() + OFFSET_ARG);
         assert!(bound > big.len() * 4 / 3);
     }
 }

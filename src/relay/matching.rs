@@ -944,7 +944,8 @@ impl Relay {
         self.share_room(&room);
         for (node, names) in elsewhere {
             let room = room.clone();
-            self.handle_cluster_mesh(ClusterMsg::Presence { room, node, names }, now);
+            let bridge = self.bridge();
+            self.handle_cluster_mesh(bridge, ClusterMsg::Presence { room, node, names }, now);
         }
         let roster: Roster = roster.into_iter().take(ROSTER_MAX).collect();
         self.matching.waiting_go.insert(room, (roster, seats));

@@ -35,6 +35,7 @@
 mod admin;
 mod admin_ui;
 mod broadcast;
+mod failover;
 mod matching;
 mod nodes;
 mod outbox;
@@ -56,10 +57,11 @@ pub use admin_ui::{
     iso8601, AdminCommand, AdminUiMsg, AdminUiShared, ListedSocket, DISCONNECT_TIMER, STATS_TIMER,
 };
 pub use broadcast::{
-    native_frame, parse_sio_offset, room_key, room_tag, sio_offset, sio_polling_text,
-    sio_ws_frames, split_room_key, Body, Broadcast, PlayerId, PlayerName, Reply, Wire,
+    native_frame, parse_sio_offset, room_key, room_tag, sc_error, sio_offset, sio_polling_text,
+    sio_ws_frames, split_room_key, text_frame, Body, Broadcast, PlayerId, PlayerName, Reply, Wire,
     EVENT_ENVELOPE,
 };
+pub use failover::{node_of_secret, secret_hash, SessionRecord};
 pub use matching::{
     ClusterMatch, MatchJoined, MatchRoom, MatchedPlayer, QueueRequest, QueuesMsg, TicketNews,
     TicketRequest,
@@ -333,7 +335,28 @@ pub enum MeshMsg {
         /// The room's members on this node.
         members: u32,
     },
-    /// the cluster bridge -> room's home: a broadcast another node published.
+    /// room's home -> the cluster bridge (history on): a broadcast made on this node, to
+    /// append to the room's stream; the home delivers it when it hears it back numbered.
+    Append {
+        /// The broadcast (the home keeps it by `token`).
+        bcast: Arc<Broadcast>,
+        /// The room's members on this node.
+        members: u32,
+        /// The home's handle on it (0: nothing waits for it).
+        token: u64,
+        /// The room's last number here: the stream numbers it above.
+        floor: u64,
+    },
+    /// the cluster bridge -> room's home: this node's broadcast `token` has number `seq`
+    /// in its room's stream (0: it did not reach the stream; the home numbers it).
+    Appended {
+        /// The home's handle on it.
+        token: u64,
+        /// Its number.
+        seq: u64,
+    },
+    /// the cluster bridge -> room's home: a broadcast another node published (numbered,
+    /// with history on).
     FromNode {
         /// The publishing node's incarnation.
         node: u64,
@@ -369,9 +392,14 @@ struct Member {
     /// skip it, the room's ring keeps them.
     away: bool,
     /// The room's number of the notice of its join (history on): what came before was
-    /// never its to receive, so a replay starts after it.
+    /// never its to receive, so a replay starts after it. In a room numbered by its stream
+    /// ([`SINCE_UNKNOWN`]) the number before the first broadcast it was given.
     since: u64,
 }
+
+/// A member's `since` in a room whose stream numbers it (`[cluster]` with history): not
+/// known until the first broadcast after its join reaches its shard.
+const SINCE_UNKNOWN: u64 = u64::MAX;
 
 /// Members of a room on one shard up to which a member is found by a scan of `members`
 /// (32 members of 24 bytes: a few cache lines); past it the room keeps an index
@@ -463,12 +491,21 @@ pub struct JoinExtra {
     pub meta: Option<Arc<str>>,
     /// Create the room with these options (`room:create`): refused if it exists.
     pub create: Option<Box<RoomOptions>>,
+    /// A session restored from another node rejoins (`relay/failover.rs`): the number
+    /// its replay starts after, and whether to replay now.
+    pub resume: Option<(u64, bool)>,
 }
 
 impl JoinExtra {
     /// `None` when there is nothing to carry.
     fn of(meta: Option<Arc<str>>, create: Option<Box<RoomOptions>>) -> Option<Box<JoinExtra>> {
-        (meta.is_some() || create.is_some()).then(|| Box::new(JoinExtra { meta, create }))
+        (meta.is_some() || create.is_some()).then(|| {
+            Box::new(JoinExtra {
+                meta,
+                create,
+                resume: None,
+            })
+        })
     }
 }
 
@@ -522,6 +559,8 @@ struct Joining {
     leaving: Option<LeaveReason>,
     /// The player's name, for that notice (the player may be gone by then).
     name: PlayerName,
+    /// A restored session rejoining: a member away until its replay.
+    resumed: bool,
 }
 
 /// A request of a joining player, answered when the home answers the join.
@@ -666,6 +705,13 @@ pub struct Relay {
     admin_ui: Option<Box<admin_ui::AdminUi>>,
     /// This node's incarnation in a cluster (`[cluster]`); `None` for a node alone.
     node: Option<u64>,
+    /// Broadcasts of rooms homed here waiting in the bridge for their stream's number
+    /// (`[cluster]` with history), by token.
+    appending: HashMap<u64, Arc<Broadcast>>,
+    /// The last token given.
+    last_token: u64,
+    /// Native `Resume`s of sessions another node made, waiting for the bridge.
+    claims: HashMap<PlayerId, failover::Claiming>,
 }
 
 impl Relay {
@@ -696,6 +742,9 @@ impl Relay {
             admin: admin::AdminState::default(),
             admin_ui: None,
             node: None,
+            appending: HashMap::new(),
+            last_token: 0,
+            claims: HashMap::new(),
         }
     }
 
@@ -857,6 +906,7 @@ impl Relay {
             local.total = members;
             local.host = Some(Arc::clone(&host));
             self.admin_ui_joined(player, room, now);
+            self.save_session(player);
             self.reply(player, req, |req| {
                 Self::joined_reply(req, room, created, members, host, state, roster)
             });
@@ -937,6 +987,7 @@ impl Relay {
     ) -> Result<(), ErrorCode> {
         if self.is_member(player, room) {
             self.remove_member(player, room, LeaveReason::Left, now);
+            self.save_session(player);
             self.reply(player, req, |req| Reply::Left {
                 req,
                 room: room.to_owned(),
@@ -982,6 +1033,7 @@ impl Relay {
                 joining.leaving = Some(reason);
             }
         }
+        self.drop_session_record(player);
         self.players.remove(&player);
     }
 
@@ -1003,6 +1055,7 @@ impl Relay {
                 log: None,
             }));
         }
+        self.save_session(player);
     }
 
     /// Records `player`'s new identity (a refreshed token), for the delivery hook and a later
@@ -1275,7 +1328,7 @@ impl Relay {
             // The window fits the outbound queue (config check), so this overflows only
             // when the client's queue was full already; then it is closed, as any slow one.
             let _ = outbox.push(bcast.frame(wire));
-            if bcast.offsets && wire != Wire::Native {
+            if bcast.offsets && matches!(wire, Wire::SioWs | Wire::SioPolling) {
                 Self::log_delivery(&mut self.players, player, tag, bcast.seq, cap);
             }
         }
@@ -1414,8 +1467,31 @@ impl Relay {
     /// On the home shard: numbers and keeps `bcast` (history on), delivers it here and
     /// sends it on to the other shards with members. `came_from` delivered it already
     /// (history off only: with history, nobody delivers before the home).
+    ///
+    /// In a room followed across nodes with history on, a broadcast made here goes to the
+    /// room's stream instead ([`MeshMsg::Append`]) and is delivered when the bridge hands
+    /// it back numbered (`relay/nodes.rs`).
     fn home_relay(&mut self, bcast: Arc<Broadcast>, came_from: Option<ShardId>, now: Instant) {
-        let bcast = self.number(bcast, now);
+        let bridge = Some(self.bridge());
+        if came_from != bridge && crosses(&bcast.body) && self.streams(&bcast.room) {
+            self.append(bcast);
+            return;
+        }
+        // Another node's, numbered by the room's stream.
+        let given = (came_from == bridge && bcast.seq > 0).then_some(bcast.seq);
+        self.numbered_relay(bcast, given, came_from, now);
+    }
+
+    /// [`Relay::home_relay`] once the broadcast's number is known (`given` by the room's
+    /// stream; 0 when it did not reach it).
+    fn numbered_relay(
+        &mut self,
+        bcast: Arc<Broadcast>,
+        given: Option<u64>,
+        came_from: Option<ShardId>,
+        now: Instant,
+    ) {
+        let bcast = self.number(bcast, given, now);
         self.deliver_local(&bcast, now);
         self.forward_from_home(&bcast, came_from);
     }
@@ -1423,14 +1499,29 @@ impl Relay {
     /// On the home shard, history on: gives `bcast` the room's next number and keeps it in
     /// the room's ring, dropping what falls out of [`HistoryLimits`]. Unchanged when history
     /// is off or the room has no members (nobody to receive it).
-    fn number(&mut self, bcast: Arc<Broadcast>, now: Instant) -> Arc<Broadcast> {
+    ///
+    /// In a room its stream numbers, the number is the stream's (`given`; one above the
+    /// last here if it is not above it, as after Redis was away, or 0: the stream never
+    /// had it), and a broadcast that did not go through the stream (a host notice, a node's
+    /// members gone) takes no number: it gets the last one and is not kept.
+    fn number(
+        &mut self,
+        bcast: Arc<Broadcast>,
+        given: Option<u64>,
+        now: Instant,
+    ) -> Arc<Broadcast> {
         let Some(limits) = self.limits.history else {
             return bcast;
         };
         let Some(home) = self.homes.get_mut(&bcast.room) else {
             return bcast;
         };
-        home.seq += 1;
+        let kept = given.is_some() || !home.shared;
+        home.seq = match given {
+            Some(n) if n > home.seq => n,
+            None if home.shared => home.seq,
+            _ => home.seq + 1,
+        };
         // The origin let go of its reference when it sent it here; a copy is made only if
         // someone still holds one.
         let owned = Arc::try_unwrap(bcast).unwrap_or_else(|shared| {
@@ -1442,6 +1533,9 @@ impl Relay {
             )
         });
         let bcast = Arc::new(owned.numbered(home.seq, limits.socketio));
+        if !kept {
+            return bcast;
+        }
         let size = bcast.max_frame_len();
         home.kept.push_back(Kept {
             at: now,
@@ -1474,6 +1568,7 @@ impl Relay {
     /// history).
     fn next_seq(&self, room: &str) -> u64 {
         match (self.limits.history, self.homes.get(room)) {
+            (Some(_), Some(home)) if home.shared => SINCE_UNKNOWN,
             (Some(_), Some(home)) => home.seq + 1,
             _ => 0,
         }
@@ -1512,9 +1607,28 @@ impl Relay {
                 name,
                 extra,
             } => {
-                let JoinExtra { meta, create } = extra.map(|e| *e).unwrap_or_default();
+                let JoinExtra {
+                    meta,
+                    create,
+                    resume,
+                } = extra.map(|e| *e).unwrap_or_default();
                 match self.home_count(from, &room, player, &name, meta, create) {
                     Ok(mut counted) => {
+                        if let Some((after, replay)) = resume {
+                            // A session restored from another node: no notice until its
+                            // replay (`relay/failover.rs`).
+                            counted.since = after;
+                            self.send_mesh(
+                                from,
+                                MeshMsg::Joined {
+                                    room: room.clone(),
+                                    player,
+                                    counted: Box::new(counted),
+                                },
+                            );
+                            self.counted_back(&room, player, from, after, replay);
+                            return;
+                        }
                         counted.since = self.next_seq(&room);
                         let members = counted.members;
                         // The answer goes before the notice and before any later message of the
@@ -1615,9 +1729,10 @@ impl Relay {
                 members,
                 bcast,
             } => self.heard_from_node(node, members, bcast, now),
-            MeshMsg::Cluster(msg) => self.handle_cluster_mesh(*msg, now),
+            MeshMsg::Appended { token, seq } => self.appended(token, seq, now),
+            MeshMsg::Cluster(msg) => self.handle_cluster_mesh(from, *msg, now),
             // The bridge's to carry; never sent to a shard.
-            MeshMsg::Publish { .. } => {}
+            MeshMsg::Publish { .. } | MeshMsg::Append { .. } => {}
         }
     }
 
@@ -1667,7 +1782,7 @@ impl Relay {
                         player,
                         wire: p.wire,
                         outbox: Rc::clone(&p.outbox),
-                        away: false,
+                        away: joining.resumed,
                         since,
                     });
                     admitted = true;
@@ -1685,6 +1800,7 @@ impl Relay {
         }
         if admitted {
             self.admin_ui_joined(player, room, now);
+            self.save_session(player);
         }
         for answer in joining.answers {
             self.reply_now(
@@ -1997,12 +2113,19 @@ impl Relay {
             .delivery()
             .and_then(|f| Some((f, Message::of(&bcast.room, &bcast.body)?)));
         let mut delivered = 0;
+        // Members whose place in a stream-numbered room is known from now on: their
+        // session records say so (rare: once per member and room).
+        let mut placed = Vec::new();
         // Socket.IO members' logs place the offset their client sends back (recovery on).
         let logged = bcast.offsets.then(|| {
             let cap = self.limits.history.map_or(0, |h| h.messages);
             (room_tag(&bcast.room), cap)
         });
-        for m in &room.members {
+        for m in &mut room.members {
+            if m.since == SINCE_UNKNOWN && bcast.seq > 0 {
+                m.since = bcast.seq - 1;
+                placed.push(m.player);
+            }
             if m.player == bcast.exclude || m.away {
                 continue;
             }
@@ -2030,6 +2153,9 @@ impl Relay {
                 let micros = now.saturating_duration_since(bcast.received_at).as_micros() as u64;
                 self.latency.saturating_record(micros.max(1));
             }
+        }
+        for player in placed {
+            self.save_session(player);
         }
     }
 

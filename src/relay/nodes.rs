@@ -27,7 +27,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Body, Broadcast, HomeRoom, MeshMsg, PlayerName, Relay, CODE_PREFIX};
+use super::{
+    Body, Broadcast, HomeRoom, MeshMsg, PlayerId, PlayerName, Relay, SessionRecord, ShardId,
+    CODE_PREFIX,
+};
 use crate::proto::native::LeaveReason;
 
 /// The player id no connection has: what a broadcast made by no player of this node (one
@@ -67,6 +70,66 @@ pub enum ClusterMsg {
     },
     /// bridge -> every shard: node `0`'s lease ended; its members are gone.
     NodeGone(u64),
+    /// player's shard -> bridge: write (or, `None`, remove) a native session's record
+    /// (`relay/failover.rs`).
+    SaveSession {
+        /// The session.
+        player: PlayerId,
+        /// Its record.
+        record: Option<Box<SessionRecord>>,
+    },
+    /// shard -> bridge: a client showed a session another node made; take its record.
+    Claim {
+        /// The session.
+        player: PlayerId,
+        /// The secret the client showed.
+        secret: Box<str>,
+        /// The shard that asks.
+        shard: ShardId,
+    },
+    /// bridge -> the shard that asked: the session's record, or `None`.
+    Claimed {
+        /// The session.
+        player: PlayerId,
+        /// Its record, taken from its old node.
+        record: Option<Box<SessionRecord>>,
+    },
+    /// home -> bridge: read the room's stream after `after` for a restored member's
+    /// replay, once the room is followed and caught up.
+    ReadStream {
+        /// Room key.
+        room: String,
+        /// The member.
+        player: PlayerId,
+        /// Its shard.
+        shard: ShardId,
+        /// The last number it saw.
+        after: u64,
+    },
+    /// bridge -> home: what the read found.
+    StreamRead {
+        /// Room key.
+        room: String,
+        /// The member.
+        player: PlayerId,
+        /// Its shard.
+        shard: ShardId,
+        /// The last number it saw.
+        after: u64,
+        /// Whether Redis answered.
+        read: bool,
+        /// The room's broadcasts after `after`, numbered, oldest first.
+        entries: Vec<Broadcast>,
+    },
+    /// bridge -> the player's shard: another node restored this node's session.
+    Taken(PlayerId),
+    /// player's shard -> home: the member left for another node; no notice.
+    MovedAway {
+        /// Room key.
+        room: String,
+        /// The member.
+        player: PlayerId,
+    },
 }
 
 /// A room's members on another node, as its home here knows them.
@@ -74,9 +137,9 @@ pub enum ClusterMsg {
 pub(super) struct RemoteMembers {
     node: u64,
     /// The count that node last gave (its notices carry it).
-    count: u32,
+    pub(super) count: u32,
     /// Their names, one entry per connection.
-    names: Vec<PlayerName>,
+    pub(super) names: Vec<PlayerName>,
 }
 
 impl HomeRoom {
@@ -154,7 +217,20 @@ impl Relay {
         }
         home.remote.clear();
         let members = home.total;
+        let floor = home.seq;
+        let streamed = self.limits.history.is_some();
+        if streamed {
+            // What waits for its number will not be heard back (the room is followed no
+            // more), and nobody here would receive it.
+            self.appending.retain(|_, b| b.room != room);
+        }
         let told = match last {
+            Some(body) if streamed => MeshMsg::Append {
+                bcast: Arc::new(Broadcast::new(room.to_owned(), NOBODY, body, now)),
+                members,
+                token: 0,
+                floor,
+            },
             Some(body) => MeshMsg::Publish {
                 bcast: Arc::new(Broadcast::new(room.to_owned(), NOBODY, body, now)),
                 members,
@@ -175,6 +251,47 @@ impl Relay {
         );
     }
 
+    /// On the home shard: whether the room's broadcasts go through its stream (followed
+    /// across nodes, history on).
+    pub(super) fn streams(&self, room: &str) -> bool {
+        self.limits.history.is_some() && self.homes.get(room).is_some_and(|h| h.shared)
+    }
+
+    /// On the home shard: hands `bcast` to the bridge for the room's stream, and keeps it
+    /// until its number comes back ([`Relay::appended`]).
+    pub(super) fn append(&mut self, bcast: Arc<Broadcast>) {
+        let Some(home) = self.homes.get(&bcast.room) else {
+            return;
+        };
+        let (members, floor) = (home.total, home.seq);
+        self.last_token += 1;
+        let token = self.last_token;
+        self.appending.insert(token, Arc::clone(&bcast));
+        let bridge = self.bridge();
+        self.send_mesh(
+            bridge,
+            MeshMsg::Append {
+                bcast,
+                members,
+                token,
+                floor,
+            },
+        );
+    }
+
+    /// On the home shard: broadcast `token` has number `seq` in its room's stream (0: it
+    /// did not get there). Delivered now, in the stream's order; never published again.
+    pub(super) fn appended(&mut self, token: u64, seq: u64, now: Instant) {
+        // Gone when the room was followed no more, or numbered here already (the bridge
+        // gave up on Redis, which had it after all: the other nodes have it by the
+        // stream's number).
+        let Some(bcast) = self.appending.remove(&token) else {
+            return;
+        };
+        let bridge = Some(self.bridge());
+        self.numbered_relay(bcast, Some(seq), bridge, now);
+    }
+
     /// On the home shard: node `node`, with `members` members in the room, published
     /// `bcast`: count it, and deliver it here and to the other shards with members.
     pub(super) fn heard_from_node(
@@ -191,10 +308,18 @@ impl Relay {
             // No member here: followed no more, and this was on its way.
             return;
         }
+        if let Body::MemberJoined { player, .. } | Body::MemberBack { player } = &bcast.body {
+            // A player is on one node at a time: one whose session moved to `node` is
+            // no longer on the node it left (whose lease may end without taking it).
+            super::failover::forget_remote(home, player);
+        }
         let remote = home.remote_mut(node);
         remote.count = members;
         match &bcast.body {
             Body::MemberJoined { player, .. } => remote.names.push(Arc::clone(player)),
+            Body::MemberBack { player } if !remote.names.contains(player) => {
+                remote.names.push(Arc::clone(player))
+            }
             Body::MemberLeft { player, .. } => {
                 if let Some(at) = remote.names.iter().position(|n| n == player) {
                     remote.names.swap_remove(at);
@@ -215,9 +340,20 @@ impl Relay {
         self.home_relay(Arc::new(*bcast), from_bridge, now);
     }
 
-    /// Cluster business from the bridge.
-    pub(super) fn handle_cluster_mesh(&mut self, msg: ClusterMsg, now: Instant) {
+    /// Cluster business from the bridge (or, `MovedAway`, from shard `from`).
+    pub(super) fn handle_cluster_mesh(&mut self, from: ShardId, msg: ClusterMsg, now: Instant) {
         match msg {
+            ClusterMsg::Claimed { player, record } => self.on_claimed(player, record, now),
+            ClusterMsg::StreamRead {
+                room,
+                player,
+                shard,
+                after,
+                read,
+                entries,
+            } => self.on_stream_read(&room, player, shard, after, read, entries, now),
+            ClusterMsg::Taken(player) => self.on_taken(player, now),
+            ClusterMsg::MovedAway { room, player } => self.moved_away(from, &room, player, now),
             ClusterMsg::Hello { room } => {
                 let Some(home) = self.homes.get(&room).filter(|h| h.shared) else {
                     return;
@@ -248,7 +384,10 @@ impl Relay {
             }
             ClusterMsg::NodeGone(node) => self.node_gone(node, now),
             // The bridge's own business.
-            ClusterMsg::Interest { .. } => {}
+            ClusterMsg::Interest { .. }
+            | ClusterMsg::SaveSession { .. }
+            | ClusterMsg::Claim { .. }
+            | ClusterMsg::ReadStream { .. } => {}
         }
     }
 

@@ -38,8 +38,19 @@ pub type Waker = (u16, u64);
 /// recovers a socket of that namespace only) and its [`DeliveryLog`].
 #[derive(Debug)]
 pub(super) struct SioLog {
-    nsp: Box<str>,
+    pub(super) nsp: Box<str>,
     deliveries: DeliveryLog,
+}
+
+impl SioLog {
+    /// The log of a socket of namespace `nsp` whose client stands at `at` (per room tag,
+    /// the last number processed).
+    pub(super) fn starting_at(nsp: &str, at: Vec<(u32, u64)>) -> SioLog {
+        SioLog {
+            nsp: nsp.into(),
+            deliveries: DeliveryLog::starting_at(at),
+        }
+    }
 }
 
 /// Where a socket.io client may stand in its rooms: the numbers it was sent, in the order
@@ -147,12 +158,12 @@ impl RecoveryTicket {
         self.0.borrow().clone()
     }
 
-    fn decide(&self, outcome: Option<Identity>) {
+    pub(super) fn decide(&self, outcome: Option<Identity>) {
         *self.0.borrow_mut() = Some(outcome);
     }
 
     /// The session gave up waiting: nobody holds the ticket but the relay.
-    fn abandoned(&self) -> bool {
+    pub(super) fn abandoned(&self) -> bool {
         Rc::strong_count(&self.0) == 1
     }
 }
@@ -175,10 +186,14 @@ pub enum Recovery {
 pub(super) struct Pending {
     /// Shards that have not answered.
     left: usize,
-    wire: Wire,
-    outbox: Rc<Outbox>,
-    waker: Waker,
-    ticket: RecoveryTicket,
+    pub(super) wire: Wire,
+    pub(super) outbox: Rc<Outbox>,
+    pub(super) waker: Waker,
+    pub(super) ticket: RecoveryTicket,
+    /// What the client asked.
+    pub(super) req: Box<RecoverRequest>,
+    /// No shard here held it; the cluster was asked (`relay/failover.rs`).
+    pub(super) claiming: bool,
 }
 
 /// What a client asks to recover: the `pid` and `offset` of its CONNECT.
@@ -229,6 +244,7 @@ impl Relay {
                 })),
             }));
         }
+        self.save_session(player);
     }
 
     /// Whether socket.io sessions may be recovered (`resume.socketio`).
@@ -278,7 +294,8 @@ impl Relay {
             self.replay_missed(player, &last_seen, now);
             return Recovery::Recovered(identity);
         }
-        if self.shards == 1 || self.pending.contains_key(&req.player) {
+        let elsewhere = self.claimable(&req.secret);
+        if (self.shards == 1 && !elsewhere) || self.pending.contains_key(&req.player) {
             add(&self.stats.resumes_refused, 1);
             return Recovery::Failed;
         }
@@ -287,16 +304,22 @@ impl Relay {
             self.send_mesh(shard, MeshMsg::Recover(Box::new(req.clone())));
         }
         let ticket = RecoveryTicket::default();
+        let player = req.player;
         self.pending.insert(
-            req.player,
+            player,
             Pending {
                 left: self.shards - 1,
                 wire,
                 outbox,
                 waker,
                 ticket: ticket.clone(),
+                req: Box::new(req),
+                claiming: false,
             },
         );
+        if self.shards == 1 {
+            self.claim_sio(player);
+        }
         Recovery::Pending(ticket)
     }
 
@@ -389,7 +412,8 @@ impl Relay {
         };
         pending.left = pending.left.saturating_sub(1);
         let Some(moved) = moved else {
-            if pending.left == 0 {
+            // No shard here holds it: maybe another node does.
+            if pending.left == 0 && !self.claim_sio(player) {
                 let pending = self.pending.remove(&player);
                 if let Some(pending) = pending {
                     add(&self.stats.resumes_refused, 1);

@@ -24,8 +24,8 @@ use crate::proto::socketio::{
 };
 use crate::rate_limit::{Buckets, Exceeded};
 use crate::relay::{
-    new_code, new_secret, normalize_code, parse_sio_offset, parse_sio_pid, sio_pid, valid_name,
-    Body, ListFilter, Outbox, PlayerId, RecoverRequest, Recovery, RecoveryTicket, RoomOptions,
+    new_code, normalize_code, parse_sio_offset, parse_sio_pid, sio_pid, valid_name, Body,
+    ListFilter, Outbox, PlayerId, RecoverRequest, Recovery, RecoveryTicket, RoomOptions,
     TicketRequest, CODE_PREFIX,
 };
 use crate::stats::{add, CloseReason, Refusal};
@@ -607,7 +607,8 @@ impl SioSession {
             }
         }
         let player = shard.next_player_id();
-        self.admit(session, admission, player, &new_secret(), None, now)
+        let secret = shard.relay.borrow().new_session_secret();
+        self.admit(session, admission, player, &secret, None, now)
     }
 
     /// Connects the CONNECTs whose recovery other shards decided, or that waited too long
@@ -639,7 +640,8 @@ impl SioSession {
                 ),
                 _ => {
                     let player = session.shard.next_player_id();
-                    self.admit(session, r.admission, player, &new_secret(), None, now)
+                    let secret = session.shard.relay.borrow().new_session_secret();
+                    self.admit(session, r.admission, player, &secret, None, now)
                 }
             };
             // A namespace CONNECT never ends the session.

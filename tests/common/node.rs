@@ -1,5 +1,5 @@
-//! The Node side of tests that drive the official socket.io client (`tests/interop/`):
-//! a checked `node` command and [`MixedPeer`], one `mixed_peer.js` process read line by line.
+//! The Node side of tests that drive the official clients (`tests/interop/`): a checked
+//! `node` command and [`MixedPeer`], one peer script's process read line by line.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -98,7 +98,8 @@ pub fn run_suite(name: &str, mut cmd: Command, budget: Duration) {
     }
 }
 
-/// `node mixed_peer.js`, the socket.io side of a mixed room, its stdout lines as parsed JSON.
+/// A node peer of a mixed room (`mixed_peer.js`, the socket.io side, or `sc_peer.js`, the
+/// SocketCluster side), its stdout lines as parsed JSON.
 pub struct MixedPeer {
     child: Child,
     stdin: Option<ChildStdin>,
@@ -109,14 +110,21 @@ pub struct MixedPeer {
 impl MixedPeer {
     /// Starts `node` (from [`command`], with whatever environment the test adds) on
     /// `mixed_peer.js URL ROOM TRANSPORT`.
-    pub fn spawn(mut node: Command, url: &str, room: &str, transport: &str) -> MixedPeer {
+    pub fn spawn(node: Command, url: &str, room: &str, transport: &str) -> MixedPeer {
+        MixedPeer::spawn_script(node, &["mixed_peer.js", url, room, transport])
+    }
+
+    /// Starts `node` on another peer script of `tests/interop/` (`args[0]`) that prints
+    /// JSON lines and reads commands on its stdin, as `mixed_peer.js` does (`sc_peer.js`,
+    /// the SocketCluster side of a mixed room).
+    pub fn spawn_script(mut node: Command, args: &[&str]) -> MixedPeer {
         let mut child = node
-            .args(["mixed_peer.js", url, room, transport])
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("node mixed_peer.js starts");
+            .expect("node starts the peer script");
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = drain(child.stderr.take().expect("piped stderr"));
@@ -161,7 +169,7 @@ impl MixedPeer {
                     let _ = self.child.kill();
                     let _ = self.child.wait();
                     panic!(
-                        "no line from mixed_peer.js ({e:?}); its stderr:\n{}",
+                        "no line from the peer script ({e:?}); its stderr:\n{}",
                         self.stderr()
                     );
                 }
@@ -182,9 +190,13 @@ impl MixedPeer {
     /// Asks it to emit `to` `room` `event` `payload` with an ack; it prints the answer as an
     /// `ack` line.
     pub fn emit_to(&mut self, room: &str, event: &str, payload: Value) {
-        let command = json!({"to": room, "event": event, "payload": payload});
+        self.command(json!({"to": room, "event": event, "payload": payload}));
+    }
+
+    /// Writes `command` as one line on its stdin.
+    pub fn command(&mut self, command: Value) {
         let stdin = self.stdin.as_mut().expect("stdin is open until finish");
-        writeln!(stdin, "{command}").expect("mixed_peer.js reads its stdin");
+        writeln!(stdin, "{command}").expect("the peer reads its stdin");
     }
 
     /// The next `ack` line (events are skipped).
@@ -203,7 +215,7 @@ impl MixedPeer {
         let status = wait_bounded(&mut self.child, Duration::from_secs(10));
         assert!(
             status.is_some_and(|s| s.success()),
-            "mixed_peer.js ended with {status:?}; stderr:\n{}",
+            "the peer script ended with {status:?}; stderr:\n{}",
             self.stderr()
         );
     }

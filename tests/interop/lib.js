@@ -17,6 +17,11 @@ const REFERENCE_BIN =
   process.env.SOCKETIO_REFERENCE_BIN ||
   path.join(path.dirname(CORELAY_BIN), 'examples', 'socketio_reference');
 
+/** Path of the socketcluster_app example: $SOCKETCLUSTER_APP_BIN, else next to the reference. */
+const SC_APP_BIN =
+  process.env.SOCKETCLUSTER_APP_BIN ||
+  path.join(path.dirname(CORELAY_BIN), 'examples', 'socketcluster_app');
+
 const live = new Set();
 process.on('exit', () => {
   for (const child of live) child.kill('SIGKILL');
@@ -110,6 +115,14 @@ function startCorelay({ port = 0, shards = 2, env = {}, config } = {}) {
 function startReference() {
   return spawnServer(REFERENCE_BIN, ['--port', '0'], {
     ready: /^socketio_reference listening on 127\.0\.0\.1:(\d+)$/,
+  });
+}
+
+/** The socketcluster_app example on `port` (0: ephemeral), with extra CORELAY_* env. */
+function startScApp({ port = 0, env = {} } = {}) {
+  return spawnServer(SC_APP_BIN, ['--port', String(port)], {
+    env,
+    ready: /^socketcluster_app listening on 127\.0\.0\.1:(\d+)$/,
   });
 }
 
@@ -364,6 +377,7 @@ module.exports = {
   REFERENCE_BIN,
   startCorelay,
   startReference,
+  startScApp,
   startRedis,
   redisCommand,
   numsub,
