@@ -513,3 +513,48 @@ fn rooms_cross_nodes_through_sharded_pubsub_on_a_redis_cluster() {
     assert_eq!(ids(&nodes), ["a", "b"]);
     drop((a, b));
 }
+
+/// A node started after a room's members met on another serves that room to its own
+/// players: they hear the room and are heard, and once the new node has followed the room
+/// its joins are counted with the members it did not see join.
+#[test]
+fn a_node_started_later_serves_the_rooms_that_exist() {
+    use corelay::client::ServerEvent;
+    let redis = Redis::start();
+    let url = redis.url();
+    let a = node(&url, "a");
+    let a_addr = a.local_addr();
+    let url_in = url.clone();
+    common::run(move || async move {
+        let mut a1 = common::connect(a_addr).await;
+        let mut a2 = common::connect(a_addr).await;
+        a1.join("arena").await.unwrap();
+        a2.join("arena").await.unwrap();
+        // The room exists, with two members, before B starts.
+        let b = node(&url_in, "b");
+        let mut b1 = common::connect(b.local_addr()).await;
+        b1.join("arena").await.unwrap();
+        until_heard(&mut a1, &mut b1, "arena").await;
+        until_heard(&mut b1, &mut a2, "arena").await;
+        let mut b2 = common::connect(b.local_addr()).await;
+        let joined = b2.join_room("arena").await.unwrap();
+        assert_eq!(joined.members, 4, "A's two members are counted on B");
+        let me = b2.player().to_owned();
+        loop {
+            let event = common::within("B2's notice on A", a1.next_event())
+                .await
+                .unwrap();
+            if let ServerEvent::MemberJoined {
+                player, members, ..
+            } = event
+            {
+                if player == me {
+                    assert_eq!(members, 4);
+                    break;
+                }
+            }
+        }
+        drop(b);
+    });
+    drop(a);
+}

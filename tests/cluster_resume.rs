@@ -206,6 +206,8 @@ fn a_session_moves_to_another_node_while_its_own_is_alive() {
         bob.join("arena").await.unwrap();
         let mut erin = common::connect(a_addr).await;
         erin.join("arena").await.unwrap();
+        let mut carol = common::connect(a_addr).await;
+        carol.join("arena").await.unwrap();
         let bob_name = bob.player().to_owned();
 
         send_numbers(&mut erin, "arena", 0..10).await;
@@ -214,6 +216,11 @@ fn a_session_moves_to_another_node_while_its_own_is_alive() {
         }
         bob.drop_connection();
         send_numbers(&mut erin, "arena", 10..20).await;
+        // A delivers a shared room's messages once Redis has numbered them: once Carol has
+        // them, so has the room's stream.
+        for want in 0..20 {
+            assert_eq!(next_number(&mut carol).await, want);
+        }
         bob.move_to(ws(b_addr));
         assert!(bob.reconnect().await.unwrap(), "the session moved to B");
         assert_eq!(bob.player(), bob_name);
@@ -253,7 +260,70 @@ fn a_session_moves_to_another_node_while_its_own_is_alive() {
         // A counts Bob on B, once.
         let mut frank = common::connect(a_addr).await;
         let joined = frank.join_room("arena").await.unwrap();
-        assert_eq!(joined.members, 3, "Bob, Erin and Frank");
+        assert_eq!(joined.members, 4, "Bob, Erin, Carol and Frank");
+    });
+    drop((a, b));
+}
+
+/// `CLIENT KILL TYPE pubsub`: how many subscriber connections Redis dropped. From a thread
+/// of its own: the test's executor thread takes signals that interrupt blocking calls.
+fn kill_subscribers(url: &str) -> i64 {
+    let url = url.to_owned();
+    std::thread::spawn(move || {
+        let mut con = redis::Client::open(url)
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+            .unwrap();
+        redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query::<i64>(&mut con)
+            .unwrap()
+    })
+    .join()
+    .unwrap()
+}
+
+/// Redis drops every subscriber connection (`CLIENT KILL TYPE pubsub`) while Alice, on
+/// node A, keeps sending. Both nodes subscribe again by themselves and read the room's
+/// stream past the last number they heard before anything newer: Bob on B and Erin on A
+/// (whose own node's echoes were lost too) get every message once, in order.
+#[test]
+fn members_miss_nothing_when_their_nodes_subscriptions_drop() {
+    let redis = Redis::start();
+    let url = redis.url();
+    let a = node(&url, "a");
+    let b = node(&url, "b");
+    let (a_addr, b_addr) = (a.local_addr(), b.local_addr());
+    let url_in = url.clone();
+    common::run(move || async move {
+        let mut alice = common::connect(a_addr).await;
+        alice.join("arena").await.unwrap();
+        let mut erin = common::connect(a_addr).await;
+        erin.join("arena").await.unwrap();
+        let mut bob = common::connect(b_addr).await;
+        bob.join("arena").await.unwrap();
+        until_heard(&mut alice, &mut bob, "arena").await;
+        // Within the default burst of 480 messages a connection may send at once.
+        const N: u32 = 400;
+        let mut killed = 0;
+        for k in 0..N {
+            alice
+                .send("arena", "n", &k.to_le_bytes(), PayloadKind::Binary)
+                .await
+                .unwrap();
+            if k % 100 == 50 {
+                killed += kill_subscribers(&url_in);
+                // Alice goes on at once; a millisecond's pause lets the nodes notice.
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        assert!(killed >= 2, "both nodes' subscriptions were dropped");
+        for (who, c) in [("Bob", &mut bob), ("Erin", &mut erin)] {
+            for want in 0..N {
+                assert_eq!(next_number(c).await, want, "{who}");
+            }
+        }
     });
     drop((a, b));
 }

@@ -247,8 +247,9 @@ enum Heard {
     Subscribed(String),
     /// The subscriber connection is gone: nothing is followed until `Subscribed` again.
     Down,
-    /// What the room's stream holds past the number the loop asked from (history on).
-    Filled(String, Vec<Bytes>),
+    /// What the room's stream holds past the number the loop asked from (history on), for
+    /// the read of that generation.
+    Filled(String, u64, Vec<Bytes>),
     /// A read for a member's replay: what the room's stream holds past its number (`None`:
     /// the read failed).
     Read(String, Reading, Option<Vec<Bytes>>),
@@ -273,6 +274,8 @@ struct Followed {
     held: Vec<Out>,
     /// Reading the stream after a resubscription: what is heard meanwhile waits here.
     filling: Option<Vec<Bytes>>,
+    /// The generation of the last read started; an older one's answer is stale.
+    fill: u64,
     /// Replays that wait for the room to be caught up before their read.
     reads: Vec<Reading>,
 }
@@ -551,12 +554,15 @@ impl Loop {
         }
     }
 
-    /// An append goes out once its room is subscribed and caught up; it fails at once
-    /// while Redis is away, so that the home numbers it itself.
+    /// An append goes out once its room is subscribed; it fails at once while Redis is
+    /// away, so that the home numbers it itself. A room heard before goes on appending
+    /// while its subscription is being made again: the echoes lost meanwhile come back
+    /// with the read of the stream that follows ([`Heard::Filled`]), and if Redis is
+    /// really gone the publisher fails them.
     fn append(&mut self, out: Out, publish: &mpsc::Sender<Out>) {
         let following = self.following;
         match self.streams.get_mut(&out.room) {
-            Some(f) if f.up => {
+            Some(f) if f.up || f.last > 0 => {
                 if let Err(e) = publish.try_send(out) {
                     self.fail(&e.into_inner());
                 }
@@ -670,16 +676,17 @@ impl Loop {
                 let (Some(limits), Some(f)) = (self.history, self.streams.get_mut(&room)) else {
                     return;
                 };
-                if f.filling.is_some() {
-                    return;
-                }
-                if f.last == 0 {
+                if f.last == 0 && f.filling.is_none() {
                     // Followed for the first time: nothing heard here yet to catch up on.
                     self.release(&room, publish);
                     return;
                 }
-                f.filling = Some(Vec::new());
-                let after = f.last;
+                // Subscribed again: read the stream past the last number heard before
+                // taking anything newer (what is heard meanwhile waits). A read still on
+                // its way from an earlier subscription is superseded.
+                f.filling.get_or_insert_default();
+                f.fill += 1;
+                let (fill, after) = (f.fill, f.last);
                 let Some(io) = &self.io else {
                     return;
                 };
@@ -692,13 +699,24 @@ impl Loop {
                     .await;
                     let entries = match read {
                         Ok(Ok(entries)) => entries,
-                        _ => Vec::new(),
+                        Ok(Err(e)) => {
+                            tracing::warn!(%room, error = %e, "cluster: a room's stream could not be read; its members may miss messages");
+                            Vec::new()
+                        }
+                        Err(_) => Vec::new(),
                     };
-                    let _ = heard.send(Heard::Filled(room, entries)).await;
+                    let _ = heard.send(Heard::Filled(room, fill, entries)).await;
                 });
             }
             Heard::Read(room, reading, entries) => self.stream_read(room, reading, entries),
-            Heard::Filled(room, entries) => {
+            Heard::Filled(room, fill, entries) => {
+                let current = self
+                    .streams
+                    .get(&room)
+                    .is_some_and(|f| f.fill == fill && f.filling.is_some());
+                if !current {
+                    return;
+                }
                 for bytes in entries {
                     self.heard_numbered(&room, bytes);
                 }
@@ -721,13 +739,11 @@ impl Loop {
                     let Some(f) = self.streams.get_mut(&room) else {
                         continue;
                     };
+                    // What waits for a read stays waiting: the read after the next
+                    // subscription comes first.
                     f.up = false;
-                    let waiting = f.filling.take().unwrap_or_default();
                     let held = std::mem::take(&mut f.held);
                     let reads = std::mem::take(&mut f.reads);
-                    for bytes in waiting {
-                        self.heard_numbered(&room, bytes);
-                    }
                     for out in held {
                         self.fail(&out);
                     }
