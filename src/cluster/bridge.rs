@@ -447,20 +447,24 @@ impl Loop {
         follow: &mpsc::UnboundedSender<(String, bool)>,
     ) {
         let out = match msg {
-            MeshMsg::Publish { bcast, members } => {
-                envelope::encode(self.node, members, &bcast.body).map(|payload| Out {
-                    room: bcast.room.clone(),
-                    payload,
-                    append: None,
-                })
-            }
+            MeshMsg::Publish {
+                bcast,
+                members,
+                joined,
+            } => envelope::encode(self.node, members, joined, &bcast.body).map(|payload| Out {
+                room: bcast.room.clone(),
+                payload,
+                append: None,
+            }),
             MeshMsg::Append {
                 bcast,
                 members,
                 token,
                 floor,
+                joined,
             } => {
-                let Some(envelope) = envelope::encode(self.node, members, &bcast.body) else {
+                let Some(envelope) = envelope::encode(self.node, members, joined, &bcast.body)
+                else {
                     self.not_appended(&bcast.room, token);
                     return;
                 };
@@ -486,8 +490,13 @@ impl Loop {
                     let _ = follow.send((room, on));
                     None
                 }
-                ClusterMsg::Presence { room, names, .. } => Some(Out {
-                    payload: envelope::encode_presence(self.node, &names),
+                ClusterMsg::Presence { room, presence, .. } => Some(Out {
+                    payload: envelope::encode_presence(self.node, &presence),
+                    room,
+                    append: None,
+                }),
+                ClusterMsg::Action { room, action, .. } => Some(Out {
+                    payload: envelope::encode_action(self.node, &action),
                     room,
                     append: None,
                 }),
@@ -779,6 +788,7 @@ impl Loop {
         let Some(Envelope {
             node,
             members,
+            joined,
             content: Content::Broadcast(body),
         }) = envelope::decode(&inner)
         else {
@@ -792,6 +802,7 @@ impl Loop {
         let msg = MeshMsg::FromNode {
             node,
             members,
+            joined,
             bcast: Box::new(bcast),
         };
         self.mesh.send(home, ShardMsg::Relay(msg));
@@ -830,6 +841,7 @@ impl Loop {
         let Some(Envelope {
             node,
             members,
+            joined,
             content,
         }) = envelope::decode(&bytes)
         else {
@@ -843,12 +855,18 @@ impl Loop {
             Content::Broadcast(body) => MeshMsg::FromNode {
                 node,
                 members,
+                joined,
                 // Nobody here is excluded: the sender is on the publishing node.
                 bcast: Box::new(Broadcast::new(room, NOBODY, body, Instant::now())),
             },
             Content::Hello => MeshMsg::Cluster(Box::new(ClusterMsg::Hello { room })),
-            Content::Presence(names) => {
-                MeshMsg::Cluster(Box::new(ClusterMsg::Presence { room, node, names }))
+            Content::Presence(presence) => MeshMsg::Cluster(Box::new(ClusterMsg::Presence {
+                room,
+                node,
+                presence,
+            })),
+            Content::Action(action) => {
+                MeshMsg::Cluster(Box::new(ClusterMsg::Action { room, node, action }))
             }
         };
         self.mesh.send(home, ShardMsg::Relay(msg));

@@ -16,11 +16,16 @@
 //! | 1, 2 | a member's event, JSON or binary | from, event, payload (the rest) |
 //! | 3 | a Socket.IO event with buffers inside | from, event, arg |
 //! | 4 | an application's emit | event, u16 count, args |
-//! | 5 | member joined | player |
+//! | 5 | member joined | player, joined u64 (ms since the Unix epoch) |
 //! | 6 | member left | player, reason u8 (0 left, 1 disconnected, 2 kicked) |
-//! | 7, 8 | member away, member back | player |
+//! | 7 | member away | player |
+//! | 8 | member back | player, joined u64 |
 //! | 9 | hello: a node began to follow the room | — |
-//! | 10 | presence: every member the node has in the room | u32 count, players |
+//! | 10 | presence: every member the node has in the room, and the room's shared state | u32 count, (player, joined u64) each, flags u8 (1 locked, 2 state, 4 metadata), then state and metadata as byte strings when flagged |
+//! | 11 | a host's action | u8 (0 unlock, 1 lock, 2 kick, 3 metadata, 4 state), then the player or the JSON as a byte string |
+//!
+//! `joined` is when the member joined: the room's host on every node is the member present
+//! longest across nodes (`relay/nodes.rs`).
 //!
 //! An arg is a tag u8 and its bytes: 0 JSON text, 1 binary, 2 JSON with placeholders and
 //! then a u16 count of buffers. Anything else, or a length past the end, is not an
@@ -30,7 +35,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::proto::native::{LeaveReason, PayloadKind};
+use crate::proto::native::{HostAction, LeaveReason, PayloadKind};
 use crate::proto::socketio::Arg;
 use crate::relay::{Body, PlayerName};
 
@@ -47,8 +52,23 @@ pub enum Content {
     Broadcast(Body),
     /// A node began to follow the room: nodes with members answer with their presence.
     Hello,
-    /// Every member the publishing node has in the room, by name.
-    Presence(Vec<PlayerName>),
+    /// Every member the publishing node has in the room, and the room's shared state.
+    Presence(Presence),
+    /// The room's host (on the publishing node) acted.
+    Action(HostAction),
+}
+
+/// What a node says of a room when another begins to follow it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Presence {
+    /// Its members, by name, with when each joined (ms since the Unix epoch).
+    pub members: Vec<(PlayerName, u64)>,
+    /// The room is locked by its host.
+    pub locked: bool,
+    /// The state its host last set.
+    pub state: Option<Arc<str>>,
+    /// The public metadata its host last set.
+    pub metadata: Option<Arc<str>>,
 }
 
 /// An envelope read back.
@@ -58,13 +78,17 @@ pub struct Envelope {
     pub node: u64,
     /// The room's members on that node.
     pub members: u32,
+    /// When the member a join or back notice names joined (ms since the Unix epoch); 0
+    /// for any other content.
+    pub joined: u64,
     /// What it carries.
     pub content: Content,
 }
 
 /// `body` from node `node`, whose room has `members` members there, as an envelope; `None`
-/// for a body that does not cross ([`crate::relay::crosses`]).
-pub fn encode(node: u64, members: u32, body: &Body) -> Option<Vec<u8>> {
+/// for a body that does not cross ([`crate::relay::crosses`]). `joined` is when the member
+/// a join or back notice names joined.
+pub fn encode(node: u64, members: u32, joined: u64, body: &Body) -> Option<Vec<u8>> {
     // The kind byte is written once the body has said which it is; the capacity is the
     // header and the largest fields (names and args are small beside a payload).
     let payload = match body {
@@ -107,6 +131,7 @@ pub fn encode(node: u64, members: u32, body: &Body) -> Option<Vec<u8>> {
         }
         Body::MemberJoined { player, .. } => {
             put_str(&mut out, player);
+            out.extend_from_slice(&joined.to_le_bytes());
             5
         }
         Body::MemberLeft { player, reason, .. } => {
@@ -124,6 +149,7 @@ pub fn encode(node: u64, members: u32, body: &Body) -> Option<Vec<u8>> {
         }
         Body::MemberBack { player } => {
             put_str(&mut out, player);
+            out.extend_from_slice(&joined.to_le_bytes());
             8
         }
         Body::Host { .. } => return None,
@@ -137,14 +163,40 @@ pub fn encode_hello(node: u64) -> Vec<u8> {
     header(9, node, 0, 0)
 }
 
-/// The presence of node `node` in a room: its `names`.
-pub fn encode_presence(node: u64, names: &[PlayerName]) -> Vec<u8> {
-    let size = 4 + names.iter().map(|n| 2 + n.len()).sum::<usize>();
-    let mut out = header(10, node, names.len() as u32, size);
-    out.extend_from_slice(&(names.len() as u32).to_le_bytes());
-    for name in names {
+/// The presence of node `node` in a room.
+pub fn encode_presence(node: u64, p: &Presence) -> Vec<u8> {
+    let text = |t: &Option<Arc<str>>| t.as_ref().map_or(0, |t| 4 + t.len());
+    let size = 5
+        + p.members.iter().map(|(n, _)| 10 + n.len()).sum::<usize>()
+        + text(&p.state)
+        + text(&p.metadata);
+    let mut out = header(10, node, p.members.len() as u32, size);
+    out.extend_from_slice(&(p.members.len() as u32).to_le_bytes());
+    for (name, joined) in &p.members {
         put_str(&mut out, name);
+        out.extend_from_slice(&joined.to_le_bytes());
     }
+    let flags =
+        u8::from(p.locked) | u8::from(p.state.is_some()) << 1 | u8::from(p.metadata.is_some()) << 2;
+    out.push(flags);
+    for t in [&p.state, &p.metadata].into_iter().flatten() {
+        put_bytes(&mut out, t.as_bytes());
+    }
+    out
+}
+
+/// Node `node`'s host of a room did `action`.
+pub fn encode_action(node: u64, action: &HostAction) -> Vec<u8> {
+    let (code, text): (u8, &str) = match action {
+        HostAction::Lock { locked: false } => (0, ""),
+        HostAction::Lock { locked: true } => (1, ""),
+        HostAction::Kick { player } => (2, player),
+        HostAction::SetMetadata { metadata } => (3, metadata),
+        HostAction::SetState { state } => (4, state),
+    };
+    let mut out = header(11, node, 0, 5 + text.len());
+    out.push(code);
+    put_bytes(&mut out, text.as_bytes());
     out
 }
 
@@ -204,6 +256,7 @@ pub fn decode(bytes: &Bytes) -> Option<Envelope> {
     let kind = r.u8()?;
     let node = u64::from_le_bytes(r.take(8)?.as_ref().try_into().ok()?);
     let members = u32::from_le_bytes(r.take(4)?.as_ref().try_into().ok()?);
+    let mut joined = 0;
     let content = match kind {
         1 | 2 => {
             let from = r.name()?;
@@ -232,10 +285,11 @@ pub fn decode(bytes: &Bytes) -> Option<Envelope> {
             let args = (0..count).map(|_| r.arg()).collect::<Option<Vec<_>>>()?;
             Content::Broadcast(Body::Emit { event, args })
         }
-        5 => Content::Broadcast(Body::MemberJoined {
-            player: r.name()?,
-            members,
-        }),
+        5 => {
+            let player = r.name()?;
+            joined = r.u64()?;
+            Content::Broadcast(Body::MemberJoined { player, members })
+        }
         6 => {
             let player = r.name()?;
             let reason = match r.u8()? {
@@ -251,16 +305,52 @@ pub fn decode(bytes: &Bytes) -> Option<Envelope> {
             })
         }
         7 => Content::Broadcast(Body::MemberAway { player: r.name()? }),
-        8 => Content::Broadcast(Body::MemberBack { player: r.name()? }),
+        8 => {
+            let player = r.name()?;
+            joined = r.u64()?;
+            Content::Broadcast(Body::MemberBack { player })
+        }
         9 => Content::Hello,
         10 => {
             let count = r.u32()?;
-            // Each name takes at least its two length bytes: a count past that is a lie.
-            if count as usize > r.left() / 2 {
+            // Each member takes at least its ten bytes: a count past that is a lie.
+            if count as usize > r.left() / 10 {
                 return None;
             }
-            let names = (0..count).map(|_| r.name()).collect::<Option<Vec<_>>>()?;
-            Content::Presence(names)
+            let members = (0..count)
+                .map(|_| Some((r.name()?, r.u64()?)))
+                .collect::<Option<Vec<_>>>()?;
+            let flags = r.u8()?;
+            if flags > 7 {
+                return None;
+            }
+            let state = if flags & 2 != 0 {
+                Some(r.text()?)
+            } else {
+                None
+            };
+            let metadata = if flags & 4 != 0 {
+                Some(r.text()?)
+            } else {
+                None
+            };
+            Content::Presence(Presence {
+                members,
+                locked: flags & 1 != 0,
+                state,
+                metadata,
+            })
+        }
+        11 => {
+            let code = r.u8()?;
+            let text = r.text()?.to_string();
+            Content::Action(match code {
+                0 | 1 if text.is_empty() => HostAction::Lock { locked: code == 1 },
+                2 if !text.is_empty() => HostAction::Kick { player: text },
+                3 => HostAction::SetMetadata { metadata: text },
+                4 => HostAction::SetState { state: text },
+                _ => return None,
+            })
         }
         _ => return None,
     };
@@ -270,6 +360,7 @@ pub fn decode(bytes: &Bytes) -> Option<Envelope> {
     Some(Envelope {
         node,
         members,
+        joined,
         content,
     })
 }
@@ -350,6 +441,16 @@ impl Reader<'_> {
         Some(u32::from_le_bytes(self.take(4)?.as_ref().try_into().ok()?))
     }
 
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.as_ref().try_into().ok()?))
+    }
+
+    /// A byte string (u32 length) of UTF-8 text.
+    fn text(&mut self) -> Option<Arc<str>> {
+        let n = self.u32()? as usize;
+        std::str::from_utf8(&self.take(n)?).ok().map(Arc::from)
+    }
+
     fn string(&mut self) -> Option<String> {
         let n = self.u16()?;
         String::from_utf8(self.take(usize::from(n))?.to_vec()).ok()
@@ -392,7 +493,7 @@ mod tests {
     use super::*;
 
     fn round_trip(body: Body) -> Body {
-        let bytes = Bytes::from(encode(7, 3, &body).unwrap());
+        let bytes = Bytes::from(encode(7, 3, 42, &body).unwrap());
         assert_eq!(node_of(&bytes), Some(7));
         let e = decode(&bytes).unwrap();
         assert_eq!((e.node, e.members), (7, 3));
@@ -456,6 +557,7 @@ mod tests {
         assert!(encode(
             1,
             1,
+            0,
             &Body::Host {
                 player: name,
                 state: None
@@ -473,7 +575,7 @@ mod tests {
             kind: PayloadKind::Binary,
         };
         assert_eq!(
-            encode(1, 1, &body).unwrap().len(),
+            encode(1, 1, 0, &body).unwrap().len(),
             HEADER + 2 + 2 + 2 + 1 + 32
         );
     }
@@ -498,12 +600,49 @@ mod tests {
     fn hello_and_presence_come_back() {
         let bytes = Bytes::from(encode_hello(9));
         assert!(matches!(decode(&bytes).unwrap().content, Content::Hello));
-        let names: Vec<PlayerName> = vec!["a".into(), "bé".into()];
-        let e = decode(&Bytes::from(encode_presence(9, &names))).unwrap();
-        assert_eq!(e.members, 2);
-        match e.content {
-            Content::Presence(got) => assert_eq!(got, names),
-            other => panic!("{other:?}"),
+        for presence in [
+            Presence {
+                members: vec![("a".into(), 1), ("bé".into(), u64::MAX)],
+                locked: true,
+                state: Some("{\"round\":3}".into()),
+                metadata: None,
+            },
+            Presence {
+                members: vec![],
+                locked: false,
+                state: None,
+                metadata: Some("{}".into()),
+            },
+        ] {
+            let e = decode(&Bytes::from(encode_presence(9, &presence))).unwrap();
+            assert_eq!(e.members as usize, presence.members.len());
+            match e.content {
+                Content::Presence(got) => assert_eq!(got, presence),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn host_actions_come_back() {
+        for action in [
+            HostAction::Lock { locked: true },
+            HostAction::Lock { locked: false },
+            HostAction::Kick {
+                player: "bob".into(),
+            },
+            HostAction::SetMetadata {
+                metadata: "{\"mode\":\"ctf\"}".into(),
+            },
+            HostAction::SetState {
+                state: "[1,2]".into(),
+            },
+        ] {
+            let e = decode(&Bytes::from(encode_action(5, &action))).unwrap();
+            match e.content {
+                Content::Action(got) => assert_eq!(got, action),
+                other => panic!("{other:?}"),
+            }
         }
     }
 
@@ -512,6 +651,7 @@ mod tests {
         let good = encode(
             1,
             1,
+            0,
             &Body::MemberLeft {
                 player: "p".into(),
                 members: 1,
@@ -536,7 +676,7 @@ mod tests {
             assert!(decode(&Bytes::from(bad)).is_none(), "byte {at}");
         }
         // A presence claiming more names than it could hold.
-        let mut lie = encode_presence(1, &[]);
+        let mut lie = encode_presence(1, &Presence::default());
         lie[HEADER..HEADER + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(decode(&Bytes::from(lie)).is_none());
         // Random bytes.

@@ -584,7 +584,7 @@ impl Relay {
             created: home.options.is_some(),
             private: home.options.as_ref().is_some_and(|o| o.private),
             locked: home.locked,
-            host: home.members.first().map(|m| m.name.to_string()),
+            host: home.host().map(|(host, _)| host.to_string()),
         }
     }
 

@@ -123,14 +123,17 @@ fn by_or_about(body: &Body, name: &str) -> bool {
     }
 }
 
-/// Takes `name` out of the members `home` knows on other nodes (it is here now).
-pub(super) fn forget_remote(home: &mut HomeRoom, name: &str) {
+/// Takes `name` out of the members `home` knows on other nodes (it is here now); when it
+/// joined, if it was known.
+pub(super) fn forget_remote(home: &mut HomeRoom, name: &str) -> Option<u64> {
+    let mut joined = None;
     for r in &mut home.remote {
-        if let Some(at) = r.names.iter().position(|n| &**n == name) {
-            r.names.swap_remove(at);
+        if let Some(at) = r.names.iter().position(|(n, _)| &**n == name) {
+            joined = Some(r.names.swap_remove(at).1);
             r.count = r.count.saturating_sub(1);
         }
     }
+    joined
 }
 
 impl Relay {
@@ -517,7 +520,12 @@ impl Relay {
             .find(|m| m.player == player)
             .map(|m| Arc::clone(&m.name))
         {
-            forget_remote(home, &name);
+            // Present since it first joined, on the node it came from.
+            if let Some(joined) = forget_remote(home, &name) {
+                if let Some(m) = home.members.iter_mut().find(|m| m.player == player) {
+                    m.joined = joined;
+                }
+            }
         }
         if !replay {
             return;

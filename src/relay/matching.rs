@@ -843,6 +843,9 @@ impl Relay {
                 player: s.player,
                 name: Arc::clone(&s.name),
                 shard: s.shard,
+                // A match's players join at once, on every node alike: its host is the
+                // least name among them, whichever node finds it.
+                joined: 0,
                 meta: s.meta.clone(),
             })
             .collect();
@@ -866,6 +869,7 @@ impl Relay {
                 messages: 0,
                 shared: false,
                 remote: Vec::new(),
+                told_host: None,
             },
         );
     }
@@ -945,7 +949,16 @@ impl Relay {
         for (node, names) in elsewhere {
             let room = room.clone();
             let bridge = self.bridge();
-            self.handle_cluster_mesh(bridge, ClusterMsg::Presence { room, node, names }, now);
+            let presence = crate::cluster::envelope::Presence {
+                members: names.into_iter().map(|name| (name, 0)).collect(),
+                ..Default::default()
+            };
+            let msg = ClusterMsg::Presence {
+                room,
+                node,
+                presence,
+            };
+            self.handle_cluster_mesh(bridge, msg, now);
         }
         let roster: Roster = roster.into_iter().take(ROSTER_MAX).collect();
         self.matching.waiting_go.insert(room, (roster, seats));

@@ -334,6 +334,8 @@ pub enum MeshMsg {
         bcast: Arc<Broadcast>,
         /// The room's members on this node.
         members: u32,
+        /// When the member a join or back notice names joined (ms since the epoch).
+        joined: u64,
     },
     /// room's home -> the cluster bridge (history on): a broadcast made on this node, to
     /// append to the room's stream; the home delivers it when it hears it back numbered.
@@ -346,6 +348,8 @@ pub enum MeshMsg {
         token: u64,
         /// The room's last number here: the stream numbers it above.
         floor: u64,
+        /// When the member a join or back notice names joined (ms since the epoch).
+        joined: u64,
     },
     /// the cluster bridge -> room's home: this node's broadcast `token` has number `seq`
     /// in its room's stream (0: it did not reach the stream; the home numbers it).
@@ -362,6 +366,8 @@ pub enum MeshMsg {
         node: u64,
         /// The room's members there.
         members: u32,
+        /// When the member a join or back notice names joined (ms since the epoch).
+        joined: u64,
         /// The broadcast, to count and deliver here.
         bcast: Box<Broadcast>,
     },
@@ -603,6 +609,8 @@ struct HomeRoom {
     shared: bool,
     /// Its members on other nodes, as far as known (`relay/nodes.rs`).
     remote: Vec<nodes::RemoteMembers>,
+    /// The host its members here were last told of.
+    told_host: Option<PlayerName>,
 }
 
 /// A member as its room's home knows it.
@@ -611,6 +619,9 @@ struct HomeMember {
     player: PlayerId,
     name: PlayerName,
     shard: ShardId,
+    /// When it joined (ms since the Unix epoch): across nodes, the member present longest
+    /// is the host (`relay/nodes.rs`).
+    joined: u64,
     /// Its public metadata, for join answers.
     meta: Option<Arc<str>>,
 }
@@ -1727,8 +1738,9 @@ impl Relay {
             MeshMsg::FromNode {
                 node,
                 members,
+                joined,
                 bcast,
-            } => self.heard_from_node(node, members, bcast, now),
+            } => self.heard_from_node(node, members, joined, bcast, now),
             MeshMsg::Appended { token, seq } => self.appended(token, seq, now),
             MeshMsg::Cluster(msg) => self.handle_cluster_mesh(from, *msg, now),
             // The bridge's to carry; never sent to a shard.
@@ -1903,6 +1915,7 @@ impl Relay {
                 empty_until: None,
                 shared: false,
                 remote: Vec::new(),
+                told_host: None,
             }
         });
         // A room kept empty for its players to come back is theirs again.
@@ -1914,9 +1927,12 @@ impl Relay {
             player,
             name: Arc::clone(name),
             shard: origin,
+            joined: nodes::now_ms(),
             meta,
         });
-        let host = Arc::clone(&home.members[0].name);
+        let host = home
+            .host()
+            .map_or_else(|| Arc::clone(name), |(host, _)| host);
         // Game rooms (`room:create`) list their players; a room made by a plain join is a
         // channel, possibly a large one, and its answer stays a count.
         let listed = if home.options.is_some() {
@@ -1933,6 +1949,10 @@ impl Relay {
                 meta: m.meta.clone(),
             })
             .collect();
+        if home.told_host.is_none() {
+            // Its first member: the host, told so by the join's answer.
+            home.told_host = Some(Arc::clone(&host));
+        }
         let counted = Counted {
             members: home.cluster_total(),
             since: 0,
@@ -2005,11 +2025,6 @@ impl Relay {
         if let Some(at) = at {
             home.members.remove(at);
         }
-        // The host left: the longest-present member takes over, with the room's state.
-        let new_host = (at == Some(0))
-            .then(|| home.members.first().map(|m| Arc::clone(&m.name)))
-            .flatten();
-        let state = home.state.clone();
         if here == 0 {
             // A room created with `empty_ttl_ms` waits that long for its players.
             let ttl = home
@@ -2045,18 +2060,8 @@ impl Relay {
             },
             now,
         );
-        if let Some(host) = new_host {
-            // Told to everyone, the new host included: it learns its role as the others do.
-            self.home_notice(
-                room,
-                player,
-                Body::Host {
-                    player: host,
-                    state,
-                },
-                now,
-            );
-        }
+        // The host left: the longest-present member takes over, with the room's state.
+        self.host_check(room, now);
     }
 
     /// On the home shard: sends `bcast` once to every other shard with members, except the
@@ -2081,6 +2086,7 @@ impl Relay {
             let publish = MeshMsg::Publish {
                 bcast: Arc::clone(bcast),
                 members: home.total,
+                joined: home.joined_for(bcast),
             };
             self.mesh.push((bridge, publish));
         }

@@ -31,16 +31,25 @@ use super::{
     Body, Broadcast, HomeRoom, MeshMsg, PlayerId, PlayerName, Relay, SessionRecord, ShardId,
     CODE_PREFIX,
 };
+use crate::cluster::envelope::Presence;
+use crate::proto::native::HostAction;
 use crate::proto::native::LeaveReason;
 
 /// The player id no connection has: what a broadcast made by no player of this node (one
 /// from another node, a notice for a node gone) excludes.
 pub const NOBODY: u64 = u64::MAX;
 
-/// Whether a broadcast's body crosses nodes: everything but the host's notice (a room's
-/// host is chosen per node until hosts are cluster-wide, docs/SCALING.md).
+/// Whether a broadcast's body crosses nodes: everything but the host's notice (every node
+/// finds the same host from the members it knows, and tells its own members).
 pub fn crosses(body: &Body) -> bool {
     !matches!(body, Body::Host { .. })
+}
+
+/// Milliseconds since the Unix epoch: when a member joined, as the nodes compare it.
+pub(super) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Cluster business between a shard and the bridge (`MeshMsg::Cluster`, boxed: rare).
@@ -58,15 +67,26 @@ pub enum ClusterMsg {
         /// Room key.
         room: String,
     },
-    /// home -> bridge: publish the room's members here (`node` unused); bridge -> home:
-    /// node `node`'s members in the room, replacing what was known of them.
+    /// home -> bridge: publish the room's members here and its shared state (`node`
+    /// unused); bridge -> home: node `node`'s members in the room, replacing what was known
+    /// of them, and the room's state as that node knows it.
     Presence {
         /// Room key.
         room: String,
         /// Whose members.
         node: u64,
-        /// Them, by name.
-        names: Vec<PlayerName>,
+        /// Them, and the room's shared state.
+        presence: Presence,
+    },
+    /// home -> bridge: the room's host here acted (`node` unused); bridge -> home: node
+    /// `node`'s host of the room did.
+    Action {
+        /// Room key.
+        room: String,
+        /// Whose host.
+        node: u64,
+        /// What it did.
+        action: HostAction,
     },
     /// bridge -> every shard: node `0`'s lease ended; its members are gone.
     NodeGone(u64),
@@ -138,8 +158,8 @@ pub(super) struct RemoteMembers {
     node: u64,
     /// The count that node last gave (its notices carry it).
     pub(super) count: u32,
-    /// Their names, one entry per connection.
-    pub(super) names: Vec<PlayerName>,
+    /// Their names, one entry per connection, with when each joined (ms since the epoch).
+    pub(super) names: Vec<(PlayerName, u64)>,
 }
 
 impl HomeRoom {
@@ -151,6 +171,43 @@ impl HomeRoom {
     /// Members across nodes, as far as known.
     pub(super) fn cluster_total(&self) -> u32 {
         self.total + self.remote_count()
+    }
+
+    /// The room's host and, when it is on this node, its player: the member present
+    /// longest. A room alone on this node keeps its join order (the first member); across
+    /// nodes every node picks the same one, the earliest to join (then the least name)
+    /// among every node's members.
+    pub(super) fn host(&self) -> Option<(PlayerName, Option<PlayerId>)> {
+        if self.remote.iter().all(|r| r.names.is_empty()) {
+            return self
+                .members
+                .first()
+                .map(|m| (Arc::clone(&m.name), Some(m.player)));
+        }
+        let here = self
+            .members
+            .iter()
+            .map(|m| (m.joined, &m.name, Some(m.player)));
+        let elsewhere = self
+            .remote
+            .iter()
+            .flat_map(|r| r.names.iter().map(|(n, joined)| (*joined, n, None)));
+        here.chain(elsewhere)
+            .min_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)))
+            .map(|(_, name, player)| (Arc::clone(name), player))
+    }
+
+    /// When the member a join or back notice names joined (that notice excludes it); 0
+    /// for any other broadcast.
+    pub(super) fn joined_for(&self, bcast: &Broadcast) -> u64 {
+        match bcast.body {
+            Body::MemberJoined { .. } | Body::MemberBack { .. } => self
+                .members
+                .iter()
+                .find(|m| m.player == bcast.exclude)
+                .map_or(0, |m| m.joined),
+            _ => 0,
+        }
     }
 
     fn remote_mut(&mut self, node: u64) -> &mut RemoteMembers {
@@ -230,15 +287,17 @@ impl Relay {
                 members,
                 token: 0,
                 floor,
+                joined: 0,
             },
             Some(body) => MeshMsg::Publish {
                 bcast: Arc::new(Broadcast::new(room.to_owned(), NOBODY, body, now)),
                 members,
+                joined: 0,
             },
             None => MeshMsg::Cluster(Box::new(ClusterMsg::Presence {
                 room: room.to_owned(),
                 node: 0,
-                names: Vec::new(),
+                presence: Presence::default(),
             })),
         };
         self.send_mesh(bridge, told);
@@ -263,7 +322,7 @@ impl Relay {
         let Some(home) = self.homes.get(&bcast.room) else {
             return;
         };
-        let (members, floor) = (home.total, home.seq);
+        let (members, floor, joined) = (home.total, home.seq, home.joined_for(&bcast));
         self.last_token += 1;
         let token = self.last_token;
         self.appending.insert(token, Arc::clone(&bcast));
@@ -275,6 +334,7 @@ impl Relay {
                 members,
                 token,
                 floor,
+                joined,
             },
         );
     }
@@ -293,11 +353,13 @@ impl Relay {
     }
 
     /// On the home shard: node `node`, with `members` members in the room, published
-    /// `bcast`: count it, and deliver it here and to the other shards with members.
+    /// `bcast` (a join or back notice's member joined at `joined`): count it, and deliver
+    /// it here and to the other shards with members.
     pub(super) fn heard_from_node(
         &mut self,
         node: u64,
         members: u32,
+        joined: u64,
         mut bcast: Box<Broadcast>,
         now: Instant,
     ) {
@@ -316,12 +378,11 @@ impl Relay {
         let remote = home.remote_mut(node);
         remote.count = members;
         match &bcast.body {
-            Body::MemberJoined { player, .. } => remote.names.push(Arc::clone(player)),
-            Body::MemberBack { player } if !remote.names.contains(player) => {
-                remote.names.push(Arc::clone(player))
+            Body::MemberJoined { player, .. } | Body::MemberBack { player } => {
+                remote.names.push((Arc::clone(player), joined));
             }
             Body::MemberLeft { player, .. } => {
-                if let Some(at) = remote.names.iter().position(|n| n == player) {
+                if let Some(at) = remote.names.iter().position(|(n, _)| n == player) {
                     remote.names.swap_remove(at);
                 }
             }
@@ -336,8 +397,85 @@ impl Relay {
         {
             *members = total;
         }
+        let changes = matches!(
+            bcast.body,
+            Body::MemberJoined { .. } | Body::MemberLeft { .. } | Body::MemberBack { .. }
+        );
+        let room = bcast.room.clone();
         let from_bridge = Some(self.bridge());
         self.home_relay(Arc::new(*bcast), from_bridge, now);
+        if changes {
+            self.host_check(&room, now);
+        }
+    }
+
+    /// On the home shard: tells the room's members here when its host changed (the host
+    /// left, here or on another node, or a member there since longer became known). Every
+    /// node finds the same host from the same members, and tells its own.
+    pub(super) fn host_check(&mut self, room: &str, now: Instant) {
+        let Some(home) = self.homes.get_mut(room) else {
+            return;
+        };
+        let host = home.host().map(|(name, _)| name);
+        if host == home.told_host {
+            return;
+        }
+        let before = std::mem::replace(&mut home.told_host, host.clone());
+        let state = home.state.clone();
+        if let (Some(_), Some(host)) = (before, host) {
+            // Told to everyone, the new host included: it learns its role as the others do.
+            let body = Body::Host {
+                player: host,
+                state,
+            };
+            self.home_notice(room, NOBODY, body, now);
+        }
+    }
+
+    /// On the home shard: what this node says of the room to a node that begins to follow
+    /// it: its members, with when each joined, and the room's shared state.
+    fn presence(home: &HomeRoom) -> Presence {
+        Presence {
+            members: home
+                .members
+                .iter()
+                .map(|m| (Arc::clone(&m.name), m.joined))
+                .collect(),
+            locked: home.locked,
+            state: home.state.clone(),
+            metadata: home.metadata.clone(),
+        }
+    }
+
+    /// On the home shard: node `node`'s host did `action` to the room; this node does the
+    /// same (a kicked member that is here is kicked).
+    fn host_acted(&mut self, room: &str, action: HostAction, now: Instant) {
+        let Some(home) = self.homes.get_mut(room).filter(|h| h.shared) else {
+            return;
+        };
+        match action {
+            HostAction::Lock { locked } => home.locked = locked,
+            HostAction::SetMetadata { metadata } => home.metadata = Some(Arc::from(metadata)),
+            HostAction::SetState { state } => home.state = Some(Arc::from(state)),
+            HostAction::Kick { player: name } => {
+                let target = home
+                    .members
+                    .iter()
+                    .find(|m| *m.name == *name)
+                    .map(|m| (m.player, m.shard));
+                match target {
+                    Some((kicked, shard)) if shard == self.shard => self.kick(room, kicked, now),
+                    Some((kicked, shard)) => self.send_mesh(
+                        shard,
+                        MeshMsg::Kick {
+                            room: room.to_owned(),
+                            player: kicked,
+                        },
+                    ),
+                    None => {}
+                }
+            }
+        }
     }
 
     /// Cluster business from the bridge (or, `MovedAway`, from shard `from`).
@@ -358,30 +496,49 @@ impl Relay {
                 let Some(home) = self.homes.get(&room).filter(|h| h.shared) else {
                     return;
                 };
-                let names = home.members.iter().map(|m| Arc::clone(&m.name)).collect();
+                let presence = Self::presence(home);
                 let bridge = self.bridge();
                 self.send_mesh(
                     bridge,
                     MeshMsg::Cluster(Box::new(ClusterMsg::Presence {
                         room,
                         node: 0,
-                        names,
+                        presence,
                     })),
                 );
             }
-            ClusterMsg::Presence { room, node, names } => {
+            ClusterMsg::Presence {
+                room,
+                node,
+                presence,
+            } => {
                 let Some(home) = self.homes.get_mut(&room).filter(|h| h.shared) else {
                     return;
                 };
                 home.remote.retain(|r| r.node != node);
-                if !names.is_empty() {
+                if !presence.members.is_empty() {
                     home.remote.push(RemoteMembers {
                         node,
-                        count: names.len() as u32,
-                        names,
+                        count: presence.members.len() as u32,
+                        names: presence.members,
                     });
                 }
+                // The node of the room's host knows its state.
+                let host_there = match home.host() {
+                    Some((host, None)) => home
+                        .remote
+                        .iter()
+                        .any(|r| r.node == node && r.names.iter().any(|(n, _)| *n == host)),
+                    _ => false,
+                };
+                if host_there {
+                    home.locked = presence.locked;
+                    home.state = presence.state;
+                    home.metadata = presence.metadata;
+                }
+                self.host_check(&room, now);
             }
+            ClusterMsg::Action { room, action, .. } => self.host_acted(&room, action, now),
             ClusterMsg::NodeGone(node) => self.node_gone(node, now),
             // The bridge's own business.
             ClusterMsg::Interest { .. }
@@ -394,7 +551,7 @@ impl Relay {
     /// Node `node` is gone: its members leave every room homed here, told to the members
     /// here as disconnected. Every node does the same, so nothing is published.
     fn node_gone(&mut self, node: u64, now: Instant) {
-        let mut gone: Vec<(String, Vec<PlayerName>)> = Vec::new();
+        let mut gone: Vec<(String, Vec<(PlayerName, u64)>)> = Vec::new();
         for (room, home) in &mut self.homes {
             if let Some(at) = home.remote.iter().position(|r| r.node == node) {
                 gone.push((room.clone(), home.remote.swap_remove(at).names));
@@ -406,7 +563,7 @@ impl Relay {
                 continue;
             };
             total += names.len() as u32;
-            for player in names {
+            for (player, _) in names {
                 total -= 1;
                 let body = Body::MemberLeft {
                     player,
@@ -416,6 +573,8 @@ impl Relay {
                 let bcast = Arc::new(Broadcast::new(room.clone(), NOBODY, body, now));
                 self.home_relay(bcast, from_bridge, now);
             }
+            // Its host, if it was there, is one of the members left.
+            self.host_check(&room, now);
         }
     }
 }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{home_shard, MeshMsg, PlayerId, Relay, Reply, ShardId};
+use super::{home_shard, ClusterMsg, MeshMsg, PlayerId, Relay, Reply, ShardId};
 
 /// What a created room's name starts with: the rest is its code, so that `join` by code
 /// and by name are the same request, and the code's hash is the room's home.
@@ -326,21 +326,54 @@ impl Relay {
         let Some(home) = self.homes.get_mut(room) else {
             return Err(ErrorCode::NotMember);
         };
-        if home.members.first().is_none_or(|m| m.player != player) {
+        if home.host().is_none_or(|(_, local)| local != Some(player)) {
             self.stats.count_refusal(Refusal::NotHost);
             return Err(ErrorCode::NotHost);
         }
+        // The room's other nodes do the same (`relay/nodes.rs`).
+        if home.shared {
+            let known_elsewhere = match &action {
+                HostAction::Kick { player: name } => home
+                    .remote
+                    .iter()
+                    .any(|r| r.names.iter().any(|(n, _)| **n == **name)),
+                _ => true,
+            };
+            if known_elsewhere {
+                let bridge = self.bridge();
+                self.send_mesh(
+                    bridge,
+                    MeshMsg::Cluster(Box::new(ClusterMsg::Action {
+                        room: room.to_owned(),
+                        node: 0,
+                        action: action.clone(),
+                    })),
+                );
+            }
+        }
+        let Some(home) = self.homes.get_mut(room) else {
+            return Err(ErrorCode::NotMember);
+        };
         match action {
             HostAction::Lock { locked } => home.locked = locked,
             HostAction::SetMetadata { metadata } => home.metadata = Some(Arc::from(metadata)),
             HostAction::SetState { state } => home.state = Some(Arc::from(state)),
             HostAction::Kick { player: name } => {
-                let target = home
+                let local = home
                     .members
                     .iter()
                     .find(|m| *m.name == *name)
-                    .map(|m| (m.player, m.shard))
-                    .ok_or(ErrorCode::NotMember)?;
+                    .map(|m| (m.player, m.shard));
+                let elsewhere = home
+                    .remote
+                    .iter()
+                    .any(|r| r.names.iter().any(|(n, _)| **n == *name));
+                let target = match local {
+                    Some(target) => target,
+                    // On another node: that node kicks it.
+                    None if elsewhere => return Ok(()),
+                    None => return Err(ErrorCode::NotMember),
+                };
                 match target {
                     (kicked, shard) if shard == self.shard => self.kick(room, kicked, now),
                     (kicked, shard) => self.send_mesh(
@@ -382,7 +415,7 @@ impl Relay {
 
     /// On the kicked member's shard: it leaves `room` (the room is told `kicked`) and is
     /// told so itself.
-    fn kick(&mut self, room: &str, player: PlayerId, now: Instant) {
+    pub(super) fn kick(&mut self, room: &str, player: PlayerId, now: Instant) {
         if !self.is_member(player, room) {
             return;
         }
