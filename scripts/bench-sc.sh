@@ -47,7 +47,8 @@ What to run
   --clients N            SocketCluster clients (1000)
   --channel-size N       subscribers per channel, each also a publisher (10)
   --rate R               compare: msg/s each client publishes (2: 20,000 deliveries/s with
-                         the defaults, which one core of Node carries)
+                         the defaults; CPU per delivery compares only below both servers'
+                         saturation, which the saturation phase shows)
   --payload B            payload bytes, at least 48: the timing header in hex (64)
   --duration S           compare: measured seconds (10)
   --warmup S             compare: seconds before the window (3)
