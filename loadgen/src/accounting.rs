@@ -1,8 +1,9 @@
 //! Exact delivery accounting: sent, expected, delivered, lost, duplicated, out of order.
 //!
 //! A sender counts, for each message it sends in the measured window, how many other
-//! members of its room were connected at that moment: that is the number of deliveries
-//! the message is owed. Each receiver keeps one [`SeqWindow`] per sender of its room and
+//! members of its room were connected at that moment (every member, itself included, where
+//! the protocol delivers a message to its sender too: SocketCluster): that is the number of
+//! deliveries the message is owed. Each receiver keeps one [`SeqWindow`] per sender of its room and
 //! classifies every measured arrival as new, new but out of order, or duplicate. After the
 //! run has drained, `lost = expected - unique delivered`.
 
@@ -102,7 +103,8 @@ pub struct Tally {
     /// Messages sent.
     pub sent: u64,
     /// Deliveries owed: for each message sent, the room members other than the sender that
-    /// were connected when it was sent.
+    /// were connected when it was sent (with the sender, where the protocol delivers to it:
+    /// [`crate::Protocol::delivers_to_sender`]).
     pub expected: u64,
     /// Unique deliveries (first copies).
     pub delivered: u64,

@@ -1,4 +1,5 @@
-//! corelay-loadgen: an open-loop load generator for corelay and socket.io servers.
+//! corelay-loadgen: an open-loop load generator for corelay, socket.io and SocketCluster
+//! servers.
 //!
 //! Clients send on a fixed schedule whatever the server does, and latency is measured
 //! from each message's *intended* send time to its arrival, so that a server stall shows
@@ -19,9 +20,12 @@
 //! - [`metrics`]: HdrHistograms (µs, 3 digits), summaries, the `.hgrm` text format.
 //! - [`mod@run`]: threads, phases, the main thread's watch, building the [`Report`]; the
 //!   rooms of a run (blocks or matches) and `matchmake`'s matching phase.
-//! - [`transport`]: one interface over the native client (`corelay::client`) and [`socketio`].
+//! - [`transport`]: one interface over the native client (`corelay::client`), [`socketio`]
+//!   and [`socketcluster`].
 //! - [`socketio`]: a minimal Socket.IO v4 client over corelay's WebSocket client on glommio,
 //!   and the sans-IO decoder the load phase uses.
+//! - [`socketcluster`]: a minimal SocketCluster client (handshake, subscribe, publish) the
+//!   same way, and its sans-IO decoder.
 //! - [`procfs`]: CPU and memory of the server and of the generator, the fd limit.
 //! - [`report`]: the [`Report`] (JSON) and the final table.
 //! - [`plot`]: latency-by-percentile SVG plots.
@@ -40,6 +44,7 @@ pub mod procfs;
 pub mod report;
 pub mod run;
 pub mod schedule;
+pub mod socketcluster;
 pub mod socketio;
 pub mod tickets;
 pub mod transport;

@@ -14,7 +14,7 @@ use corelay_loadgen::{Options, Protocol, Scenario, Slo, Spread};
 #[command(
     name = "corelay-loadgen",
     version,
-    about = "Open-loop latency load generator for corelay and socket.io servers"
+    about = "Open-loop latency load generator for corelay, socket.io and SocketCluster servers"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -50,15 +50,17 @@ enum Command {
 /// Flags shared by every scenario. Unset flags take the scenario's defaults (README).
 #[derive(Args)]
 struct Common {
-    /// Server URL: ws://127.0.0.1:7700/ws (native), ws://127.0.0.1:3000/socket.io/ (socketio);
-    /// several, comma-separated, for the nodes of a cluster (see --spread).
+    /// Server URL: ws://127.0.0.1:7700/ws (native), ws://127.0.0.1:3000/socket.io/ (socketio),
+    /// ws://127.0.0.1:7700/socketcluster/ (socketcluster); several, comma-separated, for the
+    /// nodes of a cluster (see --spread).
     #[arg(long)]
     url: Option<String>,
     /// With several --url: `members` puts consecutive members of a room on different nodes
     /// (rooms span the nodes), `rooms` puts a whole room on one node (rooms round-robin).
     #[arg(long, value_enum, default_value_t = Spread::Members)]
     spread: Spread,
-    /// Client protocol.
+    /// Client protocol. socketcluster: every client subscribes to its room's channel and
+    /// publishes to it; every subscriber gets each publish, the publisher too.
     #[arg(long, value_enum, default_value_t = Protocol::Native)]
     protocol: Protocol,
     /// Number of clients (connections).
@@ -70,7 +72,7 @@ struct Common {
     /// Messages per second per sending client.
     #[arg(long)]
     rate: Option<f64>,
-    /// Payload bytes (at least 24 native, 48 socketio).
+    /// Payload bytes (at least 24 native, 48 socketio and socketcluster).
     #[arg(long)]
     payload: Option<usize>,
     /// Measured seconds (connect: default until every connection was attempted).
@@ -123,8 +125,8 @@ struct Common {
     /// No progress output.
     #[arg(long, short)]
     quiet: bool,
-    /// JWT every client presents, for a server with `[auth]` (docs/AUTH.md): measures
-    /// authenticated load.
+    /// JWT every client presents (socketcluster: as the handshake's authToken), for a server
+    /// with `[auth]` (docs/AUTH.md): measures authenticated load.
     #[arg(long)]
     token: Option<String>,
 }
@@ -165,6 +167,7 @@ impl Common {
         let url = self.url.unwrap_or_else(|| match self.protocol {
             Protocol::Native => "ws://127.0.0.1:7700/ws".into(),
             Protocol::SocketIo => "ws://127.0.0.1:3000/socket.io/".into(),
+            Protocol::SocketCluster => "ws://127.0.0.1:7700/socketcluster/".into(),
         });
         let mut o = Options::new(scenario, self.protocol, url);
         o.spread = self.spread;
@@ -179,8 +182,8 @@ impl Common {
         }
         if let Some(v) = self.payload {
             o.payload = v;
-        } else if self.protocol == Protocol::SocketIo {
-            o.payload = o.payload.max(corelay_loadgen::header::TEXT_LEN);
+        } else {
+            o.payload = o.payload.max(self.protocol.min_payload());
         }
         if let Some(v) = self.duration {
             o.duration = secs(v, "duration")?;

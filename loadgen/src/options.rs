@@ -56,6 +56,11 @@ pub enum Protocol {
     #[value(name = "socketio")]
     #[serde(rename = "socketio")]
     SocketIo,
+    /// SocketCluster (`ws://host:port/socketcluster/`): a room is a channel, subscribed to
+    /// and published to.
+    #[value(name = "socketcluster")]
+    #[serde(rename = "socketcluster")]
+    SocketCluster,
 }
 
 impl fmt::Display for Protocol {
@@ -63,7 +68,36 @@ impl fmt::Display for Protocol {
         f.write_str(match self {
             Self::Native => "native",
             Self::SocketIo => "socketio",
+            Self::SocketCluster => "socketcluster",
         })
+    }
+}
+
+impl Protocol {
+    /// The URL path used when `--url` gives none.
+    pub fn default_path(self) -> &'static str {
+        match self {
+            Self::Native => "/ws",
+            Self::SocketIo => "/socket.io/",
+            Self::SocketCluster => corelay::proto::socketcluster::DEFAULT_PATH,
+        }
+    }
+
+    /// The smallest payload: the timing header, binary or as hex text.
+    pub fn min_payload(self) -> usize {
+        match self {
+            Self::Native => header::BINARY_LEN,
+            Self::SocketIo | Self::SocketCluster => header::TEXT_LEN,
+        }
+    }
+
+    /// Does a message reach its sender too? A SocketCluster publish goes to every
+    /// subscriber of the channel, the publisher included (with corelay as with
+    /// `socketcluster-server`): that copy is a delivery the server makes, so it is owed,
+    /// timed and counted like the others. The relay convention of the other protocols sends
+    /// to the *other* members only.
+    pub fn delivers_to_sender(self) -> bool {
+        self == Self::SocketCluster
     }
 }
 
@@ -124,7 +158,8 @@ pub struct Options {
     pub scenario: Scenario,
     /// Client protocol.
     pub protocol: Protocol,
-    /// Server URL: `ws://127.0.0.1:7700/ws` (native), `ws://127.0.0.1:3000/socket.io/`; or
+    /// Server URL: `ws://127.0.0.1:7700/ws` (native), `ws://127.0.0.1:3000/socket.io/`,
+    /// `ws://127.0.0.1:7700/socketcluster/`; or
     /// several, comma-separated, one per node of a cluster (see [`Options::spread`]).
     pub url: String,
     /// With several URLs: which clients go to which node.
@@ -135,7 +170,8 @@ pub struct Options {
     pub room_size: usize,
     /// Messages per second per sending client.
     pub rate: f64,
-    /// Payload size in bytes (at least the timing header: 24 native, 48 socket.io).
+    /// Payload size in bytes (at least the timing header: 24 native, 48 socket.io and
+    /// SocketCluster).
     pub payload: usize,
     /// Length of the measured window. For `connect`, zero means "until every connection
     /// has been attempted" (`clients / connect_rate`).
@@ -167,7 +203,8 @@ pub struct Options {
     pub label: Option<String>,
     /// Largest message accepted from the server.
     pub max_message_size: usize,
-    /// JWT every client presents (native `Hello.token`, Socket.IO CONNECT `{token}`), for
+    /// JWT every client presents (native `Hello.token`, Socket.IO CONNECT `{token}`,
+    /// SocketCluster `#handshake` `authToken`), for
     /// servers with `[auth]` (docs/AUTH.md); all clients share its `sub`, which the server
     /// allows.
     pub token: Option<String>,
@@ -320,6 +357,13 @@ impl Options {
             return invalid("--threads must be at least 1".into());
         }
         if self.scenario == Scenario::Matchmake {
+            if self.protocol == Protocol::SocketCluster {
+                return invalid(
+                    "matchmake needs --protocol native or socketio: corelay's matchmaking is \
+                     not spoken over socketcluster"
+                        .into(),
+                );
+            }
             self.validate_tickets()?;
         } else if self.sends() && self.room_size < 2 {
             return invalid("--room-size must be at least 2 for a scenario that sends".into());
@@ -334,10 +378,7 @@ impl Options {
             if self.duration.is_zero() {
                 return invalid("--duration must be above zero".into());
             }
-            let min = match self.protocol {
-                Protocol::Native => header::BINARY_LEN,
-                Protocol::SocketIo => header::TEXT_LEN,
-            };
+            let min = self.protocol.min_payload();
             if self.payload < min {
                 return invalid(format!(
                     "--payload must be at least {min} bytes for {} (the timing header)",
@@ -429,11 +470,11 @@ impl Options {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
-        let default_path = match self.protocol {
-            Protocol::Native => "/ws",
-            Protocol::SocketIo => "/socket.io/",
+        let path = if path == "/" {
+            self.protocol.default_path()
+        } else {
+            path
         };
-        let path = if path == "/" { default_path } else { path };
         let with_port = if authority
             .rsplit_once(':')
             .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
@@ -811,8 +852,29 @@ mod tests {
         let mut o = Options::new(Scenario::Relay, Protocol::SocketIo, "ws://127.0.0.1:3000");
         o.payload = 40;
         assert!(o.validate().is_err());
+        o.protocol = Protocol::SocketCluster;
+        assert!(o.validate().is_err());
         o.protocol = Protocol::Native;
         assert!(o.validate().is_ok());
+    }
+
+    #[test]
+    fn socketcluster_has_its_path_and_no_matchmaking() {
+        let o = Options::new(
+            Scenario::Relay,
+            Protocol::SocketCluster,
+            "ws://127.0.0.1:7700",
+        );
+        assert_eq!(o.validate().unwrap()[0].path, "/socketcluster/");
+        assert!(o.label().contains("relay socketcluster"), "{}", o.label());
+        assert!(Protocol::SocketCluster.delivers_to_sender());
+        assert!(!Protocol::Native.delivers_to_sender() && !Protocol::SocketIo.delivers_to_sender());
+        let m = Options::new(
+            Scenario::Matchmake,
+            Protocol::SocketCluster,
+            "ws://127.0.0.1:7700",
+        );
+        assert!(m.validate().is_err());
     }
 
     #[test]

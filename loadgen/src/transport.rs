@@ -1,4 +1,4 @@
-//! One interface over the two client protocols: connect and join during the setup (async,
+//! One interface over the client protocols: connect and join during the setup (async,
 //! on glommio), then, for the load phase's event loop, the connection taken apart
 //! ([`Parts`]) with sans-IO encoding of load messages and decoding of what arrives.
 //!
@@ -19,6 +19,9 @@ use tungstenite::Message;
 
 use crate::header::{TimingHeader, BINARY_LEN, TEXT_LEN};
 use crate::options::Protocol;
+use crate::socketcluster::{
+    self, SocketClusterClient, SocketClusterConfig, SocketClusterError, PUBLISH_SUFFIX,
+};
 use crate::socketio::{
     to_room_prefix, Decoded, Packet, SioDecoder, SocketIoClient, SocketIoConfig, SocketIoError,
 };
@@ -60,16 +63,27 @@ impl From<SocketIoError> for TransportError {
     }
 }
 
+impl From<SocketClusterError> for TransportError {
+    fn from(e: SocketClusterError) -> Self {
+        Self(e.to_string())
+    }
+}
+
 impl From<corelay::client::ClientError> for TransportError {
     fn from(e: corelay::client::ClientError) -> Self {
         Self(e.to_string())
     }
 }
 
-/// A short, stable failure reason for grouping: "refused", "timeout", "reset", ... or
-/// the error text cut at 60 characters.
+/// A short, stable failure reason for grouping: "connection refused", "timeout",
+/// "reset", ... or the error text cut at 60 characters. A server's refusal of a request
+/// (`join refused: room full`, `subscribe refused: ...`, `handshake refused: ...`) keeps its
+/// own words: they say why.
 pub fn reason(error: &str) -> String {
     let lower = error.to_ascii_lowercase();
+    if lower.contains(" refused: ") {
+        return error.chars().take(60).collect();
+    }
     let known = [
         ("refused", "connection refused"),
         ("timed out", "timeout"),
@@ -97,6 +111,8 @@ pub enum Connection {
     Native(Client),
     /// Socket.IO v4.
     SocketIo(SocketIoClient),
+    /// SocketCluster (`socketcluster-client` 20.x's protocol).
+    SocketCluster(SocketClusterClient),
 }
 
 impl Connection {
@@ -124,14 +140,32 @@ impl Connection {
                 };
                 Ok(Self::SocketIo(SocketIoClient::connect(&config).await?))
             }
+            Protocol::SocketCluster => {
+                let config = SocketClusterConfig {
+                    addr: endpoint.addr,
+                    host: endpoint.host.clone(),
+                    path: endpoint.path.clone(),
+                    bind,
+                    max_message_size: endpoint.max_message_size,
+                    token: endpoint.token.clone(),
+                };
+                Ok(Self::SocketCluster(
+                    SocketClusterClient::connect(&config).await?,
+                ))
+            }
         }
     }
 
-    /// Joins `room`; returns its member count after the join.
+    /// Joins `room` (SocketCluster: subscribes to the channel of that name); returns its
+    /// member count after the join, 0 where the protocol does not tell.
     pub async fn join(&mut self, room: &str) -> Result<u32, TransportError> {
         match self {
             Self::Native(c) => Ok(c.join(room).await?),
             Self::SocketIo(c) => Ok(c.join(room).await?),
+            Self::SocketCluster(c) => {
+                c.subscribe(room).await?;
+                Ok(0)
+            }
         }
     }
 
@@ -185,6 +219,10 @@ impl Connection {
                 }
             }
             Self::SocketIo(c) => Ok(c.matchmake(ticket).await?),
+            // `Options::validate` refuses `matchmake` over SocketCluster.
+            Self::SocketCluster(_) => Err(TransportError(
+                "matchmaking is not spoken over socketcluster".into(),
+            )),
         }
     }
 
@@ -200,6 +238,7 @@ impl Connection {
                 }
             },
             Self::SocketIo(c) => c.keep_alive().await.into(),
+            Self::SocketCluster(c) => c.keep_alive().await.into(),
         }
     }
 
@@ -222,6 +261,14 @@ impl Connection {
                     wire: Wire::SocketIo(decoder),
                 })
             }
+            Self::SocketCluster(c) => {
+                let (fd, codec) = c.into_parts().await?;
+                Ok(Parts {
+                    fd,
+                    codec,
+                    wire: Wire::SocketCluster,
+                })
+            }
         }
     }
 }
@@ -241,11 +288,12 @@ pub struct Parts {
 /// a masked copy of the body, with no allocation.
 #[derive(Debug, Default)]
 pub struct LoadMessage {
-    /// The WebSocket message body: an rkyv `Send` frame, or Engine.IO text.
+    /// The WebSocket message body: an rkyv `Send` frame, Engine.IO text, or a SocketCluster
+    /// `#publish` packet.
     body: Vec<u8>,
     /// Where the payload starts in `body`.
     payload_at: usize,
-    /// A text message (socket.io), else binary (native).
+    /// A text message (socket.io, SocketCluster), else binary (native).
     text: bool,
 }
 
@@ -268,6 +316,8 @@ pub enum Wire {
     Native,
     /// Socket.IO: Engine.IO text packets, binary attachments.
     SocketIo(SioDecoder),
+    /// SocketCluster: JSON packets in text messages (no state between messages).
+    SocketCluster,
 }
 
 impl Wire {
@@ -309,24 +359,39 @@ impl Wire {
                     text: true,
                 }
             }
+            // The same text payload as socket.io's, as the channel message's data.
+            Wire::SocketCluster => {
+                TimingHeader::default().write_text(size, &mut payload);
+                let mut body = socketcluster::publish_prefix(room).into_bytes();
+                let payload_at = body.len();
+                body.extend_from_slice(&payload);
+                body.extend_from_slice(PUBLISH_SUFFIX.as_bytes());
+                LoadMessage {
+                    body,
+                    payload_at,
+                    text: true,
+                }
+            }
         }
     }
 
-    /// Decodes one message from the server: the timing header of a load message, or
-    /// `None` for anything else. An Engine.IO ping's pong goes into `reply` (text to send).
+    /// Decodes one message from the server: the timing header of each load message it
+    /// holds goes into `headers` (a SocketCluster batch may hold several), anything else
+    /// is dropped. The answer to a ping goes into `reply` (text to send).
     pub fn decode(
         &mut self,
         msg: Message,
         reply: &mut Option<String>,
-    ) -> Result<Option<TimingHeader>, TransportError> {
+        headers: &mut Vec<TimingHeader>,
+    ) -> Result<(), TransportError> {
         match self {
             Wire::Native => {
                 let Message::Binary(bytes) = msg else {
-                    return Ok(None);
+                    return Ok(());
                 };
                 let frame = native::access_server(&bytes)
                     .map_err(|e| TransportError(format!("protocol: {e}")))?;
-                Ok(match frame {
+                let header = match frame {
                     ArchivedServerFrame::Event {
                         event,
                         payload,
@@ -342,23 +407,45 @@ impl Wire {
                         }
                     },
                     _ => None,
-                })
+                };
+                headers.extend(header);
+                Ok(())
             }
             Wire::SocketIo(decoder) => match decoder.on_message(msg)? {
-                Decoded::Packet(Packet::Msg(payload)) => Ok(if payload.text {
-                    TimingHeader::from_hex(&payload.bytes)
-                } else {
-                    TimingHeader::from_bytes(&payload.bytes)
-                }),
+                Decoded::Packet(Packet::Msg(payload)) => {
+                    headers.extend(if payload.text {
+                        TimingHeader::from_hex(&payload.bytes)
+                    } else {
+                        TimingHeader::from_bytes(&payload.bytes)
+                    });
+                    Ok(())
+                }
                 Decoded::Packet(Packet::Disconnect) | Decoded::Closed => {
                     Err(TransportError("connection closed by the server".into()))
                 }
                 Decoded::Reply(text) => {
                     *reply = Some(text);
-                    Ok(None)
+                    Ok(())
                 }
-                Decoded::Packet(_) | Decoded::Nothing => Ok(None),
+                Decoded::Packet(_) | Decoded::Nothing => Ok(()),
             },
+            Wire::SocketCluster => {
+                let mut kicked = None;
+                let pong = socketcluster::decode(msg, |packet| match packet {
+                    socketcluster::Packet::Load(header) => headers.push(header),
+                    socketcluster::Packet::KickOut(channel) => kicked = Some(channel),
+                    _ => {}
+                })?;
+                if let Some(pong) = pong {
+                    *reply = Some(pong.to_owned());
+                }
+                match kicked {
+                    // Out of its channel, the client would count as a member that receives
+                    // nothing: it is dropped, with the reason.
+                    Some(channel) => Err(SocketClusterError::KickedOut(channel).into()),
+                    None => Ok(()),
+                }
+            }
         }
     }
 }
@@ -441,5 +528,73 @@ mod tests {
                 &Message::text(format!(r#"42["to","lg-1","msg","{payload}"]"#))
             );
         }
+    }
+
+    #[test]
+    fn failure_reasons_group_without_losing_a_servers_refusal() {
+        assert_eq!(
+            reason("io: Connection refused (os error 111)"),
+            "connection refused"
+        );
+        assert_eq!(reason("connect timed out"), "timeout");
+        assert_eq!(
+            reason("handshake failed: HTTP/1.1 404 Not Found"),
+            "websocket upgrade"
+        );
+        assert_eq!(
+            reason("subscribe refused: room is full"),
+            "subscribe refused: room is full"
+        );
+        assert_eq!(
+            reason("handshake refused: not allowed"),
+            "handshake refused: not allowed"
+        );
+        assert_eq!(
+            reason("join refused: \"bad_room\""),
+            "join refused: \"bad_room\""
+        );
+    }
+
+    #[test]
+    fn socketcluster_load_messages_are_publishes_with_each_header() {
+        let got = sent(Wire::SocketCluster);
+        assert_eq!(got.len(), 2);
+        for (msg, h) in got.iter().zip(headers()) {
+            let mut payload = Vec::new();
+            h.write_text(64, &mut payload);
+            let payload = String::from_utf8(payload).unwrap();
+            assert_eq!(
+                msg,
+                &Message::text(format!(
+                    r##"{{"event":"#publish","data":{{"channel":"lg-1","data":"{payload}"}}}}"##
+                ))
+            );
+        }
+    }
+
+    #[test]
+    fn socketcluster_channel_messages_and_pings_decode() {
+        use corelay::proto::socketcluster::{channel_message, ChannelData};
+        let mut wire = Wire::SocketCluster;
+        let (mut reply, mut got) = (None, Vec::new());
+        for h in headers() {
+            let mut payload = Vec::new();
+            h.write_text(64, &mut payload);
+            let data = format!("\"{}\"", String::from_utf8(payload).unwrap());
+            // As corelay's endpoint writes a channel message.
+            let text = channel_message("lg-1", "publish", "p1", ChannelData::Json(&data));
+            wire.decode(Message::text(text), &mut reply, &mut got)
+                .unwrap();
+        }
+        assert_eq!(got, headers());
+        assert_eq!(reply, None);
+        wire.decode(Message::text("#1"), &mut reply, &mut got)
+            .unwrap();
+        assert_eq!(reply.as_deref(), Some("#2"));
+        let kick = r##"{"event":"#kickOut","data":{"channel":"lg-1","message":"bye"}}"##;
+        let e = wire
+            .decode(Message::text(kick), &mut reply, &mut got)
+            .unwrap_err();
+        assert_eq!(reason(&e.0), "kicked out of channel lg-1");
     }
 }

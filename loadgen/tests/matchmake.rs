@@ -27,14 +27,10 @@ fn server(shards: usize, queues: &[(&str, QueueConfig)]) -> Server {
 }
 
 fn options(server: &Server, protocol: Protocol) -> Options {
-    let path = match protocol {
-        Protocol::Native => "ws",
-        Protocol::SocketIo => "socket.io/",
-    };
     let mut o = Options::new(
         Scenario::Matchmake,
         protocol,
-        format!("ws://{}/{path}", server.local_addr()),
+        format!("ws://{}{}", server.local_addr(), protocol.default_path()),
     );
     o.clients = 40;
     o.rate = 20.0;

@@ -57,6 +57,8 @@ struct LoadConn {
     queued: bool,
     recv_armed: bool,
     windows: HashMap<u32, SeqWindow>,
+    /// The timing headers of the message being processed (kept to reuse its allocation).
+    arrivals: Vec<TimingHeader>,
     /// A sender's slot in the schedule, its message and its next message's number.
     slot: u64,
     message: LoadMessage,
@@ -95,6 +97,7 @@ pub(super) fn run(
             queued: false,
             recv_armed: false,
             windows: HashMap::new(),
+            arrivals: Vec::new(),
             slot: 0,
             message: LoadMessage::default(),
             next_seq: 0,
@@ -139,6 +142,9 @@ pub(super) fn run(
     let interval = shared.opts.interval.as_nanos() as u64;
     let start = shared.load_start().unwrap_or(0);
     let fanout = opts.scenario == Scenario::Fanout;
+    // Members other than the sender are owed each message, or every member where the
+    // protocol delivers to the sender too.
+    let not_owed = u32::from(!opts.protocol.delivers_to_sender());
     let spin = opts.spin.as_nanos() as u64;
     // When the loop last submitted or collected something; it spins for `spin` after that.
     let mut last_work = shared.now_ns();
@@ -166,7 +172,7 @@ pub(super) fn run(
                 continue;
             }
             let room = c.room.unwrap_or(0);
-            let owed = shared.rooms.live(room).saturating_sub(1);
+            let owed = shared.rooms.live(room).saturating_sub(not_owed);
             let sent_ns = shared.now_ns();
             let header = TimingHeader {
                 intended_ns: at,
@@ -403,67 +409,86 @@ fn process(shared: &Shared, t: usize, c: &mut LoadConn, state: &mut ThreadState)
             }
         };
         let mut reply = None;
-        let header = match c.parts.wire.decode(msg, &mut reply) {
-            Ok(h) => h,
-            Err(e) => {
-                drop_conn(shared, c, state, &e);
-                return;
-            }
-        };
+        c.arrivals.clear();
+        if let Err(e) = c.parts.wire.decode(msg, &mut reply, &mut c.arrivals) {
+            drop_conn(shared, c, state, &e);
+            return;
+        }
         if let Some(text) = reply {
             let mask = c.mask.next_key();
             corelay::proto::ws::write_masked_frame(true, text.as_bytes(), mask, &mut c.pending);
         }
-        let Some(header) = header else { continue };
+        if c.arrivals.is_empty() {
+            continue;
+        }
         let now = shared.now_ns();
-        state.tally.received_total += 1;
-        let sender = header.sender as usize;
-        // Only messages of this run's room members count (a shared server may carry other
-        // traffic with the same event name).
-        if c.room.is_none() || shared.rooms.of(sender) != c.room || sender == c.index {
-            continue;
+        let arrivals = std::mem::take(&mut c.arrivals);
+        for &header in &arrivals {
+            record_arrival(shared, t, c, state, header, now, fanout);
         }
-        if !shared.in_window(header.intended_ns) {
-            continue;
-        }
-        let arrival = c
-            .windows
-            .entry(header.sender)
-            .or_default()
-            .observe(header.seq);
-        state.tally.record(arrival);
-        if arrival == Arrival::Duplicate {
-            continue;
-        }
-        shared.counters[t].delivered.fetch_add(1, Ordering::Relaxed);
-        let corrected = now.saturating_sub(header.intended_ns);
-        record_ns(&mut state.hist.latency, corrected);
-        // The sender's node is a function of its index, as the receiver's is.
-        let by_node = if shared.node_of(sender) == c.node {
-            &mut state.hist.latency_same_node
-        } else {
-            &mut state.hist.latency_cross_node
-        };
-        record_ns(by_node, corrected);
-        record_ns(
-            &mut state.hist.latency_uncorrected,
-            now.saturating_sub(header.sent_ns),
-        );
-        record_ns(&mut state.interval, corrected);
-        if fanout {
-            if let Some(room) = c.room {
-                let per_seq = state.fanout_arrivals.entry(room).or_default();
-                let seq = header.seq as usize;
-                if per_seq.len() <= seq {
-                    per_seq.resize(seq + 1, (0, 0));
-                }
-                let slot = &mut per_seq[seq];
-                slot.0 = slot.0.max(corrected);
-                slot.1 += 1;
-            }
-        }
+        c.arrivals = arrivals;
     }
     flush_codec(c);
+}
+
+/// Times and accounts one load message that arrived at `now`.
+fn record_arrival(
+    shared: &Shared,
+    t: usize,
+    c: &mut LoadConn,
+    state: &mut ThreadState,
+    header: TimingHeader,
+    now: u64,
+    fanout: bool,
+) {
+    state.tally.received_total += 1;
+    let sender = header.sender as usize;
+    // Only messages of this run's room members count (a shared server may carry other
+    // traffic with the same event name), and a client's own only where the protocol
+    // delivers them.
+    let own = sender == c.index && !shared.opts.protocol.delivers_to_sender();
+    if c.room.is_none() || shared.rooms.of(sender) != c.room || own {
+        return;
+    }
+    if !shared.in_window(header.intended_ns) {
+        return;
+    }
+    let arrival = c
+        .windows
+        .entry(header.sender)
+        .or_default()
+        .observe(header.seq);
+    state.tally.record(arrival);
+    if arrival == Arrival::Duplicate {
+        return;
+    }
+    shared.counters[t].delivered.fetch_add(1, Ordering::Relaxed);
+    let corrected = now.saturating_sub(header.intended_ns);
+    record_ns(&mut state.hist.latency, corrected);
+    // The sender's node is a function of its index, as the receiver's is.
+    let by_node = if shared.node_of(sender) == c.node {
+        &mut state.hist.latency_same_node
+    } else {
+        &mut state.hist.latency_cross_node
+    };
+    record_ns(by_node, corrected);
+    record_ns(
+        &mut state.hist.latency_uncorrected,
+        now.saturating_sub(header.sent_ns),
+    );
+    record_ns(&mut state.interval, corrected);
+    if fanout {
+        if let Some(room) = c.room {
+            let per_seq = state.fanout_arrivals.entry(room).or_default();
+            let seq = header.seq as usize;
+            if per_seq.len() <= seq {
+                per_seq.resize(seq + 1, (0, 0));
+            }
+            let slot = &mut per_seq[seq];
+            slot.0 = slot.0.max(corrected);
+            slot.1 += 1;
+        }
+    }
 }
 
 /// The codec's own replies (pongs) go out with the next send.
