@@ -407,13 +407,12 @@ impl Server {
                 std::time::Duration::from_millis(config.cluster.lease_ms),
                 // A stream outlives its room's last message by two resume windows: every
                 // session that may still ask for it has ended by then.
-                config
-                    .resume
-                    .enabled()
-                    .then(|| crate::cluster::bridge::StreamLimits {
+                (config.resume.enabled() && config.cluster.shared_history).then(|| {
+                    crate::cluster::bridge::StreamLimits {
                         messages: config.resume.window_messages,
                         ttl: std::time::Duration::from_millis(config.resume.window_ms * 2),
-                    }),
+                    }
+                }),
                 mesh.mesh_for(shards, config.mesh_backlog),
                 server.stats.cluster_status(),
                 config

@@ -327,3 +327,43 @@ fn members_miss_nothing_when_their_nodes_subscriptions_drop() {
     });
     drop((a, b));
 }
+
+/// With `[cluster] shared_history = false`, rooms still cross nodes, but each node numbers
+/// and keeps its rooms' history itself: Redis holds no stream, and a session another node
+/// made is not found here.
+#[test]
+fn without_shared_history_rooms_cross_nodes_and_redis_keeps_no_stream() {
+    let redis = Redis::start();
+    let url = redis.url();
+    let quiet = |id: &str| {
+        let (url, id) = (url.clone(), id.to_owned());
+        common::server(2, move |c| {
+            c.cluster.redis = Some(url);
+            c.cluster.node_id = Some(id);
+            c.cluster.lease_ms = 1_000;
+            c.cluster.shared_history = false;
+        })
+    };
+    let (a, b) = (quiet("a"), quiet("b"));
+    let (a_addr, b_addr) = (a.local_addr(), b.local_addr());
+    let url_in = url.clone();
+    common::run(move || async move {
+        let mut bob = common::connect(a_addr).await;
+        bob.join("arena").await.unwrap();
+        let mut alice = common::connect(b_addr).await;
+        alice.join("arena").await.unwrap();
+        until_heard(&mut alice, &mut bob, "arena").await;
+        send_numbers(&mut alice, "arena", 0..20).await;
+        for want in 0..20 {
+            assert_eq!(next_number(&mut bob).await, want);
+        }
+        assert_eq!(stream_len(&url_in, "arena"), 0, "no stream in Redis");
+        bob.drop_connection();
+        bob.move_to(ws(b_addr));
+        assert!(
+            !bob.reconnect().await.unwrap(),
+            "a session resumes only on its own node"
+        );
+    });
+    drop((a, b));
+}

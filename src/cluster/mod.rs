@@ -115,6 +115,13 @@ pub struct ClusterConfig {
     /// nodes match together ([`queues`]). `false` keeps each node's queues its own, as
     /// without `[cluster]` (players then meet only those on their node).
     pub matchmaking: bool,
+    /// With history on (`[resume]`), rooms followed across nodes keep it in Redis streams
+    /// that number every broadcast for every node alike, and sessions resume on any node
+    /// (docs/SCALING.md, "History and resume across nodes"). Each broadcast of such a room
+    /// then reaches its own node's members after a round trip to Redis. `false`: each node
+    /// numbers and keeps its rooms' history itself, delivers its own members' messages at
+    /// once, and a session resumes only on the node that held it.
+    pub shared_history: bool,
 }
 
 impl Default for ClusterConfig {
@@ -128,6 +135,7 @@ impl Default for ClusterConfig {
             advertise: None,
             redis_cluster: false,
             matchmaking: true,
+            shared_history: true,
         }
     }
 }

@@ -139,7 +139,7 @@ pub(super) fn forget_remote(home: &mut HomeRoom, name: &str) -> Option<u64> {
 impl Relay {
     /// Whether sessions are kept across nodes (`[cluster]` with history on).
     fn across_nodes(&self) -> bool {
-        self.node.is_some() && self.limits.history.is_some()
+        self.node.is_some() && self.shared_history && self.limits.history.is_some()
     }
 
     /// Whether a session with `secret` may be another node's, to claim.

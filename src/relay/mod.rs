@@ -723,6 +723,9 @@ pub struct Relay {
     last_token: u64,
     /// Native `Resume`s of sessions another node made, waiting for the bridge.
     claims: HashMap<PlayerId, failover::Claiming>,
+    /// Rooms followed across nodes keep their history in Redis (`[cluster]
+    /// shared_history`).
+    shared_history: bool,
 }
 
 impl Relay {
@@ -756,6 +759,7 @@ impl Relay {
             appending: HashMap::new(),
             last_token: 0,
             claims: HashMap::new(),
+            shared_history: false,
         }
     }
 
@@ -1527,10 +1531,11 @@ impl Relay {
         let Some(home) = self.homes.get_mut(&bcast.room) else {
             return bcast;
         };
-        let kept = given.is_some() || !home.shared;
+        let streamed = home.shared && self.shared_history;
+        let kept = given.is_some() || !streamed;
         home.seq = match given {
             Some(n) if n > home.seq => n,
-            None if home.shared => home.seq,
+            None if streamed => home.seq,
             _ => home.seq + 1,
         };
         // The origin let go of its reference when it sent it here; a copy is made only if
@@ -1579,7 +1584,7 @@ impl Relay {
     /// history).
     fn next_seq(&self, room: &str) -> u64 {
         match (self.limits.history, self.homes.get(room)) {
-            (Some(_), Some(home)) if home.shared => SINCE_UNKNOWN,
+            (Some(_), Some(home)) if home.shared && self.shared_history => SINCE_UNKNOWN,
             (Some(_), Some(home)) => home.seq + 1,
             _ => 0,
         }

@@ -230,6 +230,7 @@ impl Relay {
     /// Makes this relay one node's of a cluster: its incarnation is `node` (`[cluster]`).
     pub fn set_cluster(&mut self, node: u64) {
         self.node = Some(node);
+        self.shared_history = true;
     }
 
     /// The cluster bridge's place in the mesh: after the last shard.
@@ -313,7 +314,16 @@ impl Relay {
     /// On the home shard: whether the room's broadcasts go through its stream (followed
     /// across nodes, history on).
     pub(super) fn streams(&self, room: &str) -> bool {
-        self.limits.history.is_some() && self.homes.get(room).is_some_and(|h| h.shared)
+        self.shared_history
+            && self.limits.history.is_some()
+            && self.homes.get(room).is_some_and(|h| h.shared)
+    }
+
+    /// Whether rooms followed across nodes keep their history in Redis (`[cluster]
+    /// shared_history`, on by default): off, each node numbers and keeps its rooms' history
+    /// itself, and sessions resume on the node that held them only.
+    pub fn set_shared_history(&mut self, on: bool) {
+        self.shared_history = on;
     }
 
     /// On the home shard: hands `bcast` to the bridge for the room's stream, and keeps it

@@ -233,6 +233,7 @@ pub(crate) async fn run(seed: ShardSeed, ring: Ring) {
     relay.set_matchmaking(&config.matchmaking);
     if let Some(node) = seed.cluster_node {
         relay.set_cluster(node);
+        relay.set_shared_history(config.cluster.shared_history);
         if config.cluster.matchmaking {
             relay.share_queues();
         }
