@@ -183,6 +183,20 @@ fn players_on_three_nodes_are_matched_into_one_room_and_hear_each_other() {
         let refused = players[0].cancel_ticket(tickets[0]).await.unwrap_err();
         assert_eq!(server_error(refused), ErrorCode::NotQueued as u16);
 
+        // The host is the roster's first on every node: when it leaves, the second, on
+        // another node, is told it hosts the room now.
+        let host = players.remove(0);
+        host.close().await.unwrap();
+        let mut told = None;
+        while told.is_none() {
+            if let ServerEvent::Host { player, .. } =
+                within("the new host", players[0].next_event()).await.unwrap()
+            {
+                told = Some(player);
+            }
+        }
+        assert_eq!(told.as_deref(), Some(names[1].as_str()));
+
         // One node's pass claimed the match; each node put its player's ticket in Redis.
         let mut claimed = 0;
         for &addr in &addrs {

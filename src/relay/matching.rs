@@ -843,8 +843,8 @@ impl Relay {
                 player: s.player,
                 name: Arc::clone(&s.name),
                 shard: s.shard,
-                // A match's players join at once, on every node alike: its host is the
-                // least name among them, whichever node finds it.
+                // A match's players join at once; across nodes, in the roster's order
+                // (`cluster_match`).
                 joined: 0,
                 meta: s.meta.clone(),
             })
@@ -872,6 +872,10 @@ impl Relay {
                 told_host: None,
             },
         );
+        // The players learn the host from `matched`; a change from it is told.
+        if let Some(home) = self.homes.get_mut(room) {
+            home.told_host = home.host().map(|(host, _)| host);
+        }
     }
 
     /// On the room's home: tells each shard with players of `seats` which of its players
@@ -944,13 +948,34 @@ impl Relay {
             None => match_options(&QueueConfig::default(), players),
         };
         self.make_match_home(&room, options, &seats);
+        // Every node counts the match's players as joined in the roster's order, so that
+        // each finds the roster's first (the oldest ticket's leader) as the host, as
+        // `matched` says.
+        let rank = |name: &PlayerName| {
+            roster
+                .iter()
+                .position(|m| m.id == *name)
+                .map_or(u64::MAX, |at| at as u64)
+        };
+        if let Some(home) = self.homes.get_mut(&room) {
+            for m in &mut home.members {
+                m.joined = rank(&m.name);
+            }
+            home.told_host = home.host().map(|(host, _)| host);
+        }
         self.remember_shared_match(&room);
         self.share_room(&room);
         for (node, names) in elsewhere {
             let room = room.clone();
             let bridge = self.bridge();
             let presence = crate::cluster::envelope::Presence {
-                members: names.into_iter().map(|name| (name, 0)).collect(),
+                members: names
+                    .into_iter()
+                    .map(|name| {
+                        let joined = rank(&name);
+                        (name, joined)
+                    })
+                    .collect(),
                 ..Default::default()
             };
             let msg = ClusterMsg::Presence {
