@@ -190,7 +190,9 @@ fn players_on_three_nodes_are_matched_into_one_room_and_hear_each_other() {
         let mut told = None;
         while told.is_none() {
             if let ServerEvent::Host { player, .. } =
-                within("the new host", players[0].next_event()).await.unwrap()
+                within("the new host", players[0].next_event())
+                    .await
+                    .unwrap()
             {
                 told = Some(player);
             }
