@@ -317,6 +317,26 @@ fn a_created_room_has_a_code_a_size_and_waits_empty_for_its_ttl() {
         ann.leave(&created.room).await.unwrap();
         ws_send(&s, &format!(r#"421["leave","{}"]"#, created.room)).await;
         next_starting(&s, &mut codec, "431").await;
+        // A leave is answered on the leaver's shard; the room's home (maybe another shard)
+        // counts it a mesh hop later. Bo's join must find the room empty.
+        let registry = srv.stats_registry();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while (0..srv.shards())
+            .map(|i| {
+                registry
+                    .shard(i)
+                    .room_members
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .sum::<u64>()
+            > 0
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the leaves were never counted"
+            );
+            glommio::timer::sleep(std::time::Duration::from_millis(2)).await;
+        }
         let back = bo.join_room(&created.room).await.unwrap();
         assert_eq!((back.members, back.host.as_str()), (1, bo.player()));
         let only = &back.players[..];
