@@ -82,6 +82,7 @@ after(async () => {
   }
   if (redis) await redis.stop();
   assert.equal(codes.b, 0, 'node b exits 0 on SIGTERM');
+  if ('d' in codes) assert.equal(codes.d, 0, 'node d exits 0 on SIGTERM');
 });
 
 /** Resolves once `n` nodes follow `room` in Redis. */
@@ -149,4 +150,66 @@ test('a socket whose node dies is recovered on another node with exactly what it
   const fromBob = once(alice, 'hi', 5000);
   bob.emit('to', room, 'hi', 1);
   assert.deepEqual(withoutOffset(await fromBob), [1, bobId]);
+});
+
+test('a socket in two rooms is not recovered on another node, and its old self leaves both', async () => {
+  // Nodes of this test's own: the first test killed its node A.
+  const node = (id) =>
+    startCorelay({
+      env: {
+        CORELAY_CLUSTER_REDIS: redis.url,
+        CORELAY_CLUSTER_NODE_ID: `recovery-two-${id}`,
+        CORELAY_CLUSTER_LEASE_MS: '1000',
+      },
+    });
+  nodes.c = await node('c');
+  nodes.d = await node('d');
+  const lb = await switchingProxy(nodes.c);
+  try {
+    const bob = io(lb.url, {
+      transports: ['websocket'],
+      reconnectionDelay: 50,
+      reconnectionDelayMax: 200,
+      randomizationFactor: 0,
+    });
+    sockets.push(bob);
+    await connected(bob);
+    const oldId = bob.id;
+    for (const room of ['two-a', 'two-b']) {
+      assert.equal((await ack(bob, 3000, 'join', room)).room, room);
+    }
+    const eve = io(nodes.d.url, { transports: ['websocket'], reconnection: false, forceNew: true });
+    sockets.push(eve);
+    await connected(eve);
+    for (const room of ['two-a', 'two-b']) {
+      assert.equal((await ack(eve, 3000, 'join', room)).room, room);
+      await followedBy(room, 2);
+    }
+    // An event of one room reaches Bob, so his offset names that room.
+    const probe = once(bob, 'probe', 5000);
+    const probing = setInterval(() => eve.emit('to', 'two-a', 'probe', 1), 50);
+    await probe;
+    clearInterval(probing);
+    const left = [];
+    eve.on('member_left', (e) => left.push(e));
+    lb.to(nodes.d);
+    const back = once(bob, 'connect', 10000);
+    nodes.c.child.kill('SIGKILL');
+    await back;
+    assert.equal(bob.recovered, false, 'a socket in two rooms cannot be placed in both');
+    assert.notEqual(bob.id, oldId, 'a fresh socket');
+    // Its old self leaves both rooms at once (its record was taken), well before C's
+    // lease (1 s) could end and take it out.
+    const deadline = Date.now() + 800;
+    while (left.filter((e) => e.player === oldId).length < 2) {
+      assert.ok(Date.now() < deadline, `left: ${JSON.stringify(left)}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    assert.deepEqual(
+      left.filter((e) => e.player === oldId).map((e) => [e.room, e.reason]).sort(),
+      [['two-a', 'disconnected'], ['two-b', 'disconnected']],
+    );
+  } finally {
+    lb.close();
+  }
 });
