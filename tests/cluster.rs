@@ -296,36 +296,6 @@ async fn left_notice(
     }
 }
 
-/// Sends `probe` into `room` from `tx` until `rx` receives it (a node follows a room only
-/// once Redis confirmed its subscription, and not while Redis is away).
-async fn until_heard(
-    tx: &mut corelay::client::Client,
-    rx: &mut corelay::client::Client,
-    room: &str,
-) {
-    use corelay::client::{PayloadKind, ServerEvent};
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        assert!(Instant::now() < deadline, "nothing crossed within 10 s");
-        tx.send(room, "probe", b"1", PayloadKind::Json)
-            .await
-            .unwrap();
-        let heard = glommio::timer::timeout(Duration::from_millis(200), async {
-            loop {
-                if let ServerEvent::Message { event, .. } = rx.next_event().await.unwrap() {
-                    if event == "probe" {
-                        return Ok(());
-                    }
-                }
-            }
-        })
-        .await;
-        if heard.is_ok() {
-            return;
-        }
-    }
-}
-
 /// A node killed with SIGKILL says nothing; once its lease has ended, every other node
 /// tells its rooms that the dead node's members left, disconnected, with the count after.
 #[test]

@@ -34,31 +34,6 @@ async fn next_number(c: &mut Client) -> u32 {
     }
 }
 
-/// Sends probes from `tx` into `room` until `rx` hears one (a node follows a room once
-/// Redis confirmed its subscription).
-async fn until_heard(tx: &mut Client, rx: &mut Client, room: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        assert!(Instant::now() < deadline, "nothing crossed within 10 s");
-        tx.send(room, "probe", b"1", PayloadKind::Json)
-            .await
-            .unwrap();
-        let heard = glommio::timer::timeout(Duration::from_millis(200), async {
-            loop {
-                if let ServerEvent::Message { event, .. } = rx.next_event().await.unwrap() {
-                    if event == "probe" {
-                        return Ok(());
-                    }
-                }
-            }
-        })
-        .await;
-        if heard.is_ok() {
-            return;
-        }
-    }
-}
-
 fn ws(addr: SocketAddr) -> String {
     format!("ws://{addr}/ws")
 }

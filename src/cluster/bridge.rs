@@ -785,27 +785,7 @@ impl Loop {
                 .send(home, ShardMsg::Relay(MeshMsg::Appended { token, seq }));
             return;
         }
-        let Some(Envelope {
-            node,
-            members,
-            joined,
-            content: Content::Broadcast(body),
-        }) = envelope::decode(&inner)
-        else {
-            self.status.refused.fetch_add(1, Relaxed);
-            tracing::warn!(%room, len = bytes.len(), "cluster: not a numbered broadcast, dropped");
-            return;
-        };
-        self.status.received.fetch_add(1, Relaxed);
-        let mut bcast = Broadcast::new(room.to_owned(), NOBODY, body, Instant::now());
-        bcast.seq = seq;
-        let msg = MeshMsg::FromNode {
-            node,
-            members,
-            joined,
-            bcast: Box::new(bcast),
-        };
-        self.mesh.send(home, ShardMsg::Relay(msg));
+        self.pass_on(room.to_owned(), &inner, seq);
     }
 
     /// A message heard on a room's channel: to the room's home, unless it is this node's
@@ -837,13 +817,18 @@ impl Loop {
         if envelope::node_of(bytes) == Some(self.node) {
             return;
         }
-        let bytes = Bytes::copy_from_slice(bytes);
+        self.pass_on(room, &Bytes::copy_from_slice(bytes), 0);
+    }
+
+    /// Another node's envelope `bytes` on `room`'s channel, to the room's home; `seq` is
+    /// its number in the room's stream (0: not numbered).
+    fn pass_on(&mut self, room: String, bytes: &Bytes, seq: u64) {
         let Some(Envelope {
             node,
             members,
             joined,
             content,
-        }) = envelope::decode(&bytes)
+        }) = envelope::decode(bytes)
         else {
             self.status.refused.fetch_add(1, Relaxed);
             tracing::warn!(%room, len = bytes.len(), "cluster: not an envelope, dropped");
@@ -852,13 +837,17 @@ impl Loop {
         self.status.received.fetch_add(1, Relaxed);
         let home = home_shard(&room, self.shards);
         let msg = match content {
-            Content::Broadcast(body) => MeshMsg::FromNode {
-                node,
-                members,
-                joined,
+            Content::Broadcast(body) => {
                 // Nobody here is excluded: the sender is on the publishing node.
-                bcast: Box::new(Broadcast::new(room, NOBODY, body, Instant::now())),
-            },
+                let mut bcast = Broadcast::new(room, NOBODY, body, Instant::now());
+                bcast.seq = seq;
+                MeshMsg::FromNode {
+                    node,
+                    members,
+                    joined,
+                    bcast: Box::new(bcast),
+                }
+            }
             Content::Hello => MeshMsg::Cluster(Box::new(ClusterMsg::Hello { room })),
             Content::Presence(presence) => MeshMsg::Cluster(Box::new(ClusterMsg::Presence {
                 room,

@@ -33,8 +33,7 @@ use sha2::{Digest, Sha256};
 
 use super::{
     home_shard, public_meta, room_tag, Body, Broadcast, ClusterMsg, HomeRoom, JoinExtra, Joining,
-    Member, MeshMsg, Outbox, Player, PlayerId, Relay, Session, ShardId, SioLog, Wire,
-    SINCE_UNKNOWN,
+    Member, MeshMsg, Outbox, Player, PlayerId, Relay, ShardId, SioLog, Wire, SINCE_UNKNOWN,
 };
 use crate::auth::Identity;
 use crate::stats::add;
@@ -257,7 +256,7 @@ impl Relay {
     }
 
     /// A detached session waits for a window.
-    fn wait_away(&mut self, player: PlayerId, now: Instant) {
+    pub(super) fn wait_away(&mut self, player: PlayerId, now: Instant) {
         let Some(limits) = self.limits.history else {
             return;
         };
@@ -312,21 +311,8 @@ impl Relay {
             claims: Arc::new(claims),
             exp: exp.and_then(NonZeroU64::new),
         };
-        self.players.insert(
-            player,
-            Player {
-                identity: identity.clone(),
-                wire,
-                outbox,
-                rooms: Vec::new(),
-                session: Some(Box::new(Session {
-                    secret,
-                    away_until: None,
-                    log: None,
-                })),
-                ticket: None,
-            },
-        );
+        let restored = Player::restored(identity.clone(), (wire, outbox), Vec::new(), secret, None);
+        self.players.insert(player, restored);
         add(&self.stats.resumes, 1);
         if abandoned {
             // The connection that asked is gone already: the session waits here, away,
@@ -409,21 +395,14 @@ impl Relay {
             .map(|(room, after)| (room_tag(room), *after))
             .collect();
         let abandoned = pending.ticket.abandoned();
-        self.players.insert(
-            player,
-            Player {
-                identity: identity.clone(),
-                wire: pending.wire,
-                outbox: Rc::clone(&pending.outbox),
-                rooms: Vec::new(),
-                session: Some(Box::new(Session {
-                    secret: req.secret.clone(),
-                    away_until: None,
-                    log: Some(Box::new(SioLog::starting_at(&req.nsp, at))),
-                })),
-                ticket: None,
-            },
+        let restored = Player::restored(
+            identity.clone(),
+            (pending.wire, Rc::clone(&pending.outbox)),
+            Vec::new(),
+            req.secret.clone(),
+            Some(Box::new(SioLog::starting_at(&req.nsp, at))),
         );
+        self.players.insert(player, restored);
         for (room, after) in rooms {
             self.rejoin(player, room, after, placed && !abandoned);
         }

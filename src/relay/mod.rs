@@ -654,6 +654,30 @@ struct Player {
 }
 
 impl Player {
+    /// A session taken back on a new connection (`wire`, `outbox`): resumable with
+    /// `secret`, and for Socket.IO with its delivery log; no ticket (it was withdrawn when
+    /// the old connection dropped).
+    fn restored(
+        identity: Identity,
+        (wire, outbox): (Wire, Rc<Outbox>),
+        rooms: Vec<String>,
+        secret: Box<str>,
+        log: Option<Box<SioLog>>,
+    ) -> Player {
+        Player {
+            identity,
+            wire,
+            outbox,
+            rooms,
+            session: Some(Box::new(Session {
+                secret,
+                away_until: None,
+                log,
+            })),
+            ticket: None,
+        }
+    }
+
     /// Room slots (`max_rooms_per_connection`) taken: its rooms, and the room a waiting
     /// ticket will be matched into.
     fn slots_taken(&self) -> usize {
@@ -1630,22 +1654,10 @@ impl Relay {
                 } = extra.map(|e| *e).unwrap_or_default();
                 match self.home_count(from, &room, player, &name, meta, create) {
                     Ok(mut counted) => {
-                        if let Some((after, replay)) = resume {
-                            // A session restored from another node: no notice until its
-                            // replay (`relay/failover.rs`).
-                            counted.since = after;
-                            self.send_mesh(
-                                from,
-                                MeshMsg::Joined {
-                                    room: room.clone(),
-                                    player,
-                                    counted: Box::new(counted),
-                                },
-                            );
-                            self.counted_back(&room, player, from, after, replay);
-                            return;
-                        }
-                        counted.since = self.next_seq(&room);
+                        counted.since = match resume {
+                            Some((after, _)) => after,
+                            None => self.next_seq(&room),
+                        };
                         let members = counted.members;
                         // The answer goes before the notice and before any later message of the
                         // room, on the same FIFO path: the origin admits the player first.
@@ -1657,7 +1669,14 @@ impl Relay {
                                 counted: Box::new(counted),
                             },
                         );
-                        self.notify_joined(&room, player, name, members, now);
+                        match resume {
+                            // A session restored from another node: no notice until its
+                            // replay (`relay/failover.rs`).
+                            Some((after, replay)) => {
+                                self.counted_back(&room, player, from, after, replay)
+                            }
+                            None => self.notify_joined(&room, player, name, members, now),
+                        }
                     }
                     Err(code) => self.send_mesh(from, MeshMsg::Refused { room, player, code }),
                 }

@@ -440,25 +440,14 @@ impl Relay {
             .iter()
             .map(|(room, _, after)| (room_tag(room), *after))
             .collect();
-        self.players.insert(
-            player,
-            Player {
-                identity: identity.clone(),
-                wire: pending.wire,
-                outbox: Rc::clone(&pending.outbox),
-                rooms: rooms.iter().map(|(room, _, _)| room.clone()).collect(),
-                session: Some(Box::new(Session {
-                    secret,
-                    away_until: None,
-                    log: Some(Box::new(SioLog {
-                        nsp,
-                        deliveries: DeliveryLog::starting_at(at),
-                    })),
-                })),
-                // Its ticket was withdrawn when its connection dropped.
-                ticket: None,
-            },
+        let restored = Player::restored(
+            identity.clone(),
+            (pending.wire, Rc::clone(&pending.outbox)),
+            rooms.iter().map(|(room, _, _)| room.clone()).collect(),
+            secret,
+            Some(Box::new(SioLog::starting_at(&nsp, at))),
         );
+        self.players.insert(player, restored);
         for (room, since, _) in &rooms {
             self.rooms.entry(room.clone()).or_default().add(Member {
                 player,
@@ -472,17 +461,7 @@ impl Relay {
         if abandoned {
             // The connection that asked is gone: the session waits here, detached, for
             // the rest of a window (its rooms were told it is away already).
-            if let (Some(limits), Some(s)) = (
-                self.limits.history,
-                self.players
-                    .get_mut(&player)
-                    .and_then(|p| p.session.as_mut()),
-            ) {
-                let until = now + limits.window;
-                s.away_until = Some(until);
-                self.away.push_back((until, player));
-                add(&self.stats.sessions_away, 1);
-            }
+            self.wait_away(player, now);
         }
         for (room, _, after) in rooms {
             let home = home_shard(&room, self.shards);

@@ -317,3 +317,33 @@ impl Redis {
             .unwrap()
     }
 }
+
+/// Sends `probe` into `room` from `tx` until `rx` receives it (a node follows a room only
+/// once Redis confirmed its subscription, and not while Redis is away); 10 s at most.
+pub async fn until_heard(
+    tx: &mut corelay::client::Client,
+    rx: &mut corelay::client::Client,
+    room: &str,
+) {
+    use corelay::client::{PayloadKind, ServerEvent};
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < deadline, "nothing crossed within 10 s");
+        tx.send(room, "probe", b"1", PayloadKind::Json)
+            .await
+            .unwrap();
+        let heard = glommio::timer::timeout(Duration::from_millis(200), async {
+            loop {
+                if let ServerEvent::Message { event, .. } = rx.next_event().await.unwrap() {
+                    if event == "probe" {
+                        return Ok(());
+                    }
+                }
+            }
+        })
+        .await;
+        if heard.is_ok() {
+            return;
+        }
+    }
+}
