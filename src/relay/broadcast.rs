@@ -289,15 +289,10 @@ impl Broadcast {
                 payload,
                 kind,
             } => {
-                let json = match kind {
-                    // A native client's JSON is checked here, once per broadcast: invalid
-                    // text would make every socket.io recipient drop its connection, so it
-                    // travels as binary instead.
-                    PayloadKind::Json => std::str::from_utf8(payload)
-                        .ok()
-                        .filter(|t| serde_json::from_str::<serde::de::IgnoredAny>(t).is_ok()),
-                    PayloadKind::Binary => None,
-                };
+                // A native client's JSON is checked here, once per broadcast: invalid text
+                // would make every socket.io recipient drop its connection, so it travels
+                // as binary instead.
+                let json = json_text(payload, *kind);
                 let payload = match json {
                     Some(text) => RelayPayload::Json(text),
                     None => RelayPayload::Binary(payload),
@@ -315,47 +310,15 @@ impl Broadcast {
                 let packet = socketio::Packet::event(nsp, event, args);
                 (packet.encode_engineio(), packet.attachments)
             }
-            Body::MemberJoined { player, members } => notice(
-                "member_joined",
-                serde_json::json!({"room": room, "player": &**player, "members": members}),
-            ),
-            Body::MemberLeft {
-                player,
-                members,
-                reason,
-            } => notice(
-                "member_left",
-                serde_json::json!({
-                    "room": room,
-                    "player": &**player,
-                    "members": members,
-                    "reason": match reason {
-                        LeaveReason::Left => "left",
-                        LeaveReason::Disconnected => "disconnected",
-                        LeaveReason::Kicked => "kicked",
-                    },
-                }),
-            ),
-            Body::MemberAway { player } => notice(
-                "member_away",
-                serde_json::json!({"room": room, "player": &**player}),
-            ),
-            Body::MemberBack { player } => notice(
-                "member_back",
-                serde_json::json!({"room": room, "player": &**player}),
-            ),
-            Body::Host { player, state } => notice(
-                "room:host",
-                with_state(
-                    serde_json::json!({"room": room, "host": &**player}),
-                    state.as_deref(),
-                ),
-            ),
             Body::Emit { event, args } => {
                 let mut args = args.clone();
                 with_offset(&mut args);
                 let packet = socketio::Packet::event(nsp, event, args);
                 (packet.encode_engineio(), packet.attachments)
+            }
+            notice_body => {
+                let (event, data) = notice_of(room, notice_body);
+                notice(event, data)
             }
         }
     }
@@ -375,12 +338,7 @@ impl Broadcast {
             } => {
                 // Checked once per broadcast, as for socket.io: JSON that does not parse
                 // travels as binary rather than break every subscriber's decoder.
-                let json = match kind {
-                    PayloadKind::Json => std::str::from_utf8(payload)
-                        .ok()
-                        .filter(|t| serde_json::from_str::<serde::de::IgnoredAny>(t).is_ok()),
-                    PayloadKind::Binary => None,
-                };
+                let json = json_text(payload, *kind);
                 let data = match json {
                     Some(text) => sc::ChannelData::Json(text),
                     None => sc::ChannelData::Binary(payload),
@@ -403,42 +361,10 @@ impl Broadcast {
                 // No player sent it: the server's own, as on the native wire.
                 sc::channel_message(channel, event, "", sc::ChannelData::Value(&data))
             }
-            Body::MemberJoined { player, members } => notice(
-                "member_joined",
-                serde_json::json!({"room": channel, "player": &**player, "members": members}),
-            ),
-            Body::MemberLeft {
-                player,
-                members,
-                reason,
-            } => notice(
-                "member_left",
-                serde_json::json!({
-                    "room": channel,
-                    "player": &**player,
-                    "members": members,
-                    "reason": match reason {
-                        LeaveReason::Left => "left",
-                        LeaveReason::Disconnected => "disconnected",
-                        LeaveReason::Kicked => "kicked",
-                    },
-                }),
-            ),
-            Body::MemberAway { player } => notice(
-                "member_away",
-                serde_json::json!({"room": channel, "player": &**player}),
-            ),
-            Body::MemberBack { player } => notice(
-                "member_back",
-                serde_json::json!({"room": channel, "player": &**player}),
-            ),
-            Body::Host { player, state } => notice(
-                "room:host",
-                with_state(
-                    serde_json::json!({"room": channel, "host": &**player}),
-                    state.as_deref(),
-                ),
-            ),
+            notice_body => {
+                let (event, data) = notice_of(channel, notice_body);
+                notice(event, data)
+            }
         }
     }
 
@@ -1006,6 +932,63 @@ impl Reply {
                     message,
                 },
             }),
+        }
+    }
+}
+
+/// A payload sent as JSON whose text parses as JSON; `None` for binary, or for text that
+/// does not parse (it then travels as binary).
+fn json_text(payload: &[u8], kind: PayloadKind) -> Option<&str> {
+    match kind {
+        PayloadKind::Json => std::str::from_utf8(payload)
+            .ok()
+            .filter(|t| serde_json::from_str::<serde::de::IgnoredAny>(t).is_ok()),
+        PayloadKind::Binary => None,
+    }
+}
+
+/// A membership or host notice of `room` (its name, not its key) as the event Socket.IO
+/// and SocketCluster clients get: its name and data. Any other body is not a notice.
+fn notice_of(room: &str, body: &Body) -> (&'static str, serde_json::Value) {
+    match body {
+        Body::MemberJoined { player, members } => (
+            "member_joined",
+            serde_json::json!({"room": room, "player": &**player, "members": members}),
+        ),
+        Body::MemberLeft {
+            player,
+            members,
+            reason,
+        } => (
+            "member_left",
+            serde_json::json!({
+                "room": room,
+                "player": &**player,
+                "members": members,
+                "reason": match reason {
+                    LeaveReason::Left => "left",
+                    LeaveReason::Disconnected => "disconnected",
+                    LeaveReason::Kicked => "kicked",
+                },
+            }),
+        ),
+        Body::MemberAway { player } => (
+            "member_away",
+            serde_json::json!({"room": room, "player": &**player}),
+        ),
+        Body::MemberBack { player } => (
+            "member_back",
+            serde_json::json!({"room": room, "player": &**player}),
+        ),
+        Body::Host { player, state } => (
+            "room:host",
+            with_state(
+                serde_json::json!({"room": room, "host": &**player}),
+                state.as_deref(),
+            ),
+        ),
+        Body::Event { .. } | Body::Nested { .. } | Body::Emit { .. } => {
+            unreachable!("not a notice")
         }
     }
 }
