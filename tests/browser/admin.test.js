@@ -32,6 +32,14 @@ function received(socket, event, n) {
   });
 }
 
+/**
+ * Clicks `selector` in the page in one step: the live tables are redrawn as the feed
+ * ticks, and a row found first and clicked after may be gone by then.
+ */
+async function clickLive(page, selector) {
+  await page.$eval(selector, (el) => el.click());
+}
+
 test('the dashboard shows the server figures, kicks a player and closes a room', { timeout: 90000 }, async (t) => {
   const server = await startAdminCorelay();
   const sockets = [];
@@ -78,7 +86,7 @@ test('the dashboard shows the server figures, kicks a player and closes a room',
   await waitShown(page, '#rooms tr[data-key="duel"] td.members', 2);
 
   // The inspector lists arena's members with their protocol and transport.
-  await page.click('#rooms tr[data-key="arena"]');
+  await clickLive(page, '#rooms tr[data-key="arena"]');
   await page.waitForFunction(() => document.querySelectorAll('#members tbody tr').length === 3, {
     timeout: 5000,
   });
@@ -120,7 +128,7 @@ test('the dashboard shows the server figures, kicks a player and closes a room',
 
   // Close duel: both its players hear they were removed, and the room is gone.
   const removed = duel.map((p) => once(p, 'room:kicked', 5000));
-  await page.click('#rooms tr[data-key="duel"]');
+  await clickLive(page, '#rooms tr[data-key="duel"]');
   await page.waitForFunction(() => document.querySelectorAll('#members tbody tr').length === 2, {
     timeout: 5000,
   });
